@@ -1,0 +1,347 @@
+"""The mini-batch trainer: kNN pairs -> encoder updates, with epoch checkpoints and validation.
+
+Memory: a batch of ``2 * batch_size`` rows plus the model; the data are gathered by index from a
+:class:`~tldr_index.vectors.Vectors` source one batch ahead (a background thread), so nothing grows
+with the number of rows. Time per epoch: ``n_train / batch_size`` steps of O(B^2 (D + d)) for the
+ranking objective, O(B (d H + H^2 L) + B H^2) for Barlow Twins with an ``mlp-L-H`` projector.
+
+All randomness of epoch ``e`` comes from ``np.random.default_rng([seed, e])``, so a run resumed
+from the checkpoint of epoch ``e - 1`` replays exactly the batches of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifact import atomic_write_bytes
+from .errors import CheckpointError
+from .losses import barlow_twins_loss, cross_similarity, ranking_loss, similarity_logits
+from .optim import LARS, lr_factor, split_decay
+from .vectors import Vectors
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    objective: str            # "barlow" | "ranking" | "ranking+barlow"
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str            # "lars" | "adamw"
+    weight_decay: float
+    warmup_epochs: float
+    lambd: float
+    loss_scale: float
+    teacher_temperature: float
+    barlow_weight: float
+    pairs: str                # "knn" | "gaussian"
+    noise_std: float
+    metric: str
+    seed: int
+    device: str
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0                 # 0 = the initial map (e.g. PCA) was never beaten
+    best_score: float | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+class Validator:
+    """Recall@``k`` of a map on held-out queries against a validation database (in memory).
+
+    Ground truth is exact in the original space; the map's neighbours are searched in the reduced
+    space with the same metric. Cost per call: encoding ``n_db`` rows + ``n_q x n_db`` dot products.
+    """
+
+    def __init__(self, db: np.ndarray, query_pos: np.ndarray, metric: str, k: int = 10):
+        self.db, self.query_pos, self.metric = db, np.asarray(query_pos), metric
+        self.k = min(k, len(db) - 1)
+        self.truth = self._topk(db, db[self.query_pos])
+
+    def _topk(self, base: np.ndarray, q: np.ndarray) -> np.ndarray:
+        s = cross_similarity(torch.from_numpy(q), torch.from_numpy(base), self.metric).numpy()
+        s[np.arange(len(q)), self.query_pos] = -np.inf  # the query itself is not a neighbour
+        return np.argpartition(-s, self.k, axis=1)[:, :self.k]
+
+    def score(self, encode: Callable[[np.ndarray], np.ndarray]) -> float:
+        z = encode(self.db)
+        found = self._topk(z, z[self.query_pos])
+        hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, self.truth))
+        return hits / (len(found) * self.k)
+
+
+def _fingerprint(cfg: TrainConfig, rows: np.ndarray, neighbors: np.ndarray, extra: dict) -> str:
+    h = hashlib.sha256(json.dumps({**asdict(cfg), **extra}, sort_keys=True, default=str).encode())
+    h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(neighbors, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+class Trainer:
+    """Trains ``encoder`` (and ``projector`` for Barlow Twins) on kNN pairs of ``vectors``.
+
+    ``neighbors[i]`` holds positions (into ``vectors``) of the neighbours of row ``i``; ``-1`` pads
+    rows with fewer neighbours. ``anchors`` are the rows that start pairs (validation queries are
+    left out of it by the caller).
+    """
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module | None, cfg: TrainConfig,
+                 device: torch.device, teacher_scale: float = 1.0, noise_scale: float = 0.0):
+        self.cfg, self.device = cfg, device
+        self.encoder = encoder.to(device)
+        self.projector = projector.to(device) if projector is not None else None
+        self.teacher_scale = teacher_scale
+        self.noise_scale = noise_scale
+        self.log_scale = nn.Parameter(torch.tensor(float(np.log(teacher_scale / cfg.teacher_temperature)),
+                                                   device=device))
+        self.optimizer = self._make_optimizer()
+
+    # ----------------------------------------------------------------------------------------
+    def _modules(self) -> nn.ModuleList:
+        return nn.ModuleList([m for m in (self.encoder, self.projector) if m is not None])
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        decay, no_decay = split_decay(self._modules())
+        no_decay = no_decay + ([self.log_scale] if "ranking" in cfg.objective else [])
+        if cfg.optimizer == "lars":
+            return LARS([{"params": decay, "lars": True, "base_lr": cfg.learning_rate},
+                         {"params": no_decay, "lars": False, "weight_decay": 0.0,
+                          "base_lr": cfg.learning_rate * 0.024}],
+                        lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW([{"params": decay, "base_lr": cfg.learning_rate},
+                                  {"params": no_decay, "weight_decay": 0.0,
+                                   "base_lr": cfg.learning_rate}],
+                                 lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Model parameters and buffers (encoder, projector, reduced-space temperature)."""
+        out = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        if self.projector is not None:
+            out.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
+        out["log_scale"] = self.log_scale.detach()
+        return {k: v.detach().clone() for k, v in out.items()}
+
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
+        self.encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
+        if self.projector is not None:
+            self.projector.load_state_dict(
+                {k[10:]: v for k, v in state.items() if k.startswith("projector.")})
+        with torch.no_grad():
+            self.log_scale.copy_(state["log_scale"])
+
+    # ----------------------------------------------------------------------------------------
+    def _batches(self, vectors: Vectors, anchors: np.ndarray, neighbors: np.ndarray,
+                 rng: np.random.Generator):
+        """Yield ``(x, y)`` float32 arrays for one epoch (last incomplete batch dropped)."""
+        cfg = self.cfg
+        perm = anchors[rng.permutation(len(anchors))]
+        n_steps = len(perm) // cfg.batch_size
+        for s in range(n_steps):
+            a = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            if cfg.pairs == "gaussian":
+                x = vectors.take(a)
+                noise = rng.standard_normal(x.shape, dtype=np.float32) * self.noise_scale
+                yield x, x + noise
+                continue
+            nb = neighbors[a]
+            valid = (nb >= 0).sum(1)
+            pick = np.floor(rng.random(len(a)) * np.maximum(valid, 1)).astype(np.int64)
+            b = nb[np.arange(len(a)), pick]
+            b = np.where(valid > 0, b, a)  # a row with no neighbour pairs with itself
+            both = vectors.take(np.concatenate([a, b]))
+            yield both[:len(a)], both[len(a):]
+
+    def _step_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.objective == "barlow":
+            za = self.projector(self.encoder(x))
+            zb = self.projector(self.encoder(y))
+            return barlow_twins_loss(za, zb, cfg.lambd, cfg.loss_scale)
+        xy = torch.cat([x, y])
+        z = self.encoder(xy)
+        loss = ranking_loss(xy, z, self.log_scale, teacher_temperature=cfg.teacher_temperature,
+                            metric=cfg.metric, teacher_scale=self.teacher_scale)
+        if cfg.objective == "ranking+barlow":
+            B = len(x)
+            p = self.projector(z)
+            loss = loss + cfg.barlow_weight * barlow_twins_loss(p[:B], p[B:], cfg.lambd,
+                                                                 cfg.loss_scale)
+        return loss
+
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    # ----------------------------------------------------------------------------------------
+    def fit(self, vectors: Vectors, anchors: np.ndarray, neighbors: np.ndarray, *,
+            validator: Validator | None = None, encode: Callable | None = None,
+            checkpoint_dir: str | Path | None = None, resume: bool = False,
+            fingerprint_extra: dict | None = None,
+            progress: Callable[[int, int, dict], None] | None = None) -> TrainResult:
+        """Run all epochs; returns the history and the best state on the validator.
+
+        With ``checkpoint_dir`` the state is written atomically after every epoch; ``resume``
+        continues from it (and raises :class:`CheckpointError` if it belongs to another run).
+        """
+        cfg = self.cfg
+        steps_per_epoch = len(anchors) // cfg.batch_size
+        total = steps_per_epoch * cfg.epochs
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        fp = _fingerprint(cfg, anchors, neighbors, fingerprint_extra or {})
+        result = TrainResult()
+        start_epoch = 0
+        if validator is not None:
+            result.best_score = validator.score(encode)
+            result.best_state = self.state_tensors()
+            result.history.append({"epoch": 0, "val_recall": result.best_score})
+            log.info("epoch 0 (initial map): validation recall@%d %.4f", validator.k,
+                     result.best_score)
+        ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
+        if resume and ckpt is not None and ckpt.exists():
+            start_epoch = self._load_checkpoint(ckpt, fp, result)
+            log.info("resumed from %s after epoch %d", ckpt, start_epoch)
+        executor = ThreadPoolExecutor(max_workers=1)
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                self._modules().train()
+                rng = np.random.default_rng([cfg.seed, epoch])
+                it = self._batches(vectors, anchors, neighbors, rng)
+                fut = executor.submit(next, it, None)
+                losses = []
+                for s in range(steps_per_epoch):
+                    batch = fut.result()
+                    fut = executor.submit(next, it, None)
+                    step = epoch * steps_per_epoch + s
+                    f = lr_factor(step, total, warmup)
+                    for g in self.optimizer.param_groups:
+                        g["lr"] = g["base_lr"] * f
+                    loss = self._step_loss(self._to_device(batch[0]), self._to_device(batch[1]))
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    losses.append(float(loss.detach()))
+                    if progress is not None:
+                        progress(step + 1, total, {"epoch": epoch + 1, "loss": losses[-1]})
+                fut.result()
+                rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
+                       "seconds": time.perf_counter() - t0}
+                if not np.isfinite(rec["loss"] or 0.0):
+                    raise FloatingPointError(
+                        f"Training diverged at epoch {epoch + 1} (loss {rec['loss']}); lower "
+                        f"'learning_rate' (now {cfg.learning_rate}).")
+                if validator is not None:
+                    self._modules().eval()
+                    rec["val_recall"] = validator.score(encode)
+                    if rec["val_recall"] > result.best_score:
+                        result.best_score, result.best_epoch = rec["val_recall"], epoch + 1
+                        result.best_state = self.state_tensors()
+                result.history.append(rec)
+                log.info("epoch %d/%d: loss %.5f%s (%.1f s)", epoch + 1, cfg.epochs, rec["loss"],
+                         f", validation recall {rec['val_recall']:.4f}" if "val_recall" in rec else "",
+                         rec["seconds"])
+                if ckpt is not None:
+                    self._save_checkpoint(ckpt, fp, epoch + 1, result)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+        self._modules().eval()
+        return result
+
+    # ----------------------------------------------------------------------------------------
+    def _save_checkpoint(self, path: Path, fp: str, epoch: int, result: TrainResult) -> None:
+        from safetensors.torch import save
+
+        tensors = {f"model.{k}": v.cpu().contiguous() for k, v in self.state_tensors().items()}
+        if result.best_state is not None:
+            tensors.update({f"best.{k}": v.cpu().contiguous() for k, v in result.best_state.items()})
+        opt = self.optimizer.state_dict()
+        for pid, st in opt["state"].items():
+            for key, val in st.items():
+                if torch.is_tensor(val):
+                    tensors[f"opt.{pid}.{key}"] = val.cpu().contiguous()
+        groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+        meta = {"fingerprint": fp, "epoch": epoch, "history": result.history,
+                "best_epoch": result.best_epoch, "best_score": result.best_score,
+                "param_groups": groups}
+        atomic_write_bytes(path, save(tensors, metadata={"json": json.dumps(meta)}))
+
+    def _load_checkpoint(self, path: Path, fp: str, result: TrainResult) -> int:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads(f.metadata()["json"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:
+            raise CheckpointError(f"Checkpoint '{path}' cannot be read ({exc}); delete it or run "
+                                  f"without resume=True.") from None
+        if meta["fingerprint"] != fp:
+            raise CheckpointError(
+                f"Checkpoint '{path}' belongs to another run (different data, graph or "
+                f"parameters); delete it or run without resume=True.")
+        self.load_state_tensors({k[6:]: v.to(self.device) for k, v in tensors.items()
+                                 if k.startswith("model.")})
+        best = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")}
+        result.best_state = best or result.best_state
+        result.best_epoch, result.best_score = meta["best_epoch"], meta["best_score"]
+        result.history = meta["history"]
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, pid, key = k.split(".", 2)
+                state.setdefault(int(pid), {})[key] = v.to(self.device) if key != "step" else v
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        return int(meta["epoch"])
+
+
+def noise_scale_for(vectors: Vectors, rows: np.ndarray, noise_std: float) -> float:
+    """Gaussian-pair noise: ``noise_std`` times the average per-dimension std of the data."""
+    x = vectors.take(rows)
+    return float(noise_std * np.sqrt(x.var(0).mean()))
+
+
+def teacher_scale_for(vectors: Vectors, rows: np.ndarray, metric: str) -> float:
+    """Scale that makes L2/inner-product teacher similarities unit-free (1 for cosine)."""
+    if metric == "cosine":
+        return 1.0
+    x = torch.from_numpy(vectors.take(rows))
+    s = -similarity_logits(x, "l2") if metric == "l2" else (x * x).sum(1)
+    n = len(x)
+    mean = float(s.sum() / (n * (n - 1))) if metric == "l2" else float(s.mean())
+    return 1.0 / max(mean, 1e-12)
+
+
+def encode_with(encoder: nn.Module, device: torch.device, metric: str,
+                chunk_rows: int = 8192) -> Callable[[np.ndarray], np.ndarray]:
+    """A numpy -> numpy encoding function in eval mode (used for validation)."""
+    def encode(x: np.ndarray) -> np.ndarray:
+        encoder.eval()
+        outs = []
+        with torch.no_grad():
+            for s in range(0, len(x), chunk_rows):
+                outs.append(encoder(torch.from_numpy(x[s:s + chunk_rows]).to(device)).cpu())
+        return torch.cat(outs).numpy()
+    return encode
+
+
