@@ -1,0 +1,83 @@
+"""I/O edges of tldr-index: read a vector collection, write the compact target back.
+
+``open_source(uri)`` -> :class:`Source` (streams validated Arrow batches), ``open_sink(uri)`` ->
+:class:`Sink` (staged, verified, atomically published target), ``open_target(uri)`` ->
+:class:`Target` (model + metadata + rows + search). URIs: see :mod:`connectors.uri`.
+
+Modules: ``base`` (protocol), ``uri`` (parsing), ``arrow_utils`` (vector columns, validation),
+``ids`` (id hashing, digest, duplicates), ``lance_store``, ``parquet_store``, ``qdrant_store``.
+Tests: ``tests/test_connectors_*.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .base import DISTANCES, Layout, Sink, Source, Target
+from .ids import IdDigest, ids_digest
+from .uri import ParsedURI, default_target_uri, lancedb_uri, parse_uri, redact
+
+__all__ = ["open_source", "open_sink", "open_target", "Source", "Sink", "Target", "Layout",
+           "IdDigest", "ids_digest", "parse_uri", "redact", "lancedb_uri", "default_target_uri",
+           "DISTANCES", "ParsedURI"]
+
+
+
+def open_source(uri: str | os.PathLike, *, vector_column: str | None = None,
+                id_column: str | None = None, **opts: Any) -> Source:
+    """Open a read-only source. Options: ``payload_columns`` (default: all other columns; Qdrant:
+    one JSON ``payload`` column), ``distance`` (Lance/Parquet: default the index metric or "l2";
+    Qdrant: must match), Lance ``version``, Qdrant ``client``/``api_key``/``timeout``.
+
+    Raises :class:`UnsupportedURIError`, :class:`SourceNotFoundError`,
+    :class:`StoreUnavailableError`, :class:`MissingColumnError`, :class:`InvalidInputError`
+    (bad vector column type, empty source).
+    """
+    p = parse_uri(uri)
+    shown = redact(p.uri)
+    if p.kind == "lance":
+        from .lance_store import LanceSource
+        return LanceSource(p.path, uri=shown, table=p.table, db=p.db,
+                           vector_column=vector_column, id_column=id_column, **opts)
+    if p.kind == "parquet":
+        from .parquet_store import ParquetSource
+        return ParquetSource(p.path, uri=shown, vector_column=vector_column,
+                             id_column=id_column, **opts)
+    from .qdrant_store import QdrantSource
+    return QdrantSource(p, uri=shown, vector_column=vector_column, id_column=id_column, **opts)
+
+
+def open_sink(uri: str | os.PathLike, **opts: Any) -> Sink:
+    """Open a sink (nothing is written before :meth:`Sink.create`). Options per store: Lance
+    ``index_min_rows``, ``flush_rows``, ``max_rows_per_file``, ``index_options``; Parquet
+    ``rows_per_file``, ``compression``; Qdrant ``client``, ``api_key``, ``upsert_batch``,
+    ``max_retries``, ``backoff_s``, ``max_total_s``, ``compression``, ``keep_previous``,
+    ``named_vector``, ``store_codes``."""
+    p = parse_uri(uri)
+    shown = redact(p.uri)
+    if p.kind == "lance":
+        from .lance_store import LanceSink
+        return LanceSink(p.path, uri=shown, **opts)
+    if p.kind == "parquet":
+        from .parquet_store import ParquetSink
+        return ParquetSink(p.path, uri=shown, **opts)
+    from .qdrant_store import QdrantSink
+    return QdrantSink(p, uri=shown, **opts)
+
+
+def open_target(uri: str | os.PathLike, **opts: Any) -> Target:
+    """Open a published target: ``.metadata``, ``.model_bytes`` (sha256-checked), ``.layout``,
+    ``count()``, ``iter_batches()``, ``search(query, k)``. Lance accepts ``version=``; Qdrant
+    ``client``/``api_key``/``timeout``. Raises :class:`SourceNotFoundError` or
+    :class:`ModelFormatError` (not a tldr-index target, corrupt model)."""
+    p = parse_uri(uri)
+    shown = redact(p.uri)
+    if p.kind == "lance":
+        from .lance_store import LanceTarget
+        return LanceTarget(p.path, uri=shown, table=p.table, db=p.db, **opts)
+    if p.kind == "parquet":
+        from .parquet_store import ParquetTarget
+        return ParquetTarget(os.path.abspath(p.path), uri=shown, **opts)
+    from .qdrant_store import QdrantTarget
+    return QdrantTarget(p, uri=shown, **opts)

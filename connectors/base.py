@@ -1,0 +1,449 @@
+"""The connector protocol: a :class:`Source` streams ``(ids, vectors, payload)`` record batches, a
+:class:`Sink` writes a compact target (staged, verified, then published atomically), and a
+:class:`Target` reads a published target back (model, metadata, rows, search).
+
+Sink life cycle (enforced; out-of-order calls raise :class:`SinkStateError`)::
+
+    sink.create(schema, id_column=..., vector_column=..., distance=..., overwrite=False)
+    sink.append(batch)            # any number of times, each batch with exactly ``schema``
+    sink.store_model(model_bytes, metadata)
+    sink.verify(expected_count, expected_ids_digest)
+    sink.publish()                # readers see the old target (or none) or the new one, never a mix
+    sink.abort()                  # any time before publish: removes staging, never a published target
+
+Used as a context manager, a sink aborts on exit unless it was published.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tldr_index import __version__
+from tldr_index._validation import check_choice, check_int
+from tldr_index.errors import (InvalidInputError, InvalidParameterError, MissingColumnError,
+                               ModelFormatError, SinkStateError)
+
+from . import arrow_utils as au
+from .ids import DuplicateIdTracker, is_id_type
+
+log = logging.getLogger(__name__)
+
+DISTANCES = ("cosine", "l2", "ip")
+DEFAULT_BATCH_ROWS = 8192
+FORMAT = "tldr-index/1"
+RECORD_KEY = "tldr_index"  # metadata key under which every store keeps the JSON record
+
+
+# ------------------------------------------------------------------------------------------ source
+
+class Source(abc.ABC):
+    """A read-only collection of ``(id, vector, payload)`` rows.
+
+    Subclasses set ``uri``, ``id_column``, ``vector_column``, ``dim``, ``distance``,
+    ``payload_columns`` and ``value_type`` (float16 or float32: what batches carry), and implement
+    :meth:`_raw_batches`, :meth:`count`, :meth:`fingerprint` and :meth:`take`. A source never writes
+    to the store it reads.
+    """
+
+    uri: str
+    id_column: str
+    vector_column: str
+    dim: int
+    distance: str
+    payload_columns: list[str]
+    value_type: pa.DataType
+    _payload_schema: pa.Schema  # types of the payload columns, from the store's schema
+
+    @property
+    def schema(self) -> pa.Schema:
+        """Schema of every batch :meth:`iter_batches` yields: id, vector (FixedSizeList), payload."""
+        id_field = self._id_field
+        vec = pa.field(self.vector_column, pa.list_(self.value_type, self.dim))
+        return pa.schema([id_field, vec, *[self._payload_schema.field(c)
+                                           for c in self.payload_columns]])
+
+    _id_field: pa.Field
+
+    def target_schema(self, d: int, code_bytes: int | None = None, *,
+                      value_type: pa.DataType = pa.float32(),
+                      codes_column: str = "pq_codes") -> pa.Schema:
+        """Schema of the compact target: id, payload columns (fields copied with their metadata,
+        e.g. the Qdrant JSON-payload marker), the reduced vector under :attr:`vector_column`
+        (FixedSizeList<value_type>[d]) and, if ``code_bytes``, the PQ codes
+        (FixedSizeList<uint8>[code_bytes]). Build the batches handed to a sink with it."""
+        src = self.schema
+        fields = [src.field(self.id_column), *[src.field(c) for c in self.payload_columns],
+                  pa.field(self.vector_column, pa.list_(value_type, d))]
+        if code_bytes:
+            fields.append(pa.field(codes_column, pa.list_(pa.uint8(), code_bytes)))
+        return pa.schema(fields)
+
+    @abc.abstractmethod
+    def count(self) -> int:
+        """Number of rows (cheap: metadata or an exact count call)."""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> dict:
+        """JSON-able identity of the data read (version, file sizes/mtimes or point count), for
+        provenance: equal fingerprints mean the same data."""
+
+    @abc.abstractmethod
+    def take(self, ids: Sequence | np.ndarray | pa.Array) -> np.ndarray:
+        """Original vectors of ``ids`` as a float32 ``(len(ids), dim)`` array in the order asked.
+
+        Raises :class:`InvalidInputError` if an id is missing. Memory: the rows returned plus one
+        store batch.
+        """
+
+    @abc.abstractmethod
+    def _raw_batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """Store batches holding at least the id, vector and payload columns, at most
+        ``batch_rows`` rows each (longer ones are split)."""
+
+    def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS, *,
+                     check_duplicates: bool = True) -> Iterator[pa.RecordBatch]:
+        """Stream validated batches with :attr:`schema`, each of at most ``batch_rows`` rows.
+
+        Raises :class:`InvalidInputError` (null ids or vectors, mixed lengths, NaN/inf) or
+        :class:`DuplicateIdError` naming the first offending id. Memory: one batch plus 8 bytes per
+        id seen for duplicate detection (``check_duplicates=False`` skips it).
+        """
+        from tldr_index.errors import DuplicateIdError
+
+        batch_rows = check_int(batch_rows, "batch_rows", low=1, owner=type(self).__name__)
+        tracker = DuplicateIdTracker() if check_duplicates else None
+        schema = self.schema
+        row = 0
+        for raw in self._raw_batches(batch_rows):
+            for batch in au.split_batch(raw, batch_rows):
+                if batch.num_rows == 0:
+                    continue
+                out = self._normalize(batch, schema, row)
+                if tracker is not None:
+                    ids = out.column(0)
+                    pos = tracker.add(ids)
+                    if pos is not None:
+                        raise DuplicateIdError(
+                            f"Id column '{self.id_column}' of source '{self.uri}' must hold unique "
+                            f"ids. Got duplicate id {ids[pos].as_py()!r} at row {row + pos}.")
+                row += batch.num_rows
+                yield out
+
+    def _normalize(self, batch: pa.RecordBatch, schema: pa.Schema, row: int) -> pa.RecordBatch:
+        ids = batch.column(self.id_column)
+        au.check_ids(ids, column=self.id_column, source=self.uri, row_offset=row)
+        if ids.type != self._id_field.type:
+            ids = ids.cast(self._id_field.type)
+        X = au.vectors_to_numpy(batch.column(self.vector_column), dim=self.dim,
+                                column=self.vector_column, ids=ids, source=self.uri)
+        au.check_finite(X, column=self.vector_column, ids=ids, source=self.uri, row_offset=row)
+        if X.dtype != self.value_type.to_pandas_dtype():
+            X = X.astype(self.value_type.to_pandas_dtype())
+        cols = [ids, au.numpy_to_fsl(X)]
+        for name in self.payload_columns:
+            col = batch.column(name)
+            want = schema.field(name).type
+            if col.type != want:
+                try:
+                    col = col.cast(want)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise InvalidInputError(
+                        f"Payload column '{name}' of source '{self.uri}' must keep type {want} in "
+                        f"every batch. Got {col.type} at row {row} ({exc}).") from None
+            cols.append(col)
+        return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+    def _check_not_empty(self) -> None:
+        if self.count() == 0:
+            raise InvalidInputError(f"Source '{self.uri}' is empty: it has 0 rows.")
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(uri={self.uri!r}, id={self.id_column!r}, "
+                f"vector={self.vector_column!r}, dim={self.dim}, distance={self.distance!r})")
+
+
+def resolve_payload_columns(schema: pa.Schema, requested: Sequence[str] | None,
+                            exclude: Sequence[str], source: str) -> list[str]:
+    """All columns but ``exclude`` when ``requested`` is None, else ``requested`` (checked)."""
+    if requested is None:
+        return [n for n in schema.names if n not in exclude]
+    missing = [c for c in requested if c not in schema.names]
+    if missing:
+        raise MissingColumnError(
+            f"Payload column '{missing[0]}' not found in source '{source}'. Available columns: "
+            f"{au.describe_columns(schema)}.")
+    return [c for c in requested if c not in exclude]
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+@dataclass(frozen=True)
+class Layout:
+    """Which columns of a target schema play which role."""
+
+    id_column: str
+    vector_column: str
+    distance: str
+    codes_column: str | None = None
+
+    def check(self, schema: pa.Schema, where: str) -> None:
+        """Raise unless ``schema`` has a usable id, vector (FixedSizeList<float16|32>) and codes
+        (FixedSizeList<uint8>) column."""
+        check_choice(self.distance, "distance", DISTANCES, owner=where)
+        for role, name in (("id", self.id_column), ("vector", self.vector_column),
+                           ("codes", self.codes_column)):
+            if name is not None and name not in schema.names:
+                raise MissingColumnError(
+                    f"The {role} column '{name}' of {where} is not in the schema. Available "
+                    f"columns: {au.describe_columns(schema)}.")
+        t = schema.field(self.id_column).type
+        if not is_id_type(t):
+            raise InvalidInputError(
+                f"Id column '{self.id_column}' of {where} must hold integers or strings. Got {t}.")
+        t = schema.field(self.vector_column).type
+        if not (pa.types.is_fixed_size_list(t) and t.value_type in (pa.float16(), pa.float32())):
+            raise InvalidInputError(
+                f"Vector column '{self.vector_column}' of {where} must be a fixed-size list of "
+                f"float16 or float32. Got {t} instead.")
+        if self.codes_column is not None:
+            t = schema.field(self.codes_column).type
+            if not (pa.types.is_fixed_size_list(t) and t.value_type == pa.uint8()):
+                raise InvalidInputError(
+                    f"Codes column '{self.codes_column}' of {where} must be a fixed-size list of "
+                    f"uint8. Got {t} instead.")
+
+    @property
+    def reserved(self) -> tuple[str, ...]:
+        return tuple(c for c in (self.id_column, self.vector_column, self.codes_column) if c)
+
+
+# ------------------------------------------------------------------------------------------ record
+
+def build_record(layout: Layout, model_bytes: bytes, metadata: dict, *,
+                 model_file: str | None = None, inline: bool = False) -> dict:
+    """The JSON record every store keeps beside the target (small unless ``inline``)."""
+    if not isinstance(model_bytes, (bytes, bytearray, memoryview)):
+        raise InvalidParameterError(
+            f"The 'model_bytes' parameter of store_model must be bytes. Got "
+            f"{type(model_bytes).__name__} instead.")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise InvalidParameterError(
+            f"The 'metadata' parameter of store_model must be JSON-serialisable. Got {exc}.") from None
+    model = {"sha256": hashlib.sha256(model_bytes).hexdigest(), "size": len(model_bytes)}
+    if model_file is not None:
+        model["file"] = model_file
+    if inline:
+        model["base64"] = base64.b64encode(bytes(model_bytes)).decode("ascii")
+    return {
+        "format": FORMAT,
+        "layout": asdict(layout),
+        "model": model,
+        "metadata": metadata,
+        "writer": {"library": "tldr-index", "version": __version__,
+                   "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+    }
+
+
+def dump_record(record: dict) -> str:
+    """JSON text of ``record``; a Qdrant API key (from ``QDRANT_API_KEY``) never leaves here."""
+    text = json.dumps(record, sort_keys=True)
+    key = os.environ.get("QDRANT_API_KEY")
+    if key and len(key) >= 4 and key in text:
+        log.warning("Removed a copy of QDRANT_API_KEY from the metadata before storing it.")
+        text = text.replace(key, "***")
+    return text
+
+
+def load_record(text: str | bytes | None, where: str) -> dict:
+    """Parse and check a stored record; raise :class:`ModelFormatError` if absent or foreign."""
+    if text is None:
+        raise ModelFormatError(f"{where} holds no tldr-index record: it was not written by tldr-index.")
+    try:
+        rec = json.loads(text)
+    except ValueError as exc:
+        raise ModelFormatError(f"The tldr-index record of {where} is not valid JSON ({exc}).") from None
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+        raise ModelFormatError(
+            f"The tldr-index record of {where} must have format '{FORMAT}'. Got "
+            f"{rec.get('format') if isinstance(rec, dict) else type(rec).__name__!r} instead.")
+    return rec
+
+
+def check_model(model_bytes: bytes, record: dict, where: str) -> bytes:
+    """Return ``model_bytes`` if its size and sha256 match the record, else raise."""
+    want = record["model"]
+    got = hashlib.sha256(model_bytes).hexdigest()
+    if len(model_bytes) != want["size"] or got != want["sha256"]:
+        raise ModelFormatError(
+            f"The model stored in {where} is corrupt: expected {want['size']} bytes with sha256 "
+            f"{want['sha256'][:16]}..., got {len(model_bytes)} bytes with sha256 {got[:16]}....")
+    return bytes(model_bytes)
+
+
+# -------------------------------------------------------------------------------------------- sink
+
+class Sink(abc.ABC):
+    """Writes one compact target; see the module docstring for the life cycle."""
+
+    _STATES = ("new", "created", "stored", "verified", "published", "aborted")
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.state = "new"
+        self.schema: pa.Schema | None = None
+        self.layout: Layout | None = None
+        self.overwrite = False
+        self.rows_appended = 0
+
+    # -- public API, shared checks; stores implement the _methods
+    def create(self, schema: pa.Schema, *, id_column: str = "id", vector_column: str = "vector",
+               distance: str = "l2", codes_column: str | None = None,
+               overwrite: bool = False) -> None:
+        """Check the target (refused if it exists, unless ``overwrite``) and open staging.
+
+        ``schema``: of every batch to append; ``codes_column``: the PQ codes (FixedSizeList<uint8>).
+        Raises :class:`TargetExistsError`.
+        """
+        self._expect("new", "create")
+        layout = Layout(id_column, vector_column, distance, codes_column)
+        layout.check(schema, f"target '{self.uri}'")
+        self.schema, self.layout, self.overwrite = schema, layout, bool(overwrite)
+        self._create()
+        self.state = "created"
+
+    def append(self, batch: pa.RecordBatch) -> None:
+        """Stage one batch (not visible to readers until :meth:`publish`)."""
+        self._expect("created", "append")
+        au.check_batch_schema(batch, self.schema, f"target '{self.uri}'")
+        if batch.num_rows:
+            self._append(batch)
+            self.rows_appended += batch.num_rows
+
+    def store_model(self, model_bytes: bytes, metadata: dict) -> None:
+        """Stage the model (safetensors bytes) and its JSON-able metadata (provenance)."""
+        self._expect("created", "store_model")
+        self._store_model(bytes(model_bytes), dict(metadata))
+        self.state = "stored"
+
+    def verify(self, expected_count: int, expected_ids_digest: str | None = None) -> None:
+        """Read the staged target back: row count, ids digest (see :mod:`connectors.ids`) and model
+        checksum must match. Raises :class:`VerificationError`; call :meth:`abort` then."""
+        self._expect("stored", "verify")
+        check_int(expected_count, "expected_count", low=0, owner=type(self).__name__)
+        self._verify(int(expected_count), expected_ids_digest)
+        self.state = "verified"
+
+    def publish(self) -> None:
+        """Make the verified target visible atomically."""
+        self._expect("verified", "publish")
+        self._publish()
+        self.state = "published"
+        log.info("Published %s (%d rows).", self.uri, self.rows_appended)
+
+    def abort(self) -> None:
+        """Remove staging; never touches a published target. Idempotent."""
+        if self.state in ("published", "aborted"):
+            return
+        try:
+            self._abort()
+        finally:
+            self.state = "aborted"
+
+    def _expect(self, state: str, method: str) -> None:
+        if self.state != state:
+            raise SinkStateError(
+                f"{type(self).__name__}.{method}() must be called in state '{state}'. The sink for "
+                f"'{self.uri}' is in state '{self.state}'.")
+
+    def __enter__(self) -> "Sink":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.state != "published":
+            self.abort()
+
+    @abc.abstractmethod
+    def _create(self) -> None: ...
+
+    @abc.abstractmethod
+    def _append(self, batch: pa.RecordBatch) -> None: ...
+
+    @abc.abstractmethod
+    def _store_model(self, model_bytes: bytes, metadata: dict) -> None: ...
+
+    @abc.abstractmethod
+    def _verify(self, expected_count: int, expected_ids_digest: str | None) -> None: ...
+
+    @abc.abstractmethod
+    def _publish(self) -> None: ...
+
+    @abc.abstractmethod
+    def _abort(self) -> None: ...
+
+
+def verify_counts(where: str, expected_count: int, got_count: int,
+                  expected_digest: str | None, got_digest: str | None) -> None:
+    """Shared comparison for :meth:`Sink.verify`."""
+    from tldr_index.errors import VerificationError
+
+    if got_count != expected_count:
+        raise VerificationError(
+            f"Staged target '{where}' must hold {expected_count} rows. Got {got_count} instead.")
+    if expected_digest is not None and got_digest != expected_digest:
+        raise VerificationError(
+            f"Staged target '{where}' must hold the ids of the source (digest {expected_digest}). "
+            f"Got digest {got_digest} instead.")
+
+
+# ------------------------------------------------------------------------------------------ target
+
+class Target(abc.ABC):
+    """A published target read back: :attr:`record` (format, layout, model checksum, metadata),
+    :attr:`metadata` (what the engine passed to ``store_model``), :attr:`model_bytes` (checked
+    against its sha256), rows and, where the store can, a search over the reduced vectors."""
+
+    uri: str
+    record: dict
+    model_bytes: bytes
+
+    @property
+    def metadata(self) -> dict:
+        return self.record["metadata"]
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(**self.record["layout"])
+
+    @abc.abstractmethod
+    def count(self) -> int: ...
+
+    @abc.abstractmethod
+    def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """All rows (id, payload, vector, codes) in batches of at most ``batch_rows``."""
+
+    def search(self, query: np.ndarray, k: int = 10, **options: Any) -> pa.Table:
+        """The ``k`` nearest rows to ``query`` (a reduced vector of length d) as a table with the id
+        column and ``_distance`` (lower is better, in the store's units)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support search.")
+
+    def to_table(self) -> pa.Table:
+        """Everything in memory (for tests and small targets)."""
+        batches = list(self.iter_batches())
+        return pa.Table.from_batches(batches) if batches else pa.table({})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(uri={self.uri!r}, layout={self.layout})"

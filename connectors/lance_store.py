@@ -1,0 +1,401 @@
+"""Lance datasets and LanceDB tables (a LanceDB table ``t`` in db dir ``db`` *is* the Lance dataset
+``db/t.lance``, so one implementation serves both; reads go through pylance directly).
+
+Target layout: the source ids, the payload columns, the reduced vectors under the source's vector
+column name (FixedSizeList<float32|float16>), the PQ codes, and an IVF_PQ index on the reduced
+vectors once the table has ``index_min_rows`` rows (default 100,000; below that a flat scan takes a
+few milliseconds and PQ training would be starved). Lance picks the number of partitions itself
+(about one per 8k rows in pylance 14).
+
+Model storage: a content-addressed sidecar ``_tldr/model-<sha256[:16]>.safetensors`` inside the
+dataset directory; the schema metadata key ``tldr_index`` holds a small JSON record (layout, model
+sha256/size/file, the engine's metadata). Schema metadata is copied into every manifest, so the
+model bytes stay out of it; older versions keep pointing at their own sidecar.
+
+Atomic publish:
+
+* new target: fragments are written and committed in a staging dataset
+  ``<parent>/.<name>.tldr-staging-<hex>`` (not a ``*.lance`` name, so LanceDB does not list it),
+  verified, indexed, then ``os.rename``-d to ``<name>.lance``: readers see no table, then the
+  whole table with its index.
+* overwrite: the staged data files and sidecar are moved into the existing dataset and committed
+  there as one ``Overwrite`` version (data + schema + record together; older versions stay for
+  ``checkout``/rollback). Only a dataset holding a ``tldr_index`` record is ever replaced, so a
+  source table can never be overwritten by mistake. The index is then added as the next version: between the two commits
+  readers see all rows and the new model, searched by a flat scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from lance.fragment import write_fragments
+
+from tldr_index._validation import check_int
+from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFoundError,
+                               TargetExistsError)
+
+from . import arrow_utils as au
+from .base import (DEFAULT_BATCH_ROWS, DISTANCES, RECORD_KEY, Sink, Source, Target, build_record,
+                   check_model, dump_record, load_record, resolve_payload_columns, verify_counts)
+from .ids import IdDigest
+
+log = logging.getLogger(__name__)
+
+LANCE_METRIC = {"cosine": "cosine", "l2": "l2", "ip": "dot"}
+FROM_LANCE_METRIC = {"cosine": "cosine", "l2": "l2", "euclidean": "l2", "dot": "ip"}
+SIDE_DIR = "_tldr"
+
+
+def is_dataset(path: str) -> bool:
+    """A directory with a ``_versions`` folder (cheap, no manifest read)."""
+    return os.path.isdir(os.path.join(path, "_versions"))
+
+
+def _missing(path: str, table: str, db: str, uri: str) -> SourceNotFoundError:
+    if table:
+        tables = sorted(n[:-6] for n in os.listdir(db) if n.endswith(".lance")) \
+            if os.path.isdir(db) else []
+        where = f"LanceDB database '{db}'" + ("" if os.path.isdir(db) else " (no such directory)")
+        return SourceNotFoundError(
+            f"LanceDB table '{table}' not found in {where}. Existing tables: "
+            f"{', '.join(tables) or 'none'}.")
+    return SourceNotFoundError(f"Lance dataset '{path}' not found (source '{uri}').")
+
+
+def _index_metric(ds: lance.LanceDataset, column: str) -> str | None:
+    """Distance of an existing vector index on ``column``, if any (from the index description,
+    which does not load the centroids)."""
+    try:
+        for idx in ds.describe_indices():
+            metric = str((idx.details or {}).get("metric_type", "")).lower()
+            if column in idx.field_names and metric:
+                return FROM_LANCE_METRIC.get(metric)
+    except Exception as exc:  # index introspection is best effort
+        log.debug("Could not read the index metric of %s: %s", column, exc)
+    return None
+
+
+# ------------------------------------------------------------------------------------------ source
+
+class LanceSource(Source):
+    """Rows of a Lance dataset pinned at one version (so repeated passes see the same data).
+
+    Batches come from ``ds.to_batches(batch_size=batch_rows)`` in dataset order; they never span
+    two data files, so expect short tail batches. Memory: one batch.
+    """
+
+    def __init__(self, path: str, *, uri: str, table: str = "", db: str = "",
+                 vector_column: str | None = None, id_column: str | None = None,
+                 payload_columns: Sequence[str] | None = None, distance: str | None = None,
+                 version: int | str | None = None):
+        if not is_dataset(path):
+            raise _missing(path, table, db, uri)
+        self.uri, self.path = uri, path
+        self._ds = lance.dataset(path, version=version)
+        schema = self._ds.schema
+        self.vector_column = au.detect_vector_column(schema, vector_column, uri)
+        self.id_column = au.detect_id_column(schema, id_column, uri, exclude=(self.vector_column,))
+        self._id_field = pa.field(self.id_column, schema.field(self.id_column).type)
+        self.payload_columns = resolve_payload_columns(
+            schema, payload_columns, (self.id_column, self.vector_column), uri)
+        self._payload_schema = schema
+        vt = schema.field(self.vector_column).type
+        self.value_type = au.vector_storage_type(vt.value_type)
+        self._check_not_empty()
+        dim = vt.list_size if pa.types.is_fixed_size_list(vt) else au.vector_dim(
+            self._ds.head(1, columns=[self.vector_column]).column(0))
+        self.dim = int(dim or 0)
+        if distance is None:
+            distance = _index_metric(self._ds, self.vector_column) or "l2"
+        from tldr_index._validation import check_choice
+        self.distance = check_choice(distance, "distance", DISTANCES, owner="LanceSource")
+
+    @property
+    def version(self) -> int:
+        return self._ds.version
+
+    def count(self) -> int:
+        return self._ds.count_rows()
+
+    def fingerprint(self) -> dict:
+        return {"kind": "lance", "path": os.path.abspath(self.path), "version": self._ds.version,
+                "rows": self.count()}
+
+    def _raw_batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        cols = [self.id_column, self.vector_column, *self.payload_columns]
+        yield from self._ds.to_batches(columns=cols, batch_size=batch_rows, scan_in_order=True)
+
+    def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 4096) -> np.ndarray:
+        """Cost: one filtered scan per ``chunk`` ids (fast with a BTREE scalar index on the id)."""
+        return _take_by_filter(
+            lambda expr: self._ds.to_batches(columns=[self.id_column, self.vector_column],
+                                             filter=expr),
+            ids, self, chunk)
+
+
+def _take_by_filter(scan, ids, src: Source, chunk: int) -> np.ndarray:
+    """Shared ``take`` for stores filtered by an Arrow ``isin`` expression (Lance, Parquet)."""
+    ids = pa.array(ids) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
+    ids = ids.cast(src._id_field.type)
+    out = np.empty((len(ids), src.dim), dtype=np.float32)
+    pylist = ids.to_pylist()
+    where: dict[Any, list[int]] = {}
+    for i, v in enumerate(pylist):
+        where.setdefault(v, []).append(i)
+    uniq = list(where)
+    found = 0
+    for s in range(0, len(uniq), chunk):
+        part = uniq[s:s + chunk]
+        for b in scan(pc.field(src.id_column).isin(pa.array(part, type=ids.type))):
+            if b.num_rows == 0:
+                continue
+            X = au.vectors_to_numpy(b.column(src.vector_column), dim=src.dim,
+                                    column=src.vector_column, source=src.uri)
+            for r, v in enumerate(b.column(src.id_column).to_pylist()):
+                rows = where.get(v)
+                if rows is not None:
+                    out[rows] = X[r]
+                    found += 1
+    if found < len(uniq):
+        got = set()
+        for s in range(0, len(uniq), chunk):  # rare path: find which id is missing
+            for b in scan(pc.field(src.id_column).isin(pa.array(uniq[s:s + chunk],
+                                                                 type=ids.type))):
+                got.update(b.column(src.id_column).to_pylist())
+        miss = [v for v in uniq if v not in got]
+        raise InvalidInputError(
+            f"The 'ids' parameter of take must name rows of source '{src.uri}'. Got "
+            f"{len(miss)} unknown id(s), first {miss[0]!r}.")
+    return out
+
+
+# -------------------------------------------------------------------------------------------- sink
+
+def default_sub_vectors(d: int, code_bytes: int | None = None) -> int:
+    """PQ sub-vectors of the Lance index: the engine's code width when it divides ``d``, else
+    ``d/16`` or ``d/8`` (Lance's SIMD-friendly choices), else the largest divisor of ``d`` <= d/8."""
+    if code_bytes and d % code_bytes == 0:
+        return code_bytes
+    for per in (16, 8):
+        if d % per == 0:
+            return d // per
+    return max(m for m in range(1, max(1, d // 8) + 1) if d % m == 0)
+
+
+class LanceSink(Sink):
+    """Writes a Lance dataset / LanceDB table; see the module docstring for atomicity.
+
+    Memory: at most ``flush_rows`` rows (or ``flush_bytes``) buffered before they are written as
+    a data file of the staging dataset.
+    """
+
+    def __init__(self, path: str, *, uri: str, index_min_rows: int = 100_000,
+                 flush_rows: int = 262_144, flush_bytes: int = 256 << 20,
+                 max_rows_per_file: int = 1 << 20, index_options: dict | None = None):
+        super().__init__(uri)
+        self.path = path.rstrip("/")
+        self.index_min_rows = check_int(index_min_rows, "index_min_rows", low=1, owner="LanceSink")
+        self.flush_rows = check_int(flush_rows, "flush_rows", low=1, owner="LanceSink")
+        self.flush_bytes = check_int(flush_bytes, "flush_bytes", low=1, owner="LanceSink")
+        self.max_rows_per_file = check_int(max_rows_per_file, "max_rows_per_file", low=1,
+                                           owner="LanceSink")
+        self.index_options = dict(index_options or {})
+        parent, name = os.path.split(os.path.abspath(self.path))
+        self._parent, self._name = parent, name
+        self.staging = os.path.join(parent, f".{name}.tldr-staging-{uuid.uuid4().hex[:12]}")
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered_rows = self._buffered_bytes = 0
+        self._fragments: list = []
+        self._record: dict | None = None
+        self._model_rel: str | None = None
+        self._staged: lance.LanceDataset | None = None
+        self._moved: list[str] = []
+        self.indexed = False
+
+    def _create(self) -> None:
+        exists = os.path.exists(self.path)
+        if exists and not is_dataset(self.path) and os.listdir(self.path):
+            raise TargetExistsError(
+                f"Target '{self.uri}' exists and is not a Lance dataset ('{self.path}'); refusing "
+                f"to write there even with overwrite=True.")
+        self._replacing = exists and is_dataset(self.path)
+        if self._replacing and not self.overwrite:
+            raise TargetExistsError(
+                f"Target '{self.uri}' already exists. Pass overwrite=True to replace it (the old "
+                f"rows stay available as an older Lance version).")
+        if self._replacing and RECORD_KEY.encode() not in (lance.dataset(self.path).schema.metadata
+                                                           or {}):
+            raise TargetExistsError(
+                f"Target '{self.uri}' exists and is not a tldr-index target (no '{RECORD_KEY}' "
+                f"schema metadata); refusing to replace it even with overwrite=True.")
+        os.makedirs(self._parent, exist_ok=True)
+        # an empty first commit makes staging a dataset, so data files are written without warnings
+        lance.LanceDataset.commit(self.staging, lance.LanceOperation.Overwrite(self.schema, []))
+        log.info("Staging %s in %s.", self.uri, self.staging)
+
+    def _append(self, batch: pa.RecordBatch) -> None:
+        self._buffer.append(batch)
+        self._buffered_rows += batch.num_rows
+        self._buffered_bytes += batch.nbytes
+        if self._buffered_rows >= self.flush_rows or self._buffered_bytes >= self.flush_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        reader = pa.RecordBatchReader.from_batches(self.schema, self._buffer)
+        self._fragments += write_fragments(reader, self.staging, schema=self.schema,
+                                           max_rows_per_file=self.max_rows_per_file)
+        self._buffer, self._buffered_rows, self._buffered_bytes = [], 0, 0
+
+    def _store_model(self, model_bytes: bytes, metadata: dict) -> None:
+        sha = hashlib.sha256(model_bytes).hexdigest()
+        rel = f"{SIDE_DIR}/model-{sha[:16]}.safetensors"
+        dst = os.path.join(self.staging, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        tmp = dst + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(model_bytes)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+        self._model_rel = rel
+        self._record = build_record(self.layout, model_bytes, metadata, model_file=rel)
+
+    def _verify(self, expected_count: int, expected_ids_digest: str | None) -> None:
+        self._flush()
+        meta = dict(self.schema.metadata or {})
+        meta[RECORD_KEY.encode()] = dump_record(self._record).encode()
+        op = lance.LanceOperation.Overwrite(self.schema.with_metadata(meta), self._fragments)
+        self._staged = lance.LanceDataset.commit(self.staging, op, read_version=1)
+        digest = IdDigest()
+        for b in self._staged.to_batches(columns=[self.layout.id_column], batch_size=65_536):
+            digest.update(b.column(0))
+        verify_counts(self.uri, expected_count, self._staged.count_rows(),
+                      expected_ids_digest, digest.hexdigest() if expected_ids_digest else None)
+        _read_model(self.staging, load_record(self._staged.schema.metadata.get(
+            RECORD_KEY.encode()), self.uri), self.uri)
+
+    def _build_index(self, ds: lance.LanceDataset) -> None:
+        n = ds.count_rows()
+        if n < self.index_min_rows:
+            log.info("Skipping the vector index of %s: %d rows < index_min_rows=%d.", self.uri, n,
+                     self.index_min_rows)
+            return
+        d = self.schema.field(self.layout.vector_column).type.list_size
+        codes = (self.schema.field(self.layout.codes_column).type.list_size
+                 if self.layout.codes_column else None)
+        opts = {"index_type": "IVF_PQ", "metric": LANCE_METRIC[self.layout.distance],
+                "num_sub_vectors": default_sub_vectors(d, codes), **self.index_options}
+        log.info("Building %s index on %s.%s (%d rows).", opts["index_type"], self.uri,
+                 self.layout.vector_column, n)
+        try:
+            ds.create_index(self.layout.vector_column, **opts)
+            self.indexed = True
+        except Exception as exc:  # the table is complete and searchable without it
+            log.warning("Could not build the vector index of %s (%s); searches will scan.",
+                        self.uri, exc)
+
+    def _publish(self) -> None:
+        if not self._replacing:
+            self._build_index(self._staged)
+            try:
+                os.rename(self.staging, self.path)
+            except OSError as exc:
+                raise TargetExistsError(
+                    f"Target '{self.uri}' appeared while it was being written ({exc}); nothing "
+                    f"was published. Pass overwrite=True to replace it.") from None
+            return
+        old = lance.dataset(self.path)
+        frags = [f.metadata for f in self._staged.get_fragments()]
+        os.makedirs(os.path.join(self.path, "data"), exist_ok=True)
+        for frag in frags:
+            for df in frag.files:
+                dst = os.path.join(self.path, "data", df.path)
+                os.rename(os.path.join(self.staging, "data", df.path), dst)
+                self._moved.append(dst)
+        side = os.path.join(self.path, self._model_rel)
+        os.makedirs(os.path.dirname(side), exist_ok=True)
+        os.replace(os.path.join(self.staging, self._model_rel), side)  # same content if it existed
+        new = lance.LanceDataset.commit(
+            self.path, lance.LanceOperation.Overwrite(self._staged.schema, frags),
+            read_version=old.version)
+        self._moved = []
+        shutil.rmtree(self.staging, ignore_errors=True)
+        log.info("Committed %s as version %d (previous: %d).", self.uri, new.version, old.version)
+        self._build_index(new)
+
+    def _abort(self) -> None:
+        for p in self._moved:  # only on a failed overwrite commit: files no version references
+            try:
+                os.remove(p)
+            except FileNotFoundError:
+                pass
+        self._moved = []
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ target
+
+def _read_model(root: str, record: dict, where: str) -> bytes:
+    rel = record["model"].get("file")
+    if not rel:
+        raise ModelFormatError(f"The tldr-index record of {where} names no model file.")
+    try:
+        with open(os.path.join(root, rel), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ModelFormatError(
+            f"The model file '{rel}' of {where} is missing from '{root}'.") from None
+    return check_model(data, record, where)
+
+
+class LanceTarget(Target):
+    """A published Lance target, optionally at an older ``version``."""
+
+    def __init__(self, path: str, *, uri: str, table: str = "", db: str = "",
+                 version: int | str | None = None):
+        if not is_dataset(path):
+            raise _missing(path, table, db, uri)
+        self.uri, self.path = uri, path
+        self.dataset = lance.dataset(path, version=version)
+        self.record = load_record((self.dataset.schema.metadata or {}).get(RECORD_KEY.encode()),
+                                  f"target '{uri}'")
+        self.model_bytes = _read_model(path, self.record, f"target '{uri}'")
+
+    @property
+    def version(self) -> int:
+        return self.dataset.version
+
+    def has_index(self) -> bool:
+        return any(self.layout.vector_column in i.get("fields", [])
+                   for i in self.dataset.list_indices())
+
+    def count(self) -> int:
+        return self.dataset.count_rows()
+
+    def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        yield from self.dataset.to_batches(batch_size=batch_rows, scan_in_order=True)
+
+    def search(self, query: np.ndarray, k: int = 10, *, nprobes: int = 32,
+               refine_factor: int | None = 10, **options: Any) -> pa.Table:
+        """Lance ``nearest`` search: IVF_PQ with exact re-ranking of ``refine_factor * k`` rows when
+        indexed, a flat scan otherwise. ``_distance`` is Lance's (squared L2, 1-cos or 1-dot)."""
+        lay = self.layout
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        nearest = {"column": lay.vector_column, "q": q, "k": int(k), "nprobes": nprobes,
+                   "metric": LANCE_METRIC[lay.distance], **options}
+        if refine_factor:
+            nearest["refine_factor"] = refine_factor
+        return self.dataset.to_table(nearest=nearest, columns=[lay.id_column, "_distance"])

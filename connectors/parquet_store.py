@@ -1,0 +1,347 @@
+"""Parquet: a file, a glob or a directory of files as a source; a directory of part files as a
+target.
+
+Reading: one file after another with ``ParquetFile.iter_batches(batch_size=batch_rows)``; memory is
+one row group plus one batch. ``list<float>`` vector columns are checked for a constant length and
+flattened; ``fixed_size_list`` columns convert to numpy without a copy. Every file must have the
+columns of the first one (payload types are cast to the first file's types).
+
+Target directory (``parquet://out/``)::
+
+    out/part-00000.parquet ...      ids, payload, reduced vectors, PQ codes (rows_per_file rows each)
+    out/_tldr_model.safetensors     the model, byte for byte
+    out/_tldr_metadata.json         the JSON record (layout, model sha256, the engine's metadata)
+
+The model and record are sidecars rather than Parquet footer metadata: part files are closed as they
+roll over, before the model exists, and Arrow/Spark/DuckDB dataset readers skip ``_``-prefixed files.
+
+Atomic publish: everything is written to ``<parent>/.<name>.tldr-staging-<hex>/`` and renamed onto
+``out`` (``rename(2)`` replaces a missing or empty directory atomically). Replacing an existing
+target swaps the two directories with ``renameat2(RENAME_EXCHANGE)`` (Linux) and then deletes the old
+one; where that call is unavailable, two renames leave ``out`` missing for a moment. Only a
+directory holding ``_tldr_metadata.json`` is ever replaced.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+
+from tldr_index._validation import check_choice, check_int
+from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFoundError,
+                               TargetExistsError)
+
+from . import arrow_utils as au
+from .base import (DEFAULT_BATCH_ROWS, DISTANCES, Sink, Source, Target, build_record, check_model,
+                   dump_record, load_record, resolve_payload_columns, verify_counts)
+from .ids import IdDigest
+from .lance_store import _take_by_filter
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "_tldr_model.safetensors"
+RECORD_FILE = "_tldr_metadata.json"
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
+def list_parquet_files(path: str, uri: str) -> list[str]:
+    """Files named by a file path, a glob or a directory (recursive; ``.``/``_`` names skipped)."""
+    if any(ch in path for ch in "*?["):
+        files = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
+    elif os.path.isdir(path):
+        files = []
+        for root, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not _hidden(d))
+            files += [os.path.join(root, n) for n in sorted(names)
+                      if n.endswith(".parquet") and not _hidden(n)]
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise SourceNotFoundError(f"Parquet source '{uri}' not found: no file or directory "
+                                  f"'{path}'.")
+    if not files:
+        raise SourceNotFoundError(f"Parquet source '{uri}' matches no .parquet file ('{path}').")
+    return files
+
+
+# ------------------------------------------------------------------------------------------ source
+
+class ParquetSource(Source):
+    """Rows of one or more Parquet files, read in file order."""
+
+    def __init__(self, path: str, *, uri: str, vector_column: str | None = None,
+                 id_column: str | None = None, payload_columns: Sequence[str] | None = None,
+                 distance: str | None = None):
+        self.uri, self.path = uri, path
+        self.files = list_parquet_files(path, uri)
+        self._pfs = {}
+        schema = pq.read_schema(self.files[0])
+        self.vector_column = au.detect_vector_column(schema, vector_column, uri)
+        self.id_column = au.detect_id_column(schema, id_column, uri, exclude=(self.vector_column,))
+        self._id_field = pa.field(self.id_column, schema.field(self.id_column).type)
+        self.payload_columns = resolve_payload_columns(
+            schema, payload_columns, (self.id_column, self.vector_column), uri)
+        self._payload_schema = schema
+        self._columns = [self.id_column, self.vector_column, *self.payload_columns]
+        for f in self.files[1:]:
+            other = pq.read_schema(f)
+            missing = [c for c in self._columns if c not in other.names]
+            if missing:
+                raise au.MissingColumnError(
+                    f"Column '{missing[0]}' not found in file '{f}' of source '{uri}' (it is in "
+                    f"'{self.files[0]}'). Available columns: {au.describe_columns(other)}.")
+            if not au.is_vector_type(other.field(self.vector_column).type):
+                raise InvalidInputError(
+                    f"Vector column '{self.vector_column}' of source '{uri}' must be a list of "
+                    f"floats in every file. Got {other.field(self.vector_column).type} in '{f}'.")
+        vt = schema.field(self.vector_column).type
+        self.value_type = au.vector_storage_type(vt.value_type)
+        self._rows = [pq.read_metadata(f).num_rows for f in self.files]
+        self._check_not_empty()
+        self.dim = int(vt.list_size if pa.types.is_fixed_size_list(vt) else self._first_dim())
+        self.distance = check_choice(distance or "l2", "distance", DISTANCES,
+                                     owner="ParquetSource")
+
+    def _first_dim(self) -> int:
+        for f in self.files:
+            for b in pq.ParquetFile(f).iter_batches(batch_size=64, columns=[self.vector_column]):
+                d = au.vector_dim(b.column(0))
+                if d is not None:
+                    return d
+        raise InvalidInputError(
+            f"Vector column '{self.vector_column}' of source '{self.uri}' must hold at least one "
+            f"non-null vector. Got only nulls.")
+
+    def count(self) -> int:
+        return sum(self._rows)
+
+    def fingerprint(self) -> dict:
+        files = []
+        for f in self.files:
+            st = os.stat(f)
+            files.append({"path": os.path.abspath(f), "size": st.st_size,
+                          "mtime_ns": st.st_mtime_ns})
+        return {"kind": "parquet", "files": files, "rows": self.count()}
+
+    def _raw_batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        for f in self.files:
+            pf = pq.ParquetFile(f)
+            try:
+                yield from pf.iter_batches(batch_size=batch_rows, columns=self._columns)
+            finally:
+                pf.close()
+
+    def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 65_536) -> np.ndarray:
+        """Cost: one scan of the id and vector columns of every file per ``chunk`` ids."""
+        ds = pds.dataset(self.files, format="parquet")
+        return _take_by_filter(
+            lambda expr: ds.to_batches(columns=[self.id_column, self.vector_column], filter=expr),
+            ids, self, chunk)
+
+
+# -------------------------------------------------------------------------------------------- sink
+
+_RENAME_EXCHANGE = 2
+
+
+def exchange_dirs(a: str, b: str) -> bool:
+    """Atomically swap two paths with ``renameat2(RENAME_EXCHANGE)``; False if unsupported."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    AT_FDCWD = -100
+    rc = fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        log.debug("renameat2 failed: %s", os.strerror(err))
+        return False
+    return True
+
+
+class ParquetSink(Sink):
+    """Writes a directory of Parquet part files, published by a directory rename.
+
+    Memory: one batch (rows are written as they arrive, one row group per appended batch).
+    """
+
+    def __init__(self, path: str, *, uri: str, rows_per_file: int = 1_000_000,
+                 compression: str | None = "snappy"):
+        super().__init__(uri)
+        if path.endswith(".parquet") or any(ch in path for ch in "*?["):
+            raise InvalidInputError(
+                f"Parquet target '{uri}' must be a directory (part files are written inside). Got "
+                f"the file pattern '{path}'; use e.g. parquet://out/.")
+        self.path = os.path.abspath(path)
+        self.rows_per_file = check_int(rows_per_file, "rows_per_file", low=1, owner="ParquetSink")
+        self.compression = compression
+        parent, name = os.path.split(self.path)
+        self._parent = parent
+        self.staging = os.path.join(parent, f".{name}.tldr-staging-{uuid.uuid4().hex[:12]}")
+        self._writer: pq.ParquetWriter | None = None
+        self._part = 0
+        self._rows_in_part = 0
+
+    def _create(self) -> None:
+        if os.path.exists(self.path) and (not os.path.isdir(self.path) or os.listdir(self.path)):
+            if not os.path.isfile(os.path.join(self.path, RECORD_FILE)):
+                raise TargetExistsError(
+                    f"Target '{self.uri}' exists and is not a tldr-index target (no {RECORD_FILE} "
+                    f"in '{self.path}'); refusing to replace it even with overwrite=True.")
+            if not self.overwrite:
+                raise TargetExistsError(
+                    f"Target '{self.uri}' already exists. Pass overwrite=True to replace it.")
+        os.makedirs(self.staging)
+        log.info("Staging %s in %s.", self.uri, self.staging)
+
+    def _append(self, batch: pa.RecordBatch) -> None:
+        start = 0
+        while start < batch.num_rows:
+            if self._writer is None:
+                p = os.path.join(self.staging, f"part-{self._part:05d}.parquet")
+                self._writer = pq.ParquetWriter(p, self.schema, compression=self.compression)
+            take = min(batch.num_rows - start, self.rows_per_file - self._rows_in_part)
+            self._writer.write_batch(batch.slice(start, take))
+            start += take
+            self._rows_in_part += take
+            if self._rows_in_part >= self.rows_per_file:
+                self._close_part()
+
+    def _close_part(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self._part += 1
+            self._rows_in_part = 0
+
+    def _store_model(self, model_bytes: bytes, metadata: dict) -> None:
+        self._close_part()
+        _write_atomic(os.path.join(self.staging, MODEL_FILE), model_bytes)
+        rec = build_record(self.layout, model_bytes, metadata, model_file=MODEL_FILE)
+        _write_atomic(os.path.join(self.staging, RECORD_FILE), dump_record(rec).encode())
+
+    def _verify(self, expected_count: int, expected_ids_digest: str | None) -> None:
+        t = ParquetTarget(self.staging, uri=self.uri)
+        digest = IdDigest()
+        if expected_ids_digest is not None:
+            for f in t.files:
+                for b in pq.ParquetFile(f).iter_batches(batch_size=65_536,
+                                                        columns=[self.layout.id_column]):
+                    digest.update(b.column(0))
+        verify_counts(self.uri, expected_count, t.count(), expected_ids_digest,
+                      digest.hexdigest() if expected_ids_digest else None)
+
+    def _publish(self) -> None:
+        if os.path.isdir(self.path) and os.listdir(self.path):
+            if exchange_dirs(self.staging, self.path):
+                shutil.rmtree(self.staging, ignore_errors=True)  # now the old target
+                return
+            old = self.staging + ".old"
+            os.rename(self.path, old)
+            os.rename(self.staging, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        try:
+            os.rename(self.staging, self.path)
+        except OSError as exc:
+            raise TargetExistsError(
+                f"Target '{self.uri}' appeared while it was being written ({exc}); nothing was "
+                f"published. Pass overwrite=True to replace it.") from None
+
+    def _abort(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:
+                pass
+            self._writer = None
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------ target
+
+class ParquetTarget(Target):
+    """A published (or staged) Parquet target directory."""
+
+    def __init__(self, path: str, *, uri: str):
+        self.uri, self.path = uri, path
+        rec_path = os.path.join(path, RECORD_FILE)
+        if not os.path.isdir(path):
+            raise SourceNotFoundError(f"Parquet target '{uri}' not found: no directory '{path}'.")
+        try:
+            with open(rec_path, "rb") as f:
+                text = f.read()
+        except FileNotFoundError:
+            text = None
+        self.record = load_record(text, f"target '{uri}'")
+        try:
+            with open(os.path.join(path, MODEL_FILE), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ModelFormatError(f"The model file {MODEL_FILE} of target '{uri}' is "
+                                   f"missing.") from None
+        self.model_bytes = check_model(data, self.record, f"target '{uri}'")
+        self.files = sorted(os.path.join(path, n) for n in os.listdir(path)
+                            if n.endswith(".parquet") and not _hidden(n))
+
+    def count(self) -> int:
+        return sum(pq.read_metadata(f).num_rows for f in self.files)
+
+    def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        for f in self.files:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
+
+    def search(self, query: np.ndarray, k: int = 10, **options) -> pa.Table:
+        """Exact streaming search over the reduced vectors (one pass; memory: one batch + k rows).
+        ``_distance``: squared L2, 1 - cosine, or -dot."""
+        lay = self.layout
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if lay.distance == "cosine":
+            q = q / max(float(np.linalg.norm(q)), 1e-30)
+        best_d = np.empty(0, dtype=np.float32)
+        best_i: list = []
+        for f in self.files:
+            for b in pq.ParquetFile(f).iter_batches(batch_size=65_536,
+                                                    columns=[lay.id_column, lay.vector_column]):
+                X = au.vectors_to_numpy(b.column(1)).astype(np.float32, copy=False)
+                if lay.distance == "l2":
+                    d = ((X - q) ** 2).sum(axis=1)
+                elif lay.distance == "cosine":
+                    d = 1.0 - (X @ q) / np.maximum(np.linalg.norm(X, axis=1), 1e-30)
+                else:
+                    d = -(X @ q)
+                d = d.astype(np.float32)
+                top = np.argpartition(d, k)[:k] if len(d) > k else np.arange(len(d))
+                ids = b.column(0).take(pa.array(top)).to_pylist()
+                alld = np.concatenate([best_d, d[top]])
+                alli = best_i + ids
+                keep = np.argsort(alld, kind="stable")[:k]
+                best_d, best_i = alld[keep], [alli[j] for j in keep]
+        id_type = pq.read_schema(self.files[0]).field(lay.id_column).type
+        return pa.table({lay.id_column: pa.array(best_i, type=id_type),
+                         "_distance": pa.array(best_d, type=pa.float32())})
+

@@ -1,0 +1,628 @@
+"""Qdrant through qdrant-client: a collection as a source, an aliased collection as a target.
+
+Source: ``scroll`` pages of ``batch_rows`` points with their vector (plain or one named vector).
+Point ids become the id column (int64 when the first point's id is an int, else the UUID string).
+Payloads are schemaless, so by default they travel as one JSON text column ``payload`` (field
+metadata ``tldr.json``), which a Qdrant sink turns back into the same payload; pass
+``payload_columns=[...]`` to extract keys as typed columns instead, or ``[]`` for none.
+
+Target ``qdrant://host/<alias>``: the rows go into a new collection ``<alias>__v<n>`` (size d, the
+source distance, product quantization with the compression closest to the engine's PQ codes, X16
+by default), the model and its JSON record into the collection metadata (key ``tldr_index``, model
+as base64 with size and sha256; Qdrant keeps collection metadata with the config), and ``publish``
+points the alias at it in one ``update_collection_aliases`` call (delete + create, atomic). The
+previous collection is then deleted unless ``keep_previous=True``. Only an alias of a
+collection holding a ``tldr_index`` record is ever replaced (a user's alias or collection never is). Readers that query the alias
+switch from the old collection to the new one in one step.
+
+Ids: integer ids >= 0 are point ids; string ids in canonical UUID form are used as they are, other
+strings map to ``uuid5(NAMESPACE, id)``; for string ids the original is also kept in the payload
+under the id column's name (read back by :class:`QdrantTarget`). Upserts are idempotent (same id,
+same point) and retried with exponential back-off on connection errors, timeouts, 429 and 5xx,
+within ``max_retries`` and ``max_total_s``.
+
+Local mode (``qdrant+path://``, ``qdrant+memory://``) accepts but ignores quantization and writes
+about 6 ms per point to disk: fine for tests, not for 100k+ points. A path is locked to one client,
+so clients are shared per path (and per memory name) inside a process: see :func:`client_for`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tldr_index._validation import check_float, check_int
+from tldr_index.errors import (InvalidInputError, MissingColumnError, ModelFormatError,
+                               SourceNotFoundError, StoreUnavailableError, TargetExistsError)
+
+from . import arrow_utils as au
+from .base import (DEFAULT_BATCH_ROWS, RECORD_KEY, Sink, Source, Target, build_record, check_model,
+                   dump_record, load_record, verify_counts)
+from .ids import IdDigest
+from .uri import ParsedURI
+
+log = logging.getLogger(__name__)
+
+ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "tldr-index/point-id")
+UNNAMED = "vector"  # column name of an unnamed Qdrant vector
+_CLIENTS: dict[tuple, Any] = {}
+
+
+def _models():
+    from qdrant_client import models
+    return models
+
+
+def _distances():
+    m = _models()
+    to = {m.Distance.COSINE: "cosine", m.Distance.EUCLID: "l2", m.Distance.DOT: "ip"}
+    return to, {v: k for k, v in to.items()}
+
+
+# ----------------------------------------------------------------------------------------- clients
+
+def client_for(p: ParsedURI, *, api_key: str | None = None, timeout: float = 10.0,
+               must_exist: bool = False):
+    """The ``QdrantClient`` for a parsed URI. Embedded (path) and in-memory clients are shared per
+    path / name in this process (a path admits one client); server clients are new each call.
+
+    The API key comes from ``api_key`` or ``QDRANT_API_KEY`` and is never logged.
+    """
+    from qdrant_client import QdrantClient
+
+    if p.mode == "memory":
+        key = ("memory", p.path)
+        if key not in _CLIENTS:
+            _CLIENTS[key] = QdrantClient(location=":memory:")
+        return _CLIENTS[key]
+    if p.mode == "path":
+        path = os.path.realpath(p.path)
+        key = ("path", path)
+        if key not in _CLIENTS:
+            if must_exist and not os.path.isdir(path):
+                raise SourceNotFoundError(
+                    f"Embedded Qdrant storage '{p.path}' not found (source '{p.uri}').")
+            try:
+                _CLIENTS[key] = QdrantClient(path=path)
+            except RuntimeError as exc:
+                raise StoreUnavailableError(
+                    f"Embedded Qdrant storage '{p.path}' is locked by another client ({exc}); "
+                    f"pass client= to share yours.") from None
+        return _CLIENTS[key]
+    return QdrantClient(host=p.host, port=p.port, https=p.mode == "https",
+                        api_key=api_key or os.environ.get("QDRANT_API_KEY") or None,
+                        timeout=int(math.ceil(timeout)), check_compatibility=False)
+
+
+def close_clients() -> None:
+    """Close the shared embedded / in-memory clients (releases path locks)."""
+    for key in list(_CLIENTS):
+        try:
+            _CLIENTS.pop(key).close()
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+
+def _where(p: ParsedURI) -> str:
+    if p.mode == "path":
+        return f"embedded Qdrant '{p.path}'"
+    if p.mode == "memory":
+        return f"in-memory Qdrant '{p.path}'"
+    return f"Qdrant at {p.qdrant_url}"
+
+
+def _retryable(exc: BaseException) -> bool:
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code in (429, 500, 502, 503, 504)
+    return isinstance(exc, (ResponseHandlingException, ConnectionError, TimeoutError))
+
+
+def call(fn: Callable[[], Any], p: ParsedURI, what: str) -> Any:
+    """Run one request; a connection failure becomes :class:`StoreUnavailableError`."""
+    try:
+        return fn()
+    except Exception as exc:
+        if _retryable(exc):
+            raise StoreUnavailableError(
+                f"{_where(p)} is unreachable while trying to {what}: {_short(exc)}.") from None
+        raise
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def with_retries(fn: Callable[[], Any], *, what: str, p: ParsedURI, max_retries: int,
+                 backoff_s: float, max_total_s: float, rng: random.Random,
+                 sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Call ``fn`` until it succeeds, retrying retryable errors with exponential back-off
+    (``backoff_s * 2**attempt``, capped at 30 s, half-jittered) within ``max_retries`` retries and
+    ``max_total_s`` seconds in all; then raise :class:`StoreUnavailableError`."""
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not _retryable(exc):
+                raise
+            attempt += 1
+            delay = min(backoff_s * 2 ** (attempt - 1), 30.0) * (0.5 + 0.5 * rng.random())
+            elapsed = time.monotonic() - start
+            if attempt > max_retries or elapsed + delay > max_total_s:
+                raise StoreUnavailableError(
+                    f"{_where(p)} failed to {what} after {attempt} attempt(s) over {elapsed:.1f} s: "
+                    f"{_short(exc)}.") from None
+            log.warning("%s: %s failed (%s); retry %d/%d in %.2f s.", _where(p), what,
+                        _short(exc), attempt, max_retries, delay)
+            sleep(delay)
+
+
+def _open_collection(client, p: ParsedURI, name: str) -> tuple[str, Any]:
+    """Resolve ``name`` (collection or alias) to ``(collection, info)`` or raise not found."""
+    aliases = {a.alias_name: a.collection_name
+               for a in call(lambda: client.get_aliases().aliases, p, "list aliases")}
+    real = aliases.get(name, name)
+    names = [c.name for c in call(lambda: client.get_collections().collections, p,
+                                  "list collections")]
+    if real not in names:
+        raise SourceNotFoundError(
+            f"Qdrant collection '{name}' not found in {_where(p)}. Existing collections: "
+            f"{', '.join(sorted(names)) or 'none'}.")
+    return real, call(lambda: client.get_collection(real), p, f"read collection '{real}'")
+
+
+def _vector_params(info, requested: str | None, uri: str):
+    """``(name or None, VectorParams)`` of the vector to read."""
+    vectors = info.config.params.vectors
+    if isinstance(vectors, dict):
+        names = sorted(vectors)
+        if requested is None:
+            if len(names) != 1:
+                raise InvalidInputError(
+                    f"Source '{uri}' has several named vectors ({', '.join(names)}); pass "
+                    f"vector_column= to choose one.")
+            requested = names[0]
+        if requested not in vectors:
+            raise MissingColumnError(
+                f"Vector '{requested}' not found in source '{uri}'. Available vectors: "
+                f"{', '.join(names) or 'none'}.")
+        return requested, vectors[requested]
+    if requested not in (None, UNNAMED):
+        raise MissingColumnError(
+            f"Vector '{requested}' not found in source '{uri}': the collection has one unnamed "
+            f"vector (size {vectors.size}). Leave vector_column unset.")
+    return None, vectors
+
+
+# ------------------------------------------------------------------------------------------ source
+
+class QdrantSource(Source):
+    """Points of a Qdrant collection (or alias), read with ``scroll`` in point-id order.
+
+    Memory: one page of ``batch_rows`` points as Python objects (about 30 bytes per float).
+    """
+
+    def __init__(self, p: ParsedURI, *, uri: str, client=None, api_key: str | None = None,
+                 timeout: float = 10.0, vector_column: str | None = None,
+                 id_column: str | None = None, payload_columns: Sequence[str] | None = None,
+                 distance: str | None = None):
+        self.uri, self._p = uri, p
+        self.client = client or client_for(p, api_key=api_key, timeout=timeout, must_exist=True)
+        self.collection, info = _open_collection(self.client, p, p.collection)
+        self.vector_name, params = _vector_params(info, vector_column, uri)
+        if getattr(params, "multivector_config", None) is not None:
+            raise InvalidInputError(
+                f"Vector '{self.vector_name or UNNAMED}' of source '{uri}' must be a single "
+                f"dense vector per point. Got a multivector.")
+        to_dist, _ = _distances()
+        if params.distance not in to_dist:
+            raise InvalidInputError(
+                f"Distance of source '{uri}' must be Cosine, Euclid or Dot. Got "
+                f"{params.distance} instead.")
+        self.distance = to_dist[params.distance]
+        if distance is not None and distance != self.distance:
+            raise InvalidInputError(
+                f"The 'distance' parameter must match the collection's distance "
+                f"'{self.distance}' for source '{uri}'. Got {distance!r} instead.")
+        self.dim = int(params.size)
+        dt = str(getattr(params, "datatype", None) or "").lower()
+        self.value_type = pa.float16() if "float16" in dt else pa.float32()
+        self.vector_column = self.vector_name or UNNAMED
+        self.id_column = id_column or "id"
+        self._check_not_empty()
+        first, _ = call(lambda: self.client.scroll(self.collection, limit=64, with_payload=True,
+                                                   with_vectors=False), p, "scroll")
+        id_type = pa.int64() if isinstance(first[0].id, int) else pa.string()
+        self._id_field = pa.field(self.id_column, id_type)
+        if payload_columns is None:
+            self.payload_columns = ["payload"]
+            self._payload_schema = pa.schema([pa.field("payload", pa.string(),
+                                                       metadata={au.JSON_FIELD_KEY: b"1"})])
+            self._json_payload = True
+        else:
+            self.payload_columns = list(payload_columns)
+            clash = [c for c in self.payload_columns if c in (self.id_column, self.vector_column)]
+            if clash:
+                raise InvalidInputError(
+                    f"Payload column '{clash[0]}' of source '{uri}' clashes with the id or vector "
+                    f"column; pass id_column= to rename the id.")
+            fields = []
+            for c in self.payload_columns:
+                sample = [pt.payload.get(c) for pt in first if pt.payload]
+                t = pa.array(sample).type if any(v is not None for v in sample) else pa.string()
+                fields.append(pa.field(c, pa.string() if pa.types.is_null(t) else t))
+            self._payload_schema = pa.schema(fields)
+            self._json_payload = False
+
+    def count(self) -> int:
+        return int(call(lambda: self.client.count(self.collection, exact=True).count, self._p,
+                        "count points"))
+
+    def fingerprint(self) -> dict:
+        return {"kind": "qdrant", "location": _where(self._p), "collection": self.collection,
+                "vector": self.vector_column, "dim": self.dim, "distance": self.distance,
+                "points": self.count()}
+
+    def _with_vectors(self):
+        return [self.vector_name] if self.vector_name else True
+
+    def _vec(self, point) -> list | None:
+        v = point.vector
+        if isinstance(v, dict):
+            v = v.get(self.vector_name)
+        return v
+
+    def _raw_batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        offset = None
+        with_payload = True if self._json_payload else (self.payload_columns or False)
+        while True:
+            points, offset = call(
+                lambda: self.client.scroll(self.collection, limit=batch_rows, offset=offset,
+                                           with_payload=with_payload,
+                                           with_vectors=self._with_vectors()),
+                self._p, "scroll")
+            if points:
+                yield self._to_batch(points)
+            if offset is None:  # qdrant-client: no next page
+                return
+
+    def _to_batch(self, points) -> pa.RecordBatch:
+        try:
+            ids = pa.array([pt.id for pt in points], type=self._id_field.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            raise InvalidInputError(
+                f"Point ids of source '{self.uri}' must be all integers or all UUIDs. Got a mix "
+                f"(first page: {self._id_field.type}).") from None
+        vecs = [self._vec(pt) for pt in points]
+        vec_type = pa.list_(pa.float32())
+        vectors = pa.array(vecs, type=vec_type)
+        cols, names = [ids, vectors], [self.id_column, self.vector_column]
+        if self._json_payload:
+            cols.append(pa.array([json.dumps(pt.payload or {}, sort_keys=True) for pt in points],
+                                 type=pa.string()))
+            names.append("payload")
+        else:
+            for f in self._payload_schema:
+                vals = [(pt.payload or {}).get(f.name) for pt in points]
+                try:
+                    cols.append(pa.array(vals, type=f.type))
+                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                    raise InvalidInputError(
+                        f"Payload key '{f.name}' of source '{self.uri}' must keep type {f.type}. "
+                        f"Got a value it cannot hold ({exc}).") from None
+            names += self._payload_schema.names
+        return pa.RecordBatch.from_arrays(cols, names=names)
+
+    def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 256) -> np.ndarray:
+        """Cost: one ``retrieve`` call per ``chunk`` ids."""
+        ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
+        ids = [int(i) if isinstance(i, (int, np.integer)) else str(i) for i in ids]
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for s in range(0, len(ids), chunk):
+            part = ids[s:s + chunk]
+            recs = call(lambda: self.client.retrieve(self.collection, ids=list(dict.fromkeys(part)),
+                                                     with_vectors=self._with_vectors(),
+                                                     with_payload=False), self._p, "retrieve")
+            got = {r.id: self._vec(r) for r in recs}
+            for j, i in enumerate(part):
+                v = got.get(i)
+                if v is None:
+                    raise InvalidInputError(
+                        f"The 'ids' parameter of take must name points of source '{self.uri}'. Got "
+                        f"unknown id {i!r}.")
+                out[s + j] = v
+        return out
+
+
+# -------------------------------------------------------------------------------------------- sink
+
+def point_id(value: Any) -> int | str:
+    """Qdrant point id of a source id (see the module docstring)."""
+    if isinstance(value, (int, np.integer)):
+        if value < 0:
+            raise InvalidInputError(
+                f"Ids written to Qdrant must be integers >= 0 or strings. Got {int(value)}.")
+        return int(value)
+    s = str(value)
+    try:
+        if str(uuid.UUID(s)) == s:
+            return s
+    except ValueError:
+        pass
+    return str(uuid.uuid5(ID_NAMESPACE, s))
+
+
+def _payload_values(col: pa.Array) -> list:
+    t = col.type
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return [None if v is None else base64.b64encode(v).decode("ascii") for v in col.to_pylist()]
+    if pa.types.is_temporal(t) or pa.types.is_decimal(t):
+        return pc.cast(col, pa.string()).to_pylist()
+    return col.to_pylist()
+
+
+class QdrantSink(Sink):
+    """Writes ``<alias>__v<n>`` and publishes it by switching ``<alias>``."""
+
+    def __init__(self, p: ParsedURI, *, uri: str, client=None, api_key: str | None = None,
+                 timeout: float = 10.0, upsert_batch: int = 256, max_retries: int = 5,
+                 backoff_s: float = 0.5, max_total_s: float = 600.0, compression: str | None = None,
+                 keep_previous: bool = False, named_vector: bool | None = None,
+                 store_codes: bool = False, on_disk: bool | None = None, seed: int = 0):
+        super().__init__(uri)
+        self._p = p
+        self.alias = p.collection
+        self.client = client or client_for(p, api_key=api_key, timeout=timeout)
+        self.upsert_batch = check_int(upsert_batch, "upsert_batch", low=1, owner="QdrantSink")
+        self.max_retries = check_int(max_retries, "max_retries", low=0, owner="QdrantSink")
+        self.backoff_s = check_float(backoff_s, "backoff_s", low=0, owner="QdrantSink")
+        self.max_total_s = check_float(max_total_s, "max_total_s", low=0, owner="QdrantSink")
+        self.compression, self.keep_previous = compression, keep_previous
+        self.named_vector, self.store_codes, self.on_disk = named_vector, store_codes, on_disk
+        self._rng = random.Random(seed)
+        self.collection: str | None = None
+        self.previous: str | None = None
+        self._sleep = time.sleep
+
+    def _retry(self, fn: Callable[[], Any], what: str) -> Any:
+        return with_retries(fn, what=what, p=self._p, max_retries=self.max_retries,
+                            backoff_s=self.backoff_s, max_total_s=self.max_total_s, rng=self._rng,
+                            sleep=self._sleep)
+
+    def _compression(self, d: int, value_bytes: int):
+        m = _models()
+        if self.compression is not None:
+            return m.CompressionRatio(self.compression.lower())
+        if self.layout.codes_column is None:
+            return m.CompressionRatio.X16
+        code_bytes = self.schema.field(self.layout.codes_column).type.list_size
+        ratio = d * value_bytes / max(code_bytes, 1)
+        best = min((4, 8, 16, 32, 64), key=lambda r: abs(math.log(r) - math.log(max(ratio, 1))))
+        return m.CompressionRatio(f"x{best}")
+
+    def _create(self) -> None:
+        m = _models()
+        lay = self.layout
+        aliases = {a.alias_name: a.collection_name
+                   for a in call(lambda: self.client.get_aliases().aliases, self._p,
+                                 "list aliases")}
+        names = [c.name for c in call(lambda: self.client.get_collections().collections, self._p,
+                                      "list collections")]
+        if self.alias in names:
+            raise TargetExistsError(
+                f"Target '{self.uri}' is an existing collection, not an alias; tldr-index publishes "
+                f"through an alias, so choose another target name (nothing was written).")
+        if self.alias in aliases and not self.overwrite:
+            raise TargetExistsError(
+                f"Target '{self.uri}' already exists (alias of collection "
+                f"'{aliases[self.alias]}'). Pass overwrite=True to replace it.")
+        self.previous = aliases.get(self.alias)
+        if self.previous is not None:
+            meta = call(lambda: self.client.get_collection(self.previous), self._p,
+                        f"read collection '{self.previous}'").config.metadata or {}
+            if RECORD_KEY not in meta:
+                raise TargetExistsError(
+                    f"Target '{self.uri}' is an alias of collection '{self.previous}', which is "
+                    f"not a tldr-index target; refusing to replace it even with overwrite=True.")
+        pat = re.compile(re.escape(self.alias) + r"__v(\d+)$")
+        n = 1 + max([int(mt.group(1)) for c in names if (mt := pat.match(c))], default=0)
+        self.collection = f"{self.alias}__v{n}"
+        vt = self.schema.field(lay.vector_column).type
+        d = vt.list_size
+        _, from_dist = _distances()
+        params = m.VectorParams(size=d, distance=from_dist[lay.distance], on_disk=self.on_disk,
+                                datatype=m.Datatype.FLOAT16 if vt.value_type == pa.float16()
+                                else None)
+        named = self.named_vector if self.named_vector is not None else lay.vector_column != UNNAMED
+        self._vector_name = lay.vector_column if named else None
+        ratio = self._compression(d, 2 if vt.value_type == pa.float16() else 4)
+        quant = m.ProductQuantization(product=m.ProductQuantizationConfig(compression=ratio,
+                                                                          always_ram=True))
+        self._string_ids = not pa.types.is_integer(self.schema.field(lay.id_column).type)
+        self._json_cols = [f.name for f in self.schema
+                           if (f.metadata or {}).get(au.JSON_FIELD_KEY) == b"1"]
+        self._payload_cols = [c for c in self.schema.names
+                              if c not in (lay.id_column, lay.vector_column, lay.codes_column)]
+        self._retry(lambda: self.client.create_collection(
+            self.collection, vectors_config={self._vector_name: params} if named else params,
+            quantization_config=quant), f"create collection '{self.collection}'")
+        log.info("Staging %s in collection %s (size %d, %s, PQ %s).", self.uri, self.collection, d,
+                 lay.distance, ratio.value)
+
+    def _append(self, batch: pa.RecordBatch) -> None:
+        m = _models()
+        lay = self.layout
+        raw_ids = batch.column(lay.id_column).to_pylist()
+        pids = [point_id(i) for i in raw_ids]
+        X = au.vectors_to_numpy(batch.column(lay.vector_column)).astype(np.float32)
+        payloads: list[dict] = [{} for _ in range(batch.num_rows)]
+        for c in self._payload_cols:
+            if c in self._json_cols:
+                for pl, v in zip(payloads, batch.column(c).to_pylist()):
+                    if v is not None:
+                        pl.update(json.loads(v))
+            else:
+                for pl, v in zip(payloads, _payload_values(batch.column(c))):
+                    pl[c] = v
+        if self._string_ids:
+            for pl, v in zip(payloads, raw_ids):
+                pl[lay.id_column] = v
+        if self.store_codes and lay.codes_column:
+            col = batch.column(lay.codes_column)
+            flat = col.values.slice(col.offset * col.type.list_size,
+                                    len(col) * col.type.list_size).to_numpy()
+            flat = flat.reshape(len(col), col.type.list_size)
+            for pl, row in zip(payloads, flat):
+                pl[lay.codes_column] = base64.b64encode(row.tobytes()).decode("ascii")
+        for s in range(0, batch.num_rows, self.upsert_batch):
+            e = s + self.upsert_batch
+            vecs = X[s:e].tolist()
+            points = m.Batch(ids=pids[s:e],
+                             vectors={self._vector_name: vecs} if self._vector_name else vecs,
+                             payloads=payloads[s:e])
+            self._retry(lambda: self.client.upsert(self.collection, points=points, wait=True),
+                        f"upsert {len(pids[s:e])} points into '{self.collection}'")
+
+    def _store_model(self, model_bytes: bytes, metadata: dict) -> None:
+        rec = build_record(self.layout, model_bytes, metadata, inline=True)
+        rec["qdrant"] = {"vector_name": self._vector_name, "string_ids": self._string_ids,
+                         "id_namespace": str(ID_NAMESPACE)}
+        text = dump_record(rec)
+        self._retry(lambda: self.client.update_collection(self.collection,
+                                                          metadata={RECORD_KEY: text}),
+                    f"store the model in '{self.collection}'")
+
+    def _verify(self, expected_count: int, expected_ids_digest: str | None) -> None:
+        t = QdrantTarget(self._p, uri=self.uri, client=self.client, collection=self.collection)
+        got = t.count()
+        digest = None
+        if expected_ids_digest is not None:
+            d = IdDigest()
+            for ids in t.iter_ids():
+                d.update(ids)
+            digest = d.hexdigest()
+        verify_counts(self.uri, expected_count, got, expected_ids_digest, digest)
+
+    def _publish(self) -> None:
+        m = _models()
+        ops = []
+        if self.previous is not None:
+            ops.append(m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=self.alias)))
+        ops.append(m.CreateAliasOperation(create_alias=m.CreateAlias(
+            collection_name=self.collection, alias_name=self.alias)))
+        self._retry(lambda: self.client.update_collection_aliases(change_aliases_operations=ops),
+                    f"switch alias '{self.alias}'")
+        log.info("Alias %s now points at %s (was %s).", self.alias, self.collection, self.previous)
+        if self.previous is not None and not self.keep_previous:
+            try:
+                self.client.delete_collection(self.previous)
+            except Exception as exc:  # published already; a leftover is only wasted space
+                log.warning("Could not delete the previous collection %s: %s", self.previous,
+                            _short(exc))
+
+    def _abort(self) -> None:
+        if self.collection is None:
+            return
+        try:
+            self.client.delete_collection(self.collection)
+        except Exception as exc:
+            log.warning("Could not delete staging collection %s: %s", self.collection, _short(exc))
+
+
+# ------------------------------------------------------------------------------------------ target
+
+class QdrantTarget(Target):
+    """A published target (the alias) or, with ``collection=``, a staged collection."""
+
+    def __init__(self, p: ParsedURI, *, uri: str, client=None, api_key: str | None = None,
+                 timeout: float = 10.0, collection: str | None = None):
+        self.uri, self._p = uri, p
+        self.client = client or client_for(p, api_key=api_key, timeout=timeout, must_exist=True)
+        self.collection, info = _open_collection(self.client, p, collection or p.collection)
+        meta = info.config.metadata or {}
+        self.record = load_record(meta.get(RECORD_KEY), f"target '{uri}'")
+        try:
+            data = base64.b64decode(self.record["model"]["base64"], validate=True)
+        except (KeyError, ValueError):
+            raise ModelFormatError(f"The model of target '{uri}' is missing or not base64.") \
+                from None
+        self.model_bytes = check_model(data, self.record, f"target '{uri}'")
+        q = self.record.get("qdrant", {})
+        self._vector_name = q.get("vector_name")
+        self._string_ids = bool(q.get("string_ids"))
+
+    def count(self) -> int:
+        return int(call(lambda: self.client.count(self.collection, exact=True).count, self._p,
+                        "count points"))
+
+    def _pages(self, batch_rows: int, with_payload, with_vectors):
+        offset = None
+        while True:
+            pts, offset = call(lambda: self.client.scroll(
+                self.collection, limit=batch_rows, offset=offset, with_payload=with_payload,
+                with_vectors=with_vectors), self._p, "scroll")
+            if pts:
+                yield pts
+            if offset is None:
+                return
+
+    def _ids(self, pts) -> pa.Array:
+        idc = self.layout.id_column
+        if self._string_ids:
+            return pa.array([pt.payload[idc] for pt in pts], type=pa.string())
+        return pa.array([pt.id for pt in pts], type=pa.int64())
+
+    def iter_ids(self, batch_rows: int = 4096) -> Iterator[pa.Array]:
+        """Original ids only (cheap: no vectors)."""
+        sel = [self.layout.id_column] if self._string_ids else False
+        for pts in self._pages(batch_rows, sel, False):
+            yield self._ids(pts)
+
+    def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """Batches of id, vector (float32) and ``payload`` (JSON text, id key removed)."""
+        lay = self.layout
+        wv = [self._vector_name] if self._vector_name else True
+        for pts in self._pages(batch_rows, True, wv):
+            vecs = [pt.vector[self._vector_name] if self._vector_name else pt.vector for pt in pts]
+            X = np.asarray(vecs, dtype=np.float32)
+            payloads = []
+            for pt in pts:
+                pl = dict(pt.payload or {})
+                if self._string_ids:
+                    pl.pop(lay.id_column, None)
+                payloads.append(json.dumps(pl, sort_keys=True))
+            yield pa.RecordBatch.from_arrays(
+                [self._ids(pts), au.numpy_to_fsl(X), pa.array(payloads, type=pa.string())],
+                names=[lay.id_column, lay.vector_column, "payload"])
+
+    def search(self, query: np.ndarray, k: int = 10, **options: Any) -> pa.Table:
+        """``query_points`` on the collection; ``_distance``: Euclid distance, 1 - cosine, -dot.
+        Extra options go to ``query_points`` (e.g. ``search_params``)."""
+        lay = self.layout
+        q = np.asarray(query, dtype=np.float32).reshape(-1).tolist()
+        sel = [lay.id_column] if self._string_ids else False
+        res = call(lambda: self.client.query_points(self.collection, query=q,
+                                                    using=self._vector_name, limit=int(k),
+                                                    with_payload=sel, **options),
+                   self._p, "search").points
+        score = np.array([r.score for r in res], dtype=np.float32)
+        dist = {"l2": score, "cosine": 1.0 - score, "ip": -score}[lay.distance]
+        ids = self._ids(res)
+        return pa.table({lay.id_column: ids, "_distance": pa.array(dist, type=pa.float32())})
