@@ -23,6 +23,11 @@ class BaseReducer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
     method: str = "base"
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]   # outputs are always float32
+        return tags
+
     # -- helpers -----------------------------------------------------------------------------
     def _check_fitted(self, what: str) -> None:
         if not hasattr(self, "n_features_in_"):
@@ -47,8 +52,9 @@ class BaseReducer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         v = as_vectors(X)
         if v.dim != self.n_features_in_:
             raise InvalidInputError(
-                f"Input 'X' must have {self.n_features_in_} features (the dimension this "
-                f"{type(self).__name__} was fitted on). Got {v.dim} instead.")
+                f"X has {v.dim} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (input 'X' must have the dimension "
+                f"the model was fitted on).")
         out = np.empty((v.n_rows, self.n_components_), dtype=np.float32)
         check = not isinstance(v, ArrayVectors)  # arrays were checked by as_vectors
         for start, block in v.iter_chunks(chunk_rows, check_finite=check):

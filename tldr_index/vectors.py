@@ -42,7 +42,7 @@ class Vectors:
         return (self.n_rows, self.dim)
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start, stop)`` as a C-contiguous float32 array."""
+        """Rows ``[start, stop)`` as a fresh C-contiguous float32 array (the caller owns it)."""
         raise NotImplementedError
 
     def take(self, idx: np.ndarray) -> np.ndarray:
@@ -99,9 +99,10 @@ class ArrayVectors(Vectors):
         self.dtype = array.dtype
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return np.ascontiguousarray(self.array[start:stop], dtype=np.float32)
+        return np.array(self.array[start:stop], dtype=np.float32, order="C", copy=True)
 
     def take(self, idx: np.ndarray) -> np.ndarray:
+        # fancy indexing already copies
         return np.ascontiguousarray(self.array[np.asarray(idx, dtype=np.int64)], dtype=np.float32)
 
 
@@ -130,13 +131,14 @@ class FileVectors(Vectors):
     def read(self, start: int, stop: int) -> np.ndarray:
         n = max(0, stop - start)
         nbytes = n * self._row_bytes
-        buf = os.pread(self._handle(), nbytes, self.offset + start * self._row_bytes)
-        if len(buf) != nbytes:
+        buf = bytearray(nbytes)  # writable, owned by the caller
+        got = os.preadv(self._handle(), [buf], self.offset + start * self._row_bytes) if nbytes else 0
+        if got != nbytes:
             raise InvalidInputError(
                 f"Vector file '{self.path}' is truncated: expected {nbytes} bytes for rows "
-                f"{start}..{stop - 1}, got {len(buf)}.")
+                f"{start}..{stop - 1}, got {got}.")
         arr = np.frombuffer(buf, dtype=self.dtype).reshape(n, self.dim)
-        return np.ascontiguousarray(arr, dtype=np.float32)
+        return arr if self.dtype == np.float32 else arr.astype(np.float32)
 
     def close(self) -> None:
         if self._fd is not None and self._pid == os.getpid():
@@ -251,6 +253,10 @@ def as_vectors(X: Any, name: str = "X") -> Vectors:
         _check_dtype(X.dtype, name)
         _check_rows(X.shape, name)
         return FileVectors(X.filename, X.shape[0], X.shape[1], X.dtype, X.offset)
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):
+        raise InvalidInputError(
+            f"Input '{name}' is a sparse matrix ({type(X).__name__}): sparse input is not "
+            f"supported; pass a dense 2-D float array (e.g. X.toarray()).")
     if not isinstance(X, np.ndarray):
         try:
             X = np.asarray(X)
@@ -261,8 +267,8 @@ def as_vectors(X: Any, name: str = "X") -> Vectors:
     if X.ndim != 2:
         raise InvalidInputError(
             f"Input '{name}' must be a 2-D array of shape (n_samples, n_features). Got an array "
-            f"with {X.ndim} dimension(s), shape {X.shape}; reshape a single vector with "
-            f"x.reshape(1, -1).")
+            f"with {X.ndim} dimension(s), shape {X.shape}. Reshape your data: a single vector "
+            f"with x.reshape(1, -1).")
     _check_dtype(X.dtype, name)
     _check_rows(X.shape, name)
     check_finite_block(X, 0, name)
@@ -270,6 +276,10 @@ def as_vectors(X: Any, name: str = "X") -> Vectors:
 
 
 def _check_dtype(dtype: np.dtype, name: str) -> None:
+    if dtype.kind == "c":
+        raise InvalidInputError(
+            f"Input '{name}' must have a floating dtype (float16, float32 or float64). Got dtype "
+            f"{dtype} instead: Complex data not supported.")
     if dtype not in FLOAT_DTYPES:
         raise InvalidInputError(
             f"Input '{name}' must have a floating dtype (float16, float32 or float64). Got dtype "
@@ -277,6 +287,8 @@ def _check_dtype(dtype: np.dtype, name: str) -> None:
 
 
 def _check_rows(shape: tuple, name: str) -> None:
-    if shape[0] < 1 or shape[1] < 1:
-        raise InvalidInputError(
-            f"Input '{name}' must have at least 1 row and 1 column. Got shape {shape} instead.")
+    for axis, what in ((0, "sample"), (1, "feature")):
+        if shape[axis] < 1:
+            raise InvalidInputError(
+                f"Input '{name}' must have at least 1 row and 1 column: found array with 0 "
+                f"{what}(s) (shape={shape}) while a minimum of 1 is required.")

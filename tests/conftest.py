@@ -1,0 +1,26 @@
+"""Shared fixtures: small seeded *structured* data (low intrinsic dimension)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def make_structured(n: int = 1200, dim: int = 48, latent: int = 8, clusters: int = 12,
+                    noise: float = 0.05, seed: int = 0, normalize: bool = True) -> np.ndarray:
+    """Points of ``clusters`` Gaussian blobs in a ``latent``-d space, mapped linearly to ``dim``-d,
+    plus isotropic noise; optionally L2-normalised (like text embeddings). float32."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, latent)) * 2.0
+    lab = rng.integers(0, clusters, n)
+    z = centers[lab] + rng.normal(size=(n, latent))
+    A = rng.normal(size=(latent, dim)) / np.sqrt(latent)
+    x = z @ A + noise * rng.normal(size=(n, dim))
+    if normalize:
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def structured() -> np.ndarray:
+    return make_structured()

@@ -1,0 +1,205 @@
+"""The TLDR estimator and PCA baselines: quality, folding, persistence, resume, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tldr_index import PCA, TLDR, load_model
+from tldr_index.errors import CheckpointError
+
+from conftest import make_structured
+
+FAST = dict(epochs=3, batch_size=64, random_state=0)
+
+
+def recall_at_10(model, X, q_idx):
+    """Recall@10 of cosine search in the reduced space vs exact cosine search in the original."""
+    def top(Z):
+        Z = Z / np.linalg.norm(Z, axis=1, keepdims=True)
+        s = Z[q_idx] @ Z.T
+        s[np.arange(len(q_idx)), q_idx] = -np.inf
+        return np.argsort(-s, axis=1)[:, :10]
+    a, b = top(model.transform(X)), top(X)
+    return np.mean([len(np.intersect1d(u, v)) / 10 for u, v in zip(a, b)])
+
+
+def test_ranking_objective_beats_pca(structured):
+    q = np.arange(0, len(structured), 6)
+    pca = PCA(6).fit(structured)
+    tldr = TLDR(6, n_neighbors=10, epochs=8, batch_size=64, random_state=0).fit(structured)
+    r_pca, r_tldr = recall_at_10(pca, structured, q), recall_at_10(tldr, structured, q)
+    assert r_tldr >= r_pca + 0.03, (r_tldr, r_pca)
+
+
+@pytest.mark.parametrize("objective", ["barlow", "ranking+barlow"])
+def test_barlow_objectives_train_and_lower_their_loss(structured, objective):
+    m = TLDR(8, objective=objective, projector="mlp-1-64", epochs=4, batch_size=128,
+             early_stopping=False, random_state=0).fit(structured)
+    losses = [h["loss"] for h in m.history_]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0]
+    assert m.transform(structured).shape == (len(structured), 8)
+
+
+def test_gaussian_pairs_baseline_runs(structured):
+    m = TLDR(8, pairs="gaussian", objective="barlow", projector="mlp-1-64", epochs=2,
+             batch_size=128, random_state=0).fit(structured)
+    assert np.isfinite(m.transform(structured)).all()
+
+
+def test_flinear_folds_into_one_matrix_within_1e4(structured):
+    m = TLDR(8, encoder="flinear-2-32", **FAST, early_stopping=False).fit(structured)
+    # rebuild the unfolded network by re-training with the same seed and keep the module
+    m2 = TLDR(8, encoder="mlp-2-32", **FAST, early_stopping=False)  # sanity: mlp is not foldable
+    m2.fit(structured)
+    assert m2.encoder_ is not None and m.encoder_ is None
+    # direct folding check on a random flinear network with non-trivial BN statistics
+    from tldr_index.model import build_encoder, fold_linear, parse_encoder
+    torch.manual_seed(0)
+    enc = build_encoder(parse_encoder("flinear-3-16"), 48, 8)
+    enc.train()
+    with torch.no_grad():
+        for _ in range(5):
+            enc(torch.from_numpy(structured[:256]) * 3 + 1)   # move BN running stats
+        for mod in enc:
+            if isinstance(mod, torch.nn.BatchNorm1d):
+                mod.weight.uniform_(0.5, 2.0)
+                mod.bias.uniform_(-1, 1)
+    enc.eval()
+    W, b = fold_linear(enc, 48)
+    with torch.no_grad():
+        ref = enc(torch.from_numpy(structured)).numpy()
+    np.testing.assert_allclose(structured @ W.T + b, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(encoder="flinear-2-32"), dict(encoder="mlp-1-32")])
+def test_save_load_round_trip(structured, tmp_path, kw):
+    m = TLDR(8, **FAST, **kw).fit(structured)
+    path = tmp_path / "m.safetensors"
+    m.save(path)
+    back = TLDR.load(path)
+    np.testing.assert_allclose(back.transform(structured), m.transform(structured), atol=1e-6)
+    assert back.get_params() == m.get_params()
+    assert type(load_model(path)) is TLDR
+    back.save(tmp_path / "again.safetensors")
+    # safetensors orders its metadata map arbitrarily: compare content, not bytes
+    from tldr_index.artifact import load_model_file
+    t1, i1 = load_model_file(path)
+    t2, i2 = load_model_file(tmp_path / "again.safetensors")
+    assert i1 == i2 and t1.keys() == t2.keys()
+    for key in t1:
+        np.testing.assert_array_equal(t1[key], t2[key])
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_pca_matches_exact_reference_and_round_trips(structured, tmp_path, whiten):
+    from sklearn.decomposition import PCA as SkPCA
+    X = structured.astype(np.float64)
+    ours = PCA(6, whiten=whiten, chunk_rows=100).fit(structured)   # 12 streamed blocks
+    ref = SkPCA(6, whiten=whiten, svd_solver="full").fit(X)
+    Z, R = ours.transform(structured), ref.transform(X)
+    signs = np.sign((Z * R).sum(0))                  # components are defined up to sign
+    np.testing.assert_allclose(Z * signs, R, atol=2e-3 * np.abs(R).max())
+    ours.save(tmp_path / "p.safetensors")
+    back = load_model(tmp_path / "p.safetensors")
+    assert isinstance(back, PCA) and back.whiten == whiten
+    np.testing.assert_array_equal(back.transform(structured), Z)
+
+
+def test_cpu_determinism(structured):
+    a = TLDR(8, **FAST).fit(structured)
+    b = TLDR(8, **FAST).fit(structured)
+    np.testing.assert_array_equal(a.components_, b.components_)
+    np.testing.assert_array_equal(a.bias_, b.bias_)
+
+
+def test_fit_does_not_touch_global_rngs(structured):
+    np.random.seed(123)
+    torch.manual_seed(123)
+    before = (np.random.random(), torch.rand(1).item())
+    np.random.seed(123)
+    torch.manual_seed(123)
+    TLDR(8, **FAST).fit(structured)
+    assert (np.random.random(), torch.rand(1).item()) == before
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("objective", ["ranking", "barlow"])
+def test_resume_equals_uninterrupted_run(structured, tmp_path, objective):
+    kw = dict(objective=objective, projector="mlp-1-64", epochs=4, batch_size=64, random_state=3)
+    full = TLDR(8, **kw).fit(structured, checkpoint_dir=tmp_path / "full")
+    steps_per_epoch = None
+
+    def crash(done, total, info):
+        nonlocal steps_per_epoch
+        steps_per_epoch = total // 4
+        if done == 2 * steps_per_epoch + 3:    # in the middle of epoch 3
+            raise _Crash
+    with pytest.raises(_Crash):
+        TLDR(8, **kw).fit(structured, checkpoint_dir=tmp_path / "run", progress=crash)
+    assert (tmp_path / "run" / "checkpoint.safetensors").exists()
+    resumed = TLDR(8, **kw).fit(structured, checkpoint_dir=tmp_path / "run", resume=True)
+    np.testing.assert_allclose(resumed.components_, full.components_, atol=1e-6)
+    np.testing.assert_allclose(resumed.bias_, full.bias_, atol=1e-6)
+    assert [h.get("val_recall") for h in resumed.history_] == \
+        pytest.approx([h.get("val_recall") for h in full.history_])
+
+
+def test_resume_refuses_checkpoint_of_another_run(structured, tmp_path):
+    TLDR(8, **FAST).fit(structured, checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="belongs to another run"):
+        TLDR(6, **FAST).fit(structured, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_memmap_and_store_inputs_equal_array_input(structured, tmp_path):
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32,
+                                   shape=structured.shape)
+    mm[:] = structured
+    mm.flush()
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    a = TLDR(8, **FAST).fit(structured)
+    b = TLDR(8, **FAST, chunk_rows=128).fit(mm)
+    np.testing.assert_allclose(a.components_, b.components_, atol=1e-5)
+    np.testing.assert_allclose(a.transform(structured), b.transform(mm), atol=1e-5)
+
+
+def test_sub_sampling_training_rows(structured):
+    m = TLDR(8, **FAST, max_train_rows=600).fit(structured)
+    assert m.fit_info_["n_train"] == 600 and m.fit_info_["n_rows"] == len(structured)
+
+
+def test_early_stopping_never_returns_worse_than_initial_pca_on_validation(structured):
+    m = TLDR(8, epochs=2, batch_size=64, learning_rate=5.0, random_state=0)  # absurd lr
+    try:
+        m.fit(structured)
+    except FloatingPointError:
+        return   # divergence is reported, never silently returned
+    assert m.fit_info_["val_recall_best"] >= m.fit_info_["val_recall_initial"]
+
+
+def test_given_graph_is_used_and_checked(structured):
+    from tldr_index.knn import knn_graph
+    g = knn_graph(structured, 5, method="exact", metric="cosine")
+    m = TLDR(8, n_neighbors=5, **FAST).fit(structured, graph=g)
+    assert m.fit_info_["graph"]["method"] == "exact"
+    m2 = TLDR(8, n_neighbors=5, **FAST).fit(structured, graph=g.neighbors)
+    np.testing.assert_array_equal(m.components_, m2.components_)
+
+
+def test_device_auto_is_cpu_here_and_cuda_gives_clear_error(structured):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    from tldr_index.errors import InvalidParameterError
+    with pytest.raises(InvalidParameterError, match="'device' parameter of TLDR is 'cuda' but torch sees no CUDA GPU"):
+        TLDR(8, device="cuda", **FAST).fit(structured)
+
+
+def test_structured_data_helper_has_low_intrinsic_dimension():
+    X = make_structured(500)
+    s = np.linalg.svd(X - X.mean(0), compute_uv=False)
+    assert (s[:8] ** 2).sum() / (s ** 2).sum() > 0.9
