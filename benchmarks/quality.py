@@ -1,0 +1,134 @@
+"""Quality of TLDR objectives vs PCA on the shared corpus (recall@10, 20-NN accuracy, fit cost).
+
+Protocol (shared/data/README.md): 38,000 database rows, 2,000 query rows, ground truth = exact
+cosine top-10 in the original 384-d space. Every method is fitted on the database rows only.
+The exact kNN graph of the database (k=10) is computed once and reused by every TLDR fit; its
+time is added to each TLDR fit time (a user pays it once per fit).
+
+Usage:
+    python benchmarks/quality.py                       # full table -> benchmarks/results/quality.md
+    python benchmarks/quality.py --dims 64 --methods pca,ranking --no-pq   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._corpus import (cosine_topk, knn_accuracy, load_corpus, machine,  # noqa: E402
+                                recall)
+from tldr_index import PCA, TLDR  # noqa: E402
+from tldr_index.knn import knn_graph  # noqa: E402
+from tldr_index.quantizer import ProductQuantizer  # noqa: E402
+
+# CPU budget for the paper's objective: a 512-wide projector, 10 epochs (the paper: 8192, 100 epochs,
+# on a GPU). A 20-epoch, 1024-wide run at d=16 early-stopped at epoch 8 (see results/quality.md).
+BARLOW = dict(objective="barlow", projector="mlp-1-512", epochs=10, batch_size=1024)
+METHODS = {
+    "pca": lambda d: PCA(d),
+    "pca-whiten": lambda d: PCA(d, whiten=True),
+    "barlow-linear": lambda d: TLDR(d, n_neighbors=3, **BARLOW),
+    "barlow-flinear": lambda d: TLDR(d, n_neighbors=3, encoder="flinear-1-512", **BARLOW),
+    "ranking": lambda d: TLDR(d),                                  # the library default
+    "ranking+barlow": lambda d: TLDR(d, objective="ranking+barlow", projector="mlp-1-512"),
+}
+
+
+def opq_baseline(db, q, truth, n_bytes, seed=0):
+    """OPQ + PQ of the original 384-d vectors at ``n_bytes`` per vector (inner product on unit rows)."""
+    import faiss
+    D = db.shape[1]
+    idx = faiss.index_factory(D, f"OPQ{n_bytes},PQ{n_bytes}", faiss.METRIC_INNER_PRODUCT)
+    opq = faiss.downcast_VectorTransform(idx.chain.at(0))
+    opq.niter = 10
+    rng = np.random.default_rng(seed)
+    train = db[np.sort(rng.choice(len(db), 20_000, replace=False))]
+    t0 = time.perf_counter()
+    idx.train(train)
+    idx.add(db)
+    secs = time.perf_counter() - t0
+    _, I = idx.search(q, 10)
+    return recall(I, truth), secs
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dims", default="16,32,64,128")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--pq-bytes", default="16,32")
+    ap.add_argument("--no-pq", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality"))
+    args = ap.parse_args(argv)
+    dims = [int(x) for x in args.dims.split(",")]
+    methods = args.methods.split(",")
+    pq_bytes = [] if args.no_pq else [int(x) for x in args.pq_bytes.split(",")]
+
+    db, q, ldb, lq = load_corpus()
+    truth = cosine_topk(q, db, 10)
+    truth20 = cosine_topk(q, db, 20)
+    rows = [{"method": "original-384", "d": 384, "recall@10": recall(truth, truth),
+             "acc@20": knn_accuracy(truth20, ldb, lq)}]
+    t0 = time.perf_counter()
+    graph = knn_graph(db, 10, method="exact", metric="cosine")
+    t_graph = time.perf_counter() - t0
+    print(f"exact kNN graph (k=10) of {len(db)} rows: {t_graph:.1f} s", flush=True)
+
+    for d in dims:
+        for name in methods:
+            model = METHODS[name](d)
+            if isinstance(model, TLDR):
+                model.set_params(random_state=args.seed)
+                t0 = time.perf_counter()
+                model.fit(db, graph=graph.neighbors[:, :model.n_neighbors])
+                secs = time.perf_counter() - t0 + t_graph
+            else:
+                t0 = time.perf_counter()
+                model.fit(db)
+                secs = time.perf_counter() - t0
+            zdb, zq = model.transform(db), model.transform(q)
+            row = {"method": name, "d": d, "recall@10": recall(cosine_topk(zq, zdb, 10), truth),
+                   "acc@20": knn_accuracy(cosine_topk(zq, zdb, 20), ldb, lq),
+                   "fit_s": secs, "fit_ms_per_row": 1000 * secs / len(db)}
+            if isinstance(model, TLDR):
+                row["best_epoch"] = model.best_epoch_
+            for nb in pq_bytes:
+                if d % nb == 0:
+                    pq = ProductQuantizer(nb, random_state=args.seed).fit(zdb)
+                    _, I = pq.search(zq, pq.encode(zdb), 10)
+                    row[f"pq{nb}_recall@10"] = recall(I, truth)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    for nb in pq_bytes:
+        r, secs = opq_baseline(db, q, truth, nb, args.seed)
+        rows.append({"method": f"opq-384 ({nb} B)", "d": 384, f"pq{nb}_recall@10": r, "fit_s": secs})
+        print(json.dumps(rows[-1]), flush=True)
+    write(rows, args, pq_bytes, t_graph)
+
+
+def write(rows, args, pq_bytes, t_graph) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    cols = ["method", "d", "recall@10", "acc@20", "fit_s", "fit_ms_per_row", "best_epoch"] + \
+        [f"pq{nb}_recall@10" for nb in pq_bytes]
+    fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = [f"# Quality on the shared corpus ({dt.date.today()}, {machine()})", "",
+             f"Command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`".rstrip(), "",
+             f"Exact kNN graph of the 38,000 database rows: {t_graph:.1f} s (included in TLDR fit_s).",
+             "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
