@@ -246,7 +246,7 @@ class TLDR(BaseReducer):
 
         # 2. the kNN graph over the training rows
         t0 = time.perf_counter()
-        neighbors, graph_info = self._graph(train, graph, k, seed, device, ckpt_dir, resume)
+        neighbors, graph_info = self._graph(train, graph, k, seed, ckpt_dir, resume)
         t_knn = time.perf_counter() - t0
 
         # 3. model
@@ -313,7 +313,7 @@ class TLDR(BaseReducer):
         return self
 
     # ------------------------------------------------------------------------------------------
-    def _graph(self, train, graph, k, seed, device, ckpt_dir, resume):
+    def _graph(self, train, graph, k, seed, ckpt_dir, resume):
         if graph is not None:
             is_graph = hasattr(graph, "neighbors")
             nb = graph.neighbors if is_graph else np.asarray(graph)
@@ -332,9 +332,9 @@ class TLDR(BaseReducer):
         from .knn import knn_graph
 
         kw = dict(self.knn_params or {})
-        g = knn_graph(train, k, method=self.knn_method, metric=self.metric, random_state=seed,
-                      device="cuda" if device.type == "cuda" and kw.pop("device", None) is None
-                      else kw.pop("device", "cpu"), **kw)
+        # GPU FAISS when present, unless the estimator was pinned to the CPU
+        kw.setdefault("device", "cpu" if self.device == "cpu" else "auto")
+        g = knn_graph(train, k, method=self.knn_method, metric=self.metric, random_state=seed, **kw)
         nb = np.asarray(g.neighbors, dtype=np.int64)
         if path is not None:
             from .artifact import atomic_write_bytes
