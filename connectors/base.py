@@ -435,6 +435,12 @@ class Target(abc.ABC):
     def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """All rows (id, payload, vector, codes) in batches of at most ``batch_rows``."""
 
+    def iter_columns(self, columns: Sequence[str],
+                     batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """Only ``columns`` of every row, in :meth:`iter_batches` order (stores that can read a
+        column subset cheaply override this; the others raise NotImplementedError)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read a subset of columns.")
+
     def search(self, query: np.ndarray, k: int = 10, **options: Any) -> pa.Table:
         """The ``k`` nearest rows to ``query`` (a reduced vector of length d) as a table with the id
         column and ``_distance`` (lower is better, in the store's units)."""

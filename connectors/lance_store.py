@@ -388,6 +388,11 @@ class LanceTarget(Target):
     def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         yield from self.dataset.to_batches(batch_size=batch_rows, scan_in_order=True)
 
+    def iter_columns(self, columns: Sequence[str],
+                     batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+        yield from self.dataset.to_batches(columns=list(columns), batch_size=batch_rows,
+                                           scan_in_order=True)
+
     def search(self, query: np.ndarray, k: int = 10, *, nprobes: int = 32,
                refine_factor: int | None = 10, **options: Any) -> pa.Table:
         """Lance ``nearest`` search: IVF_PQ with exact re-ranking of ``refine_factor * k`` rows when

@@ -315,6 +315,11 @@ class ParquetTarget(Target):
         for f in self.files:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
 
+    def iter_columns(self, columns: Sequence[str],
+                     batch_rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+        for f in self.files:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=list(columns))
+
     def search(self, query: np.ndarray, k: int = 10, **options) -> pa.Table:
         """Exact streaming search over the reduced vectors (one pass; memory: one batch + k rows).
         ``_distance``: squared L2, 1 - cosine, or -dot."""

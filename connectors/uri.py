@@ -130,6 +130,21 @@ def parse_uri(uri: str | os.PathLike) -> ParsedURI:
     return ParsedURI(uri, "qdrant", collection=coll, mode=mode, host=parts.hostname, port=port)
 
 
+def absolute_uri(uri: str | os.PathLike) -> str:
+    """``uri`` with its file path made absolute (so it names the same data from any working
+    directory), redacted; server URIs come back unchanged apart from redaction."""
+    p = parse_uri(uri)
+    if p.kind == "lance" and p.table:
+        return lancedb_uri(os.path.abspath(p.db), p.table)
+    if p.kind == "lance":
+        return "lance://" + os.path.abspath(p.path)
+    if p.kind == "parquet":
+        return "parquet://" + os.path.abspath(p.path) + ("/" if p.path.endswith("/") else "")
+    if p.mode == "path":
+        return f"qdrant+path://{os.path.abspath(p.path)}/{p.collection}"
+    return redact(p.uri)
+
+
 def lancedb_uri(db: str | os.PathLike, table: str) -> str:
     """URI of LanceDB table ``table`` in database dir ``db`` (the CLI's ``--db``/``--collection``)."""
     db = os.fspath(db).rstrip("/") or "/"
