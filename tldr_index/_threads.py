@@ -1,0 +1,47 @@
+"""CPU threads for torch and FAISS during one call, restored afterwards.
+
+On a machine whose cores are shared with other jobs, OpenMP threads that outnumber the idle cores
+spin-wait for each other: measured on this project's 2-core machine under a load of ~4, TLDR
+training ran 15x faster with 1 thread than with 2, and FAISS k-means 2.7x faster. ``threads=None``
+therefore picks the cores that look idle (``cpu_count - 1-minute load average``, at least 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+
+from ._validation import check_int
+
+log = logging.getLogger(__name__)
+
+
+def auto_threads() -> int:
+    """Idle-looking cores: ``round(cpu_count - loadavg_1min)``, in ``[1, cpu_count]``."""
+    cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # not available on this platform
+        return cpus
+    return max(1, min(cpus, round(cpus - load)))
+
+
+@contextmanager
+def thread_limit(threads: int | None, owner: str = "shrink"):
+    """Run the body with ``threads`` torch and FAISS threads (None: :func:`auto_threads`)."""
+    import faiss
+    import torch
+
+    n = auto_threads() if threads is None else check_int(threads, "threads", low=1, owner=owner)
+    old_torch, old_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
+    if n != old_torch or n != old_faiss:
+        log.info("Using %d CPU thread(s) for torch and FAISS%s.", n,
+                 " (cores that look idle)" if threads is None else "")
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(old_torch)
+        faiss.omp_set_num_threads(old_faiss)

@@ -1,0 +1,720 @@
+"""``shrink``: a vector collection in, a compact collection (reduced vectors + PQ codes + model) out.
+
+Stages, each checkpointed in the work directory (see :mod:`tldr_index.workdir`):
+
+==========  ==========================================================================================
+scan        stream the source once (validated: nulls, lengths, NaN/inf, duplicate ids) into
+            ``scan/vectors`` (a :class:`~tldr_index.vectors.VectorStore`, float32 or the source's
+            float16) and ``scan/rows.arrow`` (ids + payload, Arrow IPC); later stages never read the
+            source again.
+knn         draw the training sample (``sample`` rows, seeded) into ``knn/train`` and, for TLDR,
+            build its kNN graph (``knn/graph.npy``, :func:`tldr_index.knn.knn_graph`).
+train       fit TLDR on the sample with that graph (per-epoch checkpoints in ``train/ckpt``, resumed
+            exactly) or PCA (``method="pca"``).
+encode      reduce every row (``encode/reduced``), train PQ on the reduced sample, encode the codes
+            (``encode/codes.u8``), write the compact model, and estimate recall@10 on ``eval_queries``
+            rows against exact search in the original space.
+write       stage the target through the sink: ids, payload, reduced vectors, PQ codes, model.
+verify      the staged target holds as many rows as the source and the same id set (digest).
+publish     make the target visible atomically.
+==========  ==========================================================================================
+
+``resume=True`` skips finished stages (their checkpoints are re-checked by size and sha256) and
+continues the unfinished one (training from its last epoch). ``write``, ``verify`` and ``publish``
+share one sink transaction: after a crash there the write restarts from the encoded rows and the
+abandoned staging area is removed. The source is only read. The work directory is removed after a
+successful publish unless ``keep_work``.
+
+Memory: independent of the number of rows N except for 8 bytes per id (duplicate detection) and
+``pq_bytes`` per row (the codes, searched in memory to estimate recall): the sample for training
+(``sample x D`` float32 on disk, read in blocks), one batch of rows, the kNN graph of the sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__
+from ._threads import auto_threads, thread_limit
+from ._validation import check_choice, check_int
+from .compact import CompactModel
+from .errors import (InvalidInputError, InvalidParameterError, ModelFormatError,
+                     SourceNotFoundError, TargetExistsError)
+from .progress import Progress, as_progress
+from .search import adc_topk, default_shortlist, info, rerank, search  # noqa: F401 (API)
+from .vectors import VectorStore
+from .workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+STAGES = ("scan", "knn", "train", "encode", "write", "verify", "publish")
+METHODS = ("tldr", "pca")
+DEFAULT_SAMPLE = 100_000  # exact kNN graph ~3 min on 2 cores (benchmarks/results/shrink.md)
+DEFAULT_PQ_BYTES = 16
+DEFAULT_EVAL_QUERIES = 200
+CODES_COLUMN = "pq_codes"
+FLOAT16_MAX = 65_000.0  # reduced values above this are stored as float32 instead of float16
+
+
+@dataclass
+class ShrinkReport:
+    """What a shrink did. Sizes in bytes; ``None`` where a store cannot tell (remote Qdrant)."""
+
+    source: str
+    target: str
+    method: str
+    metric: str
+    rows: int
+    source_dim: int
+    dim: int
+    pq_bytes: int
+    vector_dtype: str
+    source_disk_bytes: int | None
+    target_disk_bytes: int | None
+    graph_recall: float | None
+    recall_at_10: float | None
+    recall_at_10_rescored: float | None
+    eval_queries: int
+    shortlist: int
+    stage_seconds: dict = field(default_factory=dict)
+    skipped_stages: list = field(default_factory=list)
+    wall_seconds: float = 0.0
+    work_dir: str = ""
+    resumed: bool = False
+
+    @property
+    def source_vector_bytes(self) -> int:
+        """The source vectors as float32: ``rows x D x 4``."""
+        return self.rows * self.source_dim * 4
+
+    @property
+    def codes_bytes(self) -> int:
+        return self.rows * self.pq_bytes
+
+    @property
+    def search_compression(self) -> float | None:
+        """float32 source vector / PQ code, per row (the in-memory search structure)."""
+        return self.source_dim * 4 / self.pq_bytes if self.pq_bytes else None
+
+    @property
+    def disk_compression(self) -> float | None:
+        if self.source_disk_bytes and self.target_disk_bytes:
+            return self.source_disk_bytes / self.target_disk_bytes
+        return None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(source_vector_bytes=self.source_vector_bytes, codes_bytes=self.codes_bytes,
+                   search_compression=self.search_compression,
+                   disk_compression=self.disk_compression)
+        return out
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+def _du(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(path) for f in files)
+
+
+def _lance_bytes(path: str) -> int:
+    """Bytes of the current version of a Lance dataset: its data and deletion files, its indices
+    and the tldr-index sidecar (older versions, kept for rollback, are not counted)."""
+    import lance
+
+    ds = lance.dataset(path)
+    total = 0
+    for frag in ds.get_fragments():
+        for df in frag.data_files():
+            total += df.file_size_bytes or _du(os.path.join(path, "data", df.path))
+        dele = frag.metadata.deletion_file
+        if dele is not None and getattr(dele, "path", None):
+            total += _du(os.path.join(path, "_deletions", dele.path))
+    for idx in ds.list_indices():
+        uuid_ = idx.get("uuid") if isinstance(idx, dict) else None
+        if uuid_ and os.path.isdir(os.path.join(path, "_indices", str(uuid_))):
+            total += _du(os.path.join(path, "_indices", str(uuid_)))
+    side = os.path.join(path, "_tldr")
+    return total + (_du(side) if os.path.isdir(side) else 0)
+
+
+def disk_bytes(uri: str) -> int | None:
+    """Bytes on disk of a file-based collection (a Lance dataset's current version, the Parquet
+    files of a source or target); None for Qdrant or a missing path."""
+    from connectors import parse_uri
+    from connectors.lance_store import is_dataset
+    from connectors.parquet_store import list_parquet_files
+
+    p = parse_uri(uri)
+    if p.kind == "qdrant":
+        return None
+    if p.kind == "lance":
+        return _lance_bytes(p.path) if is_dataset(p.path) else None
+    try:
+        return sum(_du(f) for f in list_parquet_files(p.path, uri)) + sum(
+            _du(os.path.join(p.path, n)) for n in ("_tldr_model.safetensors",
+                                                   "_tldr_metadata.json")
+            if os.path.isfile(os.path.join(p.path, n)))
+    except SourceNotFoundError:
+        return None
+
+
+def default_pq_bytes(dim: int) -> int:
+    """16 bytes (the paper's setting) or the largest divisor of ``dim`` below it."""
+    return max(m for m in range(1, min(DEFAULT_PQ_BYTES, dim) + 1) if dim % m == 0)
+
+
+def default_work_dir(target_uri: str) -> Path:
+    """``$TLDR_INDEX_WORK`` or ``./tldr-work``, then ``<target name>-<8 hex of the target URI>``."""
+    from connectors import absolute_uri, parse_uri
+
+    p = parse_uri(target_uri)
+    name = p.collection or p.table or os.path.basename(p.path.rstrip("/")) or "target"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.removesuffix(".lance"))
+    tag = hashlib.sha256(absolute_uri(target_uri).encode()).hexdigest()[:8]
+    base = Path(os.environ.get("TLDR_INDEX_WORK") or "tldr-work")
+    return base / f"{name}-{tag}"
+
+
+def _read_rows(path: Path, start: int, stop: int, width: int, dtype=np.uint8) -> np.ndarray:
+    """Rows ``[start, stop)`` of a raw row-major file (plain reads: no mapping, no RSS growth)."""
+    itemsize = np.dtype(dtype).itemsize
+    with open(path, "rb") as f:
+        f.seek(start * width * itemsize)
+        buf = f.read((stop - start) * width * itemsize)
+    return np.frombuffer(buf, dtype=dtype).reshape(stop - start, width)
+
+
+def _check_target(target_uri: str, overwrite: bool, run_id: str | None = None) -> bool:
+    """Refuse an existing target unless ``overwrite``; True when it is already this run's output
+    (a crash after publish)."""
+    from connectors import open_target
+
+    try:
+        t = open_target(target_uri)
+    except SourceNotFoundError:
+        return False
+    except ModelFormatError:
+        raise TargetExistsError(
+            f"Target '{target_uri}' exists and is not a tldr-index target; refusing to replace "
+            f"it, even with overwrite=True (--overwrite). Choose another target.") from None
+    if run_id is not None and t.metadata.get("run_id") == run_id:
+        return True
+    if not overwrite:
+        raise TargetExistsError(
+            f"Target '{target_uri}' already exists. Pass overwrite=True (--overwrite) to replace "
+            f"it.")
+    return False
+
+
+def _discard_staging(ref: dict, target_uri: str) -> None:
+    """Remove what an interrupted write left behind (a staging directory or collection)."""
+    if ref.get("path"):
+        path = ref["path"]
+        if ".tldr-staging-" in os.path.basename(path) and os.path.isdir(path):
+            log.info("Removing abandoned staging directory %s.", path)
+            shutil.rmtree(path, ignore_errors=True)
+    elif ref.get("collection"):
+        from connectors import parse_uri
+        from connectors.qdrant_store import client_for
+
+        p = parse_uri(target_uri)
+        client = client_for(p)
+        try:
+            aliased = {a.collection_name for a in client.get_aliases().aliases}
+            names = {c.name for c in client.get_collections().collections}
+            if ref["collection"] in names and ref["collection"] not in aliased:
+                log.info("Removing abandoned staging collection %s.", ref["collection"])
+                client.delete_collection(ref["collection"])
+        except Exception as exc:  # best effort: a leftover only wastes space
+            log.warning("Could not remove staging collection %s: %s", ref["collection"], exc)
+
+
+# ---------------------------------------------------------------------------------- stages
+
+def _stage_scan(c: SimpleNamespace) -> tuple[list[Path], dict]:
+    from connectors import IdDigest
+    from connectors.arrow_utils import vectors_to_numpy
+
+    src, out = c.src, c.work.stage_dir("scan", clear=True)
+    dtype = np.float16 if src.value_type == pa.float16() else np.float32
+    writer = VectorStore.create(out / "vectors", src.dim, dtype)
+    keep = [0] + list(range(2, len(src.schema)))  # id + payload (the vector column is index 1)
+    spill_schema = pa.schema([src.schema.field(i) for i in keep])
+    digest = IdDigest()
+    total = src.count()
+    c.progress.begin("scan", total, "rows")
+    rows = 0
+    with pa.OSFile(str(out / "rows.arrow"), "wb") as sink, \
+            pa.ipc.new_file(sink, spill_schema) as ipc:
+        for b in src.iter_batches(c.batch_rows):
+            writer.append(vectors_to_numpy(b.column(1)))
+            ipc.write_batch(pa.RecordBatch.from_arrays([b.column(i) for i in keep],
+                                                       schema=spill_schema))
+            digest.update(b.column(0))
+            rows += b.num_rows
+            c.progress.update("scan", rows)
+    store = writer.finalize({"source": c.source_uri})
+    if rows != total:
+        raise InvalidInputError(
+            f"Source '{src.uri}' changed while it was read: it reported {total} rows but "
+            f"{rows} were read. Run shrink again once it is stable.")
+    files = [store.path, store.root / VectorStore.META, out / "rows.arrow"]
+    return files, {"rows": rows, "ids_digest": digest.hexdigest(), "dtype": np.dtype(dtype).name}
+
+
+def _sample_rows(n: int, sample: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, 0x5A5])
+    return np.sort(rng.choice(n, sample, replace=False)) if sample < n else np.arange(n)
+
+
+def _train_store(c: SimpleNamespace) -> VectorStore:
+    """The training sample: ``knn/train``, or the scan store itself when every row is used."""
+    sub = c.work.root / "knn" / "train"
+    return VectorStore.open(sub if (sub / VectorStore.META).exists()
+                            else c.work.root / "scan" / "vectors")
+
+
+def _stage_knn(c: SimpleNamespace) -> tuple[list[Path], dict]:
+    from .knn import graph_recall, knn_graph
+
+    out = c.work.stage_dir("knn", clear=True)
+    scan = VectorStore.open(c.work.root / "scan" / "vectors")
+    n_train = min(scan.n_rows, c.sample)
+    c.progress.begin("knn", n_train if c.method == "tldr" else None, "rows")
+    files: list[Path] = []
+    if n_train < scan.n_rows:
+        rows = _sample_rows(scan.n_rows, n_train, c.seed)
+        writer = VectorStore.create(out / "train", scan.dim, np.float32)
+        for s in range(0, n_train, 16_384):
+            writer.append(scan.take(rows[s:s + 16_384]))
+        sub = writer.finalize()
+        files += [sub.path, sub.root / VectorStore.META]
+    train = _train_store(c)
+    meta: dict = {"n_train": n_train}
+    if c.method == "tldr":
+        g = knn_graph(train, c.neighbors, metric=c.metric, out=out / "graph.npy",
+                      random_state=c.seed, device=c.faiss_device,
+                      progress=lambda done, total: c.progress.update("knn", done, total))
+        rec = graph_recall(train, g, n_queries=min(200, n_train), random_state=c.seed)
+        meta.update(graph_method=g.method, graph_recall=rec, graph_seconds=g.seconds)
+        files.append(out / "graph.npy")
+        log.info("kNN graph (%s, k=%d) over %d rows: recall@%d %.3f on %d rows.", g.method,
+                 c.neighbors, n_train, c.neighbors, rec, min(200, n_train))
+    return files, meta
+
+
+def _tldr_batch_size(n_train: int) -> int | None:
+    """TLDR's batch (256 anchors) unless the sample minus TLDR's held-out validation rows is
+    smaller; then all anchors in one batch."""
+    anchors = n_train - min(500, n_train // 10)
+    return None if anchors >= 256 else max(2, anchors)
+
+
+def _stage_train(c: SimpleNamespace) -> tuple[list[Path], dict]:
+    from . import PCA, TLDR
+
+    out = c.work.stage_dir("train", clear=True, keep=("ckpt",) if c.resumed else ())
+    train = _train_store(c)
+    if c.method == "pca":
+        c.progress.begin("train", None, "rows")
+        model = PCA(c.dim).fit(train)
+    else:
+        graph = np.load(c.work.root / "knn" / "graph.npy")
+        model = TLDR(c.dim, n_neighbors=c.neighbors, metric=c.metric, epochs=c.epochs,
+                     max_train_rows=max(2, train.n_rows), device=c.device,
+                     batch_size=_tldr_batch_size(train.n_rows), random_state=c.seed)
+        c.progress.begin("train", None, "steps")
+        model.fit(train, graph=graph, checkpoint_dir=out / "ckpt", resume=c.resumed,
+                  progress=lambda done, total, _info: c.progress.update("train", done, total))
+    model.save(out / "model.safetensors")
+    fit = getattr(model, "fit_info_", {})
+    meta = {"method": c.method, "best_epoch": fit.get("best_epoch"),
+            "val_recall_initial": fit.get("val_recall_initial"),
+            "val_recall_best": fit.get("val_recall_best")}
+    return [out / "model.safetensors"], meta
+
+
+def _stage_encode(c: SimpleNamespace) -> tuple[list[Path], dict]:
+    from . import load_model
+    from .quantizer import ProductQuantizer
+
+    out = c.work.stage_dir("encode", clear=True)
+    reducer = load_model(c.work.root / "train" / "model.safetensors")
+    scan = VectorStore.open(c.work.root / "scan" / "vectors")
+    train = _train_store(c)
+    n = scan.n_rows
+    pq = None
+    if c.pq_bytes:
+        rng = np.random.default_rng([c.seed, 0x9B])
+        k = min(train.n_rows, 65_536)
+        pick = np.sort(rng.choice(train.n_rows, k, replace=False))
+        pq = ProductQuantizer(c.pq_bytes, metric=c.metric, random_state=c.seed).fit(
+            reducer.transform(train.take(pick)))
+    c.progress.begin("encode", n, "rows")
+    writer = VectorStore.create(out / "reduced", c.dim, np.float32)
+    max_abs = 0.0
+    with open(out / "codes.u8", "wb") as fcodes:
+        for start, block in scan.iter_chunks(c.batch_rows):
+            Y = reducer.transform(block)
+            max_abs = max(max_abs, float(np.abs(Y).max()))
+            writer.append(Y)
+            if pq is not None:
+                fcodes.write(pq.encode(Y).tobytes())
+            c.progress.update("encode", start + len(block))
+    reduced = writer.finalize()
+    vector_dtype = c.reduced_dtype
+    if vector_dtype == "float16" and max_abs > FLOAT16_MAX:
+        log.warning("Reduced values reach %.3g, beyond float16: storing float32 vectors.", max_abs)
+        vector_dtype = "float32"
+    compact = CompactModel.from_reducer(reducer, c.metric, pq, extra={
+        "source": c.source_abs, "source_fingerprint": c.fingerprint,
+        "source_columns": {"id": c.src.id_column, "vector": c.src.vector_column},
+        "vector_dtype": vector_dtype})
+    (out / "model.safetensors").write_bytes(compact.to_bytes())
+    meta = {"vector_dtype": vector_dtype, "max_abs": max_abs, **_evaluate(c, compact, out)}
+    files = [reduced.path, reduced.root / VectorStore.META, out / "codes.u8",
+             out / "model.safetensors"]
+    return files, meta
+
+
+def _evaluate(c: SimpleNamespace, model: CompactModel, out: Path) -> dict:
+    """recall@10 of the compact search (with and without exact re-ranking of a shortlist) against
+    exact search in the original space, on ``eval_queries`` rows of the collection (self excluded)."""
+    from .knn import exact_search
+
+    scan = VectorStore.open(c.work.root / "scan" / "vectors")
+    n = scan.n_rows
+    nq = min(c.eval_queries, n - 1)
+    k = min(10, n - 1)
+    if nq < 1 or k < 1:
+        return {}
+    t0 = time.perf_counter()
+    rows = np.sort(np.random.default_rng([c.seed, 0xE7]).choice(n, nq, replace=False))
+    Q = scan.take(rows)
+    _, truth = exact_search(scan, Q, k, metric=c.metric, exclude=rows)
+    R = min(n, max(c.shortlist, k) + 1)
+    Y = model.encode(Q)
+    if model.pq_bytes:
+        codes = _read_rows(out / "codes.u8", 0, n, model.pq_bytes)
+        _, cand = adc_topk(model, codes, Y, R)
+    else:
+        _, cand = exact_search(out / "reduced", model.prepare(Y), R, metric=c.metric)
+
+    def drop_self(I: np.ndarray) -> np.ndarray:
+        keep = I != rows[:, None]
+        return np.stack([r[m][:k] for r, m in zip(I, keep)])
+
+    plain = drop_self(cand[:, :k + 1])
+    _, resc = rerank(Q, cand, scan.take, k, c.metric, exclude=rows)
+
+    def recall(found: np.ndarray) -> float:
+        return float(np.mean([len(np.intersect1d(f, t)) / k for f, t in zip(found, truth)]))
+
+    res = {"recall_at_10": recall(plain), "recall_at_10_rescored": recall(resc),
+           "eval_queries": int(nq), "shortlist": int(R - 1),
+           "eval_seconds": time.perf_counter() - t0}
+    log.info("recall@%d on %d rows: %.3f (%.3f with exact re-ranking of %d).", k, nq,
+             res["recall_at_10"], res["recall_at_10_rescored"], R - 1)
+    return res
+
+
+def _stage_write(c: SimpleNamespace) -> dict:
+    """write + verify + publish (one sink transaction); returns the stage infos."""
+    from connectors import open_sink
+    from connectors.arrow_utils import numpy_to_fsl
+
+    enc = c.infos["encode"]
+    model_bytes = (c.work.root / "encode" / "model.safetensors").read_bytes()
+    value_type = pa.float16() if enc["vector_dtype"] == "float16" else pa.float32()
+    schema = c.src.target_schema(c.dim, c.pq_bytes or None, value_type=value_type,
+                                 codes_column=CODES_COLUMN)
+    reduced = VectorStore.open(c.work.root / "encode" / "reduced")
+    codes_path = c.work.root / "encode" / "codes.u8"
+    n = reduced.n_rows
+    out = c.work.stage_dir("write", clear=True)
+    sink = open_sink(c.target_uri, **c.sink_options)
+    ref = {"path": getattr(sink, "staging", None)}
+    (out / "staging.json").write_text(json.dumps(ref))
+    infos: dict = {}
+    try:
+        t0 = time.perf_counter()
+        c.progress.begin("write", n, "rows")
+        sink.create(schema, id_column=c.src.id_column, vector_column=c.src.vector_column,
+                    distance=c.metric, codes_column=CODES_COLUMN if c.pq_bytes else None,
+                    overwrite=c.overwrite)
+        ref["collection"] = getattr(sink, "collection", None)
+        (out / "staging.json").write_text(json.dumps(ref))
+        pos = 0
+        with pa.OSFile(str(c.work.root / "scan" / "rows.arrow"), "rb") as f:
+            spill = pa.ipc.open_file(f)
+            for i in range(spill.num_record_batches):
+                b = spill.get_batch(i)
+                m = b.num_rows
+                Y = reduced.read(pos, pos + m).astype(value_type.to_pandas_dtype(), copy=False)
+                cols = list(b.columns) + [numpy_to_fsl(Y)]
+                if c.pq_bytes:
+                    codes = _read_rows(codes_path, pos, pos + m, c.pq_bytes)
+                    cols.append(pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)),
+                                                                  c.pq_bytes))
+                sink.append(pa.RecordBatch.from_arrays(cols, schema=schema))
+                pos += m
+                c.progress.update("write", pos)
+        sink.store_model(model_bytes, _target_metadata(c))
+        infos["write"] = {"rows": pos, "seconds": time.perf_counter() - t0}
+        c.progress.end("write", infos["write"]["seconds"])
+        c.work.mark_done("write", [], infos["write"])
+
+        t0 = time.perf_counter()
+        c.progress.begin("verify", 1, "checks")
+        scan = c.infos["scan"]
+        if c.src.count() != scan["rows"] or c.src.fingerprint() != c.fingerprint:
+            raise InvalidInputError(
+                f"Source '{c.src.uri}' changed during shrink (now {c.src.count()} rows, "
+                f"fingerprint {c.src.fingerprint()}); nothing was published.")
+        sink.verify(scan["rows"], scan["ids_digest"])
+        infos["verify"] = {"rows": scan["rows"], "ids_digest": scan["ids_digest"],
+                           "seconds": time.perf_counter() - t0}
+        c.progress.update("verify", 1)
+        c.progress.end("verify", infos["verify"]["seconds"])
+        c.work.mark_done("verify", [], infos["verify"])
+
+        t0 = time.perf_counter()
+        c.progress.begin("publish", 1, "steps")
+        c.progress.update("publish", 0)
+        sink.publish()
+        infos["publish"] = {"seconds": time.perf_counter() - t0}
+        c.progress.update("publish", 1)
+        c.progress.end("publish", infos["publish"]["seconds"])
+        c.work.mark_done("publish", [], infos["publish"])
+    except BaseException:
+        try:
+            sink.abort()
+        except Exception as exc:  # keep the original error
+            log.warning("Could not remove the staging area of %s: %s", c.target_uri, exc)
+        raise
+    return infos
+
+
+def _target_metadata(c: SimpleNamespace) -> dict:
+    enc = c.infos["encode"]
+    return {
+        "source": c.source_abs, "source_version": c.fingerprint,
+        "source_columns": {"id": c.src.id_column, "vector": c.src.vector_column},
+        "dims": [c.src.dim, c.dim], "method": c.method, "metric": c.metric,
+        "pq": {"bytes": c.pq_bytes, "nbits": 8, "column": CODES_COLUMN if c.pq_bytes else None},
+        "vector_dtype": enc["vector_dtype"], "run_id": c.work.state["run_id"],
+        "library_version": __version__,
+        "recall": {k: enc.get(k) for k in ("recall_at_10", "recall_at_10_rescored",
+                                             "eval_queries", "shortlist")},
+        "graph_recall": c.infos.get("knn", {}).get("graph_recall"),
+        "params": c.params,
+    }
+
+
+# ---------------------------------------------------------------------------------- shrink
+
+def _run_stages(c: SimpleNamespace, skipped: list, seconds: dict) -> None:
+    """Run (or skip, from checkpoints) every stage; fills ``skipped`` and ``seconds``."""
+    work, prog = c.work, c.progress
+    for stage, fn in (("scan", _stage_scan), ("knn", _stage_knn), ("train", _stage_train),
+                      ("encode", _stage_encode)):
+        rec = work.done(stage) if c.resumed else None
+        if rec is not None:
+            c.infos[stage] = rec["info"]
+            skipped.append(stage)
+            prog.end(stage, 0.0, note="checkpoint")
+            continue
+        work.clear_after(stage)
+        t0 = time.perf_counter()
+        try:
+            files, stage_info = fn(c)
+        except InvalidInputError:
+            if stage == "scan":
+                work.clear_all()  # bad source data: nothing worth keeping
+            raise
+        seconds[stage] = time.perf_counter() - t0
+        stage_info["seconds"] = seconds[stage]
+        c.infos[stage] = stage_info
+        work.mark_done(stage, files, stage_info)
+        prog.end(stage, seconds[stage])
+    if c.published_already or work.done("publish") is not None:
+        skipped += ["write", "verify", "publish"]
+        for stage in ("write", "verify", "publish"):
+            prog.end(stage, 0.0, note="checkpoint")
+    else:
+        staging = work.root / "write" / "staging.json"
+        if staging.exists():
+            _discard_staging(json.loads(staging.read_text()), c.target_uri)
+        for stage in ("write", "verify", "publish"):
+            work.undo(stage)
+        for stage, stage_info in _stage_write(c).items():
+            seconds[stage] = stage_info["seconds"]
+
+
+def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: str = "tldr",
+           pq_bytes: int | None = None, neighbors: int = 3, epochs: int | None = None,
+           sample: int = DEFAULT_SAMPLE, device: str = "auto",
+           work_dir: str | os.PathLike | None = None, resume: bool = False,
+           overwrite: bool = False, random_state: int = 0,
+           progress: Progress | bool | None = None, vector_column: str | None = None,
+           id_column: str | None = None, reduced_dtype: str = "float16",
+           eval_queries: int = DEFAULT_EVAL_QUERIES, shortlist: int | None = None,
+           keep_work: bool = False, batch_rows: int = 8192, threads: int | None = None,
+           source_options: dict | None = None, sink_options: dict | None = None
+           ) -> ShrinkReport:
+    """Shrink the collection at ``source_uri`` into a compact collection at ``target_uri``.
+
+    Parameters
+    ----------
+    source_uri, target_uri : connector URIs (see :mod:`connectors.uri`); the target defaults to
+        ``<collection>_tldr<dim>`` beside the source (required for Parquet).
+    dim : reduced dimension d (smaller than the source's).
+    method : "tldr" (default) or "pca" (the baseline, through the same stages).
+    pq_bytes : PQ code bytes per row (must divide ``dim``; default 16 or the largest divisor of
+        ``dim`` below it; 0 stores no codes).
+    neighbors, epochs, sample : TLDR's ``n_neighbors``, ``epochs`` (None: its default) and the
+        training rows (``max_train_rows``, default 100,000, drawn at random: the graph and
+        the epochs cost time in proportion, the graph quadratically up to 200,000 rows).
+    device : "auto", "cpu" or "cuda" (training and the kNN graph).
+    work_dir : checkpoints (default :func:`default_work_dir`: ``./tldr-work/<name>-<hash>``).
+    resume : continue an interrupted run from its checkpoints.
+    overwrite : replace an existing target (and discard a work directory that cannot be resumed).
+    random_state : seed of every random choice (sample, graph, training, PQ): equal seeds give
+        equal targets, interrupted or not.
+    progress : a :class:`tldr_index.progress.Progress`, True for rich bars, None for silence.
+    vector_column, id_column : source columns (default: detected).
+    reduced_dtype : "float16" (default) or "float32" for the stored reduced vectors (float16
+        falls back to float32 when values exceed its range).
+    eval_queries, shortlist : rows used to estimate recall@10 at the end of ``encode`` (0: skip)
+        and the shortlist re-ranked exactly for the rescored figure (default as in
+        :func:`tldr_index.search.search`: 200).
+    keep_work : keep the work directory after publishing.
+    threads : CPU threads for torch and FAISS (None: the cores that look idle, see
+        :mod:`tldr_index._threads`; a resumed run reuses the first run's count).
+    source_options, sink_options : passed to ``open_source`` (e.g. ``{"distance": "cosine"}``)
+        and ``open_sink``.
+
+    Raises :class:`TLDRError` subclasses with one-line messages (bad input, target exists, source
+    missing or unreachable...); the source is never written and no partial target is published.
+    """
+    from connectors import absolute_uri, default_target_uri, open_source
+
+    t_start = time.perf_counter()
+    check_choice(method, "method", METHODS, owner="shrink")
+    dim = check_int(dim, "dim", low=1, owner="shrink")
+    neighbors = check_int(neighbors, "neighbors", low=1, owner="shrink")
+    check_int(epochs, "epochs", low=1, owner="shrink", allow_none=True)
+    sample = check_int(sample, "sample", low=2, owner="shrink")
+    check_int(pq_bytes, "pq_bytes", low=0, owner="shrink", allow_none=True)
+    check_choice(device, "device", ("auto", "cpu", "cuda"), owner="shrink")
+    check_choice(reduced_dtype, "reduced_dtype", ("float16", "float32"), owner="shrink")
+    eval_queries = check_int(eval_queries, "eval_queries", low=0, owner="shrink")
+    shortlist = check_int(shortlist, "shortlist", low=1, owner="shrink", allow_none=True) \
+        or default_shortlist(10)
+    batch_rows = check_int(batch_rows, "batch_rows", low=1, owner="shrink")
+    random_state = check_int(random_state, "random_state", low=0, owner="shrink")
+    prog = as_progress(progress)
+
+    src = open_source(source_uri, vector_column=vector_column, id_column=id_column,
+                      **(source_options or {}))
+    if target_uri is None:
+        target_uri = default_target_uri(source_uri, suffix=f"_tldr{dim}")
+    source_abs, target_abs = absolute_uri(source_uri), absolute_uri(target_uri)
+    if source_abs.rstrip("/") == target_abs.rstrip("/"):
+        raise InvalidParameterError(
+            f"The target must differ from the source. Got '{target_uri}' for both.")
+    if dim >= src.dim:
+        raise InvalidParameterError(
+            f"The 'dim' parameter of shrink must be an int in the range [1, {src.dim - 1}] "
+            f"(smaller than the dimension {src.dim} of source '{src.uri}'). Got {dim} instead.")
+    pq_bytes = default_pq_bytes(dim) if pq_bytes is None else pq_bytes
+    if pq_bytes and dim % pq_bytes:
+        raise InvalidParameterError(
+            f"The 'pq_bytes' parameter of shrink must divide dim={dim} (one sub-vector per "
+            f"byte) or be 0. Got {pq_bytes} instead.")
+    n_rows = src.count()
+    n_train = min(n_rows, sample)
+    if method == "tldr" and neighbors >= n_train:
+        raise InvalidParameterError(
+            f"The 'neighbors' parameter of shrink must be an int in the range [1, "
+            f"{n_train - 1}] (fewer than the {n_train} training rows). Got {neighbors} instead.")
+    if pq_bytes and n_train < 256:
+        raise InvalidParameterError(
+            f"PQ codes need at least 256 training rows (256 centroids per byte); source "
+            f"'{src.uri}' gives {min(n_rows, sample)}. Pass pq_bytes=0 (--pq-bytes 0) to store "
+            f"no codes.")
+    fingerprint = src.fingerprint()
+    params = {"dim": dim, "method": method, "pq_bytes": pq_bytes, "neighbors": neighbors,
+              "epochs": epochs, "sample": sample, "random_state": random_state,
+              "reduced_dtype": reduced_dtype, "vector_column": src.vector_column,
+              "id_column": src.id_column, "eval_queries": eval_queries, "shortlist": shortlist,
+              "batch_rows": batch_rows}
+    if not resume:  # refuse an existing target before anything is written
+        _check_target(target_uri, overwrite)
+    work = WorkDir(work_dir if work_dir is not None else default_work_dir(target_uri), STAGES)
+    resumed = work.open({"source": source_abs, "fingerprint": fingerprint, "target": target_abs,
+                         "params": params, "threads": threads or auto_threads()},
+                        resume=resume, overwrite=overwrite)
+    # a resumed run keeps the first run's thread count (float sums then add up identically)
+    threads = threads or work.state.get("threads") or auto_threads()
+    published_already = False
+    if resume:
+        try:
+            published_already = _check_target(target_uri, overwrite, run_id=work.state["run_id"])
+        except TargetExistsError:
+            if not resumed:
+                work.clear_all()  # nothing was done yet: leave no state behind
+            raise
+    faiss_device = "cuda" if device == "cuda" else ("cpu" if device == "cpu" else "auto")
+    c = SimpleNamespace(src=src, work=work, progress=prog, source_uri=source_uri, source_abs=source_abs,
+             target_uri=target_uri, fingerprint=fingerprint, dim=dim, method=method,
+             pq_bytes=pq_bytes, neighbors=neighbors, epochs=epochs, sample=sample,
+             device=device, faiss_device=faiss_device, seed=random_state,
+             metric=src.distance, reduced_dtype=reduced_dtype, eval_queries=eval_queries,
+             shortlist=shortlist, batch_rows=batch_rows, overwrite=overwrite,
+             sink_options=dict(sink_options or {}), resumed=resumed, params=params, infos={},
+             published_already=published_already)
+    seconds: dict[str, float] = {}
+    skipped: list[str] = []
+    log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s to d=%d, PQ %d bytes; work dir %s.",
+             src.uri, n_rows, src.dim, src.distance, target_uri, method, dim, pq_bytes, work.root)
+    try:
+        with thread_limit(threads):
+            _run_stages(c, skipped, seconds)
+    finally:
+        prog.close()
+    enc = c.infos["encode"]
+    report = ShrinkReport(
+        source=src.uri, target=target_uri, method=method, metric=src.distance,
+        rows=c.infos["scan"]["rows"], source_dim=src.dim, dim=dim, pq_bytes=pq_bytes,
+        vector_dtype=enc["vector_dtype"], source_disk_bytes=disk_bytes(source_uri),
+        target_disk_bytes=disk_bytes(target_uri),
+        graph_recall=c.infos["knn"].get("graph_recall"),
+        recall_at_10=enc.get("recall_at_10"),
+        recall_at_10_rescored=enc.get("recall_at_10_rescored"),
+        eval_queries=enc.get("eval_queries", 0), shortlist=enc.get("shortlist", shortlist),
+        stage_seconds=seconds, skipped_stages=skipped,
+        wall_seconds=time.perf_counter() - t_start, work_dir=str(work.root), resumed=resumed)
+    if not keep_work:
+        work.clear_all()
+        if work_dir is None:  # the default parent (./tldr-work) goes too once empty
+            try:
+                work.root.parent.rmdir()
+            except OSError:
+                pass
+    return report

@@ -1,0 +1,298 @@
+"""Search a compact collection written by :func:`tldr_index.pipeline.shrink`, and describe it.
+
+:func:`search` encodes the queries with the stored model, then
+
+* targets with PQ codes (Lance, Parquet): loads the codes (``pq_bytes`` per row: the in-memory
+  search structure) and ranks every row by asymmetric distance (ADC, FAISS ``IndexPQ``);
+* targets without readable codes (Qdrant keeps its own quantized index): the store's own search on
+  the reduced vectors;
+
+and with ``rescore`` takes a shortlist of ``shortlist`` rows per query and re-ranks it by the exact
+distance to the original vectors, fetched from the source with ``Source.take``.
+
+Distances returned are "lower is better" in the source's metric: squared L2, ``1 - cosine`` or
+``-inner product`` (exact after rescoring, approximate otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ._threads import thread_limit
+from ._validation import check_int
+from .compact import CompactModel
+from .errors import InvalidInputError, InvalidParameterError
+from .quantizer import _normalize
+
+log = logging.getLogger(__name__)
+
+#: Default rows re-ranked per query with ``rescore``: ``max(SHORTLIST_FACTOR * k, MIN_SHORTLIST)``.
+SHORTLIST_FACTOR = 20
+MIN_SHORTLIST = 200
+
+
+def default_shortlist(k: int) -> int:
+    return max(SHORTLIST_FACTOR * k, MIN_SHORTLIST)
+
+
+@dataclass
+class SearchResult:
+    """``ids`` (n, k): int64 or str ids, best first; ``distances`` (n, k) float32, lower is better."""
+
+    ids: np.ndarray
+    distances: np.ndarray
+    rescored: bool
+    shortlist: int
+    engine: str                      # "pq-codes" or "store"
+    seconds: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------- kernels
+
+def to_lower_better(scores: np.ndarray, metric: str) -> np.ndarray:
+    """FAISS / similarity scores -> distances where lower is better (see module docstring)."""
+    if metric == "l2":
+        return scores
+    return (1.0 - scores) if metric == "cosine" else -scores
+
+
+def adc_topk(model: CompactModel, codes: np.ndarray, Y: np.ndarray, k: int,
+             block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` rows of ``codes`` for reduced queries ``Y`` by asymmetric distance.
+
+    Returns ``(distances lower-is-better, row positions)``. Cost: ``n_queries x N x pq_bytes``
+    table lookups; memory: the codes plus ``block x k`` results.
+    """
+    pq = model.quantizer()
+    index = pq.index(codes)
+    D = np.empty((len(Y), k), dtype=np.float32)
+    I = np.empty((len(Y), k), dtype=np.int64)
+    for s in range(0, len(Y), block):
+        d, i = index.search(pq._prep(Y[s:s + block]), k)
+        D[s:s + block], I[s:s + block] = to_lower_better(d, model.metric), i
+    return D, I
+
+
+def exact_distances(Q: np.ndarray, X: np.ndarray, metric: str) -> np.ndarray:
+    """Distances (lower is better) between each query ``Q[i]`` and its candidates ``X[i]``
+    (``X``: (n, R, D))."""
+    if metric == "l2":
+        diff = X - Q[:, None, :]
+        return np.einsum("nrd,nrd->nr", diff, diff)
+    if metric == "cosine":
+        q = _normalize(Q)
+        nx = np.linalg.norm(X, axis=2)
+        return 1.0 - np.einsum("nrd,nd->nr", X, q) / np.maximum(nx, 1e-30)
+    return -np.einsum("nrd,nd->nr", X, Q)
+
+
+def rerank(Q: np.ndarray, cand: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray], k: int,
+           metric: str, *, exclude: np.ndarray | None = None,
+           block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank candidate keys ``cand`` (n, R) (``-1``: none) by exact distance to the original
+    vectors; ``fetch(unique_keys)`` returns their vectors in order. ``exclude[i]``: a key query
+    ``i`` must not return (self-search). Returns the best ``k`` ``(distances, keys)``.
+
+    Cost: one ``fetch`` of the unique candidates, ``n x R x D`` multiply-adds; memory: the fetched
+    rows plus ``block x R x D`` floats.
+    """
+    uniq, inv = np.unique(cand, return_inverse=True)
+    inv = inv.reshape(cand.shape)
+    valid = uniq >= 0
+    vecs = np.zeros((len(uniq), Q.shape[1]), dtype=np.float32)
+    if valid.any():
+        vecs[valid] = fetch(uniq[valid])
+    n, R = cand.shape
+    kk = min(k, R)
+    outD = np.empty((n, kk), dtype=np.float32)
+    outI = np.empty((n, kk), dtype=np.int64)
+    for s in range(0, n, block):
+        c, iv = cand[s:s + block], inv[s:s + block]
+        d = exact_distances(Q[s:s + block], vecs[iv], metric).astype(np.float32)
+        bad = c < 0
+        if exclude is not None:
+            bad |= c == exclude[s:s + block, None]
+        d[bad] = np.inf
+        order = np.argsort(d, axis=1, kind="stable")[:, :kk]
+        outD[s:s + block] = np.take_along_axis(d, order, 1)
+        outI[s:s + block] = np.take_along_axis(c, order, 1)
+    return outD, outI
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+def load_queries(queries: Any, dim: int) -> np.ndarray:
+    """``queries`` (array or ``.npy`` path) as a checked float32 (n, dim) array."""
+    if isinstance(queries, (str, os.PathLike)):
+        try:
+            queries = np.load(queries, allow_pickle=False)
+        except FileNotFoundError:
+            raise InvalidInputError(f"Queries file '{os.fspath(queries)}' does not exist.") \
+                from None
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"Queries file '{os.fspath(queries)}' must be a .npy float array ({exc}).") \
+                from None
+    Q = np.asarray(queries)
+    if Q.ndim == 1:
+        Q = Q.reshape(1, -1)
+    if Q.dtype.kind != "f":
+        raise InvalidInputError(
+            f"Queries must be a float array of shape (n, {dim}). Got dtype {Q.dtype} instead.")
+    if Q.ndim != 2 or Q.shape[1] != dim or len(Q) == 0:
+        raise InvalidInputError(
+            f"Queries must have shape (n, {dim}) with n >= 1 (the dimension of the source "
+            f"vectors). Got {Q.shape} instead.")
+    Q = np.ascontiguousarray(Q, dtype=np.float32)
+    if not np.isfinite(Q).all():
+        bad = int(np.flatnonzero(~np.isfinite(Q).all(axis=1))[0])
+        raise InvalidInputError(f"Queries must contain only finite values. Got NaN or inf in "
+                                f"row {bad}.")
+    return Q
+
+
+def _ids_to_numpy(ids: pa.Array) -> np.ndarray:
+    if pa.types.is_integer(ids.type):
+        return ids.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    return np.asarray(ids.to_pylist(), dtype=str)
+
+
+def read_codes(target, id_column: str, codes_column: str) -> tuple[pa.Array, np.ndarray] | None:
+    """``(ids, codes (N, M) uint8)`` of a target that can read columns, else None."""
+    try:
+        batches = list(target.iter_columns([id_column, codes_column]))
+    except NotImplementedError:
+        return None
+    if not batches:
+        return pa.array([], type=pa.int64()), np.empty((0, 0), dtype=np.uint8)
+    ids = pa.concat_arrays([b.column(0) for b in batches])
+    m = batches[0].schema.field(1).type.list_size
+    codes = np.empty((len(ids), m), dtype=np.uint8)
+    pos = 0
+    for b in batches:
+        col = b.column(1)
+        flat = col.values.slice(col.offset * m, len(col) * m).to_numpy(zero_copy_only=False)
+        codes[pos:pos + len(col)] = flat.reshape(len(col), m)
+        pos += len(col)
+    return ids, codes
+
+
+def open_source_of(target, source: str | None = None, **opts: Any):
+    """The source a target was shrunk from (``source`` overrides the recorded URI)."""
+    from connectors import open_source
+
+    meta = target.metadata
+    uri = source or meta.get("source")
+    if not uri:
+        raise InvalidInputError(f"Target '{target.uri}' records no source; pass source=.")
+    cols = meta.get("source_columns", {})
+    return open_source(uri, vector_column=cols.get("vector"), id_column=cols.get("id"),
+                       payload_columns=[], **opts)
+
+
+# ---------------------------------------------------------------------------------- public
+
+def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
+           shortlist: int | None = None, source: str | None = None,
+           threads: int | None = None, target_options: dict | None = None,
+           source_options: dict | None = None) -> SearchResult:
+    """The ``k`` nearest rows of compact collection ``target`` for each query.
+
+    Parameters
+    ----------
+    target : URI of a collection written by ``shrink`` (``lancedb://db/docs_tldr64``, ...).
+    queries : (n, D) float array or ``.npy`` path, in the *original* space of the source.
+    k : neighbours per query.
+    rescore : re-rank ``shortlist`` candidates per query by exact distance to the original vectors
+        (fetched from the source recorded in the target, or ``source``).
+    shortlist : candidates per query for ``rescore`` (default ``max(20 k, 200)``).
+    threads : FAISS threads (None: the cores that look idle, see :mod:`tldr_index._threads`).
+
+    Cost: without rescore, ``n x N x pq_bytes`` lookups and ``N x pq_bytes`` bytes of memory; with
+    it, one ``Source.take`` of up to ``n x shortlist`` rows.
+    """
+    from connectors import open_target
+
+    k = check_int(k, "k", low=1, owner="search")
+    shortlist = check_int(shortlist, "shortlist", low=1, owner="search", allow_none=True)
+    t0 = time.perf_counter()
+    tgt = open_target(target, **(target_options or {}))
+    model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
+    Q = load_queries(queries, model.input_dim)
+    Y = model.encode(Q)
+    R = max(k, shortlist or default_shortlist(k)) if rescore else k
+    secs = {"open+encode": time.perf_counter() - t0}
+    lay = tgt.layout
+    t0 = time.perf_counter()
+    loaded = read_codes(tgt, lay.id_column, lay.codes_column) \
+        if lay.codes_column and model.pq_bytes else None
+    if loaded is not None:
+        ids, codes = loaded
+        n_rows = len(ids)
+        if k > n_rows:
+            raise InvalidParameterError(
+                f"The 'k' parameter of search must be an int in the range [1, {n_rows}] (the "
+                f"rows of target '{tgt.uri}'). Got {k} instead.")
+        R = min(R, n_rows)
+        with thread_limit(threads, owner="search"):
+            D, P = adc_topk(model, codes, Y, R)
+        cand = _ids_to_numpy(ids.take(pa.array(P.ravel()))).reshape(P.shape)
+        engine = "pq-codes"
+    else:
+        Yp = model.prepare(Y)
+        rows = [tgt.search(y, R) for y in Yp]
+        got = min(len(r) for r in rows)
+        if got < k:
+            raise InvalidParameterError(
+                f"The 'k' parameter of search must be at most the rows of target '{tgt.uri}' "
+                f"({got}). Got {k} instead.")
+        R = min(R, got)
+        cand = np.stack([_ids_to_numpy(r.column(lay.id_column).slice(0, R)) for r in rows])
+        D = np.stack([r.column("_distance").to_numpy()[:R] for r in rows]).astype(np.float32)
+        engine = "store"
+    secs["search"] = time.perf_counter() - t0
+    if rescore:
+        t0 = time.perf_counter()
+        src = open_source_of(tgt, source, **(source_options or {}))
+        keys, inv = np.unique(cand, return_inverse=True)
+        pos = inv.reshape(cand.shape).astype(np.int64)
+        D, P = rerank(Q, pos, lambda p: src.take(keys[p]), k, model.metric)
+        cand = keys[P]
+        secs["rescore"] = time.perf_counter() - t0
+    else:
+        D, cand = D[:, :k], cand[:, :k]
+    return SearchResult(cand, D, rescore, R, engine, secs)
+
+
+def info(target: str, **target_options: Any) -> dict:
+    """What a compact collection holds: rows, dims, method, metric, PQ bytes, source, sizes and
+    the recall measured when it was written."""
+    from connectors import open_target
+
+    from .pipeline import disk_bytes
+
+    tgt = open_target(target, **target_options)
+    meta = tgt.metadata
+    model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
+    rows = tgt.count()
+    D, d = model.input_dim, model.output_dim
+    out = {
+        "target": tgt.uri, "rows": rows, "source": meta.get("source"),
+        "source_fingerprint": meta.get("source_version"), "method": model.method,
+        "metric": model.metric, "source_dim": D, "dim": d, "pq_bytes": model.pq_bytes,
+        "vector_dtype": meta.get("vector_dtype"), "model_bytes": len(tgt.model_bytes),
+        "disk_bytes": disk_bytes(target), "written_utc": tgt.record["writer"]["written_utc"],
+        "library_version": tgt.record["writer"]["version"],
+        "bytes_per_vector": {"source_float32": 4 * D, "pq_codes": model.pq_bytes,
+                             "reduced": d * (2 if meta.get("vector_dtype") == "float16" else 4)},
+        "recall": meta.get("recall"),
+    }
+    return out
