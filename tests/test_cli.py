@@ -1,0 +1,238 @@
+"""The command line: exit codes and exact output lines (CliRunner, real stores in tmp dirs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import lance
+import numpy as np
+import pyarrow as pa
+import pytest
+from _connector_helpers import tree_hashes
+from _pipeline_helpers import lancedb_source, make_nested
+from click.testing import CliRunner
+
+from tldr_index.cli import main
+
+FAST = ["--pq-bytes", "2", "--epochs", "2", "--threads", "1"]
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    """A LanceDB database with table ``docs`` (600 x 16) and the work dir inside tmp_path."""
+    monkeypatch.setenv("TLDR_INDEX_WORK", str(tmp_path / "work"))
+    monkeypatch.delenv("TLDR_INDEX_DB", raising=False)
+    monkeypatch.chdir(tmp_path)
+    X = make_nested(600, 16, between=6, within=4, seed=11)
+    lancedb_source(str(tmp_path), X)
+    np.save(tmp_path / "q.npy", X[:10])
+    return tmp_path, X
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_shrink_search_info(env):
+    tmp, X = env
+    db = str(tmp / "db")
+    before = tree_hashes(os.path.join(db, "docs.lance"))
+    res = run("shrink", "--db", db, "--collection", "docs", "--dim", "4", *FAST)
+    assert res.exit_code == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"Shrunk lancedb://{db}/docs -> lancedb://{db}/docs_tldr4 (tldr, l2)"
+    assert lines[1] == "  rows           600"
+    assert lines[2] == "  vectors        16-d -> 4-d float16 + 2-byte PQ codes"
+    assert re.fullmatch(r"  bytes on disk  [\d.]+ kB -> [\d.]+ kB \([\d.]+x smaller\)", lines[3])
+    assert lines[4] == "  search memory  64 B (float32) -> 2 B (PQ) per vector (32x smaller)"
+    assert lines[5] == "  graph recall   1.000 (kNN graph of the training sample)"
+    assert re.fullmatch(r"  recall@10      [01]\.\d{3} compact search, [01]\.\d{3} with --rescore "
+                        r"\(shortlist 200\); 200 rows vs exact search on the original vectors",
+                        lines[6])
+    assert re.fullmatch(r"  stage times    scan [\d.]+s \| knn [\d.]+s \| train [\d.]+s \| encode "
+                        r"[\d.]+s \| write [\d.]+s \| verify [\d.]+s \| publish [\d.]+s", lines[7])
+    assert re.fullmatch(r"  wall time      [\d.]+ s", lines[8]) and len(lines) == 9
+    assert tree_hashes(os.path.join(db, "docs.lance")) == before
+    assert not (tmp / "work").exists() or not os.listdir(tmp / "work")
+
+    res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy",
+              "--k", "5", "--output", "ids.npy", "--rescore")
+    assert res.exit_code == 0, res.stderr
+    assert re.fullmatch(r"Wrote 10x5 ids to ids.npy \(rescored, pq-codes, [\d.]+ s\).\n",
+                        res.stdout)
+    ids = np.load(tmp / "ids.npy")
+    assert ids.dtype == np.int64 and ids.shape == (10, 5)
+    assert ids[:, 0].tolist() == [i * 7 + 3 for i in range(10)]  # each query finds itself
+
+    res = run("search", "--target", f"lancedb://{db}/docs_tldr4", "--queries", "q.npy",
+              "--k", "3")
+    assert res.exit_code == 0
+    rows = [line.split() for line in res.stdout.splitlines()]
+    assert len(rows) == 10 and all(len(r) == 3 for r in rows)
+
+    res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy", "--k",
+              "2", "--json")
+    out = json.loads(res.stdout)
+    assert out["engine"] == "pq-codes" and np.asarray(out["ids"]).shape == (10, 2)
+
+    res = run("info", "--db", db, "--collection", "docs_tldr4")
+    assert res.exit_code == 0
+    lines = res.stdout.splitlines()
+    assert lines[0] == (f"lancedb://{db}/docs_tldr4: 600 rows, tldr 16 -> 4 (l2), float16 "
+                        f"vectors + 2-byte PQ codes")
+    assert lines[1] == f"  source         lancedb://{db}/docs"
+    info = json.loads(run("info", "--db", db, "--collection", "docs_tldr4", "--json").stdout)
+    assert info["rows"] == 600 and info["pq_bytes"] == 2 and info["method"] == "tldr"
+
+
+def test_defaults_env_db_target_names_json_and_quiet(env, monkeypatch):
+    tmp, _ = env
+    db = str(tmp / "db")
+    monkeypatch.setenv("TLDR_INDEX_DB", db)
+    res = run("shrink", "--collection", "docs", "--dim", "4", "--target", "docs_small",
+              "--method", "pca", "--json", *FAST)
+    assert res.exit_code == 0, res.stderr
+    rep = json.loads(res.stdout)
+    assert rep["target"] == f"lancedb://{db}/docs_small" and rep["method"] == "pca"
+    assert rep["rows"] == 600 and rep["graph_recall"] is None
+    assert set(rep["stage_seconds"]) == {"scan", "knn", "train", "encode", "write", "verify",
+                                         "publish"}
+    res = run("shrink", "--source", f"lancedb://{db}/docs", "--dim", "4", "--quiet", *FAST)
+    assert res.exit_code == 0 and res.stdout == ""
+    assert lance.dataset(os.path.join(db, "docs_tldr4.lance")).count_rows() == 600
+
+
+def _errors(tmp, X):
+    db = str(tmp / "db")
+    lance.write_dataset(pa.table({"id": np.arange(5), "text": list("abcde")}),
+                        os.path.join(db, "novec.lance"))
+    src = f"lancedb://{db}/docs"
+    return [
+        (["shrink", "--db", db, "--collection", "docs", "--dim", "16"],
+         f"Error: The 'dim' parameter of shrink must be an int in the range [1, 15] (smaller than "
+         f"the dimension 16 of source '{src}'). Got 16 instead."),
+        (["shrink", "--source", "foo://bar/docs", "--dim", "4"],
+         "Error: The 'uri' parameter must use a supported scheme (supported schemes: lancedb://, "
+         "lance://, parquet://, qdrant://, qdrant+http://, qdrant+https://, qdrant+path://, "
+         "qdrant+memory://; or a path ending in .lance or .parquet). Got 'foo://bar/docs' "
+         "instead."),
+        (["shrink", "--db", db, "--collection", "novec", "--dim", "4"],
+         f"Error: No vector column in source 'lancedb://{db}/novec': expected a list or "
+         f"fixed-size list of floats. Available columns: id (int64), text (string). Pass "
+         f"vector_column= to name it."),
+        (["shrink", "--db", db, "--collection", "docs", "--dim", "4", "--vector-column", "emb"],
+         f"Error: Vector column 'emb' not found in source '{src}'. Available columns: id "
+         f"(int64), vector (fixed_size_list<item: float>[16]), text (string), year (int32)."),
+        (["shrink", "--db", db, "--collection", "nope", "--dim", "4"],
+         f"Error: LanceDB table 'nope' not found in LanceDB database '{db}'. Existing tables: "
+         f"docs, novec."),
+        (["shrink", "--source", f"qdrant+path://{tmp}/qd/nope", "--dim", "4"],
+         f"Error: Embedded Qdrant storage '{tmp}/qd' not found (source "
+         f"'qdrant+path://{tmp}/qd/nope')."),
+        (["shrink", "--source", f"parquet://{tmp}/none/*.parquet", "--target",
+          f"parquet://{tmp}/out/", "--dim", "4"],
+         f"Error: Parquet source 'parquet://{tmp}/none/*.parquet' matches no .parquet file "
+         f"('{tmp}/none/*.parquet')."),
+        (["search", "--db", db, "--collection", "docs", "--queries", "q.npy"],
+         f"Error: target '{src}' holds no tldr-index record: it was not written by tldr-index."),
+        (["info", "--db", db, "--collection", "docs_nope"],
+         f"Error: LanceDB table 'docs_nope' not found in LanceDB database '{db}'. Existing "
+         f"tables: docs, novec."),
+    ]
+
+
+def test_errors_are_one_line_with_exit_code_1(env):
+    tmp, X = env
+    cases = _errors(tmp, X)
+    before = tree_hashes(str(tmp / "db"))
+    for args, line in cases:
+        res = run(*args)
+        assert res.exit_code == 1, (args, res.stdout, res.stderr)
+        assert res.stderr == line + "\n", args
+        assert res.stdout == ""
+    assert tree_hashes(str(tmp / "db")) == before  # nothing written: no target, no staging
+
+
+def test_target_exists_and_bad_queries(env):
+    tmp, X = env
+    db = str(tmp / "db")
+    assert run("shrink", "--db", db, "--collection", "docs", "--dim", "4", "--quiet",
+               *FAST).exit_code == 0
+    before = tree_hashes(str(tmp / "db"))
+    res = run("shrink", "--db", db, "--collection", "docs", "--dim", "4", *FAST)
+    assert res.exit_code == 1
+    assert res.stderr == (f"Error: Target 'lancedb://{db}/docs_tldr4' already exists. Pass "
+                          f"overwrite=True (--overwrite) to replace it.\n")
+    assert tree_hashes(str(tmp / "db")) == before
+    np.save(tmp / "bad.npy", X[:3, :5])
+    res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "bad.npy")
+    assert res.exit_code == 1
+    assert res.stderr == ("Error: Queries must have shape (n, 16) with n >= 1 (the dimension of "
+                          "the source vectors). Got (3, 5) instead.\n")
+    res = run("shrink", "--db", db, "--collection", "docs", "--dim", "4", "--overwrite",
+              "--method", "pca", "--quiet", *FAST)
+    assert res.exit_code == 0
+    info = json.loads(run("info", "--db", db, "--collection", "docs_tldr4", "--json").stdout)
+    assert info["method"] == "pca"
+
+
+def test_qdrant_unreachable(env):
+    res = run("shrink", "--source", "qdrant://127.0.0.1:9/docs", "--dim", "4")
+    assert res.exit_code == 1
+    assert res.stderr.startswith("Error: Qdrant at http://127.0.0.1:9 is unreachable while "
+                                 "trying to list aliases: ")
+    assert res.stderr.count("\n") == 1
+
+
+def test_usage_errors_exit_2(env):
+    cases = [
+        (["shrink", "--source", "lancedb://db/docs", "--collection", "docs", "--dim", "4"],
+         "Error: Pass either --source or --collection, not both."),
+        (["shrink", "--dim", "4"], "Error: Missing --collection (a table in --db) or --source "
+                                   "(a URI)."),
+        (["shrink", "--collection", "docs"], "Error: Missing option '--dim'."),
+        (["shrink", "--collection", "docs", "--dim", "4", "--method", "umap"],
+         "Error: Invalid value for '--method': 'umap' is not one of 'tldr', 'pca'."),
+        (["shrink", "--source", "parquet://x/*.parquet", "--target", "out", "--dim", "4"],
+         "Error: --target must be a URI for a Parquet source, e.g. --target parquet://out/."),
+    ]
+    for args, line in cases:
+        res = run(*args)
+        assert res.exit_code == 2, args
+        assert res.stderr.splitlines()[-1] == line
+
+
+def test_every_command_has_an_example():
+    for cmd in ("shrink", "search", "info", "demo"):
+        res = run(cmd, "--help")
+        assert res.exit_code == 0 and "Example" in res.stdout and "tldr-index " + cmd in \
+            res.stdout, cmd
+    assert "tldr-index demo" in run("--help").stdout
+
+
+@pytest.mark.slow
+def test_demo_creates_shrinks_and_is_idempotent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TLDR_INDEX_DB", raising=False)
+    args = ["demo", "--dim", "8", "--pq-bytes", "4", "--epochs", "1"]
+    res = run(*args)
+    assert res.exit_code == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == ("Demo: 5,700 docstring embeddings (384-d) in lancedb://./tldr-data/docs, "
+                        "300 held-out queries, recall@10 against exact cosine neighbours.")
+    assert re.fullmatch(r"  tldr   docs_tldr8 +0\.\d{3} +0\.\d{3} +4 +[\d.]+MB +[\d.]+s",
+                        lines[4]), lines[4]
+    assert re.fullmatch(r"  pca    docs_pca8 +0\.\d{3} +0\.\d{3} +4 +[\d.]+MB +[\d.]+s",
+                        lines[5]), lines[5]
+    version = lance.dataset("tldr-data/docs.lance").version
+    res = run(*args, "--json", "--quiet")  # second run: reuses docs, replaces the targets
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert [r["method"] for r in out["results"]] == ["tldr", "pca"]
+    assert all(0 < r["recall_at_10"] <= r["recall_at_10_rescored"] <= 1 for r in out["results"])
+    assert lance.dataset("tldr-data/docs.lance").version == version
+    assert sorted(os.listdir("tldr-data")) == ["docs.lance", "docs_pca8.lance",
+                                               "docs_tldr8.lance"]
+    assert sorted(os.listdir(".")) == ["tldr-data"]  # the work directories are gone

@@ -1,0 +1,322 @@
+"""shrink / search / info through the Python API on every store: quality against the PCA baseline,
+exact round trip of ids and payload, bad input, existing targets and the work directory."""
+
+from __future__ import annotations
+
+import os
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from _connector_helpers import staging_leftovers, tree_hashes
+from _pipeline_helpers import (lancedb_source, make_nested, parquet_source, qdrant_source,
+                               recall, table_of)
+
+from connectors import open_source, open_target
+from connectors.arrow_utils import numpy_to_fsl, vectors_to_numpy
+from tldr_index.compact import CompactModel
+from tldr_index.errors import (CheckpointError, DuplicateIdError, InvalidInputError,
+                               InvalidParameterError, MissingColumnError, SourceNotFoundError,
+                               StoreUnavailableError, TargetExistsError, UnsupportedURIError)
+from tldr_index.knn import exact_search
+from tldr_index.pipeline import default_pq_bytes, info, search, shrink
+
+FAST = dict(epochs=3, threads=1, eval_queries=100)
+
+
+@pytest.fixture(scope="module")
+def nested():
+    X = make_nested(2200)
+    return X[:2000], X[2000:]
+
+
+def _source(kind: str, root: str, X: np.ndarray) -> tuple[str, str]:
+    """(source URI, target URI prefix) of a fresh store of ``kind`` holding ``X``."""
+    if kind == "lancedb":
+        src = lancedb_source(root, X)
+        return src, src.rsplit("/", 1)[0] + "/"
+    if kind == "lance":
+        import lance
+        path = os.path.join(root, "raw.lance")
+        lance.write_dataset(table_of(X), path)
+        return f"lance://{path}", f"lance://{root}/"
+    if kind == "parquet":
+        return parquet_source(root, X), f"parquet://{root}/"
+    src = qdrant_source(X)
+    return src, src.rsplit("/", 1)[0] + "/"
+
+
+def _target(kind: str, prefix: str, name: str) -> str:
+    return prefix + name + (".lance" if kind == "lance" else "")
+
+
+def _hashes(kind: str, root: str) -> dict:
+    """sha256 of every file of the source (not of the targets written beside it)."""
+    sub = {"lancedb": "db/docs.lance", "lance": "raw.lance", "parquet": "pq"}.get(kind)
+    return tree_hashes(os.path.join(root, sub)) if sub else {}
+
+
+@pytest.mark.parametrize("kind", ["lancedb", "lance", "parquet", "qdrant"])
+def test_shrink_each_store_beats_pca(kind, tmp_path, nested):
+    X, Q = nested
+    src, prefix = _source(kind, str(tmp_path / "src"), X)
+    before = _hashes(kind, str(tmp_path / "src"))
+    _, truth = exact_search(X, Q, 10, metric="l2")
+    truth_ids = truth * 7 + 3  # ids of the rows
+    got = {}
+    for method in ("tldr", "pca"):
+        tgt = _target(kind, prefix, f"out_{method}")
+        rep = shrink(src, tgt, dim=8, method=method, pq_bytes=4,
+                     work_dir=tmp_path / f"work_{method}", **FAST)
+        assert (rep.rows, rep.source_dim, rep.dim, rep.pq_bytes) == (2000, 32, 8, 4)
+        assert rep.metric == "l2" and rep.method == method
+        assert rep.search_compression == 32.0
+        assert not os.path.exists(tmp_path / f"work_{method}")  # removed after publish
+        plain = search(tgt, Q, k=10)
+        resc = search(tgt, Q, k=10, rescore=True)
+        assert plain.ids.shape == (200, 10) and plain.ids.dtype == np.int64
+        assert plain.engine == ("store" if kind == "qdrant" else "pq-codes")
+        got[method] = (recall(plain.ids, truth_ids), recall(resc.ids, truth_ids))
+        # rescored distances are exact squared L2 in the original space, ascending
+        np.testing.assert_allclose(resc.distances[:, 0],
+                                   ((Q - X[(resc.ids[:, 0] - 3) // 7]) ** 2).sum(1), rtol=1e-4)
+        assert (np.diff(resc.distances, axis=1) >= 0).all()
+    assert got["tldr"][0] > got["pca"][0] + 0.03, got
+    assert got["tldr"][1] >= got["pca"][1] - 0.01 and got["tldr"][1] > 0.9, got
+    assert _hashes(kind, str(tmp_path / "src")) == before  # the source was never written
+    if kind != "qdrant":
+        assert staging_leftovers(str(tmp_path / "src")) == []
+
+
+@pytest.mark.parametrize("kind", ["lancedb", "parquet", "qdrant"])
+def test_target_carries_ids_payload_and_encoded_vectors(kind, tmp_path):
+    X = make_nested(600, 16, between=6, within=4, seed=3)
+    src, prefix = _source(kind, str(tmp_path), X)
+    tgt = _target(kind, prefix, "small")
+    shrink(src, tgt, dim=4, pq_bytes=2, work_dir=tmp_path / "w", **FAST)
+    t = open_target(tgt)
+    tab = t.to_table()
+    ids = np.asarray(tab.column("id").to_pylist())
+    order = np.argsort(ids)
+    np.testing.assert_array_equal(ids[order], np.arange(600) * 7 + 3)
+    rows = (ids[order] - 3) // 7
+    if kind == "qdrant":  # schemaless payload travels as JSON
+        import json
+        pl = [json.loads(s) for s in np.asarray(tab.column("payload").to_pylist())[order]]
+        assert pl == [{"text": f"doc {i}", "year": 1990 + i % 30} for i in rows]
+    else:
+        assert np.asarray(tab.column("text").to_pylist())[order].tolist() == \
+            [f"doc {i}" for i in rows]
+        assert np.asarray(tab.column("year").to_pylist())[order].tolist() == \
+            [1990 + i % 30 for i in rows]
+        assert tab.schema.field("vector").type == pa.list_(pa.float16(), 4)
+    model = CompactModel.from_bytes(t.model_bytes)
+    assert model.metric == "l2" and model.pq_bytes == 2 and model.input_dim == 16
+    Y = vectors_to_numpy(tab.column("vector")).astype(np.float32)[order]
+    np.testing.assert_allclose(Y, model.encode(X[rows]), atol=2e-3, rtol=2e-3)
+    meta = t.metadata
+    assert meta["dims"] == [16, 4] and meta["method"] == "tldr" and meta["pq"]["bytes"] == 2
+    assert meta["source_columns"] == {"id": "id", "vector": "vector"}
+    if kind != "qdrant":
+        codes = tab.column("pq_codes").combine_chunks()
+        C = codes.values.to_numpy().reshape(-1, 2)[order]
+        assert (C == model.quantizer().encode(model.encode(X[rows]))).mean() > 0.99
+
+
+def test_info_describes_the_target(tmp_path):
+    X = make_nested(600, 16, between=6, within=4)
+    src = lancedb_source(str(tmp_path), X)
+    rep = shrink(src, dim=4, pq_bytes=2, work_dir=tmp_path / "w", **FAST)
+    assert rep.target == src + "_tldr4"  # default name: <collection>_tldr<dim>
+    out = info(rep.target)
+    assert out["rows"] == 600 and (out["source_dim"], out["dim"], out["pq_bytes"]) == (16, 4, 2)
+    assert out["method"] == "tldr" and out["metric"] == "l2" and out["vector_dtype"] == "float16"
+    assert out["source"] == "lancedb://" + str(tmp_path / "db" / "docs")
+    assert out["disk_bytes"] == rep.target_disk_bytes > 0
+    assert out["recall"]["eval_queries"] == 100
+    assert 0 < out["recall"]["recall_at_10"] <= out["recall"]["recall_at_10_rescored"] <= 1
+
+
+def test_search_from_another_directory_and_string_ids(tmp_path, monkeypatch):
+    X = make_nested(600, 16, between=6, within=4)
+    ids = np.array([f"doc-{i:04d}" for i in range(600)])
+    os.makedirs(tmp_path / "data")
+    pq.write_table(table_of(X, ids=ids), tmp_path / "data" / "x.parquet")
+    monkeypatch.chdir(tmp_path)
+    shrink("parquet://data/x.parquet", "parquet://out/", dim=4, pq_bytes=2, **FAST)
+    monkeypatch.chdir(tmp_path / "data")  # the recorded source URI is absolute
+    res = search(f"parquet://{tmp_path}/out", X[:5], k=3, rescore=True)
+    assert res.ids.dtype.kind == "U" and res.ids[:, 0].tolist() == ids[:5].tolist()
+    np.testing.assert_allclose(res.distances[:, 0], 0, atol=1e-5)
+
+
+def test_cosine_source_and_no_codes(tmp_path):
+    X = make_nested(400, 16, between=6, within=4)
+    src = qdrant_source(X, distance="cosine")
+    rep = shrink(src, src + "_c", dim=4, pq_bytes=0, work_dir=tmp_path / "w", **FAST)
+    assert rep.metric == "cosine" and rep.pq_bytes == 0 and rep.search_compression is None
+    res = search(src + "_c", X[:5], k=3, rescore=True)
+    assert res.ids[:, 0].tolist() == [3, 10, 17, 24, 31]
+    np.testing.assert_allclose(res.distances[:, 0], 0, atol=1e-5)
+
+
+def test_default_pq_bytes():
+    assert [default_pq_bytes(d) for d in (64, 48, 32, 24, 8, 7)] == [16, 16, 16, 12, 8, 7]
+
+
+# ------------------------------------------------------------------------------- bad input
+
+def _lancedb_table(root, table: pa.Table, name="docs") -> str:
+    """Write ``table`` as it is (LanceDB's create_table would refuse NaN itself)."""
+    import lance
+    db = os.path.join(root, "db")
+    lance.write_dataset(table, os.path.join(db, f"{name}.lance"))
+    return f"lancedb://{db}/{name}"
+
+
+def _bad_tables():
+    X = make_nested(300, 8, between=3, within=3)
+    ids = np.arange(300, dtype=np.int64)
+    Xn = X.copy()
+    Xn[17, 2] = np.nan
+    dup = ids.copy()
+    dup[40] = 12
+    ragged = pa.array([list(map(float, x[:8 if i != 9 else 7])) for i, x in enumerate(X)],
+                      type=pa.list_(pa.float32()))
+    nulls = pa.array([None if i == 5 else list(map(float, x)) for i, x in enumerate(X)],
+                     type=pa.list_(pa.float32(), 8))
+    ints = pa.array([[int(v * 10) for v in x] for x in X], type=pa.list_(pa.int32(), 8))
+    return {
+        "no_vector": (pa.table({"id": ids, "text": ["x"] * 300}), {}, MissingColumnError,
+                      "No vector column in source '{src}': expected a list or fixed-size list of "
+                      "floats. Available columns: id (int64), text (string). Pass vector_column= "
+                      "to name it."),
+        "wrong_vector": (pa.table({"id": ids, "vector": numpy_to_fsl(X)}),
+                         {"vector_column": "emb"}, MissingColumnError,
+                         "Vector column 'emb' not found in source '{src}'. Available columns: id "
+                         "(int64), vector (fixed_size_list<item: float>[8])."),
+        "nan": (pa.table({"id": ids, "vector": numpy_to_fsl(Xn)}), {}, InvalidInputError,
+                "Vector column 'vector' of source '{src}' must contain only finite values. Got 1 "
+                "row(s) with NaN or inf in rows 0..299, first at id 17."),
+        "duplicate": (pa.table({"id": dup, "vector": numpy_to_fsl(X)}), {}, DuplicateIdError,
+                      "Id column 'id' of source '{src}' must hold unique ids. Got duplicate id "
+                      "12 at row 40."),
+        "ragged": (pa.table({"id": ids, "vector": ragged}), {}, InvalidInputError,
+                   "Vector column 'vector' of source '{src}' must have the same length in every "
+                   "row. Expected 8, got 7 at id 9 (1 row(s) differ)."),
+        "null": (pa.table({"id": ids, "vector": nulls}), {}, InvalidInputError,
+                 "Vector column 'vector' of source '{src}' must not contain null vectors. Got 1 "
+                 "null vector(s), first at id 5."),
+        "ints": (pa.table({"id": ids, "vector": ints}), {"vector_column": "vector"},
+                 InvalidInputError,
+                 "Vector column 'vector' of source '{src}' must be a list or fixed-size list of "
+                 "floats (float16, float32 or float64). Got list<int32> instead."),
+        "empty": (pa.table({"id": pa.array([], pa.int64()),
+                            "vector": pa.array([], pa.list_(pa.float32(), 8))}), {},
+                  InvalidInputError, "Source '{src}' is empty: it has 0 rows."),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_tables()))
+def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path):
+    table, kw, exc, msg = _bad_tables()[case]
+    src = _lancedb_table(str(tmp_path), table)
+    before = tree_hashes(str(tmp_path / "db"))
+    with pytest.raises(exc) as err:
+        shrink(src, src + "_out", dim=4, pq_bytes=0, work_dir=tmp_path / "work", **FAST, **kw)
+    assert str(err.value) == msg.format(src=src)
+    assert "\n" not in str(err.value)
+    assert tree_hashes(str(tmp_path / "db")) == before
+    assert sorted(os.listdir(tmp_path / "db")) == ["docs.lance"]  # no target, no staging
+    assert not os.path.exists(tmp_path / "work")
+
+
+def test_other_refusals(tmp_path):
+    X = make_nested(300, 8, between=3, within=3)
+    src = lancedb_source(str(tmp_path), X)
+    with pytest.raises(InvalidParameterError, match=r"^The 'dim' parameter of shrink must be an "
+                       r"int in the range \[1, 7\] \(smaller than the dimension 8 of source "
+                       r"'lancedb://.*/docs'\). Got 8 instead.$"):
+        shrink(src, dim=8)
+    with pytest.raises(InvalidParameterError, match="The 'pq_bytes' parameter of shrink must "
+                       "divide dim=4 .* Got 3 instead."):
+        shrink(src, dim=4, pq_bytes=3)
+    with pytest.raises(UnsupportedURIError, match="must use a supported scheme"):
+        shrink("foo://x/docs", dim=4)
+    with pytest.raises(SourceNotFoundError, match="LanceDB table 'nope' not found"):
+        shrink(src.replace("docs", "nope"), dim=4)
+    with pytest.raises(SourceNotFoundError, match="^Qdrant collection 'nope' not found in "
+                       "in-memory Qdrant 'x1'. Existing collections: none.$"):
+        shrink("qdrant+memory://x1/nope", dim=4)
+    with pytest.raises(StoreUnavailableError, match="^Qdrant at http://127.0.0.1:9 is "
+                       "unreachable while trying to list aliases"):
+        shrink("qdrant://127.0.0.1:9/docs", dim=4)
+    with pytest.raises(InvalidParameterError, match="The target must differ from the source"):
+        shrink(src, src, dim=4)
+    assert sorted(os.listdir(tmp_path / "db")) == ["docs.lance"]
+
+
+def test_existing_target_is_refused_then_overwritten(tmp_path, nested):
+    X = make_nested(600, 16, between=6, within=4)
+    src = lancedb_source(str(tmp_path), X)
+    rep = shrink(src, dim=4, pq_bytes=2, work_dir=tmp_path / "w", **FAST)
+    first = open_target(rep.target).version
+    with pytest.raises(TargetExistsError, match=r"^Target '.*docs_tldr4' already exists. Pass "
+                       r"overwrite=True \(--overwrite\) to replace it.$"):
+        shrink(src, dim=4, pq_bytes=2, work_dir=tmp_path / "w", **FAST)
+    assert not os.path.exists(tmp_path / "w")  # refused before anything was written
+    lancedb.connect(str(tmp_path / "db")).create_table("other", data=table_of(X[:10]))
+    with pytest.raises(TargetExistsError, match="exists and is not a tldr-index target; refusing "
+                       "to replace it, even with overwrite=True"):
+        shrink(src, src.rsplit("/", 1)[0] + "/other", dim=4, pq_bytes=2, overwrite=True, **FAST)
+    rep2 = shrink(src, dim=4, pq_bytes=2, method="pca", overwrite=True,
+                  work_dir=tmp_path / "w", **FAST)
+    t = open_target(rep2.target)
+    assert t.version > first and t.metadata["method"] == "pca" and t.count() == 600
+
+
+def test_work_dir_rules(tmp_path):
+    X = make_nested(400, 16, between=6, within=4)
+    src = lancedb_source(str(tmp_path), X)
+    work = tmp_path / "w"
+
+    class Stop(BaseException):
+        pass
+
+    from tldr_index.progress import Progress
+
+    class StopAtTrain(Progress):
+        def begin(self, stage, total=None, unit="rows"):
+            if stage == "train":
+                raise Stop
+
+    with pytest.raises(Stop):
+        shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, progress=StopAtTrain(), **FAST)
+    with pytest.raises(CheckpointError, match="holds an unfinished run of this shrink; pass "
+                       r"resume=True \(--resume\) to continue it or overwrite=True"):
+        shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, **FAST)
+    with pytest.raises(CheckpointError, match=r"cannot be resumed: it used other parameters: "
+                       r"dim=4 \(now 8\)"):
+        shrink(src, src + "_t", dim=8, pq_bytes=2, work_dir=work, resume=True, **FAST)
+    lancedb.connect(str(tmp_path / "db")).open_table("docs").add(table_of(X[:1], ids=[10**6]))
+    with pytest.raises(CheckpointError, match="changed since that run"):
+        shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, resume=True, **FAST)
+    rep = shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, resume=True, overwrite=True, **FAST)
+    assert rep.rows == 401 and not rep.resumed
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="is not a tldr-index work directory"):
+        shrink(src, src + "_x", dim=4, pq_bytes=2, work_dir=tmp_path / "mine", **FAST)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_source_options_reach_the_connector(tmp_path):
+    X = make_nested(300, 8, between=3, within=3)
+    src = lancedb_source(str(tmp_path), X)
+    assert open_source(src).distance == "l2"
+    rep = shrink(src, dim=4, pq_bytes=2, source_options={"distance": "cosine"},
+                 work_dir=tmp_path / "w", **FAST)
+    assert rep.metric == "cosine"
+    assert CompactModel.from_bytes(open_target(rep.target).model_bytes).metric == "cosine"

@@ -1,0 +1,170 @@
+"""Crash a shrink in every stage, resume it, and get the same target as an uninterrupted run.
+
+A crash is an exception raised from the progress hook (a BaseException, like KeyboardInterrupt, so
+no ``except Exception`` in the pipeline can swallow it), or a SIGKILL of a child process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from _connector_helpers import staging_leftovers, tree_hashes
+from _pipeline_helpers import (assert_same_snapshot, lancedb_source, make_nested, parquet_source,
+                               qdrant_source, snapshot)
+
+from connectors import open_target
+from tldr_index.pipeline import shrink
+from tldr_index.progress import Progress
+
+# batch_rows=128: several batches in scan / encode / write; 600 training rows: 2 steps per epoch
+OPTS = dict(dim=4, pq_bytes=2, epochs=3, threads=1, eval_queries=50, batch_rows=128,
+            random_state=7)
+N = 600
+
+
+class Crash(BaseException):
+    pass
+
+
+class CrashAt(Progress):
+    """Raise :class:`Crash` at the ``nth`` update of ``stage`` (counting from 1)."""
+
+    def __init__(self, stage: str, nth: int = 1):
+        self.stage, self.nth, self.seen = stage, nth, 0
+
+    def update(self, stage, completed, total=None):
+        if stage == self.stage:
+            self.seen += 1
+            if self.seen == self.nth:
+                raise Crash(f"{stage} #{self.nth}")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_nested(N, 16, between=6, within=4, seed=5)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data):
+    """The uninterrupted run (same seed) every resumed run must equal."""
+    root = tmp_path_factory.mktemp("ref")
+    src = lancedb_source(str(root), data)
+    shrink(src, src + "_ref", work_dir=root / "work", **OPTS)
+    return snapshot(src + "_ref")
+
+
+# update counts: scan/encode/write report after each of the 5 batches; knn after each block of
+# the graph; train after each step (6); verify once (after sink.verify); publish twice (0 before
+# the atomic switch, 1 after it: crashing there tests "published but not marked done")
+CRASHES = [("scan", 3), ("knn", 1), ("train", 5), ("encode", 2), ("write", 4), ("verify", 1),
+           ("publish", 1), ("publish", 2)]
+
+
+@pytest.mark.parametrize("stage,nth", CRASHES, ids=[f"{s}-{n}" for s, n in CRASHES])
+def test_resume_after_crash_in_each_stage(stage, nth, tmp_path, data, reference):
+    src = lancedb_source(str(tmp_path), data)
+    tgt = src + "_out"
+    before = tree_hashes(str(tmp_path / "db" / "docs.lance"))
+    work = tmp_path / "work"
+    with pytest.raises(Crash):
+        shrink(src, tgt, work_dir=work, progress=CrashAt(stage, nth), **OPTS)
+    published = (stage, nth) == ("publish", 2)
+    assert os.path.exists(tmp_path / "db" / "docs_out.lance") == published
+    rep = shrink(src, tgt, work_dir=work, resume=True, **OPTS)
+    assert rep.resumed
+    done_before = {"scan": [], "knn": ["scan"], "train": ["scan", "knn"],
+                   "encode": ["scan", "knn", "train"]}.get(
+        stage, ["scan", "knn", "train", "encode"])
+    assert rep.skipped_stages[:len(done_before)] == done_before
+    if published:
+        assert rep.skipped_stages[-3:] == ["write", "verify", "publish"]
+    assert_same_snapshot(snapshot(tgt), reference)
+    assert tree_hashes(str(tmp_path / "db" / "docs.lance")) == before
+    assert staging_leftovers(str(tmp_path / "db")) == []
+    assert not work.exists()
+
+
+def test_train_resumes_from_its_last_epoch(tmp_path, data, reference):
+    src = lancedb_source(str(tmp_path), data)
+    work = tmp_path / "work"
+    with pytest.raises(Crash):  # in epoch 3: epochs 1-2 are checkpointed
+        shrink(src, src + "_out", work_dir=work, progress=CrashAt("train", 5), **OPTS)
+    assert (work / "train" / "ckpt").is_dir()
+
+    steps = []
+
+    class Record(Progress):
+        def update(self, stage, completed, total=None):
+            if stage == "train":
+                steps.append(completed)
+
+    shrink(src, src + "_out", work_dir=work, resume=True, progress=Record(), **OPTS)
+    assert steps == [5, 6]  # only epoch 3 ran again
+    assert_same_snapshot(snapshot(src + "_out"), reference)
+
+
+def test_resume_after_sigkill_with_the_cli(tmp_path, data):
+    """A real crash: the child kills itself with SIGKILL in the middle of training; the command
+    line then resumes the run."""
+    from click.testing import CliRunner
+
+    from tldr_index.cli import main
+
+    src = lancedb_source(str(tmp_path), data)
+    opts = dict(dim=4, pq_bytes=2, epochs=3, threads=1, random_state=7)  # the CLI's defaults else
+    shrink(src, src + "_ref", work_dir=tmp_path / "ref-work", **opts)
+    work = tmp_path / "work"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path[:0] = {[os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]!r}
+        from tldr_index.pipeline import shrink
+        from tldr_index.progress import Progress
+
+        class Kill(Progress):
+            def update(self, stage, completed, total=None):
+                if stage == "train" and completed == 5:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        shrink({src!r}, {src + "_out"!r}, work_dir={str(work)!r}, progress=Kill(), **{opts!r})
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (work / "train" / "ckpt").is_dir() and not (work / "train" / "done.json").exists()
+    args = ["shrink", "--source", src, "--target", "docs_out", "--dim", "4", "--pq-bytes", "2",
+            "--epochs", "3", "--threads", "1", "--seed", "7", "--work-dir", str(work), "--json"]
+    res = CliRunner().invoke(main, args + ["--resume"], catch_exceptions=False)
+    assert res.exit_code == 0, res.stderr
+    import json
+    rep = json.loads(res.stdout)
+    assert rep["resumed"] and rep["skipped_stages"] == ["scan", "knn"]
+    assert_same_snapshot(snapshot(src + "_out"), snapshot(src + "_ref"))
+    assert not work.exists()
+
+
+@pytest.mark.parametrize("kind", ["parquet", "qdrant"])
+@pytest.mark.parametrize("stage,nth", [("write", 3), ("publish", 1), ("publish", 2)])
+def test_resume_write_and_publish_other_stores(kind, stage, nth, tmp_path, data):
+    if kind == "parquet":
+        src = parquet_source(str(tmp_path), data)
+        tgt = f"parquet://{tmp_path}/out/"
+    else:
+        src = qdrant_source(data)
+        tgt = src + "_out"
+    ref_tgt = tgt.replace("out", "ref")
+    shrink(src, ref_tgt, work_dir=tmp_path / "ref-work", **OPTS)
+    with pytest.raises(Crash):
+        shrink(src, tgt, work_dir=tmp_path / "work", progress=CrashAt(stage, nth), **OPTS)
+    shrink(src, tgt, work_dir=tmp_path / "work", resume=True, **OPTS)
+    assert_same_snapshot(snapshot(tgt), snapshot(ref_tgt))
+    if kind == "parquet":
+        assert staging_leftovers(str(tmp_path)) == []
+    else:  # the abandoned staging collection was removed, the published one kept
+        client = open_target(tgt).client
+        names = sorted(c.name for c in client.get_collections().collections)
+        assert names == ["docs", "docs_out__v1", "docs_ref__v1"]
