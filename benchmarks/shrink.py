@@ -39,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._corpus import CORPUS, SHARED, machine  # noqa: E402
+from tldr_index.search import recall_at_k  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / "_cache" / "shrink"
 SIGMA = 0.03
@@ -157,11 +158,6 @@ def cli(args: list[str]) -> tuple[str, float, float]:
     return p.stdout, float(wall), int(kb) / 2**20
 
 
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    return float(np.mean([len(np.intersect1d(f[:k], t)) / k for f, t in zip(found, truth)]))
-
-
 def bench(rows: int, method: str, args, qpath: Path, truth: np.ndarray) -> dict:
     src = make_source(rows)
     db = CACHE / f"db_{rows}"
@@ -188,7 +184,7 @@ def bench(rows: int, method: str, args, qpath: Path, truth: np.ndarray) -> dict:
             sargs.append("--rescore")
         sout, swall, srss = cli(sargs)
         key = "rescored" if rescore else "plain"
-        res[key] = {"recall": recall(np.load(ids_path), truth), "wall_s": swall, "rss_gb": srss,
+        res[key] = {"recall": recall_at_k(np.load(ids_path), truth), "wall_s": swall, "rss_gb": srss,
                     "seconds": json.loads(sout)["seconds"]}
     print(f"[{rows:,} {method}] {wall:.0f} s, RSS {rss:.2f} GB, recall@10 "
           f"{res['plain']['recall']:.3f} / rescored {res['rescored']['recall']:.3f}", flush=True)

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 from tldr_index.demo import N_QUERIES, ensure_docs, load_sample  # noqa: E402
 from tldr_index.knn import exact_search  # noqa: E402
 from tldr_index.pipeline import info, search, shrink  # noqa: E402
+from tldr_index.search import recall_at_k  # noqa: E402
 
 
 def main(db: str) -> None:
@@ -39,7 +40,7 @@ def main(db: str) -> None:
     _, truth = exact_search(X, queries, 10, metric="cosine")   # ids are row numbers here
     for rescore in (False, True):
         res = search(report.target, queries, k=10, rescore=rescore)
-        rec = np.mean([len(np.intersect1d(f, t)) / 10 for f, t in zip(res.ids, truth)])
+        rec = recall_at_k(res.ids, truth)
         print(f"recall@10 {'with' if rescore else 'without'} rescoring: {rec:.3f} "
               f"({sum(res.seconds.values()):.2f} s for {len(queries)} queries)")
     print(info(report.target))

@@ -30,18 +30,18 @@ def auto_threads() -> int:
 @contextmanager
 def thread_limit(threads: int | None, owner: str = "shrink"):
     """Run the body with ``threads`` torch and FAISS threads (None: :func:`auto_threads`)."""
-    import faiss
     import torch
 
+    from ._faiss_utils import faiss_threads
+
     n = auto_threads() if threads is None else check_int(threads, "threads", low=1, owner=owner)
-    old_torch, old_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
-    if n != old_torch or n != old_faiss:
+    old_torch = torch.get_num_threads()
+    if n != old_torch:
         log.info("Using %d CPU thread(s) for torch and FAISS%s.", n,
                  " (cores that look idle)" if threads is None else "")
     torch.set_num_threads(n)
-    faiss.omp_set_num_threads(n)
     try:
-        yield n
+        with faiss_threads(n):
+            yield n
     finally:
         torch.set_num_threads(old_torch)
-        faiss.omp_set_num_threads(old_faiss)

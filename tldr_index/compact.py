@@ -70,10 +70,10 @@ class CompactModel:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim == 1:
             X = X.reshape(1, -1)
-        if X.ndim != 2 or X.shape[1] != self.input_dim:
+        if X.ndim != 2 or X.shape[1] != self.input_dim or len(X) == 0:
             raise InvalidInputError(
-                f"Queries must have shape (n, {self.input_dim}) (the dimension of the source "
-                f"vectors). Got {X.shape} instead.")
+                f"Queries must have shape (n, {self.input_dim}) with n >= 1 (the dimension of "
+                f"the source vectors). Got {X.shape} instead.")
         if not np.isfinite(X).all():
             bad = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
             raise InvalidInputError(

@@ -63,7 +63,7 @@ def run_demo(db: str, *, dim: int = 64, pq_bytes: int = 16, epochs: int | None =
 
     from .knn import exact_search
     from .pipeline import shrink
-    from .search import search
+    from .search import recall_at_k, search
 
     sample = load_sample()
     os.makedirs(db, exist_ok=True)
@@ -84,8 +84,8 @@ def run_demo(db: str, *, dim: int = 64, pq_bytes: int = 16, epochs: int | None =
         resc = search(target, Q, k=10, rescore=True)
         results.append({
             "method": method, "target": target, "seconds": seconds,
-            "recall_at_10": _recall(plain.ids, truth),
-            "recall_at_10_rescored": _recall(resc.ids, truth), "shortlist": resc.shortlist,
+            "recall_at_10": recall_at_k(plain.ids, truth),
+            "recall_at_10_rescored": recall_at_k(resc.ids, truth), "shortlist": resc.shortlist,
             "bytes_per_vector": rep.pq_bytes, "target_disk_bytes": rep.target_disk_bytes,
             "source_disk_bytes": rep.source_disk_bytes, "stage_seconds": rep.stage_seconds,
             "example_ids": resc.ids[0, :3].tolist()})
@@ -96,11 +96,6 @@ def run_demo(db: str, *, dim: int = 64, pq_bytes: int = 16, epochs: int | None =
                         "tldr_rescored_top3": [str(texts[i])
                                                for i in results[0]["example_ids"]],
                         "exact_top3": [str(texts[i]) for i in truth[0, :3]]}}
-
-
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    return float(np.mean([len(np.intersect1d(f[:k], t)) / k for f, t in zip(found, truth)]))
 
 
 def format_demo(r: dict) -> list[str]:

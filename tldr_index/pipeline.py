@@ -53,7 +53,8 @@ from .compact import CompactModel
 from .errors import (InvalidInputError, InvalidParameterError, ModelFormatError,
                      SourceNotFoundError, TargetExistsError)
 from .progress import Progress, as_progress
-from .search import adc_topk, default_shortlist, info, rerank, search  # noqa: F401 (API)
+from .search import (adc_topk, default_shortlist, info, recall_at_k, rerank,  # noqa: F401
+                     search)
 from .vectors import VectorStore
 from .workdir import WorkDir
 
@@ -422,10 +423,8 @@ def _evaluate(c: SimpleNamespace, model: CompactModel, out: Path) -> dict:
     plain = drop_self(cand[:, :k + 1])
     _, resc = rerank(Q, cand, scan.take, k, c.metric, exclude=rows)
 
-    def recall(found: np.ndarray) -> float:
-        return float(np.mean([len(np.intersect1d(f, t)) / k for f, t in zip(found, truth)]))
-
-    res = {"recall_at_10": recall(plain), "recall_at_10_rescored": recall(resc),
+    res = {"recall_at_10": recall_at_k(plain, truth),
+           "recall_at_10_rescored": recall_at_k(resc, truth),
            "eval_queries": int(nq), "shortlist": int(R - 1),
            "eval_seconds": time.perf_counter() - t0}
     log.info("recall@%d on %d rows: %.3f (%.3f with exact re-ranking of %d).", k, nq,

@@ -130,7 +130,8 @@ def rerank(Q: np.ndarray, cand: np.ndarray, fetch: Callable[[np.ndarray], np.nda
 # ---------------------------------------------------------------------------------- helpers
 
 def load_queries(queries: Any, dim: int) -> np.ndarray:
-    """``queries`` (array or ``.npy`` path) as a checked float32 (n, dim) array."""
+    """``queries`` (array or ``.npy`` path) as a float array (shape and values are checked by
+    :meth:`CompactModel.encode`)."""
     if isinstance(queries, (str, os.PathLike)):
         try:
             queries = np.load(queries, allow_pickle=False)
@@ -142,21 +143,17 @@ def load_queries(queries: Any, dim: int) -> np.ndarray:
                 f"Queries file '{os.fspath(queries)}' must be a .npy float array ({exc}).") \
                 from None
     Q = np.asarray(queries)
-    if Q.ndim == 1:
-        Q = Q.reshape(1, -1)
     if Q.dtype.kind != "f":
         raise InvalidInputError(
             f"Queries must be a float array of shape (n, {dim}). Got dtype {Q.dtype} instead.")
-    if Q.ndim != 2 or Q.shape[1] != dim or len(Q) == 0:
-        raise InvalidInputError(
-            f"Queries must have shape (n, {dim}) with n >= 1 (the dimension of the source "
-            f"vectors). Got {Q.shape} instead.")
-    Q = np.ascontiguousarray(Q, dtype=np.float32)
-    if not np.isfinite(Q).all():
-        bad = int(np.flatnonzero(~np.isfinite(Q).all(axis=1))[0])
-        raise InvalidInputError(f"Queries must contain only finite values. Got NaN or inf in "
-                                f"row {bad}.")
-    return Q
+    return np.ascontiguousarray(Q.reshape(1, -1) if Q.ndim == 1 else Q, dtype=np.float32)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each row of ``truth`` (k exact neighbours) found in the same row of
+    ``found`` (its first k entries)."""
+    k = truth.shape[1]
+    return float(np.mean([len(np.intersect1d(f[:k], t)) / k for f, t in zip(found, truth)]))
 
 
 def _ids_to_numpy(ids: pa.Array) -> np.ndarray:
