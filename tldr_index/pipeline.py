@@ -396,7 +396,7 @@ def _stage_encode(c: SimpleNamespace) -> tuple[list[Path], dict]:
 def _evaluate(c: SimpleNamespace, model: CompactModel, out: Path) -> dict:
     """recall@10 of the compact search (with and without exact re-ranking of a shortlist) against
     exact search in the original space, on ``eval_queries`` rows of the collection (self excluded)."""
-    from .knn import exact_search
+    from .knn import _drop_own, exact_search
 
     scan = VectorStore.open(c.work.root / "scan" / "vectors")
     n = scan.n_rows
@@ -416,12 +416,8 @@ def _evaluate(c: SimpleNamespace, model: CompactModel, out: Path) -> dict:
     else:
         _, cand = exact_search(out / "reduced", model.prepare(Y), R, metric=c.metric)
 
-    def drop_self(I: np.ndarray) -> np.ndarray:
-        keep = I != rows[:, None]
-        return np.stack([r[m][:k] for r, m in zip(I, keep)])
-
-    plain = drop_self(cand[:, :k + 1])
-    _, resc = rerank(Q, cand, scan.take, k, c.metric, exclude=rows)
+    plain = _drop_own(cand[:, :k + 1], rows, k)
+    _, resc = rerank(Q, cand, scan.take, k, c.metric, exclude=rows)  # what search --rescore does
 
     res = {"recall_at_10": recall_at_k(plain, truth),
            "recall_at_10_rescored": recall_at_k(resc, truth),
