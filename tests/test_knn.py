@@ -166,7 +166,7 @@ def test_cosine_zero_vectors_stay_finite():
     X[3] = 0.0
     g = knn_graph(X, 5, metric="cosine")
     assert (g.neighbors >= 0).all()
-    D, I = exact_search(X, X[[3, 4]], 5, metric="cosine")
+    D, _ = exact_search(X, X[[3, 4]], 5, metric="cosine")
     assert np.isfinite(D).all()
     np.testing.assert_allclose(D[0], 0.0, atol=1e-6)  # zero vector: similarity 0 to everyone
 
