@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 from collections.abc import Iterator
 from contextlib import contextmanager
-import mmap
 from typing import Any
 
 import faiss
