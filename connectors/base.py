@@ -169,6 +169,17 @@ class Source(abc.ABC):
         if self.count() == 0:
             raise InvalidInputError(f"Source '{self.uri}' is empty: it has 0 rows.")
 
+    def _bind_columns(self, schema: pa.Schema, vector_column: str | None, id_column: str | None,
+                      payload_columns: Sequence[str] | None) -> None:
+        """Detect (or check) the vector, id and payload columns of a file-like source's schema."""
+        uri = self.uri
+        self.vector_column = au.detect_vector_column(schema, vector_column, uri)
+        self.id_column = au.detect_id_column(schema, id_column, uri, exclude=(self.vector_column,))
+        self._id_field = pa.field(self.id_column, schema.field(self.id_column).type)
+        self.payload_columns = resolve_payload_columns(
+            schema, payload_columns, (self.id_column, self.vector_column), uri)
+        self._payload_schema = schema
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(uri={self.uri!r}, id={self.id_column!r}, "
                 f"vector={self.vector_column!r}, dim={self.dim}, distance={self.distance!r})")

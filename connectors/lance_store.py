@@ -47,7 +47,7 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
 
 from . import arrow_utils as au
 from .base import (DEFAULT_BATCH_ROWS, DISTANCES, RECORD_KEY, Sink, Source, Target, build_record,
-                   check_model, dump_record, load_record, resolve_payload_columns, verify_counts)
+                   check_model, dump_record, load_record, verify_counts)
 from .ids import IdDigest
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,7 @@ class LanceSource(Source):
         self.uri, self.path = uri, path
         self._ds = lance.dataset(path, version=version)
         schema = self._ds.schema
-        self.vector_column = au.detect_vector_column(schema, vector_column, uri)
-        self.id_column = au.detect_id_column(schema, id_column, uri, exclude=(self.vector_column,))
-        self._id_field = pa.field(self.id_column, schema.field(self.id_column).type)
-        self.payload_columns = resolve_payload_columns(
-            schema, payload_columns, (self.id_column, self.vector_column), uri)
-        self._payload_schema = schema
+        self._bind_columns(schema, vector_column, id_column, payload_columns)
         vt = schema.field(self.vector_column).type
         self.value_type = au.vector_storage_type(vt.value_type)
         self._check_not_empty()

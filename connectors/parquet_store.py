@@ -44,7 +44,7 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
 
 from . import arrow_utils as au
 from .base import (DEFAULT_BATCH_ROWS, DISTANCES, Sink, Source, Target, build_record, check_model,
-                   dump_record, load_record, resolve_payload_columns, verify_counts)
+                   dump_record, load_record, verify_counts)
 from .ids import IdDigest
 from .lance_store import _take_by_filter
 
@@ -90,12 +90,7 @@ class ParquetSource(Source):
         self.files = list_parquet_files(path, uri)
         self._pfs = {}
         schema = pq.read_schema(self.files[0])
-        self.vector_column = au.detect_vector_column(schema, vector_column, uri)
-        self.id_column = au.detect_id_column(schema, id_column, uri, exclude=(self.vector_column,))
-        self._id_field = pa.field(self.id_column, schema.field(self.id_column).type)
-        self.payload_columns = resolve_payload_columns(
-            schema, payload_columns, (self.id_column, self.vector_column), uri)
-        self._payload_schema = schema
+        self._bind_columns(schema, vector_column, id_column, payload_columns)
         self._columns = [self.id_column, self.vector_column, *self.payload_columns]
         for f in self.files[1:]:
             other = pq.read_schema(f)
