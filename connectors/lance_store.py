@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lance.fragment import write_fragments
 
+from tldr_index.artifact import atomic_write_bytes
 from tldr_index._validation import check_int
 from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFoundError,
                                TargetExistsError)
@@ -257,14 +258,7 @@ class LanceSink(Sink):
     def _store_model(self, model_bytes: bytes, metadata: dict) -> None:
         sha = hashlib.sha256(model_bytes).hexdigest()
         rel = f"{SIDE_DIR}/model-{sha[:16]}.safetensors"
-        dst = os.path.join(self.staging, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        tmp = dst + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(model_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
+        atomic_write_bytes(os.path.join(self.staging, rel), model_bytes)
         self._model_rel = rel
         self._record = build_record(self.layout, model_bytes, metadata, model_file=rel)
 

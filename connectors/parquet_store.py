@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
+from tldr_index.artifact import atomic_write_bytes
 from tldr_index._validation import check_choice, check_int
 from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFoundError,
                                TargetExistsError)
@@ -226,9 +227,9 @@ class ParquetSink(Sink):
 
     def _store_model(self, model_bytes: bytes, metadata: dict) -> None:
         self._close_part()
-        _write_atomic(os.path.join(self.staging, MODEL_FILE), model_bytes)
+        atomic_write_bytes(os.path.join(self.staging, MODEL_FILE), model_bytes)
         rec = build_record(self.layout, model_bytes, metadata, model_file=MODEL_FILE)
-        _write_atomic(os.path.join(self.staging, RECORD_FILE), dump_record(rec).encode())
+        atomic_write_bytes(os.path.join(self.staging, RECORD_FILE), dump_record(rec).encode())
 
     def _verify(self, expected_count: int, expected_ids_digest: str | None) -> None:
         t = ParquetTarget(self.staging, uri=self.uri)
@@ -266,15 +267,6 @@ class ParquetSink(Sink):
                 pass
             self._writer = None
         shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------ target

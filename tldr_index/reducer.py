@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import torch
 from sklearn.utils import check_random_state
 
 from ._validation import check_bool, check_choice, check_float, check_int
+from .artifact import atomic_write_bytes
 from .base import METRICS, BaseReducer
 from .errors import InvalidInputError, InvalidParameterError
 from .model import (build_encoder, build_projector, fold_linear, init_linear_from, parse_encoder,
@@ -337,8 +339,6 @@ class TLDR(BaseReducer):
         g = knn_graph(train, k, method=self.knn_method, metric=self.metric, random_state=seed, **kw)
         nb = np.asarray(g.neighbors, dtype=np.int64)
         if path is not None:
-            from .artifact import atomic_write_bytes
-            import io
             buf = io.BytesIO()
             np.save(buf, nb)
             atomic_write_bytes(path, buf.getvalue())
