@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tldr_index import __version__
 from tldr_index._validation import check_choice, check_int
@@ -183,6 +184,42 @@ class Source(abc.ABC):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(uri={self.uri!r}, id={self.id_column!r}, "
                 f"vector={self.vector_column!r}, dim={self.dim}, distance={self.distance!r})")
+
+
+def take_by_filter(scan, ids, src: Source, chunk: int) -> np.ndarray:
+    """Shared ``take`` for stores filtered by an Arrow ``isin`` expression (Lance, Parquet)."""
+    ids = pa.array(ids) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
+    ids = ids.cast(src._id_field.type)
+    out = np.empty((len(ids), src.dim), dtype=np.float32)
+    pylist = ids.to_pylist()
+    where: dict[Any, list[int]] = {}
+    for i, v in enumerate(pylist):
+        where.setdefault(v, []).append(i)
+    uniq = list(where)
+    found = 0
+    for s in range(0, len(uniq), chunk):
+        part = uniq[s:s + chunk]
+        for b in scan(pc.field(src.id_column).isin(pa.array(part, type=ids.type))):
+            if b.num_rows == 0:
+                continue
+            X = au.vectors_to_numpy(b.column(src.vector_column), dim=src.dim,
+                                    column=src.vector_column, source=src.uri)
+            for r, v in enumerate(b.column(src.id_column).to_pylist()):
+                rows = where.get(v)
+                if rows is not None:
+                    out[rows] = X[r]
+                    found += 1
+    if found < len(uniq):
+        got = set()
+        for s in range(0, len(uniq), chunk):  # rare path: find which id is missing
+            for b in scan(pc.field(src.id_column).isin(pa.array(uniq[s:s + chunk],
+                                                                 type=ids.type))):
+                got.update(b.column(src.id_column).to_pylist())
+        miss = [v for v in uniq if v not in got]
+        raise InvalidInputError(
+            f"The 'ids' parameter of take must name rows of source '{src.uri}'. Got "
+            f"{len(miss)} unknown id(s), first {miss[0]!r}.")
+    return out
 
 
 def resolve_payload_columns(schema: pa.Schema, requested: Sequence[str] | None,

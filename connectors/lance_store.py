@@ -48,7 +48,8 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
 
 from . import arrow_utils as au
 from .base import (DEFAULT_BATCH_ROWS, DISTANCES, RECORD_KEY, Sink, Source, Target, build_record,
-                   check_model, dump_record, load_record, verify_counts)
+                   check_model, dump_record, load_record, verify_counts,
+                   take_by_filter)
 from .ids import IdDigest
 
 log = logging.getLogger(__name__)
@@ -134,46 +135,10 @@ class LanceSource(Source):
 
     def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 4096) -> np.ndarray:
         """Cost: one filtered scan per ``chunk`` ids (fast with a BTREE scalar index on the id)."""
-        return _take_by_filter(
+        return take_by_filter(
             lambda expr: self._ds.to_batches(columns=[self.id_column, self.vector_column],
                                              filter=expr),
             ids, self, chunk)
-
-
-def _take_by_filter(scan, ids, src: Source, chunk: int) -> np.ndarray:
-    """Shared ``take`` for stores filtered by an Arrow ``isin`` expression (Lance, Parquet)."""
-    ids = pa.array(ids) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
-    ids = ids.cast(src._id_field.type)
-    out = np.empty((len(ids), src.dim), dtype=np.float32)
-    pylist = ids.to_pylist()
-    where: dict[Any, list[int]] = {}
-    for i, v in enumerate(pylist):
-        where.setdefault(v, []).append(i)
-    uniq = list(where)
-    found = 0
-    for s in range(0, len(uniq), chunk):
-        part = uniq[s:s + chunk]
-        for b in scan(pc.field(src.id_column).isin(pa.array(part, type=ids.type))):
-            if b.num_rows == 0:
-                continue
-            X = au.vectors_to_numpy(b.column(src.vector_column), dim=src.dim,
-                                    column=src.vector_column, source=src.uri)
-            for r, v in enumerate(b.column(src.id_column).to_pylist()):
-                rows = where.get(v)
-                if rows is not None:
-                    out[rows] = X[r]
-                    found += 1
-    if found < len(uniq):
-        got = set()
-        for s in range(0, len(uniq), chunk):  # rare path: find which id is missing
-            for b in scan(pc.field(src.id_column).isin(pa.array(uniq[s:s + chunk],
-                                                                 type=ids.type))):
-                got.update(b.column(src.id_column).to_pylist())
-        miss = [v for v in uniq if v not in got]
-        raise InvalidInputError(
-            f"The 'ids' parameter of take must name rows of source '{src.uri}'. Got "
-            f"{len(miss)} unknown id(s), first {miss[0]!r}.")
-    return out
 
 
 # -------------------------------------------------------------------------------------------- sink

@@ -45,9 +45,9 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
 
 from . import arrow_utils as au
 from .base import (DEFAULT_BATCH_ROWS, DISTANCES, Sink, Source, Target, build_record, check_model,
-                   dump_record, load_record, verify_counts)
+                   dump_record, load_record, verify_counts,
+                   take_by_filter)
 from .ids import IdDigest
-from .lance_store import _take_by_filter
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class ParquetSource(Source):
     def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 65_536) -> np.ndarray:
         """Cost: one scan of the id and vector columns of every file per ``chunk`` ids."""
         ds = pds.dataset(self.files, format="parquet")
-        return _take_by_filter(
+        return take_by_filter(
             lambda expr: ds.to_batches(columns=[self.id_column, self.vector_column], filter=expr),
             ids, self, chunk)
 

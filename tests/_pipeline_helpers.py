@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import uuid
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,6 +42,8 @@ def table_of(X: np.ndarray, *, ids=None, vector="vector") -> pa.Table:
 
 
 def lancedb_source(root: str, X: np.ndarray, name: str = "docs", **kw) -> str:
+    import lancedb  # here, not at the top: the GPU tests run where only Parquet is installed
+
     db = os.path.join(root, "db")
     lancedb.connect(db).create_table(name, data=table_of(X, **kw))
     return lancedb_uri(db, name)

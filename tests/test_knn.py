@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tldr_index import _faiss_utils as fu
 from tldr_index.errors import InvalidInputError, InvalidParameterError
 from tldr_index.knn import KnnGraph, _drop_own, exact_search, graph_recall, knn_graph
 from tldr_index.vectors import VectorStore
@@ -326,11 +327,24 @@ def test_knn_graph_parameter_errors(kwargs, text):
         knn_graph(X, **kwargs)
 
 
-def test_cuda_without_gpu_is_a_parameter_error(X):
+def test_cuda_without_gpu_is_a_parameter_error(X, monkeypatch):
+    monkeypatch.setattr(fu, "gpu_available", lambda: False)
+    monkeypatch.setattr(fu, "torch_cuda_available", lambda: False)
     with pytest.raises(InvalidParameterError, match=msg(
-            "The 'device' parameter of knn_graph is 'cuda' but no GPU FAISS is available "
-            "(faiss-cpu build or no visible GPU). Use device='cpu' or 'auto'.")):
+            "The 'device' parameter of knn_graph is 'cuda' but no GPU is visible (neither to "
+            "FAISS nor to torch). Use device='cpu' or 'auto'.")):
         knn_graph(X, 3, device="cuda")
+
+
+@pytest.mark.parametrize("faiss_gpu,torch_gpu,device,kernel", [
+    (False, False, "auto", "CpuKernel"), (False, True, "auto", "TorchCudaKernel"),
+    (False, True, "cpu", "CpuKernel"), (False, True, "cuda", "TorchCudaKernel"),
+])
+def test_kernel_choice(monkeypatch, faiss_gpu, torch_gpu, device, kernel):
+    """auto: a GPU when one is visible (FAISS GPU first, then torch CUDA); cpu pins the CPU."""
+    monkeypatch.setattr(fu, "gpu_available", lambda: faiss_gpu)
+    monkeypatch.setattr(fu, "torch_cuda_available", lambda: torch_gpu)
+    assert type(fu.make_kernel(device)).__name__ == kernel
 
 
 def test_opq_needs_enough_rows():

@@ -258,6 +258,19 @@ def test_other_refusals(tmp_path):
     assert sorted(os.listdir(tmp_path / "db")) == ["docs.lance"]
 
 
+def test_cuda_asked_without_gpu_is_refused_before_any_work(tmp_path, monkeypatch):
+    """--device cuda on a machine without a GPU is an error, not a silent CPU run."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    X = make_nested(300, 8, between=3, within=3)
+    src = lancedb_source(str(tmp_path), X)
+    with pytest.raises(InvalidParameterError, match=r"^The 'device' parameter of shrink is 'cuda' "
+                       r"but torch sees no CUDA GPU \(torch .*\); use device='auto' or 'cpu'.$"):
+        shrink(src, dim=4, device="cuda", work_dir=tmp_path / "work")
+    assert sorted(os.listdir(tmp_path / "db")) == ["docs.lance"]
+    assert not os.path.exists(tmp_path / "work")
+
+
 def test_existing_target_is_refused_then_overwritten(tmp_path, nested):
     X = make_nested(600, 16, between=6, within=4)
     src = lancedb_source(str(tmp_path), X)

@@ -23,6 +23,8 @@ logger = logging.getLogger("tldr_index.knn")
 #: Query rows x database rows of one GEMM tile in the CPU kernel (2048 x 8192 float32 = 64 MiB).
 TILE_QUERIES = 2048
 TILE_DATABASE = 8192
+#: Query rows per score tile of the torch CUDA kernel (2048 x 262144 float32 = 2 GiB at most).
+TORCH_TILE_QUERIES = 2048
 #: When gathering rows from a file for re-ranking, rows closer than this are read in one call.
 GATHER_GAP = 8
 
@@ -39,6 +41,24 @@ def worst(metric: str) -> float:
 def gpu_available() -> bool:
     """True when this faiss build has GPU support and sees at least one GPU."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def torch_cuda_available() -> bool:
+    """True when torch sees a CUDA GPU (the exact kernel can then run there without faiss-gpu)."""
+    import torch
+    return torch.cuda.is_available()
+
+
+def make_kernel(device: str) -> Any:
+    """The exact top-k kernel for ``device`` (``"auto"``, ``"cpu"`` or ``"cuda"``, already checked):
+    FAISS GPU when this build has it, else torch on CUDA, else the CPU GEMM kernel."""
+    if device == "cpu":
+        return CpuKernel()
+    if gpu_available():
+        return GpuKernel()
+    if torch_cuda_available():
+        return TorchCudaKernel()
+    return CpuKernel()
 
 
 @contextmanager
@@ -141,6 +161,59 @@ class GpuKernel:
         I = np.where(valid, I + b0, -1)
         D[~valid] = worst(metric)
         heap.add_result_subset(np.arange(q0, q0 + len(Q)), D, I)
+
+
+class TorchCudaKernel:
+    """Exact top-(k+1) per block on a CUDA GPU through torch, merged into the FAISS heap.
+
+    Used when torch sees a GPU but FAISS is a CPU build (the usual pip install). Scores are float32
+    GEMMs (TF32 off, so ties and order match the CPU kernel up to float32 rounding); query rows go
+    through in tiles of ``TORCH_TILE_QUERIES`` so GPU memory stays at one score tile
+    (``TORCH_TILE_QUERIES x len(B)`` float32) plus the two blocks.
+    """
+
+    name = "cuda"
+
+    def __init__(self) -> None:
+        import torch
+        self.torch = torch
+        self.dev = torch.device("cuda")
+        self._b_key: tuple | None = None
+        self._b: Any = None
+
+    def _block(self, b0: int, B: np.ndarray) -> Any:
+        """``B`` on the GPU; the last block is kept, so a query chunk that meets the same database
+        block again (the self-graph's diagonal, a single-block database) is not copied twice."""
+        key = (b0, B.shape, B.ctypes.data)
+        if key != self._b_key:
+            self._b, self._b_key = self.torch.from_numpy(B).to(self.dev), key
+        return self._b
+
+    def add(self, heap: faiss.ResultHeap, q0: int, Q: np.ndarray, b0: int, B: np.ndarray,
+            metric: str, excl: np.ndarray | None = None, symmetric: bool = False) -> None:
+        if symmetric:  # pragma: no cover - the GPU path never asks for it
+            raise NotImplementedError("TorchCudaKernel has no symmetric mode")
+        torch = self.torch
+        kk = min(heap.k + (excl is not None), len(B))
+        b = self._block(b0, B)
+        bn = (b * b).sum(1) if metric == "l2" else None
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            for t in range(0, len(Q), TORCH_TILE_QUERIES):
+                q = torch.from_numpy(Q[t:t + TORCH_TILE_QUERIES]).to(self.dev)
+                S = q @ b.T
+                if metric == "l2":
+                    S = (q * q).sum(1, keepdim=True) - 2.0 * S + bn[None]
+                    D, I = torch.topk(S, kk, dim=1, largest=False)
+                else:
+                    D, I = torch.topk(S, kk, dim=1)
+                D, I = D.cpu().numpy(), I.cpu().numpy().astype(np.int64) + b0
+                if excl is not None:
+                    D[I == excl[t:t + len(q), None]] = worst(metric)
+                heap.add_result_subset(np.arange(q0 + t, q0 + t + len(q)), D, I)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def finalize(heap: faiss.ResultHeap, metric: str) -> tuple[np.ndarray, np.ndarray]:

@@ -42,12 +42,19 @@ DEVICES = ("auto", "cpu", "cuda")
 #: machine opq is already ~2x faster at 100k rows, but exact has recall 1; exact costs ~14 min at
 #: 200k.)
 EXACT_MAX_ROWS = 200_000
+#: ... and up to this many on a GPU (exact costs N^2 * dim flops: 1M x 768 is ~1.5e15, seconds
+#: on a data-centre GPU, where OPQ would lose ~15% of the neighbours).
+EXACT_MAX_ROWS_GPU = 1_000_000
 #: Default PQ code size (bytes per vector = number of 8-bit sub-quantizers). The paper used 16;
 #: on 100k tiled text embeddings (nprobe 16, refine 40) recall@10 was 0.84 with OPQ32_128 vs 0.71
 #: with OPQ16_64 and 0.78 with OPQ16_128, for ~1.5x the search time.
 DEFAULT_BYTES_PER_VECTOR = 32
 #: Default rows per streamed block: about 64 MiB of float32 per block, between 1024 and 65536.
 BLOCK_BYTES = 64 * 2**20
+#: With a GPU kernel: about 1 GiB per block, at most 262,144 rows (a query tile then scores
+#: 2048 x 262144 float32 = 2 GiB at most on the GPU).
+GPU_BLOCK_BYTES = 2**30
+GPU_MAX_CHUNK_ROWS = 262_144
 # OPQ defaults, chosen by measurement (see benchmarks/knn.py and benchmarks/results/knn.md).
 DEFAULT_NPROBE = 16
 DEFAULT_REFINE_FACTOR = 4          # refine = max(4*k, 40) candidates re-ranked exactly
@@ -90,8 +97,12 @@ class KnnGraph:
 # argument checks
 
 
-def _default_chunk_rows(dim: int) -> int:
-    return int(min(65_536, max(1_024, BLOCK_BYTES // (4 * dim))))
+def _default_chunk_rows(dim: int, kernel: Any = None) -> int:
+    """About ``BLOCK_BYTES`` of float32 per block (``GPU_BLOCK_BYTES`` for a GPU kernel: fewer,
+    larger blocks keep the GPU busy and re-read the database fewer times)."""
+    budget = BLOCK_BYTES if kernel is None or isinstance(kernel, fu.CpuKernel) else GPU_BLOCK_BYTES
+    return int(min(GPU_MAX_CHUNK_ROWS if budget == GPU_BLOCK_BYTES else 65_536,
+                   max(1_024, budget // (4 * dim))))
 
 
 def _check_common(metric: str, chunk_rows: Any, device: str, dim: int, owner: str
@@ -99,12 +110,12 @@ def _check_common(metric: str, chunk_rows: Any, device: str, dim: int, owner: st
     check_choice(metric, "metric", METRICS, owner=owner)
     check_choice(device, "device", DEVICES, owner=owner)
     chunk_rows = check_int(chunk_rows, "chunk_rows", low=1, owner=owner, allow_none=True)
-    if device == "cuda" and not fu.gpu_available():
+    if device == "cuda" and not (fu.gpu_available() or fu.torch_cuda_available()):
         raise InvalidParameterError(
-            f"The 'device' parameter of {owner} is 'cuda' but no GPU FAISS is available "
-            f"(faiss-cpu build or no visible GPU). Use device='cpu' or 'auto'.")
-    kernel = fu.GpuKernel() if device != "cpu" and fu.gpu_available() else fu.CpuKernel()
-    return chunk_rows or _default_chunk_rows(dim), kernel
+            f"The 'device' parameter of {owner} is 'cuda' but no GPU is visible (neither to "
+            f"FAISS nor to torch). Use device='cpu' or 'auto'.")
+    kernel = fu.make_kernel(device)
+    return chunk_rows or _default_chunk_rows(dim, kernel), kernel
 
 
 def _rng(random_state: Any, owner: str) -> np.random.Generator:
@@ -146,7 +157,8 @@ def exact_search(database: Any, queries: Any, k: int, *, metric: str = "l2",
     exclude : optional int array of shape ``(n_queries,)``: a database id that query ``i`` must not
         get (``-1``: none). Used for self-search; it excludes by id, so duplicates of the row stay.
     chunk_rows : rows per streamed block of queries and of the database (default ~64 MiB).
-    device : ``"auto"`` (GPU FAISS when available), ``"cpu"`` or ``"cuda"``.
+    device : ``"auto"`` (a GPU when one is visible: FAISS GPU, else torch CUDA), ``"cpu"`` or
+        ``"cuda"`` (error without a GPU).
 
     Returns
     -------
@@ -395,7 +407,8 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
     ----------
     X : ndarray, np.memmap, :class:`~tldr_index.vectors.Vectors` or vector-store directory.
     k : neighbours per row, in ``[1, N-1]``.
-    method : ``"exact"``, ``"opq"`` or ``"auto"`` (exact when ``N <= 200_000``, else opq).
+    method : ``"exact"``, ``"opq"`` or ``"auto"`` (exact when ``N <= 200_000``, or ``N <=
+        1_000_000`` on a GPU; else opq).
     metric : ``"l2"``, ``"ip"`` or ``"cosine"``.
     out : optional ``.npy`` path; the table is written there (via a temporary file renamed at the
         end) and returned as a read-only ``np.memmap``. Without it the table is in memory.
@@ -408,7 +421,8 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
         ``refine = max(4*k, 40)`` candidates re-ranked with exact scores read from ``X`` (``0``
         turns re-ranking off). See :func:`_opq_defaults` for the measurements behind them.
     random_state : None, int or ``np.random.Generator`` for the training sample and k-means seeds.
-    device : ``"auto"`` (GPU FAISS when available), ``"cpu"``, or ``"cuda"`` (error without GPU).
+    device : ``"auto"`` (a GPU when one is visible: FAISS GPU, else exact search through torch
+        CUDA; the OPQ index itself needs FAISS GPU), ``"cpu"``, or ``"cuda"`` (error without GPU).
     threads : FAISS OpenMP threads for this call (restored afterwards); ``None`` keeps FAISS's
         setting. On a machine whose cores are shared with other jobs, ``threads=1`` trained the
         OPQ index 2-5x faster than 2 threads (k-means on small blocks waits in OpenMP barriers).
@@ -440,10 +454,11 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
     rng = _rng(random_state, owner)
     threads = check_int(threads, "threads", low=1, owner=owner, allow_none=True)
     if method == "auto":
-        method = "exact" if n <= EXACT_MAX_ROWS else "opq"
-    use_gpu = isinstance(kernel, fu.GpuKernel)
+        gpu = not isinstance(kernel, fu.CpuKernel)
+        method = "exact" if n <= (EXACT_MAX_ROWS_GPU if gpu else EXACT_MAX_ROWS) else "opq"
+    use_gpu = isinstance(kernel, fu.GpuKernel)  # the OPQ index itself on GPU FAISS
     params: dict = {"n_rows": n, "dim": dim, "k": k, "chunk_rows": chunk_rows,
-                    "device": "cuda" if use_gpu else "cpu"}
+                    "device": kernel.name}
     opq = _opq_defaults(n, dim, k, nlist, m, bytes_per_vector, opq_dim, nprobe, train_rows,
                         refine)  # checked whatever the method, used only by opq
     if method == "opq":

@@ -157,13 +157,13 @@ def disk_bytes(uri: str) -> int | None:
     """Bytes on disk of a file-based collection (a Lance dataset's current version, the Parquet
     files of a source or target); None for Qdrant or a missing path."""
     from connectors import parse_uri
-    from connectors.lance_store import is_dataset
     from connectors.parquet_store import list_parquet_files
 
     p = parse_uri(uri)
     if p.kind == "qdrant":
         return None
     if p.kind == "lance":
+        from connectors.lance_store import is_dataset
         return _lance_bytes(p.path) if is_dataset(p.path) else None
     try:
         return sum(_du(f) for f in list_parquet_files(p.path, uri)) + sum(
@@ -311,7 +311,8 @@ def _stage_knn(c: SimpleNamespace) -> tuple[list[Path], dict]:
         g = knn_graph(train, c.neighbors, metric=c.metric, out=out / "graph.npy",
                       random_state=c.seed, device=c.faiss_device,
                       progress=lambda done, total: c.progress.update("knn", done, total))
-        rec = graph_recall(train, g, n_queries=min(200, n_train), random_state=c.seed)
+        rec = graph_recall(train, g, n_queries=min(200, n_train), random_state=c.seed,
+                           device=c.faiss_device)
         meta.update(graph_method=g.method, graph_recall=rec, graph_seconds=g.seconds)
         files.append(out / "graph.npy")
         log.info("kNN graph (%s, k=%d) over %d rows: recall@%d %.3f on %d rows.", g.method,
@@ -407,14 +408,15 @@ def _evaluate(c: SimpleNamespace, model: CompactModel, out: Path) -> dict:
     t0 = time.perf_counter()
     rows = np.sort(np.random.default_rng([c.seed, 0xE7]).choice(n, nq, replace=False))
     Q = scan.take(rows)
-    _, truth = exact_search(scan, Q, k, metric=c.metric, exclude=rows)
+    _, truth = exact_search(scan, Q, k, metric=c.metric, exclude=rows, device=c.faiss_device)
     R = min(n, max(c.shortlist, k) + 1)
     Y = model.encode(Q)
     if model.pq_bytes:
         codes = _read_rows(out / "codes.u8", 0, n, model.pq_bytes)
         _, cand = adc_topk(model, codes, Y, R)
     else:
-        _, cand = exact_search(out / "reduced", model.prepare(Y), R, metric=c.metric)
+        _, cand = exact_search(out / "reduced", model.prepare(Y), R, metric=c.metric,
+                               device=c.faiss_device)
 
     plain = _drop_own(cand[:, :k + 1], rows, k)
     _, resc = rerank(Q, cand, scan.take, k, c.metric, exclude=rows)  # what search --rescore does
@@ -617,6 +619,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
     sample = check_int(sample, "sample", low=2, owner="shrink")
     check_int(pq_bytes, "pq_bytes", low=0, owner="shrink", allow_none=True)
     check_choice(device, "device", ("auto", "cpu", "cuda"), owner="shrink")
+    from .reducer import resolve_device
+    resolve_device(device, owner="shrink")  # --device cuda without a GPU: refused before any work
     check_choice(reduced_dtype, "reduced_dtype", ("float16", "float32"), owner="shrink")
     eval_queries = check_int(eval_queries, "eval_queries", low=0, owner="shrink")
     shortlist = check_int(shortlist, "shortlist", low=1, owner="shrink", allow_none=True) \

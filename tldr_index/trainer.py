@@ -5,6 +5,11 @@ Memory: a batch of ``2 * batch_size`` rows plus the model; the data are gathered
 with the number of rows. Time per epoch: ``n_train / batch_size`` steps of O(B^2 (D + d)) for the
 ranking objective, O(B (d H + H^2 L) + B H^2) for Barlow Twins with an ``mlp-L-H`` projector.
 
+On CUDA the training rows are copied to the GPU once when they fit (see ``RESIDENT_FRACTION``;
+the trainer only ever sees the bounded training sample) and each batch is gathered there from int64
+positions; otherwise rows are read on the host one batch ahead into pinned memory and copied
+asynchronously. The loss is summed on the device, so a step never waits for the GPU.
+
 All randomness of epoch ``e`` comes from ``np.random.default_rng([seed, e])``, so a run resumed
 from the checkpoint of epoch ``e - 1`` replays exactly the batches of an uninterrupted run.
 """
@@ -34,6 +39,15 @@ from .vectors import Vectors
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+#: On CUDA the training rows are copied to the GPU once when they take at most this fraction of
+#: the free GPU memory (200k x 768 float32 = 614 MB); batches are then gathered there by index.
+RESIDENT_FRACTION = 0.25
+RESIDENT_BLOCK_ROWS = 65_536
+
+
+def _pinned(t: torch.Tensor, pin: bool) -> torch.Tensor:
+    """``t`` in page-locked memory when ``pin`` (for asynchronous host-to-device copies)."""
+    return t.pin_memory() if pin else t
 
 
 @dataclass
@@ -149,26 +163,72 @@ class Trainer:
             self.log_scale.copy_(state["log_scale"])
 
     # ----------------------------------------------------------------------------------------
-    def _batches(self, vectors: Vectors, anchors: np.ndarray, neighbors: np.ndarray,
-                 rng: np.random.Generator):
-        """Yield ``(x, y)`` float32 arrays for one epoch (last incomplete batch dropped)."""
-        cfg = self.cfg
+    def _epoch_pairs(self, anchors: np.ndarray, neighbors: np.ndarray,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """Row positions ``(a, b)`` of every pair of one epoch, each ``(n_steps, batch_size)``
+        (last incomplete batch dropped); ``b`` is None for ``pairs="gaussian"``.
+
+        Vectorised: one permutation and one uniform draw per anchor for the whole epoch (the same
+        random stream, in the same order, as one draw per step).
+        """
+        B = self.cfg.batch_size
         perm = anchors[rng.permutation(len(anchors))]
-        n_steps = len(perm) // cfg.batch_size
-        for s in range(n_steps):
-            a = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            if cfg.pairs == "gaussian":
-                x = vectors.take(a)
+        n_steps = len(perm) // B
+        a = perm[:n_steps * B].reshape(n_steps, B)
+        if self.cfg.pairs == "gaussian":
+            return a, None
+        nb = neighbors[a]                                   # (n_steps, B, k)
+        valid = (nb >= 0).sum(2)
+        pick = np.floor(rng.random(a.shape) * np.maximum(valid, 1)).astype(np.int64)
+        b = np.take_along_axis(nb, pick[..., None], 2)[..., 0]
+        return a, np.where(valid > 0, b, a)  # a row with no neighbour pairs with itself
+
+    def _host_batches(self, vectors: Vectors, a: np.ndarray, b: np.ndarray | None,
+                      rng: np.random.Generator):
+        """Yield ``(x, y)`` float32 tensors read on the host (run one batch ahead in a thread);
+        in pinned memory on CUDA, so the copy to the device is asynchronous."""
+        pin = self.device.type == "cuda"
+        for s in range(len(a)):
+            if b is None:
+                x = vectors.take(a[s])
                 noise = rng.standard_normal(x.shape, dtype=np.float32) * self.noise_scale
-                yield x, x + noise
-                continue
-            nb = neighbors[a]
-            valid = (nb >= 0).sum(1)
-            pick = np.floor(rng.random(len(a)) * np.maximum(valid, 1)).astype(np.int64)
-            b = nb[np.arange(len(a)), pick]
-            b = np.where(valid > 0, b, a)  # a row with no neighbour pairs with itself
-            both = vectors.take(np.concatenate([a, b]))
-            yield both[:len(a)], both[len(a):]
+                yield _pinned(torch.from_numpy(x), pin), _pinned(torch.from_numpy(x + noise), pin)
+            else:
+                both = torch.from_numpy(vectors.take(np.concatenate([a[s], b[s]])))
+                yield _pinned(both[:len(a[s])], pin), _pinned(both[len(a[s]):], pin)
+
+    def _resident_batches(self, resident: torch.Tensor, a: np.ndarray, b: np.ndarray | None,
+                          rng: np.random.Generator):
+        """Yield ``(x, y)`` gathered on the GPU: the epoch's positions go over once, then each
+        step is two ``index_select`` calls with no host work (gaussian noise is drawn on the host,
+        as on the CPU path, so both paths see the same pairs)."""
+        dev = self.device
+        at = torch.from_numpy(a).to(dev)
+        bt = None if b is None else torch.from_numpy(b).to(dev)
+        for s in range(len(a)):
+            x = resident.index_select(0, at[s])
+            if bt is None:
+                noise = rng.standard_normal(tuple(x.shape), dtype=np.float32) * self.noise_scale
+                yield x, x + torch.from_numpy(noise).to(dev, non_blocking=True)
+            else:
+                yield x, resident.index_select(0, bt[s])
+
+    def _resident(self, vectors: Vectors) -> torch.Tensor | None:
+        """The training rows as one CUDA tensor when they fit in ``RESIDENT_FRACTION`` of the free
+        GPU memory (read in blocks of ``RESIDENT_BLOCK_ROWS``); ``None`` on CPU or when too big."""
+        if self.device.type != "cuda":
+            return None
+        need = vectors.n_rows * vectors.dim * 4
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if need > RESIDENT_FRACTION * free:
+            log.info("training rows (%.0f MiB) stay on the host: more than %.0f%% of the free GPU "
+                     "memory", need / 2**20, 100 * RESIDENT_FRACTION)
+            return None
+        out = torch.empty((vectors.n_rows, vectors.dim), dtype=torch.float32, device=self.device)
+        for start, block in vectors.iter_chunks(RESIDENT_BLOCK_ROWS):
+            out[start:start + len(block)].copy_(torch.from_numpy(block))
+        log.info("training rows resident on %s (%.0f MiB)", self.device, need / 2**20)
+        return out
 
     def _step_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -186,12 +246,6 @@ class Trainer:
             loss = loss + cfg.barlow_weight * barlow_twins_loss(p[:B], p[B:], cfg.lambd,
                                                                  cfg.loss_scale)
         return loss
-
-    def _to_device(self, a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(a)
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t
 
     # ----------------------------------------------------------------------------------------
     def fit(self, vectors: Vectors, anchors: np.ndarray, neighbors: np.ndarray, *,
@@ -221,31 +275,45 @@ class Trainer:
         if resume and ckpt is not None and ckpt.exists():
             start_epoch = self._load_checkpoint(ckpt, fp, result)
             log.info("resumed from %s after epoch %d", ckpt, start_epoch)
+        resident = self._resident(vectors)
         executor = ThreadPoolExecutor(max_workers=1)
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
                 self._modules().train()
                 rng = np.random.default_rng([cfg.seed, epoch])
-                it = self._batches(vectors, anchors, neighbors, rng)
-                fut = executor.submit(next, it, None)
-                losses = []
-                for s in range(steps_per_epoch):
-                    batch = fut.result()
+                pos_a, pos_b = self._epoch_pairs(anchors, neighbors, rng)
+                if resident is not None:
+                    it = self._resident_batches(resident, pos_a, pos_b, rng)
+                    fut = None
+                else:
+                    it = self._host_batches(vectors, pos_a, pos_b, rng)
                     fut = executor.submit(next, it, None)
+                # the loss stays on the device (one sync per epoch, not per step)
+                loss_sum = torch.zeros((), device=self.device)
+                for s in range(steps_per_epoch):
+                    if fut is None:
+                        x, y = next(it)
+                    else:
+                        x, y = fut.result()
+                        fut = executor.submit(next, it, None)
+                        x = x.to(self.device, non_blocking=True)
+                        y = y.to(self.device, non_blocking=True)
                     step = epoch * steps_per_epoch + s
                     f = lr_factor(step, total, warmup)
                     for g in self.optimizer.param_groups:
                         g["lr"] = g["base_lr"] * f
-                    loss = self._step_loss(self._to_device(batch[0]), self._to_device(batch[1]))
+                    loss = self._step_loss(x, y)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
-                    losses.append(float(loss.detach()))
+                    loss_sum += loss.detach()
                     if progress is not None:
-                        progress(step + 1, total, {"epoch": epoch + 1, "loss": losses[-1]})
-                fut.result()
-                rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
+                        progress(step + 1, total, {"epoch": epoch + 1})
+                if fut is not None:
+                    fut.result()
+                mean_loss = float(loss_sum) / steps_per_epoch if steps_per_epoch else None
+                rec = {"epoch": epoch + 1, "loss": mean_loss,
                        "seconds": time.perf_counter() - t0}
                 if not np.isfinite(rec["loss"] or 0.0):
                     raise FloatingPointError(
