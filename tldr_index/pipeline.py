@@ -47,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import __version__
+from ._faults import wrap_progress
 from ._threads import auto_threads, thread_limit
 from ._validation import check_choice, check_int
 from .compact import CompactModel
@@ -623,7 +624,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
         or default_shortlist(10)
     batch_rows = check_int(batch_rows, "batch_rows", low=1, owner="shrink")
     random_state = check_int(random_state, "random_state", low=0, owner="shrink")
-    prog = as_progress(progress)
+    prog = wrap_progress(as_progress(progress))  # test-only fault points, see _faults
 
     src = open_source(source_uri, vector_column=vector_column, id_column=id_column,
                       **(source_options or {}))
