@@ -52,9 +52,9 @@ def fault_point(name: str) -> None:
     if _hits[name] != nth:
         return
     if action == "enospc":
-        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected at {name})")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if action == "eacces":
-        raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)} (injected at {name})")
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     os.kill(os.getpid(), signal.SIGKILL)
 
 

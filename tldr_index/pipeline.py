@@ -48,6 +48,7 @@ import pyarrow as pa
 
 from . import __version__
 from ._faults import wrap_progress
+from ._oserrors import storage_errors
 from ._threads import auto_threads, thread_limit
 from ._validation import check_choice, check_int
 from .compact import CompactModel
@@ -663,9 +664,14 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
     if not resume:  # refuse an existing target before anything is written
         _check_target(target_uri, overwrite)
     work = WorkDir(work_dir if work_dir is not None else default_work_dir(target_uri), STAGES)
-    resumed = work.open({"source": source_abs, "fingerprint": fingerprint, "target": target_abs,
-                         "params": params, "threads": threads or auto_threads()},
-                        resume=resume, overwrite=overwrite)
+    def disk():  # disk full / not writable: one clear StorageError
+        return storage_errors("Shrink", target_uri, work.root)
+
+    with disk():
+        resumed = work.open({"source": source_abs, "fingerprint": fingerprint,
+                             "target": target_abs, "params": params,
+                             "threads": threads or auto_threads()},
+                            resume=resume, overwrite=overwrite)
     # a resumed run keeps the first run's thread count (float sums then add up identically)
     threads = threads or work.state.get("threads") or auto_threads()
     published_already = False
@@ -690,7 +696,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
     log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s to d=%d, PQ %d bytes; work dir %s.",
              src.uri, n_rows, src.dim, src.distance, target_uri, method, dim, pq_bytes, work.root)
     try:
-        with thread_limit(threads):
+        with thread_limit(threads), disk():
             _run_stages(c, skipped, seconds)
     finally:
         prog.close()
