@@ -55,11 +55,13 @@ def _source_uri(source: str | None, db: str | None, collection: str | None) -> s
 def _sibling_uri(source_uri: str, name: str) -> str:
     """``name`` in the same store as ``source_uri`` (same LanceDB database, Qdrant server, ...)."""
     from connectors import parse_uri
+    from connectors.uri import check_name
 
     p = parse_uri(source_uri)
     if p.kind == "parquet":
         raise click.UsageError("--target must be a URI for a Parquet source, e.g. "
                                "--target parquet://out/.")
+    check_name(name, "target")
     parent = source_uri.rstrip("/").rsplit("/", 1)[0]
     return f"{parent}/{name}" + (".lance" if p.kind == "lance" and not p.table else "")
 
@@ -104,7 +106,9 @@ def _summary(report) -> list[str]:
     r = report
     lines = [
         f"Shrunk {r.source} -> {r.target} ({r.method}, {r.metric})",
-        f"  rows           {r.rows:,}",
+        f"  rows           {r.rows:,}" + (f" ({r.skipped_invalid:,} invalid row(s) skipped, "
+                                             f"first id {r.first_invalid_id!r})"
+                                             if r.skipped_invalid else ""),
         f"  vectors        {r.source_dim}-d -> {r.dim}-d {r.vector_dtype}"
         + (f" + {r.pq_bytes}-byte PQ codes" if r.pq_bytes else ""),
         f"  bytes on disk  {_mb(r.source_disk_bytes)} -> {_mb(r.target_disk_bytes)}"
@@ -184,12 +188,15 @@ _db_opt = click.option("--db", default=None, metavar="DIR",
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for training and FAISS [default: the cores that look idle].")
 @click.option("--keep-work", is_flag=True, help="Keep the work directory after publishing.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Drop rows whose vector has NaN/inf (or is zero, under cosine) and report "
+                   "them, instead of failing.")
 @_quiet_opt
 @_json_opt
 @_library_errors
 def shrink(source, db, collection, target, dim, method, vector_column, id_column, pq_bytes,
            neighbors, epochs, sample, device, work_dir, resume, overwrite, distance, seed,
-           threads, keep_work, quiet, json_out):
+           threads, keep_work, skip_invalid, quiet, json_out):
     """Shrink a collection into a new compact one (reduced vectors + PQ codes + model).
 
     \b
@@ -211,7 +218,8 @@ def shrink(source, db, collection, target, dim, method, vector_column, id_column
                              work_dir=work_dir, resume=resume, overwrite=overwrite,
                              random_state=seed, progress=progress, vector_column=vector_column,
                              id_column=id_column, keep_work=keep_work, threads=threads,
-                             source_options={"distance": distance} if distance else None)
+                             source_options={"distance": distance} if distance else None,
+                             skip_invalid=skip_invalid)
     if json_out:
         _echo_json(report.to_dict())
     elif not quiet:
