@@ -149,6 +149,19 @@ _quiet_opt = click.option("--quiet", "-q", is_flag=True,
                           help="No progress bars, logs or summary (errors only).")
 _db_opt = click.option("--db", default=None, metavar="DIR",
                        help="LanceDB database directory [default: $TLDR_INDEX_DB or ./tldr-data].")
+_api_key_opt = click.option("--api-key", envvar="QDRANT_API_KEY", default=None, metavar="KEY",
+                            help="Qdrant API key [default: $QDRANT_API_KEY]; never printed, "
+                                 "logged or stored. Prefer the variable: a flag shows in `ps`.")
+
+
+def _store_options(uri: str, api_key: str | None, **extra) -> dict | None:
+    """Connector options for ``uri``: the API key only for Qdrant URIs."""
+    from connectors import parse_uri
+
+    opts = {k: v for k, v in extra.items() if v is not None}
+    if api_key and parse_uri(uri).kind == "qdrant":
+        opts["api_key"] = api_key
+    return opts or None
 
 
 @main.command()
@@ -191,12 +204,13 @@ _db_opt = click.option("--db", default=None, metavar="DIR",
 @click.option("--skip-invalid", is_flag=True,
               help="Drop rows whose vector has NaN/inf (or is zero, under cosine) and report "
                    "them, instead of failing.")
+@_api_key_opt
 @_quiet_opt
 @_json_opt
 @_library_errors
 def shrink(source, db, collection, target, dim, method, vector_column, id_column, pq_bytes,
            neighbors, epochs, sample, device, work_dir, resume, overwrite, distance, seed,
-           threads, keep_work, skip_invalid, quiet, json_out):
+           threads, keep_work, skip_invalid, api_key, quiet, json_out):
     """Shrink a collection into a new compact one (reduced vectors + PQ codes + model).
 
     \b
@@ -206,6 +220,8 @@ def shrink(source, db, collection, target, dim, method, vector_column, id_column
       tldr-index shrink --source parquet://data/*.parquet --target parquet://out/ --dim 64
       tldr-index shrink --source qdrant://localhost:6333/docs --dim 64
     """
+    from connectors import default_target_uri
+
     from . import pipeline
 
     src = _source_uri(source, db, collection)
@@ -218,7 +234,9 @@ def shrink(source, db, collection, target, dim, method, vector_column, id_column
                              work_dir=work_dir, resume=resume, overwrite=overwrite,
                              random_state=seed, progress=progress, vector_column=vector_column,
                              id_column=id_column, keep_work=keep_work, threads=threads,
-                             source_options={"distance": distance} if distance else None,
+                             source_options=_store_options(src, api_key, distance=distance),
+                             sink_options=_store_options(
+                                 tgt or default_target_uri(src, suffix=f"_tldr{dim}"), api_key),
                              skip_invalid=skip_invalid)
     if json_out:
         _echo_json(report.to_dict())
@@ -245,11 +263,12 @@ def shrink(source, db, collection, target, dim, method, vector_column, id_column
                    "target].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for FAISS [default: the cores that look idle].")
+@_api_key_opt
 @_quiet_opt
 @_json_opt
 @_library_errors
 def search(db, collection, target, queries, k, output, rescore, shortlist, source, threads,
-           quiet, json_out):
+           api_key, quiet, json_out):
     """Search a compact collection with queries in the original space.
 
     \b
@@ -262,7 +281,8 @@ def search(db, collection, target, queries, k, output, rescore, shortlist, sourc
     uri = _target_uri(target, db, collection)
     _setup(quiet, json_out)
     res = run_search(uri, queries, k=k, rescore=rescore, shortlist=shortlist, source=source,
-                     threads=threads)
+                     threads=threads, target_options=_store_options(uri, api_key),
+                     source_options=_store_options(source, api_key) if source else None)
     if output:
         np.save(output, res.ids, allow_pickle=False)
     if json_out:
@@ -287,9 +307,10 @@ def search(db, collection, target, queries, k, output, rescore, shortlist, sourc
 @click.option("--collection", default=None, help="Compact table in --db.")
 @click.option("--target", default=None, metavar="URI",
               help="Compact collection URI (instead of --collection).")
+@_api_key_opt
 @_json_opt
 @_library_errors
-def info(db, collection, target, json_out):
+def info(db, collection, target, api_key, json_out):
     """Describe a compact collection: rows, dims, method, sizes, recall, source.
 
     \b
@@ -299,7 +320,7 @@ def info(db, collection, target, json_out):
     from .search import info as run_info
 
     uri = _target_uri(target, db, collection)
-    out = run_info(uri)
+    out = run_info(uri, **(_store_options(uri, api_key) or {}))
     if json_out:
         _echo_json(out)
         return

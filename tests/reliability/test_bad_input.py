@@ -219,7 +219,8 @@ def test_cli_target_name_cannot_leave_the_database(tmp_path, source_guard):
 
 
 def test_model_and_source_of_another_dimension(tmp_path, source_guard):
-    """A target's model expects D-d input: queries or a rescoring source of another D are refused."""
+    """A target's model expects D-d input: queries or a rescoring source of another D are
+    refused."""
     src = source_guard(lancedb_source(str(tmp_path), make_nested(N, 8, between=3, within=3)))
     other = source_guard(lancedb_source(str(tmp_path), make_nested(N, 6, between=3, within=2),
                                         name="other"))
