@@ -28,7 +28,7 @@ OPTS = dict(dim=4, pq_bytes=2, epochs=2, threads=1, eval_queries=20, batch_rows=
 FAST = {"backoff_s": 0.001}  # real back-off, tiny base
 
 ERRORS = {
-    "reset": lambda: ResponseHandlingException(ConnectionResetError(104, "Connection reset by peer")),
+    "reset": lambda: ResponseHandlingException(ConnectionResetError(104, "Connection reset")),
     "timeout": lambda: ResponseHandlingException(httpx.ReadTimeout("timed out")),
     "503": lambda: UnexpectedResponse(503, "Service Unavailable", b"overloaded", httpx.Headers()),
     "429": lambda: UnexpectedResponse(429, "Too Many Requests", b"slow down", httpx.Headers()),
