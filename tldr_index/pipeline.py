@@ -283,7 +283,7 @@ def _stage_scan(c: SimpleNamespace) -> tuple[list[Path], dict]:
         log.warning("Skipped %d invalid row(s) of %s (NaN/inf%s vectors), first at id %r.",
                     skipped, src.uri, ", zero under cosine" if src.distance == "cosine" else "",
                     src.skipped["first_id"])
-    if rows < 2:
+    if skipped and rows < 2:
         raise InvalidInputError(
             f"Source '{src.uri}' has {rows} valid row(s) after skipping {skipped} invalid "
             f"one(s) (skip_invalid=True); shrink needs at least 2.")
@@ -681,6 +681,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
     if not resume:  # refuse an existing target before anything is written
         _check_target(target_uri, overwrite)
     work = WorkDir(work_dir if work_dir is not None else default_work_dir(target_uri), STAGES)
+
     def disk():  # disk full / not writable: one clear StorageError
         return storage_errors("Shrink", target_uri, work.root)
 

@@ -127,10 +127,24 @@ def test_skip_invalid_drops_and_reports_them(tmp_path, source_guard):
     assert (rep.skipped_invalid, rep.first_invalid_id, rep.rows) == (2, 34, N - 2)
 
 
+def test_skip_invalid_leaving_too_few_rows(tmp_path, source_guard):
+    X = np.full((N, 8), np.nan, dtype=np.float32)
+    X[3] = 1.0
+    src = source_guard(_lancedb_table(str(tmp_path), pa.table({"id": np.arange(N),
+                                                                "vector": numpy_to_fsl(X)})))
+    with pytest.raises(InvalidInputError) as err:
+        shrink(src, src + "_out", dim=4, pq_bytes=0, work_dir=tmp_path / "w", skip_invalid=True,
+               **FAST)
+    assert str(err.value) == (f"Source '{src}' has 1 valid row(s) after skipping 299 invalid "
+                              f"one(s) (skip_invalid=True); shrink needs at least 2.")
+    assert sorted(os.listdir(tmp_path / "db")) == ["docs.lance"]
+    assert not (tmp_path / "w").exists()
+
+
 def test_skip_invalid_with_the_cli(tmp_path, source_guard):
     import json
 
-    from _harness import run_cli_here
+    from reliability._harness import run_cli_here
 
     X = make_nested(N, 8, between=3, within=3)
     X[5, 1] = np.nan
@@ -205,7 +219,7 @@ def test_bad_parameters(case, tmp_path, source_guard):
 
 
 def test_cli_target_name_cannot_leave_the_database(tmp_path, source_guard):
-    from _harness import run_cli_here
+    from reliability._harness import run_cli_here
 
     src = source_guard(lancedb_source(str(tmp_path), make_nested(N, 8, between=3, within=3)))
     for name in ("../evil", "..", "a/b"):

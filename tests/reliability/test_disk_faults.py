@@ -131,7 +131,7 @@ def test_other_os_errors_are_not_rewritten(tmp_path, data, monkeypatch):
 
 
 def test_cli_prints_one_line_and_exits_1(tmp_path, data, fault, source_guard):
-    from _harness import run_cli_here
+    from reliability._harness import run_cli_here
 
     src = source_guard(lancedb_source(str(tmp_path), data))
     work = tmp_path / "work"

@@ -4,7 +4,7 @@ payload, model tensors), no reader polling the target ever sees a partial one, t
 untouched and no staging area or work directory is left behind.
 
 Fault points: see :mod:`tldr_index._faults`. To add a command (``reindex``), add rows to a list
-like ``SHRINK_KILLS`` and call :func:`_harness.kill_then_resume` with its argv.
+like ``SHRINK_KILLS`` and call :func:`reliability._harness.kill_then_resume` with its argv.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 
 import pytest
 from _connector_helpers import staging_leftovers
-from _harness import kill_then_resume, run_cli_here
+from reliability._harness import kill_then_resume, run_cli_here
 from _pipeline_helpers import lancedb_source, make_nested, snapshot
 
 N = 600

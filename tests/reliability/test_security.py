@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 import pytest
-from _harness import run_cli_here
+from reliability._harness import run_cli_here
 from _pipeline_helpers import make_nested, parquet_source, qdrant_source
 
 from connectors import open_source, open_target, parse_uri
