@@ -116,10 +116,10 @@ def test_real_write_errors_name_the_file(tmp_path, data, source_guard, monkeypat
     assert sorted(os.listdir(tmp_path / "db")) == ["docs.lance"]
 
 
-def test_other_os_errors_are_not_rewritten(tmp_path, data, monkeypatch):
+def test_other_os_errors_are_not_rewritten(tmp_path, data, monkeypatch, source_guard):
     from tldr_index.vectors import VectorStoreWriter
 
-    src = lancedb_source(str(tmp_path), data)
+    src = source_guard(lancedb_source(str(tmp_path), data))
 
     def broken(self, X):
         raise OSError(errno.EIO, os.strerror(errno.EIO))

@@ -29,6 +29,8 @@ from connectors import open_source, open_target, parse_uri
 from connectors.arrow_utils import numpy_to_fsl, vectors_to_numpy
 from connectors.qdrant_store import client_for
 
+from .conftest import source_state
+
 SETTINGS = settings(max_examples=12, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
@@ -93,11 +95,13 @@ def _round_trip(kind: str, table: pa.Table, root: Path) -> None:
             ids=table.column("id").to_pylist(), vectors=X.tolist(),
             payloads=[{"text": t, "num": n} for t, n in zip(table.column("text").to_pylist(),
                                                              table.column("num").to_pylist())]))
+    before = source_state(src_uri)
     src = open_source(src_uri)
     assert src.count() == table.num_rows
     expected = _rows(table, d)
     write_target(src, tgt_uri, d=d, batch_rows=7)
     assert _target_rows(tgt_uri, d) == expected
+    assert source_state(src_uri) == before       # the source_guard check, inline (hypothesis)
 
 
 @pytest.mark.parametrize("kind", ["lance", "parquet"])

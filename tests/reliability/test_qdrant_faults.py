@@ -124,8 +124,8 @@ def test_exhausted_retries_publish_nothing_and_keep_the_previous_target(tmp_path
     assert sorted(c.name for c in client.get_collections().collections) == names
 
 
-def test_client_errors_are_not_retried(tmp_path, data, monkeypatch):
-    src = qdrant_source(data)
+def test_client_errors_are_not_retried(tmp_path, data, monkeypatch, source_guard):
+    src = source_guard(qdrant_source(data))
     client = _client(src)
     bad = Flaky(client, "upsert", lambda: UnexpectedResponse(400, "Bad Request", b"bad vector",
                                                              httpx.Headers()), fail=(1,))

@@ -66,9 +66,9 @@ def test_model_loaders_refuse_pickles(bombs):
     assert not marker.exists()
 
 
-def test_pickled_queries_and_target_models_are_refused(bombs, tmp_path):
+def test_pickled_queries_and_target_models_are_refused(bombs, tmp_path, source_guard):
     marker, files = bombs
-    src = parquet_source(str(tmp_path), make_nested(300, 8, between=3, within=3))
+    src = source_guard(parquet_source(str(tmp_path), make_nested(300, 8, between=3, within=3)))
     tgt = f"parquet://{tmp_path}/out/"
     shrink(src, tgt, dim=4, pq_bytes=0, epochs=1, threads=1, eval_queries=10,
            work_dir=tmp_path / "w")
