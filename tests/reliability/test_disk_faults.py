@@ -4,7 +4,9 @@ and a rerun with ``resume=True`` finishes the job.
 
 Tests may run as root, where ``chmod`` stops no write: the faults are injected with
 ``TLDR_INDEX_FAULT=<point>=enospc|eacces`` (:mod:`tldr_index._faults`) or by patching the function
-that writes, and the ``chmod`` variant runs only for other users.
+that writes, and the ``chmod`` variant runs only for other users (its body also passes as root
+without the capability that bypasses permissions: ``capsh --drop=cap_dac_override,
+cap_dac_read_search,cap_fowner -- -c "python ..."``).
 """
 
 from __future__ import annotations
