@@ -184,6 +184,29 @@ def check_finite(X: np.ndarray, *, column: str, ids: pa.Array | None, source: st
             f"first at {_fmt_id(ids, int(bad[0]))}.")
 
 
+def check_nonzero(X: np.ndarray, *, column: str, ids: pa.Array | None, source: str,
+                  row_offset: int = 0) -> None:
+    """Raise if a row of ``X`` is all zeros (under the cosine distance it has no direction)."""
+    if X.size == 0:
+        return
+    zero = ~np.any(X != 0, axis=1)
+    if zero.any():
+        bad = np.flatnonzero(zero)
+        raise InvalidInputError(
+            f"Vector column '{column}' of source '{source}' must not contain zero vectors under "
+            f"the cosine distance (they have no direction). Got {len(bad)} zero vector(s) in rows "
+            f"{row_offset}..{row_offset + len(X) - 1}, first at {_fmt_id(ids, int(bad[0]))}.")
+
+
+def invalid_rows(X: np.ndarray, *, cosine: bool) -> np.ndarray:
+    """Boolean mask of the rows :func:`check_finite` (and, if ``cosine``, :func:`check_nonzero`)
+    refuse. Cost: one pass over ``X``."""
+    bad = ~np.isfinite(X).all(axis=1)
+    if cosine:
+        bad |= ~np.any(X != 0, axis=1)
+    return bad
+
+
 def numpy_to_fsl(X: np.ndarray) -> pa.FixedSizeListArray:
     """``(n, d)`` float array -> ``FixedSizeList<float16|float32>[d]`` (float64 narrowed to float32).
 

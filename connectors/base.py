@@ -114,24 +114,29 @@ class Source(abc.ABC):
         ``batch_rows`` rows each (longer ones are split)."""
 
     def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS, *,
-                     check_duplicates: bool = True) -> Iterator[pa.RecordBatch]:
+                     check_duplicates: bool = True,
+                     skip_invalid: bool = False) -> Iterator[pa.RecordBatch]:
         """Stream validated batches with :attr:`schema`, each of at most ``batch_rows`` rows.
 
-        Raises :class:`InvalidInputError` (null ids or vectors, mixed lengths, NaN/inf) or
-        :class:`DuplicateIdError` naming the first offending id. Memory: one batch plus 8 bytes per
-        id seen for duplicate detection (``check_duplicates=False`` skips it).
+        Raises :class:`InvalidInputError` (null ids or vectors, mixed lengths, NaN/inf, zero
+        vectors under the cosine distance) or :class:`DuplicateIdError` naming the first offending
+        id. With ``skip_invalid`` the rows with NaN/inf (or zero, under cosine) vectors are dropped
+        instead and counted in :attr:`skipped` (``{"rows": n, "first_id": id}``); the other errors
+        still raise. Memory: one batch plus 8 bytes per id seen for duplicate detection
+        (``check_duplicates=False`` skips it).
         """
         from tldr_index.errors import DuplicateIdError
 
         batch_rows = check_int(batch_rows, "batch_rows", low=1, owner=type(self).__name__)
         tracker = DuplicateIdTracker() if check_duplicates else None
         schema = self.schema
+        self.skipped = {"rows": 0, "first_id": None}
         row = 0
         for raw in self._raw_batches(batch_rows):
             for batch in au.split_batch(raw, batch_rows):
                 if batch.num_rows == 0:
                     continue
-                out = self._normalize(batch, schema, row)
+                out = self._normalize(batch, schema, row, skip_invalid)
                 if tracker is not None:
                     ids = out.column(0)
                     pos = tracker.add(ids)
@@ -140,16 +145,28 @@ class Source(abc.ABC):
                             f"Id column '{self.id_column}' of source '{self.uri}' must hold unique "
                             f"ids. Got duplicate id {ids[pos].as_py()!r} at row {row + pos}.")
                 row += batch.num_rows
-                yield out
+                if out.num_rows:
+                    yield out
 
-    def _normalize(self, batch: pa.RecordBatch, schema: pa.Schema, row: int) -> pa.RecordBatch:
+    def _normalize(self, batch: pa.RecordBatch, schema: pa.Schema, row: int,
+                   skip_invalid: bool = False) -> pa.RecordBatch:
         ids = batch.column(self.id_column)
         au.check_ids(ids, column=self.id_column, source=self.uri, row_offset=row)
         if ids.type != self._id_field.type:
             ids = ids.cast(self._id_field.type)
         X = au.vectors_to_numpy(batch.column(self.vector_column), dim=self.dim,
                                 column=self.vector_column, ids=ids, source=self.uri)
-        au.check_finite(X, column=self.vector_column, ids=ids, source=self.uri, row_offset=row)
+        bad = au.invalid_rows(X, cosine=self.distance == "cosine")
+        if bad.any():
+            where = dict(column=self.vector_column, ids=ids, source=self.uri, row_offset=row)
+            if not skip_invalid:
+                au.check_finite(X, **where)
+                au.check_nonzero(X, **where)
+            keep = pa.array(~bad)
+            if self.skipped["first_id"] is None:
+                self.skipped["first_id"] = ids[int(np.flatnonzero(bad)[0])].as_py()
+            self.skipped["rows"] += int(bad.sum())
+            batch, ids, X = batch.filter(keep), ids.filter(keep), X[~bad]
         if X.dtype != self.value_type.to_pandas_dtype():
             X = X.astype(self.value_type.to_pandas_dtype())
         cols = [ids, au.numpy_to_fsl(X)]

@@ -19,7 +19,8 @@ Ids: integer ids >= 0 are point ids; string ids in canonical UUID form are used 
 strings map to ``uuid5(NAMESPACE, id)``; for string ids the original is also kept in the payload
 under the id column's name (read back by :class:`QdrantTarget`). Upserts are idempotent (same id,
 same point) and retried with exponential back-off on connection errors, timeouts, 429 and 5xx,
-within ``max_retries`` and ``max_total_s``.
+within ``max_retries`` and ``max_total_s`` (:mod:`connectors.retry`); so are the source's reads
+(``count``, ``scroll`` pages, ``retrieve``). Opening a collection fails fast instead.
 
 Local mode (``qdrant+path://``, ``qdrant+memory://``) accepts but ignores quantization and writes
 about 6 ms per point to disk: fine for tests, not for 100k+ points. A path is locked to one client,
@@ -33,9 +34,7 @@ import json
 import logging
 import math
 import os
-import random
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -52,6 +51,7 @@ from . import arrow_utils as au
 from .base import (DEFAULT_BATCH_ROWS, RECORD_KEY, Sink, Source, Target, build_record, check_model,
                    dump_record, load_record, verify_counts)
 from .ids import IdDigest
+from .retry import RetryPolicy, short_error
 from .uri import ParsedURI
 
 log = logging.getLogger(__name__)
@@ -139,39 +139,8 @@ def call(fn: Callable[[], Any], p: ParsedURI, what: str) -> Any:
     except Exception as exc:
         if _retryable(exc):
             raise StoreUnavailableError(
-                f"{_where(p)} is unreachable while trying to {what}: {_short(exc)}.") from None
+                f"{_where(p)} is unreachable while trying to {what}: {short_error(exc)}.") from None
         raise
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
-
-
-def with_retries(fn: Callable[[], Any], *, what: str, p: ParsedURI, max_retries: int,
-                 backoff_s: float, max_total_s: float, rng: random.Random,
-                 sleep: Callable[[float], None] = time.sleep) -> Any:
-    """Call ``fn`` until it succeeds, retrying retryable errors with exponential back-off
-    (``backoff_s * 2**attempt``, capped at 30 s, half-jittered) within ``max_retries`` retries and
-    ``max_total_s`` seconds in all; then raise :class:`StoreUnavailableError`."""
-    start = time.monotonic()
-    attempt = 0
-    while True:
-        try:
-            return fn()
-        except Exception as exc:
-            if not _retryable(exc):
-                raise
-            attempt += 1
-            delay = min(backoff_s * 2 ** (attempt - 1), 30.0) * (0.5 + 0.5 * rng.random())
-            elapsed = time.monotonic() - start
-            if attempt > max_retries or elapsed + delay > max_total_s:
-                raise StoreUnavailableError(
-                    f"{_where(p)} failed to {what} after {attempt} attempt(s) over {elapsed:.1f} s: "
-                    f"{_short(exc)}.") from None
-            log.warning("%s: %s failed (%s); retry %d/%d in %.2f s.", _where(p), what,
-                        _short(exc), attempt, max_retries, delay)
-            sleep(delay)
 
 
 def _open_collection(client, p: ParsedURI, name: str) -> tuple[str, Any]:
@@ -222,8 +191,10 @@ class QdrantSource(Source):
     def __init__(self, p: ParsedURI, *, uri: str, client=None, api_key: str | None = None,
                  timeout: float = 10.0, vector_column: str | None = None,
                  id_column: str | None = None, payload_columns: Sequence[str] | None = None,
-                 distance: str | None = None):
+                 distance: str | None = None, max_retries: int = 5, backoff_s: float = 0.5,
+                 max_total_s: float = 600.0):
         self.uri, self._p = uri, p
+        self.retry = RetryPolicy(max_retries, backoff_s, max_total_s)
         self.client = client or client_for(p, api_key=api_key, timeout=timeout, must_exist=True)
         self.collection, info = _open_collection(self.client, p, p.collection)
         self.vector_name, params = _vector_params(info, vector_column, uri)
@@ -271,9 +242,12 @@ class QdrantSource(Source):
             self._payload_schema = pa.schema(fields)
             self._json_payload = False
 
+    def _retry(self, fn: Callable[[], Any], what: str) -> Any:
+        return self.retry.call(fn, what=what, where=_where(self._p), retryable=_retryable)
+
     def count(self) -> int:
-        return int(call(lambda: self.client.count(self.collection, exact=True).count, self._p,
-                        "count points"))
+        return int(self._retry(lambda: self.client.count(self.collection, exact=True).count,
+                               "count points"))
 
     def fingerprint(self) -> dict:
         return {"kind": "qdrant", "location": _where(self._p), "collection": self.collection,
@@ -293,11 +267,11 @@ class QdrantSource(Source):
         offset = None
         with_payload = True if self._json_payload else (self.payload_columns or False)
         while True:
-            points, offset = call(
+            points, offset = self._retry(
                 lambda: self.client.scroll(self.collection, limit=batch_rows, offset=offset,
                                            with_payload=with_payload,
                                            with_vectors=self._with_vectors()),
-                self._p, "scroll")
+                f"scroll '{self.collection}'")
             if points:
                 yield self._to_batch(points)
             if offset is None:  # qdrant-client: no next page
@@ -337,9 +311,9 @@ class QdrantSource(Source):
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         for s in range(0, len(ids), chunk):
             part = ids[s:s + chunk]
-            recs = call(lambda: self.client.retrieve(self.collection, ids=list(dict.fromkeys(part)),
-                                                     with_vectors=self._with_vectors(),
-                                                     with_payload=False), self._p, "retrieve")
+            recs = self._retry(lambda: self.client.retrieve(
+                self.collection, ids=list(dict.fromkeys(part)), with_vectors=self._with_vectors(),
+                with_payload=False), f"retrieve points of '{self.collection}'")
             got = {r.id: self._vec(r) for r in recs}
             for j, i in enumerate(part):
                 v = got.get(i)
@@ -396,15 +370,12 @@ class QdrantSink(Sink):
         self.max_total_s = check_float(max_total_s, "max_total_s", low=0, owner="QdrantSink")
         self.compression, self.keep_previous = compression, keep_previous
         self.named_vector, self.store_codes, self.on_disk = named_vector, store_codes, on_disk
-        self._rng = random.Random(seed)
+        self.retry = RetryPolicy(self.max_retries, self.backoff_s, self.max_total_s, seed=seed)
         self.collection: str | None = None
         self.previous: str | None = None
-        self._sleep = time.sleep
 
     def _retry(self, fn: Callable[[], Any], what: str) -> Any:
-        return with_retries(fn, what=what, p=self._p, max_retries=self.max_retries,
-                            backoff_s=self.backoff_s, max_total_s=self.max_total_s, rng=self._rng,
-                            sleep=self._sleep)
+        return self.retry.call(fn, what=what, where=_where(self._p), retryable=_retryable)
 
     def _compression(self, d: int, value_bytes: int):
         m = _models()
@@ -535,7 +506,7 @@ class QdrantSink(Sink):
                 self.client.delete_collection(self.previous)
             except Exception as exc:  # published already; a leftover is only wasted space
                 log.warning("Could not delete the previous collection %s: %s", self.previous,
-                            _short(exc))
+                            short_error(exc))
 
     def _abort(self) -> None:
         if self.collection is None:
@@ -543,7 +514,8 @@ class QdrantSink(Sink):
         try:
             self.client.delete_collection(self.collection)
         except Exception as exc:
-            log.warning("Could not delete staging collection %s: %s", self.collection, _short(exc))
+            log.warning("Could not delete staging collection %s: %s", self.collection,
+                        short_error(exc))
 
 
 # ------------------------------------------------------------------------------------------ target

@@ -70,10 +70,24 @@ def redact(uri: str) -> str:
     return f"{scheme}://{head}{sep}{tail}"
 
 
+def check_name(name: str, what: str = "collection") -> str:
+    """Return ``name`` if it is a plain table / collection name: not ``.`` or ``..``, without
+    ``/``, ``\\`` or control characters, so a name can never point outside its database
+    directory or Qdrant storage. Raises :class:`UnsupportedURIError`."""
+    if (not name or name in (".", "..") or any(ch in name for ch in "/\\")
+            or any(ord(ch) < 32 for ch in name)):
+        raise UnsupportedURIError(
+            f"The {what} name must be a plain name (not '.' or '..', no '/', '\\' or control "
+            f"characters), so nothing is read or written outside its database. Got {name!r} "
+            f"instead.")
+    return name
+
+
 def _split_last(path: str, uri: str, what: str) -> tuple[str, str]:
     parent, sep, name = path.rstrip("/").rpartition("/")
     if not name:
         raise _bad(uri, f"name a {what} after the directory")
+    check_name(name, what)
     if not sep:
         parent = "."
     elif not parent:
@@ -113,6 +127,7 @@ def parse_uri(uri: str | os.PathLike) -> ParsedURI:
         name, _, coll = rest.strip("/").partition("/")
         if not name or not coll or "/" in coll:
             raise _bad(uri, "look like qdrant+memory://<name>/<collection>")
+        check_name(coll, "collection")
         return ParsedURI(uri, "qdrant", path=name, collection=coll, mode="memory")
     parts = urlsplit("x://" + rest)
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
@@ -122,6 +137,7 @@ def parse_uri(uri: str | os.PathLike) -> ParsedURI:
     coll = parts.path.strip("/")
     if not parts.hostname or not coll or "/" in coll:
         raise _bad(uri, "look like qdrant://<host>[:<port>]/<collection>")
+    check_name(coll, "collection")
     try:
         port = parts.port or DEFAULT_QDRANT_PORT
     except ValueError:
@@ -146,7 +162,9 @@ def absolute_uri(uri: str | os.PathLike) -> str:
 
 
 def lancedb_uri(db: str | os.PathLike, table: str) -> str:
-    """URI of LanceDB table ``table`` in database dir ``db`` (the CLI's ``--db``/``--collection``)."""
+    """URI of LanceDB table ``table`` in database dir ``db`` (the CLI's ``--db``/``--collection``);
+    ``table`` must be a plain name (:func:`check_name`)."""
+    check_name(table, "table")
     db = os.fspath(db).rstrip("/") or "/"
     return f"lancedb://{db}/{table}" if db != "/" else f"lancedb:///{table}"
 

@@ -168,7 +168,7 @@ def test_upsert_retries_with_backoff(mem):
     src = open_source(base + "/docs")
     sink = open_sink(base + "/out", upsert_batch=40, backoff_s=0.01, max_retries=3)
     sleeps = []
-    sink._sleep = sleeps.append
+    sink.retry.sleep = sleeps.append
     real = client.upsert
     calls = {"n": 0}
 

@@ -15,10 +15,9 @@ from _pipeline_helpers import (lancedb_source, make_nested, parquet_source, qdra
                                recall, table_of)
 
 from connectors import open_source, open_target
-from connectors.arrow_utils import numpy_to_fsl, vectors_to_numpy
+from connectors.arrow_utils import vectors_to_numpy
 from tldr_index.compact import CompactModel
-from tldr_index.errors import (CheckpointError, DuplicateIdError, InvalidInputError,
-                               InvalidParameterError, MissingColumnError, SourceNotFoundError,
+from tldr_index.errors import (CheckpointError, InvalidParameterError, SourceNotFoundError,
                                StoreUnavailableError, TargetExistsError, UnsupportedURIError)
 from tldr_index.knn import exact_search
 from tldr_index.pipeline import default_pq_bytes, info, search, shrink
@@ -168,69 +167,7 @@ def test_default_pq_bytes():
 
 # ------------------------------------------------------------------------------- bad input
 
-def _lancedb_table(root, table: pa.Table, name="docs") -> str:
-    """Write ``table`` as it is (LanceDB's create_table would refuse NaN itself)."""
-    import lance
-    db = os.path.join(root, "db")
-    lance.write_dataset(table, os.path.join(db, f"{name}.lance"))
-    return f"lancedb://{db}/{name}"
-
-
-def _bad_tables():
-    X = make_nested(300, 8, between=3, within=3)
-    ids = np.arange(300, dtype=np.int64)
-    Xn = X.copy()
-    Xn[17, 2] = np.nan
-    dup = ids.copy()
-    dup[40] = 12
-    ragged = pa.array([list(map(float, x[:8 if i != 9 else 7])) for i, x in enumerate(X)],
-                      type=pa.list_(pa.float32()))
-    nulls = pa.array([None if i == 5 else list(map(float, x)) for i, x in enumerate(X)],
-                     type=pa.list_(pa.float32(), 8))
-    ints = pa.array([[int(v * 10) for v in x] for x in X], type=pa.list_(pa.int32(), 8))
-    return {
-        "no_vector": (pa.table({"id": ids, "text": ["x"] * 300}), {}, MissingColumnError,
-                      "No vector column in source '{src}': expected a list or fixed-size list of "
-                      "floats. Available columns: id (int64), text (string). Pass vector_column= "
-                      "to name it."),
-        "wrong_vector": (pa.table({"id": ids, "vector": numpy_to_fsl(X)}),
-                         {"vector_column": "emb"}, MissingColumnError,
-                         "Vector column 'emb' not found in source '{src}'. Available columns: id "
-                         "(int64), vector (fixed_size_list<item: float>[8])."),
-        "nan": (pa.table({"id": ids, "vector": numpy_to_fsl(Xn)}), {}, InvalidInputError,
-                "Vector column 'vector' of source '{src}' must contain only finite values. Got 1 "
-                "row(s) with NaN or inf in rows 0..299, first at id 17."),
-        "duplicate": (pa.table({"id": dup, "vector": numpy_to_fsl(X)}), {}, DuplicateIdError,
-                      "Id column 'id' of source '{src}' must hold unique ids. Got duplicate id "
-                      "12 at row 40."),
-        "ragged": (pa.table({"id": ids, "vector": ragged}), {}, InvalidInputError,
-                   "Vector column 'vector' of source '{src}' must have the same length in every "
-                   "row. Expected 8, got 7 at id 9 (1 row(s) differ)."),
-        "null": (pa.table({"id": ids, "vector": nulls}), {}, InvalidInputError,
-                 "Vector column 'vector' of source '{src}' must not contain null vectors. Got 1 "
-                 "null vector(s), first at id 5."),
-        "ints": (pa.table({"id": ids, "vector": ints}), {"vector_column": "vector"},
-                 InvalidInputError,
-                 "Vector column 'vector' of source '{src}' must be a list or fixed-size list of "
-                 "floats (float16, float32 or float64). Got list<int32> instead."),
-        "empty": (pa.table({"id": pa.array([], pa.int64()),
-                            "vector": pa.array([], pa.list_(pa.float32(), 8))}), {},
-                  InvalidInputError, "Source '{src}' is empty: it has 0 rows."),
-    }
-
-
-@pytest.mark.parametrize("case", list(_bad_tables()))
-def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path):
-    table, kw, exc, msg = _bad_tables()[case]
-    src = _lancedb_table(str(tmp_path), table)
-    before = tree_hashes(str(tmp_path / "db"))
-    with pytest.raises(exc) as err:
-        shrink(src, src + "_out", dim=4, pq_bytes=0, work_dir=tmp_path / "work", **FAST, **kw)
-    assert str(err.value) == msg.format(src=src)
-    assert "\n" not in str(err.value)
-    assert tree_hashes(str(tmp_path / "db")) == before
-    assert sorted(os.listdir(tmp_path / "db")) == ["docs.lance"]  # no target, no staging
-    assert not os.path.exists(tmp_path / "work")
+# The table of bad sources (exact messages, nothing written): tests/reliability/test_bad_input.py.
 
 
 def test_other_refusals(tmp_path):

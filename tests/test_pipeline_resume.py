@@ -1,16 +1,13 @@
 """Crash a shrink in every stage, resume it, and get the same target as an uninterrupted run.
 
-A crash is an exception raised from the progress hook (a BaseException, like KeyboardInterrupt, so
-no ``except Exception`` in the pipeline can swallow it), or a SIGKILL of a child process.
+A crash here is an exception raised from the progress hook (a BaseException, like
+KeyboardInterrupt, so no ``except Exception`` in the pipeline can swallow it); the SIGKILL of a
+child process is in ``tests/reliability/test_kill_resume.py``.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import textwrap
 
 import pytest
 from _connector_helpers import staging_leftovers, tree_hashes
@@ -108,43 +105,8 @@ def test_train_resumes_from_its_last_epoch(tmp_path, data, reference):
     assert_same_snapshot(snapshot(src + "_out"), reference)
 
 
-def test_resume_after_sigkill_with_the_cli(tmp_path, data):
-    """A real crash: the child kills itself with SIGKILL in the middle of training; the command
-    line then resumes the run."""
-    from click.testing import CliRunner
-
-    from tldr_index.cli import main
-
-    src = lancedb_source(str(tmp_path), data)
-    opts = dict(dim=4, pq_bytes=2, epochs=3, threads=1, random_state=7)  # the CLI's defaults else
-    shrink(src, src + "_ref", work_dir=tmp_path / "ref-work", **opts)
-    work = tmp_path / "work"
-    script = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path[:0] = {[os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]!r}
-        from tldr_index.pipeline import shrink
-        from tldr_index.progress import Progress
-
-        class Kill(Progress):
-            def update(self, stage, completed, total=None):
-                if stage == "train" and completed == 5:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-        shrink({src!r}, {src + "_out"!r}, work_dir={str(work)!r}, progress=Kill(), **{opts!r})
-        """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert (work / "train" / "ckpt").is_dir() and not (work / "train" / "done.json").exists()
-    args = ["shrink", "--source", src, "--target", "docs_out", "--dim", "4", "--pq-bytes", "2",
-            "--epochs", "3", "--threads", "1", "--seed", "7", "--work-dir", str(work), "--json"]
-    res = CliRunner().invoke(main, args + ["--resume"], catch_exceptions=False)
-    assert res.exit_code == 0, res.stderr
-    import json
-    rep = json.loads(res.stdout)
-    assert rep["resumed"] and rep["skipped_stages"] == ["scan", "knn"]
-    assert_same_snapshot(snapshot(src + "_out"), snapshot(src + "_ref"))
-    assert not work.exists()
+# A real SIGKILL of `python -m tldr_index shrink` in every stage, resumed from the command line:
+# tests/reliability/test_kill_resume.py.
 
 
 @pytest.mark.parametrize("kind", ["parquet", "qdrant"])

@@ -55,11 +55,13 @@ def _source_uri(source: str | None, db: str | None, collection: str | None) -> s
 def _sibling_uri(source_uri: str, name: str) -> str:
     """``name`` in the same store as ``source_uri`` (same LanceDB database, Qdrant server, ...)."""
     from connectors import parse_uri
+    from connectors.uri import check_name
 
     p = parse_uri(source_uri)
     if p.kind == "parquet":
         raise click.UsageError("--target must be a URI for a Parquet source, e.g. "
                                "--target parquet://out/.")
+    check_name(name, "target")
     parent = source_uri.rstrip("/").rsplit("/", 1)[0]
     return f"{parent}/{name}" + (".lance" if p.kind == "lance" and not p.table else "")
 
@@ -104,7 +106,9 @@ def _summary(report) -> list[str]:
     r = report
     lines = [
         f"Shrunk {r.source} -> {r.target} ({r.method}, {r.metric})",
-        f"  rows           {r.rows:,}",
+        f"  rows           {r.rows:,}" + (f" ({r.skipped_invalid:,} invalid row(s) skipped, "
+                                             f"first id {r.first_invalid_id!r})"
+                                             if r.skipped_invalid else ""),
         f"  vectors        {r.source_dim}-d -> {r.dim}-d {r.vector_dtype}"
         + (f" + {r.pq_bytes}-byte PQ codes" if r.pq_bytes else ""),
         f"  bytes on disk  {_mb(r.source_disk_bytes)} -> {_mb(r.target_disk_bytes)}"
@@ -145,6 +149,19 @@ _quiet_opt = click.option("--quiet", "-q", is_flag=True,
                           help="No progress bars, logs or summary (errors only).")
 _db_opt = click.option("--db", default=None, metavar="DIR",
                        help="LanceDB database directory [default: $TLDR_INDEX_DB or ./tldr-data].")
+_api_key_opt = click.option("--api-key", envvar="QDRANT_API_KEY", default=None, metavar="KEY",
+                            help="Qdrant API key [default: $QDRANT_API_KEY]; never printed, "
+                                 "logged or stored. Prefer the variable: a flag shows in `ps`.")
+
+
+def _store_options(uri: str, api_key: str | None, **extra) -> dict | None:
+    """Connector options for ``uri``: the API key only for Qdrant URIs."""
+    from connectors import parse_uri
+
+    opts = {k: v for k, v in extra.items() if v is not None}
+    if api_key and parse_uri(uri).kind == "qdrant":
+        opts["api_key"] = api_key
+    return opts or None
 
 
 @main.command()
@@ -184,12 +201,16 @@ _db_opt = click.option("--db", default=None, metavar="DIR",
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for training and FAISS [default: the cores that look idle].")
 @click.option("--keep-work", is_flag=True, help="Keep the work directory after publishing.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Drop rows whose vector has NaN/inf (or is zero, under cosine) and report "
+                   "them, instead of failing.")
+@_api_key_opt
 @_quiet_opt
 @_json_opt
 @_library_errors
 def shrink(source, db, collection, target, dim, method, vector_column, id_column, pq_bytes,
            neighbors, epochs, sample, device, work_dir, resume, overwrite, distance, seed,
-           threads, keep_work, quiet, json_out):
+           threads, keep_work, skip_invalid, api_key, quiet, json_out):
     """Shrink a collection into a new compact one (reduced vectors + PQ codes + model).
 
     \b
@@ -199,6 +220,8 @@ def shrink(source, db, collection, target, dim, method, vector_column, id_column
       tldr-index shrink --source parquet://data/*.parquet --target parquet://out/ --dim 64
       tldr-index shrink --source qdrant://localhost:6333/docs --dim 64
     """
+    from connectors import default_target_uri
+
     from . import pipeline
 
     src = _source_uri(source, db, collection)
@@ -211,7 +234,10 @@ def shrink(source, db, collection, target, dim, method, vector_column, id_column
                              work_dir=work_dir, resume=resume, overwrite=overwrite,
                              random_state=seed, progress=progress, vector_column=vector_column,
                              id_column=id_column, keep_work=keep_work, threads=threads,
-                             source_options={"distance": distance} if distance else None)
+                             source_options=_store_options(src, api_key, distance=distance),
+                             sink_options=_store_options(
+                                 tgt or default_target_uri(src, suffix=f"_tldr{dim}"), api_key),
+                             skip_invalid=skip_invalid)
     if json_out:
         _echo_json(report.to_dict())
     elif not quiet:
@@ -237,11 +263,12 @@ def shrink(source, db, collection, target, dim, method, vector_column, id_column
                    "target].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for FAISS [default: the cores that look idle].")
+@_api_key_opt
 @_quiet_opt
 @_json_opt
 @_library_errors
 def search(db, collection, target, queries, k, output, rescore, shortlist, source, threads,
-           quiet, json_out):
+           api_key, quiet, json_out):
     """Search a compact collection with queries in the original space.
 
     \b
@@ -254,7 +281,8 @@ def search(db, collection, target, queries, k, output, rescore, shortlist, sourc
     uri = _target_uri(target, db, collection)
     _setup(quiet, json_out)
     res = run_search(uri, queries, k=k, rescore=rescore, shortlist=shortlist, source=source,
-                     threads=threads)
+                     threads=threads, target_options=_store_options(uri, api_key),
+                     source_options=_store_options(source, api_key) if source else None)
     if output:
         np.save(output, res.ids, allow_pickle=False)
     if json_out:
@@ -279,9 +307,10 @@ def search(db, collection, target, queries, k, output, rescore, shortlist, sourc
 @click.option("--collection", default=None, help="Compact table in --db.")
 @click.option("--target", default=None, metavar="URI",
               help="Compact collection URI (instead of --collection).")
+@_api_key_opt
 @_json_opt
 @_library_errors
-def info(db, collection, target, json_out):
+def info(db, collection, target, api_key, json_out):
     """Describe a compact collection: rows, dims, method, sizes, recall, source.
 
     \b
@@ -291,7 +320,7 @@ def info(db, collection, target, json_out):
     from .search import info as run_info
 
     uri = _target_uri(target, db, collection)
-    out = run_info(uri)
+    out = run_info(uri, **(_store_options(uri, api_key) or {}))
     if json_out:
         _echo_json(out)
         return

@@ -68,3 +68,8 @@ class VerificationError(TLDRError, RuntimeError):
 
 class SinkStateError(TLDRError, RuntimeError):
     """Sink methods called out of order (e.g. ``publish`` before ``verify``)."""
+
+
+class StorageError(TLDRError, OSError):
+    """The disk is full or a path is not writable (work directory or target); nothing was
+    published (see :func:`tldr_index._oserrors.storage_errors`)."""

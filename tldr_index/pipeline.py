@@ -47,8 +47,10 @@ import numpy as np
 import pyarrow as pa
 
 from . import __version__
+from ._faults import wrap_progress
+from ._oserrors import storage_errors
 from ._threads import auto_threads, thread_limit
-from ._validation import check_choice, check_int
+from ._validation import check_bool, check_choice, check_int
 from .compact import CompactModel
 from .errors import (InvalidInputError, InvalidParameterError, ModelFormatError,
                      SourceNotFoundError, TargetExistsError)
@@ -94,6 +96,8 @@ class ShrinkReport:
     wall_seconds: float = 0.0
     work_dir: str = ""
     resumed: bool = False
+    skipped_invalid: int = 0          # rows dropped by skip_invalid (NaN/inf, zero under cosine)
+    first_invalid_id: object = None
 
     @property
     def source_vector_bytes(self) -> int:
@@ -262,7 +266,7 @@ def _stage_scan(c: SimpleNamespace) -> tuple[list[Path], dict]:
     rows = 0
     with pa.OSFile(str(out / "rows.arrow"), "wb") as sink, \
             pa.ipc.new_file(sink, spill_schema) as ipc:
-        for b in src.iter_batches(c.batch_rows):
+        for b in src.iter_batches(c.batch_rows, skip_invalid=c.skip_invalid):
             writer.append(vectors_to_numpy(b.column(1)))
             ipc.write_batch(pa.RecordBatch.from_arrays([b.column(i) for i in keep],
                                                        schema=spill_schema))
@@ -270,12 +274,22 @@ def _stage_scan(c: SimpleNamespace) -> tuple[list[Path], dict]:
             rows += b.num_rows
             c.progress.update("scan", rows)
     store = writer.finalize({"source": c.source_uri})
-    if rows != total:
+    skipped = src.skipped["rows"]
+    if rows + skipped != total:
         raise InvalidInputError(
             f"Source '{src.uri}' changed while it was read: it reported {total} rows but "
-            f"{rows} were read. Run shrink again once it is stable.")
+            f"{rows + skipped} were read. Run shrink again once it is stable.")
+    if skipped:
+        log.warning("Skipped %d invalid row(s) of %s (NaN/inf%s vectors), first at id %r.",
+                    skipped, src.uri, ", zero under cosine" if src.distance == "cosine" else "",
+                    src.skipped["first_id"])
+    if skipped and rows < 2:
+        raise InvalidInputError(
+            f"Source '{src.uri}' has {rows} valid row(s) after skipping {skipped} invalid "
+            f"one(s) (skip_invalid=True); shrink needs at least 2.")
     files = [store.path, store.root / VectorStore.META, out / "rows.arrow"]
-    return files, {"rows": rows, "ids_digest": digest.hexdigest(), "dtype": np.dtype(dtype).name}
+    return files, {"rows": rows, "ids_digest": digest.hexdigest(), "dtype": np.dtype(dtype).name,
+                   "skipped_invalid": skipped, "first_invalid_id": src.skipped["first_id"]}
 
 
 def _sample_rows(n: int, sample: int, seed: int) -> np.ndarray:
@@ -479,7 +493,8 @@ def _stage_write(c: SimpleNamespace) -> dict:
         t0 = time.perf_counter()
         c.progress.begin("verify", 1, "checks")
         scan = c.infos["scan"]
-        if c.src.count() != scan["rows"] or c.src.fingerprint() != c.fingerprint:
+        read = scan["rows"] + scan.get("skipped_invalid", 0)
+        if c.src.count() != read or c.src.fingerprint() != c.fingerprint:
             raise InvalidInputError(
                 f"Source '{c.src.uri}' changed during shrink (now {c.src.count()} rows, "
                 f"fingerprint {c.src.fingerprint()}); nothing was published.")
@@ -572,8 +587,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
            id_column: str | None = None, reduced_dtype: str = "float16",
            eval_queries: int = DEFAULT_EVAL_QUERIES, shortlist: int | None = None,
            keep_work: bool = False, batch_rows: int = 8192, threads: int | None = None,
-           source_options: dict | None = None, sink_options: dict | None = None
-           ) -> ShrinkReport:
+           source_options: dict | None = None, sink_options: dict | None = None,
+           skip_invalid: bool = False) -> ShrinkReport:
     """Shrink the collection at ``source_uri`` into a compact collection at ``target_uri``.
 
     Parameters
@@ -605,6 +620,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
         :mod:`tldr_index._threads`; a resumed run reuses the first run's count).
     source_options, sink_options : passed to ``open_source`` (e.g. ``{"distance": "cosine"}``)
         and ``open_sink``.
+    skip_invalid : drop rows whose vector holds NaN/inf (or is zero, under cosine) and report
+        them (``ShrinkReport.skipped_invalid``, ``first_invalid_id``) instead of failing.
 
     Raises :class:`TLDRError` subclasses with one-line messages (bad input, target exists, source
     missing or unreachable...); the source is never written and no partial target is published.
@@ -627,7 +644,9 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
         or default_shortlist(10)
     batch_rows = check_int(batch_rows, "batch_rows", low=1, owner="shrink")
     random_state = check_int(random_state, "random_state", low=0, owner="shrink")
-    prog = as_progress(progress)
+    check_int(threads, "threads", low=1, owner="shrink", allow_none=True)
+    check_bool(skip_invalid, "skip_invalid", owner="shrink")
+    prog = wrap_progress(as_progress(progress))  # test-only fault points, see _faults
 
     src = open_source(source_uri, vector_column=vector_column, id_column=id_column,
                       **(source_options or {}))
@@ -662,13 +681,19 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
               "epochs": epochs, "sample": sample, "random_state": random_state,
               "reduced_dtype": reduced_dtype, "vector_column": src.vector_column,
               "id_column": src.id_column, "eval_queries": eval_queries, "shortlist": shortlist,
-              "batch_rows": batch_rows}
+              "batch_rows": batch_rows, "skip_invalid": skip_invalid}
     if not resume:  # refuse an existing target before anything is written
         _check_target(target_uri, overwrite)
     work = WorkDir(work_dir if work_dir is not None else default_work_dir(target_uri), STAGES)
-    resumed = work.open({"source": source_abs, "fingerprint": fingerprint, "target": target_abs,
-                         "params": params, "threads": threads or auto_threads()},
-                        resume=resume, overwrite=overwrite)
+
+    def disk():  # disk full / not writable: one clear StorageError
+        return storage_errors("Shrink", target_uri, work.root)
+
+    with disk():
+        resumed = work.open({"source": source_abs, "fingerprint": fingerprint,
+                             "target": target_abs, "params": params,
+                             "threads": threads or auto_threads()},
+                            resume=resume, overwrite=overwrite)
     # a resumed run keeps the first run's thread count (float sums then add up identically)
     threads = threads or work.state.get("threads") or auto_threads()
     published_already = False
@@ -687,13 +712,13 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
              metric=src.distance, reduced_dtype=reduced_dtype, eval_queries=eval_queries,
              shortlist=shortlist, batch_rows=batch_rows, overwrite=overwrite,
              sink_options=dict(sink_options or {}), resumed=resumed, params=params, infos={},
-             published_already=published_already)
+             published_already=published_already, skip_invalid=skip_invalid)
     seconds: dict[str, float] = {}
     skipped: list[str] = []
     log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s to d=%d, PQ %d bytes; work dir %s.",
              src.uri, n_rows, src.dim, src.distance, target_uri, method, dim, pq_bytes, work.root)
     try:
-        with thread_limit(threads):
+        with thread_limit(threads), disk():
             _run_stages(c, skipped, seconds)
     finally:
         prog.close()
@@ -708,7 +733,9 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
         recall_at_10_rescored=enc.get("recall_at_10_rescored"),
         eval_queries=enc.get("eval_queries", 0), shortlist=enc.get("shortlist", shortlist),
         stage_seconds=seconds, skipped_stages=skipped,
-        wall_seconds=time.perf_counter() - t_start, work_dir=str(work.root), resumed=resumed)
+        wall_seconds=time.perf_counter() - t_start, work_dir=str(work.root), resumed=resumed,
+        skipped_invalid=c.infos["scan"].get("skipped_invalid", 0),
+        first_invalid_id=c.infos["scan"].get("first_invalid_id"))
     if not keep_work:
         work.clear_all()
         if work_dir is None:  # the default parent (./tldr-work) goes too once empty

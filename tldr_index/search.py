@@ -259,6 +259,11 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
     if rescore:
         t0 = time.perf_counter()
         src = open_source_of(tgt, source, **(source_options or {}))
+        if src.dim != model.input_dim:
+            raise InvalidInputError(
+                f"Source '{src.uri}' has {src.dim}-d vectors but the model of target "
+                f"'{tgt.uri}' expects {model.input_dim}-d input; rescore against the source it "
+                f"was shrunk from (source=, --source).")
         keys, inv = np.unique(cand, return_inverse=True)
         pos = inv.reshape(cand.shape).astype(np.int64)
         D, P = rerank(Q, pos, lambda p: src.take(keys[p]), k, model.metric)

@@ -1,0 +1,102 @@
+"""Subprocess crash harness: run a ``tldr-index`` command in a child with
+``TLDR_INDEX_FAULT=<point>`` (the child SIGKILLs itself there, see :mod:`tldr_index._faults`),
+resume it with ``--resume``, and watch the target from another thread the whole time.
+
+To cover another command (e.g. ``reindex``), build its argv and list its fault points; then call
+:func:`kill_then_resume` exactly as ``test_kill_resume.py`` does for ``shrink``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from _pipeline_helpers import assert_same_snapshot, snapshot
+
+from tldr_index._faults import ENV
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def child_env(fault: str | None = None) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop(ENV, None)
+    if fault:
+        env[ENV] = fault
+    return env
+
+
+def run_cli(argv: list[str], fault: str | None = None, timeout: float = 240
+            ) -> subprocess.CompletedProcess:
+    """``python -m tldr_index <argv>`` in a child process."""
+    return subprocess.run([sys.executable, "-m", "tldr_index", *argv], env=child_env(fault),
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+class TargetWatcher:
+    """Polls ``target_uri`` in a thread: every time it can be opened it must equal ``expected``
+    in full (ids, vectors, codes, payload, model). ``seen`` counts complete views, ``errors``
+    holds what any partial view looked like."""
+
+    def __init__(self, target_uri: str, expected: dict, interval: float = 0.02):
+        self.uri, self.expected, self.interval = target_uri, expected, interval
+        self.seen, self.absent, self.errors = 0, 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from tldr_index.errors import SourceNotFoundError
+
+        while not self._stop.is_set():
+            try:
+                snap = snapshot(self.uri)
+            except SourceNotFoundError:
+                self.absent += 1
+            except Exception as exc:  # a half-written target would land here
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            else:
+                try:
+                    assert_same_snapshot(snap, self.expected)
+                    self.seen += 1
+                except AssertionError as exc:
+                    self.errors.append(f"partial or different target: {exc}")
+            time.sleep(self.interval)
+
+    def __enter__(self) -> TargetWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_cli_here(argv: list[str]):
+    """The same command in this process (click's ``CliRunner``: no interpreter start-up)."""
+    from click.testing import CliRunner
+
+    from tldr_index.cli import main
+
+    return CliRunner().invoke(main, argv, catch_exceptions=False)
+
+
+def kill_then_resume(argv: list[str], fault: str, target_uri: str, expected: dict) -> dict:
+    """Kill ``argv`` at ``fault`` in a child, resume it in this process (``argv + ['--resume']``)
+    and return ``{"killed": proc, "resumed": click result, "watcher": TargetWatcher}``. Asserts the
+    child really died of SIGKILL, the resumed run exited 0, no reader saw a partial target and the
+    target equals ``expected``."""
+    with TargetWatcher(target_uri, expected) as watcher:
+        killed = run_cli(argv, fault)
+        assert killed.returncode == -signal.SIGKILL, (fault, killed.returncode,
+                                                      killed.stderr[-3000:])
+        resumed = run_cli_here(argv + ["--resume"])
+        assert resumed.exit_code == 0, resumed.output[-3000:]
+    assert watcher.errors == [], watcher.errors[:3]
+    assert_same_snapshot(snapshot(target_uri), expected)
+    return {"killed": killed, "resumed": resumed, "watcher": watcher}
