@@ -184,12 +184,15 @@ _db_opt = click.option("--db", default=None, metavar="DIR",
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for training and FAISS [default: the cores that look idle].")
 @click.option("--keep-work", is_flag=True, help="Keep the work directory after publishing.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: encode + write every row as a Ray Data job (Lance/Parquet; needs "
+                   "pip install 'tldr-index[ray]'); training stays on this node.")
 @_quiet_opt
 @_json_opt
 @_library_errors
 def shrink(source, db, collection, target, dim, method, vector_column, id_column, pq_bytes,
            neighbors, epochs, sample, device, work_dir, resume, overwrite, distance, seed,
-           threads, keep_work, quiet, json_out):
+           threads, keep_work, engine, quiet, json_out):
     """Shrink a collection into a new compact one (reduced vectors + PQ codes + model).
 
     \b
@@ -211,7 +214,8 @@ def shrink(source, db, collection, target, dim, method, vector_column, id_column
                              work_dir=work_dir, resume=resume, overwrite=overwrite,
                              random_state=seed, progress=progress, vector_column=vector_column,
                              id_column=id_column, keep_work=keep_work, threads=threads,
-                             source_options={"distance": distance} if distance else None)
+                             source_options={"distance": distance} if distance else None,
+                             engine=engine)
     if json_out:
         _echo_json(report.to_dict())
     elif not quiet:
