@@ -163,7 +163,8 @@ def part_shrink(args, work: Path) -> list[dict]:
         for engine in ("local", "ray"):
             tgt = work / f"shrink_{rows}_{engine}"
             t0 = time.perf_counter()
-            rep = shrink(fragmented_copy(rows, work, args.fragment_rows), f"parquet://{tgt}/", dim=args.dim, method=args.method,
+            src = fragmented_copy(rows, work, args.fragment_rows)
+            rep = shrink(src, f"parquet://{tgt}/", dim=args.dim, method=args.method,
                          pq_bytes=args.pq_bytes, sample=args.sample,
                          source_options={"distance": "cosine"}, work_dir=work / f"w_{rows}",
                          engine=engine, threads=args.threads,
@@ -184,8 +185,9 @@ def markdown(enc: list[dict], shr: list[dict], args, command: str, load: tuple) 
         "# Scale: encode+write on one process vs Ray, and shrink stage times vs N", "",
         f"Command: `{command}`  ",
         f"Date: {dt.datetime.now().isoformat(timespec='minutes')}  ",
-        f"Machine: {machine()}; load average (1 min) before/after: {load[0]:.1f} / {load[1]:.1f} "
-        f"(the 2 cores are shared with other jobs: compare ratios within this run)  ",
+        (f"Machine: {machine()}; load average (1 min) before/after: {load[0]:.1f} / "
+         f"{load[1]:.1f} (the 2 cores are shared with other jobs: compare ratios within this "
+         f"run)  "),
         f"Settings: d={args.dim}, {args.pq_bytes}-byte PQ, Parquet target (snappy), Ray shards "
         f"of {args.shard_rows:,} rows; sources: the cached tables "
         + (f"copied into Lance fragments of {args.fragment_rows:,} rows (Ray reads one task per "
@@ -193,10 +195,11 @@ def markdown(enc: list[dict], shr: list[dict], args, command: str, load: tuple) 
     if enc:
         base = {}
         lines += [f"## Encode + PQ + write, {enc[0]['rows']:,} x 384 rows (LanceDB source)", "",
-                  f"Ray started once before the runs (`ray.init(num_cpus=2)`: "
-                  f"{enc[0]['ray_start']:.1f} s, not counted below; each Ray run does include "
-                  f"its job's worker start-up and the model broadcast).", "",
-                  "| engine | threads / workers | repeat | seconds | rows/s | vs single process, 1 thread | load (1 min) |",
+                  (f"Ray started once before the runs (`ray.init(num_cpus=2)`: "
+                   f"{enc[0]['ray_start']:.1f} s, not counted below; each Ray run does include "
+                   f"its job's worker start-up and the model broadcast)."), "",
+                  "| engine | threads / workers | repeat | seconds | rows/s "
+                  "| vs single process, 1 thread | load (1 min) |",
                   "|---|---|---|---|---|---|---|"]
         for r in enc:
             rate = r["rows"] / r["seconds"]
@@ -210,8 +213,8 @@ def markdown(enc: list[dict], shr: list[dict], args, command: str, load: tuple) 
         lines.append("")
     if shr:
         stages = ["scan", "knn", "train", "encode", "write", "verify", "publish"]
-        lines += [f"## shrink stage times (method {args.method}, sample {args.sample:,}, "
-                  f"Parquet target; Ray started once before, not timed)", "",
+        lines += [(f"## shrink stage times (method {args.method}, sample {args.sample:,}, "
+                   f"Parquet target; Ray started once before, not timed)"), "",
                   "| rows | engine | wall s | " + " | ".join(f"{s} s" for s in stages)
                   + " | load (1 min) |",
                   "|---|---|---|" + "---|" * len(stages) + "---|"]
@@ -222,9 +225,9 @@ def markdown(enc: list[dict], shr: list[dict], args, command: str, load: tuple) 
         rows = sorted({r["rows"] for r in shr})
         if len(rows) >= 2:
             lo, hi = rows[0], rows[-1]
-            lines += ["", f"Growth from {lo:,} to {hi:,} rows ({hi / lo:.1f}x the rows), "
-                      "per stage that reads every row:", "",
-                      "| engine | stage | µs/row at " + f"{lo:,} | µs/row at {hi:,} | time ratio |",
+            lines += ["", (f"Growth from {lo:,} to {hi:,} rows ({hi / lo:.1f}x the rows), "
+                           "per stage that reads every row:"), "",
+                      f"| engine | stage | µs/row at {lo:,} | µs/row at {hi:,} | time ratio |",
                       "|---|---|---|---|---|"]
             for eng in ("local", "ray"):
                 a = next(r for r in shr if r["rows"] == lo and r["engine"] == eng)
@@ -263,7 +266,8 @@ def main(argv=None) -> None:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    command = "python benchmarks/scale.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python benchmarks/scale.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:]))
     load0 = os.getloadavg()[0]
     try:
         enc = part_encode(args, work) if args.encode_rows else []

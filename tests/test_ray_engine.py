@@ -23,7 +23,7 @@ from tldr_index.cli import main
 from tldr_index.errors import InvalidInputError, InvalidParameterError
 from tldr_index.pipeline import shrink
 
-FAST = dict(dim=8, pq_bytes=4, epochs=2, sample=1000, eval_queries=50)
+FAST = {"dim": 8, "pq_bytes": 4, "epochs": 2, "sample": 1000, "eval_queries": 50}
 MISSING = ("The 'engine' parameter of shrink is 'ray', which needs Ray Data, but it cannot be "
            "imported (import of ray halted; None in sys.modules). Install it with: pip install "
            "'tldr-index[ray]'")
@@ -31,7 +31,7 @@ MISSING = ("The 'engine' parameter of shrink is 'ray', which needs Ray Data, but
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'tldr-index[ray]'")
+    ray = pytest.importorskip("ray", reason="optional extra: pip install 'tldr-index[ray]'")
     pytest.importorskip("ray.data")
     started = not ray.is_initialized()
     if started:

@@ -14,8 +14,9 @@ What runs where::
 
 The model travels as its safetensors bytes through the object store (one ``ray.put``; no pickle
 of model objects); each worker process rebuilds it with :meth:`CompactModel.from_bytes` once. The
-map is a task, not an actor, so Ray fuses it with the read task: source rows never cross the
-object store. Row computation is :func:`tldr_index.encode_batches.encode_record_batch`, the same
+map is a task, not an actor, so Ray fuses it with the read task: source rows do not cross the
+object store (except when a source has too few fragments/files for the workers, see
+:func:`read_source`). Row computation is :func:`tldr_index.encode_batches.encode_record_batch`, the same
 code as the single-process write, so both engines produce the same target
 (``tests/test_ray_engine.py``).
 
@@ -76,8 +77,8 @@ def check_supported(source_uri: str, target_uri: str) -> None:
 
 
 def read_source(src, shard_rows: int = DEFAULT_SHARD_ROWS,
-                min_pieces: int = 1) -> "ray.data.Dataset":  # noqa: F821
-    """The source's id, vector and payload columns as a Ray Dataset, through Ray's own readers
+                min_pieces: int = 1):
+    """The source's id, vector and payload columns as a ``ray.data.Dataset``, through Ray's readers
     (a Lance source at the version the pipeline pinned; Parquet files in the source's order).
 
     Ray reads one task per Lance fragment / Parquet file, fused with the encode that follows.
