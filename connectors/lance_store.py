@@ -220,6 +220,16 @@ class LanceSink(Sink):
                                            max_rows_per_file=self.max_rows_per_file)
         self._buffer, self._buffered_rows, self._buffered_bytes = [], 0, 0
 
+    def adopt_fragments(self, fragments: list, rows: int) -> None:
+        """Take data files written into :attr:`staging` by other processes (e.g. Ray workers calling
+        ``lance.fragment.write_fragments(reader, sink.staging, schema=sink.schema)``) as the next
+        rows of the target, in the order given; they are committed with the model at
+        :meth:`verify`, like appended batches. ``fragments``: ``FragmentMetadata`` objects."""
+        self._expect("created", "adopt_fragments")
+        self._flush()
+        self._fragments += list(fragments)
+        self.rows_appended += int(rows)
+
     def _store_model(self, model_bytes: bytes, metadata: dict) -> None:
         sha = hashlib.sha256(model_bytes).hexdigest()
         rel = f"{SIDE_DIR}/model-{sha[:16]}.safetensors"

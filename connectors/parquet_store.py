@@ -218,6 +218,21 @@ class ParquetSink(Sink):
             if self._rows_in_part >= self.rows_per_file:
                 self._close_part()
 
+    def adopt_files(self, paths: Sequence[str], rows: int) -> None:
+        """Take Parquet files written inside :attr:`staging` by other processes (e.g. Ray workers,
+        with :attr:`schema`) as the next part files, in the order given (renamed to
+        ``part-NNNNN.parquet``); checked with the rest at :meth:`verify`."""
+        self._expect("created", "adopt_files")
+        self._close_part()
+        for p in paths:
+            if os.path.dirname(os.path.abspath(p)) != self.staging:
+                raise InvalidInputError(
+                    f"Files adopted by the sink of '{self.uri}' must lie in its staging directory "
+                    f"'{self.staging}'. Got '{p}'.")
+            os.rename(p, os.path.join(self.staging, f"part-{self._part:05d}.parquet"))
+            self._part += 1
+        self.rows_appended += int(rows)
+
     def _close_part(self) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -205,12 +205,15 @@ def _store_options(uri: str, api_key: str | None, **extra) -> dict | None:
               help="Drop rows whose vector has NaN/inf (or is zero, under cosine) and report "
                    "them, instead of failing.")
 @_api_key_opt
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: encode + write every row as a Ray Data job (Lance/Parquet; needs "
+                   "pip install 'tldr-index[ray]'); training stays on this node.")
 @_quiet_opt
 @_json_opt
 @_library_errors
 def shrink(source, db, collection, target, dim, method, vector_column, id_column, pq_bytes,
            neighbors, epochs, sample, device, work_dir, resume, overwrite, distance, seed,
-           threads, keep_work, skip_invalid, api_key, quiet, json_out):
+           threads, keep_work, skip_invalid, api_key, engine, quiet, json_out):
     """Shrink a collection into a new compact one (reduced vectors + PQ codes + model).
 
     \b
@@ -237,7 +240,7 @@ def shrink(source, db, collection, target, dim, method, vector_column, id_column
                              source_options=_store_options(src, api_key, distance=distance),
                              sink_options=_store_options(
                                  tgt or default_target_uri(src, suffix=f"_tldr{dim}"), api_key),
-                             skip_invalid=skip_invalid)
+                             skip_invalid=skip_invalid, engine=engine)
     if json_out:
         _echo_json(report.to_dict())
     elif not quiet:

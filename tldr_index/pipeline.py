@@ -52,6 +52,7 @@ from ._oserrors import storage_errors
 from ._threads import auto_threads, thread_limit
 from ._validation import check_bool, check_choice, check_int
 from .compact import CompactModel
+from .encode_batches import CODES_COLUMN, FLOAT16_MAX  # noqa: F401 (re-exported)
 from .errors import (InvalidInputError, InvalidParameterError, ModelFormatError,
                      SourceNotFoundError, TargetExistsError)
 from .progress import Progress, as_progress
@@ -67,8 +68,7 @@ METHODS = ("tldr", "pca")
 DEFAULT_SAMPLE = 100_000  # exact kNN graph ~3 min on 2 cores (benchmarks/results/shrink.md)
 DEFAULT_PQ_BYTES = 16
 DEFAULT_EVAL_QUERIES = 200
-CODES_COLUMN = "pq_codes"
-FLOAT16_MAX = 65_000.0  # reduced values above this are stored as float32 instead of float16
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -367,6 +367,7 @@ def _stage_train(c: SimpleNamespace) -> tuple[list[Path], dict]:
 
 def _stage_encode(c: SimpleNamespace) -> tuple[list[Path], dict]:
     from . import load_model
+    from .encode_batches import encode_block
     from .quantizer import ProductQuantizer
 
     out = c.work.stage_dir("encode", clear=True)
@@ -381,26 +382,37 @@ def _stage_encode(c: SimpleNamespace) -> tuple[list[Path], dict]:
         pick = np.sort(rng.choice(train.n_rows, k, replace=False))
         pq = ProductQuantizer(c.pq_bytes, metric=c.metric, random_state=c.seed).fit(
             reducer.transform(train.take(pick)))
+
+    def compact_model(vector_dtype: str) -> CompactModel:
+        return CompactModel.from_reducer(reducer, c.metric, pq, extra={
+            "source": c.source_abs, "source_fingerprint": c.fingerprint,
+            "source_columns": {"id": c.src.id_column, "vector": c.src.vector_column},
+            "vector_dtype": vector_dtype})
+
+    if c.engine == "ray":  # rows are encoded on Ray by the write stage (tldr_index.ray_engine)
+        (out / "model.safetensors").write_bytes(compact_model(c.reduced_dtype).to_bytes())
+        log.info("engine='ray': rows are encoded in the write stage; the recall estimate is "
+                 "skipped (it needs every PQ code on this node).")
+        return [out / "model.safetensors"], {"vector_dtype": c.reduced_dtype, "engine": "ray"}
+    compact = compact_model(c.reduced_dtype)
+    quantizer = compact.quantizer() if pq is not None else None
     c.progress.begin("encode", n, "rows")
     writer = VectorStore.create(out / "reduced", c.dim, np.float32)
     max_abs = 0.0
     with open(out / "codes.u8", "wb") as fcodes:
         for start, block in scan.iter_chunks(c.batch_rows):
-            Y = reducer.transform(block)
+            Y, codes = encode_block(block, compact, quantizer)
             max_abs = max(max_abs, float(np.abs(Y).max()))
             writer.append(Y)
-            if pq is not None:
-                fcodes.write(pq.encode(Y).tobytes())
+            if codes is not None:
+                fcodes.write(codes.tobytes())
             c.progress.update("encode", start + len(block))
     reduced = writer.finalize()
     vector_dtype = c.reduced_dtype
     if vector_dtype == "float16" and max_abs > FLOAT16_MAX:
         log.warning("Reduced values reach %.3g, beyond float16: storing float32 vectors.", max_abs)
         vector_dtype = "float32"
-    compact = CompactModel.from_reducer(reducer, c.metric, pq, extra={
-        "source": c.source_abs, "source_fingerprint": c.fingerprint,
-        "source_columns": {"id": c.src.id_column, "vector": c.src.vector_column},
-        "vector_dtype": vector_dtype})
+        compact = compact_model(vector_dtype)
     (out / "model.safetensors").write_bytes(compact.to_bytes())
     meta = {"vector_dtype": vector_dtype, "max_abs": max_abs, **_evaluate(c, compact, out)}
     files = [reduced.path, reduced.root / VectorStore.META, out / "codes.u8",
@@ -447,16 +459,13 @@ def _evaluate(c: SimpleNamespace, model: CompactModel, out: Path) -> dict:
 def _stage_write(c: SimpleNamespace) -> dict:
     """write + verify + publish (one sink transaction); returns the stage infos."""
     from connectors import open_sink
-    from connectors.arrow_utils import numpy_to_fsl
 
     enc = c.infos["encode"]
     model_bytes = (c.work.root / "encode" / "model.safetensors").read_bytes()
     value_type = pa.float16() if enc["vector_dtype"] == "float16" else pa.float32()
     schema = c.src.target_schema(c.dim, c.pq_bytes or None, value_type=value_type,
                                  codes_column=CODES_COLUMN)
-    reduced = VectorStore.open(c.work.root / "encode" / "reduced")
-    codes_path = c.work.root / "encode" / "codes.u8"
-    n = reduced.n_rows
+    n = c.infos["scan"]["rows"]
     out = c.work.stage_dir("write", clear=True)
     sink = open_sink(c.target_uri, **c.sink_options)
     ref = {"path": getattr(sink, "staging", None)}
@@ -470,21 +479,16 @@ def _stage_write(c: SimpleNamespace) -> dict:
                     overwrite=c.overwrite)
         ref["collection"] = getattr(sink, "collection", None)
         (out / "staging.json").write_text(json.dumps(ref))
-        pos = 0
-        with pa.OSFile(str(c.work.root / "scan" / "rows.arrow"), "rb") as f:
-            spill = pa.ipc.open_file(f)
-            for i in range(spill.num_record_batches):
-                b = spill.get_batch(i)
-                m = b.num_rows
-                Y = reduced.read(pos, pos + m).astype(value_type.to_pandas_dtype(), copy=False)
-                cols = list(b.columns) + [numpy_to_fsl(Y)]
-                if c.pq_bytes:
-                    codes = _read_rows(codes_path, pos, pos + m, c.pq_bytes)
-                    cols.append(pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)),
-                                                                  c.pq_bytes))
-                sink.append(pa.RecordBatch.from_arrays(cols, schema=schema))
-                pos += m
-                c.progress.update("write", pos)
+        if c.engine == "ray":
+            from .ray_engine import write_with_ray
+
+            pos = write_with_ray(c.src, sink, CompactModel.from_bytes(model_bytes), schema,
+                                 codes_column=CODES_COLUMN if c.pq_bytes else None,
+                                 batch_rows=c.batch_rows,
+                                 progress=lambda done: c.progress.update("write", done),
+                                 **c.engine_options)
+        else:
+            pos = _write_local(c, sink, schema, n)
         sink.store_model(model_bytes, _target_metadata(c))
         infos["write"] = {"rows": pos, "seconds": time.perf_counter() - t0}
         c.progress.end("write", infos["write"]["seconds"])
@@ -520,6 +524,28 @@ def _stage_write(c: SimpleNamespace) -> dict:
             log.warning("Could not remove the staging area of %s: %s", c.target_uri, exc)
         raise
     return infos
+
+
+def _write_local(c: SimpleNamespace, sink, schema: pa.Schema, n: int) -> int:
+    """Append the encoded rows (scan spill + ``encode/reduced`` + ``encode/codes.u8``) to ``sink``
+    batch by batch; returns the rows written."""
+    from .encode_batches import assemble_batch
+
+    reduced = VectorStore.open(c.work.root / "encode" / "reduced")
+    codes_path = c.work.root / "encode" / "codes.u8"
+    pos = 0
+    with pa.OSFile(str(c.work.root / "scan" / "rows.arrow"), "rb") as f:
+        spill = pa.ipc.open_file(f)
+        for i in range(spill.num_record_batches):
+            b = spill.get_batch(i)
+            m = b.num_rows
+            codes = _read_rows(codes_path, pos, pos + m, c.pq_bytes) if c.pq_bytes else None
+            sink.append(assemble_batch(b, reduced.read(pos, pos + m), codes, schema,
+                                       vector_column=c.src.vector_column,
+                                       codes_column=CODES_COLUMN))
+            pos += m
+            c.progress.update("write", pos)
+    return pos
 
 
 def _target_metadata(c: SimpleNamespace) -> dict:
@@ -588,7 +614,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
            eval_queries: int = DEFAULT_EVAL_QUERIES, shortlist: int | None = None,
            keep_work: bool = False, batch_rows: int = 8192, threads: int | None = None,
            source_options: dict | None = None, sink_options: dict | None = None,
-           skip_invalid: bool = False) -> ShrinkReport:
+           skip_invalid: bool = False, engine: str = "local",
+           engine_options: dict | None = None) -> ShrinkReport:
     """Shrink the collection at ``source_uri`` into a compact collection at ``target_uri``.
 
     Parameters
@@ -622,6 +649,13 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
         and ``open_sink``.
     skip_invalid : drop rows whose vector holds NaN/inf (or is zero, under cosine) and report
         them (``ShrinkReport.skipped_invalid``, ``first_invalid_id``) instead of failing.
+    engine : "local" (default) or "ray": encode + PQ + write of every row as a Ray Data job
+        (:mod:`tldr_index.ray_engine`; Lance and Parquet sources and targets; needs
+        ``pip install 'tldr-index[ray]'``); scan, kNN graph and training stay on this node.
+        With "ray" the recall estimate is skipped and a reduced value beyond float16's range is
+        an error (pass ``reduced_dtype="float32"``) instead of a switch to float32.
+    engine_options : for "ray", keyword arguments of :func:`tldr_index.ray_engine.write_with_ray`
+        (``workers``, ``shard_rows``, ``num_cpus``).
 
     Raises :class:`TLDRError` subclasses with one-line messages (bad input, target exists, source
     missing or unreachable...); the source is never written and no partial target is published.
@@ -646,6 +680,10 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
     random_state = check_int(random_state, "random_state", low=0, owner="shrink")
     check_int(threads, "threads", low=1, owner="shrink", allow_none=True)
     check_bool(skip_invalid, "skip_invalid", owner="shrink")
+    check_choice(engine, "engine", ENGINES, owner="shrink")
+    if engine == "ray":
+        from .ray_engine import require_ray
+        require_ray("shrink")
     prog = wrap_progress(as_progress(progress))  # test-only fault points, see _faults
 
     src = open_source(source_uri, vector_column=vector_column, id_column=id_column,
@@ -656,6 +694,9 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
     if source_abs.rstrip("/") == target_abs.rstrip("/"):
         raise InvalidParameterError(
             f"The target must differ from the source. Got '{target_uri}' for both.")
+    if engine == "ray":
+        from .ray_engine import check_supported
+        check_supported(source_uri, target_uri)
     if dim >= src.dim:
         raise InvalidParameterError(
             f"The 'dim' parameter of shrink must be an int in the range [1, {src.dim - 1}] "
@@ -681,7 +722,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
               "epochs": epochs, "sample": sample, "random_state": random_state,
               "reduced_dtype": reduced_dtype, "vector_column": src.vector_column,
               "id_column": src.id_column, "eval_queries": eval_queries, "shortlist": shortlist,
-              "batch_rows": batch_rows, "skip_invalid": skip_invalid}
+              "batch_rows": batch_rows, "skip_invalid": skip_invalid, "engine": engine}
     if not resume:  # refuse an existing target before anything is written
         _check_target(target_uri, overwrite)
     work = WorkDir(work_dir if work_dir is not None else default_work_dir(target_uri), STAGES)
@@ -712,7 +753,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
              metric=src.distance, reduced_dtype=reduced_dtype, eval_queries=eval_queries,
              shortlist=shortlist, batch_rows=batch_rows, overwrite=overwrite,
              sink_options=dict(sink_options or {}), resumed=resumed, params=params, infos={},
-             published_already=published_already, skip_invalid=skip_invalid)
+             published_already=published_already, skip_invalid=skip_invalid,
+             engine=engine, engine_options=dict(engine_options or {}))
     seconds: dict[str, float] = {}
     skipped: list[str] = []
     log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s to d=%d, PQ %d bytes; work dir %s.",

@@ -1,0 +1,87 @@
+"""Encode + PQ of one Arrow record batch with a :class:`~tldr_index.compact.CompactModel`.
+
+The one place where rows of the compact target are computed and laid out, shared by the
+single-process pipeline (:mod:`tldr_index.pipeline`, stages ``encode`` and ``write``) and the Ray
+Data engine (:mod:`tldr_index.ray_engine`), so the two cannot drift:
+
+* :func:`encode_block`: ``(n, D)`` vectors -> reduced float32 ``(n, d)`` and PQ codes ``(n, M)``;
+* :func:`assemble_batch`: id + payload columns of a batch, the reduced vectors and the codes ->
+  a batch with exactly the target schema (``Source.target_schema``);
+* :func:`encode_record_batch`: both, for a source batch (id, vector, payload).
+
+Cost per batch of n rows: O(n D d) for the map plus O(n 256 d) for the PQ codes; memory: the batch,
+its float32 copy when stored as float16, and the ``(n, d)`` output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from connectors.arrow_utils import numpy_to_fsl, vectors_to_numpy
+
+from .compact import CompactModel
+from .errors import InvalidInputError
+
+CODES_COLUMN = "pq_codes"
+FLOAT16_MAX = 65_000.0  # reduced values above this are stored as float32 instead of float16
+
+
+def encode_block(X: np.ndarray, model: CompactModel,
+                 quantizer=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reduced float32 vectors ``X @ W.T + b`` of ``X`` (n, D) and their ``(n, M)`` uint8 PQ codes
+    (None when the model holds no codebook). ``quantizer``: ``model.quantizer()`` built once by
+    the caller (building it costs a copy of the codebook)."""
+    Y = model.encode(X)
+    if model.pq_bytes == 0:
+        return Y, None
+    return Y, (quantizer or model.quantizer()).encode(Y)
+
+
+def assemble_batch(rows: pa.RecordBatch, Y: np.ndarray, codes: np.ndarray | None,
+                   schema: pa.Schema, *, vector_column: str,
+                   codes_column: str | None = CODES_COLUMN) -> pa.RecordBatch:
+    """The target batch: every field of ``schema`` but the vector and codes columns is taken from
+    ``rows`` by name (cast to the schema's type if it differs), the vector column from ``Y``
+    (cast to the schema's float16/float32) and the codes column from ``codes``."""
+    value_type = schema.field(vector_column).type.value_type
+    cols = []
+    for f in schema:
+        if f.name == vector_column:
+            cols.append(numpy_to_fsl(Y.astype(value_type.to_pandas_dtype(), copy=False)))
+        elif f.name == codes_column:
+            if codes is None:
+                raise InvalidInputError(
+                    f"The target schema has a codes column '{codes_column}' but the model holds "
+                    f"no PQ codebook (pq_bytes=0).")
+            codes = np.ascontiguousarray(codes, dtype=np.uint8)
+            cols.append(pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)),
+                                                          codes.shape[1]))
+        else:
+            col = rows.column(f.name)
+            cols.append(col if col.type == f.type else col.cast(f.type))
+    return pa.RecordBatch.from_arrays(cols, schema=schema)
+
+
+def encode_record_batch(batch: pa.RecordBatch, model: CompactModel, schema: pa.Schema, *,
+                        vector_column: str, codes_column: str | None = CODES_COLUMN,
+                        quantizer=None, source: str = "input") -> pa.RecordBatch:
+    """Encode one source batch (id, vector, payload columns) into a batch with the target
+    ``schema`` (id, payload, reduced vector, PQ codes; see ``Source.target_schema``).
+
+    Raises :class:`InvalidInputError` for null/ragged/non-finite vectors, and when the target
+    stores float16 vectors but a reduced value exceeds float16's range (the single-process
+    pipeline then stores float32; a distributed run cannot change the schema half-way).
+    """
+    X = vectors_to_numpy(batch.column(vector_column), dim=model.input_dim, column=vector_column,
+                         source=source)
+    Y, codes = encode_block(X, model, quantizer)
+    if schema.field(vector_column).type.value_type == pa.float16() and len(Y):
+        top = float(np.abs(Y).max())
+        if top > FLOAT16_MAX:
+            raise InvalidInputError(
+                f"Reduced vectors of source '{source}' must fit float16 (|value| <= "
+                f"{FLOAT16_MAX:g}) to be stored as float16. Got {top:.6g}; pass "
+                f"reduced_dtype='float32'.")
+    return assemble_batch(batch, Y, codes, schema, vector_column=vector_column,
+                          codes_column=codes_column)
