@@ -341,5 +341,104 @@ def demo(db, dim, pq_bytes, epochs, quiet, json_out):
         click.echo("\n".join(format_demo(result)))
 
 
+def _int_list(value: str | None, param: str) -> list[int] | None:
+    """"1,10,100" -> [1, 10, 100] (a usage error naming ``param`` otherwise)."""
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"must be comma-separated integers, e.g. 1,10,100. Got "
+                                 f"{value!r}.", param_hint=param) from None
+
+
+def _eval_uris(source, db, collection, target) -> tuple[str | None, str]:
+    """(source URI or None: the one recorded in the target, target URI) of eval."""
+    src = _source_uri(source, db, collection) if (source or collection) else None
+    if _is_uri(target):
+        return src, target
+    return src, (_sibling_uri(src, target) if src else _target_uri(target, db, None))
+
+
+@main.command("eval")
+@click.option("--source", default=None, metavar="URI",
+              help="Original collection [default: the source recorded in the target].")
+@_db_opt
+@click.option("--collection", default=None, help="Original table in --db (instead of --source).")
+@click.option("--target", required=True, metavar="URI|NAME",
+              help="Compact collection written by shrink (a URI or a name beside the source).")
+@click.option("--queries", default="1000", show_default=True, metavar="N|FILE.npy",
+              help="Held-out rows to draw as queries, or a .npy (n, D) file of query vectors.")
+@click.option("--k", "ks", default="1,10,100", show_default=True, metavar="K,K,...",
+              help="The k of recall@k.")
+@click.option("--shortlist", "shortlists", default=None, metavar="S,S,...",
+              help="Shortlist sizes for search --rescore [default: max(20 max(k), 200)].")
+@click.option("--baselines", default="pca,pca-whiten,pq,opq", show_default=True,
+              help="Side by side: pca, pca-whiten, pq, opq (of the original vectors), or none.")
+@click.option("--latency-queries", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Single-query search calls timed for p50/p99 (0: skip).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG: recall@10 against bytes per vector, one line per method.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the results as JSON ('-': stdout instead of the table).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for FAISS [default: the cores that look idle].")
+@_quiet_opt
+@_library_errors
+def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
+             latency_queries, plot, json_path, seed, threads, quiet):
+    """Recall of a compact collection against exact search on the original vectors, with PCA,
+    whitened PCA, PQ and OPQ side by side.
+
+    \b
+    Example:
+      tldr-index eval --db ./lancedb --collection docs --target docs_tldr64 \\
+          --queries 1000 --k 1,10,100 --plot eval.png --json eval.json
+    """
+    from .evaluate import evaluate
+    from .plots import require_matplotlib
+
+    if plot:
+        require_matplotlib("plot")
+    src, tgt = _eval_uris(source, db, collection, target)
+    _setup(quiet, json_path == "-")
+    q = int(queries) if queries.strip().isdigit() else queries
+    base = [] if baselines.strip() in ("", "none") else [b.strip() for b in baselines.split(",")]
+    report = evaluate(tgt, source=src, queries=q, k=_int_list(ks, "--k"),
+                      shortlists=_int_list(shortlists, "--shortlist"), baselines=base,
+                      latency_queries=latency_queries, random_state=seed, threads=threads)
+    _write_outputs(report, report.results, plot, json_path, quiet,
+                   title=f"{report.target} vs alternatives")
+
+
+def _write_outputs(report, rows, plot, json_path, quiet, title: str) -> None:
+    """Table on stdout (unless quiet or --json -), JSON file, PNG plot."""
+    from rich.console import Console
+
+    from .plots import recall_vs_bytes
+    from .tables import eval_table, latency_lines, sweep_table
+
+    data = report.to_dict()
+    if json_path == "-":
+        _echo_json(data)
+    elif json_path:
+        with open(json_path, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
+    if plot:
+        ks = getattr(report, "ks", [10])
+        k = 10 if 10 in ks else min(ks, key=lambda v: abs(v - 10))
+        recall_vs_bytes(rows, plot, k=k, title=title)
+    if not quiet and json_path != "-":
+        console = Console(file=sys.stdout, width=160)
+        is_sweep = hasattr(report, "configs")
+        console.print(sweep_table(report) if is_sweep else eval_table(report))
+        for line in (report.summary() if is_sweep else latency_lines(report)):
+            click.echo(line)
+        for what, path in (("JSON", json_path), ("plot", plot)):
+            if path and path != "-":
+                click.echo(f"Wrote {what} to {path}.")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
