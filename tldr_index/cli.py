@@ -432,7 +432,8 @@ def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
 @click.option("--source", default=None, metavar="URI", help="Source URI (instead of --collection).")
 @_db_opt
 @click.option("--collection", default=None, help="Source table in --db (instead of --source).")
-@click.option("--dims", default="16,32,64,128", show_default=True, metavar="D,D,...")
+@click.option("--dims", default=None, metavar="D,D,...",
+              help="Candidate dims [default: 16,32,64,128 below the source's dimension].")
 @click.option("--pq-bytes", "pq_bytes", default=None, metavar="B,B,...",
               help="PQ sizes per d (those that divide d) [default: 16 or the largest divisor].")
 @click.option("--method", type=click.Choice(["tldr", "pca", "auto"]), default="tldr",

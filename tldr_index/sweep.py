@@ -274,7 +274,7 @@ def select(c: SimpleNamespace) -> dict:
 
 # ---------------------------------------------------------------------------------- sweep
 
-def sweep(source_uri: str, *, dims: Sequence[int] = DEFAULT_DIMS,
+def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
           pq_bytes: Sequence[int | None] | None = None, method: str = "tldr",
           target_recall: float | None = None, criterion: str = "pq", neighbors: int = 3,
           epochs: int | None = None, sample: int | None = None, eval_queries: int = 500,
@@ -283,13 +283,15 @@ def sweep(source_uri: str, *, dims: Sequence[int] = DEFAULT_DIMS,
           random_state: int = 0, threads: int | None = None,
           progress: Progress | bool | None = None, vector_column: str | None = None,
           id_column: str | None = None, source_options: dict | None = None) -> SweepResult:
-    """Train ``method`` ("tldr", "pca" or "auto": both) at every d of ``dims`` (and PQ size of
-    ``pq_bytes``, default 16 or the largest divisor of d below it) from one scan and ONE kNN
-    graph, measure each on ``eval_queries`` held-out rows, print-ready.
+    """Train ``method`` ("tldr", "pca" or "auto": both) at every d of ``dims`` (default 16, 32,
+    64, 128 below the source's dimension) and PQ size of ``pq_bytes`` (default 16 or the largest
+    divisor of d below it) from one scan and ONE kNN graph; measure each on ``eval_queries``
+    held-out rows; choose as :func:`choose` (``target_recall``, ``criterion``).
 
-    ``work_dir`` (default ``./tldr-work/<source>-sweep-<hash>``) keeps the scan and the graph
-    (``keep_work``), so a later sweep or ``shrink --work-dir`` of the same source and sample
-    reuses them. Other parameters as :func:`tldr_index.pipeline.shrink`.
+    ``work_dir`` (default ``./tldr-work/sweep-<source name>-<hash>``) keeps the scan and the
+    graph (``keep_work``), so a later sweep of the same source with the same ``sample``,
+    ``neighbors`` and seed reuses them (other settings start it over). Other parameters as
+    :func:`tldr_index.pipeline.shrink`.
     """
     from connectors import absolute_uri, open_source
 
@@ -313,7 +315,7 @@ def sweep(source_uri: str, *, dims: Sequence[int] = DEFAULT_DIMS,
     prog = as_progress(progress)
     src = open_source(source_uri, vector_column=vector_column, id_column=id_column,
                       **(source_options or {}))
-    plan = selection_plan(src, None, list(dims), list(pq_bytes) if pq_bytes else [None],
+    plan = selection_plan(src, None, None if dims is None else list(dims), list(pq_bytes) if pq_bytes else [None],
                           "auto" if method == "auto" else method, target_recall, owner=o,
                           criterion=criterion)
     n_train = min(src.count(), sample)
