@@ -166,3 +166,24 @@ def test_bad_sweep_input(source, tmp_path):
         "The 'target_recall' parameter of shrink cannot be reached: no candidate reaches "
         "recall@10 of the PQ-code search >= 0.999 on 200 held-out rows (best: tldr d=4 PQ 4 B, ")
     assert not (tmp_path / "x.lance").exists()
+
+
+def test_selection_is_checkpointed_and_resumed(source, tmp_path, monkeypatch):
+    root, uri = source
+    target = f"lance://{tmp_path}/r.lance"
+    kw = dict(target_recall=0.05, dims=[4, 8], pq_bytes=4, work_dir=tmp_path / "w",
+              keep_work=True, **FAST)
+    real = pipeline._stage_train
+
+    def crash(c):
+        raise KeyboardInterrupt("crash after select")
+
+    monkeypatch.setattr(pipeline, "_stage_train", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.shrink(uri, target, **kw)
+    monkeypatch.setattr(pipeline, "_stage_train", real)
+    rep = pipeline.shrink(uri, target, resume=True, **kw)
+    assert "select" in rep.skipped_stages and "knn" in rep.skipped_stages
+    assert (rep.method, rep.dim, rep.pq_bytes) == ("tldr", 4, 4)  # the smallest reaches 0.05
+    assert open_target(target).metadata["selection"]["chosen"] == {
+        "method": "tldr", "dim": 4, "pq_bytes": 4}

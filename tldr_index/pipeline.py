@@ -341,7 +341,8 @@ def fit_reducer(c: SimpleNamespace, method: str, dim: int, ckpt_dir: Path | None
                  max_train_rows=max(2, train.n_rows), device=c.device,
                  batch_size=_tldr_batch_size(train.n_rows), random_state=c.seed)
     c.progress.begin("train", None, "steps")
-    model.fit(train, graph=graph, checkpoint_dir=ckpt_dir, resume=c.resumed and ckpt_dir is not None,
+    model.fit(train, graph=graph, checkpoint_dir=ckpt_dir,
+              resume=c.resumed and ckpt_dir is not None,
               progress=lambda done, total, _info: c.progress.update("train", done, total))
     return model
 
