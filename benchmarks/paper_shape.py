@@ -136,7 +136,10 @@ def render(res: dict, out: Path) -> None:
         lines += ["", "Rows marked (reused) were measured by `python benchmarks/quality.py` with "
                   f"the same protocol and seed and read from `{reused[0]['reused_from']}` "
                   "(`--reuse`); everything else was measured by this run."]
-    lines += ["", "![recall@10 against d](paper_shape.png)", ""]
+    lines += ["", "Empty cells: PQ needs its bytes to divide d (32 bytes at d=16 is not run). "
+              "pq-384 / opq-384: PQ and OPQ (FAISS `OPQ{M},PQ{M}`, 20k training rows) of the "
+              "original 384-d vectors, the same at every d.",
+              "", "![recall@10 against d](paper_shape.png)", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
     panels = []
