@@ -194,7 +194,7 @@ def test_usage_errors_exit_2(env):
                                    "(a URI)."),
         (["shrink", "--collection", "docs"], "Error: Missing option '--dim'."),
         (["shrink", "--collection", "docs", "--dim", "4", "--method", "umap"],
-         "Error: Invalid value for '--method': 'umap' is not one of 'tldr', 'pca'."),
+         "Error: Invalid value for '--method': 'umap' is not one of 'tldr', 'pca', 'auto'."),
         (["shrink", "--source", "parquet://x/*.parquet", "--target", "out", "--dim", "4"],
          "Error: --target must be a URI for a Parquet source, e.g. --target parquet://out/."),
     ]

@@ -123,6 +123,8 @@ def _summary(report) -> list[str]:
         lines.append(f"  recall@10      {_fmt(r.recall_at_10)} compact search, "
                      f"{_fmt(r.recall_at_10_rescored)} with --rescore (shortlist {r.shortlist}); "
                      f"{r.eval_queries} rows vs exact search on the original vectors")
+    if r.selection:
+        lines.append(f"  selection      {r.selection['reason']}")
     stages = " | ".join(f"{k} {v:.1f}s" for k, v in r.stage_seconds.items())
     if r.skipped_stages:
         stages += f" | from checkpoint: {', '.join(r.skipped_stages)}"
@@ -173,9 +175,17 @@ def _store_options(uri: str, api_key: str | None, **extra) -> dict | None:
 @click.option("--target", default=None, metavar="URI|NAME",
               help="Target URI, or a name in the source's store [default: "
                    "<collection>_tldr<dim>].")
-@click.option("--dim", required=True, type=click.IntRange(min=1), help="Reduced dimension.")
-@click.option("--method", type=click.Choice(["tldr", "pca"]), default="tldr", show_default=True,
-              help="tldr, or the pca baseline through the same pipeline.")
+@click.option("--dim", type=click.IntRange(min=1), default=None,
+              help="Reduced dimension (required unless --target-recall).")
+@click.option("--method", type=click.Choice(["tldr", "pca", "auto"]), default="tldr",
+              show_default=True,
+              help="tldr, the pca baseline through the same pipeline, or auto: fit both, keep "
+                   "the better on held-out rows.")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Pick the smallest d (and PQ size) whose compact search reaches this "
+                   "recall@10 on held-out rows (candidates: --dims).")
+@click.option("--dims", default=None, metavar="D,D,...",
+              help="Candidate dims for --target-recall [default: 16,32,64,128].")
 @click.option("--vector-column", default=None, help="Vector column (Qdrant: named vector).")
 @click.option("--id-column", default=None, help="Id column.")
 @click.option("--pq-bytes", type=click.IntRange(min=0), default=None,
@@ -211,7 +221,8 @@ def _store_options(uri: str, api_key: str | None, **extra) -> dict | None:
 @_quiet_opt
 @_json_opt
 @_library_errors
-def shrink(source, db, collection, target, dim, method, vector_column, id_column, pq_bytes,
+def shrink(source, db, collection, target, dim, method, target_recall, dims, vector_column,
+           id_column, pq_bytes,
            neighbors, epochs, sample, device, work_dir, resume, overwrite, distance, seed,
            threads, keep_work, skip_invalid, api_key, engine, quiet, json_out):
     """Shrink a collection into a new compact one (reduced vectors + PQ codes + model).
@@ -222,17 +233,22 @@ def shrink(source, db, collection, target, dim, method, vector_column, id_column
       tldr-index shrink --db ./lancedb --collection docs --dim 64 --target docs_small
       tldr-index shrink --source parquet://data/*.parquet --target parquet://out/ --dim 64
       tldr-index shrink --source qdrant://localhost:6333/docs --dim 64
+      tldr-index shrink --collection docs --target-recall 0.9 --method auto
     """
     from connectors import default_target_uri
 
     from . import pipeline
+
+    if dim is None and target_recall is None:
+        raise click.UsageError("Missing option '--dim'.")  # or --target-recall
 
     src = _source_uri(source, db, collection)
     tgt = None
     if target is not None:
         tgt = target if _is_uri(target) else _sibling_uri(src, target)
     progress = _setup(quiet, json_out)
-    report = pipeline.shrink(src, tgt, dim=dim, method=method, pq_bytes=pq_bytes,
+    report = pipeline.shrink(src, tgt, dim=dim, method=method, target_recall=target_recall,
+                             dims=_int_list(dims, "--dims"), pq_bytes=pq_bytes,
                              neighbors=neighbors, epochs=epochs, sample=sample, device=device,
                              work_dir=work_dir, resume=resume, overwrite=overwrite,
                              random_state=seed, progress=progress, vector_column=vector_column,
@@ -371,6 +387,162 @@ def demo(db, dim, pq_bytes, epochs, quiet, json_out):
         _echo_json(result)
     elif not quiet:
         click.echo("\n".join(format_demo(result)))
+
+
+def _int_list(value: str | None, param: str) -> list[int] | None:
+    """"1,10,100" -> [1, 10, 100] (a usage error naming ``param`` otherwise)."""
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"must be comma-separated integers, e.g. 1,10,100. Got "
+                                 f"{value!r}.", param_hint=param) from None
+
+
+def _eval_uris(source, db, collection, target) -> tuple[str | None, str]:
+    """(source URI or None: the one recorded in the target, target URI) of eval."""
+    src = _source_uri(source, db, collection) if (source or collection) else None
+    if _is_uri(target):
+        return src, target
+    return src, (_sibling_uri(src, target) if src else _target_uri(target, db, None))
+
+
+@main.command("eval")
+@click.option("--source", default=None, metavar="URI",
+              help="Original collection [default: the source recorded in the target].")
+@_db_opt
+@click.option("--collection", default=None, help="Original table in --db (instead of --source).")
+@click.option("--target", required=True, metavar="URI|NAME",
+              help="Compact collection written by shrink (a URI or a name beside the source).")
+@click.option("--queries", default="1000", show_default=True, metavar="N|FILE.npy",
+              help="Held-out rows to draw as queries, or a .npy (n, D) file of query vectors.")
+@click.option("--k", "ks", default="1,10,100", show_default=True, metavar="K,K,...",
+              help="The k of recall@k.")
+@click.option("--shortlist", "shortlists", default=None, metavar="S,S,...",
+              help="Shortlist sizes for search --rescore [default: max(20 max(k), 200)].")
+@click.option("--baselines", default="pca,pca-whiten,pq,opq", show_default=True,
+              help="Side by side: pca, pca-whiten, pq, opq (of the original vectors), or none.")
+@click.option("--latency-queries", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Single-query search calls timed for p50/p99 (0: skip).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG: recall@10 against bytes per vector, one line per method.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the results as JSON ('-': stdout instead of the table).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for FAISS [default: the cores that look idle].")
+@_quiet_opt
+@_library_errors
+def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
+             latency_queries, plot, json_path, seed, threads, quiet):
+    """Recall of a compact collection against exact search on the original vectors, with PCA,
+    whitened PCA, PQ and OPQ side by side.
+
+    \b
+    Example:
+      tldr-index eval --db ./lancedb --collection docs --target docs_tldr64 \\
+          --queries 1000 --k 1,10,100 --plot eval.png --json eval.json
+    """
+    from .evaluate import evaluate
+    from .plots import require_matplotlib
+
+    if plot:
+        require_matplotlib("plot")
+    src, tgt = _eval_uris(source, db, collection, target)
+    _setup(quiet, json_path == "-")
+    q = int(queries) if queries.strip().isdigit() else queries
+    base = [] if baselines.strip() in ("", "none") else [b.strip() for b in baselines.split(",")]
+    report = evaluate(tgt, source=src, queries=q, k=_int_list(ks, "--k"),
+                      shortlists=_int_list(shortlists, "--shortlist"), baselines=base,
+                      latency_queries=latency_queries, random_state=seed, threads=threads)
+    _write_outputs(report, report.results, plot, json_path, quiet,
+                   title=f"{report.target} vs alternatives")
+
+
+@main.command("sweep")
+@click.option("--source", default=None, metavar="URI", help="Source URI (instead of --collection).")
+@_db_opt
+@click.option("--collection", default=None, help="Source table in --db (instead of --source).")
+@click.option("--dims", default=None, metavar="D,D,...",
+              help="Candidate dims [default: 16,32,64,128 below the source's dimension].")
+@click.option("--pq-bytes", "pq_bytes", default=None, metavar="B,B,...",
+              help="PQ sizes per d (those that divide d) [default: 16 or the largest divisor].")
+@click.option("--method", type=click.Choice(["tldr", "pca", "auto"]), default="tldr",
+              show_default=True, help="auto: TLDR and PCA side by side, the better one chosen.")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Name the smallest configuration whose compact search reaches this recall@10.")
+@click.option("--criterion", type=click.Choice(["pq", "rescored", "float"]), default="pq",
+              show_default=True, help="Which recall@10 decides: PQ codes, --rescore, float.")
+@click.option("--sample", type=click.IntRange(min=2), default=100_000, show_default=True)
+@click.option("--neighbors", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--queries", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Held-out rows used as queries.")
+@click.option("--work-dir", default=None, metavar="DIR",
+              help="Keeps the scan and the kNN graph for later sweeps "
+                   "[default: ./tldr-work/sweep-<name>-<hash>].")
+@click.option("--distance", type=click.Choice(["cosine", "l2", "ip"]), default=None)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG of the recall/size frontier.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the results as JSON ('-': stdout instead of the table).")
+@_quiet_opt
+@_library_errors
+def sweep_cmd(source, db, collection, dims, pq_bytes, method, target_recall, criterion, sample,
+              neighbors, epochs, queries, work_dir, distance, seed, threads, plot, json_path,
+              quiet):
+    """Train several dims (and PQ sizes) from one kNN graph and print the recall/size frontier.
+
+    \b
+    Example:
+      tldr-index sweep --db ./lancedb --collection docs --dims 16,32,64,128 \\
+          --pq-bytes 8,16,32 --target-recall 0.9 --plot sweep.png
+    """
+    from .plots import require_matplotlib
+    from .sweep import sweep
+
+    if plot:
+        require_matplotlib("plot")
+    src = _source_uri(source, db, collection)
+    progress = _setup(quiet, json_path == "-")
+    result = sweep(src, dims=_int_list(dims, "--dims"), pq_bytes=_int_list(pq_bytes, "--pq-bytes"),
+                   method=method, target_recall=target_recall, criterion=criterion,
+                   neighbors=neighbors, epochs=epochs, sample=sample, eval_queries=queries,
+                   work_dir=work_dir, random_state=seed, threads=threads, progress=progress,
+                   source_options={"distance": distance} if distance else None)
+    _write_outputs(result, result.results, plot, json_path, quiet,
+                   title=f"sweep of {result.source}")
+
+
+def _write_outputs(report, rows, plot, json_path, quiet, title: str) -> None:
+    """Table on stdout (unless quiet or --json -), JSON file, PNG plot."""
+    from rich.console import Console
+
+    from .plots import recall_vs_bytes
+    from .tables import eval_table, latency_lines, sweep_table
+
+    data = report.to_dict()
+    if json_path == "-":
+        _echo_json(data)
+    elif json_path:
+        with open(json_path, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
+    if plot:
+        ks = getattr(report, "ks", [10])
+        k = 10 if 10 in ks else min(ks, key=lambda v: abs(v - 10))
+        recall_vs_bytes(rows, plot, k=k, title=title)
+    if not quiet and json_path != "-":
+        console = Console(file=sys.stdout, width=160)
+        is_sweep = hasattr(report, "configs")
+        console.print(sweep_table(report) if is_sweep else eval_table(report))
+        for line in (report.summary() if is_sweep else latency_lines(report)):
+            click.echo(line)
+        for what, path in (("JSON", json_path), ("plot", plot)):
+            if path and path != "-":
+                click.echo(f"Wrote {what} to {path}.")
 
 
 if __name__ == "__main__":  # pragma: no cover

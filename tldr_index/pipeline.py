@@ -63,8 +63,8 @@ from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
-STAGES = ("scan", "knn", "train", "encode", "write", "verify", "publish")
-METHODS = ("tldr", "pca")
+STAGES = ("scan", "knn", "select", "train", "encode", "write", "verify", "publish")
+METHODS = ("tldr", "pca", "auto")
 DEFAULT_SAMPLE = 100_000  # exact kNN graph ~3 min on 2 cores (benchmarks/results/shrink.md)
 DEFAULT_PQ_BYTES = 16
 DEFAULT_EVAL_QUERIES = 200
@@ -98,6 +98,7 @@ class ShrinkReport:
     resumed: bool = False
     skipped_invalid: int = 0          # rows dropped by skip_invalid (NaN/inf, zero under cosine)
     first_invalid_id: object = None
+    selection: dict | None = None    # method="auto" / target_recall: candidates and the choice
 
     @property
     def source_vector_bytes(self) -> int:
@@ -310,7 +311,7 @@ def _stage_knn(c: SimpleNamespace) -> tuple[list[Path], dict]:
     out = c.work.stage_dir("knn", clear=True)
     scan = VectorStore.open(c.work.root / "scan" / "vectors")
     n_train = min(scan.n_rows, c.sample)
-    c.progress.begin("knn", n_train if c.method == "tldr" else None, "rows")
+    c.progress.begin("knn", n_train if c.method != "pca" else None, "rows")
     files: list[Path] = []
     if n_train < scan.n_rows:
         rows = _sample_rows(scan.n_rows, n_train, c.seed)
@@ -321,7 +322,7 @@ def _stage_knn(c: SimpleNamespace) -> tuple[list[Path], dict]:
         files += [sub.path, sub.root / VectorStore.META]
     train = _train_store(c)
     meta: dict = {"n_train": n_train}
-    if c.method == "tldr":
+    if c.method != "pca":
         g = knn_graph(train, c.neighbors, metric=c.metric, out=out / "graph.npy",
                       random_state=c.seed, device=c.faiss_device,
                       progress=lambda done, total: c.progress.update("knn", done, total))
@@ -341,22 +342,44 @@ def _tldr_batch_size(n_train: int) -> int | None:
     return None if anchors >= 256 else max(2, anchors)
 
 
-def _stage_train(c: SimpleNamespace) -> tuple[list[Path], dict]:
+def fit_reducer(c: SimpleNamespace, method: str, dim: int, ckpt_dir: Path | None = None):
+    """Fit ``method`` ("tldr" with the run's kNN graph, or "pca") to ``dim`` on the run's
+    training sample (also used by :mod:`tldr_index.sweep` for every candidate)."""
     from . import PCA, TLDR
 
-    out = c.work.stage_dir("train", clear=True, keep=("ckpt",) if c.resumed else ())
     train = _train_store(c)
-    if c.method == "pca":
+    if method == "pca":
         c.progress.begin("train", None, "rows")
-        model = PCA(c.dim).fit(train)
-    else:
-        graph = np.load(c.work.root / "knn" / "graph.npy")
-        model = TLDR(c.dim, n_neighbors=c.neighbors, metric=c.metric, epochs=c.epochs,
-                     max_train_rows=max(2, train.n_rows), device=c.device,
-                     batch_size=_tldr_batch_size(train.n_rows), random_state=c.seed)
-        c.progress.begin("train", None, "steps")
-        model.fit(train, graph=graph, checkpoint_dir=out / "ckpt", resume=c.resumed,
-                  progress=lambda done, total, _info: c.progress.update("train", done, total))
+        return PCA(dim).fit(train)
+    graph = np.load(c.work.root / "knn" / "graph.npy")
+    model = TLDR(dim, n_neighbors=c.neighbors, metric=c.metric, epochs=c.epochs,
+                 max_train_rows=max(2, train.n_rows), device=c.device,
+                 batch_size=_tldr_batch_size(train.n_rows), random_state=c.seed)
+    c.progress.begin("train", None, "steps")
+    model.fit(train, graph=graph, checkpoint_dir=ckpt_dir,
+              resume=c.resumed and ckpt_dir is not None,
+              progress=lambda done, total, _info: c.progress.update("train", done, total))
+    return model
+
+
+def _stage_select(c: SimpleNamespace) -> tuple[list[Path], dict]:
+    """``method="auto"`` / ``target_recall``: measure the candidates on held-out rows and keep
+    the choice (see :func:`tldr_index.sweep.select`)."""
+    from .sweep import select
+
+    return [], select(c)
+
+
+def _apply_selection(c: SimpleNamespace) -> None:
+    sel = c.infos.get("select") or {}
+    if sel.get("chosen"):
+        ch = sel["chosen"]
+        c.method, c.dim, c.pq_bytes = ch["method"], ch["dim"], ch["pq_bytes"]
+
+
+def _stage_train(c: SimpleNamespace) -> tuple[list[Path], dict]:
+    out = c.work.stage_dir("train", clear=True, keep=("ckpt",) if c.resumed else ())
+    model = fit_reducer(c, c.method, c.dim, out / "ckpt")
     model.save(out / "model.safetensors")
     fit = getattr(model, "fit_info_", {})
     meta = {"method": c.method, "best_epoch": fit.get("best_epoch"),
@@ -561,35 +584,47 @@ def _target_metadata(c: SimpleNamespace) -> dict:
                                              "eval_queries", "shortlist")},
         "graph_recall": c.infos.get("knn", {}).get("graph_recall"),
         "params": c.params,
+        **({"selection": c.infos["select"]} if c.infos.get("select") else {}),
     }
 
 
 # ---------------------------------------------------------------------------------- shrink
 
+def run_stage(c: SimpleNamespace, stage: str, fn, skipped: list, seconds: dict) -> None:
+    """Run ``fn(c)`` as ``stage`` (or skip it when a resumed run has its checkpoint); records
+    its info in ``c.infos``. Also used by :func:`tldr_index.sweep.sweep` (scan and knn)."""
+    work, prog = c.work, c.progress
+    rec = work.done(stage) if c.resumed else None
+    if rec is not None:
+        c.infos[stage] = rec["info"]
+        skipped.append(stage)
+        prog.end(stage, 0.0, note="checkpoint")
+        return
+    work.clear_after(stage)
+    t0 = time.perf_counter()
+    try:
+        files, stage_info = fn(c)
+    except InvalidInputError:
+        if stage == "scan":
+            work.clear_all()  # bad source data: nothing worth keeping
+        raise
+    seconds[stage] = time.perf_counter() - t0
+    stage_info["seconds"] = seconds[stage]
+    c.infos[stage] = stage_info
+    work.mark_done(stage, files, stage_info)
+    prog.end(stage, seconds[stage])
+
+
 def _run_stages(c: SimpleNamespace, skipped: list, seconds: dict) -> None:
     """Run (or skip, from checkpoints) every stage; fills ``skipped`` and ``seconds``."""
     work, prog = c.work, c.progress
-    for stage, fn in (("scan", _stage_scan), ("knn", _stage_knn), ("train", _stage_train),
-                      ("encode", _stage_encode)):
-        rec = work.done(stage) if c.resumed else None
-        if rec is not None:
-            c.infos[stage] = rec["info"]
-            skipped.append(stage)
-            prog.end(stage, 0.0, note="checkpoint")
-            continue
-        work.clear_after(stage)
-        t0 = time.perf_counter()
-        try:
-            files, stage_info = fn(c)
-        except InvalidInputError:
-            if stage == "scan":
-                work.clear_all()  # bad source data: nothing worth keeping
-            raise
-        seconds[stage] = time.perf_counter() - t0
-        stage_info["seconds"] = seconds[stage]
-        c.infos[stage] = stage_info
-        work.mark_done(stage, files, stage_info)
-        prog.end(stage, seconds[stage])
+    stages = [("scan", _stage_scan), ("knn", _stage_knn)]
+    if c.select is not None:
+        stages.append(("select", _stage_select))
+    for stage, fn in stages + [("train", _stage_train), ("encode", _stage_encode)]:
+        run_stage(c, stage, fn, skipped, seconds)
+        if stage == "select":
+            _apply_selection(c)
     if c.published_already or work.done("publish") is not None:
         skipped += ["write", "verify", "publish"]
         for stage in ("write", "verify", "publish"):
@@ -604,7 +639,8 @@ def _run_stages(c: SimpleNamespace, skipped: list, seconds: dict) -> None:
             seconds[stage] = stage_info["seconds"]
 
 
-def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: str = "tldr",
+def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = None,
+           method: str = "tldr", target_recall: float | None = None, dims=None,
            pq_bytes: int | None = None, neighbors: int = 3, epochs: int | None = None,
            sample: int = DEFAULT_SAMPLE, device: str = "auto",
            work_dir: str | os.PathLike | None = None, resume: bool = False,
@@ -622,8 +658,14 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
     ----------
     source_uri, target_uri : connector URIs (see :mod:`connectors.uri`); the target defaults to
         ``<collection>_tldr<dim>`` beside the source (required for Parquet).
-    dim : reduced dimension d (smaller than the source's).
-    method : "tldr" (default) or "pca" (the baseline, through the same stages).
+    dim : reduced dimension d (smaller than the source's); None with ``target_recall``.
+    method : "tldr" (default), "pca" (the baseline, through the same stages) or "auto": fit
+        both on the training sample, measure recall@10 on held-out rows and keep the better one
+        (the decision is in the report's ``selection`` and the target's metadata).
+    target_recall, dims : shrink to the smallest candidate (PQ bytes, then d) whose compact search
+        reaches this recall@10 on held-out rows; candidates: ``dims`` (default 16, 32, 64, 128
+        below the source's dimension) or ``dim``, each with ``pq_bytes`` (default per d); the
+        kNN graph is built once (:func:`tldr_index.sweep.select`).
     pq_bytes : PQ code bytes per row (must divide ``dim``; default 16 or the largest divisor of
         ``dim`` below it; 0 stores no codes).
     neighbors, epochs, sample : TLDR's ``n_neighbors``, ``epochs`` (None: its default) and the
@@ -664,7 +706,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
 
     t_start = time.perf_counter()
     check_choice(method, "method", METHODS, owner="shrink")
-    dim = check_int(dim, "dim", low=1, owner="shrink")
+    dim = check_int(dim, "dim", low=1, owner="shrink", allow_none=target_recall is not None)
     neighbors = check_int(neighbors, "neighbors", low=1, owner="shrink")
     check_int(epochs, "epochs", low=1, owner="shrink", allow_none=True)
     sample = check_int(sample, "sample", low=2, owner="shrink")
@@ -689,7 +731,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
     src = open_source(source_uri, vector_column=vector_column, id_column=id_column,
                       **(source_options or {}))
     if target_uri is None:
-        target_uri = default_target_uri(source_uri, suffix=f"_tldr{dim}")
+        target_uri = default_target_uri(source_uri, suffix=f"_tldr{dim or ''}")
     source_abs, target_abs = absolute_uri(source_uri), absolute_uri(target_uri)
     if source_abs.rstrip("/") == target_abs.rstrip("/"):
         raise InvalidParameterError(
@@ -697,22 +739,29 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
     if engine == "ray":
         from .ray_engine import check_supported
         check_supported(source_uri, target_uri)
-    if dim >= src.dim:
+    select = None
+    if method == "auto" or target_recall is not None:
+        from .sweep import selection_plan
+
+        select = selection_plan(src, dim, dims, pq_bytes, method, target_recall, owner="shrink")
+    elif dim >= src.dim:
         raise InvalidParameterError(
             f"The 'dim' parameter of shrink must be an int in the range [1, {src.dim - 1}] "
             f"(smaller than the dimension {src.dim} of source '{src.uri}'). Got {dim} instead.")
-    pq_bytes = default_pq_bytes(dim) if pq_bytes is None else pq_bytes
-    if pq_bytes and dim % pq_bytes:
+    if select is None:
+        pq_bytes = default_pq_bytes(dim) if pq_bytes is None else pq_bytes
+    if select is None and pq_bytes and dim % pq_bytes:
         raise InvalidParameterError(
             f"The 'pq_bytes' parameter of shrink must divide dim={dim} (one sub-vector per "
             f"byte) or be 0. Got {pq_bytes} instead.")
     n_rows = src.count()
     n_train = min(n_rows, sample)
-    if method == "tldr" and neighbors >= n_train:
+    if method != "pca" and neighbors >= n_train:
         raise InvalidParameterError(
             f"The 'neighbors' parameter of shrink must be an int in the range [1, "
             f"{n_train - 1}] (fewer than the {n_train} training rows). Got {neighbors} instead.")
-    if pq_bytes and n_train < 256:
+    if (pq_bytes if select is None else any(p for _, p in select["candidates"])) \
+            and n_train < 256:
         raise InvalidParameterError(
             f"PQ codes need at least 256 training rows (256 centroids per byte); source "
             f"'{src.uri}' gives {min(n_rows, sample)}. Pass pq_bytes=0 (--pq-bytes 0) to store "
@@ -723,6 +772,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
               "reduced_dtype": reduced_dtype, "vector_column": src.vector_column,
               "id_column": src.id_column, "eval_queries": eval_queries, "shortlist": shortlist,
               "batch_rows": batch_rows, "skip_invalid": skip_invalid, "engine": engine}
+    if select is not None:
+        params["select"] = select
     if not resume:  # refuse an existing target before anything is written
         _check_target(target_uri, overwrite)
     work = WorkDir(work_dir if work_dir is not None else default_work_dir(target_uri), STAGES)
@@ -754,7 +805,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
              shortlist=shortlist, batch_rows=batch_rows, overwrite=overwrite,
              sink_options=dict(sink_options or {}), resumed=resumed, params=params, infos={},
              published_already=published_already, skip_invalid=skip_invalid,
-             engine=engine, engine_options=dict(engine_options or {}))
+             engine=engine, engine_options=dict(engine_options or {}), select=select)
     seconds: dict[str, float] = {}
     skipped: list[str] = []
     log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s to d=%d, PQ %d bytes; work dir %s.",
@@ -766,15 +817,15 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int, method: 
         prog.close()
     enc = c.infos["encode"]
     report = ShrinkReport(
-        source=src.uri, target=target_uri, method=method, metric=src.distance,
-        rows=c.infos["scan"]["rows"], source_dim=src.dim, dim=dim, pq_bytes=pq_bytes,
+        source=src.uri, target=target_uri, method=c.method, metric=src.distance,
+        rows=c.infos["scan"]["rows"], source_dim=src.dim, dim=c.dim, pq_bytes=c.pq_bytes,
         vector_dtype=enc["vector_dtype"], source_disk_bytes=disk_bytes(source_uri),
         target_disk_bytes=disk_bytes(target_uri),
         graph_recall=c.infos["knn"].get("graph_recall"),
         recall_at_10=enc.get("recall_at_10"),
         recall_at_10_rescored=enc.get("recall_at_10_rescored"),
         eval_queries=enc.get("eval_queries", 0), shortlist=enc.get("shortlist", shortlist),
-        stage_seconds=seconds, skipped_stages=skipped,
+        stage_seconds=seconds, skipped_stages=skipped, selection=c.infos.get("select"),
         wall_seconds=time.perf_counter() - t_start, work_dir=str(work.root), resumed=resumed,
         skipped_invalid=c.infos["scan"].get("skipped_invalid", 0),
         first_invalid_id=c.infos["scan"].get("first_invalid_id"))

@@ -1,0 +1,428 @@
+"""``eval``: how many true neighbours a compact collection keeps, at what size, against the
+alternatives a user would pick.
+
+Ground truth is the exact top-k of each query in the *original* space, computed out of core over
+the source (streamed in blocks, :func:`tldr_index.knn.exact_search`) with the source's own metric.
+Queries are rows held out from the target's training sample (by default; recomputed from the
+seed and sample size recorded in the target) or a user's ``.npy`` file of query vectors.
+
+For the target: recall@k of its stored reduced vectors (exact search), of :func:`search` on the PQ
+codes alone, and of :func:`search` with ``rescore`` for each shortlist size; bytes per vector and
+compression; per-call latency (p50/p99) of :func:`search`. Side by side, in the same run: plain and
+whitened PCA fitted on the same training rows at the same d and PQ bytes, and PQ / OPQ of the
+original vectors at the same bytes per vector (:mod:`tldr_index.comparisons`).
+
+Memory: the query and training-sample vectors, ``8`` bytes per id and ``pq_bytes`` per row for each
+PQ baseline; the source and target are streamed (one block at a time).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from ._validation import check_choice, check_int
+from .compact import CompactModel
+from .errors import InvalidInputError, InvalidParameterError
+from .knn import exact_search
+from .search import _ids_to_numpy, load_queries, open_source_of, search
+from .vectors import Vectors
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KS = (1, 10, 100)
+DEFAULT_QUERIES = 1000
+DEFAULT_LATENCY_QUERIES = 50
+BASELINES = ("pca", "pca-whiten", "pq", "opq")
+MAX_BASELINE_TRAIN = 100_000  # rows of the training sample read for the baselines
+
+
+# ---------------------------------------------------------------------------------- streaming
+
+class BatchVectors(Vectors):
+    """The vector column of a connector Source or Target as :class:`Vectors`, streamed in Arrow
+    batches (never held in memory). ``ids`` (positions -> ids, as numpy) is filled by the first
+    full pass. :meth:`read` streams up to ``stop`` (slow; the searches only iterate)."""
+
+    def __init__(self, batches: Callable[[int], Iterator[pa.RecordBatch]], n_rows: int, dim: int,
+                 vector_column: str, id_column: str):
+        self.batches, self.n_rows, self.dim = batches, n_rows, dim
+        self.vector_column, self.id_column = vector_column, id_column
+        self.dtype = np.dtype(np.float32)
+        self.ids: np.ndarray | None = None
+
+    def iter_chunks(self, chunk_rows: int = 16_384, *, check_finite: bool = False,
+                    name: str = "X") -> Iterator[tuple[int, np.ndarray]]:
+        from connectors.arrow_utils import vectors_to_numpy
+
+        from .vectors import check_finite_block
+
+        pos, ids = 0, []
+        for b in self.batches(chunk_rows):
+            if b.num_rows == 0:
+                continue
+            X = np.array(vectors_to_numpy(b.column(self.vector_column), dim=self.dim,
+                                          column=self.vector_column),
+                         dtype=np.float32, order="C")  # a fresh copy the caller owns
+            if check_finite:
+                check_finite_block(X, pos, name)
+            if self.ids is None:
+                ids.append(_ids_to_numpy(b.column(self.id_column)))
+            yield pos, X
+            pos += len(X)
+        if pos != self.n_rows:
+            raise InvalidInputError(
+                f"Collection changed while it was read: expected {self.n_rows} rows, read {pos}.")
+        if self.ids is None:
+            self.ids = np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out = []
+        for pos, X in self.iter_chunks():
+            if pos + len(X) > start and pos < stop:
+                out.append(X[max(0, start - pos):stop - pos])
+            if pos + len(X) >= stop:
+                break
+        return np.concatenate(out) if out else np.empty((0, self.dim), dtype=np.float32)
+
+
+def source_vectors(src) -> BatchVectors:
+    """A connector Source's vectors, streamed (duplicates were checked by shrink)."""
+    return BatchVectors(lambda n: src.iter_batches(n, check_duplicates=False), src.count(),
+                        src.dim, src.vector_column, src.id_column)
+
+
+def target_vectors(tgt, dim: int) -> BatchVectors:
+    """A target's stored reduced vectors (the id and vector columns only, where the store can)."""
+    lay = tgt.layout
+
+    def batches(n: int) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from tgt.iter_columns([lay.id_column, lay.vector_column], n)
+        except NotImplementedError:
+            yield from tgt.iter_batches(n)
+    return BatchVectors(batches, tgt.count(), dim, lay.vector_column, lay.id_column)
+
+
+def gather_rows(vec: Vectors, positions: Sequence[np.ndarray], chunk_rows: int = 16_384
+                ) -> list[np.ndarray]:
+    """Rows at each sorted position array of ``positions``, in one streamed pass over ``vec``."""
+    out = [np.empty((len(p), vec.dim), dtype=np.float32) for p in positions]
+    for start, X in vec.iter_chunks(chunk_rows):
+        for p, o in zip(positions, out):
+            lo, hi = np.searchsorted(p, [start, start + len(X)])
+            o[lo:hi] = X[p[lo:hi] - start]
+    return out
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+def ids_at(ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``ids[positions]`` keeping ``-1`` positions as a value no id equals (None)."""
+    out = ids[np.clip(positions, 0, None)].astype(object)
+    out[positions < 0] = None
+    return out
+
+
+def drop_own(found: np.ndarray, own: np.ndarray | None, k: int) -> np.ndarray:
+    """The first ``k`` entries of each row of ``found`` that differ from the row's ``own`` id
+    (``own`` None: the first ``k``)."""
+    if own is None:
+        return found[:, :k]
+    rows = [[v for v in row if v != o][:k] for row, o in zip(found.tolist(), own.tolist())]
+    return np.array([r + [None] * (k - len(r)) for r in rows], dtype=object)
+
+
+def recalls(found: np.ndarray, truth: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """``{"1": recall@1, "10": recall@10, ...}``: for each k, the mean over queries of the
+    fraction of the first k ``truth`` ids found among the first k ``found`` ids (both best
+    first; ids of any type, ``None``/-1 pads never match a true id)."""
+    out = {}
+    for k in ks:
+        out[str(k)] = float(np.mean([len(set(f[:k]) & set(t[:k])) / k
+                                     for f, t in zip(found.tolist(), truth.tolist())]))
+    return out
+
+
+# ---------------------------------------------------------------------------------- report
+
+@dataclass
+class EvalRow:
+    """One way of searching the collection: ``method`` (tldr / pca / ...), ``representation``
+    (reduced float16, PQ codes, search --rescore ...), its size and recall@k per k."""
+
+    method: str
+    representation: str
+    dim: int
+    bytes_per_vector: int
+    compression: float
+    recall: dict[str, float]
+    note: str = ""
+    target: bool = False
+
+
+@dataclass
+class EvalReport:
+    target: str
+    source: str
+    metric: str
+    rows: int
+    source_dim: int
+    dim: int
+    pq_bytes: int
+    method: str
+    queries: int
+    query_kind: str                    # "held-out rows", "training rows" or "file <path>"
+    ks: list[int]
+    results: list[EvalRow] = field(default_factory=list)
+    latency_ms: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def row(self, method: str, representation: str) -> EvalRow | None:
+        return next((r for r in self.results if r.method == method
+                     and r.representation == representation), None)
+
+
+# ---------------------------------------------------------------------------------- queries
+
+def held_out_positions(n_rows: int, params: dict, n_queries: int, seed: int
+                       ) -> tuple[np.ndarray, str]:
+    """Query row positions: rows outside the target's training sample (recomputed from the
+    ``sample`` and ``random_state`` it records), or any rows when it trained on all of them."""
+    from .pipeline import DEFAULT_SAMPLE, _sample_rows
+
+    sample = int(params.get("sample", DEFAULT_SAMPLE))
+    train = _sample_rows(n_rows, min(sample, n_rows), int(params.get("random_state", 0)))
+    pool = np.setdiff1d(np.arange(n_rows), train, assume_unique=True)
+    kind = "held-out rows"
+    if len(pool) == 0:
+        pool, kind = np.arange(n_rows), "training rows (the target trained on every row)"
+        log.warning("Target trained on every row of its source: queries are training rows.")
+    rng = np.random.default_rng([seed, 0xE4A])
+    pick = rng.choice(len(pool), min(n_queries, len(pool)), replace=False)
+    return np.sort(pool[pick]), kind
+
+
+def _check_ks(ks: Sequence[int], limit: int, why: str) -> list[int]:
+    if isinstance(ks, int):
+        ks = [ks]
+    out = []
+    for k in ks:
+        out.append(check_int(k, "k", low=1, owner="eval"))
+        if k > limit:
+            raise InvalidParameterError(
+                f"The 'k' parameter of eval must hold ints in the range [1, {limit}] ({why}). "
+                f"Got {k} instead.")
+    return sorted(set(out))
+
+
+def _check_shortlists(shortlists: Sequence[int] | None, kmax: int) -> list[int]:
+    from .search import default_shortlist
+
+    if shortlists is None:
+        return [default_shortlist(kmax)]
+    return [check_int(s, "shortlist", low=1, owner="eval") for s in shortlists]
+
+
+# ---------------------------------------------------------------------------------- eval
+
+def evaluate(target: str, *, source: str | None = None, queries: int | str | os.PathLike |
+             np.ndarray = DEFAULT_QUERIES, k: Sequence[int] = DEFAULT_KS,
+             shortlists: Sequence[int] | None = None, baselines: Sequence[str] = BASELINES,
+             latency_queries: int = DEFAULT_LATENCY_QUERIES, random_state: int = 0,
+             chunk_rows: int = 16_384, threads: int | None = None,
+             source_options: dict | None = None, target_options: dict | None = None
+             ) -> EvalReport:
+    """Measure compact collection ``target`` against exact search on its source.
+
+    Parameters
+    ----------
+    target : URI of a collection written by ``shrink``.
+    source : URI of the original collection (default: the one recorded in the target).
+    queries : number of held-out rows to draw (default 1000), or an ``(n, D)`` float array /
+        ``.npy`` path of query vectors in the original space.
+    k : the k of recall@k (default 1, 10, 100); at most the rows of the source (minus one for
+        held-out rows, which exclude themselves).
+    shortlists : shortlist sizes for ``search(rescore=True)`` (default ``max(20 max(k), 200)``).
+    baselines : any of "pca", "pca-whiten", "pq", "opq" (() to skip them: they cost a PCA fit,
+        an OPQ training (minutes for 384-d) and one pass over the source each).
+    latency_queries : single-query :func:`search` calls timed for p50/p99 (0: skip).
+
+    Cost: one streamed pass over the source for the queries and training rows, one per block of
+    ``chunk_rows`` queries for the ground truth (``n_queries x N x D`` multiply-adds), one over the
+    target, and one per baseline representation.
+    """
+    from connectors import open_target
+
+    from ._threads import thread_limit
+    from .pipeline import _sample_rows
+
+    t_all = time.perf_counter()
+    seconds: dict[str, float] = {}
+    for b in baselines:
+        check_choice(b, "baselines", BASELINES, owner="eval")
+    latency_queries = check_int(latency_queries, "latency_queries", low=0, owner="eval")
+    random_state = check_int(random_state, "random_state", low=0, owner="eval")
+    tgt = open_target(target, **(target_options or {}))
+    model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
+    src = open_source_of(tgt, source, **(source_options or {}))
+    if model.input_dim != src.dim:
+        raise InvalidInputError(
+            f"Target '{tgt.uri}' holds a model for {model.input_dim}-d vectors but source "
+            f"'{src.uri}' has {src.dim}-d vectors: it was not shrunk from this source. Pass the "
+            f"source it was shrunk from (source=, --source).")
+    meta, n, D, d, M = tgt.metadata, src.count(), src.dim, model.output_dim, model.pq_bytes
+    metric = model.metric
+    params = meta.get("params", {})
+    svec = source_vectors(src)
+
+    # -- queries, their exclusion, the baselines' training rows -------------------------------
+    t0 = time.perf_counter()
+    exclude_pos = None
+    if isinstance(queries, (int, np.integer)) and not isinstance(queries, bool):
+        nq = check_int(queries, "queries", low=1, owner="eval")
+        ks = _check_ks(k, n - 1, f"fewer than the {n} rows of source '{src.uri}': held-out "
+                       f"queries are rows of it and do not count themselves")
+        qpos, kind = held_out_positions(n, params, nq, random_state)
+        exclude_pos = qpos
+    else:
+        Q = load_queries(queries, D)
+        if Q.ndim != 2 or Q.shape[1] != D or len(Q) == 0:
+            raise InvalidInputError(
+                f"Input 'queries' of eval must be a float array of shape (n, {D}) with n >= 1 "
+                f"(the dimension of source '{src.uri}'). Got shape {Q.shape} instead.")
+        ks = _check_ks(k, n, f"the rows of source '{src.uri}'")
+        qpos, kind = None, f"file {os.fspath(queries)}" if isinstance(
+            queries, (str, os.PathLike)) else "array"
+    shortlists = _check_shortlists(shortlists, max(ks))
+    kmax = max(ks)
+    train_pos = np.empty(0, dtype=np.int64)
+    if baselines:
+        sample = min(int(params.get("sample", n)), n, MAX_BASELINE_TRAIN)
+        train_pos = _sample_rows(n, sample, int(params.get("random_state", 0)))
+    wanted = [train_pos] + ([qpos] if qpos is not None else [])
+    got = gather_rows(svec, wanted, chunk_rows)
+    train = got[0]
+    if qpos is not None:
+        Q = got[1]
+    src_ids = svec.ids
+    own = None if qpos is None else src_ids[qpos]
+    seconds["read"] = time.perf_counter() - t0
+    log.info("eval of %s: %d queries (%s), k=%s, against exact %s search over %d x %d rows of "
+             "%s.", tgt.uri, len(Q), kind, ks, metric, n, D, src.uri)
+
+    report = EvalReport(target=tgt.uri, source=src.uri, metric=metric, rows=n, source_dim=D,
+                        dim=d, pq_bytes=M, method=model.method, queries=len(Q), query_kind=kind,
+                        ks=ks, seconds=seconds)
+    with thread_limit(threads, owner="eval"):
+        # -- ground truth ------------------------------------------------------------------
+        t0 = time.perf_counter()
+        _, tpos = exact_search(svec, Q, kmax, metric=metric, chunk_rows=chunk_rows,
+                               exclude=exclude_pos)
+        truth = ids_at(src_ids, tpos)
+        seconds["ground_truth"] = time.perf_counter() - t0
+
+        # -- the target --------------------------------------------------------------------
+        t0 = time.perf_counter()
+        vdtype = meta.get("vector_dtype", "float32")
+        vbytes = d * (2 if vdtype == "float16" else 4)
+        tvec = target_vectors(tgt, d)
+        Y = model.prepare(model.encode(Q))
+        kk = kmax + (own is not None)
+        _, p = exact_search(tvec, Y, min(kk, tvec.n_rows), metric=metric, chunk_rows=chunk_rows)
+        found = drop_own(ids_at(tvec.ids, p), own, kmax)
+        name = f"{model.method} (target)"
+        report.results.append(EvalRow(name, f"reduced {vdtype}", d, vbytes, 4 * D / vbytes,
+                                      recalls(found, truth, ks), "exact search", True))
+        opts = dict(source=source, threads=threads, target_options=target_options,
+                    source_options=source_options)
+        res = search(target, Q, k=kk, **opts)
+        rep = "PQ codes" if res.engine == "pq-codes" else "store search"
+        size = M if res.engine == "pq-codes" else vbytes
+        report.results.append(EvalRow(name, rep, d, size, 4 * D / size,
+                                      recalls(drop_own(res.ids.astype(object), own, kmax),
+                                                  truth, ks), "search", True))
+        for s in shortlists:
+            res = search(target, Q, k=kk, rescore=True, shortlist=s, **opts)
+            report.results.append(EvalRow(
+                name, f"search --rescore (shortlist {s})", d, size, 4 * D / size,
+                recalls(drop_own(res.ids.astype(object), own, kmax), truth, ks),
+                "originals fetched for the shortlist", True))
+        seconds["target"] = time.perf_counter() - t0
+
+        # -- latency -----------------------------------------------------------------------
+        if latency_queries:
+            report.latency_ms = search_latency(target, Q[:latency_queries], min(10, kmax),
+                                               shortlists[0], opts)
+
+        # -- side by side ------------------------------------------------------------------
+        t0 = time.perf_counter()
+        report.results += baseline_rows(baselines, svec, train, Q, d, M, kmax, ks, metric,
+                                        truth, exclude_pos, random_state, chunk_rows)
+        seconds["baselines"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_all
+    return report
+
+
+def search_latency(target: str, Q: np.ndarray, k: int, shortlist: int, opts: dict) -> dict:
+    """p50 / p99 milliseconds of single-query :func:`search` calls, without and with rescore.
+
+    Each call opens the target, loads its PQ codes and encodes the query, as a CLI call does (a
+    server that keeps the codes in memory pays only the search part)."""
+    out = {"queries": len(Q), "k": k}
+    for label, extra in (("search", {}), ("search_rescore", {"rescore": True,
+                                                              "shortlist": shortlist})):
+        times = []
+        for q in Q:
+            t0 = time.perf_counter()
+            search(target, q[None, :], k=k, **opts, **extra)
+            times.append(1000 * (time.perf_counter() - t0))
+        out[label] = {"p50": float(np.percentile(times, 50)),
+                      "p99": float(np.percentile(times, 99))}
+    return out
+
+
+def baseline_rows(baselines: Sequence[str], svec: BatchVectors, train: np.ndarray,
+                  Q: np.ndarray, d: int, M: int, kmax: int, ks: list[int], metric: str,
+                  truth: np.ndarray, exclude: np.ndarray | None, seed: int,
+                  chunk_rows: int) -> list[EvalRow]:
+    """Rows of PCA / whitened PCA (d, PQ ``M``) and PQ / OPQ of the originals (``M`` bytes)."""
+    from .baselines import PCA
+    from .comparisons import original_pq_search, reduced_search
+
+    D = svec.dim
+    rows: list[EvalRow] = []
+    ids = svec.ids
+    for name in ("pca", "pca-whiten"):
+        if name not in baselines:
+            continue
+        pca = PCA(d, whiten=name == "pca-whiten", chunk_rows=chunk_rows).fit(train)
+        found = reduced_search(pca.transform, d, svec, train, Q, kmax, metric=metric,
+                               pq_bytes=[M] if M else [], exclude=exclude, random_state=seed,
+                               chunk_rows=chunk_rows)
+        rows.append(EvalRow(name, "float32", d, 4 * d, D / d,
+                            recalls(ids_at(ids, found["float"]), truth, ks), "exact search"))
+        if f"pq{M}" in found:
+            rows.append(EvalRow(name, "PQ codes", d, M, 4 * D / M,
+                                recalls(ids_at(ids, found[f"pq{M}"]), truth, ks), "ADC"))
+    for name in ("pq", "opq"):
+        if name not in baselines or not M:
+            continue
+        if D % M:
+            log.info("%s of the original vectors skipped: %d bytes do not divide D=%d.", name, M, D)
+            continue
+        pos, secs = original_pq_search(svec, train, Q, M, kmax, metric=metric, opq=name == "opq",
+                                       exclude=exclude, random_state=seed, chunk_rows=chunk_rows)
+        rows.append(EvalRow(f"{name}-{D}", "PQ codes", D, M, 4 * D / M,
+                            recalls(ids_at(ids, pos), truth, ks),
+                            f"{name.upper()} of the original vectors, trained in {secs:.1f} s"))
+    return rows

@@ -1,0 +1,374 @@
+"""``sweep``, ``method="auto"`` and ``target_recall``: train several candidates from ONE kNN graph
+and measure them on held-out rows.
+
+A candidate is ``(method, d, pq_bytes)``. :func:`sweep` runs the shrink pipeline's ``scan`` and
+``knn`` stages once (checkpointed in a work directory, so a second sweep of the same source reuses
+them), then for every d fits each method on the same training sample with the same graph and
+measures recall@10 against exact search in the original space on rows held out from that sample:
+of the reduced float vectors, of the PQ codes alone (the compact search) and with the shortlist
+re-ranked exactly (``search --rescore``).
+
+Choice: ``criterion`` (default ``"pq"``: recall@10 of the compact search) decides. With
+``target_recall`` the smallest candidate that reaches it wins, smallest meaning fewest PQ bytes,
+then smallest d; ``method="auto"`` fits TLDR and PCA and keeps TLDR only where it is strictly
+better (ties go to PCA, the cheaper and simpler map). :func:`tldr_index.pipeline.shrink` runs the
+same selection as its ``select`` stage.
+
+Cost: the kNN graph once, one fit per (method, d), one pass over the scanned rows per (method, d)
+for the float search and per PQ size for the codes; memory: ``pq_bytes`` per row and the sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+
+from ._validation import check_choice, check_float, check_int
+from .errors import InvalidParameterError
+from .progress import Progress, as_progress
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIMS = (16, 32, 64, 128)
+CRITERIA = ("pq", "rescored", "float")
+PQ_TRAIN_ROWS = 65_536  # as the encode stage
+
+
+@dataclass
+class SweepConfig:
+    """One candidate and its recall@10 on the held-out rows."""
+
+    method: str
+    dim: int
+    pq_bytes: int
+    recall_float: float
+    recall_pq: float | None
+    recall_rescored: float | None
+    fit_seconds: float
+
+    def score(self, criterion: str) -> float:
+        v = {"pq": self.recall_pq, "rescored": self.recall_rescored,
+             "float": self.recall_float}[criterion]
+        return self.recall_float if v is None else v
+
+
+@dataclass
+class SweepResult:
+    source: str
+    metric: str
+    rows: int
+    source_dim: int
+    queries: int
+    query_kind: str
+    criterion: str
+    target_recall: float | None
+    configs: list[SweepConfig] = field(default_factory=list)
+    chosen: SweepConfig | None = None
+    reason: str = ""
+    knn_runs: int = 0                 # kNN graphs built by this call (0: reused a checkpoint)
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["chosen"] = None if self.chosen is None else asdict(self.chosen)
+        return out
+
+    def summary(self) -> list[str]:
+        return [self.reason] if self.reason else []
+
+    @property
+    def results(self) -> list[dict]:
+        """Rows for :func:`tldr_index.plots.recall_vs_bytes` (PQ codes and float32 vectors)."""
+        rows = []
+        for c in self.configs:
+            name = f"{c.method}"
+            rows.append({"method": name, "representation": "float32",
+                         "bytes_per_vector": 4 * c.dim, "recall": {"10": c.recall_float}})
+            if c.pq_bytes:
+                rows.append({"method": f"{name} + PQ", "representation": "PQ codes",
+                             "bytes_per_vector": c.pq_bytes, "recall": {"10": c.recall_pq}})
+        best: dict = {}  # the frontier: per method and size, the best recall
+        for r in rows:
+            key = (r["method"], r["bytes_per_vector"])
+            if key not in best or (r["recall"]["10"] or 0) > (best[key]["recall"]["10"] or 0):
+                best[key] = r
+        return list(best.values())
+
+
+# ---------------------------------------------------------------------------------- planning
+
+def selection_plan(src, dim: int | None, dims: Sequence[int] | None, pq_bytes,
+                   method: str, target_recall: float | None, *, owner: str,
+                   criterion: str = "pq") -> dict:
+    """Validated candidates ``[[d, pq_bytes], ...]`` and methods of a selection (JSON-able: it
+    is part of the run's identity)."""
+    from .pipeline import default_pq_bytes
+
+    if target_recall is not None:
+        check_float(target_recall, "target_recall", low=0.0, low_inclusive=False, high=1.0,
+                    owner=owner)
+    check_choice(criterion, "criterion", CRITERIA, owner=owner)
+    if dim is not None:
+        cand_dims = [dim]
+    elif dims is not None:
+        cand_dims = [check_int(d, "dims", low=1, owner=owner) for d in dims]
+        if not cand_dims:
+            raise InvalidParameterError(f"The 'dims' parameter of {owner} must list at least one "
+                                        f"dimension. Got {list(dims)!r} instead.")
+    else:
+        cand_dims = [d for d in DEFAULT_DIMS if d < src.dim] or [max(1, src.dim // 2)]
+    for d in cand_dims:
+        if d >= src.dim:
+            raise InvalidParameterError(
+                f"The 'dims' parameter of {owner} must hold ints in the range [1, "
+                f"{src.dim - 1}] (smaller than the dimension {src.dim} of source '{src.uri}'). "
+                f"Got {d} instead.")
+    pqs = pq_bytes if isinstance(pq_bytes, (list, tuple)) else [pq_bytes]
+    cands = []
+    for d in sorted(set(cand_dims)):
+        for p in pqs:
+            p = default_pq_bytes(d) if p is None else check_int(p, "pq_bytes", low=0,
+                                                                 owner=owner)
+            if p and d % p:
+                log.info("Candidate d=%d with %d PQ bytes skipped (bytes must divide d).", d, p)
+                continue
+            if [d, p] not in cands:
+                cands.append([d, p])
+    if not cands:
+        raise InvalidParameterError(
+            f"The 'pq_bytes' parameter of {owner} must divide at least one of the dims "
+            f"{sorted(set(cand_dims))} (one sub-vector per byte). Got {pq_bytes!r} instead.")
+    methods = ["tldr", "pca"] if method == "auto" else [method]
+    return {"candidates": cands, "methods": methods, "target_recall": target_recall,
+            "criterion": criterion}
+
+
+def _held_out(n: int, train_rows: np.ndarray, n_queries: int, seed: int
+              ) -> tuple[np.ndarray, str]:
+    pool = np.setdiff1d(np.arange(n), train_rows, assume_unique=True)
+    kind = "held-out rows"
+    if len(pool) == 0:
+        pool, kind = np.arange(n), "training rows (every row is in the training sample)"
+    pick = np.random.default_rng([seed, 0x5E1]).choice(len(pool), min(n_queries, len(pool)),
+                                                       replace=False)
+    return np.sort(pool[pick]), kind
+
+
+# ---------------------------------------------------------------------------------- measuring
+
+def measure(c: SimpleNamespace, plan: dict) -> tuple[list[SweepConfig], dict]:
+    """Fit and measure every candidate of ``plan`` on the run in ``c`` (its scan, training
+    sample and kNN graph). Returns the configs and ``{"queries", "query_kind"}``."""
+    from . import pipeline
+    from .comparisons import reduced_search
+    from .knn import exact_search
+    from .search import recall_at_k, rerank
+    from .vectors import VectorStore
+
+    scan = VectorStore.open(c.work.root / "scan" / "vectors")
+    train = pipeline._train_store(c)
+    n = scan.n_rows
+    train_rows = pipeline._sample_rows(n, min(n, c.sample), c.seed)
+    qpos, kind = _held_out(n, train_rows, max(1, c.eval_queries), c.seed)
+    Q = scan.take(qpos)
+    k = min(10, n - 1)
+    _, truth = exact_search(scan, Q, k, metric=c.metric, exclude=qpos)
+    R = min(n - 1, max(c.shortlist, k))
+    rng = np.random.default_rng([c.seed, 0x9B])
+    pick = np.sort(rng.choice(train.n_rows, min(train.n_rows, PQ_TRAIN_ROWS), replace=False))
+    pq_train = train.take(pick)
+    configs: list[SweepConfig] = []
+    quiet = SimpleNamespace(**{**vars(c), "progress": Progress()})
+    for dim in sorted({d for d, _ in plan["candidates"]}):
+        pqs = [p for d, p in plan["candidates"] if d == dim]
+        for method in plan["methods"]:
+            t0 = time.perf_counter()
+            model = pipeline.fit_reducer(quiet, method, dim)
+            fit_s = time.perf_counter() - t0
+            found = reduced_search(model.transform, dim, scan, pq_train, Q, R, metric=c.metric,
+                                   pq_bytes=[p for p in pqs if p], exclude=qpos,
+                                   random_state=c.seed)
+            r_float = recall_at_k(found["float"][:, :k], truth)
+            for p in pqs:
+                r_pq = r_resc = None
+                if p:
+                    cand = found[f"pq{p}"]
+                    r_pq = recall_at_k(cand[:, :k], truth)
+                    _, resc = rerank(Q, cand, scan.take, k, c.metric, exclude=qpos)
+                    r_resc = recall_at_k(resc, truth)
+                configs.append(SweepConfig(method, dim, p, r_float, r_pq, r_resc, fit_s))
+                log.info("%s d=%d PQ %d B: recall@10 float %.3f, PQ %s, rescored %s (fit %.1f s).",
+                         method, dim, p, r_float, _f(r_pq), _f(r_resc), fit_s)
+            c.progress.update("select", len(configs), len(plan["candidates"]) *
+                              len(plan["methods"]))
+    return configs, {"queries": len(qpos), "query_kind": kind}
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def choose(configs: list[SweepConfig], plan: dict, queries: int) -> tuple[SweepConfig | None,
+                                                                          str]:
+    """The chosen config and a one-line reason (see the module docstring for the rule)."""
+    crit, target = plan["criterion"], plan["target_recall"]
+    what = {"pq": "recall@10 of the PQ-code search", "rescored": "recall@10 with --rescore",
+            "float": "recall@10 of the reduced float vectors"}[crit]
+    best: dict[tuple[int, int], SweepConfig] = {}
+    notes = []
+    for cfg in configs:  # per (d, PQ bytes): the better method (PCA on ties)
+        key = (cfg.dim, cfg.pq_bytes)
+        cur = best.get(key)
+        if cur is None or cfg.score(crit) > cur.score(crit) or (
+                cfg.score(crit) == cur.score(crit) and cfg.method == "pca"):
+            best[key] = cfg
+    if len(plan["methods"]) > 1:
+        for (d, p), cfg in sorted(best.items()):
+            other = [o for o in configs if (o.dim, o.pq_bytes) == (d, p) and o is not cfg]
+            vs = ", ".join(f"{o.method} {_f(o.score(crit))}" for o in other)
+            notes.append(f"d={d} PQ {p} B: {cfg.method} {_f(cfg.score(crit))} vs {vs}")
+    ordered = sorted(best.values(), key=lambda c: (c.pq_bytes or 4 * c.dim, c.dim))
+    if target is None:
+        chosen = max(ordered, key=lambda c: (c.score(crit), -c.pq_bytes, -c.dim))
+        reason = (f"best {what}: {chosen.method} d={chosen.dim} PQ {chosen.pq_bytes} B "
+                  f"({_f(chosen.score(crit))})")
+    else:
+        ok = [c for c in ordered if c.score(crit) >= target]
+        if not ok:
+            top = max(ordered, key=lambda c: c.score(crit))
+            return None, (f"no candidate reaches {what} >= {target} on {queries} held-out rows "
+                          f"(best: {top.method} d={top.dim} PQ {top.pq_bytes} B, "
+                          f"{_f(top.score(crit))})")
+        chosen = ok[0]
+        reason = (f"smallest candidate with {what} >= {target}: {chosen.method} d={chosen.dim} "
+                  f"PQ {chosen.pq_bytes} B ({_f(chosen.score(crit))})")
+    if notes:
+        reason += "; auto (TLDR kept only when strictly better): " + "; ".join(notes)
+    return chosen, reason + f"; measured on {queries} held-out rows"
+
+
+def select(c: SimpleNamespace) -> dict:
+    """The ``select`` stage of shrink: measure ``c.select``'s candidates, pick one, and return
+    the stage info (``chosen``, ``reason``, every candidate's figures). Raises when
+    ``target_recall`` is out of reach."""
+    plan = c.select
+    c.progress.begin("select", len(plan["candidates"]) * len(plan["methods"]), "fits")
+    configs, q = measure(c, plan)
+    chosen, reason = choose(configs, plan, q["queries"])
+    if chosen is None:
+        raise InvalidParameterError(
+            f"The 'target_recall' parameter of shrink cannot be reached: {reason}. Lower it, or "
+            f"add larger dims (dims=, --dims) or PQ sizes (pq_bytes=, --pq-bytes).")
+    log.info("Selection: %s.", reason)
+    return {"chosen": {"method": chosen.method, "dim": chosen.dim, "pq_bytes": chosen.pq_bytes},
+            "reason": reason, "criterion": plan["criterion"],
+            "target_recall": plan["target_recall"], **q,
+            "candidates": [asdict(x) for x in configs]}
+
+
+# ---------------------------------------------------------------------------------- sweep
+
+def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
+          pq_bytes: Sequence[int | None] | None = None, method: str = "tldr",
+          target_recall: float | None = None, criterion: str = "pq", neighbors: int = 3,
+          epochs: int | None = None, sample: int | None = None, eval_queries: int = 500,
+          shortlist: int | None = None, device: str = "auto",
+          work_dir: str | os.PathLike | None = None, keep_work: bool = True,
+          random_state: int = 0, threads: int | None = None,
+          progress: Progress | bool | None = None, vector_column: str | None = None,
+          id_column: str | None = None, source_options: dict | None = None) -> SweepResult:
+    """Train ``method`` ("tldr", "pca" or "auto": both) at every d of ``dims`` (default 16, 32,
+    64, 128 below the source's dimension) and PQ size of ``pq_bytes`` (default 16 or the largest
+    divisor of d below it) from one scan and ONE kNN graph; measure each on ``eval_queries``
+    held-out rows; choose as :func:`choose` (``target_recall``, ``criterion``).
+
+    ``work_dir`` (default ``./tldr-work/sweep-<source name>-<hash>``) keeps the scan and the
+    graph (``keep_work``), so a later sweep of the same source with the same ``sample``,
+    ``neighbors`` and seed reuses them (other settings start it over). Other parameters as
+    :func:`tldr_index.pipeline.shrink`.
+    """
+    from connectors import absolute_uri, open_source
+
+    from . import pipeline
+    from ._threads import auto_threads, thread_limit
+    from .search import default_shortlist
+    from .workdir import WorkDir
+
+    t_all = time.perf_counter()
+    o = "sweep"
+    check_choice(method, "method", pipeline.METHODS, owner=o)
+    neighbors = check_int(neighbors, "neighbors", low=1, owner=o)
+    check_int(epochs, "epochs", low=1, owner=o, allow_none=True)
+    sample = check_int(sample, "sample", low=2, owner=o, allow_none=True) or \
+        pipeline.DEFAULT_SAMPLE
+    eval_queries = check_int(eval_queries, "eval_queries", low=1, owner=o)
+    shortlist = check_int(shortlist, "shortlist", low=1, owner=o, allow_none=True) or \
+        default_shortlist(10)
+    random_state = check_int(random_state, "random_state", low=0, owner=o)
+    check_choice(device, "device", ("auto", "cpu", "cuda"), owner=o)
+    prog = as_progress(progress)
+    src = open_source(source_uri, vector_column=vector_column, id_column=id_column,
+                      **(source_options or {}))
+    plan = selection_plan(src, None, None if dims is None else list(dims), list(pq_bytes) if pq_bytes else [None],
+                          "auto" if method == "auto" else method, target_recall, owner=o,
+                          criterion=criterion)
+    n_train = min(src.count(), sample)
+    if method != "pca" and neighbors >= n_train:
+        raise InvalidParameterError(
+            f"The 'neighbors' parameter of sweep must be an int in the range [1, "
+            f"{n_train - 1}] (fewer than the {n_train} training rows). Got {neighbors} instead.")
+    if any(p for _, p in plan["candidates"]) and n_train < 256:
+        raise InvalidParameterError(
+            f"PQ codes need at least 256 training rows (256 centroids per byte); source "
+            f"'{src.uri}' gives {n_train}. Pass pq_bytes=[0] (--pq-bytes 0) to measure no codes.")
+    source_abs = absolute_uri(source_uri)
+    fingerprint = src.fingerprint()
+    root = work_dir if work_dir is not None else \
+        pipeline.default_work_dir(source_uri).parent / \
+        f"sweep-{pipeline.default_work_dir(source_uri).name}"
+    work = WorkDir(root, pipeline.STAGES)
+    params = {"sample": sample, "neighbors": neighbors, "random_state": random_state,
+              "graph": method != "pca", "batch_rows": 8192}
+    resumed = work.open({"source": source_abs, "fingerprint": fingerprint, "target": "sweep",
+                         "params": params, "threads": threads or auto_threads()},
+                        resume=True, overwrite=True)
+    threads = threads or work.state.get("threads") or auto_threads()
+    c = SimpleNamespace(src=src, work=work, progress=prog, source_uri=source_uri,
+                        source_abs=source_abs, fingerprint=fingerprint, method=method,
+                        neighbors=neighbors, epochs=epochs, sample=sample, device=device,
+                        faiss_device="cuda" if device == "cuda" else
+                        ("cpu" if device == "cpu" else "auto"),
+                        seed=random_state, metric=src.distance, eval_queries=eval_queries,
+                        shortlist=shortlist, batch_rows=8192, resumed=resumed, infos={},
+                        select=plan)
+    seconds: dict[str, float] = {}
+    skipped: list[str] = []
+    try:
+        with thread_limit(threads, owner=o):
+            pipeline.run_stage(c, "scan", pipeline._stage_scan, skipped, seconds)
+            pipeline.run_stage(c, "knn", pipeline._stage_knn, skipped, seconds)
+            t0 = time.perf_counter()
+            prog.begin("select", len(plan["candidates"]) * len(plan["methods"]), "fits")
+            configs, q = measure(c, plan)
+            seconds["measure"] = time.perf_counter() - t0
+            prog.end("select", seconds["measure"])
+    finally:
+        prog.close()
+    chosen, reason = choose(configs, plan, q["queries"])
+    log.info("Sweep: %s.", reason)
+    if not keep_work:
+        work.clear_all()
+    seconds["total"] = time.perf_counter() - t_all
+    configs.sort(key=lambda x: (x.pq_bytes or 4 * x.dim, x.dim, x.method))
+    return SweepResult(source=src.uri, metric=src.distance, rows=c.infos["scan"]["rows"],
+                       source_dim=src.dim, queries=q["queries"], query_kind=q["query_kind"],
+                       criterion=criterion, target_recall=target_recall, configs=configs,
+                       chosen=chosen, reason=reason,
+                       knn_runs=0 if "knn" in skipped or method == "pca" else 1,
+                       seconds=seconds)
