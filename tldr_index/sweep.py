@@ -346,7 +346,7 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                         ("cpu" if device == "cpu" else "auto"),
                         seed=random_state, metric=src.distance, eval_queries=eval_queries,
                         shortlist=shortlist, batch_rows=8192, resumed=resumed, infos={},
-                        select=plan)
+                        select=plan, skip_invalid=False, engine="local")
     seconds: dict[str, float] = {}
     skipped: list[str] = []
     try:
