@@ -341,5 +341,11 @@ def demo(db, dim, pq_bytes, epochs, quiet, json_out):
         click.echo("\n".join(format_demo(result)))
 
 
+from .cli_reindex import reindex as _reindex_cmd, rollback as _rollback_cmd  # noqa: E402
+
+main.add_command(_reindex_cmd)
+main.add_command(_rollback_cmd)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
