@@ -18,7 +18,8 @@ roll over, before the model exists, and Arrow/Spark/DuckDB dataset readers skip 
 Atomic publish: everything is written to ``<parent>/.<name>.tldr-staging-<hex>/`` and renamed onto
 ``out`` (``rename(2)`` replaces a missing or empty directory atomically). Replacing an existing
 target swaps the two directories with ``renameat2(RENAME_EXCHANGE)`` (Linux) and then deletes the old
-one; where that call is unavailable, two renames leave ``out`` missing for a moment. Only a
+one (or, with ``keep_previous=True``, keeps it as ``<parent>/.<name>.tldr-previous`` for a
+rollback); where that call is unavailable, two renames leave ``out`` missing for a moment. Only a
 directory holding ``_tldr_metadata.json`` is ever replaced.
 """
 

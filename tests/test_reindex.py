@@ -220,12 +220,18 @@ def test_reader_never_sees_a_partial_state(kind, tmp_path, data):
     th = threading.Thread(target=reader)
     th.start()
     try:
+        while not seen and not errors:  # the reader is reading the old version
+            threading.Event().wait(0.01)
         rep = reindex(s.target, work_dir=tmp_path / "rw")
+        after = len(seen)
+        while len(seen) < after + 2 and not errors:  # ... and then the new one
+            threading.Event().wait(0.01)
     finally:
         stop.set()
         th.join()
     assert not errors, errors
-    assert rep.status == "updated" and len(seen) >= 1
+    assert rep.status == "updated"
+    assert frozenset(old) in seen and frozenset(new) in seen
     assert all(ids in (frozenset(old), frozenset(new)) for ids in seen)
     assert all(set(h.ravel().tolist()) <= old | new for h in hits)
     assert set(snapshot(s.target)["ids"]) == new
@@ -291,7 +297,7 @@ def test_drift_triggers_refit_and_recall_recovers(tmp_path):
     rep = reindex(s.target, work_dir=tmp_path / "rw")
     assert (rep.status, rep.exit_code, rep.refit_reason) == ("refitted", 4, "drift"), rep.to_json()
     d = rep.drift
-    assert d["ratio"] < d["threshold"] == 0.85
+    assert d["ratio"] < d["threshold"] == 0.7
     assert d["recall_new"] < 0.2 and d["after_refit"]["recall_new"] > d["recall_new"] + 0.4, d
     assert rep.target_rows_after == 1500 == open_target(s.target).count()
     assert not np.array_equal(snapshot(s.target)["model"]["weight"], old_model)

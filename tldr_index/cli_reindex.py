@@ -147,7 +147,9 @@ def _summary(r) -> None:
     what = {"nothing": "nothing to do", "updated": "updated", "refitted": "refitted"}[r.status]
     lines = [f"Reindex {r.target} from {r.source}: {what}",
              f"  rows    {r.target_rows_before:,} -> {r.target_rows_after:,} (+{r.added:,} new, "
-             f"{r.changed:,} changed, -{r.deleted:,} deleted)"]
+             f"{r.changed:,} changed, -{r.deleted:,} deleted"
+             + (f", {r.rechecked:,} re-encoded without a recorded hash" if r.rechecked else "")
+             + ")"]
     if r.drift:
         d = r.drift
         lines.append(f"  drift   recall@10 new rows {d['recall_new']:.3f}, unchanged rows "

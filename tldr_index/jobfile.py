@@ -6,7 +6,7 @@ Example (``examples/nightly/job.toml``)::
     collection = "docs"
     target = "docs_tldr64"      # a name in the same store, or a URI
     refit = "auto"              # auto | always | never
-    drift_threshold = 0.85
+    drift_threshold = 0.7
 
 Flags given on the command line win over the file. Unknown keys and wrong types are refused with
 one line naming them (a typo must not silently fall back to a default).

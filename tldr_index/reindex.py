@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import delta, rowstate
 from ._threads import thread_limit
@@ -54,7 +53,7 @@ from .progress import Progress, as_progress
 log = logging.getLogger(__name__)
 
 REFIT = ("auto", "always", "never")
-DEFAULT_DRIFT_THRESHOLD = 0.85
+DEFAULT_DRIFT_THRESHOLD = 0.7
 DEFAULT_DRIFT_QUERIES = 200
 DRIFT_MIN_ROWS = 30          # fewer new/changed rows: no drift check (too noisy)
 DRIFT_REFERENCE_ROWS = 5000  # random source rows added to the reference set
@@ -74,6 +73,7 @@ class ReindexReport:
     added: int = 0
     changed: int = 0
     deleted: int = 0
+    rechecked: int = 0               # target rows without a recorded hash, re-encoded
     baseline: str = "state"          # where the previous hashes came from
     drift: dict = field(default_factory=dict)
     refit_reason: str | None = None
@@ -178,16 +178,37 @@ class _Scan:
     rows: list = field(default_factory=list)       # encoded new/changed target batches
     added: int = 0
     changed: int = 0
+    rechecked: int = 0
     Xnew: list = field(default_factory=list)       # original vectors: new/changed (drift)
     Xold: list = field(default_factory=list)       # original vectors: unchanged sample (drift)
     ref: list = field(default_factory=list)        # original vectors: random reference sample
 
 
-def _positions(ids: pa.Array, value_set: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """``(positions in value_set of the ids found, found mask over ids)``."""
-    pos = pc.index_in(ids, value_set=value_set)
-    found = pos.is_valid().to_numpy(zero_copy_only=False)
-    return pos.drop_null().to_numpy(zero_copy_only=False).astype(np.int64), found
+class _IdIndex:
+    """Positions of ids in a fixed id array, built once (integer ids: a sorted copy searched with
+    ``searchsorted``, 16 bytes per id; string ids: a dict)."""
+
+    def __init__(self, ids: pa.Array):
+        self.n = len(ids)
+        if pa.types.is_integer(ids.type):
+            v = ids.cast(pa.int64()).to_numpy(zero_copy_only=False)
+            self.order = np.argsort(v, kind="stable")
+            self.sorted = v[self.order]
+            self.map = None
+        else:
+            self.map = {x: i for i, x in enumerate(ids.to_pylist())}
+
+    def find(self, ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions of the ids found, found mask over ids)``."""
+        if self.map is not None:
+            pos = np.array([self.map.get(x, -1) for x in ids.to_pylist()], dtype=np.int64)
+            found = pos >= 0
+            return pos[found], found
+        q = ids.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        j = np.searchsorted(self.sorted, q)
+        jc = np.minimum(j, max(self.n - 1, 0))
+        found = (j < self.n) & (self.sorted[jc] == q) if self.n else np.zeros(len(q), bool)
+        return self.order[jc[found]], found
 
 
 def _encode_rows(model: CompactModel, batch: pa.RecordBatch, X: np.ndarray,
@@ -206,7 +227,7 @@ def _encode_rows(model: CompactModel, batch: pa.RecordBatch, X: np.ndarray,
     return pa.RecordBatch.from_arrays(cols, schema=schema)
 
 
-def _scan(src, model, schema, tids, thash, has_hash, seen, batch_rows, drift_queries, seed,
+def _scan(src, model, schema, index, thash, has_hash, seen, batch_rows, drift_queries, seed,
           prog) -> _Scan:
     from connectors.arrow_utils import vectors_to_numpy
 
@@ -223,15 +244,17 @@ def _scan(src, model, schema, tids, thash, has_hash, seen, batch_rows, drift_que
         h = rowstate.batch_hashes(b, X)
         out.ids.append(ids)
         out.hashes.append(h)
-        at, present = _positions(ids, tids)
+        at, present = index.find(ids)
         p = np.zeros(len(ids), dtype=np.int64)
         p[present] = at
         seen[at] = True
-        stale = present & (~has_hash[p] | (thash[p] != h))
+        unknown = present & ~has_hash[p]  # in the target without a recorded hash (add())
+        stale = present & has_hash[p] & (thash[p] != h)
         new = ~present
-        todo = new | stale
+        todo = new | stale | unknown
         out.added += int(new.sum())
         out.changed += int(stale.sum())
+        out.rechecked += int(unknown.sum())
         if todo.any():
             sel = pa.array(np.flatnonzero(todo))
             out.rows.append(_encode_rows(model, b.take(sel), X[todo].astype(np.float32),
@@ -347,23 +370,25 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
             t0 = time.perf_counter()
             thash = np.zeros(len(tids) + 1, dtype=np.uint64)  # +1: a slot for absent ids
             has_hash = np.zeros(len(tids) + 1, dtype=bool)
-            at, ok = _positions(sids.cast(tids.type), tids)
+            index = _IdIndex(tids)
+            at, ok = index.find(sids.cast(tids.type))
             thash[at], has_hash[at] = shash[ok], True
             seen = np.zeros(len(tids), dtype=bool)
-            sc = _scan(src, model, schema, tids, thash, has_hash, seen, batch_rows,
+            sc = _scan(src, model, schema, index, thash, has_hash, seen, batch_rows,
                        drift_queries, seed, prog)
             deleted = tids.filter(pa.array(~seen))
             new_ids = pa.concat_arrays(sc.ids) if sc.ids else tids.slice(0, 0)
             new_hash = np.concatenate(sc.hashes) if sc.hashes else np.empty(0, np.uint64)
             report.source_rows = len(new_ids)
             report.added, report.changed, report.deleted = sc.added, sc.changed, len(deleted)
+            report.rechecked = sc.rechecked
             secs["scan"] = time.perf_counter() - t0
             if src.count() != len(new_ids):
                 raise InvalidInputError(
                     f"Source '{src.uri}' changed while it was read; nothing was written. Run "
                     f"reindex again once it is stable.")
 
-            if not (sc.added or sc.changed or len(deleted)):
+            if not (sc.added or sc.changed or sc.rechecked or len(deleted)):
                 if report.baseline != "state":
                     rowstate.save_state(root, _generation(meta), new_ids, new_hash)
                 report.target_rows_after = report.target_rows_before
@@ -416,6 +441,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
                 gen = uuid.uuid4().hex
                 new_meta = {**meta, "source_version": src.fingerprint(), "generation": gen,
                             "reindex": {"added": sc.added, "changed": sc.changed,
+                                        "rechecked": sc.rechecked,
                                         "deleted": len(deleted),
                                         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(
                                             timespec="seconds")}}
