@@ -132,7 +132,8 @@ def main(argv=None) -> None:
         "(the cores are shared with other jobs: absolute times are upper bounds, the ratio "
         "within this run is the figure)  ",
         f"Data: a copy of `benchmarks/_cache/shrink/db_{args.rows}/docs` ({rep.rows:,} x "
-        f"{rep.source_dim}, {rep.metric}), copied in {copy_s:.0f} s; {added:,} new rows appended in "
+        f"{rep.source_dim}, {rep.metric}), copied in {copy_s:.0f} s; {added:,} new rows appended "
+        f"in "
         f"{append_s:.1f} s.",
         "",
         "| step | wall | what |",

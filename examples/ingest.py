@@ -44,7 +44,8 @@ def arriving_batches(sample: dict, size: int = 64):
     for s in range(0, len(X), size):
         e = min(s + size, len(X))
         yield pa.record_batch([pa.array(np.arange(n + s, n + e, dtype=np.int64)),
-                               numpy_to_fsl(X[s:e]), pa.array(sample["texts"][n + s:n + e].tolist()),
+                               numpy_to_fsl(X[s:e]),
+                               pa.array(sample["texts"][n + s:n + e].tolist()),
                                pa.array(labels[s:e].tolist())],
                               names=["id", "vector", "text", "label"])
 

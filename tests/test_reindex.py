@@ -25,8 +25,12 @@ from connectors import lancedb_uri, open_target, parse_uri
 from connectors.arrow_utils import vectors_to_numpy
 from tldr_index.cli import main
 from tldr_index.compact import CompactModel
-from tldr_index.errors import DuplicateIdError, InvalidInputError, InvalidParameterError, \
-    ModelFormatError
+from tldr_index.errors import (
+    DuplicateIdError,
+    InvalidInputError,
+    InvalidParameterError,
+    ModelFormatError,
+)
 from tldr_index.jobfile import load_job
 from tldr_index.lock import JobLock, LockedError
 from tldr_index.pipeline import shrink
@@ -338,7 +342,8 @@ def test_missing_or_corrupt_model_stops_before_writing(lance_target, tmp_path, d
         f.write(b"\x00" * 8)
     state = _untouched(s)
     with pytest.raises(ModelFormatError, match=rf"^The model stored in target '{s.target}' is "
-                                               rf"corrupt: expected {len(good)} bytes with sha256 "):
+                                               rf"corrupt: expected {len(good)} bytes with "
+                                               rf"sha256 "):
         reindex(s.target, work_dir=tmp_path / "rw")
     os.remove(model)
     with pytest.raises(ModelFormatError, match=rf"^The model file '{rel}' of target "
@@ -386,8 +391,8 @@ def test_job_file_unknown_keys_and_cli(lance_target, tmp_path, data):
     assert r.exit_code == 2 and "unknown key(s): drift_treshold, foo" in r.stdout
     assert _untouched(s)[0] == version
 
-    job.write_text(f'db = "s/db"\ncollection = "docs"\ntarget = "docs_c"\nrefit = "never"\n'
-                   f'work_dir = "rw"\n')
+    job.write_text('db = "s/db"\ncollection = "docs"\ntarget = "docs_c"\nrefit = "never"\n'
+                   'work_dir = "rw"\n')
     r = CliRunner().invoke(main, ["reindex", "--config", str(job), "--quiet"])
     assert r.exit_code == 3, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1])["status"] == "nothing"
@@ -397,6 +402,11 @@ def test_job_file_unknown_keys_and_cli(lance_target, tmp_path, data):
     line = json.loads(r.stdout.strip().splitlines()[-1])
     assert (r.exit_code, line["status"], line["added"], line["deleted"]) == (0, "updated", 40, 1)
     assert (tmp_path / "rw" / "history.json").exists()  # work_dir relative to the job file
+    # without --target: the one target in --db built from --collection
+    r = CliRunner().invoke(main, ["reindex", "--db", str(tmp_path / "s" / "db"), "--collection",
+                                  "docs", "--work-dir", str(tmp_path / "rw"), "--quiet"])
+    line = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (r.exit_code, line["status"], line["target"]) == (3, "nothing", s.target)
     r = CliRunner().invoke(main, ["rollback", "--db", str(tmp_path / "s" / "db"), "--target",
                                   "docs_c", "--work-dir", str(tmp_path / "rw")])
     assert r.exit_code == 0 and json.loads(r.stdout)["rows"] == N

@@ -3,7 +3,7 @@
 .. code-block:: python
 
     compact = tldr_index.open("lancedb://./lancedb/docs_tldr64")
-    z, codes = compact.encode(vectors)          # (n, D) numpy / Arrow -> (n, d) float32, (n, m) uint8
+    z, codes = compact.encode(vectors)       # (n, D) numpy / Arrow -> (n, d) float32, (n, m) uint8
     compact.add(ids, vectors, payload={"text": texts})
     hits = compact.search(queries, k=10, rescore=True)
 

@@ -1,4 +1,5 @@
-"""Per-row content hashes of source rows (vector and payload), and the state file ``reindex`` keeps between runs.
+"""Per-row content hashes of source rows (vector and payload), and the state file ``reindex``
+keeps between runs.
 
 A row's hash is a 64-bit multilinear hash of the bytes of its vector as the source stores them
 (float16 or float32 words times fixed random odd 64-bit multipliers, summed modulo 2**64): any
@@ -91,7 +92,7 @@ def state_path(root: str | os.PathLike, generation: str) -> Path:
 
 def save_state(root: str | os.PathLike, generation: str, ids: pa.Array,
                hashes: np.ndarray) -> Path:
-    """Write the state of ``generation`` atomically; prune all but the newest :data:`KEEP_STATES`."""
+    """Write the state of ``generation`` atomically; keep the newest :data:`KEEP_STATES`."""
     path = state_path(root, generation)
     table = pa.table({"id": ids, "hash": pa.array(hashes, type=pa.uint64())})
     sink = pa.BufferOutputStream()
@@ -104,7 +105,8 @@ def save_state(root: str | os.PathLike, generation: str, ids: pa.Array,
     return path
 
 
-def load_state(root: str | os.PathLike, generation: str | None) -> tuple[pa.Array, np.ndarray] | None:
+def load_state(root: str | os.PathLike,
+               generation: str | None) -> tuple[pa.Array, np.ndarray] | None:
     """``(ids, hashes)`` of ``generation``, or None when there is none (or it is unreadable)."""
     if not generation:
         return None
