@@ -421,3 +421,22 @@ def test_lock_file_of_another_host_is_refused(tmp_path):
                                           r"\+00:00\); its liveness cannot be checked from this "
                                           r"host\. Remove the file if that job is gone\.$"):
         JobLock(lock).acquire()
+
+
+@pytest.mark.parametrize("kind", ["parquet", "qdrant"])
+def test_refit_always_keeps_the_previous_version(kind, tmp_path, data):
+    X, X_new = data
+    s = Store(kind, str(tmp_path / "s"), X[:600])
+    shrink(s.uri, s.target, dim=8, pq_bytes=4, work_dir=tmp_path / "w0", **FAST)
+    before = snapshot(s.target)
+    s.mutate(_table(X_new[:20], np.arange(20, dtype=np.int64) + 100_000), [3],
+             s.table.slice(0, 0))
+    rep = reindex(s.target, work_dir=tmp_path / "rw", refit="always")
+    assert (rep.status, rep.exit_code, rep.refit_reason) == ("refitted", 4, "always")
+    after = snapshot(s.target)
+    assert after["ids"] == sorted(s.table.column("id").to_pylist()) and len(after["ids"]) == 619
+    assert reindex(s.target, work_dir=tmp_path / "rw").status == "nothing"
+    rollback(s.target, work_dir=tmp_path / "rw")
+    back = snapshot(s.target)
+    assert back["ids"] == before["ids"]
+    np.testing.assert_array_equal(back["model"]["weight"], before["model"]["weight"])

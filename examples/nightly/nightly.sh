@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Nightly reindex of a compact collection, for cron. Install with `crontab -e`:
+# Nightly reindex of a compact collection, for cron. As shipped, job.toml points at the demo's
+# collection: run `tldr-index demo` in the repository root once, then this script works as is.
+# Install with `crontab -e`:
 #
 #   30 2 * * *  cd /srv/tldr && examples/nightly/nightly.sh >> /var/log/tldr-reindex.log 2>&1
 #
