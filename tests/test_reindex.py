@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 
 import lancedb
 import numpy as np
@@ -65,7 +66,7 @@ class Store:
 
             from connectors.qdrant_store import client_for
             mode = "qdrant+path://" + os.path.join(root, "qd") if kind == "qdrant-path" else \
-                f"qdrant+memory://{os.path.basename(root)}"
+                f"qdrant+memory://{uuid.uuid4().hex[:8]}"
             self.uri, self.target = f"{mode}/docs", f"{mode}/docs_c"
             self.client = client_for(parse_uri(self.uri))
             self.client.create_collection("docs", vectors_config=m.VectorParams(
