@@ -340,6 +340,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
     t_all = time.perf_counter()
     secs: dict[str, float] = {}
     lock = JobLock(root / "lock", what=f"reindex of '{target_uri}'")
+    report: ReindexReport | None = None
     try:
         with lock, thread_limit(threads, owner="reindex"):
             t0 = time.perf_counter()
@@ -458,7 +459,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
     finally:
         secs["total"] = time.perf_counter() - t_all
         prog.close()
-        if "report" in locals():
+        if report is not None:
             report.seconds = secs
 
 
