@@ -52,7 +52,7 @@ def open_source(uri: str | os.PathLike, *, vector_column: str | None = None,
 def open_sink(uri: str | os.PathLike, **opts: Any) -> Sink:
     """Open a sink (nothing is written before :meth:`Sink.create`). Options per store: Lance
     ``index_min_rows``, ``flush_rows``, ``max_rows_per_file``, ``index_options``; Parquet
-    ``rows_per_file``, ``compression``; Qdrant ``client``, ``api_key``, ``upsert_batch``,
+    ``rows_per_file``, ``compression``, ``keep_previous``; Qdrant ``client``, ``api_key``, ``upsert_batch``,
     ``max_retries``, ``backoff_s``, ``max_total_s``, ``compression``, ``keep_previous``,
     ``named_vector``, ``store_codes``."""
     p = parse_uri(uri)

@@ -18,7 +18,8 @@ roll over, before the model exists, and Arrow/Spark/DuckDB dataset readers skip 
 Atomic publish: everything is written to ``<parent>/.<name>.tldr-staging-<hex>/`` and renamed onto
 ``out`` (``rename(2)`` replaces a missing or empty directory atomically). Replacing an existing
 target swaps the two directories with ``renameat2(RENAME_EXCHANGE)`` (Linux) and then deletes the old
-one; where that call is unavailable, two renames leave ``out`` missing for a moment. Only a
+one (or, with ``keep_previous=True``, keeps it as ``<parent>/.<name>.tldr-previous`` for a
+rollback); where that call is unavailable, two renames leave ``out`` missing for a moment. Only a
 directory holding ``_tldr_metadata.json`` is ever replaced.
 """
 
@@ -177,7 +178,7 @@ class ParquetSink(Sink):
     """
 
     def __init__(self, path: str, *, uri: str, rows_per_file: int = 1_000_000,
-                 compression: str | None = "snappy"):
+                 compression: str | None = "snappy", keep_previous: bool = False):
         super().__init__(uri)
         if path.endswith(".parquet") or any(ch in path for ch in "*?["):
             raise InvalidInputError(
@@ -186,6 +187,7 @@ class ParquetSink(Sink):
         self.path = os.path.abspath(path)
         self.rows_per_file = check_int(rows_per_file, "rows_per_file", low=1, owner="ParquetSink")
         self.compression = compression
+        self.keep_previous = keep_previous
         parent, name = os.path.split(self.path)
         self._parent = parent
         self.staging = os.path.join(parent, f".{name}.tldr-staging-{uuid.uuid4().hex[:12]}")
@@ -259,13 +261,18 @@ class ParquetSink(Sink):
 
     def _publish(self) -> None:
         if os.path.isdir(self.path) and os.listdir(self.path):
-            if exchange_dirs(self.staging, self.path):
-                shutil.rmtree(self.staging, ignore_errors=True)  # now the old target
-                return
-            old = self.staging + ".old"
-            os.rename(self.path, old)
-            os.rename(self.staging, self.path)
-            shutil.rmtree(old, ignore_errors=True)
+            old = self.staging  # after the exchange: the old target
+            if not exchange_dirs(self.staging, self.path):
+                old = self.staging + ".old"
+                os.rename(self.path, old)
+                os.rename(self.staging, self.path)
+            if self.keep_previous:  # for rollback: .<name>.tldr-previous (one kept)
+                prev = os.path.join(self._parent,
+                                    f".{os.path.basename(self.path)}.tldr-previous")
+                shutil.rmtree(prev, ignore_errors=True)
+                os.rename(old, prev)
+            else:
+                shutil.rmtree(old, ignore_errors=True)
             return
         try:
             os.rename(self.staging, self.path)

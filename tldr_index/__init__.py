@@ -19,5 +19,12 @@ def load_model(path):
     return BaseReducer.load(path)
 
 
-__all__ = ["TLDR", "PCA", "load_model", "TLDRError", "InvalidParameterError", "InvalidInputError",
+def open(uri, **target_options):  # noqa: A001  (tldr_index.open, like lancedb.connect)
+    """Open a compact collection for ingestion and search: ``encode``, ``add``, ``search``.
+    See :mod:`tldr_index.compact_collection`."""
+    from .compact_collection import open as _open
+    return _open(uri, **target_options)
+
+
+__all__ = ["TLDR", "PCA", "load_model", "open", "TLDRError", "InvalidParameterError", "InvalidInputError",
            "NotFittedError", "ModelFormatError", "CheckpointError", "__version__"]

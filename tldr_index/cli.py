@@ -545,5 +545,11 @@ def _write_outputs(report, rows, plot, json_path, quiet, title: str) -> None:
                 click.echo(f"Wrote {what} to {path}.")
 
 
+from .cli_reindex import reindex as _reindex_cmd, rollback as _rollback_cmd  # noqa: E402
+
+main.add_command(_reindex_cmd)
+main.add_command(_rollback_cmd)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

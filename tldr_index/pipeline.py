@@ -148,8 +148,9 @@ def _lance_bytes(path: str) -> int:
         for df in frag.data_files():
             total += df.file_size_bytes or _du(os.path.join(path, "data", df.path))
         dele = frag.metadata.deletion_file
-        if dele is not None and getattr(dele, "path", None):
-            total += _du(os.path.join(path, "_deletions", dele.path))
+        if dele is not None:  # pylance 14: path(fragment_id) -> "_deletions/<file>"
+            rel = dele.path(frag.fragment_id) if callable(dele.path) else dele.path
+            total += _du(os.path.join(path, rel))
     for idx in ds.list_indices():
         uuid_ = idx.get("uuid") if isinstance(idx, dict) else None
         if uuid_ and os.path.isdir(os.path.join(path, "_indices", str(uuid_))):

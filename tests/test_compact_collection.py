@@ -1,0 +1,147 @@
+"""tldr_index.open(): encode (numpy and Arrow, thread-safe), add (batches, idempotent retries,
+collisions, payload), search, on LanceDB, Parquet and in-memory Qdrant targets."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from _pipeline_helpers import lancedb_source, make_nested, parquet_source, qdrant_source
+
+import tldr_index
+from connectors import open_target
+from connectors.arrow_utils import numpy_to_fsl, vectors_to_numpy
+from tldr_index.compact import CompactModel
+from tldr_index.errors import InvalidInputError
+from tldr_index.pipeline import shrink
+from tldr_index.reindex import reindex
+
+FAST = dict(epochs=1, threads=1, eval_queries=0)
+
+
+@pytest.fixture(scope="module")
+def lance_compact(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cc")
+    X = make_nested(900, 32)
+    src = lancedb_source(str(root), X[:800])
+    shrink(src, src + "_c", dim=8, pq_bytes=4, work_dir=root / "w", **FAST)
+    return src + "_c", X
+
+
+def _rows(uri: str) -> dict:
+    t = open_target(uri).to_table()
+    lay = open_target(uri).layout
+    V = vectors_to_numpy(t.column(lay.vector_column).combine_chunks()).astype(np.float32)
+    return {i: (V[r], t.column("text")[r].as_py()) for r, i in
+            enumerate(t.column(lay.id_column).to_pylist())}
+
+
+def test_encode_numpy_arrow_batches_and_threads(lance_compact):
+    uri, X = lance_compact
+    c = tldr_index.open(uri)
+    model = CompactModel.from_bytes(open_target(uri).model_bytes)
+    Q = X[800:900]
+    z, codes = c.encode(Q)
+    np.testing.assert_array_equal(z, model.encode(Q))           # the stored map, exactly
+    np.testing.assert_array_equal(codes, model.quantizer().encode(model.encode(Q)))
+    assert z.dtype == np.float32 and codes.shape == (100, 4) and codes.dtype == np.uint8
+    fsl = numpy_to_fsl(Q)
+    for form in (fsl, pa.chunked_array([fsl.slice(0, 30), fsl.slice(30)]),
+                 pa.record_batch([pa.array(np.arange(100)), fsl], names=["id", "vector"]),
+                 pa.table({"id": np.arange(100), "vector": fsl})):
+        z2, c2 = c.encode(form)
+        np.testing.assert_array_equal(z2, z)
+        np.testing.assert_array_equal(c2, codes)
+    out = c.encode_batch(pa.table({"id": np.arange(100), "vector": fsl}))  # map_batches shape
+    assert out.schema.names == ["id", "vector", "vector_reduced", "pq_codes"]
+    np.testing.assert_array_equal(vectors_to_numpy(out.column(2)), z)
+    results = [None] * 4
+
+    def work(i):
+        results[i] = c.encode(Q)[0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        np.testing.assert_array_equal(r, z)
+    with pytest.raises(InvalidInputError, match=r"^The 'vectors' parameter must have shape "
+                                                r"\(n, 32\) \(the dimension of the source vectors "
+                                                rf"of target '{uri}'\)\. Got \(3, 16\) instead\.$"):
+        c.encode(Q[:3, :16])
+    bad = Q[:3].copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(InvalidInputError, match=r"^The 'vectors' parameter must contain only "
+                                                r"finite values\. Got NaN or inf in row 1\.$"):
+        c.encode(bad)
+
+
+def test_add_is_idempotent_refuses_collisions_and_keeps_payload(lance_compact, tmp_path):
+    uri, X = lance_compact
+    c = tldr_index.open(uri)
+    n0 = c.count()
+    ids = np.arange(50, dtype=np.int64) + 100_000
+    texts = [f"new {i}" for i in ids]
+    assert c.add(ids, X[800:850], payload={"text": texts}, batch_rows=16) == 50
+    assert c.count() == n0 + 50
+    rows = _rows(uri)
+    want = c.model.encode(X[800:850])
+    for j, i in enumerate(ids):
+        np.testing.assert_allclose(rows[int(i)][0], want[j], rtol=2e-3, atol=2e-3)
+        assert rows[int(i)][1] == texts[j]
+    assert c.add(ids, X[800:850], payload={"text": texts}) == 0   # a retried call: no-op
+    version = open_target(uri).version
+    with pytest.raises(InvalidInputError, match=rf"^The 'ids' parameter of add must not name rows "
+                                                rf"already in target '{uri}' with a different "
+                                                rf"vector \(pass upsert=True to replace them\)\. "
+                                                rf"Got 2 such id\(s\), first 100000\.$"):
+        c.add(ids[:2], X[850:852])
+    with pytest.raises(InvalidInputError, match=r"^The 'ids' parameter of add must not repeat an "
+                                                r"id with different vectors\. Got id 7 twice with "
+                                                r"different vectors\.$"):
+        c.add([7, 7], X[850:852])
+    with pytest.raises(InvalidInputError, match=r"^The 'payload' parameter of add must only hold "
+                                                rf"columns of target '{uri}' \(text, year\)\. Got "
+                                                r"unknown column\(s\): colour\.$"):
+        c.add([200_001], X[850:851], payload={"colour": ["red"]})
+    assert open_target(uri).version == version                    # nothing was written
+    assert c.add(ids[:2], X[850:852], upsert=True) == 2
+    rows = _rows(uri)
+    np.testing.assert_allclose(rows[100_000][0], c.model.encode(X[850:851])[0], rtol=2e-3,
+                               atol=2e-3)
+    batch = pa.record_batch([pa.array([300_000, 300_001]), numpy_to_fsl(X[860:862]),
+                             pa.array(["b0", "b1"])], names=["id", "vector", "text"])
+    assert c.add(batch) == 2 and _rows(uri)[300_001][1] == "b1"
+    hits = c.search(X[800:803], k=5)
+    assert hits.ids.shape == (3, 5) and set(hits.ids.ravel()) <= set(rows) | {300_000, 300_001}
+    # rows added only here are not in the source: the nightly reindex removes them
+    rep = reindex(uri, work_dir=tmp_path / "rw")
+    assert (rep.status, rep.deleted, c.count() if c.refresh() is None else 0) == \
+        ("updated", 52, n0)
+
+
+def test_add_on_parquet_and_qdrant(tmp_path):
+    X = make_nested(700, 16, between=6, within=4, seed=2)
+    for name, src, tgt in (
+            ("pq", parquet_source(str(tmp_path), X[:600]), f"parquet://{tmp_path}/out/"),
+            ("qd", (q := qdrant_source(X[:600])), q.rsplit("/", 1)[0] + "/docs_c")):
+        shrink(src, tgt, dim=4, pq_bytes=2, work_dir=tmp_path / f"w{name}", **FAST)
+        c = tldr_index.open(tgt)
+        ids = list(range(90_000, 90_040))
+        payload = [{"text": f"q {i}"} for i in ids] if name == "qd" else {"text": [f"q {i}" for
+                                                                                   i in ids]}
+        assert c.add(ids, X[600:640], payload=payload) == 40
+        assert c.add(ids, X[600:640], payload=payload) == 0
+        t = open_target(tgt).to_table()
+        assert t.num_rows == 640
+        row = t.filter(pa.compute.equal(t.column("id"), 90_003))
+        got = json.loads(row.column("payload")[0].as_py())["text"] if name == "qd" else \
+            row.column("text")[0].as_py()
+        assert got == "q 90003"
+        np.testing.assert_allclose(vectors_to_numpy(row.column("vector").combine_chunks())[0],
+                                   c.model.encode(X[603:604])[0], rtol=2e-3, atol=2e-3)

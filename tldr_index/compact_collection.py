@@ -1,0 +1,393 @@
+"""``tldr_index.open(uri)``: a compact collection as one object for ingestion pipelines.
+
+.. code-block:: python
+
+    compact = tldr_index.open("lancedb://./lancedb/docs_tldr64")
+    z, codes = compact.encode(vectors)       # (n, D) numpy / Arrow -> (n, d) float32, (n, m) uint8
+    compact.add(ids, vectors, payload={"text": texts})
+    hits = compact.search(queries, k=10, rescore=True)
+
+``encode`` is a pure function of the stored model (one ``n x D x d`` matrix product plus PQ
+assignment): safe from any number of threads. ``search`` opens the target afresh on each call, so a
+reader always sees one published version, never a mix. ``add`` calls are serialised (one lock per
+object) and re-read the live model first, so rows are never encoded with a model that a
+``reindex --refit`` has replaced. Writes: Lance one ``merge_insert`` commit per ``batch_rows`` rows
+(commit conflicts retried), Qdrant retried upserts of ``batch_rows`` points (back-off as in
+:mod:`connectors.qdrant_store`), Parquet a new published version per call (a full rewrite of the
+compact rows: use it for small targets or batch the calls).
+
+Rows added here should also be written to the source collection: the nightly ``reindex`` makes the
+target mirror its source (ids absent from the source are deleted there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .compact import CompactModel
+from .errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+
+def _as_matrix(vectors: Any, column: str, what: str) -> np.ndarray:
+    """numpy (n, D) from numpy, lists, Arrow list / fixed-size-list arrays, batches or tables."""
+    from connectors.arrow_utils import vectors_to_numpy
+
+    if isinstance(vectors, (pa.RecordBatch, pa.Table)):
+        if column not in vectors.schema.names:
+            raise InvalidInputError(
+                f"The '{what}' batch must have a vector column '{column}'. Got columns: "
+                f"{', '.join(vectors.schema.names)}.")
+        vectors = vectors.column(column)
+    if isinstance(vectors, (pa.Array, pa.ChunkedArray)):
+        return vectors_to_numpy(vectors, column=column, source=what)
+    X = np.asarray(vectors)
+    if X.dtype == object or X.dtype.kind not in "fiu":
+        raise InvalidInputError(
+            f"The '{what}' parameter must be a float array of shape (n, D). Got dtype {X.dtype}.")
+    return X
+
+
+class CompactCollection:
+    """A published compact collection (see the module docstring). Create with
+    :func:`tldr_index.open`."""
+
+    def __init__(self, uri: str, **target_options: Any):
+        self.uri = str(uri)
+        self._target_options = target_options
+        self._write_lock = threading.Lock()
+        self.refresh()
+
+    # -- state -----------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Re-open the live target and its model (after a reindex elsewhere)."""
+        from connectors import open_target
+
+        tgt = open_target(self.uri, **self._target_options)
+        model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
+        self._target, self.model = tgt, model
+
+    @property
+    def layout(self):
+        return self._target.layout
+
+    @property
+    def metadata(self) -> dict:
+        return self._target.metadata
+
+    @property
+    def input_dim(self) -> int:
+        return self.model.input_dim
+
+    @property
+    def dim(self) -> int:
+        return self.model.output_dim
+
+    def count(self) -> int:
+        return self._target.count()
+
+    def __repr__(self) -> str:
+        m = self.model
+        return (f"CompactCollection({self.uri!r}, {m.method} {m.input_dim}->{m.output_dim}, "
+                f"{m.metric}, pq_bytes={m.pq_bytes})")
+
+    # -- encode ----------------------------------------------------------------------------------
+    def _matrix(self, vectors: Any, what: str) -> np.ndarray:
+        X = _as_matrix(vectors, self.layout.vector_column, what)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        D = self.model.input_dim
+        if X.ndim != 2 or X.shape[1] != D:
+            raise InvalidInputError(
+                f"The '{what}' parameter must have shape (n, {D}) (the dimension of the source "
+                f"vectors of target '{self._target.uri}'). Got {X.shape} instead.")
+        if not np.isfinite(X).all():
+            bad = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+            raise InvalidInputError(
+                f"The '{what}' parameter must contain only finite values. Got NaN or inf in row "
+                f"{bad}.")
+        return np.ascontiguousarray(X, dtype=np.float32)
+
+    def encode(self, vectors: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(reduced (n, d) float32, PQ codes (n, pq_bytes) uint8)`` of ``vectors`` (numpy
+        (n, D), an Arrow list / fixed-size-list array, or a batch / table with the vector column).
+        Codes are ``(n, 0)`` when the target stores none. Thread-safe."""
+        model = self.model
+        X = self._matrix(vectors, "vectors")
+        Y = model.encode(X)
+        codes = model.quantizer().encode(Y) if model.pq_bytes else np.empty((len(X), 0),
+                                                                              np.uint8)
+        return Y.astype(np.float32, copy=False), codes
+
+    def encode_batch(self, batch: pa.RecordBatch | pa.Table | dict) -> pa.RecordBatch:
+        """``batch`` plus ``<vector>_reduced`` and ``pq_codes`` columns: a drop-in function for
+        ``ray.data.Dataset.map_batches(..., batch_format="pyarrow")`` or any batch loop."""
+        from connectors.arrow_utils import numpy_to_fsl
+
+        if isinstance(batch, dict):
+            batch = pa.table(batch)
+        if isinstance(batch, pa.Table):
+            batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else \
+                pa.RecordBatch.from_pylist([], schema=batch.schema)
+        Y, codes = self.encode(batch)
+        cols = list(batch.columns) + [numpy_to_fsl(Y)]
+        names = batch.schema.names + [f"{self.layout.vector_column}_reduced"]
+        if codes.shape[1]:
+            cols.append(pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)),
+                                                          codes.shape[1]))
+            names.append(self.layout.codes_column or "pq_codes")
+        return pa.RecordBatch.from_arrays(cols, names=names)
+
+    # -- search ----------------------------------------------------------------------------------
+    def search(self, queries: Any, k: int = 10, *, rescore: bool = False, **options: Any):
+        """:func:`tldr_index.search.search` on this collection (queries in the original space;
+        numpy or Arrow). Opens the live version on every call: thread-safe for readers."""
+        from .search import search
+
+        Q = self._matrix(queries, "queries")
+        return search(self.uri, Q, k=k, rescore=rescore, **options)
+
+    # -- add -------------------------------------------------------------------------------------
+    def add(self, ids: Any, vectors: Any = None, payload: Any = None, *, upsert: bool = False,
+            batch_rows: int = 4096, max_retries: int = 5) -> int:
+        """Encode ``vectors`` and write them under ``ids`` (with ``payload``) into the live
+        collection; returns the rows written.
+
+        ``ids``: a sequence / Arrow array of ints or strings, or a record batch / table holding the
+        id column, the vector column and payload columns (then leave ``vectors`` and ``payload``
+        unset). ``payload``: None (nulls), a dict of columns, a batch / table, or (Qdrant) a list
+        of dicts. Ids already in the collection with the same vector are skipped (a retried call
+        writes nothing twice); with a different vector they are refused unless ``upsert``.
+        Raises :class:`InvalidInputError` (wrong dimension, NaN, duplicate or colliding ids,
+        unknown payload columns) before anything is written.
+        """
+        from ._validation import check_bool, check_int
+
+        check_bool(upsert, "upsert", owner="add")
+        batch_rows = check_int(batch_rows, "batch_rows", low=1, owner="add")
+        max_retries = check_int(max_retries, "max_retries", low=0, owner="add")
+        with self._write_lock:
+            self.refresh()
+            lay = self.layout
+            if isinstance(ids, (pa.RecordBatch, pa.Table)) and vectors is None:
+                table = ids
+                if lay.id_column not in table.schema.names:
+                    raise InvalidInputError(
+                        f"The 'ids' batch must have the id column '{lay.id_column}'. Got columns: "
+                        f"{', '.join(table.schema.names)}.")
+                ids = table.column(lay.id_column)
+                vectors = table
+                rest = [c for c in table.schema.names
+                        if c not in (lay.id_column, lay.vector_column, lay.codes_column)]
+                payload = table.select(rest) if rest and payload is None else payload
+            X = self._matrix(vectors, "vectors")
+            ids = self._ids(ids, len(X))
+            ids, X, payload = self._dedupe(ids, X, payload)
+            Y, codes = self.encode(X)
+            if not upsert:
+                keep = self._check_collisions(ids, Y)
+                if not keep.all():
+                    sel = pa.array(np.flatnonzero(keep))
+                    ids, Y, codes = ids.take(sel), Y[keep], codes[keep]
+                    payload = _take_payload(payload, np.flatnonzero(keep))
+            if len(ids) == 0:
+                return 0
+            rows = self._rows(ids, Y, codes, payload)
+            self._write(rows, batch_rows, max_retries)
+            self.refresh()
+            return rows.num_rows
+
+    def _ids(self, ids: Any, n: int) -> pa.Array:
+        from connectors.arrow_utils import check_ids
+
+        arr = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(
+            np.asarray(ids).tolist() if isinstance(ids, np.ndarray) else list(ids))
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        if len(arr) != n:
+            raise InvalidInputError(
+                f"The 'ids' parameter of add must have one id per vector ({n}). Got {len(arr)}.")
+        check_ids(arr, column="ids", source=f"add to '{self._target.uri}'")
+        want = pa.string() if self._string_ids() else pa.int64()
+        try:
+            return arr.cast(want)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise InvalidInputError(
+                f"The 'ids' parameter of add must hold {want} ids like target "
+                f"'{self._target.uri}'. Got {arr.type}.") from None
+
+    def _string_ids(self) -> bool:
+        from . import delta
+
+        schema = delta.row_schema(self._target)
+        if schema is not None:
+            return not pa.types.is_integer(schema.field(self.layout.id_column).type)
+        return bool(self._target.record.get("qdrant", {}).get("string_ids"))
+
+    def _dedupe(self, ids: pa.Array, X: np.ndarray, payload: Any):
+        import pyarrow.compute as pc
+
+        uniq = pc.unique(ids)
+        if len(uniq) == len(ids):
+            return ids, X, payload
+        first = pc.index_in(uniq, value_set=ids).to_numpy(zero_copy_only=False)
+        pos = pc.index_in(ids, value_set=uniq).to_numpy(zero_copy_only=False)
+        rep = first[pos]  # the first row with the same id
+        differ = np.flatnonzero((X != X[rep]).any(axis=1))
+        if len(differ):
+            raise InvalidInputError(
+                f"The 'ids' parameter of add must not repeat an id with different vectors. Got "
+                f"id {ids[int(differ[0])].as_py()!r} twice with different vectors.")
+        keep = np.sort(first)
+        return ids.take(pa.array(keep)), X[keep], _take_payload(payload, keep)
+
+    def _check_collisions(self, ids: pa.Array, Y: np.ndarray) -> np.ndarray:
+        """Mask of rows to write: ids not yet stored; stored with the same vector -> False;
+        stored with a different one -> error."""
+        from . import delta
+
+        found, stored = delta.fetch_reduced(self._target, ids)
+        keep = np.ones(len(ids), dtype=bool)
+        if not found:
+            return keep
+        where = {v: i for i, v in enumerate(ids.to_pylist())}
+        f16 = self.metadata.get("vector_dtype") == "float16"
+        bad = []
+        for v, y in zip(found, stored):
+            i = where[v]
+            mine = Y[i].astype(np.float16).astype(np.float32) if f16 else Y[i]
+            if self.model.metric == "cosine" and delta.kind_of(self._target) == "qdrant":
+                mine, y = mine / max(np.linalg.norm(mine), 1e-30), y / max(np.linalg.norm(y),
+                                                                           1e-30)
+            if np.allclose(mine, y, rtol=2e-3, atol=2e-3):
+                keep[i] = False
+            else:
+                bad.append(v)
+        if bad:
+            raise InvalidInputError(
+                f"The 'ids' parameter of add must not name rows already in target "
+                f"'{self._target.uri}' with a different vector (pass upsert=True to replace "
+                f"them). Got {len(bad)} such id(s), first {bad[0]!r}.")
+        return keep
+
+    def _rows(self, ids: pa.Array, Y: np.ndarray, codes: np.ndarray, payload: Any) -> pa.Table:
+        from connectors.arrow_utils import JSON_FIELD_KEY, numpy_to_fsl
+
+        from . import delta
+
+        lay = self.layout
+        schema = delta.row_schema(self._target)
+        n = len(ids)
+        if schema is None:  # Qdrant: the columns given
+            cols = _payload_columns(payload, n)
+            vt = pa.float16() if self.metadata.get("vector_dtype") == "float16" else pa.float32()
+            fields = [pa.field(lay.id_column, ids.type)]
+            arrays = [ids]
+            for name, col in cols.items():
+                meta = {JSON_FIELD_KEY: b"1"} if name == "payload" and pa.types.is_string(
+                    col.type) else None
+                fields.append(pa.field(name, col.type, metadata=meta))
+                arrays.append(col)
+            fields.append(pa.field(lay.vector_column, pa.list_(vt, Y.shape[1])))
+            arrays.append(numpy_to_fsl(Y.astype(vt.to_pandas_dtype())))
+            return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+        given = _payload_columns(payload, n)
+        allowed = [f.name for f in schema
+                   if f.name not in (lay.id_column, lay.vector_column, lay.codes_column)]
+        unknown = [c for c in given if c not in allowed]
+        if unknown:
+            raise InvalidInputError(
+                f"The 'payload' parameter of add must only hold columns of target "
+                f"'{self._target.uri}' ({', '.join(allowed) or 'none'}). Got unknown column(s): "
+                f"{', '.join(unknown)}.")
+        arrays = []
+        for f in schema:
+            if f.name == lay.id_column:
+                arrays.append(ids.cast(f.type))
+            elif f.name == lay.vector_column:
+                arrays.append(numpy_to_fsl(Y.astype(f.type.value_type.to_pandas_dtype())))
+            elif f.name == lay.codes_column:
+                arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)),
+                                                                f.type.list_size))
+            elif f.name in given:
+                try:
+                    arrays.append(given[f.name].cast(f.type))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise InvalidInputError(
+                        f"Payload column '{f.name}' of add must have type {f.type}. Got "
+                        f"{given[f.name].type} ({exc}).") from None
+            else:
+                arrays.append(pa.nulls(n, type=f.type))
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def _write(self, rows: pa.Table, batch_rows: int, max_retries: int) -> None:
+        from connectors import IdDigest
+
+        from . import delta
+
+        tgt = self._target
+        if delta.kind_of(tgt) != "parquet":
+            delta.upsert_in_place(tgt, rows, batch_rows=batch_rows, max_retries=max_retries)
+            return
+        old = delta.target_ids(tgt)
+        import pyarrow.compute as pc
+        new = rows.column(self.layout.id_column).combine_chunks().cast(old.type)
+        kept = old.filter(pc.invert(pc.is_in(old, value_set=new)))
+        digest = IdDigest()
+        digest.update(kept)
+        digest.update(new)
+        delta.publish_delta(tgt, rows, old.slice(0, 0), dict(tgt.metadata),
+                            expected_count=len(kept) + len(new),
+                            expected_digest=digest.hexdigest(), batch_rows=batch_rows)
+
+
+def _payload_columns(payload: Any, n: int) -> dict[str, pa.Array]:
+    if payload is None:
+        return {}
+    if isinstance(payload, (pa.RecordBatch, pa.Table)):
+        cols = {name: payload.column(name) for name in payload.schema.names}
+    elif isinstance(payload, dict):
+        cols = {k: v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(
+            v.tolist() if isinstance(v, np.ndarray) else list(v)) for k, v in payload.items()}
+    elif isinstance(payload, (list, tuple)) and all(isinstance(p, dict) for p in payload):
+        import json
+        cols = {"payload": pa.array([json.dumps(p, sort_keys=True) for p in payload],
+                                    type=pa.string())}
+    else:
+        raise InvalidInputError(
+            f"The 'payload' parameter of add must be None, a dict of columns, a record batch / "
+            f"table or a list of dicts. Got {type(payload).__name__}.")
+    out = {}
+    for k, v in cols.items():
+        v = v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v
+        if len(v) != n:
+            raise InvalidInputError(
+                f"Payload column '{k}' of add must have one value per vector ({n}). Got {len(v)}.")
+        out[k] = v
+    return out
+
+
+def _take_payload(payload: Any, rows: np.ndarray) -> Any:
+    if payload is None:
+        return None
+    if isinstance(payload, (pa.RecordBatch, pa.Table)):
+        return payload.take(pa.array(rows))
+    if isinstance(payload, dict):
+        return {k: (v.take(pa.array(rows)) if isinstance(v, (pa.Array, pa.ChunkedArray))
+                    else [list(v)[i] for i in rows]) for k, v in payload.items()}
+    return [payload[i] for i in rows]
+
+
+def open(uri: str | os.PathLike, **target_options: Any) -> CompactCollection:  # noqa: A001
+    """Open the compact collection at ``uri`` (any target URI written by ``shrink``).
+
+    Raises :class:`SourceNotFoundError` or :class:`ModelFormatError` (missing / corrupt model)."""
+    return CompactCollection(os.fspath(uri) if isinstance(uri, os.PathLike) else uri,
+                             **target_options)
