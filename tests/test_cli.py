@@ -236,3 +236,17 @@ def test_demo_creates_shrinks_and_is_idempotent(tmp_path, monkeypatch):
     assert sorted(os.listdir("tldr-data")) == ["docs.lance", "docs_pca8.lance",
                                                "docs_tldr8.lance"]
     assert sorted(os.listdir(".")) == ["tldr-data"]  # the work directories are gone
+
+
+@pytest.mark.parametrize("module", ["tldr_index", "tldr_index.cli"])
+def test_both_module_entry_points_list_every_command(module, tmp_path):
+    """`python -m tldr_index.cli` is what `make demo` runs; it must register the same commands as
+    `python -m tldr_index` and the console script (reindex/rollback live in cli_reindex)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    listed = re.findall(r"^  (\w+)\s", out.stdout.split("Commands:")[1], flags=re.M)
+    assert listed == ["demo", "eval", "info", "reindex", "rollback", "search", "shrink", "sweep"]

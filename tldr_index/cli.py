@@ -545,11 +545,14 @@ def _write_outputs(report, rows, plot, json_path, quiet, title: str) -> None:
                 click.echo(f"Wrote {what} to {path}.")
 
 
-from .cli_reindex import reindex as _reindex_cmd, rollback as _rollback_cmd  # noqa: E402
+if __name__ == "__main__":  # pragma: no cover - python -m tldr_index.cli (what `make demo` runs)
+    # Run the package's module, not this copy: cli_reindex imports its helpers from
+    # tldr_index.cli, and registering its commands here would import that module a second time.
+    from tldr_index.cli import main as _package_main
 
-main.add_command(_reindex_cmd)
-main.add_command(_rollback_cmd)
+    sys.exit(_package_main())
+else:
+    from .cli_reindex import reindex as _reindex_cmd, rollback as _rollback_cmd
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main.add_command(_reindex_cmd)
+    main.add_command(_rollback_cmd)
