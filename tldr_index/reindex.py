@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import delta, rowstate
+from ._faults import fault_point
 from ._threads import thread_limit
 from ._validation import check_choice, check_float, check_int
 from .compact import CompactModel
@@ -57,6 +58,7 @@ DEFAULT_DRIFT_THRESHOLD = 0.7
 DEFAULT_DRIFT_QUERIES = 200
 DRIFT_MIN_ROWS = 30          # fewer new/changed rows: no drift check (too noisy)
 DRIFT_REFERENCE_ROWS = 5000  # random source rows added to the reference set
+STAGING_FILE = "staging.json"  # in the reindex directory: the staging area of a delta in flight
 EXIT_CODES = {"updated": 0, "failed": 1, "nothing": 3, "refitted": 4, "locked": 5}
 
 
@@ -94,7 +96,8 @@ class ReindexReport:
 
 
 def reindex_dir(target_uri: str, work_dir: str | os.PathLike | None = None) -> Path:
-    """The lock, hash states, history and refit checkpoints of ``target_uri``: ``work_dir`` or
+    """The lock, hash states, history, refit checkpoints and the record of a delta's staging area
+    (removed by the next run when a killed run left it) of ``target_uri``: ``work_dir`` or
     :func:`tldr_index.pipeline.default_work_dir` of the target with a ``.reindex`` suffix."""
     if work_dir is not None:
         return Path(work_dir)
@@ -122,6 +125,28 @@ def _add_history(root: Path, entry: dict) -> None:
     hist.append({"utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  **entry})
     atomic_write_bytes(root / "history.json", json.dumps(hist, indent=1).encode())
+
+
+def _discard_abandoned(root: Path, target_uri: str) -> None:
+    """Remove the staging area (Parquet directory, Qdrant collection) of a reindex that was
+    killed before its switch, recorded in ``<root>/staging.json``; never the live target."""
+    from .pipeline import _discard_staging
+
+    path = root / STAGING_FILE
+    try:
+        ref = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except ValueError:  # half-written by a killed job: it had not staged anything yet
+        ref = {}
+    _discard_staging(ref, target_uri)
+    path.unlink(missing_ok=True)
+
+
+def _record_staging(root: Path):
+    from .artifact import atomic_write_bytes
+
+    return lambda ref: atomic_write_bytes(root / STAGING_FILE, json.dumps(ref).encode())
 
 
 def _open_source(meta: dict, source_uri: str | None, version=None):
@@ -259,6 +284,7 @@ def _scan(src, model, schema, index, thash, has_hash, seen, batch_rows, drift_qu
             sel = pa.array(np.flatnonzero(todo))
             out.rows.append(_encode_rows(model, b.take(sel), X[todo].astype(np.float32),
                                          schema))
+            fault_point("reindex:encode")  # test-only crash point, see tldr_index._faults
             out.Xnew.append(X[todo].astype(np.float32))
         u = rng.random(len(ids))  # one draw per row: the two samples are disjoint
         keep = ~todo & (u < p_old)
@@ -344,6 +370,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
     try:
         with lock, thread_limit(threads, owner="reindex"):
             t0 = time.perf_counter()
+            _discard_abandoned(root, target_uri)
             tgt = open_target(target_uri)
             model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
             meta = dict(tgt.metadata)
@@ -388,6 +415,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
                 raise InvalidInputError(
                     f"Source '{src.uri}' changed while it was read; nothing was written. Run "
                     f"reindex again once it is stable.")
+            fault_point("reindex:scanned")  # the delta is known, nothing written yet
 
             if not (sc.added or sc.changed or sc.rechecked or len(deleted)):
                 if report.baseline != "state":
@@ -424,6 +452,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
                 report.previous = delta.current_handle(tgt)
                 _refit(target_uri, source_uri or meta["source"], src, meta, tgt, root, seed,
                        prog, shrink_options)
+                fault_point("reindex:refitted")  # new version live; state, history not yet
                 new_tgt = open_target(target_uri)
                 report.generation = _generation(new_tgt.metadata)
                 if new_tgt.metadata.get("source_version") == src.fingerprint():
@@ -447,9 +476,13 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
                                         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(
                                             timespec="seconds")}}
                 rowstate.save_state(root, gen, new_ids, new_hash)  # before the switch
+                fault_point("reindex:state-saved")
                 report.previous = delta.publish_delta(
                     tgt, rows, deleted, new_meta, expected_count=len(new_ids),
-                    expected_digest=digest.hexdigest(), batch_rows=batch_rows)
+                    expected_digest=digest.hexdigest(), batch_rows=batch_rows,
+                    staged=_record_staging(root))
+                (root / STAGING_FILE).unlink(missing_ok=True)
+                fault_point("reindex:published")  # switched; history not yet written
                 report.status, report.generation = "updated", gen
                 report.target_rows_after = len(new_ids)
                 _add_history(root, {"action": "update", "generation": gen,
