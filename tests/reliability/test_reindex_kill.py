@@ -2,8 +2,8 @@
 then run the same command again: the target equals the target of an uninterrupted reindex of the
 same change (ids, reduced vectors, PQ codes, payload, model), a reader polling the target only
 ever sees the version before or the one after, the lock left by the killed job does not block the
-rerun (it is taken over and reported), a third run has nothing to do, and the source is
-untouched.
+rerun (it is taken over and reported), a third run has nothing to do, ``rollback`` still returns
+to the target before the reindex, and the source is untouched.
 
 The source change is the one of ``tests/test_reindex.py``: 100 rows added, 30 deleted, 30 changed
 (20 vectors and payloads, 10 payloads only). Fault points: :mod:`tldr_index._faults`.
@@ -16,11 +16,11 @@ import json
 import numpy as np
 import pytest
 from _connector_helpers import staging_leftovers
-from _pipeline_helpers import make_nested, snapshot
-from reliability._harness import kill_then_rerun, run_cli_here
+from _pipeline_helpers import assert_same_snapshot, make_nested, snapshot
 from test_reindex import DIM, Store, _changes
 
 from connectors import open_target, parse_uri
+from reliability._harness import kill_then_rerun, run_cli_here
 from tldr_index.artifact import model_from_bytes
 from tldr_index.pipeline import shrink
 
@@ -112,3 +112,7 @@ def test_reindex_killed_then_rerun_equals_an_uninterrupted_one(kind, fault, refi
     assert again.exit_code == 3, again.output  # the rerun left a consistent state
     parent = parse_uri(s.target).path.rstrip("/").rsplit("/", 1)[0]
     assert staging_leftovers(parent) == []
+    # the rollback record survived the kill: rollback returns to the target before the reindex
+    back = run_cli_here(["rollback", "--target", s.target, "--work-dir", str(work)])
+    assert back.exit_code == 0, back.output
+    assert_same_snapshot(snapshot(s.target), before)
