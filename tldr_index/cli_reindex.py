@@ -126,7 +126,7 @@ def reindex(source, db, collection, target, refit, drift_threshold, drift_querie
     opts = {k: (v if v is not None else job.get(k)) for k, v in pick.items()}
     try:
         src, tgt = _resolve(opts["source"], opts["db"], opts["collection"], opts["target"])
-    except click.UsageError as exc:
+    except (click.UsageError, InvalidParameterError) as exc:  # incl. names that leave the store
         _fail(exc, EXIT_USAGE)
     progress = _setup(quiet, False)
     kwargs = {k: opts[k] for k in ("refit", "drift_threshold", "drift_queries", "work_dir",

@@ -26,12 +26,14 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ._faults import fault_point
 from .errors import InvalidInputError, VerificationError
 
 log = logging.getLogger(__name__)
@@ -187,19 +189,25 @@ def previous_dir(path: str) -> str:
 
 
 def publish_delta(tgt, rows: pa.Table, delete_ids: pa.Array, metadata: dict, *,
-                  expected_count: int, expected_digest: str, batch_rows: int = 8192) -> dict:
+                  expected_count: int, expected_digest: str, batch_rows: int = 8192,
+                  staged: Callable[[dict], None] | None = None) -> dict:
     """Replace the rows of ``rows``' ids, add the new ones, delete ``delete_ids``, and store
     ``metadata`` in the record, as one switch (see the module docstring). Returns the handle of
     the previous version. Raises :class:`VerificationError` (and switches back) if the result
-    does not hold ``expected_count`` rows with ids digest ``expected_digest``."""
+    does not hold ``expected_count`` rows with ids digest ``expected_digest``.
+
+    ``staged(ref)`` is called before anything is written into a new version (Parquet:
+    ``{"path": staging directory}``, Qdrant: ``{"collection": new collection}``), so a caller can
+    remove what a killed run left (:func:`tldr_index.pipeline._discard_staging`)."""
     k = kind_of(tgt)
     if k == "lance":
         return _lance_delta(tgt, rows, delete_ids, metadata, expected_count)
+    staged = staged or (lambda ref: None)
     if k == "parquet":
         return _parquet_delta(tgt, rows, delete_ids, metadata, expected_count, expected_digest,
-                              batch_rows)
+                              batch_rows, staged)
     return _qdrant_delta(tgt, rows, delete_ids, metadata, expected_count, expected_digest,
-                         batch_rows)
+                         batch_rows, staged)
 
 
 def _lance_delta(tgt, rows, delete_ids, metadata, expected_count) -> dict:
@@ -228,6 +236,7 @@ def _lance_delta(tgt, rows, delete_ids, metadata, expected_count) -> dict:
         raise VerificationError(
             f"Target '{tgt.uri}' must hold {expected_count} rows after the update. Got {got}; "
             f"version {prev} was restored.")
+    fault_point("reindex:rows-written")  # rows committed, the record not yet
     ds.update_schema_metadata({RECORD_KEY: _new_record_text(tgt, metadata)})
     log.info("Updated %s: version %d -> %d.", tgt.uri, prev, lance.dataset(tgt.path).version)
     return {"kind": "lance", "version": prev}
@@ -238,7 +247,7 @@ def _drop_mask(ids: pa.Array, drop: pa.Array) -> pa.Array:
 
 
 def _parquet_delta(tgt, rows, delete_ids, metadata, expected_count, expected_digest,
-                   batch_rows) -> dict:
+                   batch_rows, staged) -> dict:
     from connectors import open_sink
 
     lay = tgt.layout
@@ -249,6 +258,7 @@ def _parquet_delta(tgt, rows, delete_ids, metadata, expected_count, expected_dig
     with sink:
         sink.create(schema, id_column=lay.id_column, vector_column=lay.vector_column,
                     distance=lay.distance, codes_column=lay.codes_column, overwrite=True)
+        staged({"path": sink.staging})
         for b in tgt.iter_batches(batch_rows):
             keep = b.filter(_drop_mask(b.column(lay.id_column), drop)) if len(drop) else b
             sink.append(pa.RecordBatch.from_arrays(keep.columns, schema=schema))
@@ -256,12 +266,13 @@ def _parquet_delta(tgt, rows, delete_ids, metadata, expected_count, expected_dig
             sink.append(b)
         sink.store_model(tgt.model_bytes, metadata)
         sink.verify(expected_count, expected_digest)
+        fault_point("reindex:rows-written")  # new version staged and verified, not switched
         sink.publish()
     return {"kind": "parquet", "previous": previous_dir(tgt.path)}
 
 
 def _qdrant_delta(tgt, rows, delete_ids, metadata, expected_count, expected_digest,
-                  batch_rows) -> dict:
+                  batch_rows, staged) -> dict:
     from qdrant_client import models as m
 
     from connectors.qdrant_store import QdrantSink
@@ -274,6 +285,7 @@ def _qdrant_delta(tgt, rows, delete_ids, metadata, expected_count, expected_dige
         sink.create(rows.schema, id_column=lay.id_column, vector_column=lay.vector_column,
                     distance=lay.distance, codes_column=lay.codes_column
                     if lay.codes_column in rows.schema.names else None, overwrite=True)
+        staged({"collection": sink.collection})
         wv = [tgt._vector_name] if tgt._vector_name else True
         for pts in tgt._pages(min(batch_rows, 1024), True, wv):
             ids = tgt._ids(pts).to_pylist()
@@ -286,6 +298,7 @@ def _qdrant_delta(tgt, rows, delete_ids, metadata, expected_count, expected_dige
             sink.append(b)
         sink.store_model(tgt.model_bytes, metadata)
         sink.verify(expected_count, expected_digest)
+        fault_point("reindex:rows-written")  # new version staged and verified, not switched
         sink.publish()
     prune_qdrant_versions(tgt.client, sink.alias, keep=(sink.collection, tgt.collection))
     return {"kind": "qdrant", "collection": tgt.collection}

@@ -10,6 +10,11 @@ Example (``examples/nightly/job.toml``)::
 
 Flags given on the command line win over the file. Unknown keys and wrong types are refused with
 one line naming them (a typo must not silently fall back to a default).
+
+Paths: ``db`` and ``work_dir`` are the directories the job chooses (relative ones are relative to
+the file, ``..`` included, as in the example); ``collection`` and ``target`` are names inside the
+store and must be plain names (no ``/``, ``..``): one that would read or write outside the store is
+refused (:func:`connectors.uri.check_name`, exit code 2).
 """
 
 from __future__ import annotations
@@ -51,8 +56,10 @@ def load_job(path: str | os.PathLike) -> dict[str, Any]:
         want = KEYS[key]
         if isinstance(value, bool) or not isinstance(value, want):
             names = " or ".join(t.__name__ for t in want)
+            article = "an" if names[0] in "aeiou" else "a"
             raise InvalidParameterError(
-                f"The '{key}' key of job file '{path}' must be a {names}. Got {value!r} instead.")
+                f"The '{key}' key of job file '{path}' must be {article} {names}. Got {value!r} "
+                f"instead.")
     if "drift_threshold" in data:
         data["drift_threshold"] = float(data["drift_threshold"])
     if "work_dir" in data and not os.path.isabs(data["work_dir"]):

@@ -16,11 +16,13 @@ One run, under a lock (:mod:`tldr_index.lock`) in the target's reindex directory
    target (status ``refitted``); otherwise
 5. publish the delta as one switch (:func:`tldr_index.delta.publish_delta`, status ``updated``).
 
-The version that was live before is kept; :func:`rollback` switches back to it. The source is only
-read. Without a recorded state for the live generation (the first reindex after ``shrink``), the
-baseline hashes come from the source at the version the target was built from (Lance), or from the
-current source when its fingerprint still equals the recorded one; otherwise every row is treated
-as changed once (re-encoded with the same model: same content, no retraining).
+The version that was live before is kept; :func:`rollback` switches back to it (its handle is
+recorded in ``history.json`` before the switch and settled by the next run or rollback, so a run
+killed at any point keeps it). The source is only read. Without a recorded state for the live
+generation (the first reindex after ``shrink``), the baseline hashes come from the source at the
+version the target was built from (Lance), or from the current source when its fingerprint still
+equals the recorded one; otherwise every row is treated as changed once (re-encoded with the same
+model: same content, no retraining).
 
 Memory: 8 bytes of hash plus the id per source row, the target's ids, the encoded new/changed rows
 and the drift sample (at most ``2 x drift_queries + 5,000`` original vectors). Cost: one read of the
@@ -43,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import delta, rowstate
+from ._faults import fault_point
 from ._threads import thread_limit
 from ._validation import check_choice, check_float, check_int
 from .compact import CompactModel
@@ -57,6 +60,7 @@ DEFAULT_DRIFT_THRESHOLD = 0.7
 DEFAULT_DRIFT_QUERIES = 200
 DRIFT_MIN_ROWS = 30          # fewer new/changed rows: no drift check (too noisy)
 DRIFT_REFERENCE_ROWS = 5000  # random source rows added to the reference set
+STAGING_FILE = "staging.json"  # in the reindex directory: the staging area of a delta in flight
 EXIT_CODES = {"updated": 0, "failed": 1, "nothing": 3, "refitted": 4, "locked": 5}
 
 
@@ -94,7 +98,8 @@ class ReindexReport:
 
 
 def reindex_dir(target_uri: str, work_dir: str | os.PathLike | None = None) -> Path:
-    """The lock, hash states, history and refit checkpoints of ``target_uri``: ``work_dir`` or
+    """The lock, hash states, history, refit checkpoints and the record of a delta's staging area
+    (removed by the next run when a killed run left it) of ``target_uri``: ``work_dir`` or
     :func:`tldr_index.pipeline.default_work_dir` of the target with a ``.reindex`` suffix."""
     if work_dir is not None:
         return Path(work_dir)
@@ -115,13 +120,57 @@ def _history(root: Path) -> list:
         return []
 
 
-def _add_history(root: Path, entry: dict) -> None:
+def _write_history(root: Path, hist: list) -> None:
     from .artifact import atomic_write_bytes
 
-    hist = _history(root)[-49:]
+    atomic_write_bytes(root / "history.json", json.dumps(hist[-50:], indent=1).encode())
+
+
+def _add_history(root: Path, entry: dict) -> None:
+    hist = _history(root)
     hist.append({"utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  **entry})
-    atomic_write_bytes(root / "history.json", json.dumps(hist, indent=1).encode())
+    _write_history(root, hist)
+
+
+def _settle_history(root: Path, live_generation: str | None) -> dict | None:
+    """Settle the last history entry when it is still ``pending`` (written just before a switch;
+    a killed run leaves it so): kept, with the live generation, when the switch happened (the
+    live generation is no longer the ``from`` one it replaced), dropped otherwise. Returns a
+    dropped entry's ``previous`` handle: a killed Lance update may have committed its rows, so
+    the next update of this run must still roll back to the version before them."""
+    hist = _history(root)
+    if not hist or not hist[-1].get("pending"):
+        return None
+    last = hist.pop()
+    del last["pending"]
+    published = live_generation != last.get("from")
+    if published:
+        hist.append({**last, "generation": live_generation})
+    _write_history(root, hist)
+    return None if published else last.get("previous")
+
+
+def _discard_abandoned(root: Path, target_uri: str) -> None:
+    """Remove the staging area (Parquet directory, Qdrant collection) of a reindex that was
+    killed before its switch, recorded in ``<root>/staging.json``; never the live target."""
+    from .pipeline import _discard_staging
+
+    path = root / STAGING_FILE
+    try:
+        ref = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except ValueError:  # half-written by a killed job: it had not staged anything yet
+        ref = {}
+    _discard_staging(ref, target_uri)
+    path.unlink(missing_ok=True)
+
+
+def _record_staging(root: Path):
+    from .artifact import atomic_write_bytes
+
+    return lambda ref: atomic_write_bytes(root / STAGING_FILE, json.dumps(ref).encode())
 
 
 def _open_source(meta: dict, source_uri: str | None, version=None):
@@ -259,6 +308,7 @@ def _scan(src, model, schema, index, thash, has_hash, seen, batch_rows, drift_qu
             sel = pa.array(np.flatnonzero(todo))
             out.rows.append(_encode_rows(model, b.take(sel), X[todo].astype(np.float32),
                                          schema))
+            fault_point("reindex:encode")  # test-only crash point, see tldr_index._faults
             out.Xnew.append(X[todo].astype(np.float32))
         u = rng.random(len(ids))  # one draw per row: the two samples are disjoint
         keep = ~todo & (u < p_old)
@@ -344,6 +394,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
     try:
         with lock, thread_limit(threads, owner="reindex"):
             t0 = time.perf_counter()
+            _discard_abandoned(root, target_uri)
             tgt = open_target(target_uri)
             model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
             meta = dict(tgt.metadata)
@@ -363,6 +414,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
                     f"Expected: {', '.join(live.names)}. Got: {', '.join(schema.names)} "
                     f"(run shrink with --overwrite to rebuild).")
             report = ReindexReport("nothing", tgt.uri, src.uri, stale_lock=lock.took_over)
+            carried = _settle_history(root, _generation(meta))  # left by a killed run
             tids = delta.target_ids(tgt).cast(schema.field(0).type)
             report.target_rows_before = len(tids)
             (sids, shash), report.baseline = _baseline(tgt, meta, src, root, batch_rows)
@@ -388,6 +440,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
                 raise InvalidInputError(
                     f"Source '{src.uri}' changed while it was read; nothing was written. Run "
                     f"reindex again once it is stable.")
+            fault_point("reindex:scanned")  # the delta is known, nothing written yet
 
             if not (sc.added or sc.changed or sc.rechecked or len(deleted)):
                 if report.baseline != "state":
@@ -421,9 +474,12 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
 
             t0 = time.perf_counter()
             if reason is not None:
-                report.previous = delta.current_handle(tgt)
+                report.previous = carried or delta.current_handle(tgt)
+                _add_history(root, {"action": "refit", "from": _generation(meta),
+                                    "previous": report.previous, "pending": True})
                 _refit(target_uri, source_uri or meta["source"], src, meta, tgt, root, seed,
                        prog, shrink_options)
+                fault_point("reindex:refitted")  # new version live; no state yet, history pending
                 new_tgt = open_target(target_uri)
                 report.generation = _generation(new_tgt.metadata)
                 if new_tgt.metadata.get("source_version") == src.fingerprint():
@@ -433,8 +489,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
                     report.drift["after_refit"] = drift_recall(new_model, Qnew, Qold, ref)
                 report.status, report.refit_reason = "refitted", reason
                 report.target_rows_after = new_tgt.count()
-                _add_history(root, {"action": "refit", "generation": report.generation,
-                                    "previous": report.previous})
+                _settle_history(root, report.generation)
             else:
                 rows = pa.Table.from_batches(sc.rows, schema=schema)
                 digest = IdDigest()
@@ -447,13 +502,18 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
                                         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(
                                             timespec="seconds")}}
                 rowstate.save_state(root, gen, new_ids, new_hash)  # before the switch
-                report.previous = delta.publish_delta(
-                    tgt, rows, deleted, new_meta, expected_count=len(new_ids),
-                    expected_digest=digest.hexdigest(), batch_rows=batch_rows)
+                report.previous = carried or delta.current_handle(tgt)
+                _add_history(root, {"action": "update", "from": _generation(meta),
+                                    "previous": report.previous, "pending": True})
+                fault_point("reindex:state-saved")
+                delta.publish_delta(tgt, rows, deleted, new_meta, expected_count=len(new_ids),
+                                    expected_digest=digest.hexdigest(), batch_rows=batch_rows,
+                                    staged=_record_staging(root))
+                (root / STAGING_FILE).unlink(missing_ok=True)
+                fault_point("reindex:published")  # switched; history entry still pending
                 report.status, report.generation = "updated", gen
                 report.target_rows_after = len(new_ids)
-                _add_history(root, {"action": "update", "generation": gen,
-                                    "previous": report.previous})
+                _settle_history(root, gen)
             secs["write"] = time.perf_counter() - t0
             return report
     finally:
@@ -502,12 +562,13 @@ def rollback(target_uri: str, *, work_dir: str | os.PathLike | None = None) -> d
 
     root = reindex_dir(target_uri, work_dir)
     with JobLock(root / "lock", what=f"rollback of '{target_uri}'"):
+        tgt = open_target(target_uri)
+        _settle_history(root, _generation(tgt.metadata))  # a killed reindex's pending entry
         hist = _history(root)
         if not hist:
             raise InvalidInputError(
                 f"No reindex of target '{target_uri}' is recorded in '{root}'; nothing to roll "
                 f"back to.")
-        tgt = open_target(target_uri)
         handle = hist[-1]["previous"]
         left = delta.rollback_to(tgt, handle)
         now = open_target(target_uri)

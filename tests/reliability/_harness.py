@@ -2,8 +2,9 @@
 ``TLDR_INDEX_FAULT=<point>`` (the child SIGKILLs itself there, see :mod:`tldr_index._faults`),
 resume it with ``--resume``, and watch the target from another thread the whole time.
 
-To cover another command (e.g. ``reindex``), build its argv and list its fault points; then call
-:func:`kill_then_resume` exactly as ``test_kill_resume.py`` does for ``shrink``.
+``shrink``: :func:`kill_then_resume` (``test_kill_resume.py``). ``reindex`` (no ``--resume``: a
+plain rerun, readers may also see the version being replaced): :func:`kill_then_rerun`
+(``test_reindex_kill.py``).
 """
 
 from __future__ import annotations
@@ -39,14 +40,24 @@ def run_cli(argv: list[str], fault: str | None = None, timeout: float = 240
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
+def _same(a: dict, b: dict) -> bool:
+    try:
+        assert_same_snapshot(a, b)
+    except AssertionError:
+        return False
+    return True
+
+
 class TargetWatcher:
     """Polls ``target_uri`` in a thread: every time it can be opened it must equal ``expected``
-    in full (ids, vectors, codes, payload, model). ``seen`` counts complete views, ``errors``
-    holds what any partial view looked like."""
+    in full (ids, vectors, codes, payload, model), or ``before`` when given (the live version a
+    ``reindex`` replaces). ``seen`` counts views of ``expected``, ``seen_before`` of ``before``,
+    ``errors`` holds what any partial view looked like."""
 
-    def __init__(self, target_uri: str, expected: dict, interval: float = 0.02):
-        self.uri, self.expected, self.interval = target_uri, expected, interval
-        self.seen, self.absent, self.errors = 0, 0, []
+    def __init__(self, target_uri: str, expected: dict, interval: float = 0.02,
+                 before: dict | None = None):
+        self.uri, self.expected, self.interval, self.before = target_uri, expected, interval, before
+        self.seen, self.seen_before, self.absent, self.errors = 0, 0, 0, []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -65,7 +76,10 @@ class TargetWatcher:
                     assert_same_snapshot(snap, self.expected)
                     self.seen += 1
                 except AssertionError as exc:
-                    self.errors.append(f"partial or different target: {exc}")
+                    if self.before is not None and _same(snap, self.before):
+                        self.seen_before += 1
+                    else:
+                        self.errors.append(f"partial or different target: {exc}")
             time.sleep(self.interval)
 
     def __enter__(self) -> TargetWatcher:
@@ -91,12 +105,21 @@ def kill_then_resume(argv: list[str], fault: str, target_uri: str, expected: dic
     and return ``{"killed": proc, "resumed": click result, "watcher": TargetWatcher}``. Asserts the
     child really died of SIGKILL, the resumed run exited 0, no reader saw a partial target and the
     target equals ``expected``."""
-    with TargetWatcher(target_uri, expected) as watcher:
+    return kill_then_rerun(argv, fault, target_uri, expected, rerun=argv + ["--resume"])
+
+
+def kill_then_rerun(argv: list[str], fault: str, target_uri: str, expected: dict, *,
+                    rerun: list[str], before: dict | None = None,
+                    exit_codes: tuple[int, ...] = (0,)) -> dict:
+    """:func:`kill_then_resume` with any second command line ``rerun`` (e.g. a plain rerun of
+    ``reindex``), readers allowed to see ``before`` (the version being replaced) as well, and the
+    rerun's accepted ``exit_codes``."""
+    with TargetWatcher(target_uri, expected, before=before) as watcher:
         killed = run_cli(argv, fault)
         assert killed.returncode == -signal.SIGKILL, (fault, killed.returncode,
                                                       killed.stderr[-3000:])
-        resumed = run_cli_here(argv + ["--resume"])
-        assert resumed.exit_code == 0, resumed.output[-3000:]
+        resumed = run_cli_here(rerun)
+        assert resumed.exit_code in exit_codes, resumed.output[-3000:]
     assert watcher.errors == [], watcher.errors[:3]
     assert_same_snapshot(snapshot(target_uri), expected)
     return {"killed": killed, "resumed": resumed, "watcher": watcher}

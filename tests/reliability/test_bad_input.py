@@ -200,8 +200,30 @@ PARAMS = {
                   "control characters), so nothing is read or written outside its database. "
                   "Got '..' instead."),
 }
-# TODO(issue 5, lead): malformed TOML job files (`reindex` job files) belong in this table once
-# the jobfile module is merged: truncated TOML, unknown keys, wrong types, paths with '..'.
+
+_NAME_RULE = ("name must be a plain name (not '.' or '..', no '/', '\\' or control characters), "
+              "so nothing is read or written outside its database. Got {!r} instead.")
+_JOB_KEYS = ("batch_rows, collection, db, drift_queries, drift_threshold, refit, seed, source, "
+             "target, threads, work_dir")
+# `reindex --config job.toml`: (lines replacing the valid job's, exact message); every case exits
+# with 2 before the lock is taken or the target opened. `{job}` is the job file's path.
+JOB_FILES = {
+    "syntax error": ('collection = "docs\n', "Job file '{job}' is not valid TOML (Illegal "
+                     "character '\\n' (at line 4, column 19))."),
+    "truncated": ("drift_threshold =", "Job file '{job}' is not valid TOML (Invalid value (at end "
+                  "of document))."),
+    "unknown keys": ('drift_treshold = 0.8\nfoo = 1\n', "Job file '{job}' has unknown key(s): "
+                     f"drift_treshold, foo. Allowed keys: {_JOB_KEYS}."),
+    "wrong type": ('drift_queries = "200"\n', "The 'drift_queries' key of job file '{job}' must "
+                   "be an int. Got '200' instead."),
+    "bool for int": ("seed = true\n", "The 'seed' key of job file '{job}' must be an int. Got "
+                     "True instead."),
+    "table for str": ("[refit]\nmode = 1\n", "The 'refit' key of job file '{job}' must be a str. "
+                      "Got {{'mode': 1}} instead."),
+    "target ..": ('target = "../evil"\n', "The target " + _NAME_RULE.format("../evil")),
+    "collection ..": ('collection = "../docs"\n', "The table " + _NAME_RULE.format("../docs")),
+    "missing file": (None, "Job file '{job}' does not exist."),
+}
 
 
 @pytest.mark.parametrize("case", list(PARAMS))
@@ -247,3 +269,38 @@ def test_model_and_source_of_another_dimension(tmp_path, source_guard):
     assert str(err.value) == (
         f"Source '{other}' has 6-d vectors but the model of target '{src}_out' expects 8-d "
         f"input; rescore against the source it was shrunk from (source=, --source).")
+
+
+@pytest.fixture(scope="module")
+def live_target(tmp_path_factory):
+    """A LanceDB source and its compact target, shared by the job-file cases (none writes)."""
+    root = tmp_path_factory.mktemp("job")
+    src = lancedb_source(str(root), make_nested(N, 8, between=3, within=3))
+    shrink(src, src + "_c", dim=4, pq_bytes=0, work_dir=root / "w", **FAST)
+    return root
+
+
+@pytest.mark.parametrize("case", list(JOB_FILES))
+def test_bad_job_files(case, live_target, tmp_path):
+    """Malformed or hostile ``reindex`` job files: one exact line (stderr, and the JSON summary on
+    stdout), exit code 2, no lock or work directory, the live target and source byte for byte."""
+    import json
+
+    from _connector_helpers import tree_hashes
+    from reliability._harness import run_cli_here
+
+    lines, msg = JOB_FILES[case]
+    base = {"db": f'"{live_target / "db"}"', "collection": '"docs"', "target": '"docs_c"',
+            "work_dir": f'"{tmp_path / "rw"}"'}
+    job = tmp_path / "job.toml"
+    if lines is not None:
+        for line in lines.splitlines():  # the case's lines replace the valid job's
+            base.pop(line.split("=")[0].strip(" []"), None)
+        job.write_text("".join(f"{k} = {v}\n" for k, v in base.items()) + lines)
+    before = tree_hashes(str(live_target / "db"))
+    res = run_cli_here(["reindex", "--config", str(job), "--quiet"])
+    want = msg.format(job=job)
+    assert (res.exit_code, res.stderr) == (2, f"Error: {want}\n")
+    assert json.loads(res.stdout) == {"error": want, "exit_code": 2, "status": "failed"}
+    assert tree_hashes(str(live_target / "db")) == before
+    assert not (tmp_path / "rw").exists()
