@@ -441,3 +441,11 @@ def test_refit_always_keeps_the_previous_version(kind, tmp_path, data):
     back = snapshot(s.target)
     assert back["ids"] == before["ids"]
     np.testing.assert_array_equal(back["model"]["weight"], before["model"]["weight"])
+
+
+def test_every_job_file_key_is_a_reindex_flag():
+    """A job file holds what the flags hold: each key of jobfile.KEYS is an option of the CLI."""
+    from tldr_index.cli_reindex import reindex as reindex_cmd
+    from tldr_index.jobfile import KEYS
+
+    assert set(KEYS) <= {p.name for p in reindex_cmd.params}

@@ -93,9 +93,11 @@ def _resolve(source, db, collection, target) -> tuple[str | None, str]:
               help="Job file holding any of these settings (flags win).")
 @click.option("--seed", type=click.IntRange(min=0), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--batch-rows", type=click.IntRange(min=1), default=None,
+              help="Rows per read and encode batch [default: 8192].")
 @_quiet_opt
 def reindex(source, db, collection, target, refit, drift_threshold, drift_queries, work_dir,
-            config, seed, threads, quiet):
+            config, seed, threads, batch_rows, quiet):
     """Bring a compact collection up to date with its source, incrementally.
 
     New source rows are encoded and added, deleted ones removed, changed ones (content hash of
@@ -122,7 +124,7 @@ def reindex(source, db, collection, target, refit, drift_threshold, drift_querie
         _fail(exc, EXIT_USAGE)
     pick = {"source": source, "db": db, "collection": collection, "target": target,
             "refit": refit, "drift_threshold": drift_threshold, "drift_queries": drift_queries,
-            "work_dir": work_dir, "seed": seed, "threads": threads}
+            "work_dir": work_dir, "seed": seed, "threads": threads, "batch_rows": batch_rows}
     opts = {k: (v if v is not None else job.get(k)) for k, v in pick.items()}
     try:
         src, tgt = _resolve(opts["source"], opts["db"], opts["collection"], opts["target"])
@@ -130,7 +132,7 @@ def reindex(source, db, collection, target, refit, drift_threshold, drift_querie
         _fail(exc, EXIT_USAGE)
     progress = _setup(quiet, False)
     kwargs = {k: opts[k] for k in ("refit", "drift_threshold", "drift_queries", "work_dir",
-                                   "seed", "threads") if opts[k] is not None}
+                                   "seed", "threads", "batch_rows") if opts[k] is not None}
     try:
         report = run_reindex(tgt, src, progress=progress, **kwargs)
     except LockedError as exc:
