@@ -2,14 +2,31 @@
 
 __version__ = "0.1.0"
 
-from .baselines import PCA  # noqa: E402
 from .errors import (CheckpointError, InvalidInputError, InvalidParameterError,  # noqa: E402
                      ModelFormatError, NotFittedError, TLDRError)
-from .reducer import TLDR  # noqa: E402
+
+#: Imported on first use (PEP 562): torch alone takes ~2 s to import, which every CLI call, even
+#: ``--help``, would otherwise pay.
+_LAZY = {"TLDR": ".reducer", "PCA": ".baselines"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def reducer_classes() -> dict:
     """Model classes by name, for :func:`load_model`."""
+    from .baselines import PCA
+    from .reducer import TLDR
     return {"TLDR": TLDR, "PCA": PCA}
 
 
