@@ -43,6 +43,10 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 #: the free GPU memory (200k x 768 float32 = 614 MB); batches are then gathered there by index.
 RESIDENT_FRACTION = 0.25
 RESIDENT_BLOCK_ROWS = 65_536
+#: On CUDA, with resident rows, kNN pairs and AdamW, one optimisation step (gather, loss, backward,
+#: optimizer) is captured once as a CUDA graph and replayed: one launch per step instead of ~100
+#: small ones, which left the GPU idle most of the time (benchmarks/results/gpu.md).
+CUDA_GRAPHS = True
 
 
 def _pinned(t: torch.Tensor, pin: bool) -> torch.Tensor:
@@ -132,7 +136,9 @@ class Trainer:
     def _modules(self) -> nn.ModuleList:
         return nn.ModuleList([m for m in (self.encoder, self.projector) if m is not None])
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _make_optimizer(self, capturable: bool = False) -> torch.optim.Optimizer:
+        """LARS or AdamW. ``capturable``: AdamW with its step counts and learning rates as device
+        tensors, so a CUDA graph can replay ``step()`` (:meth:`_set_lr` fills the rates)."""
         cfg = self.cfg
         decay, no_decay = split_decay(self._modules())
         no_decay = no_decay + ([self.log_scale] if "ranking" in cfg.objective else [])
@@ -141,10 +147,73 @@ class Trainer:
                          {"params": no_decay, "lars": False, "weight_decay": 0.0,
                           "base_lr": cfg.learning_rate * 0.024}],
                         lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        if capturable:
+            lr = [torch.tensor(cfg.learning_rate, device=self.device) for _ in range(2)]
+            return torch.optim.AdamW([{"params": decay, "base_lr": cfg.learning_rate, "lr": lr[0]},
+                                      {"params": no_decay, "weight_decay": 0.0,
+                                       "base_lr": cfg.learning_rate, "lr": lr[1]}],
+                                     lr=lr[0], weight_decay=cfg.weight_decay, capturable=True,
+                                     foreach=True)
         return torch.optim.AdamW([{"params": decay, "base_lr": cfg.learning_rate},
                                   {"params": no_decay, "weight_decay": 0.0,
                                    "base_lr": cfg.learning_rate}],
                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    def _set_lr(self, factor: float) -> None:
+        for g in self.optimizer.param_groups:
+            if torch.is_tensor(g["lr"]):
+                g["lr"].fill_(g["base_lr"] * factor)  # in place: a captured step reads it
+            else:
+                g["lr"] = g["base_lr"] * factor
+
+    def _graphable(self, resident: torch.Tensor | None) -> bool:
+        return (CUDA_GRAPHS and resident is not None and self.device.type == "cuda"
+                and self.cfg.pairs == "knn" and self.cfg.optimizer == "adamw")
+
+    def _capture(self, resident: torch.Tensor) -> tuple | None:
+        """Capture one optimisation step as a CUDA graph; returns ``(graph, a, b, loss)`` (the
+        static index inputs and the static loss) or None when capture fails (then the eager loop
+        runs). Three warm-up steps on a side stream (needed before capture) move the weights and
+        the optimizer state; both are put back in place afterwards, so the run is the same run."""
+        dev, B = self.device, self.cfg.batch_size
+        a = torch.arange(B, device=dev) % resident.shape[0]
+        b = a.clone()
+        model = self.state_tensors()
+        opt = {p: {k: v.clone() for k, v in st.items()} for p, st in self.optimizer.state.items()}
+
+        def step() -> torch.Tensor:
+            loss = self._step_loss(resident.index_select(0, a), resident.index_select(0, b))
+            loss.backward()
+            self.optimizer.step()
+            return loss.detach()
+
+        try:
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    step()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                loss = step()
+            out = (graph, a, b, loss)
+        except Exception as exc:  # pragma: no cover - depends on the GPU stack
+            log.warning("CUDA graph capture failed (%s); training step by step instead.", exc)
+            out = None
+        with torch.no_grad():  # back to the state before the warm-up, in place
+            self.load_state_tensors(model)
+            for p, st in self.optimizer.state.items():
+                for k, v in st.items():
+                    if not torch.is_tensor(v):
+                        continue
+                    if p in opt:
+                        v.copy_(opt[p][k])
+                    else:  # a fresh run: AdamW's lazily created state starts at zero
+                        v.zero_()
+        return out
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Model parameters and buffers (encoder, projector, reduced-space temperature)."""
@@ -271,11 +340,15 @@ class Trainer:
             result.history.append({"epoch": 0, "val_recall": result.best_score})
             log.info("epoch 0 (initial map): validation recall@%d %.4f", validator.k,
                      result.best_score)
+        resident = self._resident(vectors)
+        if self._graphable(resident):
+            self.optimizer = self._make_optimizer(capturable=True)
         ckpt = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir else None
         if resume and ckpt is not None and ckpt.exists():
             start_epoch = self._load_checkpoint(ckpt, fp, result)
             log.info("resumed from %s after epoch %d", ckpt, start_epoch)
-        resident = self._resident(vectors)
+        graphed = self._capture(resident) if self._graphable(resident) and \
+            start_epoch < cfg.epochs else None
         executor = ThreadPoolExecutor(max_workers=1)
         try:
             for epoch in range(start_epoch, cfg.epochs):
@@ -283,7 +356,11 @@ class Trainer:
                 self._modules().train()
                 rng = np.random.default_rng([cfg.seed, epoch])
                 pos_a, pos_b = self._epoch_pairs(anchors, neighbors, rng)
-                if resident is not None:
+                if graphed is not None:
+                    it = zip(torch.from_numpy(pos_a).to(self.device),
+                             torch.from_numpy(pos_b).to(self.device))
+                    fut = None
+                elif resident is not None:
                     it = self._resident_batches(resident, pos_a, pos_b, rng)
                     fut = None
                 else:
@@ -292,6 +369,18 @@ class Trainer:
                 # the loss stays on the device (one sync per epoch, not per step)
                 loss_sum = torch.zeros((), device=self.device)
                 for s in range(steps_per_epoch):
+                    step = epoch * steps_per_epoch + s
+                    if graphed is not None:  # copy the pair positions in, replay the step
+                        graph, sa, sb, sloss = graphed
+                        ia, ib = next(it)
+                        sa.copy_(ia)
+                        sb.copy_(ib)
+                        self._set_lr(lr_factor(step, total, warmup))
+                        graph.replay()
+                        loss_sum += sloss
+                        if progress is not None:
+                            progress(step + 1, total, {"epoch": epoch + 1})
+                        continue
                     if fut is None:
                         x, y = next(it)
                     else:
@@ -299,10 +388,7 @@ class Trainer:
                         fut = executor.submit(next, it, None)
                         x = x.to(self.device, non_blocking=True)
                         y = y.to(self.device, non_blocking=True)
-                    step = epoch * steps_per_epoch + s
-                    f = lr_factor(step, total, warmup)
-                    for g in self.optimizer.param_groups:
-                        g["lr"] = g["base_lr"] * f
+                    self._set_lr(lr_factor(step, total, warmup))
                     loss = self._step_loss(x, y)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -348,7 +434,8 @@ class Trainer:
             for key, val in st.items():
                 if torch.is_tensor(val):
                     tensors[f"opt.{pid}.{key}"] = val.cpu().contiguous()
-        groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+        groups = [{k: (float(v) if torch.is_tensor(v) else v) for k, v in g.items()}
+                  for g in opt["param_groups"]]
         meta = {"fingerprint": fp, "epoch": epoch, "history": result.history,
                 "best_epoch": result.best_epoch, "best_score": result.best_score,
                 "param_groups": groups}
@@ -356,6 +443,8 @@ class Trainer:
 
     def _load_checkpoint(self, path: Path, fp: str, result: TrainResult) -> int:
         from safetensors import safe_open
+
+        capturable = bool(self.optimizer.param_groups[0].get("capturable", False))
 
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -378,8 +467,14 @@ class Trainer:
         for k, v in tensors.items():
             if k.startswith("opt."):
                 _, pid, key = k.split(".", 2)
-                state.setdefault(int(pid), {})[key] = v.to(self.device) if key != "step" else v
+                on_device = key != "step" or capturable  # capturable steps live on the GPU
+                state.setdefault(int(pid), {})[key] = v.to(self.device) if on_device else v
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        for g in self.optimizer.param_groups:
+            if "capturable" in g:
+                g["capturable"] = capturable
+            if capturable:  # the rates a captured step reads, as device tensors again
+                g["lr"] = torch.tensor(float(g["lr"]), device=self.device)
         return int(meta["epoch"])
 
 
