@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from . import __version__
+from .tables import fmt_float
 
 DEFAULT_DB = "./tldr-data"
 
@@ -94,10 +95,6 @@ def _mb(n: int | None) -> str:
     return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
 def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
@@ -118,10 +115,12 @@ def _summary(report) -> list[str]:
         lines.append(f"  search memory  {4 * r.source_dim:,} B (float32) -> {r.pq_bytes} B (PQ) "
                      f"per vector ({r.search_compression:.0f}x smaller)")
     if r.graph_recall is not None:
-        lines.append(f"  graph recall   {_fmt(r.graph_recall)} (kNN graph of the training sample)")
+        lines.append(f"  graph recall   {fmt_float(r.graph_recall)} "
+                     f"(kNN graph of the training sample)")
     if r.recall_at_10 is not None:
-        lines.append(f"  recall@10      {_fmt(r.recall_at_10)} compact search, "
-                     f"{_fmt(r.recall_at_10_rescored)} with --rescore (shortlist {r.shortlist}); "
+        lines.append(f"  recall@10      {fmt_float(r.recall_at_10)} compact search, "
+                     f"{fmt_float(r.recall_at_10_rescored)} with --rescore "
+                     f"(shortlist {r.shortlist}); "
                      f"{r.eval_queries} rows vs exact search on the original vectors")
     if r.selection:
         lines.append(f"  selection      {r.selection['reason']}")
@@ -350,8 +349,8 @@ def info(db, collection, target, api_key, json_out):
         + (f" + {out['pq_bytes']}-byte PQ codes" if out["pq_bytes"] else ""),
         f"  source         {out['source']}",
         f"  on disk        {_mb(out['disk_bytes'])} (model {_mb(out['model_bytes'])})",
-        f"  recall@10      {_fmt(rec.get('recall_at_10'))} compact, "
-        f"{_fmt(rec.get('recall_at_10_rescored'))} rescored (measured at shrink time on "
+        f"  recall@10      {fmt_float(rec.get('recall_at_10'))} compact, "
+        f"{fmt_float(rec.get('recall_at_10_rescored'))} rescored (measured at shrink time on "
         f"{rec.get('eval_queries', 0)} rows)",
         f"  written        {out['written_utc']} by tldr-index {out['library_version']}",
     ]

@@ -325,10 +325,10 @@ def _stage_knn(c: SimpleNamespace) -> tuple[list[Path], dict]:
     meta: dict = {"n_train": n_train}
     if c.method != "pca":
         g = knn_graph(train, c.neighbors, metric=c.metric, out=out / "graph.npy",
-                      random_state=c.seed, device=c.faiss_device,
+                      random_state=c.seed, device=c.device,
                       progress=lambda done, total: c.progress.update("knn", done, total))
         rec = graph_recall(train, g, n_queries=min(200, n_train), random_state=c.seed,
-                           device=c.faiss_device)
+                           device=c.device)
         meta.update(graph_method=g.method, graph_recall=rec, graph_seconds=g.seconds)
         files.append(out / "graph.npy")
         log.info("kNN graph (%s, k=%d) over %d rows: recall@%d %.3f on %d rows.", g.method,
@@ -458,7 +458,7 @@ def _evaluate(c: SimpleNamespace, model: CompactModel, out: Path) -> dict:
     t0 = time.perf_counter()
     rows = np.sort(np.random.default_rng([c.seed, 0xE7]).choice(n, nq, replace=False))
     Q = scan.take(rows)
-    _, truth = exact_search(scan, Q, k, metric=c.metric, exclude=rows, device=c.faiss_device)
+    _, truth = exact_search(scan, Q, k, metric=c.metric, exclude=rows, device=c.device)
     R = min(n, max(c.shortlist, k) + 1)
     Y = model.encode(Q)
     if model.pq_bytes:
@@ -466,7 +466,7 @@ def _evaluate(c: SimpleNamespace, model: CompactModel, out: Path) -> dict:
         _, cand = adc_topk(model, codes, Y, R)
     else:
         _, cand = exact_search(out / "reduced", model.prepare(Y), R, metric=c.metric,
-                               device=c.faiss_device)
+                               device=c.device)
 
     plain = _drop_own(cand[:, :k + 1], rows, k)
     _, resc = rerank(Q, cand, scan.take, k, c.metric, exclude=rows)  # what search --rescore does
@@ -712,9 +712,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
     check_int(epochs, "epochs", low=1, owner="shrink", allow_none=True)
     sample = check_int(sample, "sample", low=2, owner="shrink")
     check_int(pq_bytes, "pq_bytes", low=0, owner="shrink", allow_none=True)
-    check_choice(device, "device", ("auto", "cpu", "cuda"), owner="shrink")
     from .reducer import resolve_device
-    resolve_device(device, owner="shrink")  # --device cuda without a GPU: refused before any work
+    resolve_device(device, owner="shrink")  # checks the name; cuda without a GPU: refused now
     check_choice(reduced_dtype, "reduced_dtype", ("float16", "float32"), owner="shrink")
     eval_queries = check_int(eval_queries, "eval_queries", low=0, owner="shrink")
     shortlist = check_int(shortlist, "shortlist", low=1, owner="shrink", allow_none=True) \
@@ -797,11 +796,10 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
             if not resumed:
                 work.clear_all()  # nothing was done yet: leave no state behind
             raise
-    faiss_device = "cuda" if device == "cuda" else ("cpu" if device == "cpu" else "auto")
     c = SimpleNamespace(src=src, work=work, progress=prog, source_uri=source_uri, source_abs=source_abs,
              target_uri=target_uri, fingerprint=fingerprint, dim=dim, method=method,
              pq_bytes=pq_bytes, neighbors=neighbors, epochs=epochs, sample=sample,
-             device=device, faiss_device=faiss_device, seed=random_state,
+             device=device, seed=random_state,
              metric=src.distance, reduced_dtype=reduced_dtype, eval_queries=eval_queries,
              shortlist=shortlist, batch_rows=batch_rows, overwrite=overwrite,
              sink_options=dict(sink_options or {}), resumed=resumed, params=params, infos={},

@@ -32,6 +32,7 @@ import numpy as np
 from ._validation import check_choice, check_float, check_int
 from .errors import InvalidParameterError
 from .progress import Progress, as_progress
+from .tables import fmt_float
 
 log = logging.getLogger(__name__)
 
@@ -204,14 +205,10 @@ def measure(c: SimpleNamespace, plan: dict) -> tuple[list[SweepConfig], dict]:
                     r_resc = recall_at_k(resc, truth)
                 configs.append(SweepConfig(method, dim, p, r_float, r_pq, r_resc, fit_s))
                 log.info("%s d=%d PQ %d B: recall@10 float %.3f, PQ %s, rescored %s (fit %.1f s).",
-                         method, dim, p, r_float, _f(r_pq), _f(r_resc), fit_s)
+                         method, dim, p, r_float, fmt_float(r_pq), fmt_float(r_resc), fit_s)
             c.progress.update("select", len(configs), len(plan["candidates"]) *
                               len(plan["methods"]))
     return configs, {"queries": len(qpos), "query_kind": kind}
-
-
-def _f(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
 
 
 def choose(configs: list[SweepConfig], plan: dict, queries: int) -> tuple[SweepConfig | None,
@@ -231,23 +228,23 @@ def choose(configs: list[SweepConfig], plan: dict, queries: int) -> tuple[SweepC
     if len(plan["methods"]) > 1:
         for (d, p), cfg in sorted(best.items()):
             other = [o for o in configs if (o.dim, o.pq_bytes) == (d, p) and o is not cfg]
-            vs = ", ".join(f"{o.method} {_f(o.score(crit))}" for o in other)
-            notes.append(f"d={d} PQ {p} B: {cfg.method} {_f(cfg.score(crit))} vs {vs}")
+            vs = ", ".join(f"{o.method} {fmt_float(o.score(crit))}" for o in other)
+            notes.append(f"d={d} PQ {p} B: {cfg.method} {fmt_float(cfg.score(crit))} vs {vs}")
     ordered = sorted(best.values(), key=lambda c: (c.pq_bytes or 4 * c.dim, c.dim))
     if target is None:
         chosen = max(ordered, key=lambda c: (c.score(crit), -c.pq_bytes, -c.dim))
         reason = (f"best {what}: {chosen.method} d={chosen.dim} PQ {chosen.pq_bytes} B "
-                  f"({_f(chosen.score(crit))})")
+                  f"({fmt_float(chosen.score(crit))})")
     else:
         ok = [c for c in ordered if c.score(crit) >= target]
         if not ok:
             top = max(ordered, key=lambda c: c.score(crit))
             return None, (f"no candidate reaches {what} >= {target} on {queries} held-out rows "
                           f"(best: {top.method} d={top.dim} PQ {top.pq_bytes} B, "
-                          f"{_f(top.score(crit))})")
+                          f"{fmt_float(top.score(crit))})")
         chosen = ok[0]
         reason = (f"smallest candidate with {what} >= {target}: {chosen.method} d={chosen.dim} "
-                  f"PQ {chosen.pq_bytes} B ({_f(chosen.score(crit))})")
+                  f"PQ {chosen.pq_bytes} B ({fmt_float(chosen.score(crit))})")
     if notes:
         reason += "; auto (TLDR kept only when strictly better): " + "; ".join(notes)
     return chosen, reason + f"; measured on {queries} held-out rows"
@@ -342,8 +339,6 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
     c = SimpleNamespace(src=src, work=work, progress=prog, source_uri=source_uri,
                         source_abs=source_abs, fingerprint=fingerprint, method=method,
                         neighbors=neighbors, epochs=epochs, sample=sample, device=device,
-                        faiss_device="cuda" if device == "cuda" else
-                        ("cpu" if device == "cpu" else "auto"),
                         seed=random_state, metric=src.distance, eval_queries=eval_queries,
                         shortlist=shortlist, batch_rows=8192, resumed=resumed, infos={},
                         select=plan, skip_invalid=False, engine="local")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.table import Table
 
 
-def _f(x: float | None, digits: int = 3) -> str:
+def fmt_float(x: float | None, digits: int = 3) -> str:
+    """``x`` with ``digits`` decimals, or "n/a" for None (tables, summaries, the CLI)."""
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
@@ -21,7 +22,7 @@ def eval_table(report) -> Table:
         t.add_column(f"recall@{k}", justify="right")
     for row in r.results:
         t.add_row(row.method, row.representation, str(row.dim), str(row.bytes_per_vector),
-                  f"{row.compression:.0f}x", *[_f(row.recall.get(str(k))) for k in r.ks],
+                  f"{row.compression:.0f}x", *[fmt_float(row.recall.get(str(k))) for k in r.ks],
                   style="bold" if row.target else None)
     return t
 
@@ -44,8 +45,9 @@ def sweep_table(result) -> Table:
                 "recall@10 rescored", "fit s"):
         t.add_column(col, justify="left" if col == "method" else "right")
     for c in result.configs:
-        t.add_row(c.method, str(c.dim), str(c.pq_bytes), f"{4 * result.source_dim / c.pq_bytes:.0f}x"
-                  if c.pq_bytes else "-", _f(c.recall_float), _f(c.recall_pq),
-                  _f(c.recall_rescored), f"{c.fit_seconds:.1f}",
+        t.add_row(c.method, str(c.dim), str(c.pq_bytes),
+                  f"{4 * result.source_dim / c.pq_bytes:.0f}x" if c.pq_bytes else "-",
+                  fmt_float(c.recall_float), fmt_float(c.recall_pq),
+                  fmt_float(c.recall_rescored), f"{c.fit_seconds:.1f}",
                   style="bold" if result.chosen is c else None)
     return t
