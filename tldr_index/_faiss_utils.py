@@ -178,16 +178,6 @@ class TorchCudaKernel:
         import torch
         self.torch = torch
         self.dev = torch.device("cuda")
-        self._b_key: tuple | None = None
-        self._b: Any = None
-
-    def _block(self, b0: int, B: np.ndarray) -> Any:
-        """``B`` on the GPU; the last block is kept, so a query chunk that meets the same database
-        block again (the self-graph's diagonal, a single-block database) is not copied twice."""
-        key = (b0, B.shape, B.ctypes.data)
-        if key != self._b_key:
-            self._b, self._b_key = self.torch.from_numpy(B).to(self.dev), key
-        return self._b
 
     def add(self, heap: faiss.ResultHeap, q0: int, Q: np.ndarray, b0: int, B: np.ndarray,
             metric: str, excl: np.ndarray | None = None, symmetric: bool = False) -> None:
@@ -195,7 +185,7 @@ class TorchCudaKernel:
             raise NotImplementedError("TorchCudaKernel has no symmetric mode")
         torch = self.torch
         kk = min(heap.k + (excl is not None), len(B))
-        b = self._block(b0, B)
+        b = torch.from_numpy(B).to(self.dev)
         bn = (b * b).sum(1) if metric == "l2" else None
         tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -97,12 +97,13 @@ class KnnGraph:
 # argument checks
 
 
-def _default_chunk_rows(dim: int, kernel: Any = None) -> int:
-    """About ``BLOCK_BYTES`` of float32 per block (``GPU_BLOCK_BYTES`` for a GPU kernel: fewer,
-    larger blocks keep the GPU busy and re-read the database fewer times)."""
-    budget = BLOCK_BYTES if kernel is None or isinstance(kernel, fu.CpuKernel) else GPU_BLOCK_BYTES
-    return int(min(GPU_MAX_CHUNK_ROWS if budget == GPU_BLOCK_BYTES else 65_536,
-                   max(1_024, budget // (4 * dim))))
+def _default_chunk_rows(dim: int, kernel: Any) -> int:
+    """About ``BLOCK_BYTES`` of float32 per block, 1024..65536 rows; for a GPU kernel about
+    ``GPU_BLOCK_BYTES``, up to ``GPU_MAX_CHUNK_ROWS`` (fewer, larger blocks keep the GPU busy and
+    re-read the database fewer times)."""
+    if isinstance(kernel, fu.CpuKernel):
+        return int(min(65_536, max(1_024, BLOCK_BYTES // (4 * dim))))
+    return int(min(GPU_MAX_CHUNK_ROWS, max(1_024, GPU_BLOCK_BYTES // (4 * dim))))
 
 
 def _check_common(metric: str, chunk_rows: Any, device: str, dim: int, owner: str
