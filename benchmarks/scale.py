@@ -17,7 +17,7 @@ Part 1 -- encode+write rows/s, all in one run on the same data and model:
   beforehand (its start-up time is reported separately).
 
 Part 2 -- ``shrink`` stage times at each N (``--shrink-rows``), Parquet target, engines local
-  and ray (2 workers), ``--method`` (default pca: the kNN graph and training depend on the
+  and ray (1 and 2 workers; the scan and the write run on Ray), ``--method`` (default pca: the kNN graph and training depend on the
   sample, not on N; benchmarks/results/shrink.md has the TLDR runs).
 
 The cores are shared with other jobs: the load average is printed before and after; compare the
@@ -160,24 +160,33 @@ def part_shrink(args, work: Path) -> list[dict]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # once, not timed
     out = []
     for rows in args.shrink_rows:
-        for engine in ("local", "ray"):
+        for engine, workers in (("local", 1), ("ray", 1), ("ray", 2)):
             tgt = work / f"shrink_{rows}_{engine}"
-            t0 = time.perf_counter()
             src = fragmented_copy(rows, work, args.fragment_rows)
+            t0 = time.perf_counter()
             rep = shrink(src, f"parquet://{tgt}/", dim=args.dim, method=args.method,
                          pq_bytes=args.pq_bytes, sample=args.sample,
                          source_options={"distance": "cosine"}, work_dir=work / f"w_{rows}",
-                         engine=engine, threads=args.threads,
-                         engine_options={"workers": 2, "shard_rows": args.shard_rows}
+                         engine=engine, threads=args.threads, keep_work=True,
+                         engine_options={"workers": workers, "shard_rows": args.shard_rows}
                          if engine == "ray" else None)
             wall = time.perf_counter() - t0
+            kept = _du(work / f"w_{rows}" / "scan")  # what the scan left on this node
+            shutil.rmtree(work / f"w_{rows}", ignore_errors=True)
             shutil.rmtree(tgt, ignore_errors=True)
-            out.append({"rows": rows, "engine": engine, "wall": wall,
-                        "stages": dict(rep.stage_seconds), "load": os.getloadavg()[0]})
-            print(f"  shrink {rows:,} {engine}: {wall:.1f} s "
-                  + " ".join(f"{k} {v:.1f}" for k, v in rep.stage_seconds.items()), flush=True)
+            out.append({"rows": rows, "engine": engine, "workers": workers, "wall": wall,
+                        "stages": dict(rep.stage_seconds), "scan_bytes": kept,
+                        "load": os.getloadavg()[0]})
+            print(f"  shrink {rows:,} {engine} x{workers}: {wall:.1f} s, scan kept "
+                  f"{kept / 1e6:.0f} MB; " + " ".join(f"{k} {v:.1f}"
+                                                     for k, v in rep.stage_seconds.items()),
+                  flush=True)
     ray.shutdown()
     return out
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def markdown(enc: list[dict], shr: list[dict], args, command: str, load: tuple) -> str:
@@ -215,12 +224,17 @@ def markdown(enc: list[dict], shr: list[dict], args, command: str, load: tuple) 
         stages = ["scan", "knn", "train", "encode", "write", "verify", "publish"]
         lines += [(f"## shrink stage times (method {args.method}, sample {args.sample:,}, "
                    f"Parquet target; Ray started once before, not timed)"), "",
-                  "| rows | engine | wall s | " + " | ".join(f"{s} s" for s in stages)
-                  + " | load (1 min) |",
-                  "|---|---|---|" + "---|" * len(stages) + "---|"]
+                  ("The scan stage of engine=ray runs as Ray tasks (`tldr_index/ray_scan.py`); "
+                   "'scan kept' is what the scan stage left on this node's disk (the local "
+                   "engine: a copy of every row; ray: the training sample)."), "",
+                  "| rows | engine | workers | wall s | " + " | ".join(f"{s} s" for s in stages)
+                  + " | scan rows/s | scan kept MB | load (1 min) |",
+                  "|---|---|---|---|" + "---|" * len(stages) + "---|---|---|"]
         for r in shr:
-            lines.append(f"| {r['rows']:,} | {r['engine']} | {r['wall']:.1f} | "
+            scan = r["stages"].get("scan", 0)
+            lines.append(f"| {r['rows']:,} | {r['engine']} | {r['workers']} | {r['wall']:.1f} | "
                          + " | ".join(f"{r['stages'].get(s, 0):.1f}" for s in stages)
+                         + f" | {r['rows'] / scan:,.0f} | {r['scan_bytes'] / 1e6:,.0f}"
                          + f" | {r['load']:.1f} |")
         rows = sorted({r["rows"] for r in shr})
         if len(rows) >= 2:
@@ -230,8 +244,10 @@ def markdown(enc: list[dict], shr: list[dict], args, command: str, load: tuple) 
                       f"| engine | stage | µs/row at {lo:,} | µs/row at {hi:,} | time ratio |",
                       "|---|---|---|---|---|"]
             for eng in ("local", "ray"):
-                a = next(r for r in shr if r["rows"] == lo and r["engine"] == eng)
-                b = next(r for r in shr if r["rows"] == hi and r["engine"] == eng)
+                a = next(r for r in shr if r["rows"] == lo and r["engine"] == eng
+                         and r["workers"] == 2 - (eng == "local"))
+                b = next(r for r in shr if r["rows"] == hi and r["engine"] == eng
+                         and r["workers"] == 2 - (eng == "local"))
                 for s in ("scan", "encode", "write"):
                     ta, tb = a["stages"].get(s, 0), b["stages"].get(s, 0)
                     if ta > 0.5:

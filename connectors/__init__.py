@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .base import DISTANCES, Layout, Sink, Source, Target
+from .base import DISTANCES, Layout, Piece, Sink, Source, Target
 from .ids import IdDigest, ids_digest
 from .uri import ParsedURI, absolute_uri, default_target_uri, lancedb_uri, parse_uri, redact
 
-__all__ = ["open_source", "open_sink", "open_target", "Source", "Sink", "Target", "Layout",
+__all__ = ["open_source", "open_sink", "open_target", "Source", "Sink", "Target", "Layout", "Piece",
            "IdDigest", "ids_digest", "parse_uri", "redact", "lancedb_uri", "default_target_uri",
            "absolute_uri",
            "DISTANCES", "ParsedURI"]

@@ -47,6 +47,18 @@ FORMAT = "tldr-index/1"
 RECORD_KEY = "tldr_index"  # metadata key under which every store keeps the JSON record
 
 
+@dataclass(frozen=True)
+class Piece:
+    """A contiguous range of a source's rows that one worker can read on its own (a distributed
+    scan): rows ``[start, start + rows)`` in the order :meth:`Source.iter_batches` streams them.
+    ``locator`` says where they are (store-specific, e.g. a Lance fragment and an offset)."""
+
+    index: int
+    start: int
+    rows: int
+    locator: tuple
+
+
 # ------------------------------------------------------------------------------------------ source
 
 class Source(abc.ABC):
@@ -113,6 +125,56 @@ class Source(abc.ABC):
         """Store batches holding at least the id, vector and payload columns, at most
         ``batch_rows`` rows each (longer ones are split)."""
 
+    def pieces(self, rows_per_piece: int) -> list[Piece]:
+        """Cut the rows into :class:`Piece` s of about ``rows_per_piece`` rows (never across a
+        data file; a piece may be larger when a file cannot be cut finer, e.g. one big Parquet
+        row group), in stream order. Cost: metadata only. Stores that cannot be read by range
+        (Qdrant) raise :class:`InvalidParameterError`."""
+        raise InvalidParameterError(
+            f"Source '{self.uri}' ({type(self).__name__}) cannot be read in pieces: a distributed "
+            f"scan needs a Lance/LanceDB or Parquet source.")
+
+    def _raw_piece_batches(self, piece: Piece, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """Like :meth:`_raw_batches`, for the rows of one :meth:`pieces` piece only."""
+        raise NotImplementedError
+
+    def iter_piece(self, piece: Piece, batch_rows: int = DEFAULT_BATCH_ROWS, *,
+                   skip_invalid: bool = False
+                   ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+        """Validated batches of one piece, as :meth:`iter_batches` would stream them, each with the
+        source positions (int64) of its rows, so that rows dropped by ``skip_invalid`` are known.
+        Duplicate ids are not checked (a piece does not see the others; see
+        :func:`connectors.ids.first_duplicate`); :attr:`skipped` counts this piece's drops.
+        Memory: one batch."""
+        batch_rows = check_int(batch_rows, "batch_rows", low=1, owner=type(self).__name__)
+        schema = self.schema
+        self.skipped = {"rows": 0, "first_id": None}
+        row = piece.start
+        for raw in self._raw_piece_batches(piece, batch_rows):
+            for batch in au.split_batch(raw, batch_rows):
+                if batch.num_rows == 0:
+                    continue
+                dropped: list[np.ndarray] = []
+                out = self._normalize(batch, schema, row, skip_invalid, dropped=dropped)
+                pos = np.arange(row, row + batch.num_rows, dtype=np.int64)
+                if dropped:
+                    pos = np.delete(pos, dropped[0] - row)
+                row += batch.num_rows
+                if out.num_rows:
+                    yield out, pos
+        if row != piece.start + piece.rows:
+            raise InvalidInputError(
+                f"Source '{self.uri}' changed while it was read: rows {piece.start}-"
+                f"{piece.start + piece.rows - 1} held {row - piece.start} rows. Run shrink again "
+                f"once it is stable.")
+
+    def read_rows(self, positions: np.ndarray, columns: Sequence[str]) -> pa.Table:
+        """Rows at ``positions`` (sorted, ascending, in stream order) with ``columns``, unvalidated.
+        Random access where the store has it (Lance); Parquet decodes the row groups holding
+        them. Raises :class:`InvalidParameterError` for stores without ranges (Qdrant)."""
+        raise InvalidParameterError(
+            f"Source '{self.uri}' ({type(self).__name__}) cannot read rows by position.")
+
     def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS, *,
                      check_duplicates: bool = True,
                      skip_invalid: bool = False) -> Iterator[pa.RecordBatch]:
@@ -149,7 +211,10 @@ class Source(abc.ABC):
                     yield out
 
     def _normalize(self, batch: pa.RecordBatch, schema: pa.Schema, row: int,
-                   skip_invalid: bool = False) -> pa.RecordBatch:
+                   skip_invalid: bool = False,
+                   dropped: list[np.ndarray] | None = None) -> pa.RecordBatch:
+        """Validate and cast one raw batch starting at source position ``row``; with
+        ``skip_invalid`` the positions of the rows dropped are appended to ``dropped``."""
         ids = batch.column(self.id_column)
         au.check_ids(ids, column=self.id_column, source=self.uri, row_offset=row)
         if ids.type != self._id_field.type:
@@ -166,6 +231,8 @@ class Source(abc.ABC):
             if self.skipped["first_id"] is None:
                 self.skipped["first_id"] = ids[int(np.flatnonzero(bad)[0])].as_py()
             self.skipped["rows"] += int(bad.sum())
+            if dropped is not None:
+                dropped.append(row + np.flatnonzero(bad))
             batch, ids, X = batch.filter(keep), ids.filter(keep), X[~bad]
         if X.dtype != self.value_type.to_pandas_dtype():
             X = X.astype(self.value_type.to_pandas_dtype())

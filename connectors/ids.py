@@ -84,11 +84,27 @@ class IdDigest:
         self._b = np.uint64(0)
 
     def update(self, ids: pa.Array | pa.ChunkedArray | list) -> None:
-        keys = hash_ids(ids)
+        self.update_keys(hash_ids(ids))
+
+    def update_keys(self, keys: np.ndarray) -> None:
+        """``update`` with keys already computed by :func:`hash_ids`."""
         with np.errstate(over="ignore"):
             self._a = np.uint64(self._a + _splitmix(keys).sum(dtype=np.uint64))
             self._b = np.uint64(self._b + _fmix(keys ^ _GOLDEN).sum(dtype=np.uint64))
         self.count += len(keys)
+
+    def state(self) -> tuple[int, int, int]:
+        """``(count, sum a, sum b)``: what :meth:`merge` adds (digests of disjoint parts)."""
+        return self.count, int(self._a), int(self._b)
+
+    def merge(self, state: tuple[int, int, int]) -> None:
+        """Add the :meth:`state` of a digest of other ids: the result equals one digest updated
+        with both (sums modulo 2^64), so workers can digest their parts separately."""
+        count, a, b = state
+        with np.errstate(over="ignore"):
+            self._a = np.uint64(self._a + np.uint64(a))
+            self._b = np.uint64(self._b + np.uint64(b))
+        self.count += int(count)
 
     def hexdigest(self) -> str:
         return f"{self.count}-{int(self._a):016x}{int(self._b):016x}"
@@ -136,3 +152,24 @@ class DuplicateIdTracker:
             merged.sort(kind="stable")
             self._runs.append(merged)
         return None
+
+
+def first_duplicate(keys: np.ndarray, positions: np.ndarray) -> tuple[int, int] | None:
+    """The first repeat among ``keys`` (from :func:`hash_ids`) at source ``positions``: the
+    smallest position holding a key seen at a smaller position, as ``(position, key)``, or None.
+
+    This is the row at which :class:`DuplicateIdTracker`, streaming in position order, stops, so a
+    distributed scan can partition keys by ``key % buckets``, call this per bucket and keep the
+    smallest answer. Cost: one sort of the bucket (16 bytes per key).
+    """
+    keys = np.asarray(keys, dtype=np.uint64)
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(keys) < 2:
+        return None
+    order = np.lexsort((positions, keys))
+    sk, sp = keys[order], positions[order]
+    repeat = np.flatnonzero(sk[1:] == sk[:-1]) + 1
+    if not len(repeat):
+        return None
+    i = repeat[np.argmin(sp[repeat])]
+    return int(sp[i]), int(sk[i])

@@ -47,7 +47,7 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
                                TargetExistsError)
 
 from . import arrow_utils as au
-from .base import (DEFAULT_BATCH_ROWS, DISTANCES, RECORD_KEY, Sink, Source, Target, build_record,
+from .base import (DEFAULT_BATCH_ROWS, DISTANCES, RECORD_KEY, Piece, Sink, Source, Target, build_record,
                    check_model, dump_record, load_record, verify_counts,
                    take_by_filter)
 from .ids import IdDigest
@@ -132,6 +132,31 @@ class LanceSource(Source):
     def _raw_batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
         cols = [self.id_column, self.vector_column, *self.payload_columns]
         yield from self._ds.to_batches(columns=cols, batch_size=batch_rows, scan_in_order=True)
+
+    def pieces(self, rows_per_piece: int) -> list[Piece]:
+        """Ranges within each fragment (``("lance", fragment_id, offset, rows)``), in scan order.
+        Cost: one row count per fragment (metadata, plus its deletion file if any)."""
+        rows_per_piece = check_int(rows_per_piece, "rows_per_piece", low=1, owner="LanceSource")
+        out: list[Piece] = []
+        start = 0
+        for frag in self._ds.get_fragments():
+            n = frag.count_rows()
+            for off in range(0, n, rows_per_piece):
+                rows = min(rows_per_piece, n - off)
+                out.append(Piece(len(out), start, rows, ("lance", frag.fragment_id, off, rows)))
+                start += rows
+        return out
+
+    def _raw_piece_batches(self, piece: Piece, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        _, fragment_id, offset, rows = piece.locator
+        cols = [self.id_column, self.vector_column, *self.payload_columns]
+        yield from self._ds.get_fragment(fragment_id).to_batches(
+            columns=cols, batch_size=batch_rows, offset=offset, limit=rows)
+
+    def read_rows(self, positions: np.ndarray, columns: Sequence[str]) -> pa.Table:
+        """Cost: one random-access ``take`` (rows at ``positions`` of this version, deletions
+        skipped)."""
+        return self._ds.take(np.asarray(positions, dtype=np.int64).tolist(), columns=list(columns))
 
     def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 4096) -> np.ndarray:
         """Cost: one filtered scan per ``chunk`` ids (fast with a BTREE scalar index on the id)."""

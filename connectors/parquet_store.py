@@ -45,7 +45,7 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
                                TargetExistsError)
 
 from . import arrow_utils as au
-from .base import (DEFAULT_BATCH_ROWS, DISTANCES, Sink, Source, Target, build_record, check_model,
+from .base import (DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, build_record, check_model,
                    dump_record, load_record, verify_counts,
                    take_by_filter)
 from .ids import IdDigest
@@ -141,6 +141,65 @@ class ParquetSource(Source):
                 yield from pf.iter_batches(batch_size=batch_rows, columns=self._columns)
             finally:
                 pf.close()
+
+    def _row_groups(self) -> list[tuple[int, int, int, int]]:
+        """``(file index, row group, first row, rows)`` of every row group, in stream order."""
+        out, start = [], 0
+        for i, f in enumerate(self.files):
+            meta = pq.read_metadata(f)
+            for g in range(meta.num_row_groups):
+                n = meta.row_group(g).num_rows
+                out.append((i, g, start, n))
+                start += n
+        return out
+
+    def pieces(self, rows_per_piece: int) -> list[Piece]:
+        """Runs of whole row groups of one file (``("parquet", file index, first group, last
+        group + 1)``) of at least ``rows_per_piece`` rows, except a file's last run. Cost: every
+        file's footer."""
+        rows_per_piece = check_int(rows_per_piece, "rows_per_piece", low=1, owner="ParquetSource")
+        out: list[Piece] = []
+        run: list[tuple[int, int, int, int]] = []
+
+        def close() -> None:
+            if run:
+                rows = sum(r[3] for r in run)
+                out.append(Piece(len(out), run[0][2], rows,
+                                 ("parquet", run[0][0], run[0][1], run[-1][1] + 1)))
+                run.clear()
+
+        for rg in self._row_groups():
+            if run and (rg[0] != run[0][0] or sum(r[3] for r in run) >= rows_per_piece):
+                close()
+            run.append(rg)
+        close()
+        return [p for p in out if p.rows]
+
+    def _raw_piece_batches(self, piece: Piece, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        _, file_index, first, stop = piece.locator
+        pf = pq.ParquetFile(self.files[file_index])
+        try:
+            yield from pf.iter_batches(batch_size=batch_rows, columns=self._columns,
+                                       row_groups=list(range(first, stop)))
+        finally:
+            pf.close()
+
+    def read_rows(self, positions: np.ndarray, columns: Sequence[str]) -> pa.Table:
+        """Cost: decodes ``columns`` of each row group holding one of ``positions``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        groups = self._row_groups()
+        starts = np.array([g[2] for g in groups], dtype=np.int64)
+        which = np.searchsorted(starts, positions, side="right") - 1
+        parts = []
+        for gi in np.unique(which):
+            f, g, start, _ = groups[gi]
+            pf = pq.ParquetFile(self.files[f])
+            try:
+                table = pf.read_row_group(g, columns=list(columns))
+            finally:
+                pf.close()
+            parts.append(table.take(pa.array(positions[which == gi] - start)))
+        return pa.concat_tables(parts)
 
     def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 65_536) -> np.ndarray:
         """Cost: one scan of the id and vector columns of every file per ``chunk`` ids."""

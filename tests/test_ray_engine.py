@@ -9,19 +9,28 @@ the missing-Ray error is tested by hiding the module.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import numpy as np
 import pytest
-from _pipeline_helpers import (assert_same_snapshot, lancedb_source, make_nested, parquet_source,
-                               qdrant_source, snapshot)
+from _pipeline_helpers import (
+    assert_same_snapshot,
+    lancedb_source,
+    make_nested,
+    parquet_source,
+    qdrant_source,
+    snapshot,
+    table_of,
+)
 from click.testing import CliRunner
 
 from connectors import open_target
 from tldr_index.artifact import model_from_bytes
 from tldr_index.cli import main
-from tldr_index.errors import InvalidInputError, InvalidParameterError
+from tldr_index.errors import DuplicateIdError, InvalidInputError, InvalidParameterError
 from tldr_index.pipeline import shrink
+from tldr_index.vectors import VectorStore
 
 FAST = {"dim": 8, "pq_bytes": 4, "epochs": 2, "sample": 1000, "eval_queries": 50}
 MISSING = ("The 'engine' parameter of shrink is 'ray', which needs Ray Data, but it cannot be "
@@ -62,7 +71,12 @@ def test_ray_engine_matches_local(ray_local, tmp_path, kind):
     r_local = shrink(src, local, work_dir=tmp_path / "w_local", **FAST)
     # 600-row shards: 4 tasks (the last one short) over the 2 CPUs, written out of order
     r_ray = shrink(src, distributed, work_dir=tmp_path / "w_ray", engine="ray",
-                   engine_options={"shard_rows": 600, "workers": 2}, **FAST)
+                   engine_options={"shard_rows": 600, "workers": 2}, keep_work=True, **FAST)
+    # the scan ran on Ray too: this node kept the 1000-row training sample, no copy of the rows
+    scan = tmp_path / "w_ray" / "scan"
+    assert sorted(os.listdir(scan)) == ["done.json", "sample"]
+    assert VectorStore.open(scan / "sample").n_rows == 1000
+    assert not (tmp_path / "w_ray" / "knn" / "train").exists()
     assert r_ray.rows == r_local.rows == 2000
     assert r_ray.recall_at_10 is None and r_local.recall_at_10 is not None
     # ids, payload, reduced vectors (float16) and PQ codes: exactly equal, row by row
@@ -81,6 +95,114 @@ def test_ray_engine_matches_local(ray_local, tmp_path, kind):
         assert sorted(os.listdir(tmp_path / "ray")) == [
             "_tldr_metadata.json", "_tldr_model.safetensors"] + [
             f"part-{i:05d}.parquet" for i in range(4)]
+
+
+@pytest.mark.parametrize("kind", ["lance", "parquet"])
+def test_ray_scan_skip_invalid_matches_local(ray_local, tmp_path, kind):
+    """Invalid rows in several pieces, skipped: the sample's positions move past them (the Ray
+    scan reads the sample again by position) and both engines still train the same model."""
+    X = make_nested(2000, 32, seed=8)
+    bad = [3, 650, 651, 1999, 1400]
+    X[bad[:4]] = np.nan
+    X[bad[4], 7] = np.inf
+    root = str(tmp_path)
+    src = _lance_fragments(root, X) if kind == "lance" else parquet_source(root, X, parts=3)
+    local, distributed = _target(root, kind, "local"), _target(root, kind, "ray")
+    opts = dict(FAST, skip_invalid=True)
+    r_local = shrink(src, local, work_dir=tmp_path / "w_local", **opts)
+    r_ray = shrink(src, distributed, work_dir=tmp_path / "w_ray", engine="ray",
+                   engine_options={"shard_rows": 300}, **opts)
+    assert r_ray.rows == r_local.rows == 1995
+    assert r_ray.skipped_invalid == r_local.skipped_invalid == 5
+    assert r_ray.first_invalid_id == r_local.first_invalid_id == 3 * 7 + 3
+    assert_same_snapshot(snapshot(distributed), snapshot(local))
+    t_local, t_ray = open_target(local), open_target(distributed)
+    assert _info_without_timings(t_ray.model_bytes) == _info_without_timings(t_local.model_bytes)
+
+
+def _lance_fragments(root: str, X: np.ndarray, **kw) -> str:
+    """A Lance dataset of 700-row fragments (LanceDB refuses NaN vectors at create time)."""
+    import lance
+
+    path = os.path.join(root, "src.lance")
+    lance.write_dataset(table_of(X, **kw), path, max_rows_per_file=700)
+    return f"lance://{path}"
+
+
+def _bad_source(root: str, kind: str, case: str) -> tuple[str, dict]:
+    X = make_nested(1500, 32, seed=9)
+    ids = np.arange(1500, dtype=np.int64) * 7 + 3
+    opts: dict = {}
+    if case == "nan":
+        X[[1100, 1300]] = np.nan  # in the 4th and 5th 300-row piece
+    elif case == "zero-cosine":
+        X[900] = 0
+        opts = {"distance": "cosine"}
+    elif case == "duplicate-int":
+        ids[1234] = ids[77]  # other pieces, both
+        ids[1499] = ids[5]
+    elif case == "duplicate-str":
+        ids = np.array([f"doc-{i}" for i in range(1500)], dtype=object)
+        ids[901] = ids[300]
+    src = (_lance_fragments(root, X, ids=ids) if kind == "lance"
+           else parquet_source(root, X, parts=3, ids=ids))
+    return src, opts
+
+
+@pytest.mark.parametrize("kind", ["lance", "parquet"])
+@pytest.mark.parametrize("case", ["nan", "zero-cosine", "duplicate-int", "duplicate-str"])
+def test_ray_scan_bad_input_same_error_as_local(ray_local, tmp_path, kind, case):
+    """The first bad row found by the pieces (or the first repeated id, by the buckets) gives the
+    local engine's exact one-line message; nothing is published, the source is untouched."""
+    root = str(tmp_path)
+    src, source_options = _bad_source(root, kind, case)
+    files = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+             for d, _, fs in os.walk(root) for f in fs}
+    errors = {}
+    for engine in ("local", "ray"):
+        with pytest.raises((InvalidInputError, DuplicateIdError)) as err:
+            shrink(src, _target(root, kind, engine), work_dir=tmp_path / f"w_{engine}",
+                   engine=engine, engine_options={"shard_rows": 300} if engine == "ray" else None,
+                   source_options=source_options, **FAST)
+        errors[engine] = (type(err.value), str(err.value))
+        assert not os.path.exists(os.path.join(root, f"{engine}.lance"))
+        assert not os.path.exists(os.path.join(root, engine))
+    if case in ("nan", "zero-cosine"):  # "Got n row(s) ... in rows a..b" counts the batch read:
+        # the pieces cut batches elsewhere; the rest, and the first bad id, are the same
+        cut = re.compile(r"Got \d+ (.*) in rows \d+\.\.\d+, ")
+        errors = {k: (t, cut.sub(r"Got n \1 in rows a..b, ", m))
+                  for k, (t, m) in errors.items()}
+    assert errors["ray"] == errors["local"]
+    expect = {"nan": f"first at id {1100 * 7 + 3}.", "zero-cosine": f"first at id {900 * 7 + 3}.",
+              "duplicate-int": f"Got duplicate id {77 * 7 + 3} at row 1234.",
+              "duplicate-str": "Got duplicate id 'doc-300' at row 901."}[case]
+    assert expect in errors["ray"][1], errors["ray"][1]
+    assert {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+            for d, _, fs in os.walk(root) for f in fs
+            if not os.path.join(d, f).startswith(str(tmp_path / "w_"))} == files
+
+
+def test_ray_engine_method_auto_scans_on_this_node(ray_local, tmp_path):
+    """method="auto" measures recall against every row, so its scan stays local; the write
+    still runs on Ray and the target equals the local engine's."""
+    X = make_nested(1500, 32, seed=6)
+    src = parquet_source(str(tmp_path), X, parts=2)
+    opts = dict(FAST, method="auto", eval_queries=100)
+    reps = {}
+    for engine in ("local", "ray"):
+        reps[engine] = shrink(src, _target(str(tmp_path), "parquet", engine), engine=engine,
+                              work_dir=tmp_path / f"w_{engine}", keep_work=True, **opts)
+    assert (tmp_path / "w_ray" / "scan" / "vectors").is_dir()
+    assert not (tmp_path / "w_ray" / "scan" / "sample").exists()
+    assert reps["ray"].method == reps["local"].method
+    def untimed(sel: dict) -> dict:
+        return {**{k: v for k, v in sel.items() if k != "seconds"},
+                "candidates": [{k: v for k, v in c.items() if k != "fit_seconds"}
+                               for c in sel["candidates"]]}
+
+    assert untimed(reps["ray"].selection) == untimed(reps["local"].selection)
+    assert_same_snapshot(snapshot(_target(str(tmp_path), "parquet", "ray")),
+                         snapshot(_target(str(tmp_path), "parquet", "local")))
 
 
 def test_ray_engine_float16_overflow_publishes_nothing(ray_local, tmp_path):

@@ -215,8 +215,9 @@ def _store_options(uri: str, api_key: str | None, **extra) -> dict | None:
                    "them, instead of failing.")
 @_api_key_opt
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="ray: encode + write every row as a Ray Data job (Lance/Parquet; needs "
-                   "pip install 'tldr-index[ray]'); training stays on this node.")
+              help="ray: scan (validation, id digest, sample) and encode + write every row as "
+                   "Ray jobs (Lance/Parquet; needs pip install 'tldr-index[ray]'); kNN and "
+                   "training stay on this node, on the sample.")
 @_quiet_opt
 @_json_opt
 @_library_errors

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from connectors.arrow_utils import numpy_to_fsl, vectors_to_numpy
+from connectors.arrow_utils import invalid_rows, numpy_to_fsl, vectors_to_numpy
 
 from .compact import CompactModel
 from .errors import InvalidInputError
@@ -65,16 +65,23 @@ def assemble_batch(rows: pa.RecordBatch, Y: np.ndarray, codes: np.ndarray | None
 
 def encode_record_batch(batch: pa.RecordBatch, model: CompactModel, schema: pa.Schema, *,
                         vector_column: str, codes_column: str | None = CODES_COLUMN,
-                        quantizer=None, source: str = "input") -> pa.RecordBatch:
+                        quantizer=None, source: str = "input",
+                        skip_invalid: bool = False, cosine: bool = False) -> pa.RecordBatch:
     """Encode one source batch (id, vector, payload columns) into a batch with the target
     ``schema`` (id, payload, reduced vector, PQ codes; see ``Source.target_schema``).
 
     Raises :class:`InvalidInputError` for null/ragged/non-finite vectors, and when the target
     stores float16 vectors but a reduced value exceeds float16's range (the single-process
     pipeline then stores float32; a distributed run cannot change the schema half-way).
+    ``skip_invalid``: drop the rows the scan skipped instead (NaN/inf vectors; zero vectors when
+    ``cosine``), as ``Source.iter_batches(skip_invalid=True)`` does.
     """
     X = vectors_to_numpy(batch.column(vector_column), dim=model.input_dim, column=vector_column,
                          source=source)
+    if skip_invalid:
+        bad = invalid_rows(X, cosine=cosine)
+        if bad.any():
+            X, batch = X[~bad], batch.filter(pa.array(~bad))
     Y, codes = encode_block(X, model, quantizer)
     if schema.field(vector_column).type.value_type == pa.float16() and len(Y):
         top = float(np.abs(Y).max())

@@ -6,7 +6,8 @@ Stages, each checkpointed in the work directory (see :mod:`tldr_index.workdir`):
 scan        stream the source once (validated: nulls, lengths, NaN/inf, duplicate ids) into
             ``scan/vectors`` (a :class:`~tldr_index.vectors.VectorStore`, float32 or the source's
             float16) and ``scan/rows.arrow`` (ids + payload, Arrow IPC); later stages never read the
-            source again.
+            source again. ``engine="ray"``: the same checks as Ray tasks
+            (:mod:`tldr_index.ray_scan`), keeping only the training sample (``scan/sample``).
 knn         draw the training sample (``sample`` rows, seeded) into ``knn/train`` and, for TLDR,
             build its kNN graph (``knn/graph.npy``, :func:`tldr_index.knn.knn_graph`).
 train       fit TLDR on the sample with that graph (per-epoch checkpoints in ``train/ckpt``, resumed
@@ -32,6 +33,7 @@ Memory: independent of the number of rows N except for 8 bytes per id (duplicate
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -257,6 +259,8 @@ def _stage_scan(c: SimpleNamespace) -> tuple[list[Path], dict]:
     from connectors import IdDigest
     from connectors.arrow_utils import vectors_to_numpy
 
+    if c.ray_scan:
+        return _stage_scan_ray(c)
     src, out = c.src, c.work.stage_dir("scan", clear=True)
     dtype = np.float16 if src.value_type == pa.float16() else np.float32
     writer = VectorStore.create(out / "vectors", src.dim, dtype)
@@ -281,10 +285,7 @@ def _stage_scan(c: SimpleNamespace) -> tuple[list[Path], dict]:
         raise InvalidInputError(
             f"Source '{src.uri}' changed while it was read: it reported {total} rows but "
             f"{rows + skipped} were read. Run shrink again once it is stable.")
-    if skipped:
-        log.warning("Skipped %d invalid row(s) of %s (NaN/inf%s vectors), first at id %r.",
-                    skipped, src.uri, ", zero under cosine" if src.distance == "cosine" else "",
-                    src.skipped["first_id"])
+    _log_skipped(src, skipped, src.skipped["first_id"])
     if skipped and rows < 2:
         raise InvalidInputError(
             f"Source '{src.uri}' has {rows} valid row(s) after skipping {skipped} invalid "
@@ -294,23 +295,50 @@ def _stage_scan(c: SimpleNamespace) -> tuple[list[Path], dict]:
                    "skipped_invalid": skipped, "first_invalid_id": src.skipped["first_id"]}
 
 
+def _log_skipped(src, skipped: int, first_id) -> None:
+    if skipped:
+        log.warning("Skipped %d invalid row(s) of %s (NaN/inf%s vectors), first at id %r.",
+                    skipped, src.uri, ", zero under cosine" if src.distance == "cosine" else "",
+                    first_id)
+
+
+def _stage_scan_ray(c: SimpleNamespace) -> tuple[list[Path], dict]:
+    """engine="ray": the scan as Ray tasks (:mod:`tldr_index.ray_scan`); this node keeps only the
+    training sample (``scan/sample``), not a copy of every row."""
+    from .ray_scan import scan_with_ray
+
+    out = c.work.stage_dir("scan", clear=True)
+    c.progress.begin("scan", c.src.count(), "rows")
+    opts = {k: v for k, v in c.engine_options.items()
+            if k in ("shard_rows", "workers", "num_cpus")}
+    scan = scan_with_ray(c.src, out / "sample", sample=c.sample, seed=c.seed,
+                         batch_rows=c.batch_rows, skip_invalid=c.skip_invalid,
+                         progress=lambda done: c.progress.update("scan", done), **opts)
+    _log_skipped(c.src, scan["skipped_invalid"], scan["first_invalid_id"])
+    store = VectorStore.open(out / "sample")
+    return [store.path, store.root / VectorStore.META], scan
+
+
 def _sample_rows(n: int, sample: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, 0x5A5])
     return np.sort(rng.choice(n, sample, replace=False)) if sample < n else np.arange(n)
 
 
 def _train_store(c: SimpleNamespace) -> VectorStore:
-    """The training sample: ``knn/train``, or the scan store itself when every row is used."""
-    sub = c.work.root / "knn" / "train"
-    return VectorStore.open(sub if (sub / VectorStore.META).exists()
-                            else c.work.root / "scan" / "vectors")
+    """The training sample: ``knn/train``, the Ray scan's ``scan/sample``, or the scan store
+    itself when every row is used."""
+    for sub in (c.work.root / "knn" / "train", c.work.root / "scan" / "sample"):
+        if (sub / VectorStore.META).exists():
+            return VectorStore.open(sub)
+    return VectorStore.open(c.work.root / "scan" / "vectors")
 
 
 def _stage_knn(c: SimpleNamespace) -> tuple[list[Path], dict]:
     from .knn import graph_recall, knn_graph
 
     out = c.work.stage_dir("knn", clear=True)
-    scan = VectorStore.open(c.work.root / "scan" / "vectors")
+    sampled = (c.work.root / "scan" / "sample" / VectorStore.META).exists()  # engine="ray"
+    scan = _train_store(c) if sampled else VectorStore.open(c.work.root / "scan" / "vectors")
     n_train = min(scan.n_rows, c.sample)
     c.progress.begin("knn", n_train if c.method != "pca" else None, "rows")
     files: list[Path] = []
@@ -396,9 +424,7 @@ def _stage_encode(c: SimpleNamespace) -> tuple[list[Path], dict]:
 
     out = c.work.stage_dir("encode", clear=True)
     reducer = load_model(c.work.root / "train" / "model.safetensors")
-    scan = VectorStore.open(c.work.root / "scan" / "vectors")
     train = _train_store(c)
-    n = scan.n_rows
     pq = None
     if c.pq_bytes:
         rng = np.random.default_rng([c.seed, 0x9B])
@@ -420,6 +446,8 @@ def _stage_encode(c: SimpleNamespace) -> tuple[list[Path], dict]:
         return [out / "model.safetensors"], {"vector_dtype": c.reduced_dtype, "engine": "ray"}
     compact = compact_model(c.reduced_dtype)
     quantizer = compact.quantizer() if pq is not None else None
+    scan = VectorStore.open(c.work.root / "scan" / "vectors")
+    n = scan.n_rows
     c.progress.begin("encode", n, "rows")
     writer = VectorStore.create(out / "reduced", c.dim, np.float32)
     max_abs = 0.0
@@ -508,7 +536,7 @@ def _stage_write(c: SimpleNamespace) -> dict:
 
             pos = write_with_ray(c.src, sink, CompactModel.from_bytes(model_bytes), schema,
                                  codes_column=CODES_COLUMN if c.pq_bytes else None,
-                                 batch_rows=c.batch_rows,
+                                 batch_rows=c.batch_rows, skip_invalid=c.skip_invalid,
                                  progress=lambda done: c.progress.update("write", done),
                                  **c.engine_options)
         else:
@@ -640,6 +668,15 @@ def _run_stages(c: SimpleNamespace, skipped: list, seconds: dict) -> None:
             seconds[stage] = stage_info["seconds"]
 
 
+def _engine_session(c: SimpleNamespace):
+    """engine="ray": one Ray session (started here unless running) for the scan and the write."""
+    if c.engine != "ray":
+        return contextlib.nullcontext()
+    from .ray_engine import _RaySession, require_ray
+
+    return _RaySession(require_ray(), c.engine_options.get("num_cpus"))
+
+
 def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = None,
            method: str = "tldr", target_recall: float | None = None, dims=None,
            pq_bytes: int | None = None, neighbors: int = 3, epochs: int | None = None,
@@ -692,13 +729,17 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         and ``open_sink``.
     skip_invalid : drop rows whose vector holds NaN/inf (or is zero, under cosine) and report
         them (``ShrinkReport.skipped_invalid``, ``first_invalid_id``) instead of failing.
-    engine : "local" (default) or "ray": encode + PQ + write of every row as a Ray Data job
+    engine : "local" (default) or "ray": the scan as Ray tasks (this node keeps only the
+        training sample) and encode + PQ + write of every row as a Ray Data job
         (:mod:`tldr_index.ray_engine`; Lance and Parquet sources and targets; needs
-        ``pip install 'tldr-index[ray]'``); scan, kNN graph and training stay on this node.
+        ``pip install 'tldr-index[ray]'``); the kNN graph and training stay on this node.
         With "ray" the recall estimate is skipped and a reduced value beyond float16's range is
-        an error (pass ``reduced_dtype="float32"``) instead of a switch to float32.
-    engine_options : for "ray", keyword arguments of :func:`tldr_index.ray_engine.write_with_ray`
-        (``workers``, ``shard_rows``, ``num_cpus``).
+        an error (pass ``reduced_dtype="float32"``) instead of a switch to float32; with
+        ``method="auto"`` or ``target_recall`` the scan stays on this node (the selection
+        measures recall against every row).
+    engine_options : for "ray", ``workers`` (tasks in flight), ``shard_rows`` (rows per task and
+        per written shard) and ``num_cpus`` (of a local Ray started here), used by
+        :func:`tldr_index.ray_scan.scan_with_ray` and :func:`tldr_index.ray_engine.write_with_ray`.
 
     Raises :class:`TLDRError` subclasses with one-line messages (bad input, target exists, source
     missing or unreachable...); the source is never written and no partial target is published.
@@ -804,13 +845,17 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
              shortlist=shortlist, batch_rows=batch_rows, overwrite=overwrite,
              sink_options=dict(sink_options or {}), resumed=resumed, params=params, infos={},
              published_already=published_already, skip_invalid=skip_invalid,
-             engine=engine, engine_options=dict(engine_options or {}), select=select)
+             engine=engine, engine_options=dict(engine_options or {}), select=select,
+             ray_scan=engine == "ray" and select is None)
     seconds: dict[str, float] = {}
     skipped: list[str] = []
     log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s to d=%d, PQ %d bytes; work dir %s.",
              src.uri, n_rows, src.dim, src.distance, target_uri, method, dim, pq_bytes, work.root)
+    if engine == "ray" and select is not None:
+        log.info("engine='ray' with method='auto'/target_recall: the scan runs on this node (the "
+                 "selection measures recall against every row).")
     try:
-        with thread_limit(threads), disk():
+        with thread_limit(threads), disk(), _engine_session(c):
             _run_stages(c, skipped, seconds)
     finally:
         prog.close()

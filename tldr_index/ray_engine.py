@@ -117,20 +117,27 @@ class _EncodeShards:
     def __init__(self, model: CompactModel, schema: pa.Schema, vector_column: str,
                  codes_column: str | None, batch_rows: int, source: str,
                  staging: str | None = None, kind: str = "parquet",
-                 write_options: dict | None = None):
+                 write_options: dict | None = None, skip_invalid: bool = False,
+                 cosine: bool = False):
         self.model = model
+        self.skip_invalid, self.cosine = skip_invalid, cosine
+        self.written = 0
         self.quantizer = model.quantizer() if model.pq_bytes else None
         self.schema, self.vector_column, self.codes_column = schema, vector_column, codes_column
         self.batch_rows, self.source = batch_rows, source
         self.staging, self.kind, self.write_options = staging, kind, dict(write_options or {})
 
     def _encoded(self, table: pa.Table):
+        self.written = 0
         for b in table.to_batches(max_chunksize=self.batch_rows):
             if b.num_rows:
-                yield encode_record_batch(b, self.model, self.schema,
+                out = encode_record_batch(b, self.model, self.schema,
                                           vector_column=self.vector_column,
                                           codes_column=self.codes_column,
-                                          quantizer=self.quantizer, source=self.source)
+                                          quantizer=self.quantizer, source=self.source,
+                                          skip_invalid=self.skip_invalid, cosine=self.cosine)
+                self.written += out.num_rows
+                yield out
 
     def __call__(self, table: pa.Table) -> pa.Table:
         if self.staging is None:
@@ -149,7 +156,7 @@ class _EncodeShards:
             with pq.ParquetWriter(shard, self.schema, **self.write_options) as w:
                 for b in self._encoded(table):
                     w.write_batch(b)
-        return _shard_row(shard, table.num_rows)
+        return _shard_row(shard, self.written)
 
 
 def _shard_row(shard: str | None, rows: int, error: str | None = None) -> pa.Table:
@@ -221,7 +228,8 @@ def encode_dataset(ds, model: CompactModel, schema: pa.Schema, *, vector_column:
                    codes_column: str | None, batch_rows: int = 8192,
                    shard_rows: int = DEFAULT_SHARD_ROWS, workers: int | None = None,
                    source: str = "input", staging: str | None = None, kind: str = "parquet",
-                   write_options: dict | None = None):
+                   write_options: dict | None = None, skip_invalid: bool = False,
+                   cosine: bool = False):
     """``ds.map_batches`` of the encoder with the model broadcast once (one ``ray.put`` of its
     safetensors bytes; each worker process parses it once). Lazy: returns the Ray Dataset of
     encoded rows (``staging`` None) or of shard descriptions. ``workers``: concurrent tasks
@@ -231,17 +239,22 @@ def encode_dataset(ds, model: CompactModel, schema: pa.Schema, *, vector_column:
     ref = ray.put(model.to_bytes())
     spec = {"schema": schema, "vector_column": vector_column, "codes_column": codes_column,
             "batch_rows": batch_rows, "source": source, "staging": staging, "kind": kind,
-            "write_options": write_options}
+            "write_options": write_options, "skip_invalid": skip_invalid, "cosine": cosine}
+    try:  # Ray >= 2.51 deprecates concurrency= for tasks
+        from ray.data import TaskPoolStrategy
+        pool = {"compute": TaskPoolStrategy(size=workers)} if workers else {}
+    except ImportError:
+        pool = {"concurrency": workers}
     # the ref travels inside a list: Ray hands it over as a reference, not resolved per task
     return ds.map_batches(_encode_task, batch_format="pyarrow", batch_size=shard_rows,
-                          concurrency=workers, fn_kwargs={"key": uuid.uuid4().hex,
-                                                          "model_ref": [ref], **spec})
+                          fn_kwargs={"key": uuid.uuid4().hex, "model_ref": [ref], **spec},
+                          **pool)
 
 
 def write_with_ray(src, sink, model: CompactModel, schema: pa.Schema, *,
                    codes_column: str | None, batch_rows: int = 8192,
                    shard_rows: int = DEFAULT_SHARD_ROWS, workers: int | None = None,
-                   num_cpus: int | None = None,
+                   num_cpus: int | None = None, skip_invalid: bool = False,
                    progress: Callable[[int], None] | None = None) -> int:
     """Encode every row of ``src`` on Ray and hand the written shards to ``sink`` (a created
     :class:`~connectors.lance_store.LanceSink` or :class:`~connectors.parquet_store.ParquetSink`)
@@ -271,7 +284,8 @@ def write_with_ray(src, sink, model: CompactModel, schema: pa.Schema, *,
         job = encode_dataset(ds, model, schema, vector_column=src.vector_column,
                              codes_column=codes_column, batch_rows=batch_rows,
                              shard_rows=shard_rows, workers=workers, source=src.uri,
-                             staging=sink.staging, kind=kind, write_options=opts)
+                             staging=sink.staging, kind=kind, write_options=opts,
+                             skip_invalid=skip_invalid, cosine=src.distance == "cosine")
         for out in job.iter_batches(batch_size=None, batch_format="pyarrow"):
             for err in out.column("error").drop_null().to_pylist():
                 _raise_worker_error(err)

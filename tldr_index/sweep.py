@@ -341,7 +341,7 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                         neighbors=neighbors, epochs=epochs, sample=sample, device=device,
                         seed=random_state, metric=src.distance, eval_queries=eval_queries,
                         shortlist=shortlist, batch_rows=8192, resumed=resumed, infos={},
-                        select=plan, skip_invalid=False, engine="local")
+                        select=plan, skip_invalid=False, engine="local", ray_scan=False)
     seconds: dict[str, float] = {}
     skipped: list[str] = []
     try:
