@@ -247,3 +247,30 @@ def test_missing_ray_is_one_line_with_install_command(tmp_path, monkeypatch):
     assert res.output.strip().splitlines() == [f"Error: {MISSING}"]
     assert sorted(os.listdir(tmp_path)) == ["pq"]  # no target, no work dir
     assert sorted(os.listdir(tmp_path / "pq")) == before
+
+
+@pytest.mark.parametrize("engine,options,message", [
+    ("ray", {"shards": 4}, "The 'engine_options' parameter of shrink takes the keys workers, "
+                           "shard_rows, num_cpus. Got unknown key(s) 'shards'."),
+    ("local", {"workers": 2}, "The 'engine_options' parameter of shrink applies to engine='ray' "
+                              "only. Got {'workers': 2} with engine='local'."),
+    ("ray", {"shard_rows": 0}, "The 'shard_rows' parameter of shrink must be an int in the range "
+                               "[1, inf) or None. Got 0 instead."),
+])
+def test_engine_options_are_checked_first(tmp_path, engine, options, message):
+    src = parquet_source(str(tmp_path), make_nested(300, 32))
+    with pytest.raises(InvalidParameterError) as err:
+        shrink(src, f"parquet://{tmp_path}/out/", dim=4, work_dir=tmp_path / "w", engine=engine,
+               engine_options=options)
+    assert str(err.value) == message
+    assert sorted(os.listdir(tmp_path)) == ["pq"]
+
+
+def test_cli_ray_flags_need_engine_ray(tmp_path):
+    src = parquet_source(str(tmp_path), make_nested(300, 32))
+    res = CliRunner().invoke(main, ["shrink", "--source", src, "--target",
+                                    f"parquet://{tmp_path}/out/", "--dim", "4", "--workers", "2",
+                                    "--work-dir", str(tmp_path / "w")])
+    assert res.exit_code == 2
+    assert "--workers and --shard-rows apply to --engine ray only." in res.output
+    assert sorted(os.listdir(tmp_path)) == ["pq"]

@@ -218,13 +218,18 @@ def _store_options(uri: str, api_key: str | None, **extra) -> dict | None:
               help="ray: scan (validation, id digest, sample) and encode + write every row as "
                    "Ray jobs (Lance/Parquet; needs pip install 'tldr-index[ray]'); kNN and "
                    "training stay on this node, on the sample.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="--engine ray: Ray tasks in flight [default: the cluster's CPUs].")
+@click.option("--shard-rows", type=click.IntRange(min=1), default=None,
+              help="--engine ray: rows per Ray task and per written shard [default: 262144].")
 @_quiet_opt
 @_json_opt
 @_library_errors
 def shrink(source, db, collection, target, dim, method, target_recall, dims, vector_column,
            id_column, pq_bytes,
            neighbors, epochs, sample, device, work_dir, resume, overwrite, distance, seed,
-           threads, keep_work, skip_invalid, api_key, engine, quiet, json_out):
+           threads, keep_work, skip_invalid, api_key, engine, workers, shard_rows, quiet,
+           json_out):
     """Shrink a collection into a new compact one (reduced vectors + PQ codes + model).
 
     \b
@@ -241,6 +246,10 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
 
     if dim is None and target_recall is None:
         raise click.UsageError("Missing option '--dim'.")  # or --target-recall
+    engine_options = {k: v for k, v in (("workers", workers), ("shard_rows", shard_rows))
+                      if v is not None}
+    if engine_options and engine != "ray":
+        raise click.UsageError("--workers and --shard-rows apply to --engine ray only.")
 
     src = _source_uri(source, db, collection)
     tgt = None
@@ -256,7 +265,8 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
                              source_options=_store_options(src, api_key, distance=distance),
                              sink_options=_store_options(
                                  tgt or default_target_uri(src, suffix=f"_tldr{dim}"), api_key),
-                             skip_invalid=skip_invalid, engine=engine)
+                             skip_invalid=skip_invalid, engine=engine,
+                             engine_options=engine_options or None)
     if json_out:
         _echo_json(report.to_dict())
     elif not quiet:

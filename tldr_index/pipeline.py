@@ -309,11 +309,10 @@ def _stage_scan_ray(c: SimpleNamespace) -> tuple[list[Path], dict]:
 
     out = c.work.stage_dir("scan", clear=True)
     c.progress.begin("scan", c.src.count(), "rows")
-    opts = {k: v for k, v in c.engine_options.items()
-            if k in ("shard_rows", "workers", "num_cpus")}
     scan = scan_with_ray(c.src, out / "sample", sample=c.sample, seed=c.seed,
                          batch_rows=c.batch_rows, skip_invalid=c.skip_invalid,
-                         progress=lambda done: c.progress.update("scan", done), **opts)
+                         progress=lambda done: c.progress.update("scan", done),
+                         **c.engine_options)
     _log_skipped(c.src, scan["skipped_invalid"], scan["first_invalid_id"])
     store = VectorStore.open(out / "sample")
     return [store.path, store.root / VectorStore.META], scan
@@ -668,6 +667,25 @@ def _run_stages(c: SimpleNamespace, skipped: list, seconds: dict) -> None:
             seconds[stage] = stage_info["seconds"]
 
 
+ENGINE_OPTIONS = ("workers", "shard_rows", "num_cpus")
+
+
+def _check_engine_options(engine: str, options: dict | None) -> dict:
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(ENGINE_OPTIONS))
+    if unknown:
+        raise InvalidParameterError(
+            f"The 'engine_options' parameter of shrink takes the keys {', '.join(ENGINE_OPTIONS)}. "
+            f"Got unknown key(s) {', '.join(map(repr, unknown))}.")
+    if options and engine != "ray":
+        raise InvalidParameterError(
+            f"The 'engine_options' parameter of shrink applies to engine='ray' only. Got "
+            f"{options} with engine={engine!r}.")
+    for key, value in options.items():
+        check_int(value, key, low=1, owner="shrink", allow_none=True)
+    return options
+
+
 def _engine_session(c: SimpleNamespace):
     """engine="ray": one Ray session (started here unless running) for the scan and the write."""
     if c.engine != "ray":
@@ -764,6 +782,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
     check_int(threads, "threads", low=1, owner="shrink", allow_none=True)
     check_bool(skip_invalid, "skip_invalid", owner="shrink")
     check_choice(engine, "engine", ENGINES, owner="shrink")
+    engine_options = _check_engine_options(engine, engine_options)
     if engine == "ray":
         from .ray_engine import require_ray
         require_ray("shrink")
@@ -845,7 +864,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
              shortlist=shortlist, batch_rows=batch_rows, overwrite=overwrite,
              sink_options=dict(sink_options or {}), resumed=resumed, params=params, infos={},
              published_already=published_already, skip_invalid=skip_invalid,
-             engine=engine, engine_options=dict(engine_options or {}), select=select,
+             engine=engine, engine_options=engine_options, select=select,
              ray_scan=engine == "ray" and select is None)
     seconds: dict[str, float] = {}
     skipped: list[str] = []

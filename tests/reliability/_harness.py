@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,9 +36,25 @@ def child_env(fault: str | None = None) -> dict:
 
 def run_cli(argv: list[str], fault: str | None = None, timeout: float = 240
             ) -> subprocess.CompletedProcess:
-    """``python -m tldr_index <argv>`` in a child process."""
-    return subprocess.run([sys.executable, "-m", "tldr_index", *argv], env=child_env(fault),
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    """``python -m tldr_index <argv>`` in a child process, in its own process group: once it has
+    exited, whatever it started and left behind (a local Ray's agents outlive a SIGKILLed
+    driver) is killed with the group. Output goes through files, not pipes, which such orphans
+    could hold open."""
+    cmd = [sys.executable, "-m", "tldr_index", *argv]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=child_env(fault), stdout=out, stderr=err, text=True,
+                                cwd=REPO, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, code, out.read(), err.read())
 
 
 def _same(a: dict, b: dict) -> bool:

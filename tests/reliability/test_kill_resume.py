@@ -70,3 +70,25 @@ def test_shrink_killed_in_each_stage_resumes_to_the_same_target(
     assert (run["watcher"].seen > 0) or not published
     assert staging_leftovers(str(tmp_path / "db")) == []
     assert not work.exists()
+
+
+# engine=ray: killed after the first of three 200-row scan pieces, and after the first written
+# shard; the resumed run equals the local engine's uninterrupted run (same sample, same model)
+RAY_KILLS = [("scan:update@1", []),
+             ("write:update@1", ["scan", "knn", "train", "encode"])]
+
+
+@pytest.mark.parametrize("fault,skipped", RAY_KILLS, ids=[k[0] for k in RAY_KILLS])
+def test_shrink_on_ray_killed_resumes_to_the_same_target(fault, skipped, tmp_path, data,
+                                                         reference, source_guard):
+    pytest.importorskip("ray", reason="optional extra: pip install 'tldr-index[ray]'")
+    src = source_guard(lancedb_source(str(tmp_path), data))
+    work = tmp_path / "work"
+    argv = ["shrink", "--source", src, "--target", "docs_out", "--work-dir", str(work), *ARGS,
+            "--json", "--engine", "ray", "--shard-rows", "200", "--workers", "2"]
+    argv.remove("--quiet")
+    run = kill_then_resume(argv, fault, src + "_out", reference)
+    report = json.loads(run["resumed"].stdout)
+    assert report["resumed"] and report["skipped_stages"] == skipped
+    assert staging_leftovers(str(tmp_path / "db")) == []
+    assert not work.exists()
