@@ -19,11 +19,12 @@ from __future__ import annotations
 import abc
 import base64
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ from tldr_index.errors import (InvalidInputError, InvalidParameterError, Missing
                                ModelFormatError, SinkStateError)
 
 from . import arrow_utils as au
-from .ids import DuplicateIdTracker, is_id_type
+from .ids import DuplicateIdTracker, IdDigest, is_id_type
 
 log = logging.getLogger(__name__)
 
@@ -471,13 +472,31 @@ class Sink(abc.ABC):
         self._store_model(bytes(model_bytes), dict(metadata))
         self.state = "stored"
 
-    def verify(self, expected_count: int, expected_ids_digest: str | None = None) -> None:
+    def verify(self, expected_count: int, expected_ids_digest: str | None = None, *,
+               map_pieces: Callable | None = None) -> None:
         """Read the staged target back: row count, ids digest (see :mod:`connectors.ids`) and model
-        checksum must match. Raises :class:`VerificationError`; call :meth:`abort` then."""
+        checksum must match. Raises :class:`VerificationError`; call :meth:`abort` then.
+
+        ``map_pieces(fn, locators)`` runs ``fn`` over the staged files (Lance fragments, Parquet
+        files) and returns the results in order; the default reads them here one after the
+        other, a distributed engine passes its own (:func:`tldr_index.ray_engine.ray_map`), and
+        the per-file digests are merged (:meth:`IdDigest.merge`). Qdrant reads back here."""
         self._expect("stored", "verify")
         check_int(expected_count, "expected_count", low=0, owner=type(self).__name__)
+        self._map_pieces = map_pieces
         self._verify(int(expected_count), expected_ids_digest)
         self.state = "verified"
+
+    def _digest_ids(self, locators: list[tuple]) -> str:
+        """Digest of the ids in the staged files ``locators`` (see :func:`digest_id_piece`),
+        read through ``map_pieces`` when :meth:`verify` got one."""
+        fn = functools.partial(digest_id_piece, id_column=self.layout.id_column)
+        run = getattr(self, "_map_pieces", None) or (lambda f, items: [f(i) for i in items])
+        digest = IdDigest()
+        for state in run(fn, locators):
+            digest.merge(state)
+        self.verified_pieces = len(locators)
+        return digest.hexdigest()
 
     def publish(self) -> None:
         """Make the verified target visible atomically."""
@@ -525,6 +544,25 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     def _abort(self) -> None: ...
+
+
+def digest_id_piece(locator: tuple, id_column: str) -> tuple[int, int, int]:
+    """:meth:`IdDigest.state` of the ids in one staged file: ``("lance", dataset path, version,
+    fragment id)`` or ``("parquet", file path)``. Memory: one 65,536-id batch."""
+    digest = IdDigest()
+    if locator[0] == "lance":
+        import lance
+
+        _, path, version, fragment_id = locator
+        frag = lance.dataset(path, version=version).get_fragment(fragment_id)
+        batches = frag.to_batches(columns=[id_column], batch_size=65_536)
+    else:
+        import pyarrow.parquet as pq
+
+        batches = pq.ParquetFile(locator[1]).iter_batches(batch_size=65_536, columns=[id_column])
+    for b in batches:
+        digest.update(b.column(0))
+    return digest.state()
 
 
 def verify_counts(where: str, expected_count: int, got_count: int,

@@ -38,19 +38,16 @@ from typing import Any
 import lance
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from lance.fragment import write_fragments
 
 from tldr_index.artifact import atomic_write_bytes
 from tldr_index._validation import check_int
-from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFoundError,
-                               TargetExistsError)
+from tldr_index.errors import ModelFormatError, SourceNotFoundError, TargetExistsError
 
 from . import arrow_utils as au
-from .base import (DEFAULT_BATCH_ROWS, DISTANCES, RECORD_KEY, Piece, Sink, Source, Target, build_record,
-                   check_model, dump_record, load_record, verify_counts,
-                   take_by_filter)
-from .ids import IdDigest
+from .base import (DEFAULT_BATCH_ROWS, DISTANCES, RECORD_KEY, Piece, Sink, Source, Target,
+                   build_record, check_model, dump_record, load_record, take_by_filter,
+                   verify_counts)
 
 log = logging.getLogger(__name__)
 
@@ -268,11 +265,12 @@ class LanceSink(Sink):
         meta[RECORD_KEY.encode()] = dump_record(self._record).encode()
         op = lance.LanceOperation.Overwrite(self.schema.with_metadata(meta), self._fragments)
         self._staged = lance.LanceDataset.commit(self.staging, op, read_version=1)
-        digest = IdDigest()
-        for b in self._staged.to_batches(columns=[self.layout.id_column], batch_size=65_536):
-            digest.update(b.column(0))
+        got = None
+        if expected_ids_digest:
+            got = self._digest_ids([("lance", self.staging, self._staged.version, f.fragment_id)
+                                    for f in self._staged.get_fragments()])
         verify_counts(self.uri, expected_count, self._staged.count_rows(),
-                      expected_ids_digest, digest.hexdigest() if expected_ids_digest else None)
+                      expected_ids_digest, got)
         _read_model(self.staging, load_record(self._staged.schema.metadata.get(
             RECORD_KEY.encode()), self.uri), self.uri)
 

@@ -45,10 +45,8 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
                                TargetExistsError)
 
 from . import arrow_utils as au
-from .base import (DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, build_record, check_model,
-                   dump_record, load_record, verify_counts,
-                   take_by_filter)
-from .ids import IdDigest
+from .base import (DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, build_record,
+                   check_model, dump_record, load_record, take_by_filter, verify_counts)
 
 log = logging.getLogger(__name__)
 
@@ -309,14 +307,10 @@ class ParquetSink(Sink):
 
     def _verify(self, expected_count: int, expected_ids_digest: str | None) -> None:
         t = ParquetTarget(self.staging, uri=self.uri)
-        digest = IdDigest()
+        got = None
         if expected_ids_digest is not None:
-            for f in t.files:
-                for b in pq.ParquetFile(f).iter_batches(batch_size=65_536,
-                                                        columns=[self.layout.id_column]):
-                    digest.update(b.column(0))
-        verify_counts(self.uri, expected_count, t.count(), expected_ids_digest,
-                      digest.hexdigest() if expected_ids_digest else None)
+            got = self._digest_ids([("parquet", f) for f in t.files])
+        verify_counts(self.uri, expected_count, t.count(), expected_ids_digest, got)
 
     def _publish(self) -> None:
         if os.path.isdir(self.path) and os.listdir(self.path):

@@ -83,7 +83,8 @@ def test_pieces_need_a_store_with_ranges(tmp_path):
             r"distributed scan needs a Lance/LanceDB or Parquet source\.$")):
         src.pieces(10)
     with pytest.raises(InvalidParameterError, match=(
-            r"^Source 'qdrant\+memory://.*/docs' \(QdrantSource\) cannot read rows by position\.$")):
+            r"^Source 'qdrant\+memory://.*/docs' \(QdrantSource\) cannot read rows by "
+            r"position\.$")):
         src.read_rows(np.array([0]), ["id"])
     for uri, owner in ((_parquet_source(tmp_path), "ParquetSource"),
                        (_lance_source(tmp_path), "LanceSource")):
@@ -192,3 +193,50 @@ def test_scan_piece_buckets_and_sample(tmp_path):
     d = IdDigest()
     d.merge(summary["digest"])
     assert d.hexdigest() == ref.hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["lance", "parquet"])
+def test_verify_reads_the_staged_files_through_map_pieces(tmp_path, kind):
+    """A distributed engine digests the staged files in its workers (``map_pieces``); the merged
+    digest equals the source's, a wrong one fails with the usual message."""
+    from _connector_helpers import MODEL, make_table, reduce_batch
+
+    from connectors import open_sink
+    from tldr_index.errors import VerificationError
+
+    lance.write_dataset(make_table(300, 16), str(tmp_path / "src.lance"))
+    src = open_source(f"lance://{tmp_path}/src.lance")
+    digest = IdDigest()
+    digest.update(pa.array(np.arange(300, dtype=np.int64) * 3 + 1))
+    for expected in (digest.hexdigest(), "300-" + "0" * 32):
+        name = f"t{expected[-1]}"
+        uri, opts = ((f"lance://{tmp_path}/{name}.lance", {"max_rows_per_file": 100,
+                                                          "flush_rows": 100})
+                     if kind == "lance" else (f"parquet://{tmp_path}/{name}/",
+                                              {"rows_per_file": 100}))
+        sink = open_sink(uri, **opts)
+        batches = [reduce_batch(b, src, 4) for b in src.iter_batches(100)]
+        sink.create(batches[0].schema, id_column="id", vector_column="vector", distance="l2",
+                    codes_column="pq_codes")
+        for b in batches:
+            sink.append(b)
+        sink.store_model(MODEL, {"source": src.uri})
+        calls = []
+
+        def record(fn, items):
+            calls.append(list(items))
+            return [fn(i) for i in reversed(items)]  # any order: the digests add up
+
+        try:
+            if expected == digest.hexdigest():
+                sink.verify(300, expected, map_pieces=record)
+            else:
+                with pytest.raises(VerificationError) as err:
+                    sink.verify(300, expected, map_pieces=record)
+                assert str(err.value) == (
+                    f"Staged target '{uri}' must hold the ids of the source (digest {expected}). "
+                    f"Got digest {digest.hexdigest()} instead.")
+        finally:
+            sink.abort()
+        assert len(calls) == 1 and len(calls[0]) == 3 and sink.verified_pieces == 3
+        assert {loc[0] for loc in calls[0]} == {kind}

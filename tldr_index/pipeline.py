@@ -553,7 +553,11 @@ def _stage_write(c: SimpleNamespace) -> dict:
             raise InvalidInputError(
                 f"Source '{c.src.uri}' changed during shrink (now {c.src.count()} rows, "
                 f"fingerprint {c.src.fingerprint()}); nothing was published.")
-        sink.verify(scan["rows"], scan["ids_digest"])
+        if c.engine == "ray":  # read the staged files back in Ray tasks, digests merged here
+            from .ray_engine import ray_map
+            sink.verify(scan["rows"], scan["ids_digest"], map_pieces=ray_map)
+        else:
+            sink.verify(scan["rows"], scan["ids_digest"])
         infos["verify"] = {"rows": scan["rows"], "ids_digest": scan["ids_digest"],
                            "seconds": time.perf_counter() - t0}
         c.progress.update("verify", 1)

@@ -4,13 +4,15 @@ What runs where::
 
     driver (this process)                 Ray tasks (read + encode + write fused in one task;
     ---------------------                 the model parsed once per worker process)
-    scan / kNN / train (sample)
+    scan (:mod:`tldr_index.ray_scan`, Ray tasks) / kNN / train (on the sample)
     compact model -> ray.put(bytes)
     ray.data.read_lance / read_parquet -> map_batches(_encode_task): encode_record_batch per
                                           batch; each shard written into the sink's staging
                                           (Lance fragment files / one Parquet file)
     shard list (in source order)       <- one small row per shard (fragment JSON / path, rows)
-    sink.adopt_* -> store_model -> verify -> publish   (one commit, the connectors' own code)
+    sink.adopt_* -> store_model -> verify -> publish   (one commit, the connectors' own code;
+                                          verify reads the staged files' ids back in one task
+                                          per file, :func:`ray_map`)
 
 The model travels as its safetensors bytes through the object store (one ``ray.put``; no pickle
 of model objects); each worker process rebuilds it with :meth:`CompactModel.from_bytes` once. The
@@ -249,6 +251,19 @@ def encode_dataset(ds, model: CompactModel, schema: pa.Schema, *, vector_column:
     return ds.map_batches(_encode_task, batch_format="pyarrow", batch_size=shard_rows,
                           fn_kwargs={"key": uuid.uuid4().hex, "model_ref": [ref], **spec},
                           **pool)
+
+
+def _apply(fn: Callable, item):
+    return fn(item)
+
+
+def ray_map(fn: Callable, items: list) -> list:
+    """``[fn(item) for item in items]`` as one Ray task per item (``fn`` must pickle: a
+    module-level function or a ``functools.partial`` of one), results in order. Used to read a
+    staged target back in parallel (``Sink.verify(map_pieces=ray_map)``)."""
+    ray = require_ray()
+    task = ray.remote(_apply)
+    return ray.get([task.remote(fn, item) for item in items])
 
 
 def write_with_ray(src, sink, model: CompactModel, schema: pa.Schema, *,
