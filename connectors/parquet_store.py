@@ -88,7 +88,6 @@ class ParquetSource(Source):
                  distance: str | None = None):
         self.uri, self.path = uri, path
         self.files = list_parquet_files(path, uri)
-        self._pfs = {}
         schema = pq.read_schema(self.files[0])
         self._bind_columns(schema, vector_column, id_column, payload_columns)
         self._columns = [self.id_column, self.vector_column, *self.payload_columns]

@@ -28,8 +28,9 @@ first in the stream).
 
 Bytes moved: each piece is read once (all columns, as the local scan); 16 bytes per row of
 (key, position) go through the object store (spilled to disk by Ray if needed) to the bucket
-tasks; the driver receives ``sample x D x 4`` bytes. Memory per task: one batch plus 16 bytes per
-row of its piece (pass 1) or of its bucket (``BUCKET_ROWS`` rows, pass 2).
+tasks; the driver receives ``sample x D x 4`` bytes (plus, with ``skip_invalid``, 8 bytes per
+skipped row: their positions). Memory per task: one batch plus 16 bytes per row of its piece
+(pass 1) or of its bucket (``BUCKET_ROWS`` rows, pass 2).
 """
 
 from __future__ import annotations
