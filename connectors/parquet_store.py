@@ -140,7 +140,12 @@ class ParquetSource(Source):
                 pf.close()
 
     def _row_groups(self) -> list[tuple[int, int, int, int]]:
-        """``(file index, row group, first row, rows)`` of every row group, in stream order."""
+        """``(file index, row group, first row, rows)`` of every row group, in stream order.
+        Read from the footers once, then kept (it travels with the source to Ray workers, so a
+        task does not re-read every footer)."""
+        cached = getattr(self, "_groups", None)
+        if cached is not None:
+            return cached
         out, start = [], 0
         for i, f in enumerate(self.files):
             meta = pq.read_metadata(f)
@@ -148,6 +153,7 @@ class ParquetSource(Source):
                 n = meta.row_group(g).num_rows
                 out.append((i, g, start, n))
                 start += n
+        self._groups = out
         return out
 
     def pieces(self, rows_per_piece: int) -> list[Piece]:
