@@ -120,6 +120,28 @@ def test_ray_scan_skip_invalid_matches_local(ray_local, tmp_path, kind):
     assert _info_without_timings(t_ray.model_bytes) == _info_without_timings(t_local.model_bytes)
 
 
+def test_ray_engine_matches_local_on_lance_with_deletions(ray_local, tmp_path):
+    """Fragments with deleted rows (pieces and the sample count live rows only), float16 vectors
+    and string ids: the same target and model as the local engine."""
+    import lance
+
+    X = make_nested(1500, 32, seed=11).astype(np.float16)
+    ids = np.array([f"k{i:05d}" for i in range(1500)], dtype=object)
+    path = str(tmp_path / "src.lance")
+    lance.write_dataset(table_of(X, ids=ids), path, max_rows_per_file=400)
+    lance.dataset(path).delete("text LIKE '%7'")
+    src, opts = f"lance://{path}", dict(FAST, sample=700)
+    for engine in ("local", "ray"):
+        shrink(src, _target(str(tmp_path), "parquet", engine), work_dir=tmp_path / f"w_{engine}",
+               engine=engine, engine_options={"shard_rows": 250} if engine == "ray" else None,
+               **opts)
+    local, distributed = (_target(str(tmp_path), "parquet", e) for e in ("local", "ray"))
+    assert open_target(distributed).count() == 1350
+    assert_same_snapshot(snapshot(distributed), snapshot(local))
+    assert _info_without_timings(open_target(distributed).model_bytes) == \
+        _info_without_timings(open_target(local).model_bytes)
+
+
 def _lance_fragments(root: str, X: np.ndarray, **kw) -> str:
     """A Lance dataset of 700-row fragments (LanceDB refuses NaN vectors at create time)."""
     import lance
