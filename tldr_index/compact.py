@@ -65,8 +65,11 @@ class CompactModel:
                    None if pq is None else np.asarray(pq.centroids_, dtype=np.float32), info)
 
     # -- encoding --------------------------------------------------------------------------------
-    def encode(self, X: np.ndarray) -> np.ndarray:
+    def encode(self, X: np.ndarray, *, finite_checked: bool = False) -> np.ndarray:
         """Reduced float32 vectors of ``X`` (n, D) (not normalised; the PQ normalises for cosine).
+        ``finite_checked``: the caller already refused NaN/inf (e.g.
+        :class:`~tldr_index.compact_collection.CompactCollection`), so the values are not scanned
+        again; the shape is still checked.
 
         Accumulated in float64 and rounded to float32, so a row's result does not depend on the
         batch it is encoded in (float32 BLAS kernels sum in a block-size-dependent order, which
@@ -81,7 +84,7 @@ class CompactModel:
             raise InvalidInputError(
                 f"Queries must have shape (n, {self.input_dim}) with n >= 1 (the dimension of "
                 f"the source vectors). Got {X.shape} instead.")
-        if not np.isfinite(X).all():
+        if not finite_checked and not np.isfinite(X).all():
             bad = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
             raise InvalidInputError(
                 f"Queries must contain only finite values. Got NaN or inf in row {bad}.")

@@ -119,9 +119,12 @@ class CompactCollection:
         """``(reduced (n, d) float32, PQ codes (n, pq_bytes) uint8)`` of ``vectors`` (numpy
         (n, D), an Arrow list / fixed-size-list array, or a batch / table with the vector column).
         Codes are ``(n, 0)`` when the target stores none. Thread-safe."""
+        return self._encode_matrix(self._matrix(vectors, "vectors"))
+
+    def _encode_matrix(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`encode` of a matrix :meth:`_matrix` has already checked."""
         model = self.model
-        X = self._matrix(vectors, "vectors")
-        Y = model.encode(X)
+        Y = model.encode(X, finite_checked=True)
         codes = model.quantizer().encode(Y) if model.pq_bytes else np.empty((len(X), 0),
                                                                               np.uint8)
         return Y.astype(np.float32, copy=False), codes
@@ -190,7 +193,7 @@ class CompactCollection:
             X = self._matrix(vectors, "vectors")
             ids = self._ids(ids, len(X))
             ids, X, payload = self._dedupe(ids, X, payload)
-            Y, codes = self.encode(X)
+            Y, codes = self._encode_matrix(X)
             if not upsert:
                 keep = self._check_collisions(ids, Y)
                 if not keep.all():
