@@ -147,26 +147,15 @@ class Source(abc.ABC):
         Duplicate ids are not checked (a piece does not see the others; see
         :func:`connectors.ids.first_duplicate`); :attr:`skipped` counts this piece's drops.
         Memory: one batch."""
-        batch_rows = check_int(batch_rows, "batch_rows", low=1, owner=type(self).__name__)
-        schema = self.schema
-        self.skipped = {"rows": 0, "first_id": None}
-        row = piece.start
-        for raw in self._raw_piece_batches(piece, batch_rows):
-            for batch in au.split_batch(raw, batch_rows):
-                if batch.num_rows == 0:
-                    continue
-                dropped: list[np.ndarray] = []
-                out = self._normalize(batch, schema, row, skip_invalid, dropped=dropped)
-                pos = np.arange(row, row + batch.num_rows, dtype=np.int64)
-                if dropped:
-                    pos = np.delete(pos, dropped[0] - row)
-                row += batch.num_rows
-                if out.num_rows:
-                    yield out, pos
-        if row != piece.start + piece.rows:
+        end = piece.start
+        for out, pos, _, end in self._validated(self._raw_piece_batches(piece, batch_rows),
+                                                batch_rows, piece.start, skip_invalid):
+            if out.num_rows:
+                yield out, pos
+        if end != piece.start + piece.rows:
             raise InvalidInputError(
                 f"Source '{self.uri}' changed while it was read: rows {piece.start}-"
-                f"{piece.start + piece.rows - 1} held {row - piece.start} rows. Run shrink again "
+                f"{piece.start + piece.rows - 1} held {end - piece.start} rows. Run shrink again "
                 f"once it is stable.")
 
     def read_rows(self, positions: np.ndarray, columns: Sequence[str]) -> pa.Table:
@@ -190,26 +179,41 @@ class Source(abc.ABC):
         """
         from tldr_index.errors import DuplicateIdError
 
-        batch_rows = check_int(batch_rows, "batch_rows", low=1, owner=type(self).__name__)
         tracker = DuplicateIdTracker() if check_duplicates else None
+        for out, _, row, _ in self._validated(self._raw_batches(batch_rows), batch_rows, 0,
+                                              skip_invalid):
+            if tracker is not None:
+                ids = out.column(0)
+                pos = tracker.add(ids)
+                if pos is not None:
+                    raise DuplicateIdError(
+                        f"Id column '{self.id_column}' of source '{self.uri}' must hold unique "
+                        f"ids. Got duplicate id {ids[pos].as_py()!r} at row {row + pos}.")
+            if out.num_rows:
+                yield out
+
+    def _validated(self, raws: Iterator[pa.RecordBatch], batch_rows: int, row: int,
+                   skip_invalid: bool
+                   ) -> Iterator[tuple[pa.RecordBatch, np.ndarray, int, int]]:
+        """The loop under :meth:`iter_batches` and :meth:`iter_piece`: split the raw batches
+        (the first at source position ``row``) into ``batch_rows`` slices and validate each
+        (:meth:`_normalize`). Yields ``(batch, positions of its rows, first, stop)`` per slice,
+        ``[first, stop)`` being the slice's raw positions; the batch may be empty after
+        ``skip_invalid``. Resets :attr:`skipped`."""
+        batch_rows = check_int(batch_rows, "batch_rows", low=1, owner=type(self).__name__)
         schema = self.schema
         self.skipped = {"rows": 0, "first_id": None}
-        row = 0
-        for raw in self._raw_batches(batch_rows):
+        for raw in raws:
             for batch in au.split_batch(raw, batch_rows):
                 if batch.num_rows == 0:
                     continue
-                out = self._normalize(batch, schema, row, skip_invalid)
-                if tracker is not None:
-                    ids = out.column(0)
-                    pos = tracker.add(ids)
-                    if pos is not None:
-                        raise DuplicateIdError(
-                            f"Id column '{self.id_column}' of source '{self.uri}' must hold unique "
-                            f"ids. Got duplicate id {ids[pos].as_py()!r} at row {row + pos}.")
+                dropped: list[np.ndarray] = []
+                out = self._normalize(batch, schema, row, skip_invalid, dropped=dropped)
+                pos = np.arange(row, row + batch.num_rows, dtype=np.int64)
+                if dropped:
+                    pos = np.delete(pos, dropped[0] - row)
+                yield out, pos, row, row + batch.num_rows
                 row += batch.num_rows
-                if out.num_rows:
-                    yield out
 
     def _normalize(self, batch: pa.RecordBatch, schema: pa.Schema, row: int,
                    skip_invalid: bool = False,
