@@ -281,25 +281,27 @@ def _stage_scan(c: SimpleNamespace) -> tuple[list[Path], dict]:
             c.progress.update("scan", rows)
     store = writer.finalize({"source": c.source_uri})
     skipped = src.skipped["rows"]
-    if rows + skipped != total:
-        raise InvalidInputError(
-            f"Source '{src.uri}' changed while it was read: it reported {total} rows but "
-            f"{rows + skipped} were read. Run shrink again once it is stable.")
-    _log_skipped(src, skipped, src.skipped["first_id"])
-    if skipped and rows < 2:
-        raise InvalidInputError(
-            f"Source '{src.uri}' has {rows} valid row(s) after skipping {skipped} invalid "
-            f"one(s) (skip_invalid=True); shrink needs at least 2.")
+    check_scan_counts(src, total, rows, skipped, src.skipped["first_id"])
     files = [store.path, store.root / VectorStore.META, out / "rows.arrow"]
     return files, {"rows": rows, "ids_digest": digest.hexdigest(), "dtype": np.dtype(dtype).name,
                    "skipped_invalid": skipped, "first_invalid_id": src.skipped["first_id"]}
 
 
-def _log_skipped(src, skipped: int, first_id) -> None:
+def check_scan_counts(src, total: int, rows: int, skipped: int, first_invalid_id) -> None:
+    """After a scan of either engine: every row the source reported was read (``rows`` valid +
+    ``skipped`` invalid), the skipped ones are logged, and at least 2 rows are left."""
+    if rows + skipped != total:
+        raise InvalidInputError(
+            f"Source '{src.uri}' changed while it was read: it reported {total} rows but "
+            f"{rows + skipped} were read. Run shrink again once it is stable.")
     if skipped:
         log.warning("Skipped %d invalid row(s) of %s (NaN/inf%s vectors), first at id %r.",
                     skipped, src.uri, ", zero under cosine" if src.distance == "cosine" else "",
-                    first_id)
+                    first_invalid_id)
+    if skipped and rows < 2:
+        raise InvalidInputError(
+            f"Source '{src.uri}' has {rows} valid row(s) after skipping {skipped} invalid "
+            f"one(s) (skip_invalid=True); shrink needs at least 2.")
 
 
 def _stage_scan_ray(c: SimpleNamespace) -> tuple[list[Path], dict]:
@@ -313,7 +315,6 @@ def _stage_scan_ray(c: SimpleNamespace) -> tuple[list[Path], dict]:
                          batch_rows=c.batch_rows, skip_invalid=c.skip_invalid,
                          progress=lambda done: c.progress.update("scan", done),
                          **c.engine_options)
-    _log_skipped(c.src, scan["skipped_invalid"], scan["first_invalid_id"])
     store = VectorStore.open(out / "sample")
     return [store.path, store.root / VectorStore.META], scan
 
@@ -336,8 +337,7 @@ def _stage_knn(c: SimpleNamespace) -> tuple[list[Path], dict]:
     from .knn import graph_recall, knn_graph
 
     out = c.work.stage_dir("knn", clear=True)
-    sampled = (c.work.root / "scan" / "sample" / VectorStore.META).exists()  # engine="ray"
-    scan = _train_store(c) if sampled else VectorStore.open(c.work.root / "scan" / "vectors")
+    scan = _train_store(c)  # knn/train was just cleared: the Ray scan's sample, or every row
     n_train = min(scan.n_rows, c.sample)
     c.progress.begin("knn", n_train if c.method != "pca" else None, "rows")
     files: list[Path] = []
@@ -553,11 +553,10 @@ def _stage_write(c: SimpleNamespace) -> dict:
             raise InvalidInputError(
                 f"Source '{c.src.uri}' changed during shrink (now {c.src.count()} rows, "
                 f"fingerprint {c.src.fingerprint()}); nothing was published.")
+        map_pieces = None
         if c.engine == "ray":  # read the staged files back in Ray tasks, digests merged here
-            from .ray_engine import ray_map
-            sink.verify(scan["rows"], scan["ids_digest"], map_pieces=ray_map)
-        else:
-            sink.verify(scan["rows"], scan["ids_digest"])
+            from .ray_engine import ray_map as map_pieces
+        sink.verify(scan["rows"], scan["ids_digest"], map_pieces=map_pieces)
         infos["verify"] = {"rows": scan["rows"], "ids_digest": scan["ids_digest"],
                            "seconds": time.perf_counter() - t0}
         c.progress.update("verify", 1)

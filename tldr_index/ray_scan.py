@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DuplicateIdError, InvalidInputError, TLDRError
+from .errors import DuplicateIdError, TLDRError
 from .ray_engine import (
     DEFAULT_SHARD_ROWS,
     _raise_worker_error,
@@ -143,6 +143,11 @@ def read_sample(src, positions: np.ndarray) -> np.ndarray:
     return np.asarray(vectors_to_numpy(col, dim=src.dim), dtype=np.float32)
 
 
+def _per_piece(positions: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
+    """Sorted ``positions`` split by the pieces beginning at ``starts``."""
+    return np.split(positions, np.searchsorted(positions, starts)[1:])
+
+
 def scan_with_ray(src, out: Path, *, sample: int, seed: int, batch_rows: int = 8192,
                   skip_invalid: bool = False, shard_rows: int = DEFAULT_SHARD_ROWS,
                   workers: int | None = None, num_cpus: int | None = None,
@@ -157,14 +162,15 @@ def scan_with_ray(src, out: Path, *, sample: int, seed: int, batch_rows: int = 8
     :class:`DuplicateIdError`) with the same messages."""
     from connectors.ids import IdDigest
 
+    from .pipeline import check_scan_counts
+
     ray = require_ray()
     total = src.count()
     pieces = src.pieces(shard_rows)
     buckets = max(1, -(-total // BUCKET_ROWS))
     want = sample_positions(total, sample, seed)  # right unless rows get skipped (pass 3)
     starts = np.array([p.start for p in pieces], dtype=np.int64)
-    cut = np.searchsorted(want, starts)
-    wants = np.split(want, cut[1:])
+    wants = _per_piece(want, starts)
     summaries: dict[int, dict] = {}
     refs: dict[int, list] = {}
     with _RaySession(ray, num_cpus):
@@ -193,12 +199,9 @@ def scan_with_ray(src, out: Path, *, sample: int, seed: int, batch_rows: int = 8
         order = sorted(summaries)
         rows = sum(summaries[i]["rows"] for i in order)
         skipped = sum(summaries[i]["skipped"] for i in order)
-        if rows + skipped != total:
-            raise InvalidInputError(
-                f"Source '{src.uri}' changed while it was read: it reported {total} rows but "
-                f"{rows + skipped} were read. Run shrink again once it is stable.")
         first_invalid = next((summaries[i]["first_invalid_id"] for i in order
                               if summaries[i]["skipped"]), None)
+        check_scan_counts(src, total, rows, skipped, first_invalid)
         dup_task = ray.remote(bucket_duplicate)
         found = ray.get([dup_task.remote(*[refs[i][2 + b] for i in order])
                          for b in range(buckets)])
@@ -217,15 +220,10 @@ def scan_with_ray(src, out: Path, *, sample: int, seed: int, batch_rows: int = 8
             for i in order:
                 writer.append(ray.get(refs[i][1]))
         else:
-            if rows < 2:
-                raise InvalidInputError(
-                    f"Source '{src.uri}' has {rows} valid row(s) after skipping {skipped} "
-                    f"invalid one(s) (skip_invalid=True); shrink needs at least 2.")
             dropped = np.concatenate([summaries[i]["dropped"] for i in order])
             want = sample_positions(rows, sample, seed, dropped)
-            cut = np.searchsorted(want, starts)
             read = ray.remote(read_sample)
-            parts = [read.remote(src_ref, w) for w in np.split(want, cut[1:]) if len(w)]
+            parts = [read.remote(src_ref, w) for w in _per_piece(want, starts) if len(w)]
             for r in parts:
                 writer.append(ray.get(r))
         del refs
