@@ -49,6 +49,19 @@ def lancedb_source(root: str, X: np.ndarray, name: str = "docs", **kw) -> str:
     return lancedb_uri(db, name)
 
 
+def lance_fragments(root: str, X: np.ndarray, rows_per_fragment: int, *, name: str = "src",
+                    delete: str | None = None, **kw) -> str:
+    """A Lance dataset (``lance://<root>/<name>.lance``) of ``rows_per_fragment``-row fragments,
+    rows matching ``delete`` deleted. Unlike LanceDB's create, it takes NaN vectors."""
+    import lance
+
+    path = os.path.join(root, f"{name}.lance")
+    lance.write_dataset(table_of(X, **kw), path, max_rows_per_file=rows_per_fragment)
+    if delete:
+        lance.dataset(path).delete(delete)
+    return f"lance://{path}"
+
+
 def parquet_source(root: str, X: np.ndarray, parts: int = 2, **kw) -> str:
     d = os.path.join(root, "pq")
     os.makedirs(d, exist_ok=True)

@@ -14,15 +14,8 @@ import sys
 
 import numpy as np
 import pytest
-from _pipeline_helpers import (
-    assert_same_snapshot,
-    lancedb_source,
-    make_nested,
-    parquet_source,
-    qdrant_source,
-    snapshot,
-    table_of,
-)
+from _pipeline_helpers import (assert_same_snapshot, lance_fragments, lancedb_source, make_nested,
+                               parquet_source, qdrant_source, snapshot)
 from click.testing import CliRunner
 
 from connectors import open_target
@@ -106,7 +99,7 @@ def test_ray_scan_skip_invalid_matches_local(ray_local, tmp_path, kind):
     X[bad[:4]] = np.nan
     X[bad[4], 7] = np.inf
     root = str(tmp_path)
-    src = _lance_fragments(root, X) if kind == "lance" else parquet_source(root, X, parts=3)
+    src = lance_fragments(root, X, 700) if kind == "lance" else parquet_source(root, X, parts=3)
     local, distributed = _target(root, kind, "local"), _target(root, kind, "ray")
     opts = dict(FAST, skip_invalid=True)
     r_local = shrink(src, local, work_dir=tmp_path / "w_local", **opts)
@@ -123,14 +116,10 @@ def test_ray_scan_skip_invalid_matches_local(ray_local, tmp_path, kind):
 def test_ray_engine_matches_local_on_lance_with_deletions(ray_local, tmp_path):
     """Fragments with deleted rows (pieces and the sample count live rows only), float16 vectors
     and string ids: the same target and model as the local engine."""
-    import lance
-
     X = make_nested(1500, 32, seed=11).astype(np.float16)
     ids = np.array([f"k{i:05d}" for i in range(1500)], dtype=object)
-    path = str(tmp_path / "src.lance")
-    lance.write_dataset(table_of(X, ids=ids), path, max_rows_per_file=400)
-    lance.dataset(path).delete("text LIKE '%7'")
-    src, opts = f"lance://{path}", dict(FAST, sample=700)
+    src = lance_fragments(str(tmp_path), X, 400, delete="text LIKE '%7'", ids=ids)
+    opts = dict(FAST, sample=700)
     for engine in ("local", "ray"):
         shrink(src, _target(str(tmp_path), "parquet", engine), work_dir=tmp_path / f"w_{engine}",
                engine=engine, engine_options={"shard_rows": 250} if engine == "ray" else None,
@@ -140,15 +129,6 @@ def test_ray_engine_matches_local_on_lance_with_deletions(ray_local, tmp_path):
     assert_same_snapshot(snapshot(distributed), snapshot(local))
     assert _info_without_timings(open_target(distributed).model_bytes) == \
         _info_without_timings(open_target(local).model_bytes)
-
-
-def _lance_fragments(root: str, X: np.ndarray, **kw) -> str:
-    """A Lance dataset of 700-row fragments (LanceDB refuses NaN vectors at create time)."""
-    import lance
-
-    path = os.path.join(root, "src.lance")
-    lance.write_dataset(table_of(X, **kw), path, max_rows_per_file=700)
-    return f"lance://{path}"
 
 
 def _bad_source(root: str, kind: str, case: str) -> tuple[str, dict]:
@@ -166,7 +146,7 @@ def _bad_source(root: str, kind: str, case: str) -> tuple[str, dict]:
     elif case == "duplicate-str":
         ids = np.array([f"doc-{i}" for i in range(1500)], dtype=object)
         ids[901] = ids[300]
-    src = (_lance_fragments(root, X, ids=ids) if kind == "lance"
+    src = (lance_fragments(root, X, 700, ids=ids) if kind == "lance"
            else parquet_source(root, X, parts=3, ids=ids))
     return src, opts
 

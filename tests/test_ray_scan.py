@@ -10,28 +10,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from _pipeline_helpers import make_nested, table_of
+from _pipeline_helpers import lance_fragments, make_nested, table_of
 
 from connectors import IdDigest, open_source
 from connectors.ids import DuplicateIdTracker, first_duplicate, hash_ids
 from tldr_index.errors import InvalidInputError, InvalidParameterError
 from tldr_index.pipeline import _sample_rows
-from tldr_index.ray_scan import (
-    bucket_duplicate,
-    read_sample,
-    sample_positions,
-    scan_piece,
-)
+from tldr_index.ray_scan import bucket_duplicate, read_sample, sample_positions, scan_piece
 
 
 def _lance_source(tmp_path, n=500, delete=True) -> str:
     """A Lance dataset of 5 fragments (120 rows each but the last) with rows deleted."""
-    X = make_nested(n, 24, seed=1)
-    path = str(tmp_path / "src.lance")
-    lance.write_dataset(table_of(X), path, max_rows_per_file=120)
-    if delete:
-        lance.dataset(path).delete("id % 9 = 4")
-    return f"lance://{path}"
+    return lance_fragments(str(tmp_path), make_nested(n, 24, seed=1), 120,
+                           delete="id % 9 = 4" if delete else None)
 
 
 def _parquet_source(tmp_path, n=500) -> str:
@@ -99,9 +90,7 @@ def test_iter_piece_reports_the_positions_of_the_rows_it_keeps(tmp_path):
     bad = [5, 6, 130, 299]
     X[bad[:3]] = np.nan
     X[bad[3], 0] = np.inf
-    path = str(tmp_path / "nan.lance")
-    lance.write_dataset(table_of(X), path, max_rows_per_file=100)
-    src = open_source(f"lance://{path}")
+    src = open_source(lance_fragments(str(tmp_path), X, 100, name="nan"))
     kept, skipped = [], 0
     for p in src.pieces(64):
         kept += [pos for _, pos in src.iter_piece(p, 25, skip_invalid=True)]
