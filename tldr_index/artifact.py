@@ -43,7 +43,23 @@ def model_to_bytes(tensors: dict[str, np.ndarray], info: dict[str, Any]) -> byte
     info_json = json.dumps(info, sort_keys=True)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "info": info_json,
             "sha256": content_hash(tensors, info_json)}
-    return save(tensors, metadata=meta)
+    return canonical_header(save(tensors, metadata=meta))
+
+
+def canonical_header(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its JSON header rewritten with sorted keys and no
+    spaces, padded with spaces to a multiple of 8 bytes as safetensors does; the tensor bytes
+    are unchanged (their offsets are relative to the end of the header).
+
+    safetensors writes the ``__metadata__`` entries in a random order (a Rust ``HashMap``), so
+    the same model would otherwise give different file bytes from one save to the next: with
+    this, equal tensors and info give equal bytes (and an equal sha256 of the file). Cost: one
+    copy of the file's bytes."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def model_from_bytes(data: bytes, source: str = "<bytes>") -> tuple[dict[str, np.ndarray], dict]:

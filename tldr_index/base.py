@@ -70,7 +70,7 @@ class BaseReducer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
                 "input_dim": int(self.n_features_in_), "output_dim": int(self.n_components_),
                 "metric": getattr(self, "metric", "cosine"), "params": _jsonable(self.get_params()),
                 "library": "tldr-index", "library_version": __version__,
-                "fit_info": _jsonable(getattr(self, "fit_info_", {}))}
+                "fit_info": _jsonable(without_timings(getattr(self, "fit_info_", {})))}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted model to ``path`` (safetensors + JSON metadata, atomic, no pickle)."""
@@ -115,6 +115,23 @@ class BaseReducer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         self.n_features_in_ = int(info["input_dim"])
         self.n_components_ = int(info["output_dim"])
         self.fit_info_ = info.get("fit_info", {})
+
+
+TIMING_KEYS = ("seconds", "fit_seconds")
+
+
+def without_timings(info: Any) -> Any:
+    """``info`` without its wall-clock entries (the keys in :data:`TIMING_KEYS`, at any depth).
+
+    The model file holds what the fit computed, not how long it took, so two fits of the same
+    data with the same seed, or a fit resumed from a checkpoint and an uninterrupted one, write
+    the same bytes. The timings stay on ``fit_info_`` of the fitted object (and in ``shrink``'s
+    report); a loaded model has none. Cost: one walk of a small dict."""
+    if isinstance(info, dict):
+        return {k: without_timings(v) for k, v in info.items() if k not in TIMING_KEYS}
+    if isinstance(info, (list, tuple)):
+        return [without_timings(v) for v in info]
+    return info
 
 
 def _jsonable(obj: Any) -> Any:
