@@ -3,6 +3,7 @@ snapshots (for equality after resume) and recall."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 
@@ -109,6 +110,20 @@ def snapshot(target_uri: str) -> dict:
             snap[f"payload:{name}"] = [col[i] for i in order]
     snap["model"] = CompactModel.from_bytes(t.model_bytes).tensors()
     return snap
+
+
+def model_file_sha256(target_uri: str) -> str:
+    """sha256 of the model file a target publishes, read from disk for a local target (Lance:
+    the sidecar its record names, Parquet: ``_tldr_model.safetensors``); for a store without a
+    file (Qdrant keeps the model in the store), of the model bytes it returns."""
+    t = open_target(target_uri)
+    data = t.model_bytes
+    rel = (getattr(t, "record", None) or {}).get("model", {}).get("file")
+    if rel and getattr(t, "path", None):
+        with open(os.path.join(t.path, rel), "rb") as f:
+            data = f.read()
+        assert data == t.model_bytes
+    return hashlib.sha256(data).hexdigest()
 
 
 def vectors_to_numpy_u8(col) -> np.ndarray:
