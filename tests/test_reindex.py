@@ -6,12 +6,15 @@ triggers a refit that recovers recall, and bad input leaves the live target unto
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import os
 import socket
 import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 
 import lancedb
 import numpy as np
@@ -449,3 +452,123 @@ def test_every_job_file_key_is_a_reindex_flag():
     from tldr_index.jobfile import KEYS
 
     assert set(KEYS) <= {p.name for p in reindex_cmd.params}
+
+
+# -- where the reindex state lives (not the current directory) ------------------------------------
+
+def test_default_reindex_dir_is_derived_from_the_target(tmp_path, monkeypatch):
+    from tldr_index.reindex import default_reindex_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    here = tmp_path.resolve()
+    assert default_reindex_dir("lancedb://./db/docs_c") == here / "db" / ".docs_c.tldr-reindex"
+    assert default_reindex_dir("lance:///data/x.lance") == Path("/data/.x.lance.tldr-reindex")
+    assert default_reindex_dir("parquet://out/") == here / ".out.tldr-reindex"
+    assert default_reindex_dir("qdrant+path://./qd/docs_c") == here / "qd" / ".docs_c.tldr-reindex"
+    server = default_reindex_dir("qdrant://vectors.example:6333/docs_c")
+    assert server.parent == tmp_path / "state" / "tldr-index" / "reindex"
+    assert re.fullmatch(r"docs_c-[0-9a-f]{8}", server.name)
+    assert default_reindex_dir("qdrant://other.example:6333/docs_c") != server
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")  # ignored, as the XDG spec says
+    assert default_reindex_dir("qdrant://vectors.example:6333/docs_c").parent == \
+        Path.home() / ".local" / "state" / "tldr-index" / "reindex"
+    monkeypatch.chdir("/")  # the same target from another directory: the same place
+    assert default_reindex_dir(f"lancedb://{here}/db/docs_c") == here / "db" / ".docs_c.tldr-reindex"
+
+
+STATE_HOMES = {"lancedb": ("s", "db", ".docs_c.tldr-reindex"),
+               "parquet": ("s", ".out.tldr-reindex"),
+               "qdrant-path": ("s", "qd", ".docs_c.tldr-reindex")}
+
+
+@pytest.mark.parametrize("kind", ["lancedb", "parquet", "qdrant-path"])
+def test_reindex_in_one_directory_rollback_from_another(kind, tmp_path, monkeypatch):
+    """The CLI as a user runs it: reindex from one working directory, rollback from another,
+    no --work-dir; the state is beside the target, nothing is written to either directory."""
+    X = make_nested(340, 16, between=6, within=4, seed=4)
+    s = Store(kind, str(tmp_path / "s"), X[:300])
+    shrink(s.uri, s.target, dim=4, pq_bytes=2, work_dir=tmp_path / "w0", **FAST)
+    s.mutate(_table(X[300:], np.arange(40, dtype=np.int64) + 50_000, tag="new"), [3],
+             s.table.slice(0, 0))
+    one, two = tmp_path / "cron", tmp_path / "shell"
+    one.mkdir()
+    two.mkdir()
+    monkeypatch.chdir(one)
+    r = CliRunner().invoke(main, ["reindex", "--target", s.target, "--refit", "never",
+                                  "--threads", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    state = tmp_path.joinpath(*STATE_HOMES[kind])
+    assert (state / "history.json").is_file() and not (state / "lock").exists()
+    assert open_target(s.target).count() == 339
+    monkeypatch.chdir(two)
+    r = CliRunner().invoke(main, ["rollback", "--target", s.target])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["rows"] == 300 and open_target(s.target).count() == 300
+    assert list(one.iterdir()) == [] and list(two.iterdir()) == []
+    if kind == "qdrant-path":  # the storage still opens with the state directory inside it
+        assert open_target(s.target).collection in {
+            c.name for c in s.client.get_collections().collections}
+
+
+def test_nothing_recorded_names_where_it_looked_and_work_dir_overrides(lance_target, tmp_path,
+                                                                     data, monkeypatch, caplog):
+    from tldr_index.reindex import default_reindex_dir, legacy_reindex_dir
+
+    s = lance_target
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TLDR_INDEX_WORK", raising=False)
+    home = default_reindex_dir(s.target)
+    legacy = legacy_reindex_dir(s.target).absolute()
+    assert home == tmp_path / "s" / "db" / ".docs_c.tldr-reindex"
+    assert legacy.parent == tmp_path / "tldr-work"
+    msg = (f"No reindex of target '{s.target}' is recorded in '{home}' (its reindex directory) "
+           f"or in '{legacy}' (where earlier versions kept it); nothing to roll back to. Pass "
+           f"work_dir (--work-dir) if the reindex ran with one.")
+    with pytest.raises(InvalidInputError, match=f"^{re.escape(msg)}$"):
+        rollback(s.target)
+    r = CliRunner().invoke(main, ["rollback", "--target", s.target])
+    assert r.exit_code == 1 and json.loads(r.stdout)["error"] == msg
+    assert r.stderr.strip() == f"Error: {msg}"
+    assert not home.exists() and not legacy.exists()  # looking creates nothing
+
+    # --work-dir: the state goes there, and only there
+    _, X_new = data
+    s.mutate(_table(X_new[:40], np.arange(40, dtype=np.int64) + 100_000), [3], s.table.slice(0, 0))
+    work = tmp_path / "elsewhere"
+    r = CliRunner().invoke(main, ["reindex", "--target", s.target, "--work-dir", str(work),
+                                  "--refit", "never", "--threads", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert (work / "history.json").is_file() and not home.exists()
+    with pytest.raises(InvalidInputError, match=f"^{re.escape(msg)}$"):
+        rollback(s.target)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InvalidInputError, match=rf"^No reindex of target '{re.escape(s.target)}' "
+                                                rf"is recorded in '{empty}' \(work_dir\); nothing "
+                                                rf"to roll back to\. Pass work_dir \(--work-dir\) "
+                                                rf"if the reindex ran with one\.$"):
+        rollback(s.target, work_dir=empty)
+    r = CliRunner().invoke(main, ["rollback", "--target", s.target, "--work-dir", str(work)])
+    assert r.exit_code == 0 and json.loads(r.stdout)["rows"] == N
+
+    # state left in ./tldr-work by an earlier version is still used from that directory
+    shutil.move(str(work), str(legacy))
+    with caplog.at_level("WARNING", logger="tldr_index.reindex"):
+        out = rollback(s.target)  # undoes the rollback: back to the reindexed rows
+    assert out["rows"] == N + 39
+    assert (f"Using the reindex state of '{s.target}' found in '{legacy}', where earlier "
+            f"versions kept it (under the current directory or $TLDR_INDEX_WORK). Its place is "
+            f"now '{home}' (found from any directory): move it there (mv '{legacy}' '{home}'), "
+            f"or keep passing --work-dir '{legacy}'.") in caplog.messages
+    assert not home.exists()
+
+
+def test_failed_reindex_leaves_no_state_directory(tmp_path):
+    from tldr_index.errors import SourceNotFoundError
+    from tldr_index.reindex import default_reindex_dir
+
+    target = lancedb_uri(str(tmp_path / "db"), "missing")
+    with pytest.raises(SourceNotFoundError):
+        reindex(target)
+    assert not default_reindex_dir(target).exists() and not (tmp_path / "db").exists()

@@ -1,6 +1,8 @@
 """``reindex``: bring a compact collection up to date with its source, incrementally.
 
-One run, under a lock (:mod:`tldr_index.lock`) in the target's reindex directory:
+One run, under a lock (:mod:`tldr_index.lock`) in the target's reindex directory
+(:func:`default_reindex_dir`: ``.<name>.tldr-reindex`` beside a local target, a per-user state
+directory for a Qdrant server; or ``work_dir``):
 
 1. open the live target and its model (a missing or corrupt model stops here: nothing written);
 2. stream the source once, hashing every vector (:mod:`tldr_index.rowstate`): ids not in the
@@ -33,9 +35,11 @@ the delta (Lance: one commit; Parquet and Qdrant: a copy of the compact rows).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -97,16 +101,112 @@ class ReindexReport:
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
 
 
-def reindex_dir(target_uri: str, work_dir: str | os.PathLike | None = None) -> Path:
-    """The lock, hash states, history, refit checkpoints and the record of a delta's staging area
-    (removed by the next run when a killed run left it) of ``target_uri``: ``work_dir`` or
-    :func:`tldr_index.pipeline.default_work_dir` of the target with a ``.reindex`` suffix."""
-    if work_dir is not None:
-        return Path(work_dir)
+STATE_SUFFIX = ".tldr-reindex"  # <dir holding the target>/.<name>.tldr-reindex
+
+
+def user_state_dir() -> Path:
+    """``$XDG_STATE_HOME/tldr-index`` (an absolute ``XDG_STATE_HOME`` only, as the XDG spec
+    says), else ``~/.local/state/tldr-index``: where state of targets without a local directory
+    (a Qdrant server) lives."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "tldr-index"
+
+
+def _local_home(target_uri: str) -> tuple[Path, str] | None:
+    """``(directory that holds the target, target name)`` for a target on the local
+    filesystem, None otherwise (a Qdrant server or in-memory store, a remote object store)."""
+    from connectors import parse_uri
+
+    p = parse_uri(target_uri)
+    if p.kind == "qdrant":
+        return (Path(os.path.abspath(p.path)), p.collection) if p.mode == "path" else None
+    if p.kind == "lance" and p.table:
+        where, name = p.db, p.table
+    else:
+        path = p.path.rstrip("/")
+        where, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    if "://" in where or not name or any(ch in p.path for ch in "*?["):
+        return None
+    return Path(os.path.abspath(where)), name
+
+
+def default_reindex_dir(target_uri: str) -> Path:
+    """The reindex directory of ``target_uri`` when no ``work_dir`` is given: a function of the
+    target alone, never of the current directory, so ``reindex`` and ``rollback`` find the same
+    state from anywhere.
+
+    * a local target (LanceDB table, Lance dataset, Parquet directory, embedded Qdrant
+      collection): ``.<name>.tldr-reindex`` in the directory that holds it (the LanceDB
+      directory, the Parquet directory's parent, the Qdrant storage directory), so the state
+      moves, is backed up and is deleted with the data it describes;
+    * a target without a local directory (a Qdrant server, an in-memory Qdrant):
+      ``<user_state_dir()>/reindex/<name>-<8 hex of the absolute target URI>``.
+    """
+    from connectors import absolute_uri, parse_uri
+
+    home = _local_home(target_uri)
+    if home is not None:
+        return home[0] / f".{home[1]}{STATE_SUFFIX}"
+    p = parse_uri(target_uri)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", p.collection or p.table or
+                  os.path.basename(p.path.rstrip("/")) or "target")
+    tag = hashlib.sha256(absolute_uri(target_uri).encode()).hexdigest()[:8]
+    return user_state_dir() / "reindex" / f"{name}-{tag}"
+
+
+def legacy_reindex_dir(target_uri: str) -> Path:
+    """Where tldr-index 0.1 kept the reindex state: ``$TLDR_INDEX_WORK`` or ``./tldr-work``
+    (relative to the current directory), then ``<name>-<hash>.reindex``."""
     from .pipeline import default_work_dir
 
     d = default_work_dir(target_uri)
     return d.with_name(d.name + ".reindex")
+
+
+def has_state(root: str | os.PathLike) -> bool:
+    """True when ``root`` holds a reindex history or a hash state."""
+    root = Path(root)
+    return (root / "history.json").is_file() or any((root / "hashes").glob("*.arrow"))
+
+
+def reindex_dir(target_uri: str, work_dir: str | os.PathLike | None = None) -> Path:
+    """The lock, hash states, history, refit checkpoints and the record of a delta's staging area
+    (removed by the next run when a killed run left it) of ``target_uri``: ``work_dir`` when
+    given, else :func:`default_reindex_dir`. When that holds no state but
+    :func:`legacy_reindex_dir` (seen from the current directory) does, the legacy directory is
+    used, with a warning that says how to move it."""
+    if work_dir is not None:
+        return Path(work_dir)
+    root = default_reindex_dir(target_uri)
+    if not has_state(root):
+        old = legacy_reindex_dir(target_uri).absolute()
+        if has_state(old):
+            log.warning("Using the reindex state of '%s' found in '%s', where earlier versions "
+                        "kept it (under the current directory or $TLDR_INDEX_WORK). Its place is "
+                        "now '%s' (found from any directory): move it there (mv '%s' '%s'), or "
+                        "keep passing --work-dir '%s'.", target_uri, old, root, old, root, old)
+            return old
+    return root
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _remove_if_empty(dirs: list[Path]) -> None:
+    """Remove the directories this run created, deepest first, while they are empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def _generation(meta: dict) -> str | None:
@@ -370,6 +470,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
         unchanged rows (in (0, 1]).
     drift_queries : new (and unchanged) rows in the drift check.
     work_dir : the reindex directory (lock, hash states, history, refit checkpoints); default
+        :func:`default_reindex_dir` (beside a local target, per user for a Qdrant server), see
         :func:`reindex_dir`.
     shrink_options : extra arguments for the refit's :func:`tldr_index.pipeline.shrink`.
 
@@ -387,6 +488,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
     seed = check_int(seed, "seed", low=0, owner="reindex")
     prog = as_progress(progress)
     root = reindex_dir(target_uri, work_dir)
+    created = _missing_dirs(root)  # removed again when this run leaves them empty
     t_all = time.perf_counter()
     secs: dict[str, float] = {}
     lock = JobLock(root / "lock", what=f"reindex of '{target_uri}'")
@@ -517,6 +619,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
             secs["write"] = time.perf_counter() - t0
             return report
     finally:
+        _remove_if_empty(created)
         secs["total"] = time.perf_counter() - t_all
         prog.close()
         if report is not None:
@@ -556,19 +659,33 @@ def rollback(target_uri: str, *, work_dir: str | os.PathLike | None = None) -> d
     """Switch ``target_uri`` back to the version live before the last reindex (or rollback: a
     second rollback undoes the first). Returns ``{"target", "from", "to"}`` handles.
 
-    Raises :class:`InvalidInputError` when no reindex of this target is recorded in the reindex
-    directory, :class:`LockedError` while a reindex runs."""
+    The reindex directory is ``work_dir`` or :func:`reindex_dir` (the same one ``reindex``
+    used, from any current directory). Raises :class:`InvalidInputError` naming the directories
+    it looked in when no reindex of this target is recorded there (nothing is created), and
+    :class:`LockedError` while a reindex runs."""
     from connectors import open_target
 
     root = reindex_dir(target_uri, work_dir)
+
+    def nothing_recorded() -> InvalidInputError:
+        if work_dir is not None:
+            where = f"in '{root}' (work_dir)"
+        else:
+            where = (f"in '{root}' (its reindex directory) or in "
+                     f"'{legacy_reindex_dir(target_uri).absolute()}' (where earlier versions kept "
+                     f"it)")
+        return InvalidInputError(
+            f"No reindex of target '{target_uri}' is recorded {where}; nothing to roll back to. "
+            f"Pass work_dir (--work-dir) if the reindex ran with one.")
+
+    if not root.is_dir():  # (an existing one may be locked by a first reindex: wait for it)
+        raise nothing_recorded()
     with JobLock(root / "lock", what=f"rollback of '{target_uri}'"):
         tgt = open_target(target_uri)
         _settle_history(root, _generation(tgt.metadata))  # a killed reindex's pending entry
         hist = _history(root)
         if not hist:
-            raise InvalidInputError(
-                f"No reindex of target '{target_uri}' is recorded in '{root}'; nothing to roll "
-                f"back to.")
+            raise nothing_recorded()
         handle = hist[-1]["previous"]
         left = delta.rollback_to(tgt, handle)
         now = open_target(target_uri)

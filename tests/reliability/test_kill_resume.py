@@ -1,6 +1,7 @@
 """SIGKILL ``python -m tldr_index shrink`` inside every stage, resume with ``--resume``: the
 published target equals an uninterrupted run with the same seed (ids, reduced vectors, PQ codes,
-payload, model tensors), no reader polling the target ever sees a partial one, the source is
+payload, model tensors, and a model file with the same sha256: the killed runs read the
+reference run's source), no reader polling the target ever sees a partial one, the source is
 untouched and no staging area or work directory is left behind.
 
 Fault points: see :mod:`tldr_index._faults`. To add a command (``reindex``), add rows to a list
@@ -14,7 +15,9 @@ import json
 import pytest
 from _connector_helpers import staging_leftovers
 from reliability._harness import kill_then_resume, run_cli_here
-from _pipeline_helpers import lancedb_source, make_nested, snapshot
+from _pipeline_helpers import lancedb_source, make_nested, model_file_sha256, snapshot
+
+from connectors import lancedb_uri
 
 N = 600
 # 600 rows, 540 anchors after TLDR's validation rows: 2 training steps per epoch, 3 epochs
@@ -44,25 +47,30 @@ def data():
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data):
-    """The uninterrupted run every resumed run must equal."""
+    """The uninterrupted run every resumed run must equal: ``(source URI, snapshot, sha256 of
+    the model file)``. The killed runs read this source too (each guards it) and write their
+    own targets, so the source path recorded in the model is the same."""
     root = tmp_path_factory.mktemp("ref")
     src = lancedb_source(str(root), data)
     res = run_cli_here(["shrink", "--source", src, "--target", "docs_ref",
                         "--work-dir", str(root / "work"), *ARGS])
     assert res.exit_code == 0, res.output
-    return snapshot(src + "_ref")
+    return src, snapshot(src + "_ref"), model_file_sha256(src + "_ref")
 
 
 @pytest.mark.parametrize("fault,skipped,published", SHRINK_KILLS,
                          ids=[k[0] for k in SHRINK_KILLS])
 def test_shrink_killed_in_each_stage_resumes_to_the_same_target(
-        fault, skipped, published, tmp_path, data, reference, source_guard):
-    src = source_guard(lancedb_source(str(tmp_path), data))
+        fault, skipped, published, tmp_path, reference, source_guard):
+    src, expected, model_sha = reference
+    source_guard(src)
+    tgt = lancedb_uri(str(tmp_path / "db"), "docs_out")
     work = tmp_path / "work"
-    argv = ["shrink", "--source", src, "--target", "docs_out", "--work-dir", str(work), *ARGS,
+    argv = ["shrink", "--source", src, "--target", tgt, "--work-dir", str(work), *ARGS,
             "--json"]
     argv.remove("--quiet")
-    run = kill_then_resume(argv, fault, src + "_out", reference)
+    run = kill_then_resume(argv, fault, tgt, expected)
+    assert model_file_sha256(tgt) == model_sha  # the model file, byte for byte
     report = json.loads(run["resumed"].stdout)
     assert report["resumed"]
     assert report["skipped_stages"] == skipped
@@ -79,15 +87,18 @@ RAY_KILLS = [("scan:update@1", []),
 
 
 @pytest.mark.parametrize("fault,skipped", RAY_KILLS, ids=[k[0] for k in RAY_KILLS])
-def test_shrink_on_ray_killed_resumes_to_the_same_target(fault, skipped, tmp_path, data,
-                                                         reference, source_guard):
+def test_shrink_on_ray_killed_resumes_to_the_same_target(fault, skipped, tmp_path, reference,
+                                                         source_guard):
     pytest.importorskip("ray", reason="optional extra: pip install 'tldr-index[ray]'")
-    src = source_guard(lancedb_source(str(tmp_path), data))
+    src, expected, model_sha = reference
+    source_guard(src)
+    tgt = lancedb_uri(str(tmp_path / "db"), "docs_out")
     work = tmp_path / "work"
-    argv = ["shrink", "--source", src, "--target", "docs_out", "--work-dir", str(work), *ARGS,
+    argv = ["shrink", "--source", src, "--target", tgt, "--work-dir", str(work), *ARGS,
             "--json", "--engine", "ray", "--shard-rows", "200", "--workers", "2"]
     argv.remove("--quiet")
-    run = kill_then_resume(argv, fault, src + "_out", reference)
+    run = kill_then_resume(argv, fault, tgt, expected)
+    assert model_file_sha256(tgt) == model_sha
     report = json.loads(run["resumed"].stdout)
     assert report["resumed"] and report["skipped_stages"] == skipped
     assert staging_leftovers(str(tmp_path / "db")) == []
