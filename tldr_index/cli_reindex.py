@@ -87,8 +87,10 @@ def _resolve(source, db, collection, target) -> tuple[str | None, str]:
 @click.option("--drift-queries", type=click.IntRange(min=1), default=None,
               help=f"Rows in the drift check [default: {DEFAULT_DRIFT_QUERIES}].")
 @click.option("--work-dir", default=None, metavar="DIR",
-              help="Lock, hash states, history, refit checkpoints [default: $TLDR_INDEX_WORK or "
-                   "./tldr-work, /<target>-<hash>.reindex].")
+              help="Lock, hash states, history, refit checkpoints [default: "
+                   ".<target>.tldr-reindex in the directory holding a local target; for a "
+                   "Qdrant server, $XDG_STATE_HOME or ~/.local/state, then "
+                   "/tldr-index/reindex/<target>-<hash>]. Never the current directory.")
 @click.option("--config", "config", default=None, metavar="TOML",
               help="Job file holding any of these settings (flags win).")
 @click.option("--seed", type=click.IntRange(min=0), default=None)
@@ -166,7 +168,8 @@ def _summary(r) -> None:
 @_db_opt
 @click.option("--target", required=True, metavar="URI|NAME",
               help="The compact collection (a URI, or a table in --db).")
-@click.option("--work-dir", default=None, metavar="DIR", help="As given to reindex.")
+@click.option("--work-dir", default=None, metavar="DIR",
+              help="As given to reindex [default: the same place as reindex's default].")
 def rollback(db, target, work_dir):
     """Switch a compact collection back to the version live before the last reindex (a second
     rollback undoes the first). Prints one JSON line.

@@ -157,7 +157,7 @@ def default_reindex_dir(target_uri: str) -> Path:
 
 
 def legacy_reindex_dir(target_uri: str) -> Path:
-    """Where tldr-index 0.1 kept the reindex state: ``$TLDR_INDEX_WORK`` or ``./tldr-work``
+    """Where earlier builds kept the reindex state: ``$TLDR_INDEX_WORK`` or ``./tldr-work``
     (relative to the current directory), then ``<name>-<hash>.reindex``."""
     from .pipeline import default_work_dir
 
