@@ -127,7 +127,7 @@ def _local_home(target_uri: str) -> tuple[Path, str] | None:
     else:
         path = p.path.rstrip("/")
         where, name = os.path.dirname(os.path.abspath(path)), os.path.basename(path)
-    if "://" in where or not name or any(ch in p.path for ch in "*?["):
+    if "://" in p.path or not name or any(ch in p.path for ch in "*?["):  # object store, glob
         return None
     return Path(os.path.abspath(where)), name
 
