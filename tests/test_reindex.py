@@ -474,7 +474,8 @@ def test_default_reindex_dir_is_derived_from_the_target(tmp_path, monkeypatch):
     assert default_reindex_dir("qdrant://vectors.example:6333/docs_c").parent == \
         Path.home() / ".local" / "state" / "tldr-index" / "reindex"
     monkeypatch.chdir("/")  # the same target from another directory: the same place
-    assert default_reindex_dir(f"lancedb://{here}/db/docs_c") == here / "db" / ".docs_c.tldr-reindex"
+    assert default_reindex_dir(f"lancedb://{here}/db/docs_c") == \
+        here / "db" / ".docs_c.tldr-reindex"
 
 
 STATE_HOMES = {"lancedb": ("s", "db", ".docs_c.tldr-reindex"),
