@@ -173,6 +173,10 @@ class RichProgress(_Tracking):
         # reset: the rate, elapsed time and ETA are the sub-step's own
         self._bars.reset(tid, total=total, completed=0, description=f"{stage} · {name}",
                          unit=unit or self.stages[stage].unit, shown="")
+        if total is None:  # rich's reset keeps the old total for None: a spinner has none
+            for task in self._bars.tasks:
+                if task.id == tid:
+                    task.total = None
 
     def end(self, stage: str, seconds: float, note: str = "") -> None:
         tid = self._tasks.get(stage)
