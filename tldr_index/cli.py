@@ -96,6 +96,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 # how each command continues after Ctrl-C: "resume" (same command + --resume), "rerun" (the same
 # command picks up its own state), or nothing to continue (the command wrote nothing)
 _CONTINUE = {"shrink": "resume", "reindex": "rerun", "sweep": "rerun"}
+_JSON_STATUS_COMMANDS = ("reindex", "rollback")
 
 
 def _program_name(ctx: click.Context) -> str:
@@ -140,8 +141,11 @@ class _Group(click.Group):
         except KeyboardInterrupt as exc:
             argv = ctx.meta.get("tldr_index.argv", [])
             command = next((a for a in argv if a in self.commands), ctx.invoked_subcommand or "")
-            click.echo("\n" + "\n".join(interrupted_message(command, argv, exc,
-                                                            _program_name(ctx))), err=True)
+            lines = interrupted_message(command, argv, exc, _program_name(ctx))
+            if command in _JSON_STATUS_COMMANDS:  # they promise one JSON line on stdout
+                click.echo(json.dumps({"status": "interrupted", "error": lines[0],
+                                       "exit_code": EXIT_INTERRUPTED}, sort_keys=True))
+            click.echo("\n" + "\n".join(lines), err=True)
             sys.stderr.flush()
             ctx.exit(EXIT_INTERRUPTED)
 
