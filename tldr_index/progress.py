@@ -38,7 +38,8 @@ class Progress:
     def phase(self, stage: str, name: str, total: int | None = None, unit: str = "") -> None:
         """``stage`` moves on to the sub-step ``name`` (e.g. "PQ training"): counting restarts at
         0 of ``total`` ``unit`` (None: no measurable fraction; shown as a spinner with the
-        elapsed time)."""
+        elapsed time). A measurable phase with the same total and unit as the current one only
+        renames it (its count, rate and ETA go on: e.g. "fitting pca d=32", 3 of 8 fits)."""
 
     def end(self, stage: str, seconds: float, note: str = "") -> None:
         """A stage finished (or was skipped, with ``note`` saying why)."""
@@ -170,6 +171,11 @@ class RichProgress(_Tracking):
         if tid is None:
             self._start()
             tid = self._tasks[stage] = self._bars.add_task(stage, total=None, unit="", shown="")
+        task = next(t for t in self._bars.tasks if t.id == tid)
+        if total is not None and task.total == total and task.fields.get("unit") == (
+                unit or self.stages[stage].unit):
+            self._bars.update(tid, description=f"{stage} · {name}")
+            return
         # reset: the rate, elapsed time and ETA are the sub-step's own
         self._bars.reset(tid, total=total, completed=0, description=f"{stage} · {name}",
                          unit=unit or self.stages[stage].unit, shown="")
