@@ -195,7 +195,8 @@ def test_out_writes_npy(tmp_path, X):
 
 def test_progress_reports_rows(X):
     # blocks of 500, 500, 200 rows; each pair multiplied once: block i costs its rows times the
-    # rows of blocks i.. (600k, 350k, 40k of 990k); a call after every pair, in rows' worth of it
+    # rows of blocks i.. (600k, 350k, 40k of 990k); a call after every tile (here: every block
+    # pair), in rows' worth of it
     calls = []
     knn_graph(X, 3, chunk_rows=500, progress=lambda d, t: calls.append((d, t)))
     done = [250_000, 500_000, 600_000, 850_000, 950_000, 990_000]

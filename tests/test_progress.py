@@ -136,3 +136,16 @@ def test_eval_off_a_terminal_prints_its_stages(source):
     assert res.exit_code == 0, res.stderr
     assert stage_lines(res.stderr) == ["read", "truth", "target", "latency", "pca",
                                        "pca-whiten", "pq", "opq"]
+
+
+def test_rich_phase_with_the_same_total_only_renames():
+    p = RichProgress(Console(file=io.StringIO(), force_terminal=True))
+    p.begin("select", 8, "fits")
+    p.phase("select", "exact neighbours", 500, "queries")
+    p.update("select", 500)
+    p.phase("select", "fitting tldr d=16", 8, "fits")  # new total: counting restarts
+    p.update("select", 3)
+    p.phase("select", "fitting tldr d=32", 8, "fits")  # same total and unit: the count goes on
+    task = p._bars.tasks[p._tasks["select"]]
+    assert (task.description, task.total, task.completed) == ("select · fitting tldr d=32", 8, 3)
+    p.close()

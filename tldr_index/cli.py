@@ -122,7 +122,7 @@ def interrupted_message(command: str, argv: list[str], exc: KeyboardInterrupt,
         lines.append("Run the same command again to continue from its saved state:")
         lines.append(f"  {program} {shlex.join(argv)}")
     else:
-        lines.append("Nothing was written; run the command again to start over.")
+        lines.append("Nothing to resume: run the command again to start over.")
     return lines
 
 

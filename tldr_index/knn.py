@@ -230,26 +230,24 @@ def _exact_self_graph(vec: Vectors, k: int, metric: str, chunk_rows: int, kernel
     work = [sizes[i] * sum(sizes[i:]) for i in range(len(starts))]
     total_work, done_work = sum(work), 0
 
-    def report(extra: int) -> None:  # rows' worth of the work done (ends exactly at n)
+    def tick(pairs: int) -> None:  # after each tile: rows' worth of the work done (ends at n)
+        nonlocal done_work
+        done_work += pairs
         if progress is not None:
-            progress(min(n, int(n * (done_work + extra) / total_work)), n)
+            progress(min(n, int(n * done_work / total_work)), n)
 
     for i, a0 in enumerate(starts):
         A = vec.read(a0, min(a0 + chunk_rows, n))
         if i == 0:
             check_finite_block(A, a0)
         A = fu.prepare(A, metric)
-        kernel.add(heap, a0, A, a0, A, metric, np.arange(a0, a0 + len(A)))
-        part = len(A) * len(A)
+        kernel.add(heap, a0, A, a0, A, metric, np.arange(a0, a0 + len(A)), tick=tick)
         for b0 in starts[i + 1:]:
-            report(part)
             B = vec.read(b0, min(b0 + chunk_rows, n))
             if i == 0:
                 check_finite_block(B, b0)
-            kernel.add(heap, a0, A, b0, fu.prepare(B, metric), metric, symmetric=True)
-            part += len(A) * len(B)
-        done_work += work[i]
-        report(0)
+            kernel.add(heap, a0, A, b0, fu.prepare(B, metric), metric, symmetric=True,
+                       tick=tick)
     return fu.finalize(heap, metric)[1]
 
 

@@ -92,4 +92,4 @@ def test_interrupted_messages_of_other_commands():
         "Run the same command again to continue from its saved state:",
         "  tldr-index reindex --target t"]
     assert interrupted_message("eval", ["eval", "--target", "t"], KeyboardInterrupt())[1] == \
-        "Nothing was written; run the command again to start over."
+        "Nothing to resume: run the command again to start over."
