@@ -114,7 +114,7 @@ class CpuKernel:
         ``excl[r]`` is a database id that query row ``r`` must never get. With ``symmetric`` the
         same tile is also pushed the other way (rows of ``B`` get ids of ``Q``): used for a
         self-graph so each pair of blocks is multiplied once. ``tick(pairs)``, if given, is
-        called after each tile of query rows with the row pairs it scored (for progress).
+        called after each tile with the row pairs it scored (for progress).
         """
         l2 = metric == "l2"
         qn = np.einsum("ij,ij->i", Q, Q) if l2 else None
@@ -137,8 +137,8 @@ class CpuKernel:
                     heap.add_result_subset(brows, ST, qrows)
                 _mask_excluded(S, ex, b0 + tb, metric)
                 heap.add_result_subset(qrows, S, brows)
-            if tick is not None:
-                tick(len(Qt) * len(B))
+                if tick is not None:
+                    tick(len(Qt) * len(Bt))
 
 
 class GpuKernel:
