@@ -194,9 +194,19 @@ def test_out_writes_npy(tmp_path, X):
 
 
 def test_progress_reports_rows(X):
+    # blocks of 500, 500, 200 rows; each pair multiplied once: block i costs its rows times the
+    # rows of blocks i.. (600k, 350k, 40k of 990k); a call after every tile (here: every block
+    # pair), in rows' worth of it
     calls = []
     knn_graph(X, 3, chunk_rows=500, progress=lambda d, t: calls.append((d, t)))
-    assert calls == [(500, 1200), (1000, 1200), (1200, 1200)]
+    done = [250_000, 500_000, 600_000, 850_000, 950_000, 990_000]
+    assert calls == [(1200 * w // 990_000, 1200) for w in done]
+
+
+def test_exact_search_progress_within_a_block_of_queries(X):
+    calls = []
+    exact_search(X, X[:10], 3, chunk_rows=500, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(4, 10), (8, 10), (10, 10)]  # after database rows 500, 1000, 1200
 
 
 def test_float16_and_float64_inputs(X):

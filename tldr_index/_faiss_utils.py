@@ -107,12 +107,14 @@ class CpuKernel:
     name = "cpu"
 
     def add(self, heap: faiss.ResultHeap, q0: int, Q: np.ndarray, b0: int, B: np.ndarray,
-            metric: str, excl: np.ndarray | None = None, symmetric: bool = False) -> None:
+            metric: str, excl: np.ndarray | None = None, symmetric: bool = False,
+            tick=None) -> None:
         """Push scores of queries ``Q`` (heap rows ``q0...``) against ``B`` (ids ``b0...``).
 
         ``excl[r]`` is a database id that query row ``r`` must never get. With ``symmetric`` the
         same tile is also pushed the other way (rows of ``B`` get ids of ``Q``): used for a
-        self-graph so each pair of blocks is multiplied once.
+        self-graph so each pair of blocks is multiplied once. ``tick(pairs)``, if given, is
+        called after each tile with the row pairs it scored (for progress).
         """
         l2 = metric == "l2"
         qn = np.einsum("ij,ij->i", Q, Q) if l2 else None
@@ -135,6 +137,8 @@ class CpuKernel:
                     heap.add_result_subset(brows, ST, qrows)
                 _mask_excluded(S, ex, b0 + tb, metric)
                 heap.add_result_subset(qrows, S, brows)
+                if tick is not None:
+                    tick(len(Qt) * len(Bt))
 
 
 class GpuKernel:

@@ -7,6 +7,9 @@ in this process do ``action``:
 kill        ``os.kill(os.getpid(), SIGKILL)`` (the default): a real crash, nothing runs after it
 enospc      raise ``OSError(ENOSPC)`` (disk full)
 eacces      raise ``PermissionError(EACCES)`` (permission denied)
+sigint      ``os.kill(os.getpid(), SIGINT)``: a Ctrl-C (the main thread raises KeyboardInterrupt)
+sigint-wait a Ctrl-C, then this thread sleeps ``SIGINT_WAIT_SECONDS`` (60): stands in for a long
+            native call that goes on in a worker thread (``worker:<name>`` points)
 ==========  ====================================================================================
 
 Points (``tests/reliability/`` kills a run at each of them):
@@ -15,6 +18,8 @@ Points (``tests/reliability/`` kills a run at each of them):
   :func:`wrap_progress` when the variable is set): scan/encode/write after each batch, knn after
   each graph block, train after each step, verify once, publish before (1st) and after (2nd) the
   atomic switch.
+* ``worker:<name>`` -- the start of a worker thread of :func:`tldr_index._threads.run_in_worker`
+  (``publish``: the sink's publish with its index build; ``opq-train``, ``pq-train``: k-means).
 * ``<stage>:done`` -- a stage's outputs are complete, its ``done.json`` is not yet written
   (:meth:`tldr_index.workdir.WorkDir.mark_done`).
 * ``reindex:<point>`` (:mod:`tldr_index.reindex`, :mod:`tldr_index.delta`): ``encode`` after each
@@ -36,7 +41,8 @@ import signal
 from .progress import Progress
 
 ENV = "TLDR_INDEX_FAULT"
-ACTIONS = ("kill", "enospc", "eacces")
+ACTIONS = ("kill", "enospc", "eacces", "sigint", "sigint-wait")
+SIGINT_WAIT_SECONDS = 60
 _hits: dict[str, int] = {}
 
 
@@ -61,6 +67,12 @@ def fault_point(name: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if action == "eacces":
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    if action in ("sigint", "sigint-wait"):
+        os.kill(os.getpid(), signal.SIGINT)
+        if action == "sigint-wait":
+            import time
+            time.sleep(SIGINT_WAIT_SECONDS)
+        return
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -81,6 +93,9 @@ class _FaultProgress(Progress):
     def update(self, stage, completed, total=None):
         fault_point(f"{stage}:update")
         self.inner.update(stage, completed, total)
+
+    def phase(self, stage, name, total=None, unit=""):
+        self.inner.phase(stage, name, total, unit)
 
     def end(self, stage, seconds, note=""):
         self.inner.end(stage, seconds, note)

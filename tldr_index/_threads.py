@@ -45,3 +45,53 @@ def thread_limit(threads: int | None, owner: str = "shrink"):
             yield n
     finally:
         torch.set_num_threads(old_torch)
+
+
+POLL_SECONDS = 0.1
+
+
+def run_in_worker(fn, *args, name: str = "worker", **kwargs):
+    """``fn(*args, **kwargs)`` in a daemon thread while this (the main) thread waits for it in
+    ``POLL_SECONDS`` slices, so Ctrl-C is handled within ~0.1 s even while ``fn`` sits in a long
+    native call (a Lance index build, FAISS k-means: both release the GIL) that Python could not
+    interrupt in the main thread. Returns ``fn``'s result or raises its exception.
+
+    On Ctrl-C raises :class:`tldr_index.errors.Interrupted` with ``worker_running=True`` while the
+    call goes on: the caller must not touch what ``fn`` uses (a staging area) and should let the
+    process exit, which stops the thread. The worker gets the caller's FAISS thread count (an
+    OpenMP setting of each thread), so results equal a call in the caller's thread. Called from
+    any other thread than the main one (no signals there), it simply calls ``fn``.
+
+    The test-only fault point ``worker:<name>`` is passed at the start of the worker
+    (:mod:`tldr_index._faults`). Cost: one thread start.
+    """
+    import threading
+
+    from ._faults import fault_point
+    from .errors import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args, **kwargs)
+    import faiss
+
+    n_faiss = faiss.omp_get_max_threads()
+    box: dict = {}
+
+    def body() -> None:
+        try:
+            faiss.omp_set_num_threads(n_faiss)
+            fault_point(f"worker:{name}")
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+
+    t = threading.Thread(target=body, name=f"tldr-index-{name}", daemon=True)
+    t.start()
+    try:
+        while t.is_alive():
+            t.join(POLL_SECONDS)
+    except KeyboardInterrupt:
+        raise Interrupted(worker_running=t.is_alive()) from None
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")

@@ -1,11 +1,13 @@
 """``tldr-index``: a thin click layer over :mod:`tldr_index.pipeline` (each command calls one
-library function; library errors become one-line ``Error: ...`` messages with exit code 1)."""
+library function; library errors become one-line ``Error: ...`` messages with exit code 1; Ctrl-C
+exits 130 saying which stage it stopped and the command that resumes)."""
 
 from __future__ import annotations
 
 import functools
 import json
 import os
+import shlex
 import sys
 
 import click
@@ -81,12 +83,71 @@ def _target_uri(target: str | None, db: str | None, collection: str | None) -> s
 
 
 def _setup(quiet: bool, json_out: bool):
-    """Logging and progress for a command: rich bars and INFO logs on stderr unless ``quiet``."""
-    from .progress import RichProgress, setup_logging
+    """Logging and progress for a command, on stderr unless ``quiet``: INFO logs, and rich bars
+    on a terminal or one plain line per finished stage otherwise (cron, CI)."""
+    from .progress import make_progress, setup_logging
 
     console, restore = setup_logging(quiet=quiet or json_out)
     click.get_current_context().call_on_close(restore)
-    return None if quiet else RichProgress(console)
+    return None if quiet else make_progress(console)
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
+# how each command continues after Ctrl-C: "resume" (same command + --resume), "rerun" (the same
+# command picks up its own state), or nothing to continue (the command wrote nothing)
+_CONTINUE = {"shrink": "resume", "reindex": "rerun", "sweep": "rerun"}
+_JSON_STATUS_COMMANDS = ("reindex", "rollback")
+
+
+def _program_name(ctx: click.Context) -> str:
+    name = ctx.find_root().info_name or ""
+    return name if name in ("tldr-index", "python -m tldr_index") else "tldr-index"
+
+
+def interrupted_message(command: str, argv: list[str], exc: KeyboardInterrupt,
+                        program: str = "tldr-index") -> list[str]:
+    """The lines printed when Ctrl-C stops ``command`` run as ``program argv...``: where it
+    stopped, and the exact command that continues (or that nothing was kept)."""
+    stage = getattr(exc, "stage", None)
+    where = f"during stage '{stage}' of {command}" if stage else f"during {command}"
+    lines = [f"Interrupted {where} (Ctrl-C)."]
+    how = _CONTINUE.get(command)
+    work = getattr(exc, "work_dir", None)
+    if how == "resume":
+        again = list(argv) if "--resume" in argv else [*argv, "--resume"]
+        lines.append((f"Finished stages are checkpointed in {work}; resume" if work else
+                      "Resume") + " with:")
+        lines.append(f"  {program} {shlex.join(again)}")
+    elif how == "rerun":
+        lines.append("Run the same command again to continue from its saved state:")
+        lines.append(f"  {program} {shlex.join(argv)}")
+    else:
+        lines.append("Nothing to resume: run the command again to start over.")
+    return lines
+
+
+class _Group(click.Group):
+    """The ``tldr-index`` group: keeps the command line, and turns Ctrl-C into exit code 130
+    with the stage and the resume command instead of click's ``Aborted!`` (exit 1)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        ctx = super().make_context(info_name, list(args), parent=parent, **extra)
+        ctx.meta["tldr_index.argv"] = list(args)
+        return ctx
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            argv = ctx.meta.get("tldr_index.argv", [])
+            command = next((a for a in argv if a in self.commands), ctx.invoked_subcommand or "")
+            lines = interrupted_message(command, argv, exc, _program_name(ctx))
+            if command in _JSON_STATUS_COMMANDS:  # they promise one JSON line on stdout
+                click.echo(json.dumps({"status": "interrupted", "error": lines[0],
+                                       "exit_code": EXIT_INTERRUPTED}, sort_keys=True))
+            click.echo("\n" + "\n".join(lines), err=True)
+            sys.stderr.flush()
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 def _mb(n: int | None) -> str:
@@ -133,7 +194,7 @@ def _summary(report) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ CLI
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=__version__, prog_name="tldr-index")
 def main() -> None:
     """Shrink embedding collections (LanceDB / Lance, Parquet, Qdrant) into compact collections:
@@ -460,12 +521,13 @@ def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
     if plot:
         require_matplotlib("plot")
     src, tgt = _eval_uris(source, db, collection, target)
-    _setup(quiet, json_path == "-")
+    progress = _setup(quiet, json_path == "-")
     q = int(queries) if queries.strip().isdigit() else queries
     base = [] if baselines.strip() in ("", "none") else [b.strip() for b in baselines.split(",")]
     report = evaluate(tgt, source=src, queries=q, k=_int_list(ks, "--k"),
                       shortlists=_int_list(shortlists, "--shortlist"), baselines=base,
-                      latency_queries=latency_queries, random_state=seed, threads=threads)
+                      latency_queries=latency_queries, random_state=seed, threads=threads,
+                      progress=progress)
     _write_outputs(report, report.results, plot, json_path, quiet,
                    title=f"{report.target} vs alternatives")
 

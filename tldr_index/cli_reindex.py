@@ -5,7 +5,8 @@
 Both print exactly one JSON line on stdout at the end (the summary for logs; on failure
 ``{"status": "failed", "error": ..., "exit_code": ...}``); logs and progress go to stderr. Exit
 codes (for schedulers): 0 updated, 3 nothing to do, 4 refitted, 1 failed, 2 bad usage or job
-file, 5 another job holds the lock.
+file, 5 another job holds the lock, 130 interrupted (Ctrl-C; ``{"status": "interrupted"}``, run
+it again to continue).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def reindex(source, db, collection, target, refit, drift_threshold, drift_querie
     version. The switch is atomic and the previous version is kept for `tldr-index rollback`.
 
     Prints one JSON summary line. Exit codes: 0 updated, 3 nothing to do, 4 refitted,
-    1 failed, 2 bad usage or job file, 5 locked by another job.
+    1 failed, 2 bad usage or job file, 5 locked by another job, 130 interrupted (Ctrl-C).
 
     \b
     Examples:

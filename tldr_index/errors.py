@@ -73,3 +73,34 @@ class SinkStateError(TLDRError, RuntimeError):
 class StorageError(TLDRError, OSError):
     """The disk is full or a path is not writable (work directory or target); nothing was
     published (see :func:`tldr_index._oserrors.storage_errors`)."""
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a run; still a :class:`KeyboardInterrupt`, so code that catches that
+    keeps working. Not a :class:`TLDRError`: nothing is wrong with the input.
+
+    ``stage``: the stage it stopped (``None``: outside any); ``work_dir``: the checkpoints a
+    resumed run continues from (``None``: nothing to resume); ``worker_running``: a long native
+    call (an index build, k-means) was still running in a worker thread, which stops when the
+    process exits (see :func:`tldr_index._threads.run_in_worker`).
+    """
+
+    def __init__(self, stage: str | None = None, work_dir: str | None = None,
+                 worker_running: bool = False):
+        super().__init__(stage)
+        self.stage, self.work_dir, self.worker_running = stage, work_dir, worker_running
+
+    @classmethod
+    def wrap(cls, exc: KeyboardInterrupt, stage: str | None,
+             work_dir: str | None = None) -> Interrupted:
+        """``exc`` as an :class:`Interrupted` of ``stage``; an inner one keeps its stage (the
+        innermost stage is the one that was running) and worker flag."""
+        if isinstance(exc, Interrupted):
+            if exc.stage is None:
+                exc.stage = stage
+            if exc.work_dir is None:
+                exc.work_dir = work_dir
+            return exc
+        return cls(stage, work_dir)

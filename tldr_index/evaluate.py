@@ -240,8 +240,8 @@ def evaluate(target: str, *, source: str | None = None, queries: int | str | os.
              shortlists: Sequence[int] | None = None, baselines: Sequence[str] = BASELINES,
              latency_queries: int = DEFAULT_LATENCY_QUERIES, random_state: int = 0,
              chunk_rows: int = 16_384, threads: int | None = None,
-             source_options: dict | None = None, target_options: dict | None = None
-             ) -> EvalReport:
+             source_options: dict | None = None, target_options: dict | None = None,
+             progress=None) -> EvalReport:
     """Measure compact collection ``target`` against exact search on its source.
 
     Parameters
@@ -256,17 +256,35 @@ def evaluate(target: str, *, source: str | None = None, queries: int | str | os.
     baselines : any of "pca", "pca-whiten", "pq", "opq" (() to skip them: they cost a PCA fit,
         an OPQ training (minutes for 384-d) and one pass over the source each).
     latency_queries : single-query :func:`search` calls timed for p50/p99 (0: skip).
+    progress : a :class:`tldr_index.progress.Progress`, True (rich bars on a terminal, plain
+        lines otherwise) or None; stages ``read``, ``truth``, ``target``, ``latency`` and one per
+        baseline, with named sub-steps (e.g. "OPQ training").
 
     Cost: one streamed pass over the source for the queries and training rows, one per block of
     ``chunk_rows`` queries for the ground truth (``n_queries x N x D`` multiply-adds), one over the
     target, and one per baseline representation.
     """
+    from .progress import as_progress
+
+    t_all = time.perf_counter()
+    prog = as_progress(progress)
+    try:
+        return _evaluate(target, source, queries, k, shortlists, baselines, latency_queries,
+                         random_state, chunk_rows, threads, source_options, target_options,
+                         prog, t_all)
+    finally:
+        prog.close()
+
+
+def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries, random_state,
+              chunk_rows, threads, source_options, target_options, prog, t_all) -> EvalReport:
+    """The body of :func:`evaluate` (its parameters; ``prog`` is closed by the caller)."""
     from connectors import open_target
 
     from ._threads import thread_limit
     from .pipeline import _sample_rows
+    from .progress import StageTimer
 
-    t_all = time.perf_counter()
     seconds: dict[str, float] = {}
     for b in baselines:
         check_choice(b, "baselines", BASELINES, owner="eval")
@@ -287,6 +305,8 @@ def evaluate(target: str, *, source: str | None = None, queries: int | str | os.
 
     # -- queries, their exclusion, the baselines' training rows -------------------------------
     t0 = time.perf_counter()
+    read = StageTimer(prog, "read", n, "rows").__enter__()
+    prog.phase("read", "reading queries and training rows", None)
     exclude_pos = None
     if isinstance(queries, (int, np.integer)) and not isinstance(queries, bool):
         nq = check_int(queries, "queries", low=1, owner="eval")
@@ -317,6 +337,7 @@ def evaluate(target: str, *, source: str | None = None, queries: int | str | os.
     src_ids = svec.ids
     own = None if qpos is None else src_ids[qpos]
     seconds["read"] = time.perf_counter() - t0
+    read.__exit__(None, None, None)
     log.info("eval of %s: %d queries (%s), k=%s, against exact %s search over %d x %d rows of "
              "%s.", tgt.uri, len(Q), kind, ks, metric, n, D, src.uri)
 
@@ -326,25 +347,31 @@ def evaluate(target: str, *, source: str | None = None, queries: int | str | os.
     with thread_limit(threads, owner="eval"):
         # -- ground truth ------------------------------------------------------------------
         t0 = time.perf_counter()
-        _, tpos = exact_search(svec, Q, kmax, metric=metric, chunk_rows=chunk_rows,
-                               exclude=exclude_pos)
+        with StageTimer(prog, "truth", len(Q), "queries"):
+            _, tpos = exact_search(svec, Q, kmax, metric=metric, chunk_rows=chunk_rows,
+                                   exclude=exclude_pos,
+                                   progress=lambda done, total: prog.update("truth", done))
         truth = ids_at(src_ids, tpos)
         seconds["ground_truth"] = time.perf_counter() - t0
 
         # -- the target --------------------------------------------------------------------
         t0 = time.perf_counter()
+        stage_target = StageTimer(prog, "target", len(Q), "queries").__enter__()
+        prog.phase("target", "exact search of the reduced vectors", len(Q), "queries")
         vdtype = meta.get("vector_dtype", "float32")
         vbytes = d * (2 if vdtype == "float16" else 4)
         tvec = target_vectors(tgt, d)
         Y = model.prepare(model.encode(Q))
         kk = kmax + (own is not None)
-        _, p = exact_search(tvec, Y, min(kk, tvec.n_rows), metric=metric, chunk_rows=chunk_rows)
+        _, p = exact_search(tvec, Y, min(kk, tvec.n_rows), metric=metric, chunk_rows=chunk_rows,
+                            progress=lambda done, total: prog.update("target", done))
         found = drop_own(ids_at(tvec.ids, p), own, kmax)
         name = f"{model.method} (target)"
         report.results.append(EvalRow(name, f"reduced {vdtype}", d, vbytes, 4 * D / vbytes,
                                       recalls(found, truth, ks), "exact search", True))
         opts = dict(source=source, threads=threads, target_options=target_options,
                     source_options=source_options)
+        prog.phase("target", "search", None)
         res = search(target, Q, k=kk, **opts)
         rep = "PQ codes" if res.engine == "pq-codes" else "store search"
         size = M if res.engine == "pq-codes" else vbytes
@@ -352,33 +379,41 @@ def evaluate(target: str, *, source: str | None = None, queries: int | str | os.
                                       recalls(drop_own(res.ids.astype(object), own, kmax),
                                                   truth, ks), "search", True))
         for s in shortlists:
+            prog.phase("target", f"search --rescore (shortlist {s})", None)
             res = search(target, Q, k=kk, rescore=True, shortlist=s, **opts)
             report.results.append(EvalRow(
                 name, f"search --rescore (shortlist {s})", d, size, 4 * D / size,
                 recalls(drop_own(res.ids.astype(object), own, kmax), truth, ks),
                 "originals fetched for the shortlist", True))
         seconds["target"] = time.perf_counter() - t0
+        stage_target.__exit__(None, None, None)
 
         # -- latency -----------------------------------------------------------------------
         if latency_queries:
-            report.latency_ms = search_latency(target, Q[:latency_queries], min(10, kmax),
-                                               shortlists[0], opts)
+            nl = len(Q[:latency_queries])
+            with StageTimer(prog, "latency", 2 * nl, "calls"):
+                report.latency_ms = search_latency(
+                    target, Q[:latency_queries], min(10, kmax), shortlists[0], opts,
+                    progress=lambda done: prog.update("latency", done))
 
         # -- side by side ------------------------------------------------------------------
         t0 = time.perf_counter()
         report.results += baseline_rows(baselines, svec, train, Q, d, M, kmax, ks, metric,
-                                        truth, exclude_pos, random_state, chunk_rows)
+                                        truth, exclude_pos, random_state, chunk_rows,
+                                        progress=prog)
         seconds["baselines"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
     return report
 
 
-def search_latency(target: str, Q: np.ndarray, k: int, shortlist: int, opts: dict) -> dict:
+def search_latency(target: str, Q: np.ndarray, k: int, shortlist: int, opts: dict,
+                   progress=None) -> dict:
     """p50 / p99 milliseconds of single-query :func:`search` calls, without and with rescore.
 
     Each call opens the target, loads its PQ codes and encodes the query, as a CLI call does (a
     server that keeps the codes in memory pays only the search part)."""
     out = {"queries": len(Q), "k": k}
+    calls = 0
     for label, extra in (("search", {}), ("search_rescore", {"rescore": True,
                                                               "shortlist": shortlist})):
         times = []
@@ -386,6 +421,9 @@ def search_latency(target: str, Q: np.ndarray, k: int, shortlist: int, opts: dic
             t0 = time.perf_counter()
             search(target, q[None, :], k=k, **opts, **extra)
             times.append(1000 * (time.perf_counter() - t0))
+            calls += 1
+            if progress is not None:
+                progress(calls)
         out[label] = {"p50": float(np.percentile(times, 50)),
                       "p99": float(np.percentile(times, 99))}
     return out
@@ -394,10 +432,14 @@ def search_latency(target: str, Q: np.ndarray, k: int, shortlist: int, opts: dic
 def baseline_rows(baselines: Sequence[str], svec: BatchVectors, train: np.ndarray,
                   Q: np.ndarray, d: int, M: int, kmax: int, ks: list[int], metric: str,
                   truth: np.ndarray, exclude: np.ndarray | None, seed: int,
-                  chunk_rows: int) -> list[EvalRow]:
-    """Rows of PCA / whitened PCA (d, PQ ``M``) and PQ / OPQ of the originals (``M`` bytes)."""
+                  chunk_rows: int, progress=None) -> list[EvalRow]:
+    """Rows of PCA / whitened PCA (d, PQ ``M``) and PQ / OPQ of the originals (``M`` bytes);
+    ``progress`` (a :class:`tldr_index.progress.Progress`) gets one stage per baseline."""
     from .baselines import PCA
     from .comparisons import original_pq_search, reduced_search
+    from .progress import Progress, StageTimer
+
+    prog = progress if progress is not None else Progress()
 
     D = svec.dim
     rows: list[EvalRow] = []
@@ -405,10 +447,15 @@ def baseline_rows(baselines: Sequence[str], svec: BatchVectors, train: np.ndarra
     for name in ("pca", "pca-whiten"):
         if name not in baselines:
             continue
-        pca = PCA(d, whiten=name == "pca-whiten", chunk_rows=chunk_rows).fit(train)
-        found = reduced_search(pca.transform, d, svec, train, Q, kmax, metric=metric,
-                               pq_bytes=[M] if M else [], exclude=exclude, random_state=seed,
-                               chunk_rows=chunk_rows)
+        with StageTimer(prog, name, svec.n_rows, "rows"):
+            prog.phase(name, "fitting PCA", None)
+            pca = PCA(d, whiten=name == "pca-whiten", chunk_rows=chunk_rows).fit(train)
+            found = reduced_search(pca.transform, d, svec, train, Q, kmax, metric=metric,
+                                   pq_bytes=[M] if M else [], exclude=exclude,
+                                   random_state=seed, chunk_rows=chunk_rows,
+                                   on_phase=lambda step, total, name=name: prog.phase(
+                                       name, step, total, "rows"),
+                                   progress=lambda done, name=name: prog.update(name, done))
         rows.append(EvalRow(name, "float32", d, 4 * d, D / d,
                             recalls(ids_at(ids, found["float"]), truth, ks), "exact search"))
         if f"pq{M}" in found:
@@ -420,8 +467,12 @@ def baseline_rows(baselines: Sequence[str], svec: BatchVectors, train: np.ndarra
         if D % M:
             log.info("%s of the original vectors skipped: %d bytes do not divide D=%d.", name, M, D)
             continue
-        pos, secs = original_pq_search(svec, train, Q, M, kmax, metric=metric, opq=name == "opq",
-                                       exclude=exclude, random_state=seed, chunk_rows=chunk_rows)
+        with StageTimer(prog, name, svec.n_rows, "rows"):
+            pos, secs = original_pq_search(
+                svec, train, Q, M, kmax, metric=metric, opq=name == "opq", exclude=exclude,
+                random_state=seed, chunk_rows=chunk_rows,
+                on_phase=lambda step, total, name=name: prog.phase(name, step, total, "rows"),
+                progress=lambda done, name=name: prog.update(name, done))
         rows.append(EvalRow(f"{name}-{D}", "PQ codes", D, M, 4 * D / M,
                             recalls(ids_at(ids, pos), truth, ks),
                             f"{name.upper()} of the original vectors, trained in {secs:.1f} s"))

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import _faiss_utils as fu
+from ._threads import run_in_worker
 from ._validation import check_choice, check_int
 from .errors import InvalidInputError, InvalidParameterError
 from .vectors import Vectors, as_vectors, check_finite_block
@@ -206,6 +207,8 @@ def _exact_generic(db: Vectors, qv: Vectors, k: int, metric: str, excl: np.ndarr
         ex = None if excl is None else excl[q0:q0 + len(Q)]
         for b0, B in db.iter_chunks(chunk_rows, check_finite=first_pass, name="database"):
             kernel.add(heap, q0, Q, b0, fu.prepare(B, metric), metric, ex)
+            if progress is not None and b0 + len(B) < db.n_rows:  # within a block of queries
+                progress(q0 + int(len(Q) * (b0 + len(B)) / db.n_rows), qv.n_rows)
         first_pass = False
         if progress is not None:
             progress(q0 + len(Q), qv.n_rows)
@@ -222,19 +225,29 @@ def _exact_self_graph(vec: Vectors, k: int, metric: str, chunk_rows: int, kernel
         return I
     heap = fu.new_heap(n, k, metric)
     starts = list(range(0, n, chunk_rows))
+    sizes = [min(chunk_rows, n - s) for s in starts]
+    # work of block i: its rows times the rows of blocks i, i+1, ... (each pair multiplied once)
+    work = [sizes[i] * sum(sizes[i:]) for i in range(len(starts))]
+    total_work, done_work = sum(work), 0
+
+    def tick(pairs: int) -> None:  # after each tile: rows' worth of the work done (ends at n)
+        nonlocal done_work
+        done_work += pairs
+        if progress is not None:
+            progress(min(n, int(n * done_work / total_work)), n)
+
     for i, a0 in enumerate(starts):
         A = vec.read(a0, min(a0 + chunk_rows, n))
         if i == 0:
             check_finite_block(A, a0)
         A = fu.prepare(A, metric)
-        kernel.add(heap, a0, A, a0, A, metric, np.arange(a0, a0 + len(A)))
+        kernel.add(heap, a0, A, a0, A, metric, np.arange(a0, a0 + len(A)), tick=tick)
         for b0 in starts[i + 1:]:
             B = vec.read(b0, min(b0 + chunk_rows, n))
             if i == 0:
                 check_finite_block(B, b0)
-            kernel.add(heap, a0, A, b0, fu.prepare(B, metric), metric, symmetric=True)
-        if progress is not None:
-            progress(a0 + len(A), n)
+            kernel.add(heap, a0, A, b0, fu.prepare(B, metric), metric, symmetric=True,
+                       tick=tick)
     return fu.finalize(heap, metric)[1]
 
 
@@ -309,7 +322,7 @@ def _opq_defaults(n: int, dim: int, k: int, nlist: Any, m: Any, bytes_per_vector
 
 def _opq_graph(vec: Vectors, k: int, metric: str, p: dict, rng: np.random.Generator,
                chunk_rows: int, use_gpu: bool, out_arr: np.ndarray,
-               progress: Progress | None) -> dict:
+               progress: Progress | None, on_phase: Callable | None = None) -> dict:
     """Train, fill and search the OPQ index; writes rows of ``out_arr``; returns timings."""
     n, dim = vec.n_rows, vec.dim
     times = {}
@@ -332,14 +345,20 @@ def _opq_graph(vec: Vectors, k: int, metric: str, p: dict, rng: np.random.Genera
         logger.warning("knn_graph: %d training rows for 256-centroid PQ codebooks (faiss advises "
                        "at least %d); codes will be coarse", len(xt), MIN_POINTS_PER_LIST * 256)
     _train_res = fu.train_on_gpu_kmeans(index) if use_gpu else None  # kept alive while training
-    index.train(xt)
+    if on_phase is not None:
+        on_phase(f"OPQ training ({len(xt):,} rows)", None)
+    run_in_worker(index.train, xt, name="opq-train")  # minutes of native code: Ctrl-C stays live
     del xt
     times["seconds_train"] = time.perf_counter() - t
     logger.info("knn_graph: trained in %.1f s", times["seconds_train"])
 
     t = time.perf_counter()
-    for _, B in vec.iter_chunks(chunk_rows, check_finite=True):
+    if on_phase is not None:
+        on_phase("filling the index", n)
+    for b0, B in vec.iter_chunks(chunk_rows, check_finite=True):
         index.add(fu.prepare(B, metric))
+        if progress is not None:
+            progress(b0 + len(B), n)
     if use_gpu:  # pragma: no cover - no GPU here
         index, _search_res = fu.index_to_gpu(index)
     fu.set_nprobe(index, p["nprobe"], use_gpu)
@@ -347,6 +366,8 @@ def _opq_graph(vec: Vectors, k: int, metric: str, p: dict, rng: np.random.Genera
     logger.info("knn_graph: filled %d rows in %.1f s", n, times["seconds_add"])
 
     t = time.perf_counter()
+    if on_phase is not None:
+        on_phase("searching the index", n)
     ks = max(k + 1, p["refine"])
     t_refine = 0.0
     for q0, Q in vec.iter_chunks(chunk_rows):
@@ -401,7 +422,8 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
               bytes_per_vector: int | None = None, nprobe: int | None = None,
               train_rows: int | None = None, opq_dim: int | None = None,
               refine: int | None = None, random_state: Any = None, device: str = "auto",
-              threads: int | None = None, progress: Progress | None = None) -> KnnGraph:
+              threads: int | None = None, progress: Progress | None = None,
+              on_phase: Callable[[str, int | None], None] | None = None) -> KnnGraph:
     """The k-nearest-neighbour graph of the rows of ``X``, own row excluded (by id).
 
     Parameters
@@ -427,8 +449,12 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
     threads : FAISS OpenMP threads for this call (restored afterwards); ``None`` keeps FAISS's
         setting. On a machine whose cores are shared with other jobs, ``threads=1`` trained the
         OPQ index 2-5x faster than 2 threads (k-means on small blocks waits in OpenMP barriers).
-    progress : optional ``progress(done_rows, total_rows)``, called after each block of rows whose
-        neighbours are final.
+    progress : optional ``progress(done_rows, total_rows)``, called after each block of work:
+        ``done_rows / total_rows`` is the fraction of the current phase done (exact: the block
+        pairs multiplied, in rows' worth of work; opq: rows added, then rows searched).
+    on_phase : optional ``on_phase(name, total_rows or None)``, called when a phase starts
+        (opq: "OPQ training (... rows)" with None, "filling the index", "searching the index"),
+        for a progress display that names what is running.
 
     Cost
     ----
@@ -491,7 +517,7 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
                 nbrs[:] = _exact_self_graph(vec, k, metric, chunk_rows, kernel, progress)
             else:
                 params.update(_opq_graph(vec, k, metric, params, rng, chunk_rows, use_gpu, nbrs,
-                                         progress))
+                                         progress, on_phase))
         n_incomplete = int(np.count_nonzero((np.asarray(nbrs) < 0).any(axis=1)))
         if tmp is not None:
             nbrs.flush()

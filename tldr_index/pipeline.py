@@ -51,11 +51,11 @@ import pyarrow as pa
 from . import __version__
 from ._faults import wrap_progress
 from ._oserrors import storage_errors
-from ._threads import auto_threads, thread_limit
+from ._threads import auto_threads, run_in_worker, thread_limit
 from ._validation import check_bool, check_choice, check_int
 from .compact import CompactModel
 from .encode_batches import CODES_COLUMN, FLOAT16_MAX  # noqa: F401 (re-exported)
-from .errors import (InvalidInputError, InvalidParameterError, ModelFormatError,
+from .errors import (Interrupted, InvalidInputError, InvalidParameterError, ModelFormatError,
                      SourceNotFoundError, TargetExistsError)
 from .progress import Progress, as_progress
 from .search import (adc_topk, default_shortlist, info, recall_at_k, rerank,  # noqa: F401
@@ -339,21 +339,28 @@ def _stage_knn(c: SimpleNamespace) -> tuple[list[Path], dict]:
     out = c.work.stage_dir("knn", clear=True)
     scan = _train_store(c)  # knn/train was just cleared: the Ray scan's sample, or every row
     n_train = min(scan.n_rows, c.sample)
-    c.progress.begin("knn", n_train if c.method != "pca" else None, "rows")
+    # PCA needs no graph: with every row as its sample, knn has nothing to count
+    c.progress.begin("knn", n_train if c.method != "pca" or n_train < scan.n_rows else None,
+                     "rows")
     files: list[Path] = []
     if n_train < scan.n_rows:
         rows = _sample_rows(scan.n_rows, n_train, c.seed)
         writer = VectorStore.create(out / "train", scan.dim, np.float32)
+        c.progress.phase("knn", "drawing the sample", n_train, "rows")
         for s in range(0, n_train, 16_384):
             writer.append(scan.take(rows[s:s + 16_384]))
+            c.progress.update("knn", min(s + 16_384, n_train))
         sub = writer.finalize()
         files += [sub.path, sub.root / VectorStore.META]
     train = _train_store(c)
     meta: dict = {"n_train": n_train}
     if c.method != "pca":
+        c.progress.phase("knn", "kNN graph", n_train, "rows")
         g = knn_graph(train, c.neighbors, metric=c.metric, out=out / "graph.npy",
                       random_state=c.seed, device=c.device,
-                      progress=lambda done, total: c.progress.update("knn", done, total))
+                      progress=lambda done, total: c.progress.update("knn", done, total),
+                      on_phase=lambda name, total: c.progress.phase("knn", name, total, "rows"))
+        c.progress.phase("knn", "graph recall", None)
         rec = graph_recall(train, g, n_queries=min(200, n_train), random_state=c.seed,
                            device=c.device)
         meta.update(graph_method=g.method, graph_recall=rec, graph_seconds=g.seconds)
@@ -377,7 +384,8 @@ def fit_reducer(c: SimpleNamespace, method: str, dim: int, ckpt_dir: Path | None
 
     train = _train_store(c)
     if method == "pca":
-        c.progress.begin("train", None, "rows")
+        c.progress.begin("train", train.n_rows, "rows")
+        c.progress.phase("train", "fitting PCA", None)
         return PCA(dim).fit(train)
     graph = np.load(c.work.root / "knn" / "graph.npy")
     model = TLDR(dim, n_neighbors=c.neighbors, metric=c.metric, epochs=c.epochs,
@@ -424,13 +432,17 @@ def _stage_encode(c: SimpleNamespace) -> tuple[list[Path], dict]:
     out = c.work.stage_dir("encode", clear=True)
     reducer = load_model(c.work.root / "train" / "model.safetensors")
     train = _train_store(c)
+    scan_rows = c.infos["scan"]["rows"]
+    c.progress.begin("encode", scan_rows, "rows")
     pq = None
     if c.pq_bytes:
         rng = np.random.default_rng([c.seed, 0x9B])
         k = min(train.n_rows, 65_536)
         pick = np.sort(rng.choice(train.n_rows, k, replace=False))
-        pq = ProductQuantizer(c.pq_bytes, metric=c.metric, random_state=c.seed).fit(
-            reducer.transform(train.take(pick)))
+        c.progress.phase("encode", f"PQ training ({k:,} rows)", None)
+        pq = run_in_worker(  # k-means is one long native call: keep Ctrl-C responsive
+            ProductQuantizer(c.pq_bytes, metric=c.metric, random_state=c.seed).fit,
+            reducer.transform(train.take(pick)), name="pq-train")
 
     def compact_model(vector_dtype: str) -> CompactModel:
         return CompactModel.from_reducer(reducer, c.metric, pq, extra={
@@ -447,7 +459,7 @@ def _stage_encode(c: SimpleNamespace) -> tuple[list[Path], dict]:
     quantizer = compact.quantizer() if pq is not None else None
     scan = VectorStore.open(c.work.root / "scan" / "vectors")
     n = scan.n_rows
-    c.progress.begin("encode", n, "rows")
+    c.progress.phase("encode", "encoding", n, "rows")
     writer = VectorStore.create(out / "reduced", c.dim, np.float32)
     max_abs = 0.0
     with open(out / "codes.u8", "wb") as fcodes:
@@ -483,9 +495,12 @@ def _evaluate(c: SimpleNamespace, model: CompactModel, out: Path) -> dict:
     if nq < 1 or k < 1:
         return {}
     t0 = time.perf_counter()
+    c.progress.phase("encode", "recall estimate (exact search)", nq, "queries")
     rows = np.sort(np.random.default_rng([c.seed, 0xE7]).choice(n, nq, replace=False))
     Q = scan.take(rows)
-    _, truth = exact_search(scan, Q, k, metric=c.metric, exclude=rows, device=c.device)
+    _, truth = exact_search(scan, Q, k, metric=c.metric, exclude=rows, device=c.device,
+                            progress=lambda done, total: c.progress.update("encode", done))
+    c.progress.phase("encode", "recall estimate (compact search)", None)
     R = min(n, max(c.shortlist, k) + 1)
     Y = model.encode(Q)
     if model.pq_bytes:
@@ -522,6 +537,7 @@ def _stage_write(c: SimpleNamespace) -> dict:
     ref = {"path": getattr(sink, "staging", None)}
     (out / "staging.json").write_text(json.dumps(ref))
     infos: dict = {}
+    stage = "write"
     try:
         t0 = time.perf_counter()
         c.progress.begin("write", n, "rows")
@@ -546,7 +562,9 @@ def _stage_write(c: SimpleNamespace) -> dict:
         c.work.mark_done("write", [], infos["write"])
 
         t0 = time.perf_counter()
-        c.progress.begin("verify", 1, "checks")
+        stage = "verify"
+        c.progress.begin("verify", n, "rows")
+        c.progress.phase("verify", "reading back the staged target", None)
         scan = c.infos["scan"]
         read = scan["rows"] + scan.get("skipped_invalid", 0)
         if c.src.count() != read or c.src.fingerprint() != c.fingerprint:
@@ -559,23 +577,36 @@ def _stage_write(c: SimpleNamespace) -> dict:
         sink.verify(scan["rows"], scan["ids_digest"], map_pieces=map_pieces)
         infos["verify"] = {"rows": scan["rows"], "ids_digest": scan["ids_digest"],
                            "seconds": time.perf_counter() - t0}
-        c.progress.update("verify", 1)
+        c.progress.update("verify", n)
         c.progress.end("verify", infos["verify"]["seconds"])
         c.work.mark_done("verify", [], infos["verify"])
 
         t0 = time.perf_counter()
-        c.progress.begin("publish", 1, "steps")
+        stage = "publish"
+        c.progress.begin("publish", None, "")
         c.progress.update("publish", 0)
-        sink.publish()
+        c.progress.phase("publish", "building the index and switching atomically", None)
+        # a Lance index build is one long native call: in a worker, so Ctrl-C is seen at once
+        run_in_worker(sink.publish, name="publish")
         infos["publish"] = {"seconds": time.perf_counter() - t0}
         c.progress.update("publish", 1)
         c.progress.end("publish", infos["publish"]["seconds"])
         c.work.mark_done("publish", [], infos["publish"])
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            exc = Interrupted.wrap(exc, stage, str(c.work.root))
+        if isinstance(exc, Interrupted) and exc.worker_running:
+            # the publish goes on in its thread until the process exits: leave its staging area
+            # alone (a resumed run removes it, or finds the target already published)
+            log.info("Interrupted while publishing %s; its staging area is left for --resume.",
+                     c.target_uri)
+            raise exc from None
         try:
             sink.abort()
-        except Exception as exc:  # keep the original error
-            log.warning("Could not remove the staging area of %s: %s", c.target_uri, exc)
+        except Exception as err:  # keep the original error
+            log.warning("Could not remove the staging area of %s: %s", c.target_uri, err)
+        if isinstance(exc, Interrupted):
+            raise exc from None
         raise
     return infos
 
@@ -639,6 +670,8 @@ def run_stage(c: SimpleNamespace, stage: str, fn, skipped: list, seconds: dict) 
         if stage == "scan":
             work.clear_all()  # bad source data: nothing worth keeping
         raise
+    except KeyboardInterrupt as exc:  # Ctrl-C: say where; the checkpoints stay for --resume
+        raise Interrupted.wrap(exc, stage, str(work.root)) from None
     seconds[stage] = time.perf_counter() - t0
     stage_info["seconds"] = seconds[stage]
     c.infos[stage] = stage_info

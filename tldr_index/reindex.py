@@ -562,7 +562,10 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
             if refit == "always":
                 reason = "always"
             elif refit == "auto" and len(Qnew) >= DRIFT_MIN_ROWS and len(Qold) >= DRIFT_MIN_ROWS:
+                prog.begin("drift", len(Qnew) + len(Qold), "queries")
+                prog.phase("drift", "drift check (exact vs compact neighbours)", None)
                 d = drift_recall(model, Qnew, Qold, ref)
+                prog.end("drift", time.perf_counter() - t0)
                 ratio = d["recall_new"] / max(d["recall_old"], 1e-9)
                 report.drift = {**d, "ratio": ratio, "threshold": drift_threshold,
                                 "queries_new": len(Qnew), "queries_old": len(Qold),
@@ -608,10 +611,13 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
                 _add_history(root, {"action": "update", "from": _generation(meta),
                                     "previous": report.previous, "pending": True})
                 fault_point("reindex:state-saved")
+                prog.begin("apply", rows.num_rows + len(deleted), "rows")
+                prog.phase("apply", "writing the delta and switching atomically", None)
                 delta.publish_delta(tgt, rows, deleted, new_meta, expected_count=len(new_ids),
                                     expected_digest=digest.hexdigest(), batch_rows=batch_rows,
                                     staged=_record_staging(root))
                 (root / STAGING_FILE).unlink(missing_ok=True)
+                prog.end("apply", time.perf_counter() - t0)
                 fault_point("reindex:published")  # switched; history entry still pending
                 report.status, report.generation = "updated", gen
                 report.target_rows_after = len(new_ids)

@@ -179,7 +179,10 @@ def measure(c: SimpleNamespace, plan: dict) -> tuple[list[SweepConfig], dict]:
     qpos, kind = _held_out(n, train_rows, max(1, c.eval_queries), c.seed)
     Q = scan.take(qpos)
     k = min(10, n - 1)
-    _, truth = exact_search(scan, Q, k, metric=c.metric, exclude=qpos)
+    c.progress.phase("select", "exact neighbours of the held-out rows", len(qpos), "queries")
+    _, truth = exact_search(scan, Q, k, metric=c.metric, exclude=qpos,
+                            progress=lambda done, total: c.progress.update("select", done))
+    n_fits = len(plan["candidates"]) * len(plan["methods"])
     R = min(n - 1, max(c.shortlist, k))
     rng = np.random.default_rng([c.seed, 0x9B])
     pick = np.sort(rng.choice(train.n_rows, min(train.n_rows, PQ_TRAIN_ROWS), replace=False))
@@ -189,6 +192,8 @@ def measure(c: SimpleNamespace, plan: dict) -> tuple[list[SweepConfig], dict]:
     for dim in sorted({d for d, _ in plan["candidates"]}):
         pqs = [p for d, p in plan["candidates"] if d == dim]
         for method in plan["methods"]:
+            c.progress.phase("select", f"fitting and measuring {method} d={dim}", n_fits, "fits")
+            c.progress.update("select", len(configs))
             t0 = time.perf_counter()
             model = pipeline.fit_reducer(quiet, method, dim)
             fit_s = time.perf_counter() - t0
@@ -206,8 +211,7 @@ def measure(c: SimpleNamespace, plan: dict) -> tuple[list[SweepConfig], dict]:
                 configs.append(SweepConfig(method, dim, p, r_float, r_pq, r_resc, fit_s))
                 log.info("%s d=%d PQ %d B: recall@10 float %.3f, PQ %s, rescored %s (fit %.1f s).",
                          method, dim, p, r_float, fmt_float(r_pq), fmt_float(r_resc), fit_s)
-            c.progress.update("select", len(configs), len(plan["candidates"]) *
-                              len(plan["methods"]))
+            c.progress.update("select", len(configs), n_fits)
     return configs, {"queries": len(qpos), "query_kind": kind}
 
 
