@@ -121,6 +121,13 @@ class Source(abc.ABC):
         store batch.
         """
 
+    def take_found(self, ids: Sequence | np.ndarray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`take`, but ids absent from the source are not an error: returns the
+        float32 ``(len(ids), dim)`` vectors (zeros where missing) and a bool mask of the ids
+        found (e.g. rows added to a compact collection only, see ``CompactCollection.search``).
+        The default calls :meth:`take` (every id must exist); the stores override it."""
+        return self.take(ids), np.ones(len(ids), dtype=bool)
+
     @abc.abstractmethod
     def _raw_batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
         """Store batches holding at least the id, vector and payload columns, at most
@@ -277,15 +284,29 @@ class Source(abc.ABC):
 
 def take_by_filter(scan, ids, src: Source, chunk: int) -> np.ndarray:
     """Shared ``take`` for stores filtered by an Arrow ``isin`` expression (Lance, Parquet)."""
+    out, found = take_found_by_filter(scan, ids, src, chunk)
+    if not found.all():
+        pylist = (ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(ids)) \
+            .cast(src._id_field.type).to_pylist()
+        miss = list(dict.fromkeys(v for v, ok in zip(pylist, found) if not ok))
+        raise InvalidInputError(
+            f"The 'ids' parameter of take must name rows of source '{src.uri}'. Got "
+            f"{len(miss)} unknown id(s), first {miss[0]!r}.")
+    return out
+
+
+def take_found_by_filter(scan, ids, src: Source, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shared ``take_found`` for stores filtered by an Arrow ``isin`` expression: the vectors of
+    ``ids`` (zeros where missing) and a bool mask of the ids found."""
     ids = pa.array(ids) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
     ids = ids.cast(src._id_field.type)
-    out = np.empty((len(ids), src.dim), dtype=np.float32)
+    out = np.zeros((len(ids), src.dim), dtype=np.float32)
+    found = np.zeros(len(ids), dtype=bool)
     pylist = ids.to_pylist()
     where: dict[Any, list[int]] = {}
     for i, v in enumerate(pylist):
         where.setdefault(v, []).append(i)
     uniq = list(where)
-    found = 0
     for s in range(0, len(uniq), chunk):
         part = uniq[s:s + chunk]
         for b in scan(pc.field(src.id_column).isin(pa.array(part, type=ids.type))):
@@ -297,18 +318,8 @@ def take_by_filter(scan, ids, src: Source, chunk: int) -> np.ndarray:
                 rows = where.get(v)
                 if rows is not None:
                     out[rows] = X[r]
-                    found += 1
-    if found < len(uniq):
-        got = set()
-        for s in range(0, len(uniq), chunk):  # rare path: find which id is missing
-            for b in scan(pc.field(src.id_column).isin(pa.array(uniq[s:s + chunk],
-                                                                 type=ids.type))):
-                got.update(b.column(src.id_column).to_pylist())
-        miss = [v for v in uniq if v not in got]
-        raise InvalidInputError(
-            f"The 'ids' parameter of take must name rows of source '{src.uri}'. Got "
-            f"{len(miss)} unknown id(s), first {miss[0]!r}.")
-    return out
+                    found[rows] = True
+    return out, found
 
 
 def resolve_payload_columns(schema: pa.Schema, requested: Sequence[str] | None,

@@ -47,6 +47,7 @@ from tldr_index.errors import ModelFormatError, SourceNotFoundError, TargetExist
 from . import arrow_utils as au
 from .base import (DEFAULT_BATCH_ROWS, DISTANCES, RECORD_KEY, Piece, Sink, Source, Target,
                    build_record, check_model, dump_record, load_record, take_by_filter,
+                   take_found_by_filter,
                    verify_counts)
 
 log = logging.getLogger(__name__)
@@ -155,12 +156,17 @@ class LanceSource(Source):
         skipped)."""
         return self._ds.take(np.asarray(positions, dtype=np.int64).tolist(), columns=list(columns))
 
+    def _scan_ids(self, expr):
+        return self._ds.to_batches(columns=[self.id_column, self.vector_column], filter=expr)
+
     def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 4096) -> np.ndarray:
         """Cost: one filtered scan per ``chunk`` ids (fast with a BTREE scalar index on the id)."""
-        return take_by_filter(
-            lambda expr: self._ds.to_batches(columns=[self.id_column, self.vector_column],
-                                             filter=expr),
-            ids, self, chunk)
+        return take_by_filter(self._scan_ids, ids, self, chunk)
+
+    def take_found(self, ids: Sequence | np.ndarray | pa.Array,
+                   chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """Cost: as :meth:`take`."""
+        return take_found_by_filter(self._scan_ids, ids, self, chunk)
 
 
 # -------------------------------------------------------------------------------------------- sink

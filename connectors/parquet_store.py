@@ -46,7 +46,8 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
 
 from . import arrow_utils as au
 from .base import (DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, build_record,
-                   check_model, dump_record, load_record, take_by_filter, verify_counts)
+                   check_model, dump_record, load_record, take_by_filter, take_found_by_filter,
+                   verify_counts)
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +205,19 @@ class ParquetSource(Source):
             parts.append(table.take(pa.array(positions[which == gi] - start)))
         return pa.concat_tables(parts)
 
+    def _scan_ids(self):
+        ds = pds.dataset(self.files, format="parquet")
+        return lambda expr: ds.to_batches(columns=[self.id_column, self.vector_column],
+                                          filter=expr)
+
     def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 65_536) -> np.ndarray:
         """Cost: one scan of the id and vector columns of every file per ``chunk`` ids."""
-        ds = pds.dataset(self.files, format="parquet")
-        return take_by_filter(
-            lambda expr: ds.to_batches(columns=[self.id_column, self.vector_column], filter=expr),
-            ids, self, chunk)
+        return take_by_filter(self._scan_ids(), ids, self, chunk)
+
+    def take_found(self, ids: Sequence | np.ndarray | pa.Array,
+                   chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+        """Cost: as :meth:`take`."""
+        return take_found_by_filter(self._scan_ids(), ids, self, chunk)
 
 
 # -------------------------------------------------------------------------------------------- sink

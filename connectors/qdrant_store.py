@@ -29,6 +29,7 @@ so clients are shared per path (and per memory name) inside a process: see :func
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import logging
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "tldr-index/point-id")
 UNNAMED = "vector"  # column name of an unnamed Qdrant vector
 _CLIENTS: dict[tuple, Any] = {}
+_REFS: dict[tuple, int] = {}  # holders of a shared embedded client (see hold_client)
+_AT_EXIT = False
 
 
 def _models():
@@ -83,14 +86,16 @@ def client_for(p: ParsedURI, *, api_key: str | None = None, timeout: float = 10.
     """
     from qdrant_client import QdrantClient
 
+    if p.mode in ("memory", "path"):
+        _close_at_exit()
     if p.mode == "memory":
         key = ("memory", p.path)
         if key not in _CLIENTS:
             _CLIENTS[key] = QdrantClient(location=":memory:")
         return _CLIENTS[key]
     if p.mode == "path":
-        path = os.path.realpath(p.path)
-        key = ("path", path)
+        key = _client_key(p)
+        path = key[1]
         if key not in _CLIENTS:
             if must_exist and not os.path.isdir(path):
                 raise SourceNotFoundError(
@@ -107,13 +112,57 @@ def client_for(p: ParsedURI, *, api_key: str | None = None, timeout: float = 10.
                         timeout=int(math.ceil(timeout)), check_compatibility=False)
 
 
+def _client_key(p: ParsedURI) -> tuple:
+    return ("path", os.path.realpath(p.path)) if p.mode == "path" else ("memory", p.path)
+
+
+def _close_at_exit() -> None:
+    """Register :func:`close_clients` with :mod:`atexit` (once): embedded clients left to
+    ``QdrantClient.__del__`` at interpreter shutdown print an ``ImportError`` traceback
+    (qdrant-client imports ``portalocker`` to unlock the path after imports are torn down)."""
+    global _AT_EXIT
+    if not _AT_EXIT:
+        atexit.register(close_clients)
+        _AT_EXIT = True
+
+
+def _close(client: Any) -> None:
+    try:
+        client.close()
+    except Exception:  # pragma: no cover - best effort
+        log.debug("closing a Qdrant client failed", exc_info=True)
+
+
 def close_clients() -> None:
-    """Close the shared embedded / in-memory clients (releases path locks)."""
+    """Close the shared embedded / in-memory clients (releases path locks). Runs at exit."""
     for key in list(_CLIENTS):
-        try:
-            _CLIENTS.pop(key).close()
-        except Exception:  # pragma: no cover - best effort
-            pass
+        _REFS.pop(key, None)
+        _close(_CLIENTS.pop(key))
+
+
+def hold_client(p: ParsedURI) -> None:
+    """Count one more holder (a :class:`tldr_index.CompactCollection`) of the shared embedded
+    client of ``p``; :func:`release_client` closes it when the last holder lets go."""
+    if p.mode == "path":
+        key = _client_key(p)
+        _REFS[key] = _REFS.get(key, 0) + 1
+
+
+def release_client(p: ParsedURI) -> None:
+    """One holder of the embedded client of ``p`` is done: close it (releasing the path lock,
+    so another client or process can open the storage) when no holder is left. In-memory and
+    server clients are left alone (closing an in-memory client would drop its data)."""
+    if p.mode != "path":
+        return
+    key = _client_key(p)
+    left = _REFS.get(key, 0) - 1
+    if left > 0:
+        _REFS[key] = left
+        return
+    _REFS.pop(key, None)
+    client = _CLIENTS.pop(key, None)
+    if client is not None:
+        _close(client)
 
 
 def _where(p: ParsedURI) -> str:
@@ -306,9 +355,24 @@ class QdrantSource(Source):
 
     def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 256) -> np.ndarray:
         """Cost: one ``retrieve`` call per ``chunk`` ids."""
+        out, found, ids = self._take(ids, chunk)
+        if not found.all():
+            raise InvalidInputError(
+                f"The 'ids' parameter of take must name points of source '{self.uri}'. Got "
+                f"unknown id {ids[int(np.flatnonzero(~found)[0])]!r}.")
+        return out
+
+    def take_found(self, ids: Sequence | np.ndarray | pa.Array,
+                   chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """Cost: as :meth:`take`."""
+        out, found, _ = self._take(ids, chunk)
+        return out, found
+
+    def _take(self, ids, chunk: int) -> tuple[np.ndarray, np.ndarray, list]:
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
         ids = [int(i) if isinstance(i, (int, np.integer)) else str(i) for i in ids]
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        found = np.zeros(len(ids), dtype=bool)
         for s in range(0, len(ids), chunk):
             part = ids[s:s + chunk]
             recs = self._retry(lambda: self.client.retrieve(
@@ -317,12 +381,9 @@ class QdrantSource(Source):
             got = {r.id: self._vec(r) for r in recs}
             for j, i in enumerate(part):
                 v = got.get(i)
-                if v is None:
-                    raise InvalidInputError(
-                        f"The 'ids' parameter of take must name points of source '{self.uri}'. Got "
-                        f"unknown id {i!r}.")
-                out[s + j] = v
-        return out
+                if v is not None:
+                    out[s + j], found[s + j] = v, True
+        return out, found, ids
 
 
 # -------------------------------------------------------------------------------------------- sink

@@ -145,3 +145,39 @@ def test_add_on_parquet_and_qdrant(tmp_path):
         assert got == "q 90003"
         np.testing.assert_allclose(vectors_to_numpy(row.column("vector").combine_chunks())[0],
                                    c.model.encode(X[603:604])[0], rtol=2e-3, atol=2e-3)
+
+
+def test_search_rescore_after_add_keeps_code_distance_of_rows_without_original(tmp_path, caplog):
+    """README "Keep it fresh": search(rescore=True) right after add(). Rows only in the compact
+    collection have no original vector: they keep their code distance and are counted."""
+    from tldr_index.search import exact_distances
+
+    X = make_nested(700, 16, between=6, within=4, seed=3)
+    src = lancedb_source(str(tmp_path), X[:600])
+    shrink(src, src + "_c", dim=8, pq_bytes=4, work_dir=tmp_path / "w", **FAST)
+    c = tldr_index.open(src + "_c")
+    Q = X[600:604]
+    before = c.search(Q, k=10, rescore=True)
+    assert before.not_rescored == 0 and before.rescored
+    new_ids = np.arange(500_000, 500_004)
+    assert c.add(new_ids, Q) == 4                 # each query's own vector, not in the source
+    approx = c.search(Q, k=c.count())             # code distances of every row
+    code_d = {int(i): float(d) for i, d in zip(approx.ids[0], approx.distances[0])}
+    hits = c.search(Q[:1], k=10, rescore=True)
+    ids, dist = hits.ids[0], hits.distances[0]
+    added = np.isin(ids, new_ids)
+    assert hits.not_rescored == int(added.sum()) and hits.not_rescored >= 1
+    assert 500_000 in ids                          # the query's own copy ranks in the top 10
+    src_vec = {int(i): X[r] for r, i in enumerate(np.arange(600) * 7 + 3)}
+    for i, d in zip(ids, dist):
+        if int(i) in code_d and int(i) >= 500_000:
+            assert d == pytest.approx(code_d[int(i)], abs=1e-6)      # kept its code distance
+        else:
+            exact = exact_distances(Q[:1], src_vec[int(i)][None, None, :], c.model.metric)[0, 0]
+            assert d == pytest.approx(float(exact), rel=1e-5, abs=1e-5)  # rescored exactly
+    assert np.all(np.diff(dist) >= 0)
+    assert any(r.levelname == "WARNING" and r.getMessage() == (
+        f"search: {hits.not_rescored} of the 10 hits have no row in source '{src}' (rows added "
+        f"to the compact collection only?) and keep their approximate code distance instead "
+        f"of an exact one.") for r in caplog.records)
+    assert c.search(Q, k=10).not_rescored == 0     # without rescore: nothing to count

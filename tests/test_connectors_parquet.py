@@ -238,3 +238,26 @@ def test_record_file_is_small_json(tmp_path, data):
     out = tmp_path / "out"
     write_target(open_source(f"parquet://{d}"), f"parquet://{out}")
     assert os.path.getsize(out / RECORD_FILE) < 4096
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_sidecars_get_the_mode_of_the_data_files(tmp_path, data, umask):
+    """The model and record sidecars were written 0600 (``mkstemp``) next to 0644 data files:
+    every file of a target now gets ``0o666`` minus the umask, like a plain ``open()``."""
+    import lance
+
+    t, d = data
+    old = os.umask(umask)
+    try:
+        for uri, root in ((f"parquet://{tmp_path}/out/", tmp_path / "out"),
+                          (str(tmp_path / "t.lance"), tmp_path / "t.lance")):
+            write_target(open_source(f"parquet://{d}"), uri, d=4)
+            modes = {os.path.relpath(os.path.join(p, f), root):
+                     os.stat(os.path.join(p, f)).st_mode & 0o777
+                     for p, _, files in os.walk(root) for f in files}
+            sidecars = [f for f in modes if "tldr" in f]
+            assert len(sidecars) >= 1 and len(modes) > len(sidecars)
+            assert set(modes.values()) == {0o666 & ~umask}, modes
+        lance.dataset(str(tmp_path / "t.lance"))  # still a readable dataset
+    finally:
+        os.umask(old)

@@ -273,3 +273,54 @@ def test_real_server_round_trip():
         for c in client.get_collections().collections:
             if c.name.startswith(name):
                 client.delete_collection(c.name)
+
+
+def test_embedded_compact_collection_close_releases_the_path_and_exit_is_quiet(tmp_path):
+    """``tldr_index.open("qdrant+path://...")``: ``close()`` / ``with`` release the storage lock
+    (another client can open the path); a command on an embedded store ends without the
+    ``QdrantClient.__del__`` ImportError traceback (clients are closed at exit)."""
+    import re
+    import subprocess
+    import sys
+
+    from _pipeline_helpers import make_nested
+
+    import tldr_index
+    from tldr_index.pipeline import shrink
+
+    d = str(tmp_path / "qd")
+    X = make_nested(300, 16, between=6, within=4, seed=2)
+    client = client_for(parse_uri(f"qdrant+path://{d}/docs"))
+    client.create_collection("docs", vectors_config=m.VectorParams(size=16,
+                                                                   distance=m.Distance.EUCLID))
+    client.upsert("docs", points=m.Batch(ids=list(range(300)), vectors=X.tolist()))
+    tgt = f"qdrant+path://{d}/docs_c"
+    shrink(f"qdrant+path://{d}/docs", tgt, dim=4, pq_bytes=2, epochs=1, threads=1,
+           eval_queries=0, work_dir=tmp_path / "w")
+    close_clients()
+    c = tldr_index.open(tgt)
+    assert c.count() == 300
+    with pytest.raises(RuntimeError, match="already accessed by another instance"):
+        QdrantClient(path=d)                      # locked while the collection is open
+    c.close()
+    c.close()                                     # idempotent
+    other = QdrantClient(path=d)                  # the lock is released
+    assert other.count("docs", exact=True).count == 300
+    other.close()
+    with tldr_index.open(tgt) as c2:
+        assert c2.count() == 300
+        hits = c2.search(X[:2], k=3)
+    assert hits.ids.shape == (2, 3) and c2.closed
+    t = re.escape(tgt)
+    with pytest.raises(InvalidInputError, match=rf"^The compact collection '{t}' is closed; "
+                                                rf"search\(\) needs an open one \(tldr_index\."
+                                                rf"open\('{t}'\) again\)\.$"):
+        c2.search(X[:2], k=3)
+    other = QdrantClient(path=d)
+    other.close()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run([sys.executable, "-m", "tldr_index", "info", "--target", tgt],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "rows" in run.stdout
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, run.stderr

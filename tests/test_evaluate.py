@@ -178,3 +178,25 @@ def test_bad_model_dim_vs_source(shrunk, tmp_path):
         f"{D + 8}-d vectors: it was not shrunk from this source. Pass the source it was shrunk "
         f"from (source=, --source).")
     assert os.path.isdir(root / "db")
+
+
+def test_baselines_as_a_string(shrunk):
+    """``baselines="none"`` skips them (it was iterated letter by letter); one string of
+    comma-separated names works like the CLI's ``--baselines``."""
+    root, X, uri, target = shrunk
+    common = dict(queries=20, k=[1], shortlists=[50], latency_queries=0, threads=1)
+    none = evaluate(target, baselines="none", **common)
+    assert [r.method for r in none.results] == ["tldr (target)"] * 3
+    assert [r.recall for r in none.results] == \
+        [r.recall for r in evaluate(target, baselines=(), **common).results]
+    one = evaluate(target, baselines=" pca , pq", **common)
+    assert [(r.method, r.representation) for r in one.results][3:] == \
+        [("pca", "float32"), ("pca", "PQ codes"), (f"pq-{D}", "PQ codes")]
+    with pytest.raises(InvalidParameterError, match=r"^The 'baselines' parameter of eval must be "
+                                                    r"one of 'pca', 'pca-whiten', 'pq', 'opq'\. "
+                                                    r"Got 'pcaa' instead\.$"):
+        evaluate(target, baselines="pca,pcaa", **common)
+    with pytest.raises(InvalidParameterError, match=r"^The 'baselines' parameter of eval must be "
+                                                    r"a sequence of names or a comma-separated "
+                                                    r"string\. Got 3 instead\.$"):
+        evaluate(target, baselines=3, **common)

@@ -276,3 +276,38 @@ def test_cli_ray_flags_need_engine_ray(tmp_path):
     assert res.exit_code == 2
     assert "--workers and --shard-rows apply to --engine ray only." in res.output
     assert sorted(os.listdir(tmp_path)) == ["pq"]
+
+
+def test_encode_batch_in_a_ray_data_pipeline(ray_local, tmp_path):
+    """README "Keep it fresh": ``ds.map_batches(compact.encode_batch, batch_format="pyarrow")``
+    runs on Ray workers (the encoder pickles to its model bytes) and gives exactly
+    ``compact.encode``; the numpy batch format too."""
+    import pickle
+
+    import pyarrow as pa
+    import ray.data
+
+    import tldr_index
+    from connectors.arrow_utils import numpy_to_fsl, vectors_to_numpy
+
+    X = make_nested(400, 16, between=6, within=4, seed=5)
+    src = lancedb_source(str(tmp_path), X[:300])
+    shrink(src, src + "_c", dim=8, pq_bytes=4, epochs=1, threads=1, eval_queries=0,
+           work_dir=tmp_path / "w")
+    compact = tldr_index.open(src + "_c")
+    z, codes = compact.encode(X[300:])
+    enc = pickle.loads(pickle.dumps(compact.encode_batch))
+    assert enc.model_bytes == open_target(src + "_c").model_bytes and enc._model is None
+    ds = ray.data.from_arrow(pa.table({"id": np.arange(100), "vector": numpy_to_fsl(X[300:])}))
+    out = ds.repartition(3).map_batches(compact.encode_batch, batch_format="pyarrow",
+                                        batch_size=16)
+    t = pa.concat_tables(ray.get(out.to_arrow_refs())).sort_by("id")
+    assert t.schema.names == ["id", "vector", "vector_reduced", "pq_codes"]
+    assert t.column("id").to_pylist() == list(range(100))
+    np.testing.assert_array_equal(vectors_to_numpy(t.column("vector_reduced")), z)
+    np.testing.assert_array_equal(
+        np.stack(t.column("pq_codes").to_numpy(zero_copy_only=False)), codes)
+    rows = ds.map_batches(compact.encode_batch, batch_format="numpy", batch_size=25).take_all()
+    rows.sort(key=lambda r: r["id"])
+    np.testing.assert_array_equal(np.stack([r["vector_reduced"] for r in rows]), z)
+    np.testing.assert_array_equal(np.stack([r["pq_codes"] for r in rows]), codes)

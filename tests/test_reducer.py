@@ -203,3 +203,59 @@ def test_structured_data_helper_has_low_intrinsic_dimension():
     X = make_structured(500)
     s = np.linalg.svd(X - X.mean(0), compute_uv=False)
     assert (s[:8] ** 2).sum() / (s ** 2).sum() > 0.9
+
+
+def test_n_jobs_limits_torch_threads_during_fit_and_restores_them(structured, monkeypatch):
+    """``TLDR(n_jobs=...)``: the CLI's thread policy. The threads torch uses inside fit are
+    recorded from the training progress callback."""
+    import tldr_index._threads as threads_mod
+    from tldr_index._threads import thread_limit
+    from tldr_index.errors import InvalidParameterError
+
+    X = structured[:600]
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        def seen_in_fit(**kw) -> set:
+            seen, outside = set(), torch.get_num_threads()
+            TLDR(4, epochs=1, batch_size=64, random_state=0, **kw).fit(
+                X, progress=lambda *_: seen.add(torch.get_num_threads()))
+            assert torch.get_num_threads() == outside   # restored
+            return seen
+
+        assert seen_in_fit(n_jobs=1) == {1}
+        assert seen_in_fit(n_jobs=2) == {2}
+        monkeypatch.setattr(threads_mod, "auto_threads", lambda: 1)  # "one core looks idle"
+        assert seen_in_fit() == {1}                 # default None: the idle cores
+        with thread_limit(2):                      # inside a command (shrink --threads 2)
+            assert seen_in_fit() == {2}
+        assert torch.get_num_threads() == 3
+        assert TLDR(4).get_params()["n_jobs"] is None
+        assert TLDR(4).get_params()["verbose"] is False
+        for bad in (0, -2, 1.5, True):
+            with pytest.raises(InvalidParameterError,
+                               match=rf"^The 'n_jobs' parameter of TLDR must be None, -1 or an "
+                                     rf"int in the range \[1, inf\)\. Got {bad!r} instead\.$"):
+                TLDR(4, n_jobs=bad).fit(X)
+        with pytest.raises(InvalidParameterError,
+                           match=r"^The 'verbose' parameter of TLDR must be a bool or an int >= "
+                                 r"0\. Got 'yes' instead\.$"):
+            TLDR(4, verbose="yes").fit(X)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_verbose_shows_knn_and_epoch_bars(structured, capsys):
+    TLDR(4, epochs=2, batch_size=64, random_state=0, n_jobs=1).fit(structured[:600])
+    assert capsys.readouterr().err == ""           # silent by default
+    TLDR(4, epochs=2, batch_size=64, random_state=0, n_jobs=1, verbose=True).fit(
+        structured[:600])
+    err = capsys.readouterr().err
+    lines = [ln.split()[:3] for ln in err.splitlines() if ln.strip()]
+    n_train = 600
+    assert ["knn", lines[0][1], "100%"] == lines[0] and f"{n_train}/{n_train} rows" in err
+    steps = (600 - 60) // 64                       # anchors after 60 validation rows
+    for e in (1, 2):
+        assert f"epoch {e}/2" in err
+        assert f"100% {steps}/{steps} steps" in err
+    assert err.count("steps/s") == 2 and err.count("ETA") == 3

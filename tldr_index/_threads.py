@@ -27,23 +27,33 @@ def auto_threads() -> int:
     return max(1, min(cpus, round(cpus - load)))
 
 
+_ACTIVE = [0]  # thread_limit bodies running (the torch/FAISS settings are process-wide)
+
+
 @contextmanager
 def thread_limit(threads: int | None, owner: str = "shrink"):
-    """Run the body with ``threads`` torch and FAISS threads (None: :func:`auto_threads`)."""
+    """Run the body with ``threads`` torch and FAISS threads (None: :func:`auto_threads`, or,
+    inside another ``thread_limit`` body, the enclosing limit unchanged: a ``TLDR(n_jobs=None)``
+    fitted by ``shrink --threads 1`` keeps 1)."""
     import torch
 
     from ._faiss_utils import faiss_threads
 
+    if threads is None and _ACTIVE[0]:
+        yield torch.get_num_threads()
+        return
     n = auto_threads() if threads is None else check_int(threads, "threads", low=1, owner=owner)
     old_torch = torch.get_num_threads()
     if n != old_torch:
         log.info("Using %d CPU thread(s) for torch and FAISS%s.", n,
                  " (cores that look idle)" if threads is None else "")
     torch.set_num_threads(n)
+    _ACTIVE[0] += 1
     try:
         with faiss_threads(n):
             yield n
     finally:
+        _ACTIVE[0] -= 1
         torch.set_num_threads(old_torch)
 
 

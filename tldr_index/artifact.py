@@ -110,12 +110,36 @@ def _check_shapes(tensors: dict[str, np.ndarray], info: dict, source: str) -> No
                 f"({d},), got {None if W is None else W.shape} and {None if b is None else b.shape}.")
 
 
+def current_umask() -> int:
+    """The process umask (read from ``/proc/self/status`` where it is shown, else set and put
+    back at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, then rename."""
+    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, then rename.
+
+    The file gets the mode a plain ``open(path, "wb")`` would give it: that of the file it
+    replaces, else ``0o666`` minus the umask (0644 under the usual 022), like the data files the
+    stores write next to it (``mkstemp`` alone would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~current_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -16,6 +16,14 @@ object) and re-read the live model first, so rows are never encoded with a model
 :mod:`connectors.qdrant_store`), Parquet a new published version per call (a full rewrite of the
 compact rows: use it for small targets or batch the calls).
 
+``encode_batch`` is a :class:`BatchEncoder`: a small picklable callable carrying the model bytes
+(safetensors, verified when loaded) that loads the model once per process, so
+``ds.map_batches(compact.encode_batch, batch_format="pyarrow")`` ships it to Ray workers.
+
+``close()`` (or ``with tldr_index.open(uri) as compact:``) releases what the object holds: for an
+embedded Qdrant path (``qdrant+path://``), the shared client and the storage lock, so another
+client or process can open the same path.
+
 Rows added here should also be written to the source collection: the nightly ``reindex`` makes the
 target mirror its source (ids absent from the source are deleted there).
 """
@@ -55,6 +63,139 @@ def _as_matrix(vectors: Any, column: str, what: str) -> np.ndarray:
     return X
 
 
+def check_matrix(vectors: Any, column: str, dim: int, target_uri: str, what: str) -> np.ndarray:
+    """``vectors`` as a C-contiguous float32 ``(n, dim)`` matrix (one row for a 1-d input), or one
+    :class:`InvalidInputError` naming ``what`` (wrong dimension, NaN / inf)."""
+    X = _as_matrix(vectors, column, what)
+    if X.ndim == 1:
+        X = X.reshape(1, -1)
+    if X.ndim != 2 or X.shape[1] != dim:
+        raise InvalidInputError(
+            f"The '{what}' parameter must have shape (n, {dim}) (the dimension of the source "
+            f"vectors of target '{target_uri}'). Got {X.shape} instead.")
+    if not np.isfinite(X).all():
+        bad = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+        raise InvalidInputError(
+            f"The '{what}' parameter must contain only finite values. Got NaN or inf in row "
+            f"{bad}.")
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+#: models loaded by :class:`BatchEncoder` in this process, by sha256 of their bytes (a Ray worker
+#: that runs many tasks with the same encoder parses the model once)
+_LOADED: dict[str, tuple[CompactModel, Any]] = {}
+_LOADED_MAX = 4
+_LOADED_LOCK = threading.Lock()
+
+
+class BatchEncoder:
+    """``encoder(batch)``: ``batch`` plus ``<vector>_reduced`` (float32) and, when the target
+    stores PQ codes, ``pq_codes`` (uint8) columns.
+
+    A drop-in function for ``ray.data.Dataset.map_batches(encoder, batch_format="pyarrow")``
+    (or ``"numpy"``) and any batch loop. It pickles to the model bytes (safetensors, never a
+    pickled model) plus three strings, and parses the model once per process (cached by its
+    sha256). A ``pa.Table`` gives a ``pa.Table``, a ``pa.RecordBatch`` a ``pa.RecordBatch``, a
+    dict of columns (Ray's numpy format: the vector column a 2-d array) a dict of numpy arrays.
+    Thread-safe. Cost per batch of n rows: O(n D d) for the map plus O(n 256 d) for the codes.
+    """
+
+    def __init__(self, model_bytes: bytes, *, vector_column: str, codes_column: str | None,
+                 target_uri: str, model: CompactModel | None = None):
+        """``model``: the parsed ``model_bytes`` when the caller has it (saves one parse here)."""
+        import hashlib
+
+        self.model_bytes = bytes(model_bytes)
+        self.sha256 = hashlib.sha256(self.model_bytes).hexdigest()
+        self.vector_column = vector_column
+        self.codes_column = codes_column or "pq_codes"
+        self.target_uri = target_uri
+        self._model: tuple[CompactModel, Any] | None = None
+        if model is not None:
+            self._model = (model, model.quantizer() if model.pq_bytes else None)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_model"] = None  # parsed again (once per process) where it is unpickled
+        return state
+
+    def __repr__(self) -> str:
+        return f"BatchEncoder({self.target_uri!r}, model sha256 {self.sha256[:12]})"
+
+    def _loaded(self) -> tuple[CompactModel, Any]:
+        if self._model is None:
+            with _LOADED_LOCK:
+                got = _LOADED.get(self.sha256)
+                if got is None:
+                    model = CompactModel.from_bytes(self.model_bytes,
+                                                    f"target '{self.target_uri}'")
+                    got = (model, model.quantizer() if model.pq_bytes else None)
+                    while len(_LOADED) >= _LOADED_MAX:
+                        _LOADED.pop(next(iter(_LOADED)))
+                    _LOADED[self.sha256] = got
+            self._model = got
+        return self._model
+
+    @property
+    def model(self) -> CompactModel:
+        return self._loaded()[0]
+
+    def encode_matrix(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(reduced (n, d) float32, codes (n, pq_bytes) uint8)`` of a matrix already checked by
+        :func:`check_matrix`."""
+        model, pq = self._loaded()
+        Y = model.encode(X, finite_checked=True)
+        codes = pq.encode(Y) if pq is not None else np.empty((len(X), 0), np.uint8)
+        return Y.astype(np.float32, copy=False), codes
+
+    def encode(self, vectors: Any, what: str = "vectors") -> tuple[np.ndarray, np.ndarray]:
+        """Check ``vectors`` (see :meth:`CompactCollection.encode`) and encode them."""
+        X = check_matrix(vectors, self.vector_column, self.model.input_dim, self.target_uri,
+                         what)
+        return self.encode_matrix(X)
+
+    def __call__(self, batch: pa.RecordBatch | pa.Table | dict) -> Any:
+        from connectors.arrow_utils import numpy_to_fsl
+
+        reduced = f"{self.vector_column}_reduced"
+        if isinstance(batch, dict):
+            if self.vector_column not in batch:
+                raise InvalidInputError(
+                    f"The 'batch' of encode_batch must have a vector column "
+                    f"'{self.vector_column}'. Got columns: {', '.join(map(str, batch))}.")
+            col = batch[self.vector_column]
+            if isinstance(col, np.ndarray) and col.dtype == object:
+                col = np.stack(col) if len(col) else np.empty((0, self.model.input_dim))
+            Y, codes = self.encode(col, "batch")
+            out = dict(batch)
+            out[reduced] = Y
+            if codes.shape[1]:
+                out[self.codes_column] = codes
+            return out
+        if not isinstance(batch, (pa.RecordBatch, pa.Table)):
+            raise InvalidInputError(
+                f"The 'batch' of encode_batch must be a pyarrow Table / RecordBatch or a dict of "
+                f"columns. Got {type(batch).__name__}.")
+        if batch.num_rows == 0:
+            Y = np.empty((0, self.model.output_dim), np.float32)
+            codes = np.empty((0, self.model.pq_bytes), np.uint8)
+        else:
+            Y, codes = self.encode(batch, "batch")
+        cols = [numpy_to_fsl(Y)]
+        names = [reduced]
+        if codes.shape[1]:
+            cols.append(pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)),
+                                                          codes.shape[1]))
+            names.append(self.codes_column)
+        if isinstance(batch, pa.Table):
+            out = batch
+            for name, col in zip(names, cols):
+                out = out.append_column(name, pa.chunked_array([col], type=col.type))
+            return out
+        return pa.RecordBatch.from_arrays(list(batch.columns) + cols,
+                                          names=batch.schema.names + names)
+
+
 class CompactCollection:
     """A published compact collection (see the module docstring). Create with
     :func:`tldr_index.open`."""
@@ -63,16 +204,65 @@ class CompactCollection:
         self.uri = str(uri)
         self._target_options = target_options
         self._write_lock = threading.Lock()
+        self._encoder: BatchEncoder | None = None
+        self._held = None  # the parsed URI of an embedded Qdrant client held (see close)
+        self.closed = False
         self.refresh()
+        self._hold()
+
+    # -- lifetime --------------------------------------------------------------------------------
+    def _hold(self) -> None:
+        from connectors import parse_uri
+
+        p = parse_uri(self.uri)
+        if p.kind == "qdrant" and p.mode == "path":
+            from connectors.qdrant_store import hold_client
+
+            hold_client(p)
+            self._held = p
+
+    def close(self) -> None:
+        """Release what this object holds: for an embedded Qdrant path, the shared client and
+        its storage lock once no other open collection in this process uses it (another client
+        or process can then open the path). Idempotent; the object cannot be used afterwards
+        (:meth:`encode_batch` encoders already handed out keep working)."""
+        if self.closed:
+            return
+        self.closed = True
+        held, self._held = self._held, None
+        self._target = None
+        if held is not None:
+            from connectors.qdrant_store import release_client
+
+            release_client(held)
+
+    def __enter__(self) -> "CompactCollection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _check_open(self, call: str) -> None:
+        if self.closed:
+            raise InvalidInputError(
+                f"The compact collection '{self.uri}' is closed; {call}() needs an open one "
+                f"(tldr_index.open('{self.uri}') again).")
 
     # -- state -----------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Re-open the live target and its model (after a reindex elsewhere)."""
         from connectors import open_target
 
+        self._check_open("refresh")
         tgt = open_target(self.uri, **self._target_options)
         model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
         self._target, self.model = tgt, model
+        enc = self._encoder
+        if enc is None or enc.model_bytes != tgt.model_bytes:
+            lay = tgt.layout
+            self._encoder = BatchEncoder(tgt.model_bytes, vector_column=lay.vector_column,
+                                         codes_column=lay.codes_column, target_uri=tgt.uri,
+                                         model=model)
 
     @property
     def layout(self):
@@ -91,6 +281,7 @@ class CompactCollection:
         return self.model.output_dim
 
     def count(self) -> int:
+        self._check_open("count")
         return self._target.count()
 
     def __repr__(self) -> str:
@@ -100,53 +291,28 @@ class CompactCollection:
 
     # -- encode ----------------------------------------------------------------------------------
     def _matrix(self, vectors: Any, what: str) -> np.ndarray:
-        X = _as_matrix(vectors, self.layout.vector_column, what)
-        if X.ndim == 1:
-            X = X.reshape(1, -1)
-        D = self.model.input_dim
-        if X.ndim != 2 or X.shape[1] != D:
-            raise InvalidInputError(
-                f"The '{what}' parameter must have shape (n, {D}) (the dimension of the source "
-                f"vectors of target '{self._target.uri}'). Got {X.shape} instead.")
-        if not np.isfinite(X).all():
-            bad = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
-            raise InvalidInputError(
-                f"The '{what}' parameter must contain only finite values. Got NaN or inf in row "
-                f"{bad}.")
-        return np.ascontiguousarray(X, dtype=np.float32)
+        return check_matrix(vectors, self.layout.vector_column, self.model.input_dim,
+                            self._target.uri, what)
 
     def encode(self, vectors: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(reduced (n, d) float32, PQ codes (n, pq_bytes) uint8)`` of ``vectors`` (numpy
         (n, D), an Arrow list / fixed-size-list array, or a batch / table with the vector column).
         Codes are ``(n, 0)`` when the target stores none. Thread-safe."""
+        self._check_open("encode")
         return self._encode_matrix(self._matrix(vectors, "vectors"))
 
     def _encode_matrix(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`encode` of a matrix :meth:`_matrix` has already checked."""
-        model = self.model
-        Y = model.encode(X, finite_checked=True)
-        codes = model.quantizer().encode(Y) if model.pq_bytes else np.empty((len(X), 0),
-                                                                              np.uint8)
-        return Y.astype(np.float32, copy=False), codes
+        return self._encoder.encode_matrix(X)
 
-    def encode_batch(self, batch: pa.RecordBatch | pa.Table | dict) -> pa.RecordBatch:
-        """``batch`` plus ``<vector>_reduced`` and ``pq_codes`` columns: a drop-in function for
-        ``ray.data.Dataset.map_batches(..., batch_format="pyarrow")`` or any batch loop."""
-        from connectors.arrow_utils import numpy_to_fsl
-
-        if isinstance(batch, dict):
-            batch = pa.table(batch)
-        if isinstance(batch, pa.Table):
-            batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else \
-                pa.RecordBatch.from_pylist([], schema=batch.schema)
-        Y, codes = self.encode(batch)
-        cols = list(batch.columns) + [numpy_to_fsl(Y)]
-        names = batch.schema.names + [f"{self.layout.vector_column}_reduced"]
-        if codes.shape[1]:
-            cols.append(pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)),
-                                                          codes.shape[1]))
-            names.append(self.layout.codes_column or "pq_codes")
-        return pa.RecordBatch.from_arrays(cols, names=names)
+    @property
+    def encode_batch(self) -> BatchEncoder:
+        """The :class:`BatchEncoder` of the live model: ``compact.encode_batch(batch)`` returns
+        ``batch`` plus ``<vector>_reduced`` and ``pq_codes`` columns, and
+        ``ds.map_batches(compact.encode_batch, batch_format="pyarrow")`` ships it (pickled: the
+        model bytes, loaded once per worker process) to Ray Data workers."""
+        self._check_open("encode_batch")
+        return self._encoder
 
     # -- search ----------------------------------------------------------------------------------
     def search(self, queries: Any, k: int = 10, *, rescore: bool = False, **options: Any):
@@ -154,6 +320,7 @@ class CompactCollection:
         numpy or Arrow). Opens the live version on every call: thread-safe for readers."""
         from .search import search
 
+        self._check_open("search")
         Q = self._matrix(queries, "queries")
         return search(self.uri, Q, k=k, rescore=rescore, **options)
 
@@ -173,6 +340,7 @@ class CompactCollection:
         """
         from ._validation import check_bool, check_int
 
+        self._check_open("add")
         check_bool(upsert, "upsert", owner="add")
         batch_rows = check_int(batch_rows, "batch_rows", low=1, owner="add")
         max_retries = check_int(max_retries, "max_retries", low=0, owner="add")

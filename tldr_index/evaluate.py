@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -235,6 +236,26 @@ def _check_shortlists(shortlists: Sequence[int] | None, kmax: int) -> list[int]:
 
 # ---------------------------------------------------------------------------------- eval
 
+def baseline_names(baselines: Any) -> tuple[str, ...]:
+    """The ``baselines`` of :func:`evaluate` as a tuple of names: a sequence of names, or one
+    string (comma-separated names; ``""`` / ``"none"``: no baseline, as ``--baselines none``)."""
+    if baselines is None:
+        return ()
+    if isinstance(baselines, str):
+        text = baselines.strip()
+        names = () if text.lower() in ("", "none") else tuple(b.strip() for b in text.split(","))
+    else:
+        try:
+            names = tuple(baselines)
+        except TypeError:
+            raise InvalidParameterError(
+                f"The 'baselines' parameter of eval must be a sequence of names or a "
+                f"comma-separated string. Got {baselines!r} instead.") from None
+    for b in names:
+        check_choice(b, "baselines", BASELINES, owner="eval")
+    return names
+
+
 def evaluate(target: str, *, source: str | None = None, queries: int | str | os.PathLike |
              np.ndarray = DEFAULT_QUERIES, k: Sequence[int] = DEFAULT_KS,
              shortlists: Sequence[int] | None = None, baselines: Sequence[str] = BASELINES,
@@ -253,8 +274,10 @@ def evaluate(target: str, *, source: str | None = None, queries: int | str | os.
     k : the k of recall@k (default 1, 10, 100); at most the rows of the source (minus one for
         held-out rows, which exclude themselves).
     shortlists : shortlist sizes for ``search(rescore=True)`` (default ``max(20 max(k), 200)``).
-    baselines : any of "pca", "pca-whiten", "pq", "opq" (() to skip them: they cost a PCA fit,
-        an OPQ training (minutes for 384-d) and one pass over the source each).
+    baselines : any of "pca", "pca-whiten", "pq", "opq", as a sequence or one comma-separated
+        string like the CLI's ``--baselines`` ("pca,opq"); ``()``, ``""`` or ``"none"`` skip them
+        (they cost a PCA fit, an OPQ training (minutes for 384-d) and one pass over the source
+        each).
     latency_queries : single-query :func:`search` calls timed for p50/p99 (0: skip).
     progress : a :class:`tldr_index.progress.Progress`, True (rich bars on a terminal, plain
         lines otherwise) or None; stages ``read``, ``truth``, ``target``, ``latency`` and one per
@@ -286,8 +309,7 @@ def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries
     from .progress import StageTimer
 
     seconds: dict[str, float] = {}
-    for b in baselines:
-        check_choice(b, "baselines", BASELINES, owner="eval")
+    baselines = baseline_names(baselines)
     latency_queries = check_int(latency_queries, "latency_queries", low=0, owner="eval")
     random_state = check_int(random_state, "random_state", low=0, owner="eval")
     tgt = open_target(target, **(target_options or {}))

@@ -52,6 +52,47 @@ def resolve_device(device: str, owner: str = "TLDR") -> torch.device:
     return torch.device(device)
 
 
+def resolve_n_jobs(n_jobs: Any, owner: str = "TLDR") -> int | None:
+    """``n_jobs`` as the ``threads`` of :func:`tldr_index._threads.thread_limit`: None (idle
+    cores / the enclosing limit), -1 (every core) or an int >= 1."""
+    if n_jobs is None:
+        return None
+    if isinstance(n_jobs, (int, np.integer)) and not isinstance(n_jobs, bool) and \
+            (n_jobs == -1 or n_jobs >= 1):
+        import os
+
+        return (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
+    raise InvalidParameterError(
+        f"The 'n_jobs' parameter of {owner} must be None, -1 or an int in the range [1, inf). "
+        f"Got {n_jobs!r} instead.")
+
+
+class EpochBars:
+    """A ``progress(done_steps, total_steps, info)`` for :meth:`Trainer.fit` that shows one bar
+    per epoch (``epoch 3/8``, steps, rate, ETA) on a :class:`tldr_index.progress.Progress` and
+    passes every call on to ``then``."""
+
+    def __init__(self, bars: Any, epochs: int,
+                 then: Callable[[int, int, dict], None] | None = None):
+        self.bars, self.epochs, self.then = bars, epochs, then
+        self.epoch = 0
+
+    def _stage(self, epoch: int) -> str:
+        return f"epoch {epoch}/{self.epochs}"
+
+    def __call__(self, done: int, total: int, info: dict) -> None:
+        if self.then is not None:
+            self.then(done, total, info)
+        epoch = int(info.get("epoch", 1))
+        per = max(1, total // self.epochs)
+        if epoch != self.epoch:
+            if self.epoch:
+                self.bars.end(self._stage(self.epoch), 0.0)
+            self.bars.begin(self._stage(epoch), per, "steps")
+            self.epoch = epoch
+        self.bars.update(self._stage(epoch), done - (epoch - 1) * per)
+
+
 class TLDR(BaseReducer):
     """Twin Learning for Dimensionality Reduction, with a ranking-preserving objective.
 
@@ -100,6 +141,15 @@ class TLDR(BaseReducer):
     device : {"auto", "cpu", "cuda"}
     random_state : int, RandomState instance or None
     chunk_rows : int, default 16384 rows per streamed block.
+    n_jobs : int or None, default None
+        CPU threads for torch and FAISS during ``fit`` (restored afterwards), the CLI's
+        ``--threads`` policy: None picks the cores that look idle (``cpu_count - 1-minute load
+        average``, at least 1; inside a tldr-index command, its ``--threads``), -1 every core.
+        On a shared machine, threads beyond the idle cores spin-wait: see
+        :mod:`tldr_index._threads`.
+    verbose : bool or int, default False
+        Rich progress bars on stderr during ``fit``: the kNN graph (rows) and each epoch (steps),
+        with rate and ETA.
 
     Memory: O(batch_size x D + D^2 + max_train_rows x n_neighbors) -- independent of N for
     file-backed inputs. Time: one streamed pass (PCA init), the kNN graph, then
@@ -119,7 +169,8 @@ class TLDR(BaseReducer):
                  max_train_rows: int = 200_000, early_stopping: bool = True,
                  validation_rows: int = 500, knn_method: str = "auto",
                  knn_params: dict | None = None, device: str = "auto",
-                 random_state: Any = None, chunk_rows: int = 16_384):
+                 random_state: Any = None, chunk_rows: int = 16_384, n_jobs: int | None = None,
+                 verbose: bool | int = False):
         self.n_components = n_components
         self.n_neighbors = n_neighbors
         self.encoder = encoder
@@ -147,6 +198,8 @@ class TLDR(BaseReducer):
         self.device = device
         self.random_state = random_state
         self.chunk_rows = chunk_rows
+        self.n_jobs = n_jobs
+        self.verbose = verbose
 
     # ------------------------------------------------------------------------------------------
     def _resolved(self) -> dict[str, Any]:
@@ -193,6 +246,14 @@ class TLDR(BaseReducer):
             raise InvalidParameterError(f"The 'knn_params' parameter of TLDR must be a dict or "
                                         f"None. Got {self.knn_params!r} instead.")
         check_int(self.chunk_rows, "chunk_rows", low=1, owner=o)
+        r["threads"] = resolve_n_jobs(self.n_jobs, owner=o)
+        if isinstance(self.verbose, bool) or (isinstance(self.verbose, (int, np.integer))
+                                              and self.verbose >= 0):
+            pass
+        else:
+            raise InvalidParameterError(
+                f"The 'verbose' parameter of TLDR must be a bool or an int >= 0. Got "
+                f"{self.verbose!r} instead.")
         r["encoder"], r["projector"] = enc, proj
         r["init"] = ("pca" if enc.kind == "linear" else "random") if self.init == "auto" else self.init
         return r
@@ -211,9 +272,25 @@ class TLDR(BaseReducer):
         resume : bool
             Continue from ``checkpoint_dir`` if a checkpoint of this same run exists.
         progress : callable(done_steps, total_steps, info), optional
+
+        Runs with ``n_jobs`` torch / FAISS threads (see the class docstring), shows bars on
+        stderr with ``verbose``.
         """
-        t_start = time.perf_counter()
+        from ._threads import thread_limit
+        from .progress import RichProgress
+
         r = self._resolved()
+        bars = RichProgress() if self.verbose else None
+        try:
+            with thread_limit(r["threads"], owner="TLDR"):
+                return self._fit(X, r, graph, checkpoint_dir, resume, progress, bars)
+        finally:
+            if bars is not None:
+                bars.close()
+
+    def _fit(self, X: Any, r: dict, graph: Any, checkpoint_dir: str | Path | None, resume: bool,
+             progress: Callable[[int, int, dict], None] | None, bars: Any) -> "TLDR":
+        t_start = time.perf_counter()
         v = as_vectors(X)
         N, D = v.shape
         d, k = self.n_components, self.n_neighbors
@@ -248,8 +325,14 @@ class TLDR(BaseReducer):
 
         # 2. the kNN graph over the training rows
         t0 = time.perf_counter()
-        neighbors, graph_info = self._graph(train, graph, k, seed, ckpt_dir, resume)
+        if bars is not None:
+            bars.begin("knn", n_train, "rows")
+        neighbors, graph_info = self._graph(
+            train, graph, k, seed, ckpt_dir, resume,
+            None if bars is None else (lambda done, total: bars.update("knn", done, total)))
         t_knn = time.perf_counter() - t0
+        if bars is not None:
+            bars.end("knn", t_knn)
 
         # 3. model
         with torch.random.fork_rng(devices=[]):
@@ -287,8 +370,11 @@ class TLDR(BaseReducer):
                              fingerprint_extra={"encoder": self.encoder, "n_components": d,
                                                 "init": r["init"], "N": N, "D": D,
                                                 "projector": self.projector},
-                             progress=progress)
+                             progress=progress if bars is None else
+                             EpochBars(bars, r["epochs"], progress))
         t_train = time.perf_counter() - t0
+        if bars is not None:
+            bars.close()
         if result.best_state is not None and self.early_stopping:
             trainer.load_state_tensors(result.best_state)
         encoder = trainer.encoder.cpu().eval()
@@ -305,7 +391,8 @@ class TLDR(BaseReducer):
             self.encoder_ = encoder
         self.fit_info_ = {
             "n_rows": N, "n_train": n_train, "n_validation": n_val, "seed": seed,
-            "resolved": {k_: (v_ if not hasattr(v_, "kind") else repr(v_)) for k_, v_ in r.items()},
+            "resolved": {k_: (v_ if not hasattr(v_, "kind") else repr(v_)) for k_, v_ in r.items()
+                         if k_ != "threads"},
             "graph": graph_info, "best_epoch": self.best_epoch_,
             "val_recall_initial": result.history[0].get("val_recall") if validator else None,
             "val_recall_best": result.best_score,
@@ -315,7 +402,7 @@ class TLDR(BaseReducer):
         return self
 
     # ------------------------------------------------------------------------------------------
-    def _graph(self, train, graph, k, seed, ckpt_dir, resume):
+    def _graph(self, train, graph, k, seed, ckpt_dir, resume, progress=None):
         if graph is not None:
             is_graph = hasattr(graph, "neighbors")
             nb = graph.neighbors if is_graph else np.asarray(graph)
@@ -336,6 +423,8 @@ class TLDR(BaseReducer):
         kw = dict(self.knn_params or {})
         # GPU FAISS when present, unless the estimator was pinned to the CPU
         kw.setdefault("device", "cpu" if self.device == "cpu" else "auto")
+        if progress is not None:
+            kw.setdefault("progress", progress)
         g = knn_graph(train, k, method=self.knn_method, metric=self.metric, random_state=seed, **kw)
         nb = np.asarray(g.neighbors, dtype=np.int64)
         if path is not None:

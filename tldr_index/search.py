@@ -53,6 +53,10 @@ class SearchResult:
     shortlist: int
     engine: str                      # "pq-codes" or "store"
     seconds: dict = field(default_factory=dict)
+    #: hits (over all queries) that ``rescore`` could not re-rank because the source has no row
+    #: with their id (e.g. rows added with ``CompactCollection.add`` only): they keep their
+    #: approximate code distance. 0 without ``rescore``.
+    not_rescored: int = 0
 
 
 # ---------------------------------------------------------------------------------- kernels
@@ -95,11 +99,13 @@ def exact_distances(Q: np.ndarray, X: np.ndarray, metric: str) -> np.ndarray:
 
 
 def rerank(Q: np.ndarray, cand: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray], k: int,
-           metric: str, *, exclude: np.ndarray | None = None,
+           metric: str, *, exclude: np.ndarray | None = None, fallback: np.ndarray | None = None,
            block: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank candidate keys ``cand`` (n, R) (``-1``: none) by exact distance to the original
     vectors; ``fetch(unique_keys)`` returns their vectors in order. ``exclude[i]``: a key query
-    ``i`` must not return (self-search). Returns the best ``k`` ``(distances, keys)``.
+    ``i`` must not return (self-search). ``fallback`` (n, R): distances used instead of the exact
+    one where not NaN (candidates without an original vector). Returns the best ``k``
+    ``(distances, keys)``.
 
     Cost: one ``fetch`` of the unique candidates, ``n x R x D`` multiply-adds; memory: the fetched
     rows plus ``block x R x D`` floats.
@@ -117,6 +123,10 @@ def rerank(Q: np.ndarray, cand: np.ndarray, fetch: Callable[[np.ndarray], np.nda
     for s in range(0, n, block):
         c, iv = cand[s:s + block], inv[s:s + block]
         d = exact_distances(Q[s:s + block], vecs[iv], metric).astype(np.float32)
+        if fallback is not None:
+            fb = fallback[s:s + block]
+            use = ~np.isnan(fb)
+            d[use] = fb[use]
         bad = c < 0
         if exclude is not None:
             bad |= c == exclude[s:s + block, None]
@@ -266,12 +276,23 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
                 f"was shrunk from (source=, --source).")
         keys, inv = np.unique(cand, return_inverse=True)
         pos = inv.reshape(cand.shape).astype(np.int64)
-        D, P = rerank(Q, pos, lambda p: src.take(keys[p]), k, model.metric)
+        vecs, found = src.take_found(keys)
+        # candidates the source lacks (added to the compact collection only) keep their code
+        # distance, ranked among the exact ones
+        fallback = None if found.all() else np.where(found[pos], np.nan, D).astype(np.float32)
+        D, P = rerank(Q, pos, lambda p: vecs[p], k, model.metric, fallback=fallback)
+        not_rescored = int((~found[P]).sum())
         cand = keys[P]
         secs["rescore"] = time.perf_counter() - t0
+        if not_rescored:
+            log.warning(
+                "search: %d of the %d hits have no row in source '%s' (rows added to the "
+                "compact collection only?) and keep their approximate code distance instead of "
+                "an exact one.", not_rescored, P.size, src.uri)
     else:
         D, cand = D[:, :k], cand[:, :k]
-    return SearchResult(cand, D, rescore, R, engine, secs)
+        not_rescored = 0
+    return SearchResult(cand, D, rescore, R, engine, secs, not_rescored)
 
 
 def info(target: str, **target_options: Any) -> dict:
