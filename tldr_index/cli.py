@@ -264,7 +264,7 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
                              id_column=id_column, keep_work=keep_work, threads=threads,
                              source_options=_store_options(src, api_key, distance=distance),
                              sink_options=_store_options(
-                                 tgt or default_target_uri(src, suffix=f"_tldr{dim}"), api_key),
+                                 tgt or default_target_uri(src, suffix=f"_tldr{dim or ''}"), api_key),
                              skip_invalid=skip_invalid, engine=engine,
                              engine_options=engine_options or None)
     if json_out:

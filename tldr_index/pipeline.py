@@ -208,6 +208,17 @@ def _read_rows(path: Path, start: int, stop: int, width: int, dtype=np.uint8) ->
     return np.frombuffer(buf, dtype=dtype).reshape(stop - start, width)
 
 
+def _plan_text(method: str, dim: int | None, pq_bytes: int | None, select: dict | None) -> str:
+    """What a shrink will fit, for its first log line: ``tldr to d=64, PQ 16 bytes``, or the
+    candidates of a selection (``dim``/``pq_bytes`` are only known after the ``select`` stage)."""
+    if select is None:
+        return f"{method} to d={dim}, PQ {pq_bytes} bytes"
+    cands = ", ".join(f"d={d} PQ {p} B" for d, p in select["candidates"])
+    goal = (f"the smallest reaching recall@10 >= {select['target_recall']}"
+            if select.get("target_recall") is not None else "the better method")
+    return f"{'/'.join(select['methods'])}, choosing {goal} among {cands}"
+
+
 def _check_target(target_uri: str, overwrite: bool, run_id: str | None = None) -> bool:
     """Refuse an existing target unless ``overwrite``; True when it is already this run's output
     (a crash after publish)."""
@@ -848,7 +859,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         resumed = work.open({"source": source_abs, "fingerprint": fingerprint,
                              "target": target_abs, "params": params,
                              "threads": threads or auto_threads()},
-                            resume=resume, overwrite=overwrite)
+                            resume=resume, overwrite=overwrite, rerun=True)
     # a resumed run keeps the first run's thread count (float sums then add up identically)
     threads = threads or work.state.get("threads") or auto_threads()
     published_already = False
@@ -871,8 +882,9 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
              ray_scan=engine == "ray" and select is None)
     seconds: dict[str, float] = {}
     skipped: list[str] = []
-    log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s to d=%d, PQ %d bytes; work dir %s.",
-             src.uri, n_rows, src.dim, src.distance, target_uri, method, dim, pq_bytes, work.root)
+    log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s; work dir %s.", src.uri, n_rows,
+             src.dim, src.distance, target_uri, _plan_text(method, dim, pq_bytes, select),
+             work.root)
     if engine == "ray" and select is not None:
         log.info("engine='ray' with method='auto'/target_recall: the scan runs on this node (the "
                  "selection measures recall against every row).")
