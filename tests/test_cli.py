@@ -250,3 +250,48 @@ def test_both_module_entry_points_list_every_command(module, tmp_path):
     assert out.returncode == 0, out.stderr
     listed = re.findall(r"^  (\w+)\s", out.stdout.split("Commands:")[1], flags=re.M)
     assert listed == ["demo", "eval", "info", "reindex", "rollback", "search", "shrink", "sweep"]
+
+
+def _low_rank_lancedb(path, n: int = 600, dim: int = 40, rank: int = 6) -> np.ndarray:
+    """A ``docs`` table of rows near a ``rank``-d subspace: d=16 with 16-byte PQ keeps them."""
+    import lancedb
+    from _pipeline_helpers import table_of
+
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(dim, dim)))[0][:rank]
+    X = (rng.normal(size=(n, rank)) @ basis + 0.01 * rng.normal(size=(n, dim))).astype(np.float32)
+    lancedb.connect(str(path)).create_table("docs", data=table_of(X))
+    return X
+
+
+def test_readme_target_recall_method_auto_command_with_logs(tmp_path, monkeypatch):
+    """The README's `shrink --db … --collection docs --target-recall 0.9 --method auto`, as
+    written (logs and bars on, no --quiet/--json): it used to die on a log line formatting
+    dim/pq_bytes while they were None."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TLDR_INDEX_WORK", raising=False)
+    _low_rank_lancedb(tmp_path / "lancedb")
+    res = run("shrink", "--db", "./lancedb", "--collection", "docs", "--target-recall", "0.9",
+              "--method", "auto")
+    assert res.exit_code == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    out = res.stdout.splitlines()
+    assert out[0].startswith("Shrunk lancedb://./lancedb/docs -> lancedb://./lancedb/docs_tldr (")
+    assert out[2] == "  vectors        40-d -> 16-d float16 + 16-byte PQ codes"
+    sel = [x for x in out if x.startswith("  selection      ")]
+    assert sel and sel[0].startswith("  selection      smallest candidate with recall@10 of the "
+                                     "PQ-code search >= 0.9: ")
+    log = " ".join(res.stderr.split())
+    assert ("choosing the smallest reaching recall@10 >= 0.9 among d=16 PQ 16 B, d=32 PQ 16 B; "
+            "work dir tldr-work/docs_tldr-") in log
+    assert sorted(os.listdir(".")) == ["lancedb"]  # the work directory and its parent are gone
+
+
+def test_method_auto_with_dim_and_no_pq_bytes(env):
+    tmp, X = env
+    res = run("shrink", "--db", str(tmp / "db"), "--collection", "docs", "--dim", "8",
+              "--method", "auto", "--epochs", "1", "--threads", "1")
+    assert res.exit_code == 0, res.stderr
+    log = " ".join(res.stderr.split())
+    assert "tldr/pca, choosing the better method among d=8 PQ 8 B; work dir" in log
+    assert res.stdout.splitlines()[2] == "  vectors        16-d -> 8-d float16 + 8-byte PQ codes"

@@ -244,9 +244,6 @@ def test_work_dir_rules(tmp_path):
 
     with pytest.raises(Stop):
         shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, progress=StopAtTrain(), **FAST)
-    with pytest.raises(CheckpointError, match="holds an unfinished run of this shrink; pass "
-                       r"resume=True \(--resume\) to continue it or overwrite=True"):
-        shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, **FAST)
     with pytest.raises(CheckpointError, match=r"cannot be resumed: it used other parameters: "
                        r"dim=4 \(now 8\)"):
         shrink(src, src + "_t", dim=8, pq_bytes=2, work_dir=work, resume=True, **FAST)
@@ -260,6 +257,46 @@ def test_work_dir_rules(tmp_path):
     with pytest.raises(CheckpointError, match="is not a tldr-index work directory"):
         shrink(src, src + "_x", dim=4, pq_bytes=2, work_dir=tmp_path / "mine", **FAST)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_plain_rerun_after_a_failure_resumes_or_starts_over(tmp_path, caplog):
+    """A run that failed before publishing never blocks the next plain run: the same run is
+    resumed by itself, another one (other parameters) is discarded; one INFO line says which."""
+    X = make_nested(400, 16, between=6, within=4)
+    src = lancedb_source(str(tmp_path), X)
+    work = tmp_path / "w"
+
+    class Stop(BaseException):
+        pass
+
+    from tldr_index.progress import Progress
+
+    class StopAtTrain(Progress):
+        def begin(self, stage, total=None, unit="rows"):
+            if stage == "train":
+                raise Stop
+
+    with pytest.raises(Stop):
+        shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, progress=StopAtTrain(), **FAST)
+    run_id = __import__("json").loads((work / "tldr-work.json").read_text())["run_id"]
+    caplog.set_level("INFO", logger="tldr_index")
+    rep = shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, keep_work=True, **FAST)
+    assert rep.resumed and rep.skipped_stages[:2] == ["scan", "knn"]
+    assert (f"Resuming the unfinished run {run_id} in {work} by itself (same source and "
+            f"parameters; checkpoints are re-checked). Pass --overwrite to start over "
+            f"instead.") in caplog.messages
+    assert open_target(src + "_t").count() == 400
+
+    with pytest.raises(Stop):  # another target's run, then a plain rerun with other parameters
+        shrink(src, src + "_u", dim=4, pq_bytes=2, work_dir=tmp_path / "w2",
+               progress=StopAtTrain(), **FAST)
+    caplog.clear()
+    rep = shrink(src, src + "_u", dim=8, pq_bytes=2, work_dir=tmp_path / "w2", **FAST)
+    assert not rep.resumed and rep.skipped_stages == [] and rep.dim == 8
+    assert [m for m in caplog.messages if m.startswith("Starting over")] == [
+        f"Starting over in {tmp_path / 'w2'}: the unfinished run there cannot be resumed (it "
+        f"used other parameters: dim=4 (now 8))."]
+    assert not (tmp_path / "w2").exists()
 
 
 def test_source_options_reach_the_connector(tmp_path):
