@@ -481,7 +481,8 @@ def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
 @click.option("--method", type=click.Choice(["tldr", "pca", "auto"]), default="tldr",
               show_default=True, help="auto: TLDR and PCA side by side, the better one chosen.")
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Name the smallest configuration whose compact search reaches this recall@10.")
+              help="Name the smallest configuration whose compact search reaches this "
+                   "recall@10; exit code 6 when none does.")
 @click.option("--criterion", type=click.Choice(["pq", "rescored", "float"]), default="pq",
               show_default=True, help="Which recall@10 decides: PQ codes, --rescore, float.")
 @click.option("--sample", type=click.IntRange(min=2), default=100_000, show_default=True)
@@ -525,6 +526,14 @@ def sweep_cmd(source, db, collection, dims, pq_bytes, method, target_recall, cri
                    source_options={"distance": distance} if distance else None)
     _write_outputs(result, result.results, plot, json_path, quiet,
                    title=f"sweep of {result.source}")
+    if target_recall is not None and result.chosen is None:
+        from .sweep import EXIT_NOT_REACHED
+
+        shown = not quiet and json_path != "-"  # the table's summary line holds the reason
+        click.echo(f"Error: --target-recall {target_recall} is not reached (exit code "
+                   f"{EXIT_NOT_REACHED}){'; see above' if shown else ': ' + result.reason.rstrip('.')}.",
+                   err=True)
+        click.get_current_context().exit(EXIT_NOT_REACHED)
 
 
 def _write_outputs(report, rows, plot, json_path, quiet, title: str) -> None:
