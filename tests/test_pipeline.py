@@ -299,6 +299,17 @@ def test_plain_rerun_after_a_failure_resumes_or_starts_over(tmp_path, caplog):
     assert not (tmp_path / "w2").exists()
 
 
+def test_shrink_into_an_existing_empty_parquet_directory(tmp_path):
+    """A target directory created first (empty) is accepted, not refused as foreign."""
+    src = parquet_source(str(tmp_path), make_nested(300, 8, between=3, within=3))
+    out = tmp_path / "out"
+    out.mkdir()
+    rep = shrink(src, f"parquet://{out}/", dim=4, pq_bytes=2, method="pca",
+                 work_dir=tmp_path / "w", **FAST)
+    assert rep.rows == 300 and open_target(f"parquet://{out}/").count() == 300
+    assert "_tldr_metadata.json" in os.listdir(out)
+
+
 def test_source_options_reach_the_connector(tmp_path):
     X = make_nested(300, 8, between=3, within=3)
     src = lancedb_source(str(tmp_path), X)
