@@ -295,3 +295,14 @@ def test_method_auto_with_dim_and_no_pq_bytes(env):
     log = " ".join(res.stderr.split())
     assert "tldr/pca, choosing the better method among d=8 PQ 8 B; work dir" in log
     assert res.stdout.splitlines()[2] == "  vectors        16-d -> 8-d float16 + 8-byte PQ codes"
+
+
+def test_a_failed_run_leaves_no_empty_default_work_parent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TLDR_INDEX_WORK", raising=False)
+    ids = np.arange(300)
+    ids[7] = 3  # a duplicate id: the scan fails
+    lancedb_source(str(tmp_path), make_nested(300, 8, between=3, within=3), ids=ids)
+    res = run("shrink", "--db", "db", "--collection", "docs", "--dim", "4", "--quiet", *FAST)
+    assert res.exit_code == 1 and "must hold unique ids. Got duplicate id 3" in res.stderr
+    assert sorted(os.listdir(tmp_path)) == ["db"]  # no ./tldr-work left behind

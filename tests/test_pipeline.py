@@ -310,6 +310,20 @@ def test_shrink_into_an_existing_empty_parquet_directory(tmp_path):
     assert "_tldr_metadata.json" in os.listdir(out)
 
 
+def test_default_pq_bytes_that_do_not_divide_dim_are_announced(tmp_path, caplog):
+    src = lancedb_source(str(tmp_path), make_nested(300, 64, between=6, within=4))
+    caplog.set_level("INFO", logger="tldr_index")
+    rep = shrink(src, dim=60, method="pca", work_dir=tmp_path / "w", **FAST)
+    assert rep.pq_bytes == 15
+    assert ("pq_bytes (--pq-bytes) not given and the default 16 does not divide dim=60 (PQ "
+            "bytes must divide d: one sub-vector per byte): the codes take 15 bytes, the largest "
+            "divisor of 60 up to 16. Pass pq_bytes (--pq-bytes) to choose another size."
+            ) in [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    caplog.clear()
+    shrink(src, src + "_b", dim=60, pq_bytes=12, method="pca", work_dir=tmp_path / "w", **FAST)
+    assert not [r for r in caplog.records if "pq_bytes (--pq-bytes) not given" in r.getMessage()]
+
+
 def test_source_options_reach_the_connector(tmp_path):
     X = make_nested(300, 8, between=3, within=3)
     src = lancedb_source(str(tmp_path), X)

@@ -822,14 +822,24 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         raise InvalidParameterError(
             f"The 'dim' parameter of shrink must be an int in the range [1, {src.dim - 1}] "
             f"(smaller than the dimension {src.dim} of source '{src.uri}'). Got {dim} instead.")
-    if select is None:
-        pq_bytes = default_pq_bytes(dim) if pq_bytes is None else pq_bytes
+    if select is None and pq_bytes is None:
+        pq_bytes = default_pq_bytes(dim)
+        if pq_bytes != DEFAULT_PQ_BYTES:
+            log.warning("pq_bytes (--pq-bytes) not given and the default %d does not divide "
+                        "dim=%d (PQ bytes must divide d: one sub-vector per byte): the codes take "
+                        "%d bytes, the largest divisor of %d up to %d. Pass pq_bytes "
+                        "(--pq-bytes) to choose another size.", DEFAULT_PQ_BYTES, dim, pq_bytes,
+                        dim, DEFAULT_PQ_BYTES)
     if select is None and pq_bytes and dim % pq_bytes:
         raise InvalidParameterError(
             f"The 'pq_bytes' parameter of shrink must divide dim={dim} (one sub-vector per "
             f"byte) or be 0. Got {pq_bytes} instead.")
     n_rows = src.count()
     n_train = min(n_rows, sample)
+    if n_rows == 1:
+        raise InvalidInputError(
+            f"Source '{src.uri}' has 1 row; shrink needs at least 2 (a one-row table cannot be "
+            f"shrunk: there is no neighbour to keep and nothing to learn a map from).")
     if method != "pca" and neighbors >= n_train:
         raise InvalidParameterError(
             f"The 'neighbors' parameter of shrink must be an int in the range [1, "
@@ -869,6 +879,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         except TargetExistsError:
             if not resumed:
                 work.clear_all()  # nothing was done yet: leave no state behind
+                _drop_empty_default_parent(work, work_dir)
             raise
     c = SimpleNamespace(src=src, work=work, progress=prog, source_uri=source_uri, source_abs=source_abs,
              target_uri=target_uri, fingerprint=fingerprint, dim=dim, method=method,
@@ -893,6 +904,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
             _run_stages(c, skipped, seconds)
     finally:
         prog.close()
+        _drop_empty_default_parent(work, work_dir)  # a failed run leaves no empty ./tldr-work
     enc = c.infos["encode"]
     report = ShrinkReport(
         source=src.uri, target=target_uri, method=c.method, metric=src.distance,
@@ -909,9 +921,15 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         first_invalid_id=c.infos["scan"].get("first_invalid_id"))
     if not keep_work:
         work.clear_all()
-        if work_dir is None:  # the default parent (./tldr-work) goes too once empty
-            try:
-                work.root.parent.rmdir()
-            except OSError:
-                pass
+        _drop_empty_default_parent(work, work_dir)
     return report
+
+
+def _drop_empty_default_parent(work: WorkDir, work_dir) -> None:
+    """Remove the default work parent (``./tldr-work`` or ``$TLDR_INDEX_WORK``) once it is
+    empty, after a finished or a failed run; a ``work_dir`` the caller named is left alone."""
+    if work_dir is None:
+        try:
+            work.root.parent.rmdir()
+        except OSError:  # not empty (another run's checkpoints) or gone
+            pass

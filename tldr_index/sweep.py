@@ -30,7 +30,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ._validation import check_choice, check_float, check_int
-from .errors import InvalidParameterError
+from .errors import InvalidInputError, InvalidParameterError
 from .progress import Progress, as_progress
 from .tables import fmt_float
 
@@ -389,6 +389,10 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                           "auto" if method == "auto" else method, target_recall, owner=o,
                           criterion=criterion)
     n_train = min(src.count(), sample)
+    if src.count() == 1:
+        raise InvalidInputError(
+            f"Source '{src.uri}' has 1 row; sweep needs at least 2 (a one-row table cannot be "
+            f"shrunk: there is no neighbour to keep and nothing to learn a map from).")
     if method != "pca" and neighbors >= n_train:
         raise InvalidParameterError(
             f"The 'neighbors' parameter of sweep must be an int in the range [1, "
