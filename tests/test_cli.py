@@ -69,13 +69,34 @@ def test_shrink_search_info(env):
     res = run("search", "--target", f"lancedb://{db}/docs_tldr4", "--queries", "q.npy",
               "--k", "3")
     assert res.exit_code == 0
-    rows = [line.split() for line in res.stdout.splitlines()]
-    assert len(rows) == 10 and all(len(r) == 3 for r in rows)
+    rows = [line.split("\t") for line in res.stdout.splitlines()]  # not a TTY: plain text
+    assert rows[0] == ["query", "rank", "id", "distance"] and len(rows) == 1 + 10 * 3
+    assert [r[:2] for r in rows[1:4]] == [["0", "1"], ["0", "2"], ["0", "3"]]
+    assert [r[2] for r in rows[1::3]] == [str(i * 7 + 3) for i in range(10)]  # itself first
+    assert all(len(r) == 4 and float(r[3]) >= 0 for r in rows[1:])
 
     res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy", "--k",
               "2", "--json")
     out = json.loads(res.stdout)
     assert out["engine"] == "pq-codes" and np.asarray(out["ids"]).shape == (10, 2)
+    assert "shortlist" not in out and out["rescored"] is False  # no shortlist without --rescore
+    assert all(len(repr(v)) <= 16 for row in out["distances"] for v in row)  # 7 digits
+    res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy", "--k",
+              "2", "--json", "--rescore", "--columns", "text,year")
+    out = json.loads(res.stdout)
+    assert out["shortlist"] == 200 and out["rescored"] is True
+    assert out["columns"]["text"][0][0] == "doc 0" and out["columns"]["year"][1][0] == 1991
+    assert [r[0] for r in out["columns"]["text"]] == [f"doc {i}" for i in range(10)]
+    res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy", "--k",
+              "1", "--columns", "text")
+    lines = res.stdout.splitlines()
+    assert lines[0] == "query\trank\tid\tdistance\ttext" and len(lines) == 11
+    assert [line.split("\t")[4] for line in lines[1:]] == [f"doc {i}" for i in range(10)]
+    res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy",
+              "--columns", "vector")
+    assert res.exit_code == 1 and res.stderr == (
+        f"Error: The 'columns' parameter of search must name id or payload columns of target "
+        f"'lancedb://{db}/docs_tldr4': id, text, year. Got 'vector' instead.\n")
 
     res = run("info", "--db", db, "--collection", "docs_tldr4")
     assert res.exit_code == 0
@@ -306,3 +327,40 @@ def test_a_failed_run_leaves_no_empty_default_work_parent(tmp_path, monkeypatch)
     res = run("shrink", "--db", "db", "--collection", "docs", "--dim", "4", "--quiet", *FAST)
     assert res.exit_code == 1 and "must hold unique ids. Got duplicate id 3" in res.stderr
     assert sorted(os.listdir(tmp_path)) == ["db"]  # no ./tldr-work left behind
+
+
+def test_search_prints_a_table_on_a_terminal(env, monkeypatch):
+    tmp, X = env
+    db = str(tmp / "db")
+    assert run("shrink", "--db", db, "--collection", "docs", "--dim", "4", "--quiet",
+               *FAST).exit_code == 0
+    import tldr_index.cli as cli
+
+    monkeypatch.setattr(cli, "_stdout_is_tty", lambda: True)
+    res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy", "--k",
+              "2", "--columns", "text")
+    lines = res.stdout.splitlines()
+    assert lines[0].strip() == "top-2 per query"
+    assert [c.strip() for c in lines[2].strip("┃").split("┃")] == [
+        "query", "rank", "id", "distance", "text"]
+    first = [c.strip() for c in lines[4].strip("│").split("│")]
+    assert first[:3] == ["0", "1", "3"] and first[4] == "doc 0"
+    assert len([x for x in lines if x.startswith("│")]) == 20
+
+
+def test_json_floats_are_rounded():
+    from tldr_index.cli import tidy_floats
+
+    assert tidy_floats({"a": [0.44049999999999995, 1, "x"], "b": (0.1 + 0.2,),
+                        "c": float("nan")})["a"] == [0.4405, 1, "x"]
+    assert tidy_floats([0.1 + 0.2]) == [0.3] and tidy_floats(12345.678901234) == 12345.6789
+
+
+def test_info_json_has_no_float_noise(env):
+    tmp, X = env
+    db = str(tmp / "db")
+    assert run("shrink", "--db", db, "--collection", "docs", "--dim", "4", "--quiet",
+               *FAST).exit_code == 0
+    text = run("info", "--db", db, "--collection", "docs_tldr4", "--json").stdout
+    floats = re.findall(r"\d+\.\d+(?:e-?\d+)?", text)
+    assert floats and all(len(f.split("e")[0].replace(".", "").lstrip("0")) <= 10 for f in floats)

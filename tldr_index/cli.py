@@ -95,8 +95,20 @@ def _mb(n: int | None) -> str:
     return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
 
 
+def tidy_floats(obj, digits: int = 10):
+    """``obj`` with every float rounded to ``digits`` significant digits (``0.44049999999999995``
+    -> ``0.4405``), recursively through dicts, lists and tuples; for JSON output."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if np.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: tidy_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [tidy_floats(v, digits) for v in obj]
+    return obj
+
+
 def _echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    click.echo(json.dumps(tidy_floats(obj), indent=2, sort_keys=True, default=str))
 
 
 def _summary(report) -> list[str]:
@@ -292,12 +304,15 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
                    "target].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for FAISS [default: the cores that look idle].")
+@click.option("--columns", default=None, metavar="COL,COL,...",
+              help="Id or payload columns to show with each hit (e.g. text,title), in the "
+                   "table and in --json.")
 @_api_key_opt
 @_quiet_opt
 @_json_opt
 @_library_errors
 def search(db, collection, target, queries, k, output, rescore, shortlist, source, threads,
-           api_key, quiet, json_out):
+           columns, api_key, quiet, json_out):
     """Search a compact collection with queries in the original space.
 
     \b
@@ -308,27 +323,67 @@ def search(db, collection, target, queries, k, output, rescore, shortlist, sourc
     from .search import search as run_search
 
     uri = _target_uri(target, db, collection)
+    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else []
+    if cols:  # a wrong name fails before the search runs
+        from connectors import open_target
+
+        from .search_columns import check_columns
+        check_columns(open_target(uri, **(_store_options(uri, api_key) or {})), cols)
     _setup(quiet, json_out)
     res = run_search(uri, queries, k=k, rescore=rescore, shortlist=shortlist, source=source,
                      threads=threads, target_options=_store_options(uri, api_key),
                      source_options=_store_options(source, api_key) if source else None)
+    values = {}
+    if cols and not output:
+        from .search_columns import result_columns
+
+        values = result_columns(uri, res.ids, cols, **(_store_options(uri, api_key) or {}))
     if output:
         np.save(output, res.ids, allow_pickle=False)
     if json_out:
         out = {"target": uri, "queries": len(res.ids), "k": k, "rescored": res.rescored,
-               "shortlist": res.shortlist, "engine": res.engine, "seconds": res.seconds,
-               "output": output}
+               "engine": res.engine, "seconds": res.seconds, "output": output}
+        if res.rescored:  # the shortlist exists only when rescoring
+            out["shortlist"] = res.shortlist
         if not output:
             out["ids"] = res.ids.tolist()
-            out["distances"] = res.distances.tolist()
+            # float32 distances: 7 significant digits, not float64 noise
+            out["distances"] = [[float(f"{v:.7g}") for v in row] for row in res.distances.tolist()]
+            if cols:
+                out["columns"] = values
         _echo_json(out)
     elif not output:
-        for row in res.ids:
-            click.echo(" ".join(str(v) for v in row))
+        _print_hits(res, cols, values)
     elif not quiet:
         secs = sum(res.seconds.values())
         click.echo(f"Wrote {res.ids.shape[0]}x{res.ids.shape[1]} ids to {output} "
                    f"({'rescored, ' if res.rescored else ''}{res.engine}, {secs:.2f} s).")
+
+
+def _stdout_is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def _print_hits(res, cols: list[str], values: dict) -> None:
+    """One row per hit (query, rank, id, distance, the chosen columns): a rich table on a
+    terminal, tab-separated text with a header line otherwise (pipes, files, CI)."""
+    head = ["query", "rank", "id", "distance"] + cols
+    rows = [[str(q), str(r + 1), str(res.ids[q, r]), f"{res.distances[q, r]:.6g}"]
+            + ["" if values[c][q][r] is None else str(values[c][q][r]) for c in cols]
+            for q in range(res.ids.shape[0]) for r in range(res.ids.shape[1])]
+    if _stdout_is_tty():
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(*head, title=f"top-{res.ids.shape[1]} per query"
+                      + (" (rescored)" if res.rescored else ""))
+        for row in rows:
+            table.add_row(*(Text(v) for v in row))  # payload text is not rich markup
+        Console(file=sys.stdout).print(table)
+        return
+    for row in [head] + rows:
+        click.echo("\t".join(" ".join(v.split()) for v in row))
 
 
 @main.command()
@@ -548,7 +603,7 @@ def _write_outputs(report, rows, plot, json_path, quiet, title: str) -> None:
         _echo_json(data)
     elif json_path:
         with open(json_path, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            json.dump(tidy_floats(data), f, indent=2, sort_keys=True, default=str)
     if plot:
         ks = getattr(report, "ks", [10])
         k = 10 if 10 in ks else min(ks, key=lambda v: abs(v - 10))
