@@ -364,3 +364,18 @@ def test_info_json_has_no_float_noise(env):
     text = run("info", "--db", db, "--collection", "docs_tldr4", "--json").stdout
     floats = re.findall(r"\d+\.\d+(?:e-?\d+)?", text)
     assert floats and all(len(f.split("e")[0].replace(".", "").lstrip("0")) <= 10 for f in floats)
+
+
+def test_demo_names_the_real_target():
+    from tldr_index.demo import format_demo
+
+    res = {"method": "tldr", "target": "lancedb://./tldr-data/docs_tldr64", "seconds": 1.0,
+           "recall_at_10": 0.5, "recall_at_10_rescored": 0.9, "shortlist": 200,
+           "bytes_per_vector": 16, "target_disk_bytes": 10**6, "source_disk_bytes": 10**7}
+    lines = format_demo({"rows": 10, "source_dim": 384, "source": "lancedb://./tldr-data/docs",
+                         "queries": 3, "db": "./tldr-data", "results": [res],
+                         "example": {"query": "q", "tldr_rescored_top3": ["a", "b", "c"],
+                                     "exact_top3": ["a", "c", "b"]}})
+    assert ("  (top-3 of docs_tldr64 with --rescore; '=' where it matches the exact top-3)"
+            in lines)
+    assert lines[-1] == "Try: tldr-index info --db ./tldr-data --collection docs_tldr64"
