@@ -324,6 +324,33 @@ def test_default_pq_bytes_that_do_not_divide_dim_are_announced(tmp_path, caplog)
     assert not [r for r in caplog.records if "pq_bytes (--pq-bytes) not given" in r.getMessage()]
 
 
+def test_embedded_qdrant_reports_its_bytes_on_disk(tmp_path):
+    from qdrant_client import models as m
+
+    from connectors import parse_uri
+    from connectors.qdrant_store import client_for
+    from tldr_index.pipeline import disk_bytes
+
+    X = make_nested(300, 8, between=3, within=3)
+    src = f"qdrant+path://{tmp_path}/store/docs"
+    client = client_for(parse_uri(src))
+    client.create_collection("docs", vectors_config=m.VectorParams(size=8,
+                                                                   distance=m.Distance.EUCLID))
+    client.upsert("docs", points=[m.PointStruct(id=i, vector=X[i].tolist(), payload={"t": i})
+                                  for i in range(300)])
+    rep = shrink(src, dim=4, pq_bytes=2, method="pca", work_dir=tmp_path / "w", **FAST)
+
+    def du(folder):
+        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder)
+                   for f in fs)
+
+    real = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}["docs_tldr4"]
+    assert rep.source_disk_bytes == du(tmp_path / "store" / "collection" / "docs") > 0
+    assert rep.target_disk_bytes == du(tmp_path / "store" / "collection" / real) > 0
+    assert info(rep.target)["disk_bytes"] == rep.target_disk_bytes
+    assert disk_bytes("qdrant+memory://nowhere/docs") is None  # no disk to measure
+
+
 def test_source_options_reach_the_connector(tmp_path):
     X = make_nested(300, 8, between=3, within=3)
     src = lancedb_source(str(tmp_path), X)

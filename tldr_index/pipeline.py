@@ -163,13 +163,14 @@ def _lance_bytes(path: str) -> int:
 
 def disk_bytes(uri: str) -> int | None:
     """Bytes on disk of a file-based collection (a Lance dataset's current version, the Parquet
-    files of a source or target); None for Qdrant or a missing path."""
+    files of a source or target, an embedded Qdrant collection's storage directory, its alias
+    resolved); None for a Qdrant server or in-memory store, or a missing path."""
     from connectors import parse_uri
     from connectors.parquet_store import list_parquet_files
 
     p = parse_uri(uri)
     if p.kind == "qdrant":
-        return None
+        return _embedded_qdrant_bytes(p) if p.mode == "path" else None
     if p.kind == "lance":
         from connectors.lance_store import is_dataset
         return _lance_bytes(p.path) if is_dataset(p.path) else None
@@ -180,6 +181,21 @@ def disk_bytes(uri: str) -> int | None:
             if os.path.isfile(os.path.join(p.path, n)))
     except SourceNotFoundError:
         return None
+
+
+def _embedded_qdrant_bytes(p) -> int | None:
+    """Size of ``<path>/collection/<name>`` of an embedded (``qdrant+path``) store, where
+    ``name`` is the collection an alias (a published target) points to; None when absent."""
+    from connectors.qdrant_store import client_for
+
+    name = p.collection
+    try:
+        aliases = {a.alias_name: a.collection_name
+                   for a in client_for(p, must_exist=True).get_aliases().aliases}
+    except Exception:  # storage missing or unreadable: the size is unknown, not an error
+        return None
+    folder = os.path.join(p.path, "collection", aliases.get(name, name))
+    return _du(folder) if os.path.isdir(folder) else None
 
 
 def default_pq_bytes(dim: int) -> int:
