@@ -379,3 +379,14 @@ def test_demo_names_the_real_target():
     assert ("  (top-3 of docs_tldr64 with --rescore; '=' where it matches the exact top-3)"
             in lines)
     assert lines[-1] == "Try: tldr-index info --db ./tldr-data --collection docs_tldr64"
+
+
+def test_every_option_of_every_command_has_help():
+    import click
+
+    missing = [f"{name} {p.opts[0]}" for name, cmd in main.commands.items() for p in cmd.params
+               if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip()]
+    assert missing == []
+    assert len(main.commands) >= 8  # shrink, search, info, demo, eval, sweep, reindex, rollback
+    assert "CPU threads for training and FAISS" in run("sweep", "--help").stdout
+    assert "Seed of the drift check's row draw" in " ".join(run("reindex", "--help").stdout.split())

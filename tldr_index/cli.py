@@ -208,7 +208,9 @@ def _store_options(uri: str, api_key: str | None, **extra) -> dict | None:
 @click.option("--sample", type=click.IntRange(min=2), default=100_000, show_default=True,
               help="Training rows (a seeded random sample).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
+              show_default=True,
+              help="Where the kNN graph, training and the recall estimate run (auto: the GPU "
+                   "when one is seen; cuda without a GPU is an error).")
 @click.option("--work-dir", default=None, metavar="DIR",
               help="Checkpoints [default: $TLDR_INDEX_WORK or ./tldr-work, /<target>-<hash>].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoints.")
@@ -292,7 +294,8 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
               help="Compact collection URI (instead of --collection).")
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False),
               help=".npy float array (n, D) of queries in the original space.")
-@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Neighbours returned per query.")
 @click.option("--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the ids (n, k) as .npy (int64, or str ids) [default: print them].")
 @click.option("--rescore", is_flag=True,
@@ -425,8 +428,10 @@ def info(db, collection, target, api_key, json_out):
 
 @main.command()
 @_db_opt
-@click.option("--dim", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--pq-bytes", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--dim", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Reduced dimension of both demo targets.")
+@click.option("--pq-bytes", type=click.IntRange(min=1), default=16, show_default=True,
+              help="PQ code bytes per row; must divide --dim.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="TLDR epochs [default: 8].")
 @_quiet_opt
@@ -494,7 +499,8 @@ def _eval_uris(source, db, collection, target) -> tuple[str | None, str]:
               help="Write a PNG: recall@10 against bytes per vector, one line per method.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the results as JSON ('-': stdout instead of the table).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the query draw and of the baselines' fits.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for FAISS [default: the cores that look idle].")
 @_quiet_opt
@@ -540,17 +546,24 @@ def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
                    "recall@10; exit code 6 when none does.")
 @click.option("--criterion", type=click.Choice(["pq", "rescored", "float"]), default="pq",
               show_default=True, help="Which recall@10 decides: PQ codes, --rescore, float.")
-@click.option("--sample", type=click.IntRange(min=2), default=100_000, show_default=True)
-@click.option("--neighbors", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--sample", type=click.IntRange(min=2), default=100_000, show_default=True,
+              help="Training rows (a seeded random sample); the rest are query candidates.")
+@click.option("--neighbors", type=click.IntRange(min=1), default=3, show_default=True,
+              help="k of the kNN graph TLDR learns from.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="TLDR epochs per candidate [default: 8].")
 @click.option("--queries", type=click.IntRange(min=1), default=500, show_default=True,
               help="Held-out rows used as queries.")
 @click.option("--work-dir", default=None, metavar="DIR",
               help="Keeps the scan and the kNN graph for later sweeps "
                    "[default: ./tldr-work/sweep-<name>-<hash>].")
-@click.option("--distance", type=click.Choice(["cosine", "l2", "ip"]), default=None)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--distance", type=click.Choice(["cosine", "l2", "ip"]), default=None,
+              help="Distance of the source vectors [default: Lance/Parquet: the vector index's "
+                   "metric, else l2; Qdrant: the collection's].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of every random choice (sample, graph, training, PQ, queries).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for training and FAISS [default: the cores that look idle].")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG of the recall/size frontier.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
