@@ -213,7 +213,9 @@ def _store_options(uri: str, api_key: str | None, **extra) -> dict | None:
                    "when one is seen; cuda without a GPU is an error).")
 @click.option("--work-dir", default=None, metavar="DIR",
               help="Checkpoints [default: $TLDR_INDEX_WORK or ./tldr-work, /<target>-<hash>].")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoints.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its checkpoints (a plain rerun does too when "
+                   "source and parameters are unchanged); refuse when they changed.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing target (and a work dir that cannot be resumed).")
 @click.option("--distance", type=click.Choice(["cosine", "l2", "ip"]), default=None,
