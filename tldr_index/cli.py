@@ -280,7 +280,8 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
                              id_column=id_column, keep_work=keep_work, threads=threads,
                              source_options=_store_options(src, api_key, distance=distance),
                              sink_options=_store_options(
-                                 tgt or default_target_uri(src, suffix=f"_tldr{dim or ''}"), api_key),
+                                 tgt or default_target_uri(src, suffix=f"_tldr{dim or ''}"),
+                                 api_key),
                              skip_invalid=skip_invalid, engine=engine,
                              engine_options=engine_options or None)
     if json_out:
@@ -600,9 +601,9 @@ def sweep_cmd(source, db, collection, dims, pq_bytes, method, target_recall, cri
         from .sweep import EXIT_NOT_REACHED
 
         shown = not quiet and json_path != "-"  # the table's summary line holds the reason
+        why = "; see above" if shown else ": " + result.reason.rstrip(".")
         click.echo(f"Error: --target-recall {target_recall} is not reached (exit code "
-                   f"{EXIT_NOT_REACHED}){'; see above' if shown else ': ' + result.reason.rstrip('.')}.",
-                   err=True)
+                   f"{EXIT_NOT_REACHED}){why}.", err=True)
         click.get_current_context().exit(EXIT_NOT_REACHED)
 
 

@@ -289,7 +289,8 @@ def unreached_advice(configs: list[SweepConfig], plan: dict, source_dim: int, *,
             c = resc[0]
             tips.append(f"search --rescore reaches it: {_name(c)} gives "
                         f"{fmt_float(c.recall_rescored)} rescored (shrink --dim {c.dim} --pq-bytes "
-                        f"{c.pq_bytes}, then search --rescore; sweep --criterion rescored selects on it)")
+                        f"{c.pq_bytes}, then search --rescore; sweep --criterion rescored "
+                        f"selects on it)")
     if crit == "pq":
         floats = sorted((c for c in configs if c.recall_float >= target),
                         key=lambda c: (c.dim, c.method))
