@@ -367,6 +367,9 @@ class ParquetTarget(Target):
         rec_path = os.path.join(path, RECORD_FILE)
         if not os.path.isdir(path):
             raise SourceNotFoundError(f"Parquet target '{uri}' not found: no directory '{path}'.")
+        if not os.listdir(path):  # created first, to be filled: no target yet, not a foreign one
+            raise SourceNotFoundError(f"Parquet target '{uri}' not found: directory '{path}' is "
+                                      f"empty.")
         try:
             with open(rec_path, "rb") as f:
                 text = f.read()

@@ -69,13 +69,34 @@ def test_shrink_search_info(env):
     res = run("search", "--target", f"lancedb://{db}/docs_tldr4", "--queries", "q.npy",
               "--k", "3")
     assert res.exit_code == 0
-    rows = [line.split() for line in res.stdout.splitlines()]
-    assert len(rows) == 10 and all(len(r) == 3 for r in rows)
+    rows = [line.split("\t") for line in res.stdout.splitlines()]  # not a TTY: plain text
+    assert rows[0] == ["query", "rank", "id", "distance"] and len(rows) == 1 + 10 * 3
+    assert [r[:2] for r in rows[1:4]] == [["0", "1"], ["0", "2"], ["0", "3"]]
+    assert [r[2] for r in rows[1::3]] == [str(i * 7 + 3) for i in range(10)]  # itself first
+    assert all(len(r) == 4 and float(r[3]) >= 0 for r in rows[1:])
 
     res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy", "--k",
               "2", "--json")
     out = json.loads(res.stdout)
     assert out["engine"] == "pq-codes" and np.asarray(out["ids"]).shape == (10, 2)
+    assert "shortlist" not in out and out["rescored"] is False  # no shortlist without --rescore
+    assert all(len(repr(v)) <= 16 for row in out["distances"] for v in row)  # 7 digits
+    res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy", "--k",
+              "2", "--json", "--rescore", "--columns", "text,year")
+    out = json.loads(res.stdout)
+    assert out["shortlist"] == 200 and out["rescored"] is True
+    assert out["columns"]["text"][0][0] == "doc 0" and out["columns"]["year"][1][0] == 1991
+    assert [r[0] for r in out["columns"]["text"]] == [f"doc {i}" for i in range(10)]
+    res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy", "--k",
+              "1", "--columns", "text")
+    lines = res.stdout.splitlines()
+    assert lines[0] == "query\trank\tid\tdistance\ttext" and len(lines) == 11
+    assert [line.split("\t")[4] for line in lines[1:]] == [f"doc {i}" for i in range(10)]
+    res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy",
+              "--columns", "vector")
+    assert res.exit_code == 1 and res.stderr == (
+        f"Error: The 'columns' parameter of search must name id or payload columns of target "
+        f"'lancedb://{db}/docs_tldr4': id, text, year. Got 'vector' instead.\n")
 
     res = run("info", "--db", db, "--collection", "docs_tldr4")
     assert res.exit_code == 0
@@ -250,3 +271,122 @@ def test_both_module_entry_points_list_every_command(module, tmp_path):
     assert out.returncode == 0, out.stderr
     listed = re.findall(r"^  (\w+)\s", out.stdout.split("Commands:")[1], flags=re.M)
     assert listed == ["demo", "eval", "info", "reindex", "rollback", "search", "shrink", "sweep"]
+
+
+def _low_rank_lancedb(path, n: int = 600, dim: int = 40, rank: int = 6) -> np.ndarray:
+    """A ``docs`` table of rows near a ``rank``-d subspace: d=16 with 16-byte PQ keeps them."""
+    import lancedb
+    from _pipeline_helpers import table_of
+
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(dim, dim)))[0][:rank]
+    X = (rng.normal(size=(n, rank)) @ basis + 0.01 * rng.normal(size=(n, dim))).astype(np.float32)
+    lancedb.connect(str(path)).create_table("docs", data=table_of(X))
+    return X
+
+
+def test_readme_target_recall_method_auto_command_with_logs(tmp_path, monkeypatch):
+    """The README's `shrink --db … --collection docs --target-recall 0.9 --method auto`, as
+    written (logs and bars on, no --quiet/--json): it used to die on a log line formatting
+    dim/pq_bytes while they were None."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TLDR_INDEX_WORK", raising=False)
+    _low_rank_lancedb(tmp_path / "lancedb")
+    res = run("shrink", "--db", "./lancedb", "--collection", "docs", "--target-recall", "0.9",
+              "--method", "auto")
+    assert res.exit_code == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    out = res.stdout.splitlines()
+    assert out[0].startswith("Shrunk lancedb://./lancedb/docs -> lancedb://./lancedb/docs_tldr (")
+    assert out[2] == "  vectors        40-d -> 16-d float16 + 16-byte PQ codes"
+    sel = [x for x in out if x.startswith("  selection      ")]
+    assert sel and sel[0].startswith("  selection      smallest candidate with recall@10 of the "
+                                     "PQ-code search >= 0.9: ")
+    log = " ".join(res.stderr.split())
+    assert ("choosing the smallest reaching recall@10 >= 0.9 among d=16 PQ 16 B, d=32 PQ 16 B; "
+            "work dir tldr-work/docs_tldr-") in log
+    assert sorted(os.listdir(".")) == ["lancedb"]  # the work directory and its parent are gone
+
+
+def test_method_auto_with_dim_and_no_pq_bytes(env):
+    tmp, X = env
+    res = run("shrink", "--db", str(tmp / "db"), "--collection", "docs", "--dim", "8",
+              "--method", "auto", "--epochs", "1", "--threads", "1")
+    assert res.exit_code == 0, res.stderr
+    log = " ".join(res.stderr.split())
+    assert "tldr/pca, choosing the better method among d=8 PQ 8 B; work dir" in log
+    assert res.stdout.splitlines()[2] == "  vectors        16-d -> 8-d float16 + 8-byte PQ codes"
+
+
+def test_a_failed_run_leaves_no_empty_default_work_parent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TLDR_INDEX_WORK", raising=False)
+    ids = np.arange(300)
+    ids[7] = 3  # a duplicate id: the scan fails
+    lancedb_source(str(tmp_path), make_nested(300, 8, between=3, within=3), ids=ids)
+    res = run("shrink", "--db", "db", "--collection", "docs", "--dim", "4", "--quiet", *FAST)
+    assert res.exit_code == 1 and "must hold unique ids. Got duplicate id 3" in res.stderr
+    assert sorted(os.listdir(tmp_path)) == ["db"]  # no ./tldr-work left behind
+
+
+def test_search_prints_a_table_on_a_terminal(env, monkeypatch):
+    tmp, X = env
+    db = str(tmp / "db")
+    assert run("shrink", "--db", db, "--collection", "docs", "--dim", "4", "--quiet",
+               *FAST).exit_code == 0
+    import tldr_index.cli as cli
+
+    monkeypatch.setattr(cli, "_stdout_is_tty", lambda: True)
+    res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy", "--k",
+              "2", "--columns", "text")
+    lines = res.stdout.splitlines()
+    assert lines[0].strip() == "top-2 per query"
+    assert [c.strip() for c in lines[2].strip("┃").split("┃")] == [
+        "query", "rank", "id", "distance", "text"]
+    first = [c.strip() for c in lines[4].strip("│").split("│")]
+    assert first[:3] == ["0", "1", "3"] and first[4] == "doc 0"
+    assert len([x for x in lines if x.startswith("│")]) == 20
+
+
+def test_json_floats_are_rounded():
+    from tldr_index.cli import tidy_floats
+
+    assert tidy_floats({"a": [0.44049999999999995, 1, "x"], "b": (0.1 + 0.2,),
+                        "c": float("nan")})["a"] == [0.4405, 1, "x"]
+    assert tidy_floats([0.1 + 0.2]) == [0.3] and tidy_floats(12345.678901234) == 12345.6789
+
+
+def test_info_json_has_no_float_noise(env):
+    tmp, X = env
+    db = str(tmp / "db")
+    assert run("shrink", "--db", db, "--collection", "docs", "--dim", "4", "--quiet",
+               *FAST).exit_code == 0
+    text = run("info", "--db", db, "--collection", "docs_tldr4", "--json").stdout
+    floats = re.findall(r"\d+\.\d+(?:e-?\d+)?", text)
+    assert floats and all(len(f.split("e")[0].replace(".", "").lstrip("0")) <= 10 for f in floats)
+
+
+def test_demo_names_the_real_target():
+    from tldr_index.demo import format_demo
+
+    res = {"method": "tldr", "target": "lancedb://./tldr-data/docs_tldr64", "seconds": 1.0,
+           "recall_at_10": 0.5, "recall_at_10_rescored": 0.9, "shortlist": 200,
+           "bytes_per_vector": 16, "target_disk_bytes": 10**6, "source_disk_bytes": 10**7}
+    lines = format_demo({"rows": 10, "source_dim": 384, "source": "lancedb://./tldr-data/docs",
+                         "queries": 3, "db": "./tldr-data", "results": [res],
+                         "example": {"query": "q", "tldr_rescored_top3": ["a", "b", "c"],
+                                     "exact_top3": ["a", "c", "b"]}})
+    assert ("  (top-3 of docs_tldr64 with --rescore; '=' where it matches the exact top-3)"
+            in lines)
+    assert lines[-1] == "Try: tldr-index info --db ./tldr-data --collection docs_tldr64"
+
+
+def test_every_option_of_every_command_has_help():
+    import click
+
+    missing = [f"{name} {p.opts[0]}" for name, cmd in main.commands.items() for p in cmd.params
+               if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip()]
+    assert missing == []
+    assert len(main.commands) >= 8  # shrink, search, info, demo, eval, sweep, reindex, rollback
+    assert "CPU threads for training and FAISS" in run("sweep", "--help").stdout
+    assert "Seed of the drift check's row draw" in " ".join(run("reindex", "--help").stdout.split())

@@ -117,6 +117,10 @@ def test_never_replaces_foreign_directory(tmp_path, data):
     assert os.listdir(foreign) == ["notes.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
+    with pytest.raises(SourceNotFoundError) as e:  # an empty directory is no target (yet)
+        open_target(f"parquet://{empty}")
+    assert str(e.value) == (f"Parquet target 'parquet://{empty}' not found: directory "
+                            f"'{empty}' is empty.")
     write_target(open_source(f"parquet://{d}"), f"parquet://{empty}")  # an empty dir is fine
     assert open_target(f"parquet://{empty}").count() == 250
 

@@ -244,9 +244,6 @@ def test_work_dir_rules(tmp_path):
 
     with pytest.raises(Stop):
         shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, progress=StopAtTrain(), **FAST)
-    with pytest.raises(CheckpointError, match="holds an unfinished run of this shrink; pass "
-                       r"resume=True \(--resume\) to continue it or overwrite=True"):
-        shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, **FAST)
     with pytest.raises(CheckpointError, match=r"cannot be resumed: it used other parameters: "
                        r"dim=4 \(now 8\)"):
         shrink(src, src + "_t", dim=8, pq_bytes=2, work_dir=work, resume=True, **FAST)
@@ -260,6 +257,98 @@ def test_work_dir_rules(tmp_path):
     with pytest.raises(CheckpointError, match="is not a tldr-index work directory"):
         shrink(src, src + "_x", dim=4, pq_bytes=2, work_dir=tmp_path / "mine", **FAST)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_plain_rerun_after_a_failure_resumes_or_starts_over(tmp_path, caplog):
+    """A run that failed before publishing never blocks the next plain run: the same run is
+    resumed by itself, another one (other parameters) is discarded; one INFO line says which."""
+    X = make_nested(400, 16, between=6, within=4)
+    src = lancedb_source(str(tmp_path), X)
+    work = tmp_path / "w"
+
+    class Stop(BaseException):
+        pass
+
+    from tldr_index.progress import Progress
+
+    class StopAtTrain(Progress):
+        def begin(self, stage, total=None, unit="rows"):
+            if stage == "train":
+                raise Stop
+
+    with pytest.raises(Stop):
+        shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, progress=StopAtTrain(), **FAST)
+    run_id = __import__("json").loads((work / "tldr-work.json").read_text())["run_id"]
+    caplog.set_level("INFO", logger="tldr_index")
+    rep = shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, keep_work=True, **FAST)
+    assert rep.resumed and rep.skipped_stages[:2] == ["scan", "knn"]
+    assert (f"Resuming the unfinished run {run_id} in {work} by itself (same source and "
+            f"parameters; checkpoints are re-checked). Pass --overwrite to start over "
+            f"instead.") in caplog.messages
+    assert open_target(src + "_t").count() == 400
+
+    with pytest.raises(Stop):  # another target's run, then a plain rerun with other parameters
+        shrink(src, src + "_u", dim=4, pq_bytes=2, work_dir=tmp_path / "w2",
+               progress=StopAtTrain(), **FAST)
+    caplog.clear()
+    rep = shrink(src, src + "_u", dim=8, pq_bytes=2, work_dir=tmp_path / "w2", **FAST)
+    assert not rep.resumed and rep.skipped_stages == [] and rep.dim == 8
+    assert [m for m in caplog.messages if m.startswith("Starting over")] == [
+        f"Starting over in {tmp_path / 'w2'}: the unfinished run there cannot be resumed (it "
+        f"used other parameters: dim=4 (now 8))."]
+    assert not (tmp_path / "w2").exists()
+
+
+def test_shrink_into_an_existing_empty_parquet_directory(tmp_path):
+    """A target directory created first (empty) is accepted, not refused as foreign."""
+    src = parquet_source(str(tmp_path), make_nested(300, 8, between=3, within=3))
+    out = tmp_path / "out"
+    out.mkdir()
+    rep = shrink(src, f"parquet://{out}/", dim=4, pq_bytes=2, method="pca",
+                 work_dir=tmp_path / "w", **FAST)
+    assert rep.rows == 300 and open_target(f"parquet://{out}/").count() == 300
+    assert "_tldr_metadata.json" in os.listdir(out)
+
+
+def test_default_pq_bytes_that_do_not_divide_dim_are_announced(tmp_path, caplog):
+    src = lancedb_source(str(tmp_path), make_nested(300, 64, between=6, within=4))
+    caplog.set_level("INFO", logger="tldr_index")
+    rep = shrink(src, dim=60, method="pca", work_dir=tmp_path / "w", **FAST)
+    assert rep.pq_bytes == 15
+    assert ("pq_bytes (--pq-bytes) not given and the default 16 does not divide dim=60 (PQ "
+            "bytes must divide d: one sub-vector per byte): the codes take 15 bytes, the largest "
+            "divisor of 60 up to 16. Pass pq_bytes (--pq-bytes) to choose another size."
+            ) in [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    caplog.clear()
+    shrink(src, src + "_b", dim=60, pq_bytes=12, method="pca", work_dir=tmp_path / "w", **FAST)
+    assert not [r for r in caplog.records if "pq_bytes (--pq-bytes) not given" in r.getMessage()]
+
+
+def test_embedded_qdrant_reports_its_bytes_on_disk(tmp_path):
+    from qdrant_client import models as m
+
+    from connectors import parse_uri
+    from connectors.qdrant_store import client_for
+    from tldr_index.pipeline import disk_bytes
+
+    X = make_nested(300, 8, between=3, within=3)
+    src = f"qdrant+path://{tmp_path}/store/docs"
+    client = client_for(parse_uri(src))
+    client.create_collection("docs", vectors_config=m.VectorParams(size=8,
+                                                                   distance=m.Distance.EUCLID))
+    client.upsert("docs", points=[m.PointStruct(id=i, vector=X[i].tolist(), payload={"t": i})
+                                  for i in range(300)])
+    rep = shrink(src, dim=4, pq_bytes=2, method="pca", work_dir=tmp_path / "w", **FAST)
+
+    def du(folder):
+        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(folder)
+                   for f in fs)
+
+    real = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}["docs_tldr4"]
+    assert rep.source_disk_bytes == du(tmp_path / "store" / "collection" / "docs") > 0
+    assert rep.target_disk_bytes == du(tmp_path / "store" / "collection" / real) > 0
+    assert info(rep.target)["disk_bytes"] == rep.target_disk_bytes
+    assert disk_bytes("qdrant+memory://nowhere/docs") is None  # no disk to measure
 
 
 def test_source_options_reach_the_connector(tmp_path):

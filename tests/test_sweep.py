@@ -15,7 +15,7 @@ from connectors import open_target
 from tldr_index import pipeline
 from tldr_index.cli import main
 from tldr_index.errors import InvalidParameterError
-from tldr_index.sweep import SweepConfig, choose, sweep
+from tldr_index.sweep import EXIT_NOT_REACHED, SweepConfig, choose, sweep, unreached_advice
 
 N, D = 900, 32
 FAST = dict(epochs=1, sample=600, threads=1)
@@ -113,6 +113,66 @@ def test_shrink_method_auto_keeps_the_better(source, tmp_path, monkeypatch, bad,
     assert "auto (TLDR kept only when strictly better)" in meta["selection"]["reason"]
 
 
+def test_advice_when_no_candidate_reaches_the_target():
+    """The measured figures per candidate, and flag values that follow from them: at 16 B the
+    PQ recall falls as d grows, so the advice is more bytes at the d whose float vectors reach
+    the target, --rescore, or no codes; not "larger dims"."""
+    configs = [SweepConfig("tldr", 16, 16, 0.72, 0.55, 0.97, 0.0),
+               SweepConfig("tldr", 64, 16, 0.93, 0.52, 0.995, 0.0)]
+    plan = {"methods": ["tldr"], "criterion": "pq", "target_recall": 0.9}
+    chosen, reason = choose(configs, plan, 100)
+    assert chosen is None and reason == (
+        "no candidate reaches recall@10 of the PQ-code search >= 0.9 on 100 held-out rows "
+        "(best: tldr d=16 PQ 16 B, 0.550)")
+    measured = ("Measured recall@10 (PQ / rescored / float): tldr d=16 PQ 16 B 0.550 / 0.970 / "
+                "0.720; tldr d=64 PQ 16 B 0.520 / 0.995 / 0.930. What would help: search "
+                "--rescore reaches it: tldr d=16 PQ 16 B gives 0.970 rescored (shrink --dim 16 "
+                "--pq-bytes 16, then search --rescore; sweep --criterion rescored selects on it); "
+                "the float vectors of d=64 reach 0.930 but 16-byte codes lose it: more PQ bytes "
+                "at that d (")
+    assert unreached_advice(configs, plan, 384, owner="shrink") == measured + (
+        "--dim 64 --pq-bytes 32; bytes must divide d); or store no codes and search the float "
+        "vectors (--dim 64 --pq-bytes 0, recall@10 0.930); or lower --target-recall to 0.550 or "
+        "less. shrink's --pq-bytes takes one size; compare several first with tldr-index sweep "
+        "--pq-bytes B,B,...")
+    assert unreached_advice(configs, plan, 384, owner="sweep") == measured + (
+        "--dims 64 --pq-bytes 32,64; bytes must divide d); or store no codes and search the "
+        "float vectors (--dims 64 --pq-bytes 0, recall@10 0.930); or lower --target-recall to "
+        "0.550 or less.")
+    # nothing reaches it even as float vectors, not even rescored: larger dims
+    low = [SweepConfig("pca", 8, 8, 0.40, 0.38, 0.80, 0.0)]
+    assert unreached_advice(low, plan, 32, owner="shrink") == (
+        "Measured recall@10 (PQ / rescored / float): pca d=8 PQ 8 B 0.380 / 0.800 / 0.400. "
+        "What would help: no measured d reaches it even as float vectors (best 0.400 at d=8): "
+        "try larger dims (--dims 16); or lower --target-recall to 0.380 or less. shrink's "
+        "--pq-bytes takes one size; compare several first with tldr-index sweep --pq-bytes "
+        "B,B,...")
+    assert unreached_advice(low, plan, 9, owner="sweep").endswith(
+        "What would help: no d below the source's 9 reaches it even as float vectors (best "
+        "0.400 at d=8); or lower --target-recall to 0.380 or less.")
+
+
+def test_sweep_cli_exit_code_when_the_target_is_not_reached(source, tmp_path):
+    root, uri = source
+    args = ["sweep", "--source", uri, "--dims", "4", "--pq-bytes", "4", "--method", "pca",
+            "--target-recall", "0.999", "--sample", "600", "--queries", "50", "--threads", "1",
+            "--work-dir", str(tmp_path / "w")]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == EXIT_NOT_REACHED == 6, out.output
+    assert "no candidate reaches recall@10 of the PQ-code search >= 0.999 on 50 held-out " \
+        "rows (best: pca d=4 PQ 4 B, " in out.stdout
+    assert "Measured recall@10 (PQ / rescored / float): pca d=4 PQ 4 B " in out.stdout
+    assert out.stderr.splitlines()[-1] == ("Error: --target-recall 0.999 is not reached (exit "
+                                           "code 6); see above.")
+    out = CliRunner().invoke(main, args + ["--quiet"])
+    assert out.exit_code == 6 and out.stdout == ""
+    assert out.stderr.startswith("Error: --target-recall 0.999 is not reached (exit code 6): no "
+                                 "candidate reaches recall@10 of the PQ-code search >= 0.999")
+    assert "What would help: " in out.stderr and out.stderr.count("\n") == 1
+    out = CliRunner().invoke(main, args + ["--json", "-"])
+    assert out.exit_code == 6 and json.loads(out.stdout)["chosen"] is None
+
+
 def test_shrink_target_recall_cli(source, tmp_path):
     root, uri = source
     res = sweep(uri, dims=[4, 8], eval_queries=200, work_dir=tmp_path / "s", **FAST)
@@ -165,6 +225,10 @@ def test_bad_sweep_input(source, tmp_path):
     assert str(e.value).startswith(
         "The 'target_recall' parameter of shrink cannot be reached: no candidate reaches "
         "recall@10 of the PQ-code search >= 0.999 on 200 held-out rows (best: tldr d=4 PQ 4 B, ")
+    assert "). Measured recall@10 (PQ / rescored / float): tldr d=4 PQ 4 B " in str(e.value)
+    assert "What would help: " in str(e.value) and "add larger dims" not in str(e.value)
+    assert str(e.value).endswith("shrink's --pq-bytes takes one size; compare several first "
+                                 "with tldr-index sweep --pq-bytes B,B,...")
     assert not (tmp_path / "x.lance").exists()
 
 

@@ -156,8 +156,20 @@ def _mb(n: int | None) -> str:
     return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
 
 
+def tidy_floats(obj, digits: int = 10):
+    """``obj`` with every float rounded to ``digits`` significant digits (``0.44049999999999995``
+    -> ``0.4405``), recursively through dicts, lists and tuples; for JSON output."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if np.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: tidy_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [tidy_floats(v, digits) for v in obj]
+    return obj
+
+
 def _echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    click.echo(json.dumps(tidy_floats(obj), indent=2, sort_keys=True, default=str))
 
 
 def _summary(report) -> list[str]:
@@ -257,10 +269,14 @@ def _store_options(uri: str, api_key: str | None, **extra) -> dict | None:
 @click.option("--sample", type=click.IntRange(min=2), default=100_000, show_default=True,
               help="Training rows (a seeded random sample).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
+              show_default=True,
+              help="Where the kNN graph, training and the recall estimate run (auto: the GPU "
+                   "when one is seen; cuda without a GPU is an error).")
 @click.option("--work-dir", default=None, metavar="DIR",
               help="Checkpoints [default: $TLDR_INDEX_WORK or ./tldr-work, /<target>-<hash>].")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoints.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its checkpoints (a plain rerun does too when "
+                   "source and parameters are unchanged); refuse when they changed.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing target (and a work dir that cannot be resumed).")
 @click.option("--distance", type=click.Choice(["cosine", "l2", "ip"]), default=None,
@@ -325,7 +341,8 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
                              id_column=id_column, keep_work=keep_work, threads=threads,
                              source_options=_store_options(src, api_key, distance=distance),
                              sink_options=_store_options(
-                                 tgt or default_target_uri(src, suffix=f"_tldr{dim}"), api_key),
+                                 tgt or default_target_uri(src, suffix=f"_tldr{dim or ''}"),
+                                 api_key),
                              skip_invalid=skip_invalid, engine=engine,
                              engine_options=engine_options or None)
     if json_out:
@@ -341,7 +358,8 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
               help="Compact collection URI (instead of --collection).")
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False),
               help=".npy float array (n, D) of queries in the original space.")
-@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Neighbours returned per query.")
 @click.option("--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the ids (n, k) as .npy (int64, or str ids) [default: print them].")
 @click.option("--rescore", is_flag=True,
@@ -353,12 +371,15 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
                    "target].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for FAISS [default: the cores that look idle].")
+@click.option("--columns", default=None, metavar="COL,COL,...",
+              help="Id or payload columns to show with each hit (e.g. text,title), in the "
+                   "table and in --json.")
 @_api_key_opt
 @_quiet_opt
 @_json_opt
 @_library_errors
 def search(db, collection, target, queries, k, output, rescore, shortlist, source, threads,
-           api_key, quiet, json_out):
+           columns, api_key, quiet, json_out):
     """Search a compact collection with queries in the original space.
 
     \b
@@ -369,27 +390,67 @@ def search(db, collection, target, queries, k, output, rescore, shortlist, sourc
     from .search import search as run_search
 
     uri = _target_uri(target, db, collection)
+    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else []
+    if cols:  # a wrong name fails before the search runs
+        from connectors import open_target
+
+        from .search_columns import check_columns
+        check_columns(open_target(uri, **(_store_options(uri, api_key) or {})), cols)
     _setup(quiet, json_out)
     res = run_search(uri, queries, k=k, rescore=rescore, shortlist=shortlist, source=source,
                      threads=threads, target_options=_store_options(uri, api_key),
                      source_options=_store_options(source, api_key) if source else None)
+    values = {}
+    if cols and not output:
+        from .search_columns import result_columns
+
+        values = result_columns(uri, res.ids, cols, **(_store_options(uri, api_key) or {}))
     if output:
         np.save(output, res.ids, allow_pickle=False)
     if json_out:
         out = {"target": uri, "queries": len(res.ids), "k": k, "rescored": res.rescored,
-               "shortlist": res.shortlist, "engine": res.engine, "seconds": res.seconds,
-               "output": output}
+               "engine": res.engine, "seconds": res.seconds, "output": output}
+        if res.rescored:  # the shortlist exists only when rescoring
+            out["shortlist"] = res.shortlist
         if not output:
             out["ids"] = res.ids.tolist()
-            out["distances"] = res.distances.tolist()
+            # float32 distances: 7 significant digits, not float64 noise
+            out["distances"] = [[float(f"{v:.7g}") for v in row] for row in res.distances.tolist()]
+            if cols:
+                out["columns"] = values
         _echo_json(out)
     elif not output:
-        for row in res.ids:
-            click.echo(" ".join(str(v) for v in row))
+        _print_hits(res, cols, values)
     elif not quiet:
         secs = sum(res.seconds.values())
         click.echo(f"Wrote {res.ids.shape[0]}x{res.ids.shape[1]} ids to {output} "
                    f"({'rescored, ' if res.rescored else ''}{res.engine}, {secs:.2f} s).")
+
+
+def _stdout_is_tty() -> bool:
+    return sys.stdout.isatty()
+
+
+def _print_hits(res, cols: list[str], values: dict) -> None:
+    """One row per hit (query, rank, id, distance, the chosen columns): a rich table on a
+    terminal, tab-separated text with a header line otherwise (pipes, files, CI)."""
+    head = ["query", "rank", "id", "distance"] + cols
+    rows = [[str(q), str(r + 1), str(res.ids[q, r]), f"{res.distances[q, r]:.6g}"]
+            + ["" if values[c][q][r] is None else str(values[c][q][r]) for c in cols]
+            for q in range(res.ids.shape[0]) for r in range(res.ids.shape[1])]
+    if _stdout_is_tty():
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(*head, title=f"top-{res.ids.shape[1]} per query"
+                      + (" (rescored)" if res.rescored else ""))
+        for row in rows:
+            table.add_row(*(Text(v) for v in row))  # payload text is not rich markup
+        Console(file=sys.stdout).print(table)
+        return
+    for row in [head] + rows:
+        click.echo("\t".join(" ".join(v.split()) for v in row))
 
 
 @main.command()
@@ -431,8 +492,10 @@ def info(db, collection, target, api_key, json_out):
 
 @main.command()
 @_db_opt
-@click.option("--dim", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--pq-bytes", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--dim", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Reduced dimension of both demo targets.")
+@click.option("--pq-bytes", type=click.IntRange(min=1), default=16, show_default=True,
+              help="PQ code bytes per row; must divide --dim.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="TLDR epochs [default: 8].")
 @_quiet_opt
@@ -500,7 +563,8 @@ def _eval_uris(source, db, collection, target) -> tuple[str | None, str]:
               help="Write a PNG: recall@10 against bytes per vector, one line per method.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the results as JSON ('-': stdout instead of the table).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the query draw and of the baselines' fits.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for FAISS [default: the cores that look idle].")
 @_quiet_opt
@@ -543,20 +607,28 @@ def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
 @click.option("--method", type=click.Choice(["tldr", "pca", "auto"]), default="tldr",
               show_default=True, help="auto: TLDR and PCA side by side, the better one chosen.")
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Name the smallest configuration whose compact search reaches this recall@10.")
+              help="Name the smallest configuration whose compact search reaches this "
+                   "recall@10; exit code 6 when none does.")
 @click.option("--criterion", type=click.Choice(["pq", "rescored", "float"]), default="pq",
               show_default=True, help="Which recall@10 decides: PQ codes, --rescore, float.")
-@click.option("--sample", type=click.IntRange(min=2), default=100_000, show_default=True)
-@click.option("--neighbors", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--sample", type=click.IntRange(min=2), default=100_000, show_default=True,
+              help="Training rows (a seeded random sample); the rest are query candidates.")
+@click.option("--neighbors", type=click.IntRange(min=1), default=3, show_default=True,
+              help="k of the kNN graph TLDR learns from.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="TLDR epochs per candidate [default: 8].")
 @click.option("--queries", type=click.IntRange(min=1), default=500, show_default=True,
               help="Held-out rows used as queries.")
 @click.option("--work-dir", default=None, metavar="DIR",
               help="Keeps the scan and the kNN graph for later sweeps "
                    "[default: ./tldr-work/sweep-<name>-<hash>].")
-@click.option("--distance", type=click.Choice(["cosine", "l2", "ip"]), default=None)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--distance", type=click.Choice(["cosine", "l2", "ip"]), default=None,
+              help="Distance of the source vectors [default: Lance/Parquet: the vector index's "
+                   "metric, else l2; Qdrant: the collection's].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of every random choice (sample, graph, training, PQ, queries).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for training and FAISS [default: the cores that look idle].")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG of the recall/size frontier.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
@@ -587,6 +659,14 @@ def sweep_cmd(source, db, collection, dims, pq_bytes, method, target_recall, cri
                    source_options={"distance": distance} if distance else None)
     _write_outputs(result, result.results, plot, json_path, quiet,
                    title=f"sweep of {result.source}")
+    if target_recall is not None and result.chosen is None:
+        from .sweep import EXIT_NOT_REACHED
+
+        shown = not quiet and json_path != "-"  # the table's summary line holds the reason
+        why = "; see above" if shown else ": " + result.reason.rstrip(".")
+        click.echo(f"Error: --target-recall {target_recall} is not reached (exit code "
+                   f"{EXIT_NOT_REACHED}){why}.", err=True)
+        click.get_current_context().exit(EXIT_NOT_REACHED)
 
 
 def _write_outputs(report, rows, plot, json_path, quiet, title: str) -> None:
@@ -601,7 +681,7 @@ def _write_outputs(report, rows, plot, json_path, quiet, title: str) -> None:
         _echo_json(data)
     elif json_path:
         with open(json_path, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            json.dump(tidy_floats(data), f, indent=2, sort_keys=True, default=str)
     if plot:
         ks = getattr(report, "ks", [10])
         k = 10 if 10 in ks else min(ks, key=lambda v: abs(v - 10))

@@ -94,8 +94,11 @@ def _resolve(source, db, collection, target) -> tuple[str | None, str]:
                    "/tldr-index/reindex/<target>-<hash>]. Never the current directory.")
 @click.option("--config", "config", default=None, metavar="TOML",
               help="Job file holding any of these settings (flags win).")
-@click.option("--seed", type=click.IntRange(min=0), default=None)
-@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Seed of the drift check's row draw, and of a refit when the target records "
+                   "none [default: 0].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch and FAISS [default: the cores that look idle].")
 @click.option("--batch-rows", type=click.IntRange(min=1), default=None,
               help="Rows per read and encode batch [default: 8192].")
 @_quiet_opt

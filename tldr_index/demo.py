@@ -122,7 +122,8 @@ def format_demo(r: dict) -> list[str]:
               f"Example query: {short(r['example']['query'])}"]
     for got, want in zip(r["example"]["tldr_rescored_top3"], r["example"]["exact_top3"]):
         lines.append(f"  {'=' if got == want else '~'} {short(got, 86)}")
-    lines.append("  (top-3 of docs_tldr with --rescore; '=' where it matches the exact top-3)")
+    name = r["results"][0]["target"].rsplit("/", 1)[-1]  # docs_tldr64: the real target name
+    lines.append(f"  (top-3 of {name} with --rescore; '=' where it matches the exact top-3)")
     lines += ["", f"Try: tldr-index info --db {r['db']} --collection "
                   f"{r['results'][0]['target'].rsplit('/', 1)[-1]}"]
     return lines

@@ -163,13 +163,14 @@ def _lance_bytes(path: str) -> int:
 
 def disk_bytes(uri: str) -> int | None:
     """Bytes on disk of a file-based collection (a Lance dataset's current version, the Parquet
-    files of a source or target); None for Qdrant or a missing path."""
+    files of a source or target, an embedded Qdrant collection's storage directory, its alias
+    resolved); None for a Qdrant server or in-memory store, or a missing path."""
     from connectors import parse_uri
     from connectors.parquet_store import list_parquet_files
 
     p = parse_uri(uri)
     if p.kind == "qdrant":
-        return None
+        return _embedded_qdrant_bytes(p) if p.mode == "path" else None
     if p.kind == "lance":
         from connectors.lance_store import is_dataset
         return _lance_bytes(p.path) if is_dataset(p.path) else None
@@ -180,6 +181,21 @@ def disk_bytes(uri: str) -> int | None:
             if os.path.isfile(os.path.join(p.path, n)))
     except SourceNotFoundError:
         return None
+
+
+def _embedded_qdrant_bytes(p) -> int | None:
+    """Size of ``<path>/collection/<name>`` of an embedded (``qdrant+path``) store, where
+    ``name`` is the collection an alias (a published target) points to; None when absent."""
+    from connectors.qdrant_store import client_for
+
+    name = p.collection
+    try:
+        aliases = {a.alias_name: a.collection_name
+                   for a in client_for(p, must_exist=True).get_aliases().aliases}
+    except Exception:  # storage missing or unreadable: the size is unknown, not an error
+        return None
+    folder = os.path.join(p.path, "collection", aliases.get(name, name))
+    return _du(folder) if os.path.isdir(folder) else None
 
 
 def default_pq_bytes(dim: int) -> int:
@@ -206,6 +222,17 @@ def _read_rows(path: Path, start: int, stop: int, width: int, dtype=np.uint8) ->
         f.seek(start * width * itemsize)
         buf = f.read((stop - start) * width * itemsize)
     return np.frombuffer(buf, dtype=dtype).reshape(stop - start, width)
+
+
+def _plan_text(method: str, dim: int | None, pq_bytes: int | None, select: dict | None) -> str:
+    """What a shrink will fit, for its first log line: ``tldr to d=64, PQ 16 bytes``, or the
+    candidates of a selection (``dim``/``pq_bytes`` are only known after the ``select`` stage)."""
+    if select is None:
+        return f"{method} to d={dim}, PQ {pq_bytes} bytes"
+    cands = ", ".join(f"d={d} PQ {p} B" for d, p in select["candidates"])
+    goal = (f"the smallest reaching recall@10 >= {select['target_recall']}"
+            if select.get("target_recall") is not None else "the better method")
+    return f"{'/'.join(select['methods'])}, choosing {goal} among {cands}"
 
 
 def _check_target(target_uri: str, overwrite: bool, run_id: str | None = None) -> bool:
@@ -844,14 +871,24 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         raise InvalidParameterError(
             f"The 'dim' parameter of shrink must be an int in the range [1, {src.dim - 1}] "
             f"(smaller than the dimension {src.dim} of source '{src.uri}'). Got {dim} instead.")
-    if select is None:
-        pq_bytes = default_pq_bytes(dim) if pq_bytes is None else pq_bytes
+    if select is None and pq_bytes is None:
+        pq_bytes = default_pq_bytes(dim)
+        if pq_bytes != DEFAULT_PQ_BYTES:
+            log.warning("pq_bytes (--pq-bytes) not given and the default %d does not divide "
+                        "dim=%d (PQ bytes must divide d: one sub-vector per byte): the codes take "
+                        "%d bytes, the largest divisor of %d up to %d. Pass pq_bytes "
+                        "(--pq-bytes) to choose another size.", DEFAULT_PQ_BYTES, dim, pq_bytes,
+                        dim, DEFAULT_PQ_BYTES)
     if select is None and pq_bytes and dim % pq_bytes:
         raise InvalidParameterError(
             f"The 'pq_bytes' parameter of shrink must divide dim={dim} (one sub-vector per "
             f"byte) or be 0. Got {pq_bytes} instead.")
     n_rows = src.count()
     n_train = min(n_rows, sample)
+    if n_rows == 1:
+        raise InvalidInputError(
+            f"Source '{src.uri}' has 1 row; shrink needs at least 2 (a one-row table cannot be "
+            f"shrunk: there is no neighbour to keep and nothing to learn a map from).")
     if method != "pca" and neighbors >= n_train:
         raise InvalidParameterError(
             f"The 'neighbors' parameter of shrink must be an int in the range [1, "
@@ -881,7 +918,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         resumed = work.open({"source": source_abs, "fingerprint": fingerprint,
                              "target": target_abs, "params": params,
                              "threads": threads or auto_threads()},
-                            resume=resume, overwrite=overwrite)
+                            resume=resume, overwrite=overwrite, rerun=True)
     # a resumed run keeps the first run's thread count (float sums then add up identically)
     threads = threads or work.state.get("threads") or auto_threads()
     published_already = False
@@ -891,6 +928,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         except TargetExistsError:
             if not resumed:
                 work.clear_all()  # nothing was done yet: leave no state behind
+                _drop_empty_default_parent(work, work_dir)
             raise
     c = SimpleNamespace(src=src, work=work, progress=prog, source_uri=source_uri, source_abs=source_abs,
              target_uri=target_uri, fingerprint=fingerprint, dim=dim, method=method,
@@ -904,8 +942,9 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
              ray_scan=engine == "ray" and select is None)
     seconds: dict[str, float] = {}
     skipped: list[str] = []
-    log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s to d=%d, PQ %d bytes; work dir %s.",
-             src.uri, n_rows, src.dim, src.distance, target_uri, method, dim, pq_bytes, work.root)
+    log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s; work dir %s.", src.uri, n_rows,
+             src.dim, src.distance, target_uri, _plan_text(method, dim, pq_bytes, select),
+             work.root)
     if engine == "ray" and select is not None:
         log.info("engine='ray' with method='auto'/target_recall: the scan runs on this node (the "
                  "selection measures recall against every row).")
@@ -914,6 +953,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
             _run_stages(c, skipped, seconds)
     finally:
         prog.close()
+        _drop_empty_default_parent(work, work_dir)  # a failed run leaves no empty ./tldr-work
     enc = c.infos["encode"]
     report = ShrinkReport(
         source=src.uri, target=target_uri, method=c.method, metric=src.distance,
@@ -930,9 +970,15 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         first_invalid_id=c.infos["scan"].get("first_invalid_id"))
     if not keep_work:
         work.clear_all()
-        if work_dir is None:  # the default parent (./tldr-work) goes too once empty
-            try:
-                work.root.parent.rmdir()
-            except OSError:
-                pass
+        _drop_empty_default_parent(work, work_dir)
     return report
+
+
+def _drop_empty_default_parent(work: WorkDir, work_dir) -> None:
+    """Remove the default work parent (``./tldr-work`` or ``$TLDR_INDEX_WORK``) once it is
+    empty, after a finished or a failed run; a ``work_dir`` the caller named is left alone."""
+    if work_dir is None:
+        try:
+            work.root.parent.rmdir()
+        except OSError:  # not empty (another run's checkpoints) or gone
+            pass

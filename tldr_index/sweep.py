@@ -30,7 +30,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ._validation import check_choice, check_float, check_int
-from .errors import InvalidParameterError
+from .errors import InvalidInputError, InvalidParameterError
 from .progress import Progress, as_progress
 from .tables import fmt_float
 
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DIMS = (16, 32, 64, 128)
 CRITERIA = ("pq", "rescored", "float")
+EXIT_NOT_REACHED = 6  # `tldr-index sweep --target-recall`: no candidate reaches it
 PQ_TRAIN_ROWS = 65_536  # as the encode stage
 
 
@@ -254,6 +255,79 @@ def choose(configs: list[SweepConfig], plan: dict, queries: int) -> tuple[SweepC
     return chosen, reason + f"; measured on {queries} held-out rows"
 
 
+def _name(c: SweepConfig) -> str:
+    return f"{c.method} d={c.dim} PQ {c.pq_bytes} B"
+
+
+def measured_line(configs: list[SweepConfig]) -> str:
+    """Every candidate's recall@10 (PQ codes / with --rescore / reduced float vectors)."""
+    return "; ".join(f"{_name(c)} {fmt_float(c.recall_pq)} / {fmt_float(c.recall_rescored)} / "
+                     f"{fmt_float(c.recall_float)}" for c in configs)
+
+
+def unreached_advice(configs: list[SweepConfig], plan: dict, source_dim: int, *,
+                     owner: str) -> str:
+    """What was measured and which flag values could reach ``plan["target_recall"]`` when no
+    candidate does (``owner``: "shrink" or "sweep", whose flags differ: shrink's ``--pq-bytes``
+    takes one size, sweep's a list). Rules, from the figures alone:
+
+    * the rescored search reaches the target: name the smallest such candidate (``--rescore``);
+    * the float vectors of some d reach it but its PQ codes do not: more PQ bytes at that d
+      (divisors of d above the largest measured, at most d), or no codes (``--pq-bytes 0``);
+    * no float vector reaches it: larger dims (below the source's dimension), since PQ recall
+      is bounded by the float recall of the same d.
+    """
+    crit, target = plan["criterion"], plan["target_recall"]
+    best = max(configs, key=lambda c: c.score(crit))
+    tips = []
+
+    def flags(d: int, pqs: list[int]) -> str:
+        if owner == "sweep":
+            return f"--dims {d} --pq-bytes {','.join(map(str, pqs))}"
+        return f"--dim {d} --pq-bytes {pqs[0]}"
+
+    if crit != "rescored":
+        resc = sorted((c for c in configs if (c.recall_rescored or 0) >= target),
+                      key=lambda c: (c.pq_bytes, c.dim))
+        if resc:
+            c = resc[0]
+            tips.append(f"search --rescore reaches it: {_name(c)} gives "
+                        f"{fmt_float(c.recall_rescored)} rescored (shrink --dim {c.dim} --pq-bytes "
+                        f"{c.pq_bytes}, then search --rescore; sweep --criterion rescored "
+                        f"selects on it)")
+    if crit == "pq":
+        floats = sorted((c for c in configs if c.recall_float >= target),
+                        key=lambda c: (c.dim, c.method))
+        if floats:
+            c = floats[0]
+            have = max(x.pq_bytes for x in configs if x.dim == c.dim)
+            more = [p for p in range(have + 1, c.dim + 1) if c.dim % p == 0 and p >= 2 * have]
+            more = more[:2] if owner == "sweep" else more[:1]
+            if more:
+                tips.append(f"the float vectors of d={c.dim} reach {fmt_float(c.recall_float)} "
+                            f"but {have}-byte codes lose it: more PQ bytes at that d "
+                            f"({flags(c.dim, more)}; bytes must divide d)")
+            tips.append(f"or store no codes and search the float vectors "
+                        f"({flags(c.dim, [0])}, recall@10 {fmt_float(c.recall_float)})")
+    if not any(c.recall_float >= target for c in configs):
+        top = max(configs, key=lambda c: (c.recall_float, -c.dim))
+        big = max(c.dim for c in configs)
+        larger = [d for d in (2 * big, 4 * big) if d < source_dim] or \
+            ([source_dim - 1] if big < source_dim - 1 else [])
+        if larger:
+            tips.append(f"no measured d reaches it even as float vectors (best "
+                        f"{fmt_float(top.recall_float)} at d={top.dim}): try larger dims "
+                        f"(--dims {','.join(map(str, larger))})")
+        else:
+            tips.append(f"no d below the source's {source_dim} reaches it even as float vectors "
+                        f"(best {fmt_float(top.recall_float)} at d={top.dim})")
+    tips.append(f"or lower --target-recall to {fmt_float(best.score(crit))} or less")
+    note = (" shrink's --pq-bytes takes one size; compare several first with tldr-index sweep "
+            "--pq-bytes B,B,..." if owner == "shrink" else "")
+    return (f"Measured recall@10 (PQ / rescored / float): {measured_line(configs)}. "
+            f"What would help: {'; '.join(tips)}.{note}")
+
+
 def select(c: SimpleNamespace) -> dict:
     """The ``select`` stage of shrink: measure ``c.select``'s candidates, pick one, and return
     the stage info (``chosen``, ``reason``, every candidate's figures). Raises when
@@ -264,8 +338,8 @@ def select(c: SimpleNamespace) -> dict:
     chosen, reason = choose(configs, plan, q["queries"])
     if chosen is None:
         raise InvalidParameterError(
-            f"The 'target_recall' parameter of shrink cannot be reached: {reason}. Lower it, or "
-            f"add larger dims (dims=, --dims) or PQ sizes (pq_bytes=, --pq-bytes).")
+            f"The 'target_recall' parameter of shrink cannot be reached: {reason}. "
+            f"{unreached_advice(configs, plan, c.src.dim, owner='shrink')}")
     log.info("Selection: %s.", reason)
     return {"chosen": {"method": chosen.method, "dim": chosen.dim, "pq_bytes": chosen.pq_bytes},
             "reason": reason, "criterion": plan["criterion"],
@@ -320,6 +394,10 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                           "auto" if method == "auto" else method, target_recall, owner=o,
                           criterion=criterion)
     n_train = min(src.count(), sample)
+    if src.count() == 1:
+        raise InvalidInputError(
+            f"Source '{src.uri}' has 1 row; sweep needs at least 2 (a one-row table cannot be "
+            f"shrunk: there is no neighbour to keep and nothing to learn a map from).")
     if method != "pca" and neighbors >= n_train:
         raise InvalidParameterError(
             f"The 'neighbors' parameter of sweep must be an int in the range [1, "
@@ -360,7 +438,9 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
     finally:
         prog.close()
     chosen, reason = choose(configs, plan, q["queries"])
-    log.info("Sweep: %s.", reason)
+    if chosen is None and target_recall is not None:
+        reason += ". " + unreached_advice(configs, plan, src.dim, owner="sweep")
+    log.info("Sweep: %s.", reason.rstrip("."))
     if not keep_work:
         work.clear_all()
     seconds["total"] = time.perf_counter() - t_all

@@ -59,13 +59,19 @@ class WorkDir:
         self.state: dict = {}
 
     # -- identity ----------------------------------------------------------------------------
-    def open(self, identity: dict, *, resume: bool, overwrite: bool) -> bool:
+    def open(self, identity: dict, *, resume: bool, overwrite: bool,
+             rerun: bool = False) -> bool:
         """Start or continue a run with ``identity`` (``source``, ``fingerprint``, ``target``,
         ``params``). Returns True when earlier checkpoints are kept (a resumed run).
 
         Raises :class:`CheckpointError` when the directory holds another run that ``resume`` may
         not continue (different source data or parameters) or an unfinished run while
         ``resume`` is off, unless ``overwrite`` (then it is cleared).
+
+        ``rerun=True`` (a plain rerun of shrink, neither ``resume`` nor ``overwrite``): an
+        unfinished run is never an error. The same run (same source data and parameters) is
+        resumed by itself, any other is discarded and the run starts over; one INFO line says
+        which.
         """
         state_path = self.root / STATE_FILE
         if self.root.exists() and not state_path.exists() and any(self.root.iterdir()):
@@ -82,7 +88,17 @@ class WorkDir:
                 self.state = old
                 log.info("Resuming run %s from %s.", old["run_id"], self.root)
                 return True
-            if not overwrite:
+            if rerun and not resume and not overwrite:
+                if problem is None:
+                    self.state = old
+                    log.info("Resuming the unfinished run %s in %s by itself (same source and "
+                             "parameters; checkpoints are re-checked). Pass --overwrite to start "
+                             "over instead.", old.get("run_id"), self.root)
+                    return True
+                log.info("Starting over in %s: the unfinished run there cannot be resumed (%s).",
+                         self.root, problem)
+                self.clear_all()
+            elif not overwrite:
                 if problem is None:
                     raise CheckpointError(
                         f"Work directory '{self.root}' holds an unfinished run of this shrink; pass "
@@ -91,9 +107,10 @@ class WorkDir:
                 raise CheckpointError(
                     f"Work directory '{self.root}' holds a run that cannot be resumed: {problem}; "
                     f"pass overwrite=True (--overwrite) to start over.")
-            log.info("Discarding the earlier run in %s (%s).", self.root,
-                     problem or "overwrite requested")
-            self.clear_all()
+            else:
+                log.info("Discarding the earlier run in %s (%s).", self.root,
+                         problem or "overwrite requested")
+                self.clear_all()
         elif resume:
             log.info("Nothing to resume in %s: starting a new run.", self.root)
         self.root.mkdir(parents=True, exist_ok=True)

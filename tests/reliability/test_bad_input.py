@@ -92,6 +92,10 @@ def _bad_tables():
         "empty": (pa.table({"id": pa.array([], pa.int64()),
                             "vector": pa.array([], pa.list_(pa.float32(), 8))}), {},
                   InvalidInputError, "Source '{src}' is empty: it has 0 rows."),
+        "one_row": (pa.table({"id": ids[:1], "vector": numpy_to_fsl(X[:1])}), {},
+                    InvalidInputError,
+                    "Source '{src}' has 1 row; shrink needs at least 2 (a one-row table cannot "
+                    "be shrunk: there is no neighbour to keep and nothing to learn a map from)."),
     }
 
 
