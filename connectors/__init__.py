@@ -20,7 +20,7 @@ from .uri import ParsedURI, absolute_uri, default_target_uri, lancedb_uri, parse
 
 __all__ = ["open_source", "open_sink", "open_target", "Source", "Sink", "Target", "Layout", "Piece",
            "IdDigest", "ids_digest", "parse_uri", "redact", "lancedb_uri", "default_target_uri",
-           "absolute_uri",
+           "absolute_uri", "disk_bytes", "discard_staging",
            "DISTANCES", "ParsedURI"]
 
 
@@ -82,3 +82,23 @@ def open_target(uri: str | os.PathLike, **opts: Any) -> Target:
         return ParquetTarget(os.path.abspath(p.path), uri=shown, **opts)
     from .qdrant_store import QdrantTarget
     return QdrantTarget(p, uri=shown, **opts)
+
+
+def disk_bytes(uri: str | os.PathLike) -> int | None:
+    """Bytes on disk of a file-based collection, source or target (a Lance dataset's latest
+    version, the Parquet files named plus tldr-index sidecars), without opening it as a source or
+    target (no column checks). None for Qdrant or a path where nothing is. Cost: file sizes."""
+    p = parse_uri(uri)
+    if p.kind == "lance":
+        from .lance_store import disk_bytes_at as lance_bytes
+        return lance_bytes(p.path)
+    if p.kind == "parquet":
+        from .parquet_store import disk_bytes_at as parquet_bytes
+        return parquet_bytes(p.path, str(uri))
+    return None
+
+
+def discard_staging(target_uri: str | os.PathLike, ref: dict) -> None:
+    """Remove what an interrupted write of ``target_uri`` left behind: the staging area recorded
+    as ``ref`` (a :meth:`Sink.staging_ref`); never the published target. Best effort."""
+    open_sink(target_uri).discard_staging(ref)

@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +46,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
+
+from connectors import discard_staging, disk_bytes  # noqa: F401 (disk_bytes re-exported)
 
 from . import __version__
 from ._faults import wrap_progress
@@ -132,56 +133,6 @@ class ShrinkReport:
 
 # ---------------------------------------------------------------------------------- helpers
 
-def _du(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(root, f))
-               for root, _, files in os.walk(path) for f in files)
-
-
-def _lance_bytes(path: str) -> int:
-    """Bytes of the current version of a Lance dataset: its data and deletion files, its indices
-    and the tldr-index sidecar (older versions, kept for rollback, are not counted)."""
-    import lance
-
-    ds = lance.dataset(path)
-    total = 0
-    for frag in ds.get_fragments():
-        for df in frag.data_files():
-            total += df.file_size_bytes or _du(os.path.join(path, "data", df.path))
-        dele = frag.metadata.deletion_file
-        if dele is not None:  # pylance 14: path(fragment_id) -> "_deletions/<file>"
-            rel = dele.path(frag.fragment_id) if callable(dele.path) else dele.path
-            total += _du(os.path.join(path, rel))
-    for idx in ds.list_indices():
-        uuid_ = idx.get("uuid") if isinstance(idx, dict) else None
-        if uuid_ and os.path.isdir(os.path.join(path, "_indices", str(uuid_))):
-            total += _du(os.path.join(path, "_indices", str(uuid_)))
-    side = os.path.join(path, "_tldr")
-    return total + (_du(side) if os.path.isdir(side) else 0)
-
-
-def disk_bytes(uri: str) -> int | None:
-    """Bytes on disk of a file-based collection (a Lance dataset's current version, the Parquet
-    files of a source or target); None for Qdrant or a missing path."""
-    from connectors import parse_uri
-    from connectors.parquet_store import list_parquet_files
-
-    p = parse_uri(uri)
-    if p.kind == "qdrant":
-        return None
-    if p.kind == "lance":
-        from connectors.lance_store import is_dataset
-        return _lance_bytes(p.path) if is_dataset(p.path) else None
-    try:
-        return sum(_du(f) for f in list_parquet_files(p.path, uri)) + sum(
-            _du(os.path.join(p.path, n)) for n in ("_tldr_model.safetensors",
-                                                   "_tldr_metadata.json")
-            if os.path.isfile(os.path.join(p.path, n)))
-    except SourceNotFoundError:
-        return None
-
-
 def default_pq_bytes(dim: int) -> int:
     """16 bytes (the paper's setting) or the largest divisor of ``dim`` below it."""
     return max(m for m in range(1, min(DEFAULT_PQ_BYTES, dim) + 1) if dim % m == 0)
@@ -228,29 +179,6 @@ def _check_target(target_uri: str, overwrite: bool, run_id: str | None = None) -
             f"Target '{target_uri}' already exists. Pass overwrite=True (--overwrite) to replace "
             f"it.")
     return False
-
-
-def _discard_staging(ref: dict, target_uri: str) -> None:
-    """Remove what an interrupted write left behind (a staging directory or collection)."""
-    if ref.get("path"):
-        path = ref["path"]
-        if ".tldr-staging-" in os.path.basename(path) and os.path.isdir(path):
-            log.info("Removing abandoned staging directory %s.", path)
-            shutil.rmtree(path, ignore_errors=True)
-    elif ref.get("collection"):
-        from connectors import parse_uri
-        from connectors.qdrant_store import client_for
-
-        p = parse_uri(target_uri)
-        client = client_for(p)
-        try:
-            aliased = {a.collection_name for a in client.get_aliases().aliases}
-            names = {c.name for c in client.get_collections().collections}
-            if ref["collection"] in names and ref["collection"] not in aliased:
-                log.info("Removing abandoned staging collection %s.", ref["collection"])
-                client.delete_collection(ref["collection"])
-        except Exception as exc:  # best effort: a leftover only wastes space
-            log.warning("Could not remove staging collection %s: %s", ref["collection"], exc)
 
 
 # ---------------------------------------------------------------------------------- stages
@@ -519,8 +447,7 @@ def _stage_write(c: SimpleNamespace) -> dict:
     n = c.infos["scan"]["rows"]
     out = c.work.stage_dir("write", clear=True)
     sink = open_sink(c.target_uri, **c.sink_options)
-    ref = {"path": getattr(sink, "staging", None)}
-    (out / "staging.json").write_text(json.dumps(ref))
+    (out / "staging.json").write_text(json.dumps(sink.staging_ref()))
     infos: dict = {}
     try:
         t0 = time.perf_counter()
@@ -528,8 +455,7 @@ def _stage_write(c: SimpleNamespace) -> dict:
         sink.create(schema, id_column=c.src.id_column, vector_column=c.src.vector_column,
                     distance=c.metric, codes_column=CODES_COLUMN if c.pq_bytes else None,
                     overwrite=c.overwrite)
-        ref["collection"] = getattr(sink, "collection", None)
-        (out / "staging.json").write_text(json.dumps(ref))
+        (out / "staging.json").write_text(json.dumps(sink.staging_ref()))
         if c.engine == "ray":
             from .ray_engine import write_with_ray
 
@@ -663,7 +589,7 @@ def _run_stages(c: SimpleNamespace, skipped: list, seconds: dict) -> None:
     else:
         staging = work.root / "write" / "staging.json"
         if staging.exists():
-            _discard_staging(json.loads(staging.read_text()), c.target_uri)
+            discard_staging(c.target_uri, json.loads(staging.read_text()))
         for stage in ("write", "verify", "publish"):
             work.undo(stage)
         for stage, stage_info in _stage_write(c).items():
