@@ -270,7 +270,8 @@ def write_with_ray(src, sink, model: CompactModel, schema: pa.Schema, *,
         job = encode_dataset(ds, model, schema, vector_column=src.vector_column,
                              codes_column=codes_column, batch_rows=batch_rows,
                              shard_rows=shard_rows, workers=workers, source=src.uri,
-                             writer=writer, skip_invalid=skip_invalid, cosine=src.distance == "cosine")
+                             writer=writer, skip_invalid=skip_invalid,
+                             cosine=src.distance == "cosine")
         for out in job.iter_batches(batch_size=None, batch_format="pyarrow"):
             for err in out.column("error").drop_null().to_pylist():
                 _raise_worker_error(err)
