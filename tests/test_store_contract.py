@@ -11,6 +11,7 @@ what a distributed engine can ask a store for (Ray read, shard writer). Store-sp
 
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 import re
@@ -368,3 +369,56 @@ def test_distributed_hooks(store):
     sink.publish()
     got = open_target(store.target).ids().to_pylist()
     assert got == store.ids[50:] + store.ids[:50]  # in the order the shards were adopted
+
+
+# ------------------------------------------------------------------------------------- layering
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOTTOM = {"tldr_index.errors", "tldr_index._validation", "tldr_index.artifact",
+          "tldr_index.progress", "tldr_index.version", "tldr_index._oserrors",
+          "tldr_index._threads", "tldr_index._faults"}
+STORE_CLASSES = {f"{s}{r}" for s in ("Lance", "Parquet", "Qdrant")
+                 for r in ("Source", "Sink", "Target")}
+
+
+def _modules(package: str):
+    for dirpath, _, files in os.walk(os.path.join(ROOT, package)):
+        for f in sorted(files):
+            if f.endswith(".py"):
+                path = os.path.join(dirpath, f)
+                with open(path) as fh:
+                    yield os.path.relpath(path, ROOT), ast.parse(fh.read())
+
+
+def test_connectors_import_only_the_bottom_layer():
+    bad = []
+    for rel, tree in _modules("connectors"):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
+                    node.module.split(".")[0] == "tldr_index" and node.module not in BOTTOM:
+                bad.append(f"{rel}: from {node.module} import ...")
+            elif isinstance(node, ast.Import):
+                bad += [f"{rel}: import {a.name}" for a in node.names
+                        if a.name.split(".")[0] == "tldr_index" and a.name not in BOTTOM]
+    assert bad == []
+
+
+def test_the_engine_uses_stores_only_through_the_base_classes():
+    """No store class, class-name switch or private attribute of a connector object outside
+    connectors/ (a new store touches its own module and its tests)."""
+    bad = []
+    for rel, tree in _modules("tldr_index"):
+        for node in ast.walk(tree):
+            name = node.id if isinstance(node, ast.Name) else \
+                node.attr if isinstance(node, ast.Attribute) else None
+            if name in STORE_CLASSES or name == "kind_of":
+                bad.append(f"{rel}:{node.lineno} {name}")
+            if isinstance(node, ast.ImportFrom) and node.module and \
+                    node.module.startswith("connectors."):
+                bad += [f"{rel}:{node.lineno} {a.name}" for a in node.names
+                        if a.name in STORE_CLASSES or a.name.startswith("_")]
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and \
+                    not node.attr.startswith("__") and isinstance(node.value, ast.Name) and \
+                    node.value.id in ("src", "source", "sink", "tgt", "target", "new"):
+                bad.append(f"{rel}:{node.lineno} {node.value.id}.{node.attr}")
+    assert bad == []
