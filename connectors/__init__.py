@@ -6,7 +6,10 @@
 
 Modules: ``base`` (protocol), ``uri`` (parsing), ``arrow_utils`` (vector columns, validation),
 ``ids`` (id hashing, digest, duplicates), ``lance_store``, ``parquet_store``, ``qdrant_store``.
-Tests: ``tests/test_connectors_*.py``.
+Each store module owns everything specific to its store (reading, the sink, deltas, rollback,
+disk size, staging clean-up, its Ray Data read); the engine calls only the base classes' public
+methods (see ``connectors/README.md``). Tests: ``tests/test_store_contract.py`` (the same contract
+on every store), ``tests/test_connectors_*.py`` (what only one store does).
 """
 
 from __future__ import annotations

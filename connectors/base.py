@@ -709,8 +709,9 @@ class Target(abc.ABC):
         return None
 
     def id_type(self) -> pa.DataType:
-        """Arrow type of the ids (int64 or string for Qdrant; the id column's type otherwise)."""
-        return self.row_schema().field(self.layout.id_column).type
+        """Arrow type of the ids: the id column's type (int64 while no row is stored)."""
+        schema = self.row_schema()
+        return pa.int64() if schema is None else schema.field(self.layout.id_column).type
 
     @abc.abstractmethod
     def fetch_vectors(self, ids: pa.Array) -> tuple[list, np.ndarray]:
