@@ -84,7 +84,7 @@ def fixed_model(src, dim: int, pq_bytes: int, sample: int = 20_000, seed: int = 
     from tldr_index.quantizer import ProductQuantizer
 
     idx = np.sort(np.random.default_rng(seed).choice(src.count(), sample, replace=False))
-    X = vectors_to_numpy(src._ds.take(idx, columns=[src.vector_column]).column(0))
+    X = vectors_to_numpy(src.read_rows(idx, [src.vector_column]).column(0))
     X = np.ascontiguousarray(X, dtype=np.float32)
     pca = PCA(dim).fit(X)
     pq = ProductQuantizer(pq_bytes, metric=src.distance, random_state=seed).fit(pca.transform(X))

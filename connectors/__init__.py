@@ -6,7 +6,10 @@
 
 Modules: ``base`` (protocol), ``uri`` (parsing), ``arrow_utils`` (vector columns, validation),
 ``ids`` (id hashing, digest, duplicates), ``lance_store``, ``parquet_store``, ``qdrant_store``.
-Tests: ``tests/test_connectors_*.py``.
+Each store module owns everything specific to its store (reading, the sink, deltas, rollback,
+disk size, staging clean-up, its Ray Data read); the engine calls only the base classes' public
+methods (see ``connectors/README.md``). Tests: ``tests/test_store_contract.py`` (the same contract
+on every store), ``tests/test_connectors_*.py`` (what only one store does).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from .uri import ParsedURI, absolute_uri, default_target_uri, lancedb_uri, parse
 
 __all__ = ["open_source", "open_sink", "open_target", "Source", "Sink", "Target", "Layout", "Piece",
            "IdDigest", "ids_digest", "parse_uri", "redact", "lancedb_uri", "default_target_uri",
-           "absolute_uri",
+           "absolute_uri", "disk_bytes", "discard_staging",
            "DISTANCES", "ParsedURI"]
 
 
@@ -82,3 +85,25 @@ def open_target(uri: str | os.PathLike, **opts: Any) -> Target:
         return ParquetTarget(os.path.abspath(p.path), uri=shown, **opts)
     from .qdrant_store import QdrantTarget
     return QdrantTarget(p, uri=shown, **opts)
+
+
+def disk_bytes(uri: str | os.PathLike) -> int | None:
+    """Bytes on disk of a file-based collection, source or target (a Lance dataset's latest
+    version, the Parquet files named plus tldr-index sidecars), an embedded Qdrant collection's storage
+    directory, its alias resolved), without opening it as a source or target (no column checks).
+    None for a Qdrant server or in-memory store, or a path where nothing is. Cost: file sizes."""
+    p = parse_uri(uri)
+    if p.kind == "lance":
+        from .lance_store import disk_bytes_at as lance_bytes
+        return lance_bytes(p.path)
+    if p.kind == "parquet":
+        from .parquet_store import disk_bytes_at as parquet_bytes
+        return parquet_bytes(p.path, str(uri))
+    from .qdrant_store import disk_bytes_at as qdrant_bytes
+    return qdrant_bytes(p)
+
+
+def discard_staging(target_uri: str | os.PathLike, ref: dict) -> None:
+    """Remove what an interrupted write of ``target_uri`` left behind: the staging area recorded
+    as ``ref`` (a :meth:`Sink.staging_ref`); never the published target. Best effort."""
+    open_sink(target_uri).discard_staging(ref)

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -32,10 +33,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tldr_index import __version__
 from tldr_index._validation import check_choice, check_int
 from tldr_index.errors import (InvalidInputError, InvalidParameterError, MissingColumnError,
                                ModelFormatError, SinkStateError)
+from tldr_index.version import __version__
 
 from . import arrow_utils as au
 from .ids import DuplicateIdTracker, IdDigest, is_id_type
@@ -171,6 +172,17 @@ class Source(abc.ABC):
         them. Raises :class:`InvalidParameterError` for stores without ranges (Qdrant)."""
         raise InvalidParameterError(
             f"Source '{self.uri}' ({type(self).__name__}) cannot read rows by position.")
+
+    def ray_read(self, columns: Sequence[str]) -> tuple[Any, int] | None:
+        """``(ray.data.Dataset of columns, read tasks)``: the rows in stream order through Ray
+        Data's own reader for this store (one read task per data file), or None where Ray Data
+        has no reader for it (Qdrant). Lazy: nothing is read before the dataset is consumed."""
+        return None
+
+    def disk_bytes(self) -> int | None:
+        """Bytes on disk of the rows read (data files, indices, sidecars); None for a store that
+        is not files (Qdrant). Cost: file sizes from metadata, no data read."""
+        return None
 
     def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS, *,
                      check_duplicates: bool = True,
@@ -542,6 +554,32 @@ class Sink(abc.ABC):
         if self.state != "published":
             self.abort()
 
+    # -- staging areas (a killed run leaves one; the next run removes it by its reference)
+    @abc.abstractmethod
+    def staging_ref(self) -> dict:
+        """JSON-able reference to this sink's staging area (``{"path": dir}`` or
+        ``{"collection": name}``), recorded by a caller so that a run killed before
+        :meth:`publish` can be cleaned up by :meth:`discard_staging`."""
+
+    @abc.abstractmethod
+    def discard_staging(self, ref: dict) -> None:
+        """Remove the staging area of ``ref`` (a :meth:`staging_ref` of an earlier sink of the
+        same target) if it is still there; never a published target. Best effort, idempotent."""
+
+    # -- distributed writes (Ray workers write shards into staging; the sink adopts them)
+    def shard_writer(self) -> Callable[[pa.Schema, Iterator[pa.RecordBatch]], str] | None:
+        """A picklable ``writer(schema, batches) -> shard`` that another process can call to write
+        rows into this sink's staging area (call it after :meth:`create`); ``shard`` is a short
+        text that :meth:`adopt_shards` takes back. None where the store has no shard files
+        (Qdrant)."""
+        return None
+
+    def adopt_shards(self, shards: Sequence[str], rows: int) -> None:
+        """Take the shards written by :meth:`shard_writer` (``rows`` in all) as the next rows of
+        the target, in the order given; checked with the rest at :meth:`verify`."""
+        raise InvalidParameterError(
+            f"{type(self).__name__} for '{self.uri}' cannot adopt shards written elsewhere.")
+
     @abc.abstractmethod
     def _create(self) -> None: ...
 
@@ -580,6 +618,41 @@ def digest_id_piece(locator: tuple, id_column: str) -> tuple[int, int, int]:
     return digest.state()
 
 
+def concat_ids(parts: Sequence[pa.Array | pa.ChunkedArray]) -> pa.Array:
+    """One id array from batches' id columns (int64 and empty when there are none)."""
+    if not parts:
+        return pa.array([], type=pa.int64())
+    return pa.concat_arrays([p.combine_chunks() if isinstance(p, pa.ChunkedArray) else p
+                             for p in parts])
+
+
+def updated_record_text(record: dict, metadata: dict) -> str:
+    """JSON text of ``record`` with new ``metadata`` and a new write time (a delta keeps the
+    layout and model of the record)."""
+    rec = dict(record)
+    rec["metadata"] = metadata
+    rec["writer"] = dict(rec.get("writer", {}), written_utc=_dt.datetime.now(
+        _dt.timezone.utc).isoformat(timespec="seconds"))
+    return dump_record(rec)
+
+
+def discard_staging_dir(ref: dict) -> None:
+    """Remove the staging directory ``ref["path"]`` of a file store if it is still there (only a
+    ``.tldr-staging-`` directory, never anything else)."""
+    path = ref.get("path")
+    if path and ".tldr-staging-" in os.path.basename(path) and os.path.isdir(path):
+        log.info("Removing abandoned staging directory %s.", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def file_bytes(path: str) -> int:
+    """Bytes of a file, or of every file under a directory."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(path) for f in files)
+
+
 def verify_counts(where: str, expected_count: int, got_count: int,
                   expected_digest: str | None, got_digest: str | None) -> None:
     """Shared comparison for :meth:`Sink.verify`."""
@@ -604,6 +677,11 @@ class Target(abc.ABC):
     uri: str
     record: dict
     model_bytes: bytes
+    #: the store's name in version handles (``{"kind": ...}``, kept in a reindex history on disk)
+    kind: str = ""
+    #: True where the store normalises cosine vectors as it writes them (Qdrant): a vector read
+    #: back then equals the one written only up to its norm
+    normalizes_cosine: bool = False
 
     @property
     def metadata(self) -> dict:
@@ -630,6 +708,95 @@ class Target(abc.ABC):
         """The ``k`` nearest rows to ``query`` (a reduced vector of length d) as a table with the id
         column and ``_distance`` (lower is better, in the store's units)."""
         raise NotImplementedError(f"{type(self).__name__} does not support search.")
+
+    # -- reading what a delta needs
+    def ids(self) -> pa.Array:
+        """Every id, in :meth:`iter_batches` order (memory: the ids; reads the id column only)."""
+        return concat_ids([b.column(0) for b in self.iter_columns([self.layout.id_column])])
+
+    def row_schema(self) -> pa.Schema | None:
+        """Schema of the stored rows (without metadata), which new rows must have; None for a
+        schemaless store (Qdrant: the payload is JSON)."""
+        return None
+
+    def id_type(self) -> pa.DataType:
+        """Arrow type of the ids: the id column's type (int64 while no row is stored)."""
+        schema = self.row_schema()
+        return pa.int64() if schema is None else schema.field(self.layout.id_column).type
+
+    @abc.abstractmethod
+    def fetch_vectors(self, ids: pa.Array) -> tuple[list, np.ndarray]:
+        """``(found ids, their stored reduced vectors as float32 (n, d))`` for those of ``ids``
+        that are stored, in the store's order; ids not stored are left out. Cost: one filtered
+        read (Lance, Parquet) or one ``retrieve`` (Qdrant) of the rows asked."""
+
+    def disk_bytes(self) -> int | None:
+        """Bytes on disk of the live version (data files, indices, model sidecar; older versions
+        kept for rollback are not counted); None for a store that is not files (Qdrant)."""
+        return None
+
+    # -- changing a published target by a delta, and switching back
+    @abc.abstractmethod
+    def current_handle(self) -> dict:
+        """JSON-able handle of the live version (``{"kind": ..., ...}``): what
+        :meth:`rollback_to` needs to come back to it after :meth:`apply_delta`."""
+
+    @abc.abstractmethod
+    def apply_delta(self, rows: pa.Table, delete_ids: pa.Array, metadata: dict, *,
+                    expected_count: int, expected_digest: str | None,
+                    batch_rows: int = DEFAULT_BATCH_ROWS,
+                    staged: Callable[[dict], None] | None = None) -> dict:
+        """Replace the rows of ``rows``' ids, add the new ones, delete ``delete_ids`` and store
+        ``metadata`` in the record, as one switch: readers see the old rows or the new ones,
+        never a mix. ``rows`` has :meth:`row_schema` (any schema for Qdrant). Returns the handle
+        of the version replaced (kept for :meth:`rollback_to`). Raises
+        :class:`VerificationError` (and keeps or restores the old version) unless the result
+        holds ``expected_count`` rows (and, where the store stages a copy, ids digest
+        ``expected_digest``).
+
+        ``staged(ref)`` is called before anything is written into a new version with the
+        :meth:`Sink.staging_ref` of the staging area, so that a caller can record it and remove
+        what a killed run left (:meth:`Sink.discard_staging`). Cost per store: see its module."""
+
+    def upsert(self, rows: pa.Table, *, batch_rows: int = 4096, max_retries: int = 5) -> None:
+        """Insert ``rows`` (:meth:`row_schema`), replacing stored rows with the same ids. Stores
+        that can write in place (Lance: a commit per ``batch_rows``; Qdrant: retried upserts)
+        override this; the default publishes one new version with :meth:`apply_delta` (a pass
+        over the stored rows)."""
+        old = self.ids()
+        new = rows.column(self.layout.id_column).combine_chunks().cast(old.type)
+        kept = old.filter(pc.invert(pc.is_in(old, value_set=new)))
+        digest = IdDigest()
+        digest.update(kept)
+        digest.update(new)
+        self.apply_delta(rows, old.slice(0, 0), dict(self.metadata),
+                         expected_count=len(kept) + len(new), expected_digest=digest.hexdigest(),
+                         batch_rows=batch_rows)
+
+    def rollback_to(self, handle: dict) -> dict:
+        """Switch the target back to the version of ``handle`` (from :meth:`current_handle` or
+        :meth:`apply_delta`); returns the handle of the version left, so that a second rollback
+        undoes the first. Raises :class:`InvalidInputError` if the handle is for another store
+        or its version is gone."""
+        if handle.get("kind") != self.kind:
+            raise InvalidInputError(
+                f"The rollback record of target '{self.uri}' is for a {handle.get('kind')} "
+                f"target. Got a {self.kind} target.")
+        return self._rollback_to(handle)
+
+    @abc.abstractmethod
+    def _rollback_to(self, handle: dict) -> dict: ...
+
+    def keep_previous_options(self) -> dict | None:
+        """Sink options that keep the live version when a sink replaces this target (so that
+        :meth:`rollback_to` can come back to it); None where the store keeps it anyway (Lance
+        versions)."""
+        return None
+
+    def prune_versions(self, keep: Sequence[dict] = ()) -> None:
+        """Delete older versions the store keeps as separate copies (Qdrant collections of this
+        alias), except the live one and those of the handles ``keep``. Best effort; a no-op
+        where versions cost nothing extra or only one is kept (Lance, Parquet)."""
 
     def to_table(self) -> pa.Table:
         """Everything in memory (for tests and small targets)."""

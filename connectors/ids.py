@@ -24,7 +24,8 @@ _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _M3, _M4 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 
 
-def _splitmix(x: np.ndarray) -> np.ndarray:
+def splitmix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser of uint64 keys, elementwise (a new array; wraps around mod 2**64)."""
     with np.errstate(over="ignore"):
         x = x + _GOLDEN
         x = (x ^ (x >> np.uint64(30))) * _M1
@@ -32,7 +33,9 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def _fmix(x: np.ndarray) -> np.ndarray:  # murmur3 finaliser: a second, independent mixer
+def fmix(x: np.ndarray) -> np.ndarray:
+    """murmur3 ``fmix64`` of uint64 keys, elementwise: a second mixer, independent of
+    :func:`splitmix`."""
     with np.errstate(over="ignore"):
         x = (x ^ (x >> np.uint64(33))) * _M3
         x = (x ^ (x >> np.uint64(33))) * _M4
@@ -60,7 +63,7 @@ def hash_ids(ids: pa.Array | pa.ChunkedArray | list) -> np.ndarray:
             raw = ids.to_numpy(zero_copy_only=False).astype(np.uint64, copy=False)
         else:
             raw = ids.cast(pa.int64()).to_numpy(zero_copy_only=False).view(np.uint64)
-        return _splitmix(raw)
+        return splitmix(raw)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         out = np.empty(len(ids), dtype=np.uint64)
         for i, s in enumerate(ids.to_pylist()):
@@ -89,8 +92,8 @@ class IdDigest:
     def update_keys(self, keys: np.ndarray) -> None:
         """``update`` with keys already computed by :func:`hash_ids`."""
         with np.errstate(over="ignore"):
-            self._a = np.uint64(self._a + _splitmix(keys).sum(dtype=np.uint64))
-            self._b = np.uint64(self._b + _fmix(keys ^ _GOLDEN).sum(dtype=np.uint64))
+            self._a = np.uint64(self._a + splitmix(keys).sum(dtype=np.uint64))
+            self._b = np.uint64(self._b + fmix(keys ^ _GOLDEN).sum(dtype=np.uint64))
         self.count += len(keys)
 
     def state(self) -> tuple[int, int, int]:

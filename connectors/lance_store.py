@@ -23,31 +23,44 @@ Atomic publish:
   ``checkout``/rollback). Only a dataset holding a ``tldr_index`` record is ever replaced, so a
   source table can never be overwritten by mistake. The index is then added as the next version: between the two commits
   readers see all rows and the new model, searched by a flat scan.
+
+Delta (:meth:`LanceTarget.apply_delta`): one ``merge_insert`` commit on the live dataset (update
+matched ids, insert new ones, delete the deleted ones), then the record (schema metadata) as the
+next version; rows and model are consistent in both. The previous version is the one before (Lance
+keeps it); rollback ``restore()``-s it as a new version. The vector index stays; new rows are
+scanned flat until a refit rebuilds it. In-place upserts (:meth:`LanceTarget.upsert`) are one
+``merge_insert`` commit per batch, retried on commit conflicts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lance
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from lance.fragment import write_fragments
 
-from tldr_index.artifact import atomic_write_bytes
+from tldr_index._faults import fault_point
 from tldr_index._validation import check_int
-from tldr_index.errors import ModelFormatError, SourceNotFoundError, TargetExistsError
+from tldr_index.artifact import atomic_write_bytes
+from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFoundError,
+                               TargetExistsError, VerificationError)
 
 from . import arrow_utils as au
 from .base import (DEFAULT_BATCH_ROWS, DISTANCES, RECORD_KEY, Piece, Sink, Source, Target,
-                   build_record, check_model, dump_record, load_record, take_by_filter,
-                   take_found_by_filter,
+                   build_record, check_model, discard_staging_dir, dump_record, file_bytes,
+                   load_record, take_by_filter, take_found_by_filter, updated_record_text,
                    verify_counts)
 
 log = logging.getLogger(__name__)
@@ -84,6 +97,30 @@ def _index_metric(ds: lance.LanceDataset, column: str) -> str | None:
     except Exception as exc:  # index introspection is best effort
         log.debug("Could not read the index metric of %s: %s", column, exc)
     return None
+
+
+def dataset_bytes(ds: lance.LanceDataset, path: str) -> int:
+    """Bytes of one version of a Lance dataset: its data and deletion files, its indices and the
+    tldr-index sidecar (other versions, kept for rollback, are not counted)."""
+    total = 0
+    for frag in ds.get_fragments():
+        for df in frag.data_files():
+            total += df.file_size_bytes or file_bytes(os.path.join(path, "data", df.path))
+        dele = frag.metadata.deletion_file
+        if dele is not None:  # pylance 14: path(fragment_id) -> "_deletions/<file>"
+            rel = dele.path(frag.fragment_id) if callable(dele.path) else dele.path
+            total += file_bytes(os.path.join(path, rel))
+    for idx in ds.list_indices():
+        uuid_ = idx.get("uuid") if isinstance(idx, dict) else None
+        if uuid_ and os.path.isdir(os.path.join(path, "_indices", str(uuid_))):
+            total += file_bytes(os.path.join(path, "_indices", str(uuid_)))
+    side = os.path.join(path, SIDE_DIR)
+    return total + (file_bytes(side) if os.path.isdir(side) else 0)
+
+
+def disk_bytes_at(path: str) -> int | None:
+    """:func:`dataset_bytes` of the latest version at ``path``; None if no dataset is there."""
+    return dataset_bytes(lance.dataset(path), path) if is_dataset(path) else None
 
 
 # ------------------------------------------------------------------------------------------ source
@@ -168,6 +205,17 @@ class LanceSource(Source):
         """Cost: as :meth:`take`."""
         return take_found_by_filter(self._scan_ids, ids, self, chunk)
 
+    def ray_read(self, columns: Sequence[str]) -> tuple[Any, int]:
+        """``ray.data.read_lance`` at the pinned version; one read task per fragment."""
+        import ray.data
+
+        ds = ray.data.read_lance(self.path, version=self.version, columns=list(columns))
+        return ds, len(self._ds.get_fragments())
+
+    def disk_bytes(self) -> int:
+        """Bytes of the pinned version (see :func:`dataset_bytes`)."""
+        return dataset_bytes(self._ds, self.path)
+
 
 # -------------------------------------------------------------------------------------------- sink
 
@@ -180,6 +228,21 @@ def default_sub_vectors(d: int, code_bytes: int | None = None) -> int:
         if d % per == 0:
             return d // per
     return max(m for m in range(1, max(1, d // 8) + 1) if d % m == 0)
+
+
+@dataclass(frozen=True)
+class LanceShardWriter:
+    """Writes rows as data files of a staging dataset from any process (a Ray worker); returns
+    the fragments' JSON, which :meth:`LanceSink.adopt_shards` commits. Picklable."""
+
+    staging: str
+    max_rows_per_file: int
+
+    def __call__(self, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> str:
+        reader = pa.RecordBatchReader.from_batches(schema, batches)
+        frags = write_fragments(reader, self.staging, schema=schema,
+                                max_rows_per_file=self.max_rows_per_file)
+        return json.dumps([f.to_json() for f in frags])
 
 
 class LanceSink(Sink):
@@ -257,6 +320,23 @@ class LanceSink(Sink):
         self._flush()
         self._fragments += list(fragments)
         self.rows_appended += int(rows)
+
+    def shard_writer(self) -> LanceShardWriter:
+        return LanceShardWriter(self.staging, self.max_rows_per_file)
+
+    def adopt_shards(self, shards: Sequence[str], rows: int) -> None:
+        """Commit the fragments of :class:`LanceShardWriter` shards (see
+        :meth:`adopt_fragments`)."""
+        from lance.fragment import FragmentMetadata
+
+        self.adopt_fragments([FragmentMetadata.from_json(json.dumps(j)) for s in shards
+                              for j in json.loads(s)], rows)
+
+    def staging_ref(self) -> dict:
+        return {"path": self.staging}
+
+    def discard_staging(self, ref: dict) -> None:
+        discard_staging_dir(ref)
 
     def _store_model(self, model_bytes: bytes, metadata: dict) -> None:
         sha = hashlib.sha256(model_bytes).hexdigest()
@@ -354,8 +434,34 @@ def _read_model(root: str, record: dict, where: str) -> bytes:
     return check_model(data, record, where)
 
 
+def _sql_list(col: str, ids: pa.Array) -> str:
+    vals = ids.to_pylist()
+    if pa.types.is_integer(ids.type):
+        body = ",".join(str(int(v)) for v in vals)
+    else:
+        body = ",".join("'" + str(v).replace("'", "''") + "'" for v in vals)
+    return f"`{col}` IN ({body})"
+
+
+def _retry_conflicts(fn: Callable[[], Any], what: str, max_retries: int = 5,
+                     backoff_s: float = 0.2) -> Any:
+    """Run a Lance commit, retrying commit conflicts (another writer committed first)."""
+    for attempt in range(max_retries + 1):
+        try:
+            return fn()
+        except (OSError, RuntimeError, ValueError) as exc:
+            text = str(exc).lower()
+            if attempt == max_retries or not ("conflict" in text or "retry" in text):
+                raise
+            log.warning("%s: commit conflict (%s); retry %d/%d.", what, str(exc)[:120],
+                        attempt + 1, max_retries)
+            time.sleep(backoff_s * 2 ** attempt)
+
+
 class LanceTarget(Target):
     """A published Lance target, optionally at an older ``version``."""
+
+    kind = "lance"
 
     def __init__(self, path: str, *, uri: str, table: str = "", db: str = "",
                  version: int | str | None = None):
@@ -397,3 +503,79 @@ class LanceTarget(Target):
         if refine_factor:
             nearest["refine_factor"] = refine_factor
         return self.dataset.to_table(nearest=nearest, columns=[lay.id_column, "_distance"])
+
+    # -- delta, versions (see the module docstring)
+    def row_schema(self) -> pa.Schema:
+        return self.dataset.schema.remove_metadata()
+
+    def fetch_vectors(self, ids: pa.Array) -> tuple[list, np.ndarray]:
+        if len(ids) == 0:
+            return [], np.empty((0, 0), dtype=np.float32)
+        lay = self.layout
+        t = self.dataset.to_table(columns=[lay.id_column, lay.vector_column],
+                                  filter=pc.field(lay.id_column).isin(ids))
+        if t.num_rows == 0:
+            return [], np.empty((0, 0), dtype=np.float32)
+        X = au.vectors_to_numpy(t.column(1).combine_chunks()).astype(np.float32)
+        return t.column(0).to_pylist(), X
+
+    def disk_bytes(self) -> int:
+        return dataset_bytes(self.dataset, self.path)
+
+    def current_handle(self) -> dict:
+        return {"kind": "lance", "version": int(self.version)}
+
+    def upsert(self, rows: pa.Table, *, batch_rows: int = 4096, max_retries: int = 5) -> None:
+        """One ``merge_insert`` commit per ``batch_rows`` rows on the live dataset, each retried
+        up to ``max_retries`` times on a commit conflict."""
+        lay = self.layout
+        for s in range(0, rows.num_rows, batch_rows):
+            part = rows.slice(s, batch_rows)
+            _retry_conflicts(lambda: lance.dataset(self.path).merge_insert(lay.id_column)
+                             .when_matched_update_all().when_not_matched_insert_all()
+                             .execute(part), f"upsert into '{self.uri}'", max_retries)
+
+    def apply_delta(self, rows: pa.Table, delete_ids: pa.Array, metadata: dict, *,
+                    expected_count: int, expected_digest: str | None,
+                    batch_rows: int = DEFAULT_BATCH_ROWS,
+                    staged: Callable[[dict], None] | None = None) -> dict:
+        """One commit of the rows (nothing is staged, so ``staged`` is not called), then one of
+        the record; the row count is checked after the first (version restored if wrong)."""
+        lay = self.layout
+        prev = int(lance.dataset(self.path).version)
+        if prev != self.version:
+            raise VerificationError(
+                f"Target '{self.uri}' changed while reindex was reading it (version "
+                f"{self.version} -> {prev}); nothing was written. Run reindex again.")
+        ds = lance.dataset(self.path)
+        if rows.num_rows:
+            b = ds.merge_insert(lay.id_column).when_matched_update_all() \
+                .when_not_matched_insert_all()
+            if len(delete_ids):
+                b = b.when_not_matched_by_source_delete(_sql_list(lay.id_column, delete_ids))
+            b.execute(rows.cast(ds.schema.remove_metadata()))
+        elif len(delete_ids):
+            ds.delete(_sql_list(lay.id_column, delete_ids))
+        ds = lance.dataset(self.path)
+        if ds.count_rows() != expected_count:
+            got = ds.count_rows()
+            lance.dataset(self.path, version=prev).restore()
+            raise VerificationError(
+                f"Target '{self.uri}' must hold {expected_count} rows after the update. Got "
+                f"{got}; version {prev} was restored.")
+        fault_point("reindex:rows-written")  # rows committed, the record not yet
+        ds.update_schema_metadata({RECORD_KEY: updated_record_text(self.record, metadata)})
+        log.info("Updated %s: version %d -> %d.", self.uri, prev,
+                 lance.dataset(self.path).version)
+        return {"kind": "lance", "version": prev}
+
+    def _rollback_to(self, handle: dict) -> dict:
+        """``restore()`` of the handle's version, as a new version."""
+        here = int(lance.dataset(self.path).version)
+        try:
+            lance.dataset(self.path, version=int(handle["version"])).restore()
+        except (ValueError, OSError) as exc:
+            raise InvalidInputError(
+                f"Version {handle['version']} of target '{self.uri}' is gone ({exc}); cannot "
+                f"roll back.") from None
+        return {"kind": "lance", "version": here}

@@ -21,6 +21,11 @@ target swaps the two directories with ``renameat2(RENAME_EXCHANGE)`` (Linux) and
 one (or, with ``keep_previous=True``, keeps it as ``<parent>/.<name>.tldr-previous`` for a
 rollback); where that call is unavailable, two renames leave ``out`` missing for a moment. Only a
 directory holding ``_tldr_metadata.json`` is ever replaced.
+
+Delta (:meth:`ParquetTarget.apply_delta`): the kept rows plus the new ones are staged in a new
+directory and exchanged with the live one; the old directory stays as ``.<name>.tldr-previous``
+(:func:`previous_dir`), which a rollback exchanges back. Cost: one pass over the target (the reduced
+rows are small). There are no in-place writes: :meth:`ParquetTarget.upsert` is such a delta.
 """
 
 from __future__ import annotations
@@ -32,22 +37,26 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
-from tldr_index.artifact import atomic_write_bytes
+from tldr_index._faults import fault_point
 from tldr_index._validation import check_choice, check_int
+from tldr_index.artifact import atomic_write_bytes
 from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFoundError,
                                TargetExistsError)
 
 from . import arrow_utils as au
 from .base import (DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, build_record,
-                   check_model, dump_record, load_record, take_by_filter, take_found_by_filter,
-                   verify_counts)
+                   check_model, discard_staging_dir, dump_record, file_bytes, load_record,
+                   take_by_filter, take_found_by_filter, verify_counts)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,26 @@ def list_parquet_files(path: str, uri: str) -> list[str]:
     if not files:
         raise SourceNotFoundError(f"Parquet source '{uri}' matches no .parquet file ('{path}').")
     return files
+
+
+def previous_dir(path: str) -> str:
+    """Where a replaced target directory is kept for rollback: ``<parent>/.<name>.tldr-previous``."""
+    parent, name = os.path.split(os.path.abspath(path).rstrip("/"))
+    return os.path.join(parent, f".{name}.tldr-previous")
+
+
+def _sidecar_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(path, n)) for n in (MODEL_FILE, RECORD_FILE)
+               if os.path.isfile(os.path.join(path, n)))
+
+
+def disk_bytes_at(path: str, uri: str) -> int | None:
+    """Bytes of the Parquet files named by ``path`` (file, glob or directory) plus the tldr-index
+    sidecars of a target directory; None if nothing is there."""
+    try:
+        return sum(file_bytes(f) for f in list_parquet_files(path, uri)) + _sidecar_bytes(path)
+    except SourceNotFoundError:
+        return None
 
 
 # ------------------------------------------------------------------------------------------ source
@@ -219,6 +248,16 @@ class ParquetSource(Source):
         """Cost: as :meth:`take`."""
         return take_found_by_filter(self._scan_ids(), ids, self, chunk)
 
+    def ray_read(self, columns: Sequence[str]) -> tuple[Any, int]:
+        """``ray.data.read_parquet`` of the files in source order; one read task per file."""
+        import ray.data
+
+        return ray.data.read_parquet(list(self.files), columns=list(columns)), len(self.files)
+
+    def disk_bytes(self) -> int:
+        """Bytes of the files read (plus tldr-index sidecars, when the source is a target)."""
+        return sum(file_bytes(f) for f in self.files) + _sidecar_bytes(self.path)
+
 
 # -------------------------------------------------------------------------------------------- sink
 
@@ -239,6 +278,23 @@ def exchange_dirs(a: str, b: str) -> bool:
         log.debug("renameat2 failed: %s", os.strerror(err))
         return False
     return True
+
+
+@dataclass(frozen=True)
+class ParquetShardWriter:
+    """Writes rows as one hidden Parquet file in a staging directory from any process (a Ray
+    worker); returns its path, which :meth:`ParquetSink.adopt_shards` renames to a part file.
+    Picklable."""
+
+    staging: str
+    compression: str | None
+
+    def __call__(self, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> str:
+        shard = os.path.join(self.staging, f".shard-{uuid.uuid4().hex}.parquet")
+        with pq.ParquetWriter(shard, schema, compression=self.compression) as w:
+            for b in batches:
+                w.write_batch(b)
+        return shard
 
 
 class ParquetSink(Sink):
@@ -305,6 +361,19 @@ class ParquetSink(Sink):
             self._part += 1
         self.rows_appended += int(rows)
 
+    def shard_writer(self) -> ParquetShardWriter:
+        return ParquetShardWriter(self.staging, self.compression)
+
+    def adopt_shards(self, shards: Sequence[str], rows: int) -> None:
+        """:meth:`adopt_files` of :class:`ParquetShardWriter` shards."""
+        self.adopt_files(shards, rows)
+
+    def staging_ref(self) -> dict:
+        return {"path": self.staging}
+
+    def discard_staging(self, ref: dict) -> None:
+        discard_staging_dir(ref)
+
     def _close_part(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -333,8 +402,7 @@ class ParquetSink(Sink):
                 os.rename(self.path, old)
                 os.rename(self.staging, self.path)
             if self.keep_previous:  # for rollback: .<name>.tldr-previous (one kept)
-                prev = os.path.join(self._parent,
-                                    f".{os.path.basename(self.path)}.tldr-previous")
+                prev = previous_dir(self.path)
                 shutil.rmtree(prev, ignore_errors=True)
                 os.rename(old, prev)
             else:
@@ -361,6 +429,8 @@ class ParquetSink(Sink):
 
 class ParquetTarget(Target):
     """A published (or staged) Parquet target directory."""
+
+    kind = "parquet"
 
     def __init__(self, path: str, *, uri: str):
         self.uri, self.path = uri, path
@@ -428,3 +498,69 @@ class ParquetTarget(Target):
         return pa.table({lay.id_column: pa.array(best_i, type=id_type),
                          "_distance": pa.array(best_d, type=pa.float32())})
 
+
+    # -- delta, versions (see the module docstring)
+    def row_schema(self) -> pa.Schema | None:
+        return pq.read_schema(self.files[0]).remove_metadata() if self.files else None
+
+    def fetch_vectors(self, ids: pa.Array) -> tuple[list, np.ndarray]:
+        if len(ids) == 0:
+            return [], np.empty((0, 0), dtype=np.float32)
+        lay = self.layout
+        t = pds.dataset(self.files, format="parquet").to_table(
+            columns=[lay.id_column, lay.vector_column], filter=pc.field(lay.id_column).isin(ids))
+        if t.num_rows == 0:
+            return [], np.empty((0, 0), dtype=np.float32)
+        X = au.vectors_to_numpy(t.column(1).combine_chunks()).astype(np.float32)
+        return t.column(0).to_pylist(), X
+
+    def disk_bytes(self) -> int:
+        return sum(file_bytes(f) for f in self.files) + _sidecar_bytes(self.path)
+
+    def current_handle(self) -> dict:
+        return {"kind": "parquet", "previous": previous_dir(self.path)}
+
+    def keep_previous_options(self) -> dict:
+        return {"keep_previous": True}
+
+    def apply_delta(self, rows: pa.Table, delete_ids: pa.Array, metadata: dict, *,
+                    expected_count: int, expected_digest: str | None,
+                    batch_rows: int = DEFAULT_BATCH_ROWS,
+                    staged: Callable[[dict], None] | None = None) -> dict:
+        """Kept rows + ``rows`` staged as a new directory (a :class:`ParquetSink` with
+        ``keep_previous``), verified, then exchanged with the live one."""
+        lay = self.layout
+        schema = self.row_schema() or rows.schema
+        drop = pa.concat_arrays([rows.column(lay.id_column).combine_chunks().cast(delete_ids.type),
+                                 delete_ids]) if rows.num_rows else delete_ids
+        sink = ParquetSink(self.path, uri=self.uri, keep_previous=True)
+        with sink:
+            sink.create(schema, id_column=lay.id_column, vector_column=lay.vector_column,
+                        distance=lay.distance, codes_column=lay.codes_column, overwrite=True)
+            if staged is not None:
+                staged(sink.staging_ref())
+            for b in self.iter_batches(batch_rows):
+                if len(drop):
+                    b = b.filter(pc.invert(pc.is_in(b.column(lay.id_column), value_set=drop)))
+                sink.append(pa.RecordBatch.from_arrays(b.columns, schema=schema))
+            for b in rows.cast(schema).to_batches(max_chunksize=batch_rows):
+                sink.append(b)
+            sink.store_model(self.model_bytes, metadata)
+            sink.verify(expected_count, expected_digest)
+            fault_point("reindex:rows-written")  # new version staged and verified, not switched
+            sink.publish()
+        return {"kind": "parquet", "previous": previous_dir(self.path)}
+
+    def _rollback_to(self, handle: dict) -> dict:
+        """Exchange the kept previous directory with the live one."""
+        prev = handle["previous"]
+        if not os.path.isdir(prev):
+            raise InvalidInputError(
+                f"The previous version of target '{self.uri}' ('{prev}') is gone; cannot roll "
+                f"back.")
+        if not exchange_dirs(prev, self.path):
+            tmp = prev + ".swap"
+            os.rename(self.path, tmp)
+            os.rename(prev, self.path)
+            os.rename(tmp, prev)
+        return {"kind": "parquet", "previous": prev}

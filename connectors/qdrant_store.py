@@ -25,6 +25,11 @@ within ``max_retries`` and ``max_total_s`` (:mod:`connectors.retry`); so are the
 Local mode (``qdrant+path://``, ``qdrant+memory://``) accepts but ignores quantization and writes
 about 6 ms per point to disk: fine for tests, not for 100k+ points. A path is locked to one client,
 so clients are shared per path (and per memory name) inside a process: see :func:`client_for`.
+
+Delta (:meth:`QdrantTarget.apply_delta`): a new collection ``<alias>__v<n+1>``: the kept points
+copied (scroll + retried upserts), the new rows upserted, then the alias switched in one call; the
+previous collection stays for rollback (older ones are deleted). Cost: one copy of the target's
+points. In-place upserts (:meth:`QdrantTarget.upsert`) go into the live collection.
 """
 
 from __future__ import annotations
@@ -44,13 +49,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tldr_index._faults import fault_point
 from tldr_index._validation import check_float, check_int
 from tldr_index.errors import (InvalidInputError, MissingColumnError, ModelFormatError,
                                SourceNotFoundError, StoreUnavailableError, TargetExistsError)
 
 from . import arrow_utils as au
 from .base import (DEFAULT_BATCH_ROWS, RECORD_KEY, Sink, Source, Target, build_record, check_model,
-                   dump_record, load_record, verify_counts)
+                   concat_ids, dump_record, file_bytes, load_record, verify_counts)
 from .ids import IdDigest
 from .retry import RetryPolicy, short_error
 from .uri import ParsedURI
@@ -76,6 +82,21 @@ def _distances():
 
 
 # ----------------------------------------------------------------------------------------- clients
+
+def disk_bytes_at(p: ParsedURI) -> int | None:
+    """Bytes of ``<path>/collection/<name>`` of an embedded (``qdrant+path``) store, ``name`` being
+    the collection an alias (a published target) points to; None for a server or in-memory store,
+    or when the storage or the collection is absent. Cost: one alias listing and file sizes."""
+    if p.mode != "path":
+        return None
+    try:
+        aliases = {a.alias_name: a.collection_name
+                   for a in client_for(p, must_exist=True).get_aliases().aliases}
+    except Exception:  # storage missing or unreadable: the size is unknown, not an error
+        return None
+    folder = os.path.join(p.path, "collection", aliases.get(p.collection, p.collection))
+    return file_bytes(folder) if os.path.isdir(folder) else None
+
 
 def client_for(p: ParsedURI, *, api_key: str | None = None, timeout: float = 10.0,
                must_exist: bool = False):
@@ -438,6 +459,35 @@ class QdrantSink(Sink):
     def _retry(self, fn: Callable[[], Any], what: str) -> Any:
         return self.retry.call(fn, what=what, where=_where(self._p), retryable=_retryable)
 
+    def staging_ref(self) -> dict:
+        return {"collection": self.collection}
+
+    def discard_staging(self, ref: dict) -> None:
+        """Delete the collection ``ref["collection"]`` unless an alias points at it."""
+        name = ref.get("collection")
+        if not name:
+            return
+        try:
+            aliased = {a.collection_name for a in self.client.get_aliases().aliases}
+            names = {c.name for c in self.client.get_collections().collections}
+            if name in names and name not in aliased:
+                log.info("Removing abandoned staging collection %s.", name)
+                self.client.delete_collection(name)
+        except Exception as exc:  # best effort: a leftover only wastes space
+            log.warning("Could not remove staging collection %s: %s", name, exc)
+
+    def _bind(self, collection: str, schema: pa.Schema, vector_name: str | None) -> "QdrantSink":
+        """Point this sink's writer (point builder, retries) at the existing ``collection``
+        (in-place upserts of :class:`QdrantTarget`)."""
+        lay = self.layout
+        self.schema, self.collection, self._vector_name = schema, collection, vector_name
+        self._string_ids = not pa.types.is_integer(schema.field(lay.id_column).type)
+        self._json_cols = [f.name for f in schema if (f.metadata or {}).get(au.JSON_FIELD_KEY)
+                           == b"1"]
+        self._payload_cols = [c for c in schema.names
+                              if c not in (lay.id_column, lay.vector_column, lay.codes_column)]
+        return self
+
     def _compression(self, d: int, value_bytes: int):
         m = _models()
         if self.compression is not None:
@@ -581,8 +631,22 @@ class QdrantSink(Sink):
 
 # ------------------------------------------------------------------------------------------ target
 
+def prune_versions(client, alias: str, keep: Sequence[str]) -> None:
+    """Delete ``<alias>__v<n>`` collections other than ``keep`` (best effort)."""
+    pat = re.compile(re.escape(alias) + r"__v\d+$")
+    for c in client.get_collections().collections:
+        if pat.match(c.name) and c.name not in keep:
+            try:
+                client.delete_collection(c.name)
+            except Exception as exc:  # leftovers only waste space
+                log.warning("Could not delete old collection %s: %s", c.name, exc)
+
+
 class QdrantTarget(Target):
     """A published target (the alias) or, with ``collection=``, a staged collection."""
+
+    kind = "qdrant"
+    normalizes_cosine = True
 
     def __init__(self, p: ParsedURI, *, uri: str, client=None, api_key: str | None = None,
                  timeout: float = 10.0, collection: str | None = None):
@@ -600,6 +664,11 @@ class QdrantTarget(Target):
         q = self.record.get("qdrant", {})
         self._vector_name = q.get("vector_name")
         self._string_ids = bool(q.get("string_ids"))
+
+    def disk_bytes(self) -> int | None:
+        """Bytes of the live collection's storage directory for an embedded (``qdrant+path``)
+        store; None for a server or in-memory store (see :func:`disk_bytes_at`)."""
+        return disk_bytes_at(self._p)
 
     def count(self) -> int:
         return int(call(lambda: self.client.count(self.collection, exact=True).count, self._p,
@@ -659,3 +728,95 @@ class QdrantTarget(Target):
         dist = {"l2": score, "cosine": 1.0 - score, "ip": -score}[lay.distance]
         ids = self._ids(res)
         return pa.table({lay.id_column: ids, "_distance": pa.array(dist, type=pa.float32())})
+
+    # -- delta, versions (see the module docstring)
+    def ids(self) -> pa.Array:
+        return concat_ids(list(self.iter_ids()))
+
+    def id_type(self) -> pa.DataType:
+        return pa.string() if self._string_ids else pa.int64()
+
+    def fetch_vectors(self, ids: pa.Array) -> tuple[list, np.ndarray]:
+        if len(ids) == 0:
+            return [], np.empty((0, 0), dtype=np.float32)
+        pids = [point_id(v) for v in ids.to_pylist()]
+        wv = [self._vector_name] if self._vector_name else True
+        recs = self.client.retrieve(self.collection, ids=pids, with_payload=True,
+                                    with_vectors=wv)
+        if not recs:
+            return [], np.empty((0, 0), dtype=np.float32)
+        found = self._ids(recs).to_pylist()
+        vecs = [r.vector[self._vector_name] if self._vector_name else r.vector for r in recs]
+        return found, np.asarray(vecs, dtype=np.float32).reshape(len(found), -1)
+
+    def current_handle(self) -> dict:
+        return {"kind": "qdrant", "collection": self.collection}
+
+    def keep_previous_options(self) -> dict:
+        return {"keep_previous": True}
+
+    def prune_versions(self, keep: Sequence[dict] = ()) -> None:
+        prune_versions(self.client, self._p.collection,
+                       keep=(self.collection, *[h["collection"] for h in keep
+                                                if h.get("collection")]))
+
+    def _writer(self, **opts: Any) -> QdrantSink:
+        return QdrantSink(self._p, uri=self.uri, client=self.client,
+                          named_vector=self._vector_name is not None, **opts)
+
+    def upsert(self, rows: pa.Table, *, batch_rows: int = 4096, max_retries: int = 5) -> None:
+        """Retried upserts of ``batch_rows`` points into the live collection."""
+        sink = self._writer(max_retries=max_retries, upsert_batch=batch_rows)
+        sink.layout = self.layout
+        sink._bind(self.collection, rows.schema, self._vector_name)
+        for b in rows.to_batches(max_chunksize=batch_rows):
+            sink._append(b)
+
+    def apply_delta(self, rows: pa.Table, delete_ids: pa.Array, metadata: dict, *,
+                    expected_count: int, expected_digest: str | None,
+                    batch_rows: int = DEFAULT_BATCH_ROWS,
+                    staged: Callable[[dict], None] | None = None) -> dict:
+        """A new collection of the kept and new points, verified, then the alias switch."""
+        m = _models()
+        lay = self.layout
+        drop = set(delete_ids.to_pylist()) | set(rows.column(lay.id_column).to_pylist())
+        sink = self._writer(keep_previous=True)
+        with sink:
+            sink.create(rows.schema, id_column=lay.id_column, vector_column=lay.vector_column,
+                        distance=lay.distance, codes_column=lay.codes_column
+                        if lay.codes_column in rows.schema.names else None, overwrite=True)
+            if staged is not None:
+                staged(sink.staging_ref())
+            wv = [self._vector_name] if self._vector_name else True
+            for pts in self._pages(min(batch_rows, 1024), True, wv):
+                ids = self._ids(pts).to_pylist()
+                keep = [p for p, i in zip(pts, ids) if i not in drop]
+                if keep:
+                    batch = [m.PointStruct(id=p.id, vector=p.vector, payload=p.payload)
+                             for p in keep]
+                    sink._retry(lambda: self.client.upsert(sink.collection, points=batch,
+                                                           wait=True),
+                                f"copy {len(batch)} points into '{sink.collection}'")
+            for b in rows.to_batches(max_chunksize=batch_rows):
+                sink.append(b)
+            sink.store_model(self.model_bytes, metadata)
+            sink.verify(expected_count, expected_digest)
+            fault_point("reindex:rows-written")  # new version staged and verified, not switched
+            sink.publish()
+        prune_versions(self.client, sink.alias, keep=(sink.collection, self.collection))
+        return {"kind": "qdrant", "collection": self.collection}
+
+    def _rollback_to(self, handle: dict) -> dict:
+        """Point the alias back at the handle's collection (one alias update)."""
+        m = _models()
+        names = {c.name for c in self.client.get_collections().collections}
+        if handle["collection"] not in names:
+            raise InvalidInputError(
+                f"The previous collection '{handle['collection']}' of target '{self.uri}' is "
+                f"gone; cannot roll back.")
+        alias = self._p.collection
+        ops = [m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=alias)),
+               m.CreateAliasOperation(create_alias=m.CreateAlias(
+                   collection_name=handle["collection"], alias_name=alias))]
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+        return {"kind": "qdrant", "collection": self.collection}

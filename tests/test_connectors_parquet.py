@@ -8,8 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from _connector_helpers import (MODEL, make_table, stage_target, staging_leftovers, tree_hashes,
-                                write_target)
+from _connector_helpers import MODEL, make_table, staging_leftovers, tree_hashes, write_target
 
 from connectors import open_sink, open_source, open_target
 from connectors.arrow_utils import vectors_to_numpy
@@ -67,43 +66,29 @@ def test_round_trip(tmp_path, data, form):
     assert tgt.search(q, k=2).column("id").to_pylist()[0] == want.column("id")[9].as_py()
 
 
-def test_fingerprint_and_take(data):
-    t, d = data
+def test_fingerprint(data):  # take across files: tests/test_store_contract.py
+    _, d = data
     src = open_source(f"parquet://{d}")
     fp = src.fingerprint()
     assert [os.path.basename(f["path"]) for f in fp["files"]] == ["a.parquet", "b.parquet",
                                                                    "c.parquet"]
     assert all(f["size"] > 0 and f["mtime_ns"] > 0 for f in fp["files"])
-    ids = t.column("id").to_numpy()
-    X = vectors_to_numpy(t.column("vector"))
-    np.testing.assert_array_equal(src.take(ids[[120, 3, 249]]), X[[120, 3, 249]])
 
 
-def test_target_exists_overwrite_and_atomic_publish(tmp_path, data):
+def test_old_readers_finish_after_overwrite(tmp_path, data):
+    # staged target invisible, existing refused, overwrite, abort: tests/test_store_contract.py
     _, d = data
     src = open_source(f"parquet://{d}")
-    out = tmp_path / "out"
-    uri = f"parquet://{out}"
-    sink = stage_target(src, uri, d=4)
-    with pytest.raises(SourceNotFoundError, match=r"Parquet target '.*' not found"):
-        open_target(uri)
-    sink.publish()
-    with pytest.raises(TargetExistsError, match=r"^Target 'parquet://.*out' already exists\. "
-                       r"Pass overwrite=True to replace it\.$"):
-        write_target(src, uri, d=4)
+    uri = f"parquet://{tmp_path / 'out'}"
+    write_target(src, uri, d=4)
     old = open_target(uri)
     old_files = [open(f, "rb") for f in old.files]  # a reader holding the old files
-    sink = stage_target(src, uri, d=6, overwrite=True)
-    assert open_target(uri).metadata["dims"] == [12, 4]  # staged, not visible
-    sink.publish()
+    write_target(src, uri, d=6, overwrite=True)
     assert open_target(uri).metadata["dims"] == [12, 6]
     assert all(len(f.read()) > 0 for f in old_files)  # old readers finish undisturbed
     for f in old_files:
         f.close()
-    sink = stage_target(src, uri, d=3, overwrite=True)
-    sink.abort()
     assert staging_leftovers(str(tmp_path)) == []
-    assert open_target(uri).metadata["dims"] == [12, 6]
 
 
 def test_never_replaces_foreign_directory(tmp_path, data):

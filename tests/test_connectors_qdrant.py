@@ -68,10 +68,7 @@ def test_round_trip_memory(mem):
     assert (src.id_column, src.vector_column, src.dim, src.distance) == ("id", "vector", DIM, "l2")
     assert src.payload_columns == ["payload"] and src.count() == N
     sizes = [b.num_rows for b in src.iter_batches(50)]
-    assert sizes == [50, 50, 20]
-    np.testing.assert_array_equal(src.take([3, 1, 120]), X[[2, 0, 119]])
-    with pytest.raises(InvalidInputError, match=r"Got unknown id 999\."):
-        src.take([1, 999])
+    assert sizes == [50, 50, 20]  # take: tests/test_store_contract.py
 
     write_target(src, base + "/docs_compact", d=4)
     tgt = open_target(base + "/docs_compact")
@@ -136,12 +133,8 @@ def test_alias_switch_is_atomic_and_previous_removed(mem):
     base, client, _ = mem
     src = open_source(base + "/docs")
     uri = base + "/docs_compact"
-    write_target(src, uri, d=4)
-    with pytest.raises(TargetExistsError, match=r"^Target '.*docs_compact' already exists \(alias "
-                       r"of collection 'docs_compact__v1'\)\. Pass overwrite=True"):
-        write_target(src, uri, d=4)
+    write_target(src, uri, d=4)  # refused without overwrite, staged invisible: test_store_contract
     sink = stage_target(src, uri, d=6, overwrite=True)
-    assert open_target(uri).metadata["dims"] == [DIM, 4]  # readers still see v1
     sink.publish()
     tgt = open_target(uri)
     assert tgt.collection == "docs_compact__v2" and tgt.metadata["dims"] == [DIM, 6]

@@ -1,6 +1,6 @@
 """tldr-index: shrink embedding collections with learned linear maps that keep neighbours."""
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402  (bottom layer: connectors use it too)
 
 from .errors import (CheckpointError, InvalidInputError, InvalidParameterError,  # noqa: E402
                      ModelFormatError, NotFittedError, TLDRError)

@@ -22,9 +22,10 @@ Points (``tests/reliability/`` kills a run at each of them):
   (``publish``: the sink's publish with its index build; ``opq-train``, ``pq-train``: k-means).
 * ``<stage>:done`` -- a stage's outputs are complete, its ``done.json`` is not yet written
   (:meth:`tldr_index.workdir.WorkDir.mark_done`).
-* ``reindex:<point>`` (:mod:`tldr_index.reindex`, :mod:`tldr_index.delta`): ``encode`` after each
-  encoded batch of new/changed rows, ``scanned`` once the delta is known (nothing written),
-  ``state-saved`` after the new generation's hashes are saved (target not switched),
+* ``reindex:<point>`` (:mod:`tldr_index.reindex`, ``Target.apply_delta`` in :mod:`connectors`):
+  ``encode`` after each encoded batch of new/changed rows, ``scanned`` once the delta is known
+  (nothing written), ``state-saved`` after the new generation's hashes are saved (target not
+  switched),
   ``rows-written`` (Lance: rows committed, record not; Parquet/Qdrant: new version staged and
   verified, not switched), ``published`` after the switch (history not written), ``refitted``
   after a refit's new version is live. A refit runs ``shrink``, so its points work there too.

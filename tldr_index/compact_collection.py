@@ -395,12 +395,7 @@ class CompactCollection:
                 f"'{self._target.uri}'. Got {arr.type}.") from None
 
     def _string_ids(self) -> bool:
-        from . import delta
-
-        schema = delta.row_schema(self._target)
-        if schema is not None:
-            return not pa.types.is_integer(schema.field(self.layout.id_column).type)
-        return bool(self._target.record.get("qdrant", {}).get("string_ids"))
+        return not pa.types.is_integer(self._target.id_type())
 
     def _dedupe(self, ids: pa.Array, X: np.ndarray, payload: Any):
         import pyarrow.compute as pc
@@ -422,9 +417,7 @@ class CompactCollection:
     def _check_collisions(self, ids: pa.Array, Y: np.ndarray) -> np.ndarray:
         """Mask of rows to write: ids not yet stored; stored with the same vector -> False;
         stored with a different one -> error."""
-        from . import delta
-
-        found, stored = delta.fetch_reduced(self._target, ids)
+        found, stored = self._target.fetch_vectors(ids)
         keep = np.ones(len(ids), dtype=bool)
         if not found:
             return keep
@@ -434,7 +427,7 @@ class CompactCollection:
         for v, y in zip(found, stored):
             i = where[v]
             mine = Y[i].astype(np.float16).astype(np.float32) if f16 else Y[i]
-            if self.model.metric == "cosine" and delta.kind_of(self._target) == "qdrant":
+            if self.model.metric == "cosine" and self._target.normalizes_cosine:
                 mine, y = mine / max(np.linalg.norm(mine), 1e-30), y / max(np.linalg.norm(y),
                                                                            1e-30)
             if np.allclose(mine, y, rtol=2e-3, atol=2e-3):
@@ -451,10 +444,8 @@ class CompactCollection:
     def _rows(self, ids: pa.Array, Y: np.ndarray, codes: np.ndarray, payload: Any) -> pa.Table:
         from connectors.arrow_utils import JSON_FIELD_KEY, numpy_to_fsl
 
-        from . import delta
-
         lay = self.layout
-        schema = delta.row_schema(self._target)
+        schema = self._target.row_schema()
         n = len(ids)
         if schema is None:  # Qdrant: the columns given
             cols = _payload_columns(payload, n)
@@ -499,24 +490,7 @@ class CompactCollection:
         return pa.Table.from_arrays(arrays, schema=schema)
 
     def _write(self, rows: pa.Table, batch_rows: int, max_retries: int) -> None:
-        from connectors import IdDigest
-
-        from . import delta
-
-        tgt = self._target
-        if delta.kind_of(tgt) != "parquet":
-            delta.upsert_in_place(tgt, rows, batch_rows=batch_rows, max_retries=max_retries)
-            return
-        old = delta.target_ids(tgt)
-        import pyarrow.compute as pc
-        new = rows.column(self.layout.id_column).combine_chunks().cast(old.type)
-        kept = old.filter(pc.invert(pc.is_in(old, value_set=new)))
-        digest = IdDigest()
-        digest.update(kept)
-        digest.update(new)
-        delta.publish_delta(tgt, rows, old.slice(0, 0), dict(tgt.metadata),
-                            expected_count=len(kept) + len(new),
-                            expected_digest=digest.hexdigest(), batch_rows=batch_rows)
+        self._target.upsert(rows, batch_rows=batch_rows, max_retries=max_retries)
 
 
 def _payload_columns(payload: Any, n: int) -> dict[str, pa.Array]:

@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +46,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
+
+from connectors import discard_staging, disk_bytes  # noqa: F401 (disk_bytes re-exported)
 
 from . import __version__
 from ._faults import wrap_progress
@@ -132,72 +133,6 @@ class ShrinkReport:
 
 # ---------------------------------------------------------------------------------- helpers
 
-def _du(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(root, f))
-               for root, _, files in os.walk(path) for f in files)
-
-
-def _lance_bytes(path: str) -> int:
-    """Bytes of the current version of a Lance dataset: its data and deletion files, its indices
-    and the tldr-index sidecar (older versions, kept for rollback, are not counted)."""
-    import lance
-
-    ds = lance.dataset(path)
-    total = 0
-    for frag in ds.get_fragments():
-        for df in frag.data_files():
-            total += df.file_size_bytes or _du(os.path.join(path, "data", df.path))
-        dele = frag.metadata.deletion_file
-        if dele is not None:  # pylance 14: path(fragment_id) -> "_deletions/<file>"
-            rel = dele.path(frag.fragment_id) if callable(dele.path) else dele.path
-            total += _du(os.path.join(path, rel))
-    for idx in ds.list_indices():
-        uuid_ = idx.get("uuid") if isinstance(idx, dict) else None
-        if uuid_ and os.path.isdir(os.path.join(path, "_indices", str(uuid_))):
-            total += _du(os.path.join(path, "_indices", str(uuid_)))
-    side = os.path.join(path, "_tldr")
-    return total + (_du(side) if os.path.isdir(side) else 0)
-
-
-def disk_bytes(uri: str) -> int | None:
-    """Bytes on disk of a file-based collection (a Lance dataset's current version, the Parquet
-    files of a source or target, an embedded Qdrant collection's storage directory, its alias
-    resolved); None for a Qdrant server or in-memory store, or a missing path."""
-    from connectors import parse_uri
-    from connectors.parquet_store import list_parquet_files
-
-    p = parse_uri(uri)
-    if p.kind == "qdrant":
-        return _embedded_qdrant_bytes(p) if p.mode == "path" else None
-    if p.kind == "lance":
-        from connectors.lance_store import is_dataset
-        return _lance_bytes(p.path) if is_dataset(p.path) else None
-    try:
-        return sum(_du(f) for f in list_parquet_files(p.path, uri)) + sum(
-            _du(os.path.join(p.path, n)) for n in ("_tldr_model.safetensors",
-                                                   "_tldr_metadata.json")
-            if os.path.isfile(os.path.join(p.path, n)))
-    except SourceNotFoundError:
-        return None
-
-
-def _embedded_qdrant_bytes(p) -> int | None:
-    """Size of ``<path>/collection/<name>`` of an embedded (``qdrant+path``) store, where
-    ``name`` is the collection an alias (a published target) points to; None when absent."""
-    from connectors.qdrant_store import client_for
-
-    name = p.collection
-    try:
-        aliases = {a.alias_name: a.collection_name
-                   for a in client_for(p, must_exist=True).get_aliases().aliases}
-    except Exception:  # storage missing or unreadable: the size is unknown, not an error
-        return None
-    folder = os.path.join(p.path, "collection", aliases.get(name, name))
-    return _du(folder) if os.path.isdir(folder) else None
-
-
 def default_pq_bytes(dim: int) -> int:
     """16 bytes (the paper's setting) or the largest divisor of ``dim`` below it."""
     return max(m for m in range(1, min(DEFAULT_PQ_BYTES, dim) + 1) if dim % m == 0)
@@ -255,29 +190,6 @@ def _check_target(target_uri: str, overwrite: bool, run_id: str | None = None) -
             f"Target '{target_uri}' already exists. Pass overwrite=True (--overwrite) to replace "
             f"it.")
     return False
-
-
-def _discard_staging(ref: dict, target_uri: str) -> None:
-    """Remove what an interrupted write left behind (a staging directory or collection)."""
-    if ref.get("path"):
-        path = ref["path"]
-        if ".tldr-staging-" in os.path.basename(path) and os.path.isdir(path):
-            log.info("Removing abandoned staging directory %s.", path)
-            shutil.rmtree(path, ignore_errors=True)
-    elif ref.get("collection"):
-        from connectors import parse_uri
-        from connectors.qdrant_store import client_for
-
-        p = parse_uri(target_uri)
-        client = client_for(p)
-        try:
-            aliased = {a.collection_name for a in client.get_aliases().aliases}
-            names = {c.name for c in client.get_collections().collections}
-            if ref["collection"] in names and ref["collection"] not in aliased:
-                log.info("Removing abandoned staging collection %s.", ref["collection"])
-                client.delete_collection(ref["collection"])
-        except Exception as exc:  # best effort: a leftover only wastes space
-            log.warning("Could not remove staging collection %s: %s", ref["collection"], exc)
 
 
 # ---------------------------------------------------------------------------------- stages
@@ -561,8 +473,7 @@ def _stage_write(c: SimpleNamespace) -> dict:
     n = c.infos["scan"]["rows"]
     out = c.work.stage_dir("write", clear=True)
     sink = open_sink(c.target_uri, **c.sink_options)
-    ref = {"path": getattr(sink, "staging", None)}
-    (out / "staging.json").write_text(json.dumps(ref))
+    (out / "staging.json").write_text(json.dumps(sink.staging_ref()))
     infos: dict = {}
     stage = "write"
     try:
@@ -571,8 +482,7 @@ def _stage_write(c: SimpleNamespace) -> dict:
         sink.create(schema, id_column=c.src.id_column, vector_column=c.src.vector_column,
                     distance=c.metric, codes_column=CODES_COLUMN if c.pq_bytes else None,
                     overwrite=c.overwrite)
-        ref["collection"] = getattr(sink, "collection", None)
-        (out / "staging.json").write_text(json.dumps(ref))
+        (out / "staging.json").write_text(json.dumps(sink.staging_ref()))
         if c.engine == "ray":
             from .ray_engine import write_with_ray
 
@@ -723,7 +633,7 @@ def _run_stages(c: SimpleNamespace, skipped: list, seconds: dict) -> None:
     else:
         staging = work.root / "write" / "staging.json"
         if staging.exists():
-            _discard_staging(json.loads(staging.read_text()), c.target_uri)
+            discard_staging(c.target_uri, json.loads(staging.read_text()))
         for stage in ("write", "verify", "publish"):
             work.undo(stage)
         for stage, stage_info in _stage_write(c).items():

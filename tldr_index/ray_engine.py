@@ -10,7 +10,7 @@ What runs where::
                                           batch; each shard written into the sink's staging
                                           (Lance fragment files / one Parquet file)
     shard list (in source order)       <- one small row per shard (fragment JSON / path, rows)
-    sink.adopt_* -> store_model -> verify -> publish   (one commit, the connectors' own code;
+    sink.adopt_shards -> store_model -> verify -> publish   (one commit, the connectors' own code;
                                           verify reads the staged files' ids back in one task
                                           per file, :func:`ray_map`)
 
@@ -35,7 +35,6 @@ per shard.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
@@ -81,27 +80,17 @@ def check_supported(source_uri: str, target_uri: str) -> None:
 def read_source(src, shard_rows: int = DEFAULT_SHARD_ROWS,
                 min_pieces: int = 1):
     """The source's id, vector and payload columns as a ``ray.data.Dataset``, through Ray's readers
-    (a Lance source at the version the pipeline pinned; Parquet files in the source's order).
+    (:meth:`connectors.Source.ray_read`: a Lance source at the version the pipeline pinned;
+    Parquet files in the source's order).
 
     Ray reads one task per Lance fragment / Parquet file, fused with the encode that follows.
     With fewer pieces than ``min_pieces`` (e.g. one big fragment) the rows are re-cut into blocks
     of ``shard_rows`` (a streaming repartition, through the object store) so that several
     workers get work."""
-    import ray.data
-
-    from connectors.lance_store import LanceSource
-    from connectors.parquet_store import ParquetSource
-
     cols = [src.id_column, src.vector_column, *src.payload_columns]
-    if isinstance(src, LanceSource):
-        ds = ray.data.read_lance(src.path, version=src.version, columns=cols)
-        pieces = len(src._ds.get_fragments())
-    elif isinstance(src, ParquetSource):
-        ds = ray.data.read_parquet(list(src.files), columns=cols)
-        pieces = len(src.files)
-    else:
-        pieces = 0
-    if pieces:
+    read = src.ray_read(cols)
+    if read is not None and read[1]:
+        ds, pieces = read
         if pieces < min_pieces:
             ds = ds.repartition(target_num_rows_per_block=shard_rows)
         return ds
@@ -113,13 +102,13 @@ def read_source(src, shard_rows: int = DEFAULT_SHARD_ROWS,
 class _EncodeShards:
     """Encodes one shard (a pyarrow Table of source rows) and, with ``staging``, writes it there.
 
-    ``staging`` None: returns the encoded rows; else one row describing the written shard
-    (``shard``: fragment JSON for Lance, the file path for Parquet; ``rows``)."""
+    ``writer`` None: returns the encoded rows; else (a sink's :meth:`connectors.Sink.shard_writer`)
+    one row describing the written shard (``shard``: what the writer returned, e.g. fragment JSON
+    for Lance, the file path for Parquet; ``rows``)."""
 
     def __init__(self, model: CompactModel, schema: pa.Schema, vector_column: str,
                  codes_column: str | None, batch_rows: int, source: str,
-                 staging: str | None = None, kind: str = "parquet",
-                 write_options: dict | None = None, skip_invalid: bool = False,
+                 writer: Callable | None = None, skip_invalid: bool = False,
                  cosine: bool = False):
         self.model = model
         self.skip_invalid, self.cosine = skip_invalid, cosine
@@ -127,7 +116,7 @@ class _EncodeShards:
         self.quantizer = model.quantizer() if model.pq_bytes else None
         self.schema, self.vector_column, self.codes_column = schema, vector_column, codes_column
         self.batch_rows, self.source = batch_rows, source
-        self.staging, self.kind, self.write_options = staging, kind, dict(write_options or {})
+        self.writer = writer
 
     def _encoded(self, table: pa.Table):
         self.written = 0
@@ -142,22 +131,9 @@ class _EncodeShards:
                 yield out
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        if self.staging is None:
+        if self.writer is None:
             return pa.Table.from_batches(list(self._encoded(table)), schema=self.schema)
-        if self.kind == "lance":
-            from lance.fragment import write_fragments
-
-            reader = pa.RecordBatchReader.from_batches(self.schema, self._encoded(table))
-            frags = write_fragments(reader, self.staging, schema=self.schema,
-                                    **self.write_options)
-            shard = json.dumps([f.to_json() for f in frags])
-        else:
-            import pyarrow.parquet as pq
-
-            shard = os.path.join(self.staging, f".shard-{uuid.uuid4().hex}.parquet")
-            with pq.ParquetWriter(shard, self.schema, **self.write_options) as w:
-                for b in self._encoded(table):
-                    w.write_batch(b)
+        shard = self.writer(self.schema, self._encoded(table))
         return _shard_row(shard, self.written)
 
 
@@ -183,7 +159,7 @@ def _encode_task(table: pa.Table, *, key: str, model_ref, **spec) -> pa.Table:
     try:
         return enc(table)
     except TLDRError as exc:  # Ray drops the cause of a task error: send it back as data
-        if spec.get("staging") is None:
+        if spec.get("writer") is None:
             raise
         return _shard_row(None, 0, f"{type(exc).__name__}:{exc}")
 
@@ -229,19 +205,19 @@ class _RaySession:
 def encode_dataset(ds, model: CompactModel, schema: pa.Schema, *, vector_column: str,
                    codes_column: str | None, batch_rows: int = 8192,
                    shard_rows: int = DEFAULT_SHARD_ROWS, workers: int | None = None,
-                   source: str = "input", staging: str | None = None, kind: str = "parquet",
-                   write_options: dict | None = None, skip_invalid: bool = False,
-                   cosine: bool = False):
+                   source: str = "input", writer: Callable | None = None,
+                   skip_invalid: bool = False, cosine: bool = False):
     """``ds.map_batches`` of the encoder with the model broadcast once (one ``ray.put`` of its
     safetensors bytes; each worker process parses it once). Lazy: returns the Ray Dataset of
-    encoded rows (``staging`` None) or of shard descriptions. ``workers``: concurrent tasks
+    encoded rows (``writer`` None) or of shard descriptions (``writer``: a sink's
+    :meth:`connectors.Sink.shard_writer`). ``workers``: concurrent tasks
     (None: Ray's default, one per free CPU); ``shard_rows``: rows per task and per written shard."""
     import ray
 
     ref = ray.put(model.to_bytes())
     spec = {"schema": schema, "vector_column": vector_column, "codes_column": codes_column,
-            "batch_rows": batch_rows, "source": source, "staging": staging, "kind": kind,
-            "write_options": write_options, "skip_invalid": skip_invalid, "cosine": cosine}
+            "batch_rows": batch_rows, "source": source, "writer": writer,
+            "skip_invalid": skip_invalid, "cosine": cosine}
     try:  # Ray >= 2.51 deprecates concurrency= for tasks
         from ray.data import TaskPoolStrategy
         pool = {"compute": TaskPoolStrategy(size=workers)} if workers else {}
@@ -271,23 +247,18 @@ def write_with_ray(src, sink, model: CompactModel, schema: pa.Schema, *,
                    shard_rows: int = DEFAULT_SHARD_ROWS, workers: int | None = None,
                    num_cpus: int | None = None, skip_invalid: bool = False,
                    progress: Callable[[int], None] | None = None) -> int:
-    """Encode every row of ``src`` on Ray and hand the written shards to ``sink`` (a created
-    :class:`~connectors.lance_store.LanceSink` or :class:`~connectors.parquet_store.ParquetSink`)
-    in source order; the caller then stores the model, verifies and publishes as usual.
+    """Encode every row of ``src`` on Ray and hand the written shards to ``sink`` (a created sink
+    with a :meth:`~connectors.Sink.shard_writer`: Lance or Parquet) in source order
+    (:meth:`~connectors.Sink.adopt_shards`); the caller then stores the model, verifies and
+    publishes as usual.
 
     ``workers``: concurrent encode tasks (default: the cluster's CPUs); ``num_cpus``: CPUs of a
     local Ray started here (default: all). Returns the rows written. Raises the tldr-index error
     a worker raised (e.g. float16 overflow) as such, with its one-line message.
     """
-    from connectors.lance_store import LanceSink
-    from connectors.parquet_store import ParquetSink
-
     ray = require_ray()
-    if isinstance(sink, LanceSink):
-        kind, opts = "lance", {"max_rows_per_file": sink.max_rows_per_file}
-    elif isinstance(sink, ParquetSink):
-        kind, opts = "parquet", {"compression": sink.compression}
-    else:
+    writer = sink.shard_writer()
+    if writer is None:
         raise InvalidParameterError(
             f"The 'engine' parameter of shrink is 'ray', which writes Lance or Parquet targets. "
             f"Got {type(sink).__name__} '{sink.uri}'.")
@@ -299,8 +270,8 @@ def write_with_ray(src, sink, model: CompactModel, schema: pa.Schema, *,
         job = encode_dataset(ds, model, schema, vector_column=src.vector_column,
                              codes_column=codes_column, batch_rows=batch_rows,
                              shard_rows=shard_rows, workers=workers, source=src.uri,
-                             staging=sink.staging, kind=kind, write_options=opts,
-                             skip_invalid=skip_invalid, cosine=src.distance == "cosine")
+                             writer=writer, skip_invalid=skip_invalid,
+                             cosine=src.distance == "cosine")
         for out in job.iter_batches(batch_size=None, batch_format="pyarrow"):
             for err in out.column("error").drop_null().to_pylist():
                 _raise_worker_error(err)
@@ -309,11 +280,5 @@ def write_with_ray(src, sink, model: CompactModel, schema: pa.Schema, *,
             if progress is not None:
                 progress(rows)
     log.info("Ray wrote %d rows of %s in %d shards.", rows, sink.uri, len(shards))
-    if kind == "lance":
-        from lance.fragment import FragmentMetadata
-
-        sink.adopt_fragments([FragmentMetadata.from_json(json.dumps(j)) for s in shards
-                              for j in json.loads(s)], rows)
-    else:
-        sink.adopt_files(shards, rows)
+    sink.adopt_shards(shards, rows)
     return rows

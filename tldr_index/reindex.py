@@ -16,7 +16,7 @@ directory for a Qdrant server; or ``work_dir``):
    (those rows plus a random sample of the source). Below ``drift_threshold`` (or
    ``refit="always"``): retrain with :func:`tldr_index.pipeline.shrink` into a new version of the
    target (status ``refitted``); otherwise
-5. publish the delta as one switch (:func:`tldr_index.delta.publish_delta`, status ``updated``).
+5. publish the delta as one switch (:meth:`connectors.Target.apply_delta`, status ``updated``).
 
 The version that was live before is kept; :func:`rollback` switches back to it (its handle is
 recorded in ``history.json`` before the switch and settled by the next run or rollback, so a run
@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import delta, rowstate
+from . import rowstate
 from ._faults import fault_point
 from ._threads import thread_limit
 from ._validation import check_choice, check_float, check_int
@@ -254,7 +254,7 @@ def _settle_history(root: Path, live_generation: str | None) -> dict | None:
 def _discard_abandoned(root: Path, target_uri: str) -> None:
     """Remove the staging area (Parquet directory, Qdrant collection) of a reindex that was
     killed before its switch, recorded in ``<root>/staging.json``; never the live target."""
-    from .pipeline import _discard_staging
+    from connectors import discard_staging
 
     path = root / STAGING_FILE
     try:
@@ -263,7 +263,7 @@ def _discard_abandoned(root: Path, target_uri: str) -> None:
         return
     except ValueError:  # half-written by a killed job: it had not staged anything yet
         ref = {}
-    _discard_staging(ref, target_uri)
+    discard_staging(target_uri, ref)
     path.unlink(missing_ok=True)
 
 
@@ -509,7 +509,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
             vt = pa.float16() if meta.get("vector_dtype") == "float16" else pa.float32()
             schema = src.target_schema(model.output_dim, model.pq_bytes or None, value_type=vt,
                                        codes_column=lay.codes_column or "pq_codes")
-            live = delta.row_schema(tgt)
+            live = tgt.row_schema()
             if live is not None and live != schema:
                 raise InvalidInputError(
                     f"Source '{src.uri}' must keep the columns the target was built from. "
@@ -517,7 +517,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
                     f"(run shrink with --overwrite to rebuild).")
             report = ReindexReport("nothing", tgt.uri, src.uri, stale_lock=lock.took_over)
             carried = _settle_history(root, _generation(meta))  # left by a killed run
-            tids = delta.target_ids(tgt).cast(schema.field(0).type)
+            tids = tgt.ids().cast(schema.field(0).type)
             report.target_rows_before = len(tids)
             (sids, shash), report.baseline = _baseline(tgt, meta, src, root, batch_rows)
             secs["open"] = time.perf_counter() - t0
@@ -579,7 +579,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
 
             t0 = time.perf_counter()
             if reason is not None:
-                report.previous = carried or delta.current_handle(tgt)
+                report.previous = carried or tgt.current_handle()
                 _add_history(root, {"action": "refit", "from": _generation(meta),
                                     "previous": report.previous, "pending": True})
                 _refit(target_uri, source_uri or meta["source"], src, meta, tgt, root, seed,
@@ -607,15 +607,15 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
                                         "utc": _dt.datetime.now(_dt.timezone.utc).isoformat(
                                             timespec="seconds")}}
                 rowstate.save_state(root, gen, new_ids, new_hash)  # before the switch
-                report.previous = carried or delta.current_handle(tgt)
+                report.previous = carried or tgt.current_handle()
                 _add_history(root, {"action": "update", "from": _generation(meta),
                                     "previous": report.previous, "pending": True})
                 fault_point("reindex:state-saved")
                 prog.begin("apply", rows.num_rows + len(deleted), "rows")
                 prog.phase("apply", "writing the delta and switching atomically", None)
-                delta.publish_delta(tgt, rows, deleted, new_meta, expected_count=len(new_ids),
-                                    expected_digest=digest.hexdigest(), batch_rows=batch_rows,
-                                    staged=_record_staging(root))
+                tgt.apply_delta(rows, deleted, new_meta, expected_count=len(new_ids),
+                                expected_digest=digest.hexdigest(), batch_rows=batch_rows,
+                                staged=_record_staging(root))
                 (root / STAGING_FILE).unlink(missing_ok=True)
                 prog.end("apply", time.perf_counter() - t0)
                 fault_point("reindex:published")  # switched; history entry still pending
@@ -637,23 +637,20 @@ def _refit(target_uri, source_uri, src, meta, tgt, root, seed, prog, shrink_opti
     from .pipeline import shrink
 
     params = dict(meta.get("params") or {})
-    kind = delta.kind_of(tgt)
     opts = {"dim": model_dim(meta, tgt), "method": meta.get("method", "tldr"),
             "pq_bytes": params.get("pq_bytes"), "neighbors": params.get("neighbors", 3),
             "epochs": params.get("epochs"), "sample": params.get("sample", 100_000),
             "reduced_dtype": params.get("reduced_dtype", "float16"),
             "random_state": params.get("random_state", seed),
             "source_options": {"distance": src.distance},
-            "sink_options": {"keep_previous": True} if kind in ("parquet", "qdrant") else None}
+            "sink_options": tgt.keep_previous_options()}
     opts.update(shrink_options or {})
     cols = meta.get("source_columns", {})
     shrink(source_uri, target_uri, overwrite=True, work_dir=root / "shrink",
            vector_column=cols.get("vector"), id_column=cols.get("id"), progress=prog, **opts)
-    if kind == "qdrant":
-        from connectors import open_target
-        new = open_target(target_uri)
-        delta.prune_qdrant_versions(new.client, new._p.collection,
-                                    keep=(new.collection, tgt.collection))
+    from connectors import open_target
+
+    open_target(target_uri).prune_versions(keep=[tgt.current_handle()])
 
 
 def model_dim(meta: dict, tgt) -> int:
@@ -693,7 +690,7 @@ def rollback(target_uri: str, *, work_dir: str | os.PathLike | None = None) -> d
         if not hist:
             raise nothing_recorded()
         handle = hist[-1]["previous"]
-        left = delta.rollback_to(tgt, handle)
+        left = tgt.rollback_to(handle)
         now = open_target(target_uri)
         _add_history(root, {"action": "rollback", "generation": _generation(now.metadata),
                             "previous": left})

@@ -54,7 +54,7 @@ def row_hashes(X: np.ndarray) -> np.ndarray:
 
 def _column_hashes(col: pa.Array) -> np.ndarray:
     """uint64 per value of a payload column (nulls hash apart from every value)."""
-    from connectors.ids import _fmix, hash_ids
+    from connectors.ids import fmix, hash_ids
 
     t = col.type
     null = col.is_null().to_numpy(zero_copy_only=False) if col.null_count else None
@@ -62,7 +62,7 @@ def _column_hashes(col: pa.Array) -> np.ndarray:
         h = hash_ids(col.cast(pa.int64()).fill_null(0))
     elif pa.types.is_floating(t):
         v = col.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
-        h = _fmix(np.ascontiguousarray(v).view(np.uint64))
+        h = fmix(np.ascontiguousarray(v).view(np.uint64))
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
         h = hash_ids(col.fill_null(""))
     else:  # anything else (lists, structs, binary, dates): its Python value's repr
@@ -76,12 +76,12 @@ def batch_hashes(batch: pa.RecordBatch, X: np.ndarray) -> np.ndarray:
     """Content hash of each source row: its vector ``X`` (as stored) and its payload columns
     (``batch`` columns 2.. of a :attr:`connectors.Source.schema` batch), so a changed payload
     counts as a changed row too."""
-    from connectors.ids import _splitmix
+    from connectors.ids import splitmix
 
     h = row_hashes(X)
     with np.errstate(over="ignore"):
         for j in range(2, batch.num_columns):
-            h = _splitmix(h * np.uint64(0x100000001B3) + _column_hashes(batch.column(j))
+            h = splitmix(h * np.uint64(0x100000001B3) + _column_hashes(batch.column(j))
                           + np.uint64(j))
     return h
 

@@ -300,8 +300,6 @@ def info(target: str, **target_options: Any) -> dict:
     the recall measured when it was written."""
     from connectors import open_target
 
-    from .pipeline import disk_bytes
-
     tgt = open_target(target, **target_options)
     meta = tgt.metadata
     model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
@@ -312,7 +310,7 @@ def info(target: str, **target_options: Any) -> dict:
         "source_fingerprint": meta.get("source_version"), "method": model.method,
         "metric": model.metric, "source_dim": D, "dim": d, "pq_bytes": model.pq_bytes,
         "vector_dtype": meta.get("vector_dtype"), "model_bytes": len(tgt.model_bytes),
-        "disk_bytes": disk_bytes(target), "written_utc": tgt.record["writer"]["written_utc"],
+        "disk_bytes": tgt.disk_bytes(), "written_utc": tgt.record["writer"]["written_utc"],
         "library_version": tgt.record["writer"]["version"],
         "bytes_per_vector": {"source_float32": 4 * D, "pq_codes": model.pq_bytes,
                              "reduced": d * (2 if meta.get("vector_dtype") == "float16" else 4)},
