@@ -2,10 +2,13 @@
 ``db/t.lance``, so one implementation serves both; reads go through pylance directly).
 
 Target layout: the source ids, the payload columns, the reduced vectors under the source's vector
-column name (FixedSizeList<float32|float16>), the PQ codes, and an IVF_PQ index on the reduced
-vectors once the table has ``index_min_rows`` rows (default 100,000; below that a flat scan takes a
-few milliseconds and PQ training would be starved). Lance picks the number of partitions itself
-(about one per 8k rows in pylance 14).
+column name (FixedSizeList<float32|float16>), the PQ codes, and a vector index that carries the
+target's metric, so that LanceDB's own ``table.search(z)`` ranks by it without ``distance_type``
+(LanceDB uses the index metric, and l2 without an index; see ``LanceSink.index_options_for``):
+below ``index_min_rows`` (default 100,000) a cosine/dot target gets a one-partition ``IVF_FLAT``
+(a flat scan, exact distances) and an l2 target none; from there ``IVF_FLAT`` with one partition
+per ``index_rows_per_partition`` (4,096) rows, so LanceDB's default nprobes (20) keeps recall@10
+close to a flat scan (benchmarks/store_query.py; ``.nprobes(64)`` for more).
 
 Model storage: a content-addressed sidecar ``_tldr/model-<sha256[:16]>.safetensors`` inside the
 dataset directory; the schema metadata key ``tldr_index`` holds a small JSON record (layout, model
