@@ -133,15 +133,15 @@ def commands(text: str) -> list[str]:
 def command_variants(cmd: str) -> list[str]:
     """``[--a x|y] [--b z]`` optional groups: run with every group, first alternative each."""
     def first(m: re.Match) -> str:
-        return re.sub(r"(\S+)\|\S+(\|\S+)*", r"\1", m.group(1))
+        return re.sub(r"([^\s|]+)(\|[^\s|]+)+", r"\1", m.group(1))
     return [re.sub(r"\s+", " ", re.sub(r"\[([^\]]*)\]", first, cmd)).strip()]
 
 
 def _runnable(cmd: str) -> str:
     if cmd.startswith("make demo"):
-        return f"make -o install demo PY={shlex.quote(sys.executable)}"
+        return f"make -f {ROOT / 'Makefile'} -o install demo PY={shlex.quote(sys.executable)}"
     if cmd.startswith("make test"):  # would run this suite inside itself: dry run only
-        return f"make -n -o install test PY={shlex.quote(sys.executable)}"
+        return f"make -f {ROOT / 'Makefile'} -n -o install test PY={shlex.quote(sys.executable)}"
     if shutil.which("tldr-index") is None:
         cmd = re.sub(r"^tldr-index\b", f"{shlex.quote(sys.executable)} -m tldr_index", cmd)
     return cmd
@@ -158,7 +158,11 @@ def _env() -> dict:
 def run_command(cmd: str, ws: Path) -> subprocess.CompletedProcess:
     for a, b in SUBSTITUTE:
         cmd = cmd.replace(a, b.format(ws=ws))
-    return subprocess.run(["bash", "-c", _runnable(cmd)], cwd=ws, env=_env(), text=True,
+    cwd = ws
+    if cmd.startswith(("make demo", "tldr-index demo")):
+        cwd = ws / "demo"  # the demo builds its own ./tldr-data: an empty directory of its own
+        cwd.mkdir(exist_ok=True)
+    return subprocess.run(["bash", "-c", _runnable(cmd)], cwd=cwd, env=_env(), text=True,
                           capture_output=True, timeout=900)
 
 
