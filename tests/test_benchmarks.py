@@ -90,7 +90,8 @@ def test_render_quality_renders_a_smoke_run(tmp_path):
 def test_missing_corpus_is_one_line(tmp_path):
     r = _run("quality", ["--corpus", str(tmp_path / "nope.npz"), "--dims", "8"], tmp_path)
     assert r.returncode == 1
-    assert r.stderr.startswith(f"Error: --corpus '{tmp_path / 'nope.npz'}' is not a file")
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        f"Error: --corpus '{tmp_path / 'nope.npz'}' is not a file (corpus to run on: an .npz")
 
 
 def test_gpu_trainer_without_cuda_says_so(tmp_path):
