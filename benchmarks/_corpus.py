@@ -10,15 +10,52 @@ import numpy as np
 import torch
 
 SHARED = Path(os.environ.get("TLDR_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-CORPUS = SHARED / "data" / "pydoc-minilm.npz"
+#: the 40,000-row shared corpus the recorded results used; not part of a clone (pass it as --corpus)
+SHARED_CORPUS = SHARED / "data" / "pydoc-minilm.npz"
+#: what every benchmark runs on by default: the 6,000-row sample shipped with the package
+SAMPLE = Path(__file__).resolve().parents[1] / "tldr_index" / "data" / "sample.npz"
+CORPUS_HELP = ("corpus to run on: an .npz with X (rows x D float) and labels (ints), e.g. "
+               "../shared/data/pydoc-minilm.npz, the 40,000-row shared corpus that the recorded "
+               "results in benchmarks/results/ used (not in a clone). Default: the 6,000-row "
+               "sample shipped in tldr_index/data/sample.npz, so the script runs from a clone.")
+_SELECTED: list[Path] = [SAMPLE]
+#: caches (tiled corpora, built tables): $TLDR_BENCH_CACHE or benchmarks/_cache (gitignored)
+CACHE_ROOT = Path(os.environ.get("TLDR_BENCH_CACHE") or Path(__file__).resolve().parent / "_cache")
 
 
-def load_corpus(n_queries: int = 2000):
-    """(database, queries, db_labels, query_labels) of the shared corpus as float32.
+def add_corpus_arg(ap) -> None:
+    """``--corpus PATH`` (see ``CORPUS_HELP``)."""
+    ap.add_argument("--corpus", default=None, metavar="PATH", help=CORPUS_HELP)
 
-    Protocol of shared/data/README.md: the first ``n_queries`` rows are queries, the rest the database.
+
+def select_corpus(path: str | None) -> Path:
+    """Use ``path`` (or the shipped sample when None) for every later ``corpus_path()`` call."""
+    p = Path(path) if path else SAMPLE
+    if not p.is_file():
+        raise SystemExit(f"Error: --corpus '{path}' is not a file ({CORPUS_HELP})")
+    _SELECTED[0] = p
+    return p
+
+
+def corpus_path() -> Path:
+    return _SELECTED[0]
+
+
+def corpus_tag() -> str:
+    """Suffix for cache names, so caches of different corpora never mix ('' = shared corpus)."""
+    p = corpus_path()
+    return "" if p.name == SHARED_CORPUS.name else f"_{p.stem}"
+
+
+def load_corpus(n_queries: int | None = None):
+    """(database, queries, db_labels, query_labels) of the selected corpus as float32.
+
+    Protocol of shared/data/README.md: the first ``n_queries`` rows are queries (default 2,000;
+    300 for a corpus under 20,000 rows, e.g. the shipped sample), the rest the database.
     """
-    z = np.load(CORPUS)
+    z = np.load(corpus_path())
+    if n_queries is None:
+        n_queries = 2000 if len(z["X"]) >= 20_000 else 300
     X = z["X"].astype(np.float32)
     lab = z["labels"]
     return X[n_queries:], X[:n_queries], lab[n_queries:], lab[:n_queries]

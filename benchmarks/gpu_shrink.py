@@ -38,6 +38,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks._corpus import CORPUS_HELP, SAMPLE  # noqa: E402
+
 STAGES = ("scan", "knn", "train", "encode", "write", "verify", "publish")
 
 
@@ -227,7 +229,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--dim-in", type=int, default=384)
     ap.add_argument("--data", choices=["corpus", "synthetic"], default="corpus")
-    ap.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "pydoc-minilm.npz"))
+    ap.add_argument("--corpus", default=str(SAMPLE), metavar="PATH", help=CORPUS_HELP)
     ap.add_argument("--devices", default="cuda,cpu")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--pq-bytes", type=int, default=16)

@@ -23,16 +23,21 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
 def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__ + "\nNo corpus needed: the rows are "
+                                 "generated, so it runs from a clone (on a CUDA machine).",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch-sizes", default="256,1024,4096")
+    ap.add_argument("--graphs", default="on,off")
+    args = ap.parse_args(argv)
+    import torch
+    if not torch.cuda.is_available():
+        raise SystemExit("Error: benchmarks/gpu_trainer.py needs a CUDA GPU; torch sees none.")
     import pynvml
     from conftest import make_structured
 
     from tldr_index import TLDR
     from tldr_index import trainer as trainer_mod
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch-sizes", default="256,1024,4096")
-    ap.add_argument("--graphs", default="on,off")
-    args = ap.parse_args(argv)
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
     X = make_structured(100_000, 384, latent=32, clusters=64, seed=0)

@@ -36,12 +36,12 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._corpus import CORPUS  # noqa: E402
+from benchmarks._corpus import CACHE_ROOT, add_corpus_arg, corpus_path, corpus_tag, select_corpus  # noqa: E402
 from tldr_index.knn import exact_search, graph_recall, knn_graph  # noqa: E402
 from tldr_index.vectors import as_vectors  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-CACHE = HERE / "_cache"
+CACHE = CACHE_ROOT
 
 #: OPQ settings compared; "default" is the library default.
 VARIANTS = {
@@ -55,10 +55,10 @@ VARIANTS = {
 def tiled(rows: int, sigma: float = 0.03, seed: int = 0) -> np.memmap:
     """The corpus tiled to ``rows`` rows (see module docstring), cached as a float32 memmap."""
     CACHE.mkdir(exist_ok=True)
-    path = CACHE / f"pydoc_tiled_{rows}_s{sigma}.f32"
+    path = CACHE / f"pydoc_tiled_{rows}_s{sigma}{corpus_tag()}.f32"
     dim = 384
     if not (path.exists() and path.stat().st_size == rows * dim * 4):
-        base = np.load(CORPUS)["X"].astype(np.float32)
+        base = np.load(corpus_path())["X"].astype(np.float32)
         rng = np.random.default_rng(seed)
         tmp = path.with_suffix(".tmp")
         mm = np.memmap(tmp, dtype=np.float32, mode="w+", shape=(rows, dim))
@@ -85,7 +85,7 @@ def bench_rows(rows: int, args) -> list[dict]:
     t = time.perf_counter()
     _, I = exact_search(vec, vec.take(sample), k, exclude=sample)
     t_sample = time.perf_counter() - t
-    base = 40_000  # rows of the corpus: row r is a copy of corpus row r % base
+    base = len(np.load(corpus_path())["X"])  # row r is a copy of corpus row r % base
     copies = float(((I % base) == (sample[:, None] % base)).mean())
     out.append(dict(rows=rows, method="exact", settings=f"{len(sample)} queries x all rows, "
                     "extrapolated x N/queries", total=t_sample * rows / len(sample),
@@ -290,6 +290,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="100000,1000000", help="comma-separated row counts")
+    add_corpus_arg(ap)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--variants", default=None,
                     help=f"OPQ variants among {','.join(VARIANTS)} (default: default,paper,high "
@@ -311,6 +312,7 @@ def main(argv=None) -> None:
                     help="markdown file; a .json beside it keeps every section's raw numbers, "
                          "so a run updates only the sections it ran")
     args = ap.parse_args(argv)
+    select_corpus(args.corpus)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         stream=sys.stderr)
     out = Path(args.out)

@@ -25,9 +25,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._corpus import CORPUS, machine  # noqa: E402
+from benchmarks._corpus import (CACHE_ROOT, add_corpus_arg, corpus_path, corpus_tag, machine,  # noqa: E402
+                               select_corpus)
 
-CACHE = ROOT / "benchmarks" / "_cache"
+CACHE = CACHE_ROOT
 
 CHILD = r"""
 import json, resource, sys, time, numpy as np
@@ -48,11 +49,11 @@ print(json.dumps({{"fit_s": fit_s, "peak_rss_mb": resource.getrusage(resource.RU
 
 def tiled_memmap(rows: int, seed: int = 0) -> Path:
     """Create (once) a ``rows x 384`` float32 memmap of the tiled corpus; memory: one 40k block."""
-    path = CACHE / f"tiled_{rows}.f32"
+    path = CACHE / f"tiled_{rows}{corpus_tag()}.f32"
     if path.exists() and path.stat().st_size == rows * 384 * 4:
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
-    base = np.load(CORPUS)["X"].astype(np.float32)
+    base = np.load(corpus_path())["X"].astype(np.float32)
     rng = np.random.default_rng(seed)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -68,8 +69,10 @@ def tiled_memmap(rows: int, seed: int = 0) -> Path:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default="250000,2000000")
+    add_corpus_arg(ap)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "out_of_core.md"))
     args = ap.parse_args(argv)
+    select_corpus(args.corpus)
     results = []
     for rows in [int(r) for r in args.rows.split(",")]:
         t0 = time.perf_counter()

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._corpus import cosine_topk, load_corpus, machine, recall  # noqa: E402
+from benchmarks._corpus import add_corpus_arg, select_corpus, cosine_topk, load_corpus, machine, recall  # noqa: E402
 from tldr_index import PCA, TLDR  # noqa: E402
 from tldr_index._threads import thread_limit  # noqa: E402
 from tldr_index.comparisons import original_pq_search, reduced_search  # noqa: E402
@@ -162,6 +162,7 @@ def render(res: dict, out: Path) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_corpus_arg(ap)
     ap.add_argument("--dims", default="16,32,64,128")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--pq-bytes", default="8,16,32")
@@ -173,6 +174,7 @@ def main(argv=None) -> None:
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
+    select_corpus(args.corpus)
     out = Path(args.out)
     if args.render_only:
         res = json.loads(out.with_suffix(".json").read_text())

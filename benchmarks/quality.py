@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._corpus import (cosine_topk, knn_accuracy, load_corpus, machine,  # noqa: E402
+from benchmarks._corpus import (add_corpus_arg, select_corpus, cosine_topk, knn_accuracy, load_corpus, machine,  # noqa: E402
                                 recall)
 from tldr_index import PCA, TLDR  # noqa: E402
 from tldr_index.comparisons import original_pq_search  # noqa: E402
@@ -52,6 +52,7 @@ def opq_baseline(db, q, truth, n_bytes, seed=0):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_corpus_arg(ap)
     ap.add_argument("--dims", default="16,32,64,128")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--pq-bytes", default="16,32")
@@ -59,6 +60,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality"))
     args = ap.parse_args(argv)
+    select_corpus(args.corpus)
     dims = [int(x) for x in args.dims.split(",")]
     methods = args.methods.split(",")
     pq_bytes = [] if args.no_pq else [int(x) for x in args.pq_bytes.split(",")]

@@ -38,20 +38,22 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._corpus import machine  # noqa: E402
+from benchmarks._corpus import (CACHE_ROOT, add_corpus_arg, corpus_tag, machine,  # noqa: E402
+                               select_corpus)
 
-SHRINK_CACHE = ROOT / "benchmarks" / "_cache" / "shrink"
-CACHE = ROOT / "benchmarks" / "_cache" / "reindex"
+CACHE = CACHE_ROOT / "reindex"
 
 
 def source_dataset(rows: int, explicit: str | None) -> Path:
-    for cand in ([Path(explicit)] if explicit else
-                 [SHRINK_CACHE / f"db_{rows}" / "docs.lance",
-                  Path("/work/main/benchmarks/_cache/shrink") / f"db_{rows}" / "docs.lance"]):
-        if (cand / "_versions").is_dir():
-            return cand
-    raise SystemExit(f"No {rows}-row source found; run `python benchmarks/shrink.py --rows {rows}` "
-                     f"first (it builds benchmarks/_cache/shrink/db_{rows}).")
+    if explicit:
+        if not (Path(explicit) / "_versions").is_dir():
+            raise SystemExit(f"Error: --source '{explicit}' is not a Lance dataset.")
+        return Path(explicit)
+    from benchmarks import shrink as bench_shrink  # builds the table as benchmarks/shrink.py does
+    bench_shrink.CACHE = CACHE_ROOT / f"shrink{corpus_tag()}"
+    bench_shrink.CACHE.mkdir(parents=True, exist_ok=True)
+    bench_shrink.make_source(rows)
+    return bench_shrink.CACHE / f"db_{rows}" / "docs.lance"
 
 
 def append_new_rows(path: Path, frac: float, seed: int = 7) -> int:
@@ -81,11 +83,13 @@ def append_new_rows(path: Path, frac: float, seed: int = 7) -> int:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
+    add_corpus_arg(ap)
     ap.add_argument("--new-frac", type=float, default=0.01)
     ap.add_argument("--source", default=None, help="Lance dataset to copy (default: the shrink "
                                                    "benchmark's db_<rows>/docs.lance)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reindex.md"))
     args = ap.parse_args(argv)
+    select_corpus(args.corpus)
 
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

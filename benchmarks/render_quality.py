@@ -5,6 +5,7 @@ Usage: python benchmarks/render_quality.py   (prints Markdown)
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,8 +13,14 @@ RESULTS = Path(__file__).parent / "results" / "quality.json"
 ORDER = ["pca", "pca-whiten", "barlow-linear", "barlow-flinear", "ranking", "ranking+barlow"]
 
 
-def main() -> None:
-    rows = json.loads(RESULTS.read_text())
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__ + "Runs from a clone: it reads a results "
+                                 "file, no corpus (benchmarks/quality.py --corpus writes one).",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", default=str(RESULTS), metavar="PATH",
+                    help="quality.json written by benchmarks/quality.py (default: the recorded one)")
+    args = ap.parse_args(argv)
+    rows = json.loads(Path(args.json).read_text())
     dims = sorted({r["d"] for r in rows if r["method"] in ORDER})
     cell = {(r["method"], r["d"]): r for r in rows}
     print("| recall@10 (20-NN acc.) | " + " | ".join(f"d={d}" for d in dims) + " |")

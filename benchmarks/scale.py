@@ -43,9 +43,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._corpus import machine  # noqa: E402
+from benchmarks._corpus import (CACHE_ROOT, add_corpus_arg, corpus_tag, machine,  # noqa: E402
+                               select_corpus)
 
-CACHE = ROOT / "benchmarks" / "_cache" / "shrink"
+CACHE = CACHE_ROOT / "shrink"
 CACHE_DIR = [CACHE]  # --cache
 
 
@@ -53,9 +54,10 @@ def source_uri(rows: int) -> str:
     from connectors import lancedb_uri
 
     db = CACHE_DIR[0] / f"db_{rows}"
-    if not (db / "docs.lance").is_dir():
-        sys.exit(f"Missing source {db}/docs.lance: build it with "
-                 f"`python benchmarks/shrink.py --rows {rows}`.")
+    if not (db / "docs.lance").is_dir():  # build it as benchmarks/shrink.py does
+        from benchmarks import shrink as bench_shrink
+        bench_shrink.CACHE = CACHE_DIR[0]
+        bench_shrink.make_source(rows)
     return lancedb_uri(str(db), "docs")
 
 
@@ -263,6 +265,7 @@ def main(argv=None) -> None:
                     help="source size for part 1 (0: skip)")
     ap.add_argument("--shrink-rows", default="250000,1000000",
                     help="comma-separated source sizes for part 2 ('': skip)")
+    add_corpus_arg(ap)
     ap.add_argument("--method", default="pca")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--pq-bytes", type=int, default=16)
@@ -277,6 +280,9 @@ def main(argv=None) -> None:
                     help="directory holding db_<rows> (read only)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.md"))
     args = ap.parse_args(argv)
+    select_corpus(args.corpus)
+    if args.cache == str(CACHE):
+        args.cache = str(CACHE_ROOT / f"shrink{corpus_tag()}")
     args.shrink_rows = [int(x) for x in args.shrink_rows.split(",") if x]
     CACHE_DIR[0] = Path(args.cache)
     work = Path(args.work)

@@ -38,10 +38,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._corpus import CORPUS, SHARED, machine  # noqa: E402
+from benchmarks._corpus import (CACHE_ROOT, add_corpus_arg, corpus_path, corpus_tag, machine,  # noqa: E402
+                               select_corpus)
 from tldr_index.search import recall_at_k  # noqa: E402
 
-CACHE = ROOT / "benchmarks" / "_cache" / "shrink"
+CACHE = CACHE_ROOT / "shrink"
 SIGMA = 0.03
 DIM = 384
 TARGETS = {"wall_s": 15 * 60, "rss_gb": 1.5, "search_ratio": 50, "disk_ratio": 4,
@@ -51,11 +52,15 @@ TARGETS = {"wall_s": 15 * 60, "rss_gb": 1.5, "search_ratio": 50, "disk_ratio": 4
 # ------------------------------------------------------------------------------------ data
 
 def corpus() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    z = np.load(CORPUS)
+    path = corpus_path()
+    z = np.load(path)
     X = z["X"].astype(np.float32)
     labels = z["label_names"][z["labels"]]
-    with gzip.open(SHARED / "data" / "pydoc.texts.txt.gz", "rt") as f:
-        titles = [line.split(":", 1)[0][:60] for line in f.read().split("\n")[:len(X)]]
+    if "texts" in z.files:  # the shipped sample carries its texts
+        titles = [str(t).split(":", 1)[0][:60] for t in z["texts"]]
+    else:
+        with gzip.open(path.parent / "pydoc.texts.txt.gz", "rt") as f:
+            titles = [line.split(":", 1)[0][:60] for line in f.read().split("\n")[:len(X)]]
     return X, labels, titles
 
 
@@ -250,6 +255,7 @@ def markdown(results: list[dict], args, command: str, load: tuple) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", default="250000,1000000", help="comma-separated table sizes")
+    add_corpus_arg(ap)
     ap.add_argument("--methods", default="tldr,pca")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--pq-bytes", type=int, default=16)
@@ -259,6 +265,8 @@ def main(argv=None) -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shrink.md"))
     args = ap.parse_args(argv)
+    global CACHE
+    CACHE = CACHE_ROOT / f"shrink{corpus_tag() if select_corpus(args.corpus) else ''}"
     command = "python benchmarks/shrink.py " + shlex.join(argv if argv is not None
                                                           else sys.argv[1:])
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,13 @@
 ``db/t.lance``, so one implementation serves both; reads go through pylance directly).
 
 Target layout: the source ids, the payload columns, the reduced vectors under the source's vector
-column name (FixedSizeList<float32|float16>), the PQ codes, and an IVF_PQ index on the reduced
-vectors once the table has ``index_min_rows`` rows (default 100,000; below that a flat scan takes a
-few milliseconds and PQ training would be starved). Lance picks the number of partitions itself
-(about one per 8k rows in pylance 14).
+column name (FixedSizeList<float32|float16>), the PQ codes, and a vector index that carries the
+target's metric, so that LanceDB's own ``table.search(z)`` ranks by it without ``distance_type``
+(LanceDB uses the index metric, and l2 without an index; see ``LanceSink.index_options_for``):
+below ``index_min_rows`` (default 100,000) a cosine/dot target gets a one-partition ``IVF_FLAT``
+(a flat scan, exact distances) and an l2 target none; from there ``IVF_FLAT`` with one partition
+per ``index_rows_per_partition`` (4,096) rows, so LanceDB's default nprobes (20) keeps recall@10
+close to a flat scan (benchmarks/store_query.py; ``.nprobes(64)`` for more).
 
 Model storage: a content-addressed sidecar ``_tldr/model-<sha256[:16]>.safetensors`` inside the
 dataset directory; the schema metadata key ``tldr_index`` holds a small JSON record (layout, model
@@ -254,7 +257,8 @@ class LanceSink(Sink):
 
     def __init__(self, path: str, *, uri: str, index_min_rows: int = 100_000,
                  flush_rows: int = 262_144, flush_bytes: int = 256 << 20,
-                 max_rows_per_file: int = 1 << 20, index_options: dict | None = None):
+                 max_rows_per_file: int = 1 << 20, index_options: dict | None = None,
+                 index_rows_per_partition: int = 4096, index_max_partitions: int = 4096):
         super().__init__(uri)
         self.path = path.rstrip("/")
         self.index_min_rows = check_int(index_min_rows, "index_min_rows", low=1, owner="LanceSink")
@@ -263,6 +267,11 @@ class LanceSink(Sink):
         self.max_rows_per_file = check_int(max_rows_per_file, "max_rows_per_file", low=1,
                                            owner="LanceSink")
         self.index_options = dict(index_options or {})
+        self.index_rows_per_partition = check_int(index_rows_per_partition,
+                                                  "index_rows_per_partition", low=1,
+                                                  owner="LanceSink")
+        self.index_max_partitions = check_int(index_max_partitions, "index_max_partitions",
+                                              low=1, owner="LanceSink")
         parent, name = os.path.split(os.path.abspath(self.path))
         self._parent, self._name = parent, name
         self.staging = os.path.join(parent, f".{name}.tldr-staging-{uuid.uuid4().hex[:12]}")
@@ -360,18 +369,42 @@ class LanceSink(Sink):
         _read_model(self.staging, load_record(self._staged.schema.metadata.get(
             RECORD_KEY.encode()), self.uri), self.uri)
 
+    def index_options_for(self, n: int) -> dict | None:
+        """The vector index ``publish`` builds for ``n`` rows (``None``: no index).
+
+        The index carries the target's metric, so LanceDB's own ``table.search(z)`` (which uses the
+        index metric when no ``distance_type`` is given, and l2 otherwise) ranks by the target's
+        distance. Below ``index_min_rows`` a non-l2 target gets a one-partition ``IVF_FLAT``: a flat
+        scan with exact distances whose only job is to hold the metric (cost: a second copy of the
+        reduced vectors, ``n * d * itemsize`` bytes). From ``index_min_rows`` on: ``IVF_FLAT`` with
+        ``n // index_rows_per_partition`` partitions (at most ``index_max_partitions``), so
+        LanceDB's default ``nprobes`` (20) scans about ``20 * index_rows_per_partition`` rows of
+        exact distances per query. ``index_options`` override any of these keys.
+        """
+        metric = LANCE_METRIC[self.layout.distance]
+        if n < self.index_min_rows:
+            if metric == "l2":
+                return None
+            return {"index_type": "IVF_FLAT", "num_partitions": 1, "metric": metric,
+                    **self.index_options}
+        parts = max(1, min(self.index_max_partitions, n // self.index_rows_per_partition))
+        return {"index_type": "IVF_FLAT", "num_partitions": parts, "metric": metric,
+                **self.index_options}
+
     def _build_index(self, ds: lance.LanceDataset) -> None:
         n = ds.count_rows()
-        if n < self.index_min_rows:
-            log.info("Skipping the vector index of %s: %d rows < index_min_rows=%d.", self.uri, n,
-                     self.index_min_rows)
+        opts = self.index_options_for(n)
+        if opts is None:
+            log.info("Skipping the vector index of %s: %d rows < index_min_rows=%d and metric l2 "
+                     "(LanceDB's default).", self.uri, n, self.index_min_rows)
             return
-        d = self.schema.field(self.layout.vector_column).type.list_size
-        codes = (self.schema.field(self.layout.codes_column).type.list_size
-                 if self.layout.codes_column else None)
-        opts = {"index_type": "IVF_PQ", "metric": LANCE_METRIC[self.layout.distance],
-                "num_sub_vectors": default_sub_vectors(d, codes), **self.index_options}
-        log.info("Building %s index on %s.%s (%d rows).", opts["index_type"], self.uri,
+        if opts["index_type"] == "IVF_PQ" and "num_sub_vectors" not in opts:
+            d = self.schema.field(self.layout.vector_column).type.list_size
+            codes = (self.schema.field(self.layout.codes_column).type.list_size
+                     if self.layout.codes_column else None)
+            opts["num_sub_vectors"] = default_sub_vectors(d, codes)
+        log.info("Building %s index (%d partitions, metric %s) on %s.%s (%d rows).",
+                 opts["index_type"], opts.get("num_partitions", 0), opts["metric"], self.uri,
                  self.layout.vector_column, n)
         try:
             ds.create_index(self.layout.vector_column, **opts)
