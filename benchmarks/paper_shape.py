@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._corpus import add_corpus_arg, select_corpus, cosine_topk, load_corpus, machine, recall  # noqa: E402
 from tldr_index import PCA, TLDR  # noqa: E402
-from tldr_index._threads import thread_limit  # noqa: E402
+from tldr_index.threads import thread_limit  # noqa: E402
 from tldr_index.comparisons import original_pq_search, reduced_search  # noqa: E402
 from tldr_index.knn import knn_graph  # noqa: E402
 

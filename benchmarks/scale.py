@@ -105,7 +105,7 @@ def staged_sink(work: Path, name: str, schema, src):
 def encode_local(src, model, schema, sink, threads: int, batch_rows: int = 8192) -> int:
     from threadpoolctl import threadpool_limits
 
-    from tldr_index._threads import thread_limit
+    from tldr_index.threads import thread_limit
     from tldr_index.encode_batches import encode_record_batch
 
     q = model.quantizer()

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tldr_index._validation import check_choice, check_int
+from tldr_index.validation import check_choice, check_int
 from tldr_index.errors import (InvalidInputError, InvalidParameterError, MissingColumnError,
                                ModelFormatError, SinkStateError)
 from tldr_index.version import __version__

@@ -54,8 +54,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from lance.fragment import write_fragments
 
-from tldr_index._faults import fault_point
-from tldr_index._validation import check_int
+from tldr_index.faults import fault_point
+from tldr_index.validation import check_int
 from tldr_index.artifact import atomic_write_bytes
 from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFoundError,
                                TargetExistsError, VerificationError)
@@ -153,7 +153,7 @@ class LanceSource(Source):
         self.dim = int(dim or 0)
         if distance is None:
             distance = _index_metric(self._ds, self.vector_column) or "l2"
-        from tldr_index._validation import check_choice
+        from tldr_index.validation import check_choice
         self.distance = check_choice(distance, "distance", DISTANCES, owner="LanceSource")
 
     @property

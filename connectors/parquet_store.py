@@ -47,8 +47,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
-from tldr_index._faults import fault_point
-from tldr_index._validation import check_choice, check_int
+from tldr_index.faults import fault_point
+from tldr_index.validation import check_choice, check_int
 from tldr_index.artifact import atomic_write_bytes
 from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFoundError,
                                TargetExistsError)

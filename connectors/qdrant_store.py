@@ -49,8 +49,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tldr_index._faults import fault_point
-from tldr_index._validation import check_float, check_int
+from tldr_index.faults import fault_point
+from tldr_index.validation import check_float, check_int
 from tldr_index.errors import (InvalidInputError, MissingColumnError, ModelFormatError,
                                SourceNotFoundError, StoreUnavailableError, TargetExistsError)
 

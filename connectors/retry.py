@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from tldr_index._validation import check_float, check_int
+from tldr_index.validation import check_float, check_int
 from tldr_index.errors import StoreUnavailableError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import torch
 
 from conftest import make_structured
 from tldr_index import TLDR, trainer as trainer_mod
-from tldr_index import _faiss_utils as fu
+from tldr_index import faiss_utils as fu
 from tldr_index.knn import exact_search, knn_graph
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

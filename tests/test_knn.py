@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tldr_index import _faiss_utils as fu
+from tldr_index import faiss_utils as fu
 from tldr_index.errors import InvalidInputError, InvalidParameterError
 from tldr_index.knn import KnnGraph, _drop_own, exact_search, graph_recall, knn_graph
 from tldr_index.vectors import VectorStore

@@ -208,8 +208,8 @@ def test_structured_data_helper_has_low_intrinsic_dimension():
 def test_n_jobs_limits_torch_threads_during_fit_and_restores_them(structured, monkeypatch):
     """``TLDR(n_jobs=...)``: the CLI's thread policy. The threads torch uses inside fit are
     recorded from the training progress callback."""
-    import tldr_index._threads as threads_mod
-    from tldr_index._threads import thread_limit
+    import tldr_index.threads as threads_mod
+    from tldr_index.threads import thread_limit
     from tldr_index.errors import InvalidParameterError
 
     X = structured[:600]

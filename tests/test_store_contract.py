@@ -378,9 +378,9 @@ def test_distributed_hooks(store):
 # ------------------------------------------------------------------------------------- layering
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BOTTOM = {"tldr_index.errors", "tldr_index._validation", "tldr_index.artifact",
-          "tldr_index.progress", "tldr_index.version", "tldr_index._oserrors",
-          "tldr_index._threads", "tldr_index._faults"}
+BOTTOM = {"tldr_index.errors", "tldr_index.validation", "tldr_index.artifact",
+          "tldr_index.progress", "tldr_index.version", "tldr_index.oserrors",
+          "tldr_index.threads", "tldr_index.faults"}
 STORE_CLASSES = {f"{s}{r}" for s in ("Lance", "Parquet", "Qdrant")
                  for r in ("Source", "Sink", "Target")}
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_bool, check_int
+from .validation import check_bool, check_int
 from .base import BaseReducer
 from .errors import InvalidParameterError
 from .pca import moments, pca_map

@@ -338,7 +338,7 @@ class CompactCollection:
         Raises :class:`InvalidInputError` (wrong dimension, NaN, duplicate or colliding ids,
         unknown payload columns) before anything is written.
         """
-        from ._validation import check_bool, check_int
+        from .validation import check_bool, check_int
 
         self._check_open("add")
         check_bool(upsert, "upsert", owner="add")

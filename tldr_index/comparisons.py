@@ -23,7 +23,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ._threads import run_in_worker
+from .threads import run_in_worker
 from .knn import _drop_own, exact_search
 from .quantizer import ProductQuantizer, _normalize
 from .vectors import Vectors, as_vectors
@@ -141,7 +141,7 @@ def original_pq_search(database: Any, train: np.ndarray, queries: np.ndarray, n_
     dimension D. Cost: OPQ training ``opq_iterations x rows x D^2`` (minutes for 384-d at 20k
     rows on 2 cores), then one pass over ``database``; memory: ``N x n_bytes`` codes.
     ``on_phase``/``progress`` as :func:`reduced_search`; the training runs in a worker thread
-    (:func:`tldr_index._threads.run_in_worker`) so Ctrl-C is handled at once.
+    (:func:`tldr_index.threads.run_in_worker`) so Ctrl-C is handled at once.
     """
     db = as_vectors(database, "database")
     D = db.dim

@@ -72,7 +72,7 @@ class SinkStateError(TLDRError, RuntimeError):
 
 class StorageError(TLDRError, OSError):
     """The disk is full or a path is not writable (work directory or target); nothing was
-    published (see :func:`tldr_index._oserrors.storage_errors`)."""
+    published (see :func:`tldr_index.oserrors.storage_errors`)."""
 
 
 # --- Ctrl-C ------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ class Interrupted(KeyboardInterrupt):
     ``stage``: the stage it stopped (``None``: outside any); ``work_dir``: the checkpoints a
     resumed run continues from (``None``: nothing to resume); ``worker_running``: a long native
     call (an index build, k-means) was still running in a worker thread, which stops when the
-    process exits (see :func:`tldr_index._threads.run_in_worker`).
+    process exits (see :func:`tldr_index.threads.run_in_worker`).
     """
 
     def __init__(self, stage: str | None = None, work_dir: str | None = None,

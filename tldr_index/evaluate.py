@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ._validation import check_choice, check_int
+from .validation import check_choice, check_int
 from .compact import CompactModel
 from .errors import InvalidInputError, InvalidParameterError
 from .knn import exact_search
@@ -304,7 +304,7 @@ def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries
     """The body of :func:`evaluate` (its parameters; ``prog`` is closed by the caller)."""
     from connectors import open_target
 
-    from ._threads import thread_limit
+    from .threads import thread_limit
     from .pipeline import _sample_rows
     from .progress import StageTimer
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _faiss_utils as fu
-from ._threads import run_in_worker
-from ._validation import check_choice, check_int
+from . import faiss_utils as fu
+from .threads import faiss_threads, run_in_worker
+from .validation import check_choice, check_int
 from .errors import InvalidInputError, InvalidParameterError
 from .vectors import Vectors, as_vectors, check_finite_block
 
@@ -512,7 +512,7 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
     else:
         nbrs = np.empty((n, k), dtype=np.int64)
     try:
-        with fu.faiss_threads(threads):
+        with faiss_threads(threads):
             if method == "exact":
                 nbrs[:] = _exact_self_graph(vec, k, metric, chunk_rows, kernel, progress)
             else:

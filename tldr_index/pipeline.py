@@ -50,10 +50,10 @@ import pyarrow as pa
 from connectors import discard_staging, disk_bytes  # noqa: F401 (disk_bytes re-exported)
 
 from . import __version__
-from ._faults import wrap_progress
-from ._oserrors import storage_errors
-from ._threads import auto_threads, run_in_worker, thread_limit
-from ._validation import check_bool, check_choice, check_int
+from .faults import wrap_progress
+from .oserrors import storage_errors
+from .threads import auto_threads, run_in_worker, thread_limit
+from .validation import check_bool, check_choice, check_int
 from .compact import CompactModel
 from .encode_batches import CODES_COLUMN, FLOAT16_MAX  # noqa: F401 (re-exported)
 from .errors import (Interrupted, InvalidInputError, InvalidParameterError, ModelFormatError,
@@ -715,7 +715,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         :func:`tldr_index.search.search`: 200).
     keep_work : keep the work directory after publishing.
     threads : CPU threads for torch and FAISS (None: the cores that look idle, see
-        :mod:`tldr_index._threads`; a resumed run reuses the first run's count).
+        :mod:`tldr_index.threads`; a resumed run reuses the first run's count).
     source_options, sink_options : passed to ``open_source`` (e.g. ``{"distance": "cosine"}``)
         and ``open_sink``.
     skip_invalid : drop rows whose vector holds NaN/inf (or is zero, under cosine) and report
@@ -759,7 +759,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
     if engine == "ray":
         from .ray_engine import require_ray
         require_ray("shrink")
-    prog = wrap_progress(as_progress(progress))  # test-only fault points, see _faults
+    prog = wrap_progress(as_progress(progress))  # test-only fault points, see faults
 
     src = open_source(source_uri, vector_column=vector_column, id_column=id_column,
                       **(source_options or {}))

@@ -15,7 +15,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ._validation import check_choice, check_int
+from .validation import check_choice, check_int
 from .errors import InvalidParameterError, NotFittedError
 
 METRICS = ("cosine", "ip", "l2")

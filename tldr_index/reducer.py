@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from ._validation import check_bool, check_choice, check_float, check_int
+from .validation import check_bool, check_choice, check_float, check_int
 from .artifact import atomic_write_bytes
 from .base import METRICS, BaseReducer
 from .errors import InvalidInputError, InvalidParameterError
@@ -53,7 +53,7 @@ def resolve_device(device: str, owner: str = "TLDR") -> torch.device:
 
 
 def resolve_n_jobs(n_jobs: Any, owner: str = "TLDR") -> int | None:
-    """``n_jobs`` as the ``threads`` of :func:`tldr_index._threads.thread_limit`: None (idle
+    """``n_jobs`` as the ``threads`` of :func:`tldr_index.threads.thread_limit`: None (idle
     cores / the enclosing limit), -1 (every core) or an int >= 1."""
     if n_jobs is None:
         return None
@@ -146,7 +146,7 @@ class TLDR(BaseReducer):
         ``--threads`` policy: None picks the cores that look idle (``cpu_count - 1-minute load
         average``, at least 1; inside a tldr-index command, its ``--threads``), -1 every core.
         On a shared machine, threads beyond the idle cores spin-wait: see
-        :mod:`tldr_index._threads`.
+        :mod:`tldr_index.threads`.
     verbose : bool or int, default False
         Rich progress bars on stderr during ``fit``: the kNN graph (rows) and each epoch (steps),
         with rate and ETA.
@@ -276,7 +276,7 @@ class TLDR(BaseReducer):
         Runs with ``n_jobs`` torch / FAISS threads (see the class docstring), shows bars on
         stderr with ``verbose``.
         """
-        from ._threads import thread_limit
+        from .threads import thread_limit
         from .progress import RichProgress
 
         r = self._resolved()

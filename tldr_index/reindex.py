@@ -49,9 +49,9 @@ import numpy as np
 import pyarrow as pa
 
 from . import rowstate
-from ._faults import fault_point
-from ._threads import thread_limit
-from ._validation import check_choice, check_float, check_int
+from .faults import fault_point
+from .threads import thread_limit
+from .validation import check_choice, check_float, check_int
 from .compact import CompactModel
 from .errors import InvalidInputError
 from .lock import JobLock
@@ -408,7 +408,7 @@ def _scan(src, model, schema, index, thash, has_hash, seen, batch_rows, drift_qu
             sel = pa.array(np.flatnonzero(todo))
             out.rows.append(_encode_rows(model, b.take(sel), X[todo].astype(np.float32),
                                          schema))
-            fault_point("reindex:encode")  # test-only crash point, see tldr_index._faults
+            fault_point("reindex:encode")  # test-only crash point, see tldr_index.faults
             out.Xnew.append(X[todo].astype(np.float32))
         u = rng.random(len(ids))  # one draw per row: the two samples are disjoint
         keep = ~todo & (u < p_old)

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ._threads import thread_limit
-from ._validation import check_int
+from .threads import thread_limit
+from .validation import check_int
 from .compact import CompactModel
 from .errors import InvalidInputError, InvalidParameterError
 from .quantizer import _normalize
@@ -221,7 +221,7 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
     rescore : re-rank ``shortlist`` candidates per query by exact distance to the original vectors
         (fetched from the source recorded in the target, or ``source``).
     shortlist : candidates per query for ``rescore`` (default ``max(20 k, 200)``).
-    threads : FAISS threads (None: the cores that look idle, see :mod:`tldr_index._threads`).
+    threads : FAISS threads (None: the cores that look idle, see :mod:`tldr_index.threads`).
 
     Cost: without rescore, ``n x N x pq_bytes`` lookups and ``N x pq_bytes`` bytes of memory; with
     it, one ``Source.take`` of up to ``n x shortlist`` rows.

@@ -29,7 +29,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ._validation import check_choice, check_float, check_int
+from .validation import check_choice, check_float, check_int
 from .errors import InvalidInputError, InvalidParameterError
 from .progress import Progress, as_progress
 from .tables import fmt_float
@@ -371,7 +371,7 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
     from connectors import absolute_uri, open_source
 
     from . import pipeline
-    from ._threads import auto_threads, thread_limit
+    from .threads import auto_threads, thread_limit
     from .search import default_shortlist
     from .workdir import WorkDir
 

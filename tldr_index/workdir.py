@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ._faults import fault_point
+from .faults import fault_point
 from .artifact import atomic_write_bytes
 from .errors import CheckpointError
 
@@ -171,7 +171,7 @@ class WorkDir:
 
     def mark_done(self, stage: str, files: list[Path], info: dict) -> dict:
         """Record the stage's outputs (size + sha256) and ``info`` in ``done.json``, atomically."""
-        fault_point(f"{stage}:done")  # test-only crash point, see tldr_index._faults
+        fault_point(f"{stage}:done")  # test-only crash point, see tldr_index.faults
         rec = {"stage": stage, "info": info, "files": {
             str(Path(f).relative_to(self.root)): {"size": Path(f).stat().st_size,
                                                   "sha256": sha256_file(Path(f))}

@@ -1,5 +1,5 @@
 """Subprocess crash harness: run a ``tldr-index`` command in a child with
-``TLDR_INDEX_FAULT=<point>`` (the child SIGKILLs itself there, see :mod:`tldr_index._faults`),
+``TLDR_INDEX_FAULT=<point>`` (the child SIGKILLs itself there, see :mod:`tldr_index.faults`),
 resume it with ``--resume``, and watch the target from another thread the whole time.
 
 ``shrink``: :func:`kill_then_resume` (``test_kill_resume.py``). ``reindex`` (no ``--resume``: a
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from _pipeline_helpers import assert_same_snapshot, snapshot
 
-from tldr_index._faults import ENV
+from tldr_index.faults import ENV
 
 REPO = Path(__file__).resolve().parents[2]
 

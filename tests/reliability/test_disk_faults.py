@@ -3,7 +3,7 @@
 and a rerun with ``resume=True`` finishes the job.
 
 Tests may run as root, where ``chmod`` stops no write: the faults are injected with
-``TLDR_INDEX_FAULT=<point>=enospc|eacces`` (:mod:`tldr_index._faults`) or by patching the function
+``TLDR_INDEX_FAULT=<point>=enospc|eacces`` (:mod:`tldr_index.faults`) or by patching the function
 that writes, and the ``chmod`` variant runs only for other users (its body also passes as root
 without the capability that bypasses permissions: ``capsh --drop=cap_dac_override,
 cap_dac_read_search,cap_fowner -- -c "python ..."``).
@@ -20,7 +20,7 @@ from _connector_helpers import staging_leftovers
 from _pipeline_helpers import (assert_same_snapshot, lancedb_source, make_nested, parquet_source,
                                snapshot)
 
-from tldr_index import _faults
+from tldr_index import faults
 from tldr_index.errors import StorageError
 from tldr_index.pipeline import shrink
 
@@ -46,11 +46,11 @@ def data():
 @pytest.fixture
 def fault(monkeypatch):
     def set_fault(spec: str) -> None:
-        _faults.reset()
-        monkeypatch.setenv(_faults.ENV, spec)
+        faults.reset()
+        monkeypatch.setenv(faults.ENV, spec)
 
     yield set_fault
-    _faults.reset()
+    faults.reset()
 
 
 def _store(kind: str, root, data) -> tuple[str, str]:
@@ -84,7 +84,7 @@ def test_disk_full_or_denied_keeps_previous_target(kind, spec, text, name, tmp_p
     assert_same_snapshot(snapshot(tgt), before)
     parent = tmp_path / "db" if kind == "lance" else tmp_path
     assert staging_leftovers(str(parent)) == []
-    monkeypatch.delenv(_faults.ENV)
+    monkeypatch.delenv(faults.ENV)
     rep = shrink(src, tgt, overwrite=True, resume=True, work_dir=work, **OPTS)   # space freed
     assert rep.resumed and rep.method == "tldr"
 

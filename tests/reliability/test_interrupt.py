@@ -4,7 +4,7 @@ uninterrupted run. During the publish the signal arrives while the publish (the 
 build, a long native call) is still running in its worker thread: the command must still exit at
 once and leave the previous target as it was.
 
-The signal is sent by the fault hook (:mod:`tldr_index._faults`, actions ``sigint`` and
+The signal is sent by the fault hook (:mod:`tldr_index.faults`, actions ``sigint`` and
 ``sigint-wait``), so where it lands does not depend on timing.
 """
 
@@ -17,7 +17,7 @@ from _connector_helpers import staging_leftovers
 from _pipeline_helpers import assert_same_snapshot, lancedb_source, make_nested, snapshot
 from reliability._harness import run_cli, run_cli_here
 
-from tldr_index._faults import SIGINT_WAIT_SECONDS
+from tldr_index.faults import SIGINT_WAIT_SECONDS
 from tldr_index.cli import EXIT_INTERRUPTED, interrupted_message
 from tldr_index.errors import Interrupted
 

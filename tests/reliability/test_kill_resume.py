@@ -4,7 +4,7 @@ payload, model tensors, and a model file with the same sha256: the killed runs r
 reference run's source), no reader polling the target ever sees a partial one, the source is
 untouched and no staging area or work directory is left behind.
 
-Fault points: see :mod:`tldr_index._faults`. To add a command (``reindex``), add rows to a list
+Fault points: see :mod:`tldr_index.faults`. To add a command (``reindex``), add rows to a list
 like ``SHRINK_KILLS`` and call :func:`reliability._harness.kill_then_resume` with its argv.
 """
 

@@ -6,7 +6,7 @@ rerun (it is taken over and reported), a third run has nothing to do, ``rollback
 to the target before the reindex, and the source is untouched.
 
 The source change is the one of ``tests/test_reindex.py``: 100 rows added, 30 deleted, 30 changed
-(20 vectors and payloads, 10 payloads only). Fault points: :mod:`tldr_index._faults`.
+(20 vectors and payloads, 10 payloads only). Fault points: :mod:`tldr_index.faults`.
 """
 
 from __future__ import annotations

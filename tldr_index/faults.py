@@ -18,7 +18,7 @@ Points (``tests/reliability/`` kills a run at each of them):
   :func:`wrap_progress` when the variable is set): scan/encode/write after each batch, knn after
   each graph block, train after each step, verify once, publish before (1st) and after (2nd) the
   atomic switch.
-* ``worker:<name>`` -- the start of a worker thread of :func:`tldr_index._threads.run_in_worker`
+* ``worker:<name>`` -- the start of a worker thread of :func:`tldr_index.threads.run_in_worker`
   (``publish``: the sink's publish with its index build; ``opq-train``, ``pq-train``: k-means).
 * ``<stage>:done`` -- a stage's outputs are complete, its ``done.json`` is not yet written
   (:meth:`tldr_index.workdir.WorkDir.mark_done`).

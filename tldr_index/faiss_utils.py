@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import mmap
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import faiss
@@ -59,20 +57,6 @@ def make_kernel(device: str) -> Any:
     if torch_cuda_available():
         return TorchCudaKernel()
     return CpuKernel()
-
-
-@contextmanager
-def faiss_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` FAISS OpenMP threads (``None``: leave as is), then restore."""
-    if n is None:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
 
 
 def prepare(block: np.ndarray, metric: str) -> np.ndarray:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ._validation import check_int
+from .validation import check_int
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,27 @@ _ACTIVE = [0]  # thread_limit bodies running (the torch/FAISS settings are proce
 
 
 @contextmanager
+def faiss_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` FAISS OpenMP threads (``None``: leave as is), then restore."""
+    if n is None:
+        yield
+        return
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+@contextmanager
 def thread_limit(threads: int | None, owner: str = "shrink"):
     """Run the body with ``threads`` torch and FAISS threads (None: :func:`auto_threads`, or,
     inside another ``thread_limit`` body, the enclosing limit unchanged: a ``TLDR(n_jobs=None)``
     fitted by ``shrink --threads 1`` keeps 1)."""
     import torch
-
-    from ._faiss_utils import faiss_threads
 
     if threads is None and _ACTIVE[0]:
         yield torch.get_num_threads()
@@ -73,11 +88,11 @@ def run_in_worker(fn, *args, name: str = "worker", **kwargs):
     any other thread than the main one (no signals there), it simply calls ``fn``.
 
     The test-only fault point ``worker:<name>`` is passed at the start of the worker
-    (:mod:`tldr_index._faults`). Cost: one thread start.
+    (:mod:`tldr_index.faults`). Cost: one thread start.
     """
     import threading
 
-    from ._faults import fault_point
+    from .faults import fault_point
     from .errors import Interrupted
 
     if threading.current_thread() is not threading.main_thread():
