@@ -15,6 +15,7 @@ on every store), ``tests/test_connectors_*.py`` (what only one store does).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from .base import DISTANCES, Layout, Piece, Sink, Source, Target
@@ -23,7 +24,7 @@ from .uri import ParsedURI, absolute_uri, default_target_uri, lancedb_uri, parse
 
 __all__ = ["open_source", "open_sink", "open_target", "Source", "Sink", "Target", "Layout", "Piece",
            "IdDigest", "ids_digest", "parse_uri", "redact", "lancedb_uri", "default_target_uri",
-           "absolute_uri", "disk_bytes", "discard_staging",
+           "absolute_uri", "disk_bytes", "discard_staging", "hold",
            "DISTANCES", "ParsedURI"]
 
 
@@ -99,7 +100,7 @@ def disk_bytes(uri: str | os.PathLike) -> int | None:
     if p.kind == "parquet":
         from .parquet_store import disk_bytes_at as parquet_bytes
         return parquet_bytes(p.path, str(uri))
-    from .qdrant_store import disk_bytes_at as qdrant_bytes
+    from .qdrant_clients import disk_bytes_at as qdrant_bytes
     return qdrant_bytes(p)
 
 
@@ -107,3 +108,16 @@ def discard_staging(target_uri: str | os.PathLike, ref: dict) -> None:
     """Remove what an interrupted write of ``target_uri`` left behind: the staging area recorded
     as ``ref`` (a :meth:`Sink.staging_ref`); never the published target. Best effort."""
     open_sink(target_uri).discard_staging(ref)
+
+
+def hold(uri: str | os.PathLike) -> Callable[[], None]:
+    """Keep the store behind ``uri`` open for a long-lived user (``tldr_index.open``) and return
+    the function that lets it go. Only an embedded Qdrant path holds something (its one client
+    per process and the storage lock, shared by reference count); elsewhere both are no-ops."""
+    p = parse_uri(uri)
+    if p.kind == "qdrant" and p.mode == "path":
+        from .qdrant_clients import hold_client, release_client
+
+        hold_client(p)
+        return lambda: release_client(p)
+    return lambda: None

@@ -17,16 +17,10 @@ Used as a context manager, a sink aborts on exit unless it was published.
 from __future__ import annotations
 
 import abc
-import base64
-import datetime as _dt
 import functools
-import hashlib
-import json
 import logging
-import os
-import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,18 +29,16 @@ import pyarrow.compute as pc
 
 from tldr_index.validation import check_choice, check_int
 from tldr_index.errors import (InvalidInputError, InvalidParameterError, MissingColumnError,
-                               ModelFormatError, SinkStateError)
-from tldr_index.version import __version__
+                               SinkStateError)
 
 from . import arrow_utils as au
+from .filestore import digest_id_piece
 from .ids import DuplicateIdTracker, IdDigest, is_id_type
 
 log = logging.getLogger(__name__)
 
 DISTANCES = ("cosine", "l2", "ip")
 DEFAULT_BATCH_ROWS = 8192
-FORMAT = "tldr-index/1"
-RECORD_KEY = "tldr_index"  # metadata key under which every store keeps the JSON record
 
 
 @dataclass(frozen=True)
@@ -294,46 +286,6 @@ class Source(abc.ABC):
                 f"vector={self.vector_column!r}, dim={self.dim}, distance={self.distance!r})")
 
 
-def take_by_filter(scan, ids, src: Source, chunk: int) -> np.ndarray:
-    """Shared ``take`` for stores filtered by an Arrow ``isin`` expression (Lance, Parquet)."""
-    out, found = take_found_by_filter(scan, ids, src, chunk)
-    if not found.all():
-        pylist = (ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(ids)) \
-            .cast(src._id_field.type).to_pylist()
-        miss = list(dict.fromkeys(v for v, ok in zip(pylist, found) if not ok))
-        raise InvalidInputError(
-            f"The 'ids' parameter of take must name rows of source '{src.uri}'. Got "
-            f"{len(miss)} unknown id(s), first {miss[0]!r}.")
-    return out
-
-
-def take_found_by_filter(scan, ids, src: Source, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shared ``take_found`` for stores filtered by an Arrow ``isin`` expression: the vectors of
-    ``ids`` (zeros where missing) and a bool mask of the ids found."""
-    ids = pa.array(ids) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
-    ids = ids.cast(src._id_field.type)
-    out = np.zeros((len(ids), src.dim), dtype=np.float32)
-    found = np.zeros(len(ids), dtype=bool)
-    pylist = ids.to_pylist()
-    where: dict[Any, list[int]] = {}
-    for i, v in enumerate(pylist):
-        where.setdefault(v, []).append(i)
-    uniq = list(where)
-    for s in range(0, len(uniq), chunk):
-        part = uniq[s:s + chunk]
-        for b in scan(pc.field(src.id_column).isin(pa.array(part, type=ids.type))):
-            if b.num_rows == 0:
-                continue
-            X = au.vectors_to_numpy(b.column(src.vector_column), dim=src.dim,
-                                    column=src.vector_column, source=src.uri)
-            for r, v in enumerate(b.column(src.id_column).to_pylist()):
-                rows = where.get(v)
-                if rows is not None:
-                    out[rows] = X[r]
-                    found[rows] = True
-    return out, found
-
-
 def resolve_payload_columns(schema: pa.Schema, requested: Sequence[str] | None,
                             exclude: Sequence[str], source: str) -> list[str]:
     """All columns but ``exclude`` when ``requested`` is None, else ``requested`` (checked)."""
@@ -387,71 +339,6 @@ class Layout:
     @property
     def reserved(self) -> tuple[str, ...]:
         return tuple(c for c in (self.id_column, self.vector_column, self.codes_column) if c)
-
-
-# ------------------------------------------------------------------------------------------ record
-
-def build_record(layout: Layout, model_bytes: bytes, metadata: dict, *,
-                 model_file: str | None = None, inline: bool = False) -> dict:
-    """The JSON record every store keeps beside the target (small unless ``inline``)."""
-    if not isinstance(model_bytes, (bytes, bytearray, memoryview)):
-        raise InvalidParameterError(
-            f"The 'model_bytes' parameter of store_model must be bytes. Got "
-            f"{type(model_bytes).__name__} instead.")
-    try:
-        json.dumps(metadata)
-    except (TypeError, ValueError) as exc:
-        raise InvalidParameterError(
-            f"The 'metadata' parameter of store_model must be JSON-serialisable. Got {exc}.") from None
-    model = {"sha256": hashlib.sha256(model_bytes).hexdigest(), "size": len(model_bytes)}
-    if model_file is not None:
-        model["file"] = model_file
-    if inline:
-        model["base64"] = base64.b64encode(bytes(model_bytes)).decode("ascii")
-    return {
-        "format": FORMAT,
-        "layout": asdict(layout),
-        "model": model,
-        "metadata": metadata,
-        "writer": {"library": "tldr-index", "version": __version__,
-                   "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
-    }
-
-
-def dump_record(record: dict) -> str:
-    """JSON text of ``record``; a Qdrant API key (from ``QDRANT_API_KEY``) never leaves here."""
-    text = json.dumps(record, sort_keys=True)
-    key = os.environ.get("QDRANT_API_KEY")
-    if key and len(key) >= 4 and key in text:
-        log.warning("Removed a copy of QDRANT_API_KEY from the metadata before storing it.")
-        text = text.replace(key, "***")
-    return text
-
-
-def load_record(text: str | bytes | None, where: str) -> dict:
-    """Parse and check a stored record; raise :class:`ModelFormatError` if absent or foreign."""
-    if text is None:
-        raise ModelFormatError(f"{where} holds no tldr-index record: it was not written by tldr-index.")
-    try:
-        rec = json.loads(text)
-    except ValueError as exc:
-        raise ModelFormatError(f"The tldr-index record of {where} is not valid JSON ({exc}).") from None
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
-        raise ModelFormatError(
-            f"The tldr-index record of {where} must have format '{FORMAT}'. Got "
-            f"{rec.get('format') if isinstance(rec, dict) else type(rec).__name__!r} instead.")
-    return rec
-
-
-def check_model(model_bytes: bytes, record: dict, where: str) -> bytes:
-    """Return ``model_bytes`` if its size and sha256 match the record, else raise."""
-    want = record["model"]
-    got = hashlib.sha256(model_bytes).hexdigest()
-    if len(model_bytes) != want["size"] or got != want["sha256"]:
-        raise ModelFormatError(
-            f"The model stored in {where} is corrupt: expected {want['size']} bytes with sha256 "
-            f"{want['sha256'][:16]}..., got {len(model_bytes)} bytes with sha256 {got[:16]}....")
-    return bytes(model_bytes)
 
 
 # -------------------------------------------------------------------------------------------- sink
@@ -599,58 +486,12 @@ class Sink(abc.ABC):
     def _abort(self) -> None: ...
 
 
-def digest_id_piece(locator: tuple, id_column: str) -> tuple[int, int, int]:
-    """:meth:`IdDigest.state` of the ids in one staged file: ``("lance", dataset path, version,
-    fragment id)`` or ``("parquet", file path)``. Memory: one 65,536-id batch."""
-    digest = IdDigest()
-    if locator[0] == "lance":
-        import lance
-
-        _, path, version, fragment_id = locator
-        frag = lance.dataset(path, version=version).get_fragment(fragment_id)
-        batches = frag.to_batches(columns=[id_column], batch_size=65_536)
-    else:
-        import pyarrow.parquet as pq
-
-        batches = pq.ParquetFile(locator[1]).iter_batches(batch_size=65_536, columns=[id_column])
-    for b in batches:
-        digest.update(b.column(0))
-    return digest.state()
-
-
 def concat_ids(parts: Sequence[pa.Array | pa.ChunkedArray]) -> pa.Array:
     """One id array from batches' id columns (int64 and empty when there are none)."""
     if not parts:
         return pa.array([], type=pa.int64())
     return pa.concat_arrays([p.combine_chunks() if isinstance(p, pa.ChunkedArray) else p
                              for p in parts])
-
-
-def updated_record_text(record: dict, metadata: dict) -> str:
-    """JSON text of ``record`` with new ``metadata`` and a new write time (a delta keeps the
-    layout and model of the record)."""
-    rec = dict(record)
-    rec["metadata"] = metadata
-    rec["writer"] = dict(rec.get("writer", {}), written_utc=_dt.datetime.now(
-        _dt.timezone.utc).isoformat(timespec="seconds"))
-    return dump_record(rec)
-
-
-def discard_staging_dir(ref: dict) -> None:
-    """Remove the staging directory ``ref["path"]`` of a file store if it is still there (only a
-    ``.tldr-staging-`` directory, never anything else)."""
-    path = ref.get("path")
-    if path and ".tldr-staging-" in os.path.basename(path) and os.path.isdir(path):
-        log.info("Removing abandoned staging directory %s.", path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def file_bytes(path: str) -> int:
-    """Bytes of a file, or of every file under a directory."""
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(root, f))
-               for root, _, files in os.walk(path) for f in files)
 
 
 def verify_counts(where: str, expected_count: int, got_count: int,

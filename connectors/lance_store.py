@@ -61,10 +61,10 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
                                TargetExistsError, VerificationError)
 
 from . import arrow_utils as au
-from .base import (DEFAULT_BATCH_ROWS, DISTANCES, RECORD_KEY, Piece, Sink, Source, Target,
-                   build_record, check_model, discard_staging_dir, dump_record, file_bytes,
-                   load_record, take_by_filter, take_found_by_filter, updated_record_text,
-                   verify_counts)
+from .base import DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, verify_counts
+from .filestore import discard_staging_dir, file_bytes, take_by_filter, take_found_by_filter
+from .record import (RECORD_KEY, build_record, check_model, dump_record, load_record,
+                     updated_record_text)
 
 log = logging.getLogger(__name__)
 

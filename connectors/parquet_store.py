@@ -54,9 +54,9 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
                                TargetExistsError)
 
 from . import arrow_utils as au
-from .base import (DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, build_record,
-                   check_model, discard_staging_dir, dump_record, file_bytes, load_record,
-                   take_by_filter, take_found_by_filter, verify_counts)
+from .base import DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, verify_counts
+from .filestore import discard_staging_dir, file_bytes, take_by_filter, take_found_by_filter
+from .record import build_record, check_model, dump_record, load_record
 
 log = logging.getLogger(__name__)
 

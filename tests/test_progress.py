@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -98,6 +99,20 @@ def test_rich_progress_names_phases_and_never_shows_unknown_totals():
     text = out.getvalue()
     assert "/?" not in text and "0/1" not in text
     assert "600/600 rows" in text
+
+
+def test_rich_progress_shows_an_eta_while_a_measurable_step_runs():
+    p = RichProgress(Console(file=io.StringIO(), force_terminal=True, width=150))
+    eta = p._bars.columns[-1]
+    p.begin("encode", 1000, "rows")
+    task = p._bars.tasks[p._tasks["encode"]]
+    p.update("encode", 100)
+    time.sleep(0.05)
+    p.update("encode", 200)
+    assert re.fullmatch(r"ETA \d+:\d\d:\d\d", eta.render(task).plain)
+    p.end("encode", 0.1)
+    assert eta.render(task).plain == ""  # a finished stage shows its elapsed time only
+    p.close()
 
 
 @pytest.fixture(scope="module")

@@ -258,4 +258,4 @@ def test_verbose_shows_knn_and_epoch_bars(structured, capsys):
     for e in (1, 2):
         assert f"epoch {e}/2" in err
         assert f"100% {steps}/{steps} steps" in err
-    assert err.count("steps/s") == 2 and err.count("ETA") == 3
+    assert err.count("steps/s") == 2  # the ETA shows while a bar runs (test_progress.py)

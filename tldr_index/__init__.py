@@ -33,6 +33,8 @@ def reducer_classes() -> dict:
 def load_model(path):
     """Load any tldr-index model file (TLDR or PCA) written by ``.save(path)``."""
     from .base import BaseReducer
+
+    reducer_classes()  # both classes defined, so registered (base.MODEL_CLASSES)
     return BaseReducer.load(path)
 
 

@@ -8,12 +8,17 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 
-from . import __version__
+from .version import __version__
 from .artifact import load_model_file, save_model_file
 from .errors import InvalidInputError, ModelFormatError, NotFittedError
 from .vectors import DEFAULT_CHUNK_ROWS, ArrayVectors, as_vectors
 
 METRICS = ("cosine", "ip", "l2")
+
+
+#: Model classes by the name a model file records, filled as each subclass is defined
+#: (:func:`tldr_index.load_model` imports both of ours first).
+MODEL_CLASSES: dict[str, type] = {}
 
 
 class BaseReducer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -22,6 +27,10 @@ class BaseReducer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
     """
 
     method: str = "base"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODEL_CLASSES[cls.__name__] = cls
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -97,8 +106,7 @@ class BaseReducer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
 
     @classmethod
     def _from_parts(cls, tensors: dict, info: dict, source: str) -> "BaseReducer":
-        from . import reducer_classes
-        klass = reducer_classes().get(info.get("class"))
+        klass = MODEL_CLASSES.get(info.get("class"))
         if klass is None:
             raise ModelFormatError(f"'{source}' holds an unknown model class {info.get('class')!r}.")
         if cls is not BaseReducer and not issubclass(klass, cls):

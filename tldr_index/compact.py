@@ -19,7 +19,7 @@ import numpy as np
 
 from .artifact import model_from_bytes, model_to_bytes
 from .errors import InvalidInputError, ModelFormatError
-from .quantizer import ProductQuantizer, _normalize
+from .quantizer import ProductQuantizer, normalize_rows
 
 
 @dataclass
@@ -95,7 +95,7 @@ class CompactModel:
     def prepare(self, Y: np.ndarray) -> np.ndarray:
         """Reduced vectors as searched: L2-normalised for cosine, unchanged otherwise."""
         Y = np.ascontiguousarray(Y, dtype=np.float32)
-        return _normalize(Y) if self.metric == "cosine" else Y
+        return normalize_rows(Y) if self.metric == "cosine" else Y
 
     def quantizer(self) -> ProductQuantizer:
         if self.centroids is None:

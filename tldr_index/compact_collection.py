@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -205,21 +206,16 @@ class CompactCollection:
         self._target_options = target_options
         self._write_lock = threading.Lock()
         self._encoder: BatchEncoder | None = None
-        self._held = None  # the parsed URI of an embedded Qdrant client held (see close)
+        self._release: Callable[[], None] | None = None  # what connectors.hold holds (see close)
         self.closed = False
         self.refresh()
         self._hold()
 
     # -- lifetime --------------------------------------------------------------------------------
     def _hold(self) -> None:
-        from connectors import parse_uri
+        from connectors import hold
 
-        p = parse_uri(self.uri)
-        if p.kind == "qdrant" and p.mode == "path":
-            from connectors.qdrant_store import hold_client
-
-            hold_client(p)
-            self._held = p
+        self._release = hold(self.uri)
 
     def close(self) -> None:
         """Release what this object holds: for an embedded Qdrant path, the shared client and
@@ -229,12 +225,10 @@ class CompactCollection:
         if self.closed:
             return
         self.closed = True
-        held, self._held = self._held, None
+        release, self._release = self._release, None
         self._target = None
-        if held is not None:
-            from connectors.qdrant_store import release_client
-
-            release_client(held)
+        if release is not None:
+            release()
 
     def __enter__(self) -> "CompactCollection":
         return self

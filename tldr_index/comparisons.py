@@ -25,7 +25,7 @@ import numpy as np
 
 from .threads import run_in_worker
 from .knn import _drop_own, exact_search
-from .quantizer import ProductQuantizer, _normalize
+from .quantizer import ProductQuantizer, normalize_rows
 from .vectors import Vectors, as_vectors
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def original_pq_search(database: Any, train: np.ndarray, queries: np.ndarray, n_
     """
     db = as_vectors(database, "database")
     D = db.dim
-    prep = _normalize if metric == "cosine" else (lambda x: x)
+    prep = normalize_rows if metric == "cosine" else (lambda x: x)
     if len(train) > max_train_rows:
         rng = np.random.default_rng(random_state)
         train = train[np.sort(rng.choice(len(train), max_train_rows, replace=False))]

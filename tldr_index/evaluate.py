@@ -32,7 +32,7 @@ from .validation import check_choice, check_int
 from .compact import CompactModel
 from .errors import InvalidInputError, InvalidParameterError
 from .knn import exact_search
-from .search import _ids_to_numpy, load_queries, open_source_of, search
+from .search import ids_to_numpy, load_queries, open_source_of, search
 from .vectors import Vectors
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class BatchVectors(Vectors):
             if check_finite:
                 check_finite_block(X, pos, name)
             if self.ids is None:
-                ids.append(_ids_to_numpy(b.column(self.id_column)))
+                ids.append(ids_to_numpy(b.column(self.id_column)))
             yield pos, X
             pos += len(X)
         if pos != self.n_rows:

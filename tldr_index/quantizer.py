@@ -21,7 +21,8 @@ from .errors import InvalidParameterError, NotFittedError
 METRICS = ("cosine", "ip", "l2")
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm (zero rows stay zero), as a new float array. Cost: O(n x d)."""
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
 
@@ -50,7 +51,7 @@ class ProductQuantizer:
 
     def _prep(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return _normalize(x) if self.metric == "cosine" else x
+        return normalize_rows(x) if self.metric == "cosine" else x
 
     def fit(self, Z: np.ndarray) -> "ProductQuantizer":
         o = "ProductQuantizer"

@@ -30,7 +30,7 @@ from .threads import thread_limit
 from .validation import check_int
 from .compact import CompactModel
 from .errors import InvalidInputError, InvalidParameterError
-from .quantizer import _normalize
+from .quantizer import normalize_rows
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def exact_distances(Q: np.ndarray, X: np.ndarray, metric: str) -> np.ndarray:
         diff = X - Q[:, None, :]
         return np.einsum("nrd,nrd->nr", diff, diff)
     if metric == "cosine":
-        q = _normalize(Q)
+        q = normalize_rows(Q)
         nx = np.linalg.norm(X, axis=2)
         return 1.0 - np.einsum("nrd,nd->nr", X, q) / np.maximum(nx, 1e-30)
     return -np.einsum("nrd,nd->nr", X, Q)
@@ -166,7 +166,7 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(f[:k], t)) / k for f, t in zip(found, truth)]))
 
 
-def _ids_to_numpy(ids: pa.Array) -> np.ndarray:
+def ids_to_numpy(ids: pa.Array) -> np.ndarray:
     if pa.types.is_integer(ids.type):
         return ids.cast(pa.int64()).to_numpy(zero_copy_only=False)
     return np.asarray(ids.to_pylist(), dtype=str)
@@ -251,7 +251,7 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
         R = min(R, n_rows)
         with thread_limit(threads, owner="search"):
             D, P = adc_topk(model, codes, Y, R)
-        cand = _ids_to_numpy(ids.take(pa.array(P.ravel()))).reshape(P.shape)
+        cand = ids_to_numpy(ids.take(pa.array(P.ravel()))).reshape(P.shape)
         engine = "pq-codes"
     else:
         Yp = model.prepare(Y)
@@ -262,7 +262,7 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
                 f"The 'k' parameter of search must be at most the rows of target '{tgt.uri}' "
                 f"({got}). Got {k} instead.")
         R = min(R, got)
-        cand = np.stack([_ids_to_numpy(r.column(lay.id_column).slice(0, R)) for r in rows])
+        cand = np.stack([ids_to_numpy(r.column(lay.id_column).slice(0, R)) for r in rows])
         D = np.stack([r.column("_distance").to_numpy()[:R] for r in rows]).astype(np.float32)
         engine = "store"
     secs["search"] = time.perf_counter() - t0
