@@ -109,7 +109,7 @@ def get_codec(name: str, dim: int, *, bytes: int | None = None, bits: int | None
                                     f"{dim} instead.")
     if name in ("sign", "sq8", "sq4"):
         if bytes is not None and bytes != feas[0]:
-            raise _budget_error(owner, f"the codec's fixed size", bytes, feas)
+            raise _budget_error(owner, f"the codec's fixed size {feas[0]}", bytes, feas)
         if name == "sign":
             return SignCodec(dim, **options)
         return SQCodec(dim, bits=8 if name == "sq8" else 4, **options)
