@@ -318,3 +318,17 @@ def test_input_errors(fitted, data):
     with pytest.raises(NotFittedError, match=re.escape(
             "This RQCodec instance is not fitted yet. Call 'fit' before using 'encode'.")):
         get_codec("rq", D, bytes=4).encode(X)
+
+
+def test_frontier_benchmark_runs_on_the_sample(tmp_path):
+    """benchmarks/frontier.py end to end on the shipped sample (cheap codecs, no TLDR fit)."""
+    from benchmarks.frontier import main
+    out = tmp_path / "frontier"
+    main(["--dims", "", "--codecs", "sign,rabitq", "--budgets", "16,64", "--queries", "50",
+          "--out", str(out)])
+    rows = json.loads((tmp_path / "frontier.json").read_text())["rows"]
+    assert {r["label"] for r in rows} == {"sign bits (48 B)", "RaBitQ 1-bit (52 B)",
+                                         "RaBitQ 2-bit (100 B)"}
+    assert all(0.0 <= r["recall_raw"] <= r["recall_rescored"] + 0.05 <= 1.05 for r in rows)
+    md = (tmp_path / "frontier.md").read_text()
+    assert "| 16 | — |" in md and "| 64 | RaBitQ 1-bit (52 B)" in md

@@ -9,9 +9,10 @@ need ``||x_hat||^2``, which FAISS stores as an extra quantized byte; not offered
 
 Cost (measured in ``benchmarks/results/frontier.md``): training runs M rounds of k-means (256
 centroids, ``n_iter`` iterations) on the residuals, each followed by a beam search over the
-training rows; encoding is a beam search of width ``beam`` (FAISS ``max_beam_size``, default 5):
-about ``n x M x beam x 256 x d`` multiply-adds, i.e. roughly ``beam x`` the cost of PQ encoding
-at the same bytes times the ``d / (d / M)`` = M-fold larger centroids. Search: FAISS
+training rows; encoding is a beam search of width ``beam`` (FAISS ``max_beam_size``, default 5) through
+precomputed codebook cross-products: about ``n x M x beam x 256 x (d + M)`` operations against
+PQ's ``n x 256 x d``, so one to two orders of magnitude slower than PQ at the same bytes (see the
+encode rows/s column of the benchmark). Search: FAISS
 ``IndexResidualQuantizer`` lookup tables (``ST_LUT_nonorm``), ``n_queries x n x M`` adds.
 """
 
