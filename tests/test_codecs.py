@@ -219,6 +219,10 @@ def test_from_state_missing_tensor_and_unknown_codec(fitted):
             "The stored codec config must name one of 'pq', 'opq', 'rq', 'rabitq', 'sign', 'sq' "
             "under 'codec'. Got 'zz' instead.")):
         codec_from_state(tensors, {**cfg, "codec": "zz"})
+    with pytest.raises(ModelFormatError, match=re.escape(
+            "The stored 'rq' codec tensor 'codebooks' must have shape (4, 256, 32) for its "
+            "config. Got (3, 256, 32) instead.")):
+        codec_from_state({"codebooks": tensors["codebooks"][:3]}, cfg)
 
 
 # --- sizes and the registry --------------------------------------------------------------

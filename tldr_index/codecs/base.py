@@ -152,6 +152,11 @@ class Codec:
         if missing:
             raise ModelFormatError(f"The stored {cls.name!r} codec lacks the tensors "
                                    f"{', '.join(missing)}.")
+        for k, shape in obj._shapes().items():
+            got = np.shape(tensors[k])
+            if tuple(got) != shape:
+                raise ModelFormatError(f"The stored {cls.name!r} codec tensor {k!r} must have "
+                                       f"shape {shape} for its config. Got {tuple(got)} instead.")
         obj._restore({k: np.asarray(tensors[k]) for k in obj._tensor_names()})
         obj.fitted = True
         return obj
@@ -163,6 +168,10 @@ class Codec:
                                  f"'fit' before using '{what}'.")
 
     def _tensor_names(self) -> list[str]:
+        return list(self._shapes())
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        """Stored tensor names and the shapes the config implies."""
         raise NotImplementedError
 
     def _fit(self, X: np.ndarray, seed: int) -> None:

@@ -36,8 +36,8 @@ class PQCodec(Codec):
         return {**super().config(), "n_bytes": self.n_bytes, "n_iter": self.n_iter,
                 "max_train_rows": self.max_train_rows}
 
-    def _tensor_names(self) -> list[str]:
-        return ["centroids"]
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"centroids": (self.n_bytes, 256, self.dim // max(self.n_bytes, 1))}
 
     def _rotate(self, X: np.ndarray) -> np.ndarray:
         return X
@@ -86,8 +86,8 @@ class OPQCodec(PQCodec):
         return {**super().config(), "opq_iter": self.opq_iter,
                 "opq_train_rows": self.opq_train_rows}
 
-    def _tensor_names(self) -> list[str]:
-        return ["centroids", "rotation"]
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**super()._shapes(), "rotation": (self.dim, self.dim)}
 
     def _rotate(self, X: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(X @ self.rotation_.T, dtype=np.float32)

@@ -72,8 +72,8 @@ class RaBitQCodec(Codec):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "bits": self.bits, "n_scales": self.n_scales}
 
-    def _tensor_names(self) -> list[str]:
-        return ["center", "rotation"]
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"center": (self.dim,), "rotation": (self.dim, self.dim)}
 
     def _fit(self, X: np.ndarray, seed: int) -> None:
         self.center_ = X.mean(axis=0, dtype=np.float64).astype(np.float32)

@@ -60,8 +60,8 @@ class RQCodec(Codec):
         return {**super().config(), "n_bytes": self.n_bytes, "beam": self.beam,
                 "n_iter": self.n_iter, "max_train_rows": self.max_train_rows}
 
-    def _tensor_names(self) -> list[str]:
-        return ["codebooks"]
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"codebooks": (self.n_bytes, 256, self.dim)}
 
     def _fit(self, X: np.ndarray, seed: int) -> None:
         rng = np.random.default_rng(seed)

@@ -27,8 +27,8 @@ class SignCodec(Codec):
     def code_size(self) -> int:
         return self.dim // 8
 
-    def _tensor_names(self) -> list[str]:
-        return []
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
 
     def _fit(self, X: np.ndarray, seed: int) -> None:
         pass
@@ -65,8 +65,8 @@ class SQCodec(Codec):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "bits": self.bits}
 
-    def _tensor_names(self) -> list[str]:
-        return ["vmin", "vmax"]
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"vmin": (self.dim,), "vmax": (self.dim,)}
 
     def _fit(self, X: np.ndarray, seed: int) -> None:
         self.vmin_ = X.min(axis=0).astype(np.float32)
