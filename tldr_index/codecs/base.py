@@ -20,6 +20,8 @@ from ..errors import InvalidInputError, ModelFormatError, NotFittedError
 
 #: Rows per block when scoring by decoding (bounds memory to ``block x dim`` float32).
 SCORE_BLOCK_ROWS = 16_384
+#: Queries per block in the default :meth:`Codec.search` (bounds memory to ``block x n`` float32).
+QUERY_BLOCK = 256
 
 
 def check_matrix(X: Any, name: str, dim: int | None, owner: str) -> np.ndarray:
@@ -130,9 +132,14 @@ class Codec:
 
     def search(self, queries: Any, codes: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, row ids)`` of the encoded rows for each float query, best first.
-        Default: :meth:`scores` then a partial sort; PQ/OPQ/RQ use FAISS lookup tables instead."""
-        s = self.scores(queries, codes)
-        return top_k(s, k)
+        Default: :meth:`scores` for blocks of 256 queries, then a partial sort (memory
+        ``256 x n`` float32); PQ/OPQ/RQ use FAISS lookup tables instead."""
+        self._check_fitted("search")
+        Q = check_matrix(queries, "queries", self.dim, f"{type(self).__name__}.search")
+        codes = check_codes(codes, self.code_size, f"{type(self).__name__}.search")
+        parts = [top_k(self.scores(Q[s:s + QUERY_BLOCK], codes), k)
+                 for s in range(0, len(Q), QUERY_BLOCK)]
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``(tensors, config)``: a flat dict of numpy arrays and a JSON-able dict that
