@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--opq-train-rows", type=int, default=10_000)
     ap.add_argument("--rq-train-rows", type=int, default=20_000)
     ap.add_argument("--rq-beam", type=int, default=5)
+    ap.add_argument("--skip-original", action="store_true",
+                    help="only the TLDR-reduced vectors (e.g. to run each d in its own process)")
     ap.add_argument("--candidates", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "frontier"))
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     t_all = time.perf_counter()
     # Cheapest first, results rewritten after every configuration: a run stopped early still
     # leaves every finished row in the results files.
-    for rep_dim in [None] + dims:
+    for rep_dim in ([] if args.skip_original else [None]) + dims:
         if rep_dim is None:
             rep, Z, Zq, info = "original", X, Q, {}
         else:
