@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--candidates", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "frontier"))
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="only merge the rows of earlier runs' .json files into --out")
     args = ap.parse_args(argv)
     budgets = [int(b) for b in args.budgets.split(",")]
     for key in ("original_rq", "original_opq", "rq_budgets"):
@@ -204,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     codecs = args.codecs.split(",")
     dims = [int(d) for d in args.dims.split(",") if d]
 
+    if args.merge:
+        merge(args, budgets)
+        return
     corpus = Path(args.corpus) if args.corpus else SAMPLE
     X_all = np.load(corpus)["X"].astype(np.float32)
     Q, X = unit(X_all[:args.queries]), unit(X_all[args.queries:])
@@ -254,13 +259,32 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {out}.md / .json")
 
 
+def merge(args: argparse.Namespace, budgets: list[int]) -> None:
+    """One results file from several runs of the same protocol (e.g. one process per d)."""
+    rows: list[dict] = []
+    meta: dict[str, Any] = {"reps": {}, "seconds_so_far": 0.0, "merged_commands": []}
+    for path in args.merge:
+        run = json.loads(Path(path).read_text())
+        rows += run["rows"]
+        meta["reps"].update(run["meta"]["reps"])
+        meta["seconds_so_far"] += run["meta"].get("seconds_so_far", 0.0)
+        meta["merged_commands"].append(run["meta"]["command"])
+        for key in ("date", "corpus", "shape", "queries", "machine"):
+            meta.setdefault(key, run["meta"][key])
+    meta["command"] = " ; ".join(meta["merged_commands"])
+    n, dim = meta["shape"]
+    write(Path(args.out), meta, rows, budgets, args, meta["corpus"], np.empty((n, 0)),
+          np.empty((n - meta["queries"], 0)), np.empty((meta["queries"], 0)))
+    print("\n".join(budget_table(rows, budgets)))
+
+
 def write(out: Path, meta: dict, rows: list[dict], budgets: list[int], args, corpus, X_all, X,
           Q) -> None:
     total = meta["seconds_so_far"]
     Path(str(out) + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# Recall per byte: codecs on the originals vs after TLDR ({meta['date']})", "",
-             f"Command: `{meta['command']}`  ", f"Corpus: `{corpus}` {X_all.shape[0]} x "
-             f"{X_all.shape[1]}: {len(X)} database rows, {len(Q)} queries; recall@10 against the "
+             f"Command: `{meta['command']}`  ", f"Corpus: `{corpus}` {meta['shape'][0]} x "
+             f"{meta['shape'][1]}: {len(X)} database rows, {len(Q)} queries; recall@10 against the "
              f"exact top-10 of the originals (inner product of unit rows); rescored = the codec's "
              f"top-{args.candidates} re-ranked with the original vectors.  ",
              f"Machine: {meta['machine']}; the run took {total:.0f} s (TLDR fits included).", "",
