@@ -32,9 +32,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._corpus import add_corpus_arg, select_corpus  # noqa: E402
 from tldr_index.codecs import feasible_bytes, get_codec  # noqa: E402
-
-SAMPLE = Path(__file__).resolve().parents[1] / "tldr_index" / "data" / "sample.npz"
 BUDGETS = (8, 16, 24, 32, 48, 64)
 
 
@@ -171,9 +170,7 @@ def plot(rows: list[dict], path: Path) -> bool:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default=None,
-                    help="npz with key X (rows x D); default: the shipped sample "
-                         f"{SAMPLE.relative_to(SAMPLE.parents[2])} (6,000 rows)")
+    add_corpus_arg(ap)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--dims", default="64,128", help="TLDR output dims ('' for none)")
@@ -209,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.merge:
         merge(args, budgets)
         return
-    corpus = Path(args.corpus) if args.corpus else SAMPLE
+    corpus = select_corpus(args.corpus)
     X_all = np.load(corpus)["X"].astype(np.float32)
     Q, X = unit(X_all[:args.queries]), unit(X_all[args.queries:])
     print(f"corpus {corpus} {X_all.shape}: {len(X)} database rows, {len(Q)} queries", flush=True)

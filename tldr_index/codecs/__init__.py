@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import check_choice, check_int
+from ..validation import check_choice, check_int
 from ..errors import InvalidParameterError, ModelFormatError
 from .base import Codec, top_k
 from .pq import OPQCodec, PQCodec
