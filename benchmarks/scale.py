@@ -85,6 +85,7 @@ def fixed_model(src, dim: int, pq_bytes: int, sample: int = 20_000, seed: int = 
     from tldr_index.compact import CompactModel
     from tldr_index.quantizer import ProductQuantizer
 
+    sample = min(sample, src.count())
     idx = np.sort(np.random.default_rng(seed).choice(src.count(), sample, replace=False))
     X = vectors_to_numpy(src.read_rows(idx, [src.vector_column]).column(0))
     X = np.ascontiguousarray(X, dtype=np.float32)

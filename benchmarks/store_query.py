@@ -27,17 +27,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._corpus import machine  # noqa: E402
+from benchmarks._corpus import add_corpus_arg, machine, select_corpus  # noqa: E402
 
 
 def load(corpus: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows to tile, 300 queries): the first 300 rows of ``--corpus`` are the queries; of the
+    shipped sample, its last 300 (the demo's held-out rows)."""
+    path = select_corpus(corpus)
+    X = np.load(path)["X"].astype(np.float32)
     if corpus:
-        if not Path(corpus).is_file():
-            raise SystemExit(f"Error: --corpus '{corpus}' is not a file.")
-        X = np.load(corpus)["X"].astype(np.float32)
         return X[300:], X[:300]
-    from tldr_index.demo import load_sample
-    X = load_sample()["X"].astype(np.float32)
     return X[:5700], X[5700:]
 
 
@@ -45,8 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000, help="rows of the table")
-    ap.add_argument("--corpus", default=None,
-                    help="an .npz with X to tile instead of the shipped sample")
+    add_corpus_arg(ap)
     ap.add_argument("--no-ivf-pq", action="store_true", help="skip the slow IVF_PQ build")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "store_query.md"))
     args = ap.parse_args(argv)
