@@ -11,7 +11,8 @@ Ground truth: exact cosine top-10 of the original vectors. recall@10 of
 Rows: the default TLDR d=64 then PQ (``tldr_index.quantizer.ProductQuantizer`` trained on the
 reduced database vectors); the same map with the seeded random rotation QAT starts from, then PQ;
 and TLDR d=64 with ``qat="pq"`` at the same bytes, whose trained codebook encodes the database
-(``tldr_index.qat.quantizer_for``). One kNN graph (exact, k=3) is built once and passed to every fit.
+(``tldr_index.qat.quantizer_for``). One kNN graph (exact, k=3) is built once and passed to every
+fit.
 Fit times are wall-clock on a shared, loaded machine: record them, compare only recall.
 
 Usage:
@@ -96,7 +97,8 @@ def main() -> None:
                      f"{info['val_recall_start']:.3f} -> {info['val_recall_best']:.3f}; "
                      f"QAT phase {info['seconds']:.0f} s"))
 
-    head = "| method | bytes/vector | recall@10 raw (ADC) | recall@10 rescored@100 | fit s | notes |"
+    head = ("| method | bytes/vector | recall@10 raw (ADC) | recall@10 rescored@100 | fit s "
+            "| notes |")
     lines = [head, "|---|---|---|---|---|---|"]
     for name, M, raw, resc, t, note in rows:
         lines.append(f"| {name} | {M} | {raw:.3f} | {resc:.3f} | {t:.0f} | {note} |")
@@ -107,9 +109,9 @@ def main() -> None:
             f"`{cmd.strip()}` ({dt.date.today()}, {machine()}; shared and loaded: timings are "
             f"recorded, only recall is compared).\n\n"
             f"Corpus: `{CORPUS.name}`, {len(db):,} database rows (also the training rows), "
-            f"{len(q):,} queries (the first rows), recall@10 against the exact cosine top-10 of the "
-            f"originals. kNN graph (exact, k=3) built once in {t_knn:.0f} s and passed to every "
-            f"fit (not in the fit times).\n\n{table}\n")
+            f"{len(q):,} queries (the first rows), recall@10 against the exact cosine top-10 of "
+            f"the originals. kNN graph (exact, k=3) built once in {t_knn:.0f} s and passed to "
+            f"every fit (not in the fit times).\n\n{table}\n")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
     print(f"wrote {a.out}")
