@@ -47,7 +47,7 @@ def similarity_logits(v: torch.Tensor, metric: str) -> torch.Tensor:
 
 def ranking_loss(x: torch.Tensor, z: torch.Tensor, log_scale: torch.Tensor, *,
                  teacher_temperature: float = 0.05, metric: str = "cosine",
-                 teacher_scale: float = 1.0) -> torch.Tensor:
+                 teacher_scale: float = 1.0, reduced: torch.Tensor | None = None) -> torch.Tensor:
     """KL(P_x || P_z) averaged over rows, where for row i
 
     ``P_x(i, .) = softmax_{j != i}(s_x(i, j) * teacher_scale / teacher_temperature)`` and
@@ -55,14 +55,16 @@ def ranking_loss(x: torch.Tensor, z: torch.Tensor, log_scale: torch.Tensor, *,
 
     ``s`` is cosine similarity (``metric="cosine"``), inner product, or negative squared L2 distance;
     ``exp(log_scale)`` is the learnable inverse temperature of the reduced space; ``teacher_scale``
-    makes L2/inner-product similarities scale-free (1 for cosine).
+    makes L2/inner-product similarities scale-free (1 for cosine). ``reduced``: the ``(n, n)``
+    reduced similarities when the caller computes them itself (quantization-aware training: float
+    rows against their quantized database side, see :mod:`tldr_index.qat`); ``z`` is then unused.
     """
     n = x.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=x.device)
     with torch.no_grad():
         t = similarity_logits(x, metric) * (teacher_scale / teacher_temperature)
         log_p = F.log_softmax(t.masked_fill(eye, float("-inf")), dim=1)
-    s = similarity_logits(z, metric) * log_scale.exp()
+    s = (similarity_logits(z, metric) if reduced is None else reduced) * log_scale.exp()
     log_q = F.log_softmax(s.masked_fill(eye, float("-inf")), dim=1)
     p = log_p.exp()
     kl = torch.where(eye, torch.zeros_like(p), p * (log_p - log_q))

@@ -20,6 +20,10 @@ from .errors import InvalidInputError, InvalidParameterError
 from .model import (build_encoder, build_projector, fold_linear, init_linear_from, parse_encoder,
                     parse_projector)
 from .pca import moments, pca_map
+from .qat import check_params as check_qat
+from .qat import fine_tune as qat_fine_tune
+from .qat import model_tensors as qat_tensors
+from .qat import restore as qat_restore
 from .trainer import (TrainConfig, Trainer, Validator, encode_with, noise_scale_for,
                       teacher_scale_for)
 from .vectors import SubsetVectors, as_vectors
@@ -150,6 +154,12 @@ class TLDR(BaseReducer):
     verbose : bool or int, default False
         Rich progress bars on stderr during ``fit``: the kNN graph (rows) and each epoch (steps),
         with rate and ETA.
+    qat : {None, "pq"}, default None
+        Quantization-aware fine-tuning after the ranking fit (see :mod:`tldr_index.qat`): the
+        ranking loss with the database side product-quantized (``qat_bytes`` bytes, a seeded random
+        rotation folded into ``components_``, the codebook learned), for ``qat_epochs`` epochs.
+        Sets ``qat_codebook_`` (encode with :func:`tldr_index.qat.quantizer_for`) and
+        ``qat_rotation_`` (already folded in). Linear encoders only.
 
     Memory: O(batch_size x D + D^2 + max_train_rows x n_neighbors) -- independent of N for
     file-backed inputs. Time: one streamed pass (PCA init), the kNN graph, then
@@ -166,6 +176,7 @@ class TLDR(BaseReducer):
                  weight_decay: float | None = None, warmup_epochs: float | None = None,
                  lambd: float = 3.9e-3, loss_scale: float = 1 / 32,
                  teacher_temperature: float = 0.05, barlow_weight: float = 1.0,
+                 qat: str | None = None, qat_bytes: int = 16, qat_epochs: int = 4,
                  max_train_rows: int = 200_000, early_stopping: bool = True,
                  validation_rows: int = 500, knn_method: str = "auto",
                  knn_params: dict | None = None, device: str = "auto",
@@ -190,6 +201,7 @@ class TLDR(BaseReducer):
         self.loss_scale = loss_scale
         self.teacher_temperature = teacher_temperature
         self.barlow_weight = barlow_weight
+        self.qat, self.qat_bytes, self.qat_epochs = qat, qat_bytes, qat_epochs
         self.max_train_rows = max_train_rows
         self.early_stopping = early_stopping
         self.validation_rows = validation_rows
@@ -307,6 +319,8 @@ class TLDR(BaseReducer):
             raise InvalidParameterError(
                 f"The 'n_neighbors' parameter of TLDR must be an int in the range "
                 f"[1, {n_train - 1}] (fewer than the {n_train} training rows). Got {k} instead.")
+        check_qat(self.qat, self.qat_bytes, self.qat_epochs, n_components=d, n_train=n_train,
+                  foldable=r["encoder"].foldable, encoder=self.encoder)
         # validation queries (held out from the anchors) and their database
         n_val = min(self.validation_rows, n_train // 10) if self.early_stopping else 0
         n_anchor = n_train - n_val
@@ -399,6 +413,19 @@ class TLDR(BaseReducer):
             "seconds": {"moments": t_pca, "knn": t_knn, "train": t_train,
                         "total": time.perf_counter() - t_start},
         }
+        self.qat_codebook_ = self.qat_rotation_ = None
+        if self.qat is not None:  # 6. quantization-aware fine-tuning of the folded map
+            q = qat_fine_tune(self.components_, self.bias_, train, anchors, neighbors,
+                              codec=self.qat, n_bytes=self.qat_bytes, epochs=self.qat_epochs,
+                              batch_size=r["batch_size"], metric=self.metric,
+                              teacher_temperature=self.teacher_temperature,
+                              teacher_scale=trainer.teacher_scale,
+                              log_scale=float(trainer.log_scale.detach()), seed=seed, device=device,
+                              validator=validator)
+            self.components_, self.bias_ = q.components, q.bias
+            self.qat_codebook_, self.qat_rotation_ = q.codebook, q.rotation
+            self.fit_info_["qat"] = q.info
+            self.fit_info_["seconds"]["total"] = time.perf_counter() - t_start
         return self
 
     # ------------------------------------------------------------------------------------------
@@ -442,7 +469,7 @@ class TLDR(BaseReducer):
 
     def _model_tensors(self) -> dict[str, np.ndarray]:
         if self.encoder_ is None:
-            return super()._model_tensors()
+            return {**super()._model_tensors(), **qat_tensors(self)}
         return {f"encoder.{k}": v.cpu().numpy() for k, v in self.encoder_.state_dict().items()}
 
     def _model_info(self) -> dict[str, Any]:
@@ -457,6 +484,7 @@ class TLDR(BaseReducer):
         self.fit_info_ = info.get("fit_info", {})
         if info.get("foldable", True):
             super()._restore(tensors, info)
+            qat_restore(self, tensors)
             self.encoder_ = None
             return
         enc = build_encoder(parse_encoder(self.encoder), self.n_features_in_, self.n_components_)

@@ -1,0 +1,121 @@
+"""Quantization-aware training (QAT) vs "map, then PQ" on the shared dev corpus.
+
+Data: shared/data/pydoc-minilm.npz (40,000 MiniLM docstring embeddings, 384-d, unit norm). The
+first ``--queries`` rows are queries, the rest the database (and the training rows of every fit).
+Ground truth: exact cosine top-10 of the original vectors. recall@10 of
+
+* raw: ADC search (float query, PQ-coded database, FAISS ``IndexPQ`` by inner product after the
+  product's L2 normalisation) top-10;
+* rescored@100: the ADC top-100 re-ranked by exact cosine on the original vectors, top-10.
+
+Rows: the default TLDR d=64 then PQ (``tldr_index.quantizer.ProductQuantizer`` trained on the
+reduced database vectors); the same map with the seeded random rotation QAT starts from, then PQ;
+and TLDR d=64 with ``qat="pq"`` at the same bytes, whose trained codebook encodes the database
+(``tldr_index.qat.quantizer_for``). One kNN graph (exact, k=3) is built once and passed to every
+fit.
+Fit times are wall-clock on a shared, loaded machine: record them, compare only recall.
+
+Usage:
+    python benchmarks/qat.py                        # -> benchmarks/results/qat.md
+    python benchmarks/qat.py --bytes 16 --out /tmp/qat.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks._corpus import CORPUS, cosine_topk, machine, recall  # noqa: E402
+from tldr_index import TLDR  # noqa: E402
+from tldr_index.knn import knn_graph  # noqa: E402
+from tldr_index.qat import quantizer_for, random_rotation  # noqa: E402
+from tldr_index.quantizer import ProductQuantizer  # noqa: E402
+
+
+def adc_recalls(pq: ProductQuantizer, Zdb: np.ndarray, Zq: np.ndarray, db: np.ndarray,
+                q: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(raw recall@10, rescored@100 recall@10) of ADC search with ``pq``."""
+    _, cand = pq.search(Zq, pq.encode(Zdb), 100)
+    raw = recall(cand[:, :10], truth)
+    exact = np.einsum("qd,qkd->qk", q, db[cand])
+    order = np.argsort(-exact, axis=1)[:, :10]
+    return raw, recall(np.take_along_axis(cand, order, 1), truth)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--bytes", type=int, nargs="+", default=[16, 8])
+    ap.add_argument("--qat-epochs", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "qat.md")
+    a = ap.parse_args()
+
+    X = np.load(CORPUS)["X"].astype(np.float32)
+    q, db = X[:a.queries], X[a.queries:]
+    truth = cosine_topk(q, db, 10)
+    t0 = time.perf_counter()
+    graph = knn_graph(db, 3, method="exact", metric="cosine", random_state=a.seed)
+    t_knn = time.perf_counter() - t0
+    rows = []
+
+    t0 = time.perf_counter()
+    base = TLDR(a.dim, random_state=a.seed).fit(db, graph=graph)
+    t_base = time.perf_counter() - t0
+    Zdb, Zq = base.transform(db), base.transform(q)
+    R = random_rotation(a.dim, base.seed_)
+    for M in a.bytes:
+        t0 = time.perf_counter()
+        pq = ProductQuantizer(M, random_state=a.seed).fit(Zdb)
+        t_pq = time.perf_counter() - t0
+        rows.append((f"TLDR d={a.dim}, then PQ{M}", M, *adc_recalls(pq, Zdb, Zq, db, q, truth),
+                     t_base + t_pq, "ranking fit + PQ k-means"))
+        t0 = time.perf_counter()
+        pq = ProductQuantizer(M, random_state=a.seed).fit(Zdb @ R.T)
+        t_pq = time.perf_counter() - t0
+        rows.append((f"TLDR d={a.dim}, random rotation, then PQ{M}", M,
+                     *adc_recalls(pq, Zdb @ R.T, Zq @ R.T, db, q, truth), t_base + t_pq,
+                     "ranking fit + PQ k-means"))
+    for M in a.bytes:
+        t0 = time.perf_counter()
+        m = TLDR(a.dim, random_state=a.seed, qat="pq", qat_bytes=M,
+                 qat_epochs=a.qat_epochs).fit(db, graph=graph)
+        t_fit = time.perf_counter() - t0
+        info = m.fit_info_["qat"]
+        rows.append((f"TLDR d={a.dim} + QAT PQ{M} ({a.qat_epochs} epochs)", M,
+                     *adc_recalls(quantizer_for(m), m.transform(db), m.transform(q), db, q,
+                                  truth), t_fit,
+                     f"start {info['start']}, best epoch {info['best_epoch']}, validation "
+                     f"{info['val_recall_start']:.3f} -> {info['val_recall_best']:.3f}; "
+                     f"QAT phase {info['seconds']:.0f} s"))
+
+    head = ("| method | bytes/vector | recall@10 raw (ADC) | recall@10 rescored@100 | fit s "
+            "| notes |")
+    lines = [head, "|---|---|---|---|---|---|"]
+    for name, M, raw, resc, t, note in rows:
+        lines.append(f"| {name} | {M} | {raw:.3f} | {resc:.3f} | {t:.0f} | {note} |")
+    table = "\n".join(lines)
+    print(table)
+    cmd = "python benchmarks/qat.py " + " ".join(sys.argv[1:])
+    text = (f"# Quantization-aware training vs map-then-PQ\n\n"
+            f"`{cmd.strip()}` ({dt.date.today()}, {machine()}; shared and loaded: timings are "
+            f"recorded, only recall is compared).\n\n"
+            f"Corpus: `{CORPUS.name}`, {len(db):,} database rows (also the training rows), "
+            f"{len(q):,} queries (the first rows), recall@10 against the exact cosine top-10 of "
+            f"the originals. kNN graph (exact, k=3) built once in {t_knn:.0f} s and passed to "
+            f"every fit (not in the fit times).\n\n{table}\n")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(text)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
