@@ -1,6 +1,7 @@
 """Quantization-aware training (QAT) vs "map, then PQ" on the shared dev corpus.
 
-Data: shared/data/pydoc-minilm.npz (40,000 MiniLM docstring embeddings, 384-d, unit norm). The
+Data: ``--corpus PATH`` (the recorded run: ../shared/data/pydoc-minilm.npz, 40,000 MiniLM
+docstring embeddings, 384-d, unit norm; default: the shipped sample, so it runs from a clone). The
 first ``--queries`` rows are queries, the rest the database (and the training rows of every fit).
 Ground truth: exact cosine top-10 of the original vectors. recall@10 of
 
@@ -16,7 +17,7 @@ fit.
 Fit times are wall-clock on a shared, loaded machine: record them, compare only recall.
 
 Usage:
-    python benchmarks/qat.py                        # -> benchmarks/results/qat.md
+    python benchmarks/qat.py --corpus ../shared/data/pydoc-minilm.npz   # -> benchmarks/results/qat.md
     python benchmarks/qat.py --bytes 16 --out /tmp/qat.md
 """
 
@@ -32,7 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._corpus import CORPUS, cosine_topk, machine, recall  # noqa: E402
+from benchmarks._corpus import add_corpus_arg, cosine_topk, machine, recall, select_corpus  # noqa: E402,E501
 from tldr_index import TLDR  # noqa: E402
 from tldr_index.knn import knn_graph  # noqa: E402
 from tldr_index.qat import quantizer_for, random_rotation  # noqa: E402
@@ -50,16 +51,20 @@ def adc_recalls(pq: ProductQuantizer, Zdb: np.ndarray, Zq: np.ndarray, db: np.nd
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_corpus_arg(ap)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--bytes", type=int, nargs="+", default=[16, 8])
     ap.add_argument("--qat-epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "qat.md")
+    ap.add_argument("--epochs", type=int, default=None, help="ranking-fit epochs (default: TLDR's)")
     a = ap.parse_args()
+    corpus = select_corpus(a.corpus)
 
-    X = np.load(CORPUS)["X"].astype(np.float32)
+    X = np.load(corpus)["X"].astype(np.float32)
     q, db = X[:a.queries], X[a.queries:]
     truth = cosine_topk(q, db, 10)
     t0 = time.perf_counter()
@@ -68,7 +73,7 @@ def main() -> None:
     rows = []
 
     t0 = time.perf_counter()
-    base = TLDR(a.dim, random_state=a.seed).fit(db, graph=graph)
+    base = TLDR(a.dim, random_state=a.seed, epochs=a.epochs).fit(db, graph=graph)
     t_base = time.perf_counter() - t0
     Zdb, Zq = base.transform(db), base.transform(q)
     R = random_rotation(a.dim, base.seed_)
@@ -86,7 +91,7 @@ def main() -> None:
                      "ranking fit + PQ k-means"))
     for M in a.bytes:
         t0 = time.perf_counter()
-        m = TLDR(a.dim, random_state=a.seed, qat="pq", qat_bytes=M,
+        m = TLDR(a.dim, random_state=a.seed, epochs=a.epochs, qat="pq", qat_bytes=M,
                  qat_epochs=a.qat_epochs).fit(db, graph=graph)
         t_fit = time.perf_counter() - t0
         info = m.fit_info_["qat"]
@@ -108,7 +113,7 @@ def main() -> None:
     text = (f"# Quantization-aware training vs map-then-PQ\n\n"
             f"`{cmd.strip()}` ({dt.date.today()}, {machine()}; shared and loaded: timings are "
             f"recorded, only recall is compared).\n\n"
-            f"Corpus: `{CORPUS.name}`, {len(db):,} database rows (also the training rows), "
+            f"Corpus: `{corpus.name}`, {len(db):,} database rows (also the training rows), "
             f"{len(q):,} queries (the first rows), recall@10 against the exact cosine top-10 of "
             f"the originals. kNN graph (exact, k=3) built once in {t_knn:.0f} s and passed to "
             f"every fit (not in the fit times).\n\n{table}\n")

@@ -24,6 +24,8 @@ NO_CORPUS = {"gpu_trainer": "generated", "render_quality": "reads a results file
 SMOKE = {
     "frontier": ("--dims , --codecs sign,sq8 --budgets 16,48 --queries 50 --out {tmp}/frontier",
                  "frontier.md"),
+    "qat": ("--queries 100 --dim 8 --bytes 4 --qat-epochs 1 --epochs 1 --out {tmp}/qat.md",
+            "qat.md"),
     "quality": ("--dims 8 --methods pca --no-pq --out {tmp}/quality", "quality.md"),
     "paper_shape": ("--dims 8 --methods pca --pq-bytes 4 --out {tmp}/paper", "paper.md"),
     "store_query": ("--rows 2000 --no-ivf-pq --out {tmp}/store_query.md", "store_query.md"),
