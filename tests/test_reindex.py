@@ -35,8 +35,8 @@ from tldr_index.errors import (
     InvalidParameterError,
     ModelFormatError,
 )
-from tldr_index.jobfile import load_job
-from tldr_index.lock import JobLock, LockedError
+from tldr_index.reindex.jobfile import load_job
+from tldr_index.reindex.lock import JobLock, LockedError
 from tldr_index.pipeline import shrink
 from tldr_index.progress import Progress
 from tldr_index.reindex import reindex, rollback
@@ -284,7 +284,7 @@ def test_second_reindex_is_refused_and_a_stale_lock_is_taken_over(tmp_path, data
     dead.wait()
     (work / "lock").write_text(json.dumps({"pid": dead.pid, "hostname": host, "what": "x",
                                            "started_utc": "2026-01-01T00:00:00+00:00"}))
-    with caplog.at_level("WARNING", logger="tldr_index.lock"):
+    with caplog.at_level("WARNING", logger="tldr_index.reindex.lock"):
         rep = reindex(s.target, work_dir=work)
     assert rep.status == "nothing" and rep.stale_lock["pid"] == dead.pid
     assert "Taking over a stale lock" in caplog.text and not (work / "lock").exists()
@@ -448,8 +448,8 @@ def test_refit_always_keeps_the_previous_version(kind, tmp_path, data):
 
 def test_every_job_file_key_is_a_reindex_flag():
     """A job file holds what the flags hold: each key of jobfile.KEYS is an option of the CLI."""
-    from tldr_index.cli_reindex import reindex as reindex_cmd
-    from tldr_index.jobfile import KEYS
+    from tldr_index.cli.reindex_cmd import reindex as reindex_cmd
+    from tldr_index.reindex.jobfile import KEYS
 
     assert set(KEYS) <= {p.name for p in reindex_cmd.params}
 
