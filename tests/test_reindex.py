@@ -25,7 +25,7 @@ from _connector_helpers import tree_hashes
 from _pipeline_helpers import make_nested, snapshot, table_of
 from click.testing import CliRunner
 
-from connectors import lancedb_uri, open_target, parse_uri
+from connectors import lancedb_uri, open_target, parse_uri, targets_built_from
 from connectors.arrow_utils import vectors_to_numpy
 from tldr_index.cli import main
 from tldr_index.compact import CompactModel
@@ -414,6 +414,32 @@ def test_job_file_unknown_keys_and_cli(lance_target, tmp_path, data):
     r = CliRunner().invoke(main, ["rollback", "--db", str(tmp_path / "s" / "db"), "--target",
                                   "docs_c", "--work-dir", str(tmp_path / "rw")])
     assert r.exit_code == 0 and json.loads(r.stdout)["rows"] == N
+
+
+def test_without_target_the_one_target_built_from_the_source_is_picked(tmp_path, data):
+    X, _ = data
+    s = Store("lancedb", str(tmp_path / "s"), X[:600])
+
+    def no_target() -> tuple[int, str]:
+        r = CliRunner().invoke(main, ["reindex", "--db", s.db, "--collection", "docs", "-q",
+                                      "--work-dir", str(tmp_path / "rw")])
+        return r.exit_code, json.loads(r.stdout.strip().splitlines()[-1])["error"]
+
+    assert targets_built_from(s.uri) == []
+    assert no_target() == (2, f"Pass --target: 0 tldr-index targets in '{s.db}' were built "
+                              f"from '{s.uri}'.")
+    shrink(s.uri, s.target, dim=8, pq_bytes=4, work_dir=tmp_path / "w0", **FAST)
+    lancedb.connect(s.db).create_table("plain", data=s.table)  # a table, not a target
+    assert targets_built_from(s.uri) == [s.target]
+    other = lancedb_uri(s.db, "docs_d")
+    shrink(s.uri, other, dim=8, pq_bytes=4, work_dir=tmp_path / "w1", **FAST)
+    assert targets_built_from(s.uri) == [s.target, other]
+    assert no_target() == (2, f"Pass --target: 2 tldr-index targets in '{s.db}' were built "
+                              f"from '{s.uri}' ({s.target}, {other}).")
+    assert targets_built_from(f"parquet://{tmp_path}/pq/*.parquet") is None
+    r = CliRunner().invoke(main, ["reindex", "--source", f"parquet://{tmp_path}/pq/*.parquet"])
+    assert r.exit_code == 2 and json.loads(r.stdout)["error"] == (
+        "--target is required unless the source is a LanceDB table (--db/--collection).")
 
 
 def test_lock_file_of_another_host_is_refused(tmp_path):
