@@ -24,7 +24,7 @@ from .uri import ParsedURI, absolute_uri, default_target_uri, lancedb_uri, parse
 
 __all__ = ["open_source", "open_sink", "open_target", "Source", "Sink", "Target", "Layout", "Piece",
            "IdDigest", "ids_digest", "parse_uri", "redact", "lancedb_uri", "default_target_uri",
-           "absolute_uri", "disk_bytes", "discard_staging", "hold",
+           "absolute_uri", "disk_bytes", "discard_staging", "hold", "targets_built_from",
            "DISTANCES", "ParsedURI"]
 
 
@@ -121,3 +121,27 @@ def hold(uri: str | os.PathLike) -> Callable[[], None]:
         hold_client(p)
         return lambda: release_client(p)
     return lambda: None
+
+
+def targets_built_from(source_uri: str | os.PathLike) -> list[str] | None:
+    """URIs of the tldr-index targets beside the LanceDB table ``source_uri`` (in the same
+    database) whose metadata records it as their source, sorted; None when ``source_uri`` is not
+    a LanceDB table (no database to look in). Datasets that are not tldr-index targets, or that
+    cannot be read, are skipped. Cost: opens the metadata of every dataset in the database."""
+    p = parse_uri(source_uri)
+    if p.kind != "lance" or not p.db:
+        return None
+    from .lance_store import dataset_names
+
+    want = absolute_uri(source_uri).rstrip("/")
+    parent = str(source_uri).rstrip("/").rsplit("/", 1)[0]
+    found = []
+    for name in dataset_names(p.db):
+        uri = f"{parent}/{name}"
+        try:
+            meta = open_target(uri).metadata
+        except Exception:  # not a tldr-index target (or unreadable): not ours to pick
+            continue
+        if str(meta.get("source", "")).rstrip("/") == want:
+            found.append(uri)
+    return found

@@ -78,6 +78,15 @@ def is_dataset(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "_versions"))
 
 
+def dataset_names(db: str) -> list[str]:
+    """Names (without ``.lance``) of the Lance datasets in the LanceDB directory ``db``, sorted;
+    ``[]`` when it is not a directory. Cost: one directory listing and a ``stat`` per entry."""
+    if not os.path.isdir(db):
+        return []
+    return [n[:-6] for n in sorted(os.listdir(db))
+            if n.endswith(".lance") and is_dataset(os.path.join(db, n))]
+
+
 def _missing(path: str, table: str, db: str, uri: str) -> SourceNotFoundError:
     if table:
         tables = sorted(n[:-6] for n in os.listdir(db) if n.endswith(".lance")) \

@@ -262,7 +262,7 @@ def test_demo_creates_shrinks_and_is_idempotent(tmp_path, monkeypatch):
 @pytest.mark.parametrize("module", ["tldr_index", "tldr_index.cli"])
 def test_both_module_entry_points_list_every_command(module, tmp_path):
     """`python -m tldr_index.cli` is what `make demo` runs; it must register the same commands as
-    `python -m tldr_index` and the console script (reindex/rollback live in cli_reindex)."""
+    `python -m tldr_index` and the console script (reindex/rollback live in cli/reindex_cmd.py)."""
     import subprocess
     import sys
 
@@ -335,9 +335,9 @@ def test_search_prints_a_table_on_a_terminal(env, monkeypatch):
     db = str(tmp / "db")
     assert run("shrink", "--db", db, "--collection", "docs", "--dim", "4", "--quiet",
                *FAST).exit_code == 0
-    import tldr_index.cli as cli
+    import tldr_index.cli.search_cmd as search_cmd
 
-    monkeypatch.setattr(cli, "_stdout_is_tty", lambda: True)
+    monkeypatch.setattr(search_cmd, "stdout_is_tty", lambda: True)
     res = run("search", "--db", db, "--collection", "docs_tldr4", "--queries", "q.npy", "--k",
               "2", "--columns", "text")
     lines = res.stdout.splitlines()

@@ -25,7 +25,7 @@ from _connector_helpers import tree_hashes
 from _pipeline_helpers import make_nested, snapshot, table_of
 from click.testing import CliRunner
 
-from connectors import lancedb_uri, open_target, parse_uri
+from connectors import lancedb_uri, open_target, parse_uri, targets_built_from
 from connectors.arrow_utils import vectors_to_numpy
 from tldr_index.cli import main
 from tldr_index.compact import CompactModel
@@ -35,8 +35,8 @@ from tldr_index.errors import (
     InvalidParameterError,
     ModelFormatError,
 )
-from tldr_index.jobfile import load_job
-from tldr_index.lock import JobLock, LockedError
+from tldr_index.reindex.jobfile import load_job
+from tldr_index.reindex.lock import JobLock, LockedError
 from tldr_index.pipeline import shrink
 from tldr_index.progress import Progress
 from tldr_index.reindex import reindex, rollback
@@ -284,7 +284,7 @@ def test_second_reindex_is_refused_and_a_stale_lock_is_taken_over(tmp_path, data
     dead.wait()
     (work / "lock").write_text(json.dumps({"pid": dead.pid, "hostname": host, "what": "x",
                                            "started_utc": "2026-01-01T00:00:00+00:00"}))
-    with caplog.at_level("WARNING", logger="tldr_index.lock"):
+    with caplog.at_level("WARNING", logger="tldr_index.reindex.lock"):
         rep = reindex(s.target, work_dir=work)
     assert rep.status == "nothing" and rep.stale_lock["pid"] == dead.pid
     assert "Taking over a stale lock" in caplog.text and not (work / "lock").exists()
@@ -416,6 +416,32 @@ def test_job_file_unknown_keys_and_cli(lance_target, tmp_path, data):
     assert r.exit_code == 0 and json.loads(r.stdout)["rows"] == N
 
 
+def test_without_target_the_one_target_built_from_the_source_is_picked(tmp_path, data):
+    X, _ = data
+    s = Store("lancedb", str(tmp_path / "s"), X[:600])
+
+    def no_target() -> tuple[int, str]:
+        r = CliRunner().invoke(main, ["reindex", "--db", s.db, "--collection", "docs", "-q",
+                                      "--work-dir", str(tmp_path / "rw")])
+        return r.exit_code, json.loads(r.stdout.strip().splitlines()[-1])["error"]
+
+    assert targets_built_from(s.uri) == []
+    assert no_target() == (2, f"Pass --target: 0 tldr-index targets in '{s.db}' were built "
+                              f"from '{s.uri}'.")
+    shrink(s.uri, s.target, dim=8, pq_bytes=4, work_dir=tmp_path / "w0", **FAST)
+    lancedb.connect(s.db).create_table("plain", data=s.table)  # a table, not a target
+    assert targets_built_from(s.uri) == [s.target]
+    other = lancedb_uri(s.db, "docs_d")
+    shrink(s.uri, other, dim=8, pq_bytes=4, work_dir=tmp_path / "w1", **FAST)
+    assert targets_built_from(s.uri) == [s.target, other]
+    assert no_target() == (2, f"Pass --target: 2 tldr-index targets in '{s.db}' were built "
+                              f"from '{s.uri}' ({s.target}, {other}).")
+    assert targets_built_from(f"parquet://{tmp_path}/pq/*.parquet") is None
+    r = CliRunner().invoke(main, ["reindex", "--source", f"parquet://{tmp_path}/pq/*.parquet"])
+    assert r.exit_code == 2 and json.loads(r.stdout)["error"] == (
+        "--target is required unless the source is a LanceDB table (--db/--collection).")
+
+
 def test_lock_file_of_another_host_is_refused(tmp_path):
     lock = tmp_path / "lock"
     lock.write_text(json.dumps({"pid": 1, "hostname": "elsewhere", "what": "reindex of 'x'",
@@ -448,8 +474,8 @@ def test_refit_always_keeps_the_previous_version(kind, tmp_path, data):
 
 def test_every_job_file_key_is_a_reindex_flag():
     """A job file holds what the flags hold: each key of jobfile.KEYS is an option of the CLI."""
-    from tldr_index.cli_reindex import reindex as reindex_cmd
-    from tldr_index.jobfile import KEYS
+    from tldr_index.cli.reindex_cmd import reindex as reindex_cmd
+    from tldr_index.reindex.jobfile import KEYS
 
     assert set(KEYS) <= {p.name for p in reindex_cmd.params}
 

@@ -82,3 +82,27 @@ def result_columns(target_uri: str, ids: np.ndarray, columns: Sequence[str],
 def _key(v):
     """A result id (numpy int or str) as the Python value Arrow returns for it."""
     return v.item() if isinstance(v, np.generic) else v
+
+
+def search_with_columns(target_uri: str, queries: Any, columns: Sequence[str] = (), *,
+                        fetch_columns: bool = True, target_options: dict | None = None,
+                        **search_options: Any) -> tuple[Any, dict[str, list[list]]]:
+    """:func:`tldr_index.search.search` of ``target_uri`` plus the values of ``columns`` for
+    each hit: ``(SearchResult, {column: values shaped like its ids})`` (``{}`` without columns
+    or with ``fetch_columns=False``).
+
+    The column names are checked before the search runs (:class:`InvalidParameterError` naming
+    the available ones). Cost: the search, plus one pass over ``1 + len(columns)`` columns of the
+    target when values are fetched (see :func:`result_columns`).
+    """
+    from .search import search
+
+    opts = target_options or {}
+    if columns:
+        from connectors import open_target
+
+        columns = check_columns(open_target(target_uri, **opts), columns)
+    res = search(target_uri, queries, target_options=target_options, **search_options)
+    values = (result_columns(target_uri, res.ids, columns, **opts)
+              if columns and fetch_columns else {})
+    return res, values

@@ -23,7 +23,7 @@ import os
 import tomllib
 from typing import Any
 
-from .errors import InvalidParameterError
+from ..errors import InvalidParameterError
 
 #: key -> accepted Python types (after TOML parsing)
 KEYS: dict[str, tuple[type, ...]] = {

@@ -21,7 +21,7 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import TLDRError
+from ..errors import TLDRError
 
 log = logging.getLogger(__name__)
 

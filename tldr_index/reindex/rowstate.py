@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .artifact import atomic_write_bytes
+from ..artifact import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +121,16 @@ def load_state(root: str | os.PathLike,
         return None
     ids = t.column("id").combine_chunks()
     return ids, t.column("hash").combine_chunks().to_numpy(zero_copy_only=False)
+
+
+def source_hashes(src, batch_rows: int = 8192) -> tuple[pa.Array, np.ndarray]:
+    """``(ids, content hashes)`` of every row of ``src`` (a :class:`connectors.Source`; one pass,
+    one :func:`batch_hashes` per batch of ``batch_rows`` rows)."""
+    from connectors.arrow_utils import vectors_to_numpy
+
+    ids, hashes = [], []
+    for b in src.iter_batches(batch_rows):
+        ids.append(b.column(0))
+        hashes.append(batch_hashes(b, vectors_to_numpy(b.column(1))))
+    return (pa.concat_arrays(ids) if ids else pa.array([], type=src.schema.field(0).type),
+            np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64))

@@ -12,70 +12,58 @@ it again to continue).
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
 
-from .cli import _db_opt, _is_uri, _quiet_opt, _setup, _sibling_uri, _source_uri, default_db
-from .reindex import DEFAULT_DRIFT_QUERIES, DEFAULT_DRIFT_THRESHOLD, EXIT_CODES, REFIT
+from ..reindex import DEFAULT_DRIFT_QUERIES, DEFAULT_DRIFT_THRESHOLD, EXIT_CODES, REFIT
+from .options import db_opt, default_db, is_uri, quiet_opt, setup, sibling_uri, source_uri
 
 EXIT_USAGE = 2
 
 
-def _fail(exc: BaseException, code: int):
+def fail(exc: BaseException, code: int):
+    """Print the failure JSON line on stdout and ``Error: ...`` on stderr, exit with ``code``."""
     msg = " ".join(str(exc).split())
     click.echo(json.dumps({"status": "failed", "error": msg, "exit_code": code}, sort_keys=True))
     click.echo(f"Error: {msg}", err=True)
     sys.exit(code)
 
 
-def _find_target(source_uri: str) -> str:
+def find_target(source_uri: str) -> str:
     """The one tldr-index target beside a LanceDB source that was built from it."""
-    from connectors import absolute_uri, open_target, parse_uri
-    from connectors.lance_store import is_dataset
+    from connectors import parse_uri, targets_built_from
 
-    p = parse_uri(source_uri)
-    if p.kind != "lance" or not p.db:
+    found = targets_built_from(source_uri)
+    if found is None:
         raise click.UsageError("--target is required unless the source is a LanceDB table "
                                "(--db/--collection).")
-    want = absolute_uri(source_uri).rstrip("/")
-    found = []
-    for name in sorted(os.listdir(p.db)):
-        if not name.endswith(".lance") or not is_dataset(os.path.join(p.db, name)):
-            continue
-        uri = source_uri.rstrip("/").rsplit("/", 1)[0] + "/" + name[:-6]
-        try:
-            meta = open_target(uri).metadata
-        except Exception:  # not a tldr-index target (or unreadable): not ours to pick
-            continue
-        if str(meta.get("source", "")).rstrip("/") == want:
-            found.append(uri)
     if len(found) != 1:
         raise click.UsageError(
-            f"Pass --target: {len(found)} tldr-index targets in '{p.db}' were built from "
-            f"'{source_uri}'" + (f" ({', '.join(found)})." if found else "."))
+            f"Pass --target: {len(found)} tldr-index targets in '{parse_uri(source_uri).db}' "
+            f"were built from '{source_uri}'" + (f" ({', '.join(found)})." if found else "."))
     return found[0]
 
 
-def _resolve(source, db, collection, target) -> tuple[str | None, str]:
-    src = _source_uri(source, db, collection) if (source or collection) else None
-    if target and _is_uri(target):
+def resolve_uris(source, db, collection, target) -> tuple[str | None, str]:
+    """(source URI or None: the one recorded in the target, target URI) of reindex."""
+    src = source_uri(source, db, collection) if (source or collection) else None
+    if target and is_uri(target):
         return src, target
     if target:
         if src is None:
             from connectors import lancedb_uri
             return None, lancedb_uri(db or default_db(), target)
-        return src, _sibling_uri(src, target)
+        return src, sibling_uri(src, target)
     if src is None:
         raise click.UsageError("Missing --collection (a table in --db), --source or --target.")
-    return src, _find_target(src)
+    return src, find_target(src)
 
 
 @click.command()
 @click.option("--source", default=None, metavar="URI",
               help="Source URI [default: the source recorded in the target].")
-@_db_opt
+@db_opt
 @click.option("--collection", default=None, help="Source table in --db (instead of --source).")
 @click.option("--target", default=None, metavar="URI|NAME",
               help="The compact collection: a URI, or a name in the source's store [default: "
@@ -101,7 +89,7 @@ def _resolve(source, db, collection, target) -> tuple[str | None, str]:
               help="CPU threads for torch and FAISS [default: the cores that look idle].")
 @click.option("--batch-rows", type=click.IntRange(min=1), default=None,
               help="Rows per read and encode batch [default: 8192].")
-@_quiet_opt
+@quiet_opt
 def reindex(source, db, collection, target, refit, drift_threshold, drift_queries, work_dir,
             config, seed, threads, batch_rows, quiet):
     """Bring a compact collection up to date with its source, incrementally.
@@ -119,39 +107,38 @@ def reindex(source, db, collection, target, refit, drift_threshold, drift_querie
       tldr-index reindex --db ./lancedb --collection docs --target docs_tldr64
       tldr-index reindex --config job.toml
     """
-    from .errors import InvalidParameterError, TLDRError
-    from .jobfile import load_job
-    from .lock import LockedError
-    from .reindex import reindex as run_reindex
+    from ..errors import InvalidParameterError, TLDRError
+    from ..reindex import LockedError, load_job, reindex as run_reindex
 
     try:
         job = load_job(config) if config else {}
     except InvalidParameterError as exc:
-        _fail(exc, EXIT_USAGE)
+        fail(exc, EXIT_USAGE)
     pick = {"source": source, "db": db, "collection": collection, "target": target,
             "refit": refit, "drift_threshold": drift_threshold, "drift_queries": drift_queries,
             "work_dir": work_dir, "seed": seed, "threads": threads, "batch_rows": batch_rows}
     opts = {k: (v if v is not None else job.get(k)) for k, v in pick.items()}
     try:
-        src, tgt = _resolve(opts["source"], opts["db"], opts["collection"], opts["target"])
+        src, tgt = resolve_uris(opts["source"], opts["db"], opts["collection"], opts["target"])
     except (click.UsageError, InvalidParameterError) as exc:  # incl. names that leave the store
-        _fail(exc, EXIT_USAGE)
-    progress = _setup(quiet, False)
+        fail(exc, EXIT_USAGE)
+    progress = setup(quiet, False)
     kwargs = {k: opts[k] for k in ("refit", "drift_threshold", "drift_queries", "work_dir",
                                    "seed", "threads", "batch_rows") if opts[k] is not None}
     try:
         report = run_reindex(tgt, src, progress=progress, **kwargs)
     except LockedError as exc:
-        _fail(exc, EXIT_CODES["locked"])
+        fail(exc, EXIT_CODES["locked"])
     except TLDRError as exc:
-        _fail(exc, EXIT_CODES["failed"])
+        fail(exc, EXIT_CODES["failed"])
     if not quiet:
-        _summary(report)
+        reindex_summary(report)
     click.echo(report.to_json())
     sys.exit(report.exit_code)
 
 
-def _summary(r) -> None:
+def reindex_summary(r) -> None:
+    """The human summary of a reindex report, on stderr (stdout holds the JSON line)."""
     what = {"nothing": "nothing to do", "updated": "updated", "refitted": "refitted"}[r.status]
     lines = [f"Reindex {r.target} from {r.source}: {what}",
              f"  rows    {r.target_rows_before:,} -> {r.target_rows_after:,} (+{r.added:,} new, "
@@ -169,7 +156,7 @@ def _summary(r) -> None:
 
 
 @click.command()
-@_db_opt
+@db_opt
 @click.option("--target", required=True, metavar="URI|NAME",
               help="The compact collection (a URI, or a table in --db).")
 @click.option("--work-dir", default=None, metavar="DIR",
@@ -184,15 +171,14 @@ def rollback(db, target, work_dir):
     """
     from connectors import lancedb_uri
 
-    from .errors import TLDRError
-    from .lock import LockedError
-    from .reindex import rollback as run_rollback
+    from ..errors import TLDRError
+    from ..reindex import LockedError, rollback as run_rollback
 
-    uri = target if _is_uri(target) else lancedb_uri(db or default_db(), target)
+    uri = target if is_uri(target) else lancedb_uri(db or default_db(), target)
     try:
         out = run_rollback(uri, work_dir=work_dir)
     except LockedError as exc:
-        _fail(exc, EXIT_CODES["locked"])
+        fail(exc, EXIT_CODES["locked"])
     except TLDRError as exc:
-        _fail(exc, EXIT_CODES["failed"])
+        fail(exc, EXIT_CODES["failed"])
     click.echo(json.dumps({"status": "rolled-back", **out}, sort_keys=True, default=str))

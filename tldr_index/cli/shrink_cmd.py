@@ -1,0 +1,160 @@
+"""``tldr-index shrink``: parse the options, call :func:`tldr_index.pipeline.shrink`, print its
+summary (or ``--json``)."""
+
+from __future__ import annotations
+
+import click
+
+from ..tables import fmt_float
+from .options import (api_key_opt, db_opt, int_list, is_uri, json_opt, library_errors,
+                      quiet_opt, setup, sibling_uri, source_uri, store_options)
+from .output import echo_json, mb
+
+
+def shrink_summary(report) -> list[str]:
+    r = report
+    lines = [
+        f"Shrunk {r.source} -> {r.target} ({r.method}, {r.metric})",
+        f"  rows           {r.rows:,}" + (f" ({r.skipped_invalid:,} invalid row(s) skipped, "
+                                             f"first id {r.first_invalid_id!r})"
+                                             if r.skipped_invalid else ""),
+        f"  vectors        {r.source_dim}-d -> {r.dim}-d {r.vector_dtype}"
+        + (f" + {r.pq_bytes}-byte PQ codes" if r.pq_bytes else ""),
+        f"  bytes on disk  {mb(r.source_disk_bytes)} -> {mb(r.target_disk_bytes)}"
+        + (f" ({r.disk_compression:.1f}x smaller)" if r.disk_compression else ""),
+    ]
+    if r.pq_bytes:
+        lines.append(f"  search memory  {4 * r.source_dim:,} B (float32) -> {r.pq_bytes} B (PQ) "
+                     f"per vector ({r.search_compression:.0f}x smaller)")
+    if r.graph_recall is not None:
+        lines.append(f"  graph recall   {fmt_float(r.graph_recall)} "
+                     f"(kNN graph of the training sample)")
+    if r.recall_at_10 is not None:
+        lines.append(f"  recall@10      {fmt_float(r.recall_at_10)} compact search, "
+                     f"{fmt_float(r.recall_at_10_rescored)} with --rescore "
+                     f"(shortlist {r.shortlist}); "
+                     f"{r.eval_queries} rows vs exact search on the original vectors")
+    if r.selection:
+        lines.append(f"  selection      {r.selection['reason']}")
+    stages = " | ".join(f"{k} {v:.1f}s" for k, v in r.stage_seconds.items())
+    if r.skipped_stages:
+        stages += f" | from checkpoint: {', '.join(r.skipped_stages)}"
+    lines += [f"  stage times    {stages}", f"  wall time      {r.wall_seconds:.1f} s"]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+
+@click.command()
+@click.option("--source", default=None, metavar="URI",
+              help="Source URI: lancedb://db/table, lance://x.lance, parquet://data/*.parquet, "
+                   "qdrant://host:6333/coll, qdrant+path:///dir/coll.")
+@db_opt
+@click.option("--collection", default=None, help="Source table in --db (instead of --source).")
+@click.option("--target", default=None, metavar="URI|NAME",
+              help="Target URI, or a name in the source's store [default: "
+                   "<collection>_tldr<dim>].")
+@click.option("--dim", type=click.IntRange(min=1), default=None,
+              help="Reduced dimension (required unless --target-recall).")
+@click.option("--method", type=click.Choice(["tldr", "pca", "auto"]), default="tldr",
+              show_default=True,
+              help="tldr, the pca baseline through the same pipeline, or auto: fit both, keep "
+                   "the better on held-out rows.")
+@click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Pick the smallest d (and PQ size) whose compact search reaches this "
+                   "recall@10 on held-out rows (candidates: --dims).")
+@click.option("--dims", default=None, metavar="D,D,...",
+              help="Candidate dims for --target-recall [default: 16,32,64,128].")
+@click.option("--vector-column", default=None, help="Vector column (Qdrant: named vector).")
+@click.option("--id-column", default=None, help="Id column.")
+@click.option("--pq-bytes", type=click.IntRange(min=0), default=None,
+              help="PQ code bytes per row; must divide --dim; 0 for none [default: 16].")
+@click.option("--neighbors", type=click.IntRange(min=1), default=3, show_default=True,
+              help="k of the kNN graph TLDR learns from.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Training epochs [default: 8].")
+@click.option("--sample", type=click.IntRange(min=2), default=100_000, show_default=True,
+              help="Training rows (a seeded random sample).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True,
+              help="Where the kNN graph, training and the recall estimate run (auto: the GPU "
+                   "when one is seen; cuda without a GPU is an error).")
+@click.option("--work-dir", default=None, metavar="DIR",
+              help="Checkpoints [default: $TLDR_INDEX_WORK or ./tldr-work, /<target>-<hash>].")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its checkpoints (a plain rerun does too when "
+                   "source and parameters are unchanged); refuse when they changed.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing target (and a work dir that cannot be resumed).")
+@click.option("--distance", type=click.Choice(["cosine", "l2", "ip"]), default=None,
+              help="Distance of the source vectors [default: Lance/Parquet: the vector index's "
+                   "metric, else l2; Qdrant: the collection's].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of every random choice: equal seeds give equal targets.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for training and FAISS [default: the cores that look idle].")
+@click.option("--keep-work", is_flag=True, help="Keep the work directory after publishing.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Drop rows whose vector has NaN/inf (or is zero, under cosine) and report "
+                   "them, instead of failing.")
+@api_key_opt
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: scan (validation, id digest, sample) and encode + write every row as "
+                   "Ray jobs (Lance/Parquet; needs pip install 'tldr-index[ray]'); kNN and "
+                   "training stay on this node, on the sample.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="--engine ray: Ray tasks in flight [default: the cluster's CPUs].")
+@click.option("--shard-rows", type=click.IntRange(min=1), default=None,
+              help="--engine ray: rows per Ray task and per written shard [default: 262144].")
+@quiet_opt
+@json_opt
+@library_errors
+def shrink(source, db, collection, target, dim, method, target_recall, dims, vector_column,
+           id_column, pq_bytes,
+           neighbors, epochs, sample, device, work_dir, resume, overwrite, distance, seed,
+           threads, keep_work, skip_invalid, api_key, engine, workers, shard_rows, quiet,
+           json_out):
+    """Shrink a collection into a new compact one (reduced vectors + PQ codes + model).
+
+    \b
+    Examples:
+      tldr-index shrink --collection docs --dim 64
+      tldr-index shrink --db ./lancedb --collection docs --dim 64 --target docs_small
+      tldr-index shrink --source parquet://data/*.parquet --target parquet://out/ --dim 64
+      tldr-index shrink --source qdrant://localhost:6333/docs --dim 64
+      tldr-index shrink --collection docs --target-recall 0.9 --method auto
+    """
+    from connectors import default_target_uri
+
+    from .. import pipeline
+
+    if dim is None and target_recall is None:
+        raise click.UsageError("Missing option '--dim'.")  # or --target-recall
+    engine_options = {k: v for k, v in (("workers", workers), ("shard_rows", shard_rows))
+                      if v is not None}
+    if engine_options and engine != "ray":
+        raise click.UsageError("--workers and --shard-rows apply to --engine ray only.")
+
+    src = source_uri(source, db, collection)
+    tgt = None
+    if target is not None:
+        tgt = target if is_uri(target) else sibling_uri(src, target)
+    progress = setup(quiet, json_out)
+    report = pipeline.shrink(src, tgt, dim=dim, method=method, target_recall=target_recall,
+                             dims=int_list(dims, "--dims"), pq_bytes=pq_bytes,
+                             neighbors=neighbors, epochs=epochs, sample=sample, device=device,
+                             work_dir=work_dir, resume=resume, overwrite=overwrite,
+                             random_state=seed, progress=progress, vector_column=vector_column,
+                             id_column=id_column, keep_work=keep_work, threads=threads,
+                             source_options=store_options(src, api_key, distance=distance),
+                             sink_options=store_options(
+                                 tgt or default_target_uri(src, suffix=f"_tldr{dim or ''}"),
+                                 api_key),
+                             skip_invalid=skip_invalid, engine=engine,
+                             engine_options=engine_options or None)
+    if json_out:
+        echo_json(report.to_dict())
+    elif not quiet:
+        click.echo("\n".join(shrink_summary(report)))
