@@ -213,7 +213,7 @@ class QdrantEdgeSource(Source):
             else pa.float32()
         self.vector_column = self.vector_name or UNNAMED
         self.id_column = id_column or "id"
-        self.shard = shard_at(self.real, uri)
+        shard_at(self.real, uri)  # fails now if another process holds the shard
         self._check_not_empty()
         first = next(_scroll(self.shard, 64, True, False))
         self._id_field = pa.field(self.id_column,
@@ -235,6 +235,11 @@ class QdrantEdgeSource(Source):
                 t = pa.array(sample).type if any(v is not None for v in sample) else pa.string()
                 fields.append(pa.field(c, pa.string() if pa.types.is_null(t) else t))
             self._payload_schema = pa.schema(fields)
+
+    @property
+    def shard(self):
+        """This process's shared handle (reopened if another user released it)."""
+        return shard_at(self.real, self.uri)
 
     def count(self) -> int:
         return int(self.shard.count(_edge().CountRequest(exact=True)))
