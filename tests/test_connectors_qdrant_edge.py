@@ -100,12 +100,12 @@ def test_shrink_then_search_on_edge_with_product_quantization(tmp_path):
         raw += int(np.abs(approx[0]) > 1e-4)  # PQ distances, not the stored vectors'
     assert hits / 200 >= 0.9  # HNSW + PQ, rescored: close to exact on the reduced vectors
     assert raw > 0  # quantization is in force (local mode would return exact distances)
-    # the compact collection's own search goes through the engine and finds the query's row
+    # the compact collection's own search goes through the engine and finds each query's row
     import tldr_index
 
     with tldr_index.open(uri) as coll:
         found = coll.search(X[:5], k=3)
-    assert found is not None
+    assert found.engine == "store" and found.ids[:, 0].tolist() == [1, 4, 7, 10, 13]
 
 
 def test_reindex_and_rollback(tmp_path):
