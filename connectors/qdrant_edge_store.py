@@ -17,8 +17,9 @@ Target ``qdrant+edge:///dir/name`` (layout on disk)::
     dir/.name.tldr-v2/                 the version replaced, kept for rollback (``keep_previous``)
     dir/.name.tldr-staging-<hex>/      a write in progress (removed on abort)
 
-The sink builds the new shard in a staging directory: one named vector (the layout's vector column,
-the reduced vectors as float32 or float16, the source distance), the payload, the quantization
+The sink builds the new shard in a staging directory: the unnamed vector (the reduced vectors as
+float32 or float16, the source distance; unnamed because the engine converts a plain list 8x faster
+than a named-vector dict), the payload, the quantization
 (default ``"auto"``: product quantization at the target's code bytes, i.e. the compression ratio
 ``4 d / m`` closest among x4..x64, x16 without codes; or ``"none"``, ``"scalar"``, ``"binary"``,
 ``"binary1.5"``, ``"binary2"``, ``"turbo1"``, ``"turbo1.5"``, ``"turbo2"``, ``"turbo4"``, ``"pq"``
@@ -161,7 +162,7 @@ def _scroll(sh, limit: int, with_payload: Any, with_vector: Any) -> Iterator[lis
 
 def _vec(rec, name: str | None):
     v = rec.vector
-    return v.get(name if name is not None else "") if isinstance(v, dict) else v
+    return v.get(name or "") if isinstance(v, dict) else v
 
 
 # ------------------------------------------------------------------------------------------ source
@@ -474,7 +475,7 @@ class QdrantEdgeSink(Sink):
             size=d, distance={"l2": e.Distance.Euclid, "cosine": e.Distance.Cosine,
                               "ip": e.Distance.Dot}[lay.distance], on_disk=self.on_disk,
             datatype=e.VectorStorageDatatype.Float16 if vt.value_type == pa.float16() else None)
-        cfg = e.EdgeConfig(vectors={lay.vector_column: params}, quantization_config=quant,
+        cfg = e.EdgeConfig(vectors={"": params}, quantization_config=quant,
                            hnsw_config=e.HnswIndexConfig(m=self.hnsw[0],
                                                          ef_construct=self.hnsw[1],
                                                          full_scan_threshold=1),
@@ -511,8 +512,7 @@ class QdrantEdgeSink(Sink):
             flat = col.values.slice(col.offset * m, len(col) * m).to_numpy().reshape(len(col), m)
             for pl, row in zip(payloads, flat):
                 pl[lay.codes_column] = base64.b64encode(row.tobytes()).decode("ascii")
-        name = lay.vector_column
-        return [Point(i, {name: v}, pl) for i, v, pl in zip(pids, vecs, payloads)]
+        return [Point(i, v, pl) for i, v, pl in zip(pids, vecs, payloads)]
 
     def upsert_points(self, points: list) -> None:
         """Hand ``points`` to the engine in ``upsert_batch`` chunks, ``workers`` in flight."""
@@ -534,6 +534,7 @@ class QdrantEdgeSink(Sink):
         self._drain()
         rec = build_record(self.layout, model_bytes, metadata, model_file=MODEL_FILE)
         rec["qdrant_edge"] = {"string_ids": self._string_ids, "quantization": self.quantization,
+                              "vector_name": "",
                               "store_codes": bool(self.store_codes)}
         with open(os.path.join(self.staging, MODEL_FILE), "wb") as fh:
             fh.write(model_bytes)
@@ -628,6 +629,7 @@ class QdrantEdgeTarget(Target):
         q = self.record.get("qdrant_edge", {})
         self._string_ids = bool(q.get("string_ids"))
         self._store_codes = bool(q.get("store_codes"))
+        self._vname = str(q.get("vector_name", ""))  # "": the unnamed vector
 
     @property
     def shard(self):
@@ -662,8 +664,8 @@ class QdrantEdgeTarget(Target):
     def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """Batches of id, vector (float32) and ``payload`` (JSON text, id key removed)."""
         lay = self.layout
-        for recs in _scroll(self.shard, batch_rows, True, [lay.vector_column]):
-            X = np.asarray([_vec(r, lay.vector_column) for r in recs], dtype=np.float32)
+        for recs in _scroll(self.shard, batch_rows, True, [self._vname]):
+            X = np.asarray([_vec(r, self._vname) for r in recs], dtype=np.float32)
             payloads = []
             for r in recs:
                 pl = dict(r.payload or {})
@@ -692,7 +694,7 @@ class QdrantEdgeTarget(Target):
                                     ignore=bool(ignore_quantization), rescore=bool(rescore),
                                     oversampling=oversampling))
         sel = [lay.id_column] if self._string_ids else False
-        res = self.shard.query(e.QueryRequest(query=e.Query.Nearest(q, using=lay.vector_column),
+        res = self.shard.query(e.QueryRequest(query=e.Query.Nearest(q, using=self._vname),
                                               limit=int(k), with_payload=sel, params=params))
         score = np.array([r.score for r in res], dtype=np.float32)
         dist = {"l2": score, "cosine": 1.0 - score, "ip": -score}[lay.distance]
@@ -702,7 +704,7 @@ class QdrantEdgeTarget(Target):
     def fetch_vectors(self, ids: pa.Array) -> tuple[list, np.ndarray]:
         if len(ids) == 0:
             return [], np.empty((0, 0), dtype=np.float32)
-        name = self.layout.vector_column
+        name = self._vname
         recs = self.shard.retrieve([point_id(v) for v in ids.to_pylist()], self._string_ids,
                                    [name])
         if not recs:
@@ -744,7 +746,7 @@ class QdrantEdgeTarget(Target):
             if staged is not None:
                 staged(sink.staging_ref())
             Point = _edge().Point
-            for recs in _scroll(self.shard, max(batch_rows, 1), True, [lay.vector_column]):
+            for recs in _scroll(self.shard, max(batch_rows, 1), True, [self._vname]):
                 ids = self._ids(recs).to_pylist()
                 keep = [Point(r.id, r.vector, r.payload) for r, i in zip(recs, ids)
                         if i not in drop]
