@@ -48,7 +48,6 @@ import math
 import os
 import re
 import shutil
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,260 +56,29 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tldr_index.errors import (InvalidInputError, InvalidParameterError, MissingColumnError,
-                               ModelFormatError, SourceNotFoundError, StoreUnavailableError,
-                               TargetExistsError)
+from tldr_index.errors import (InvalidInputError, InvalidParameterError, ModelFormatError,
+                               SourceNotFoundError, TargetExistsError)
 from tldr_index.faults import fault_point
 from tldr_index.validation import check_choice, check_int
 
 from . import arrow_utils as au
-from .base import (DEFAULT_BATCH_ROWS, Sink, Source, Target, build_record, check_model,
+from .base import (DEFAULT_BATCH_ROWS, Sink, Target, build_record, check_model,
                    discard_staging_dir, dump_record, load_record, verify_counts)
 from .ids import IdDigest
+from .qdrant_edge_source import (CONFIG_FILE, QdrantEdgeSource, allocated_bytes, check_shard,
+                                 close_shards, disk_bytes_at, edge_api, release_shard,
+                                 record_vector, scroll_pages, shard_at)
 from .qdrant_store import point_id
 
 log = logging.getLogger(__name__)
 
 KIND = "qdrant-edge"
-RECORD_FILE, MODEL_FILE, CONFIG_FILE = "tldr_index.json", "tldr_model.safetensors", "edge_config.json"
-UNNAMED = "vector"  # column name of the unnamed vector
+RECORD_FILE, MODEL_FILE = "tldr_index.json", "tldr_model.safetensors"
 QUANTIZATIONS = ("auto", "none", "pq", "scalar", "binary", "binary1.5", "binary2", "turbo1",
                  "turbo1.5", "turbo2", "turbo4")
 RATIOS = (4, 8, 16, 32, 64)
-_DIST = {"Euclid": "l2", "Cosine": "cosine", "Dot": "ip"}
-_SHARDS: dict[str, Any] = {}
-_LOCK = threading.Lock()
-
-
-def _edge():
-    import qdrant_edge
-    return qdrant_edge
-
-
-# ------------------------------------------------------------------------------------------ shards
-
-def is_shard(path: str) -> bool:
-    """True if ``path`` is a directory holding a Qdrant Edge shard's ``edge_config.json``."""
-    return os.path.isfile(os.path.join(path, CONFIG_FILE))
-
-
-def check_shard(path: str, uri: str) -> str:
-    """``realpath(path)`` if it is a Qdrant Edge shard, else raise (nothing is written)."""
-    if not os.path.exists(path):
-        raise SourceNotFoundError(f"Qdrant Edge shard '{path}' not found (URI '{uri}').")
-    if not is_shard(path):
-        what = "a directory without" if os.path.isdir(path) else "not a directory holding"
-        raise InvalidInputError(
-            f"The path of '{uri}' must be a Qdrant Edge shard directory (holding "
-            f"{CONFIG_FILE}, wal/ and segments/). Got {what} {CONFIG_FILE}: '{path}'.")
-    return os.path.realpath(path)
-
-
-def shard_at(real: str, uri: str):
-    """The shared ``EdgeShard`` of shard directory ``real`` (a realpath) in this process."""
-    with _LOCK:
-        sh = _SHARDS.get(real)
-        if sh is None:
-            try:
-                sh = _edge().EdgeShard.load(real)
-            except Exception as exc:
-                if "WouldBlock" in str(exc):
-                    raise StoreUnavailableError(
-                        f"Qdrant Edge shard '{real}' of '{uri}' is locked by another process "
-                        f"(the engine admits one open handle per shard); close it there "
-                        f"first.") from None
-                raise InvalidInputError(
-                    f"Qdrant Edge shard '{real}' of '{uri}' cannot be opened: {exc}.") from None
-            _SHARDS[real] = sh
-        return sh
-
-
-def release_shard(real: str) -> None:
-    """Close this process's handle of shard ``real`` (if open), releasing its lock."""
-    with _LOCK:
-        sh = _SHARDS.pop(real, None)
-    if sh is not None:
-        try:
-            sh.close()
-        except Exception:  # pragma: no cover - best effort
-            log.debug("closing Qdrant Edge shard %s failed", real, exc_info=True)
-
-
-def close_shards() -> None:
-    """Close every shard handle of this process (releases the locks)."""
-    for real in list(_SHARDS):
-        release_shard(real)
-
-
-def _config(real: str) -> dict:
-    with open(os.path.join(real, CONFIG_FILE)) as fh:
-        return json.load(fh)
-
-
-def _scroll(sh, limit: int, with_payload: Any, with_vector: Any) -> Iterator[list]:
-    e = _edge()
-    offset = None
-    while True:
-        recs, offset = sh.scroll(e.ScrollRequest(offset=offset, limit=limit,
-                                                 with_payload=with_payload,
-                                                 with_vector=with_vector))
-        if recs:
-            yield recs
-        if offset is None:
-            return
-
-
-def _vec(rec, name: str | None):
-    v = rec.vector
-    return v.get(name or "") if isinstance(v, dict) else v
-
-
-# ------------------------------------------------------------------------------------------ source
-
-class QdrantEdgeSource(Source):
-    """Points of a Qdrant Edge shard, scrolled in point-id order. Memory: one page of
-    ``batch_rows`` points as Python objects."""
-
-    def __init__(self, path: str, *, uri: str, vector_column: str | None = None,
-                 id_column: str | None = None, payload_columns: Sequence[str] | None = None,
-                 distance: str | None = None):
-        self.uri, self.path = uri, path
-        self.real = check_shard(path, uri)
-        vectors = _config(self.real).get("vectors") or {}
-        names = sorted(n for n in vectors if n)
-        if "" in vectors and not names:
-            if vector_column not in (None, UNNAMED):
-                raise MissingColumnError(
-                    f"Vector '{vector_column}' not found in source '{uri}': the shard has one "
-                    f"unnamed vector (size {vectors[''].get('size')}). Leave vector_column unset.")
-            self.vector_name, params = None, vectors[""]
-        else:
-            if vector_column is None:
-                if len(names) != 1:
-                    raise InvalidInputError(
-                        f"Source '{uri}' has {len(names)} named vectors "
-                        f"({', '.join(names) or 'none'}); pass vector_column= to choose one.")
-                vector_column = names[0]
-            if vector_column not in names:
-                raise MissingColumnError(
-                    f"Vector '{vector_column}' not found in source '{uri}'. Available vectors: "
-                    f"{', '.join(names) or 'none'}.")
-            self.vector_name, params = vector_column, vectors[vector_column]
-        if params.get("multivector_config"):
-            raise InvalidInputError(
-                f"Vector '{self.vector_name or UNNAMED}' of source '{uri}' must be a single dense "
-                f"vector per point. Got a multivector.")
-        if params.get("distance") not in _DIST:
-            raise InvalidInputError(
-                f"Distance of source '{uri}' must be Cosine, Euclid or Dot. Got "
-                f"{params.get('distance')} instead.")
-        self.distance = _DIST[params["distance"]]
-        if distance is not None and distance != self.distance:
-            raise InvalidInputError(
-                f"The 'distance' parameter must match the shard's distance '{self.distance}' "
-                f"for source '{uri}'. Got {distance!r} instead.")
-        self.dim = int(params["size"])
-        self.value_type = pa.float16() if str(params.get("datatype", "")).lower() == "float16" \
-            else pa.float32()
-        self.vector_column = self.vector_name or UNNAMED
-        self.id_column = id_column or "id"
-        shard_at(self.real, uri)  # fails now if another process holds the shard
-        self._check_not_empty()
-        first = next(_scroll(self.shard, 64, True, False))
-        self._id_field = pa.field(self.id_column,
-                                  pa.int64() if isinstance(first[0].id, int) else pa.string())
-        self._json_payload = payload_columns is None
-        if self._json_payload:
-            self.payload_columns = ["payload"]
-            self._payload_schema = pa.schema([pa.field("payload", pa.string(),
-                                                       metadata={au.JSON_FIELD_KEY: b"1"})])
-        else:
-            self.payload_columns = list(payload_columns)
-            fields = []
-            for c in self.payload_columns:
-                if c in (self.id_column, self.vector_column):
-                    raise InvalidInputError(
-                        f"Payload column '{c}' of source '{uri}' clashes with the id or vector "
-                        f"column; pass id_column= to rename the id.")
-                sample = [(r.payload or {}).get(c) for r in first]
-                t = pa.array(sample).type if any(v is not None for v in sample) else pa.string()
-                fields.append(pa.field(c, pa.string() if pa.types.is_null(t) else t))
-            self._payload_schema = pa.schema(fields)
-
-    @property
-    def shard(self):
-        """This process's shared handle (reopened if another user released it)."""
-        return shard_at(self.real, self.uri)
-
-    def count(self) -> int:
-        return int(self.shard.count(_edge().CountRequest(exact=True)))
-
-    def fingerprint(self) -> dict:
-        return {"kind": KIND, "path": self.real, "vector": self.vector_column, "dim": self.dim,
-                "distance": self.distance, "points": self.count()}
-
-    def disk_bytes(self) -> int:
-        """Allocated bytes of the shard directory (:func:`allocated_bytes`)."""
-        return allocated_bytes(self.real)
-
-    def _raw_batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        sel = True if self._json_payload else (self.payload_columns or False)
-        for recs in _scroll(self.shard, batch_rows, sel, [self.vector_name or ""]):
-            yield self._to_batch(recs)
-
-    def _to_batch(self, recs) -> pa.RecordBatch:
-        try:
-            ids = pa.array([r.id for r in recs], type=self._id_field.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            raise InvalidInputError(
-                f"Point ids of source '{self.uri}' must be all integers or all UUIDs. Got a mix "
-                f"(first page: {self._id_field.type}).") from None
-        cols = [ids, pa.array([_vec(r, self.vector_name) for r in recs],
-                              type=pa.list_(pa.float32()))]
-        if self._json_payload:
-            cols.append(pa.array([json.dumps(r.payload or {}, sort_keys=True) for r in recs],
-                                 type=pa.string()))
-        else:
-            for f in self._payload_schema:
-                try:
-                    cols.append(pa.array([(r.payload or {}).get(f.name) for r in recs],
-                                         type=f.type))
-                except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                    raise InvalidInputError(
-                        f"Payload key '{f.name}' of source '{self.uri}' must keep type {f.type}. "
-                        f"Got a value it cannot hold ({exc}).") from None
-        return pa.RecordBatch.from_arrays(
-            cols, names=[self.id_column, self.vector_column, *self._payload_schema.names])
-
-    def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 1024) -> np.ndarray:
-        """Cost: one ``retrieve`` per ``chunk`` ids."""
-        out, found, ids = self._take(ids, chunk)
-        if not found.all():
-            raise InvalidInputError(
-                f"The 'ids' parameter of take must name points of source '{self.uri}'. Got "
-                f"unknown id {ids[int(np.flatnonzero(~found)[0])]!r}.")
-        return out
-
-    def take_found(self, ids: Sequence | np.ndarray | pa.Array,
-                   chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        out, found, _ = self._take(ids, chunk)
-        return out, found
-
-    def _take(self, ids, chunk: int) -> tuple[np.ndarray, np.ndarray, list]:
-        ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
-        ids = [int(i) if isinstance(i, (int, np.integer)) else str(i) for i in ids]
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        found = np.zeros(len(ids), dtype=bool)
-        for s in range(0, len(ids), chunk):
-            part = ids[s:s + chunk]
-            recs = self.shard.retrieve(list(dict.fromkeys(part)), False,
-                                       [self.vector_name or ""])
-            got = {r.id: _vec(r, self.vector_name) for r in recs}
-            for j, i in enumerate(part):
-                v = got.get(i)
-                if v is not None:
-                    out[s + j], found[s + j] = v, True
-        return out, found, ids
+__all__ = ["QdrantEdgeSource", "QdrantEdgeSink", "QdrantEdgeTarget", "close_shards",
+           "release_shard", "disk_bytes_at", "CONFIG_FILE"]
 
 
 # -------------------------------------------------------------------------------------------- sink
@@ -345,11 +113,11 @@ def switch_link(path: str, version_dir: str) -> None:
         raise
 
 
-def quantization_config(kind: str, d: int, code_bytes: int | None, compression: str | None,
+def quantizationshard_config(kind: str, d: int, code_bytes: int | None, compression: str | None,
                         owner: str = "QdrantEdgeSink"):
     """The ``qdrant_edge`` quantization config of ``kind`` (see the module docstring); None for
     ``"none"``. PQ ``"auto"``: the ratio ``4 d / code_bytes`` closest in log among x4..x64."""
-    e = _edge()
+    e = edge_api()
     check_choice(kind, "quantization", QUANTIZATIONS, owner=owner)
     if kind == "none":
         return None
@@ -451,7 +219,7 @@ class QdrantEdgeSink(Sink):
             discard_staging_dir(ref)
 
     def _create(self) -> None:
-        e = _edge()
+        e = edge_api()
         lay, path = self.layout, self.path
         if os.path.lexists(path):
             prev = published_version(path)
@@ -470,7 +238,7 @@ class QdrantEdgeSink(Sink):
         self._vector_bytes = (d, 2 if vt.value_type == pa.float16() else 4)
         code_bytes = self.schema.field(lay.codes_column).type.list_size \
             if lay.codes_column else None
-        quant = quantization_config(self.quantization, d, code_bytes, self.compression)
+        quant = quantizationshard_config(self.quantization, d, code_bytes, self.compression)
         params = e.EdgeVectorParams(
             size=d, distance={"l2": e.Distance.Euclid, "cosine": e.Distance.Cosine,
                               "ip": e.Distance.Dot}[lay.distance], on_disk=self.on_disk,
@@ -496,7 +264,7 @@ class QdrantEdgeSink(Sink):
 
     def points(self, batch: pa.RecordBatch) -> list:
         """The ``qdrant_edge.Point`` s of one batch (ids mapped by :func:`point_id`)."""
-        Point = _edge().Point
+        Point = edge_api().Point
         lay = self.layout
         raw_ids = batch.column(lay.id_column).to_pylist()
         pids = raw_ids if not self._string_ids and (not raw_ids or min(raw_ids) >= 0) \
@@ -516,7 +284,7 @@ class QdrantEdgeSink(Sink):
 
     def upsert_points(self, points: list) -> None:
         """Hand ``points`` to the engine in ``upsert_batch`` chunks, ``workers`` in flight."""
-        op = _edge().UpdateOperation.upsert_points
+        op = edge_api().UpdateOperation.upsert_points
         for s in range(0, len(points), self.upsert_batch):
             while len(self._pending) >= self.workers:
                 self._pending.pop(0).result()
@@ -641,7 +409,7 @@ class QdrantEdgeTarget(Target):
         return allocated_bytes(self.real)
 
     def count(self) -> int:
-        return int(self.shard.count(_edge().CountRequest(exact=True)))
+        return int(self.shard.count(edge_api().CountRequest(exact=True)))
 
     def _ids(self, recs) -> pa.Array:
         if self._string_ids:
@@ -651,7 +419,7 @@ class QdrantEdgeTarget(Target):
     def iter_ids(self, batch_rows: int = 8192) -> Iterator[pa.Array]:
         """Original ids only (no vectors)."""
         sel = [self.layout.id_column] if self._string_ids else False
-        for recs in _scroll(self.shard, batch_rows, sel, False):
+        for recs in scroll_pages(self.shard, batch_rows, sel, False):
             yield self._ids(recs)
 
     def ids(self) -> pa.Array:
@@ -664,8 +432,8 @@ class QdrantEdgeTarget(Target):
     def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """Batches of id, vector (float32) and ``payload`` (JSON text, id key removed)."""
         lay = self.layout
-        for recs in _scroll(self.shard, batch_rows, True, [self._vname]):
-            X = np.asarray([_vec(r, self._vname) for r in recs], dtype=np.float32)
+        for recs in scroll_pages(self.shard, batch_rows, True, [self._vname]):
+            X = np.asarray([record_vector(r, self._vname) for r in recs], dtype=np.float32)
             payloads = []
             for r in recs:
                 pl = dict(r.payload or {})
@@ -682,7 +450,7 @@ class QdrantEdgeTarget(Target):
         """HNSW (``exact=False``) search of the reduced vectors through the shard's quantization,
         rescored with the stored vectors unless ``rescore=False``; ``_distance``: Euclid distance,
         1 - cosine, -dot. Cost: one engine query."""
-        e = _edge()
+        e = edge_api()
         if options:
             raise InvalidParameterError(
                 f"QdrantEdgeTarget.search takes hnsw_ef, exact, rescore, oversampling and "
@@ -710,7 +478,7 @@ class QdrantEdgeTarget(Target):
         if not recs:
             return [], np.empty((0, 0), dtype=np.float32)
         found = self._ids(recs).to_pylist()
-        X = np.asarray([_vec(r, name) for r in recs], dtype=np.float32)
+        X = np.asarray([record_vector(r, name) for r in recs], dtype=np.float32)
         return found, X.reshape(len(found), -1)
 
     # -- versions, delta, rollback
@@ -745,8 +513,8 @@ class QdrantEdgeTarget(Target):
                         if lay.codes_column in rows.schema.names else None, overwrite=True)
             if staged is not None:
                 staged(sink.staging_ref())
-            Point = _edge().Point
-            for recs in _scroll(self.shard, max(batch_rows, 1), True, [self._vname]):
+            Point = edge_api().Point
+            for recs in scroll_pages(self.shard, max(batch_rows, 1), True, [self._vname]):
                 ids = self._ids(recs).to_pylist()
                 keep = [Point(r.id, r.vector, r.payload) for r, i in zip(recs, ids)
                         if i not in drop]
@@ -774,23 +542,3 @@ class QdrantEdgeTarget(Target):
         left = {"kind": KIND, "version": os.path.basename(os.path.realpath(self.path))}
         switch_link(self.path, vdir)
         return left
-
-
-def allocated_bytes(path: str) -> int:
-    """Bytes allocated on disk (``st_blocks`` x 512) by the files under ``path``: the engine
-    preallocates sparse files (32 MiB WAL segments and payload pages), so their apparent size says
-    little about the disk a shard takes."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            st = os.lstat(os.path.join(root, f))
-            blocks = getattr(st, "st_blocks", None)  # None on Windows: apparent size
-            total += st.st_size if blocks is None else blocks * 512
-    return total
-
-
-def disk_bytes_at(path: str) -> int | None:
-    """Allocated bytes of the shard at ``path`` (a target's live version, symlink resolved;
-    :func:`allocated_bytes`); None where no shard is. Cost: file metadata."""
-    return allocated_bytes(os.path.realpath(path)) if is_shard(path) else None
-

@@ -15,7 +15,6 @@ import sys
 import threading
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import qdrant_edge as qe
 from _connector_helpers import stage_target, write_target
