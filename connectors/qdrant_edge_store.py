@@ -173,13 +173,14 @@ class QdrantEdgeSink(Sink):
     """Builds a shard in ``.<name>.tldr-staging-<hex>`` and publishes it by a symlink swap.
 
     ``upsert_batch``: points per ``update`` call; ``workers``: update calls in flight while the next
-    points are built (the engine releases the GIL while it writes); ``indexing_threshold_kb``: the
+    points are built (qdrant-edge-py 0.9 holds the GIL while it writes, so 1 is as fast as more:
+    ``benchmarks/qdrant_edge_write.py``); ``indexing_threshold_kb``: the
     engine's threshold below which a segment is not indexed (1: HNSW is built unless the vectors
     take under 1 KB, which the engine then searches exactly)."""
 
     def __init__(self, path: str, *, uri: str, quantization: str = "auto",
                  compression: str | None = None, keep_previous: bool = False,
-                 upsert_batch: int = 8192, workers: int = 2, store_codes: bool = False,
+                 upsert_batch: int = 32768, workers: int = 1, store_codes: bool = False,
                  on_disk: bool | None = None, indexing_threshold_kb: int = 1,
                  hnsw_m: int = 16, hnsw_ef_construct: int = 100):
         super().__init__(uri)
