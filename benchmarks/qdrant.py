@@ -72,7 +72,8 @@ def measure(sh, Q: np.ndarray, truth: np.ndarray, rescore: bool, oversampling: f
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_corpus_arg(ap)
     ap.add_argument("--rows", type=int, default=5000)
     ap.add_argument("--queries", type=int, default=200)

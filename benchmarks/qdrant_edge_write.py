@@ -13,7 +13,7 @@ Each configuration writes a fresh target through the sink's public life cycle (`
 * ``total rows/s``: rows / (create .. publish).
 
 Usage:
-    python benchmarks/qdrant_edge_write.py                       # 200k rows -> results/qdrant_edge_write.md
+    python benchmarks/qdrant_edge_write.py --rows 200000   # -> results/qdrant_edge_write.md
     python benchmarks/qdrant_edge_write.py --rows 1000000 --configs 32768x1
     python benchmarks/qdrant_edge_write.py --rows 2000 --baseline-rows 200 --out /tmp/w.md
 """
@@ -48,7 +48,8 @@ def batches(rows: int, dim: int, seed: int = 0):
     """The rows as 8,192-row batches (generated once, reused by every configuration)."""
     rng = np.random.default_rng(seed)
     schema = pa.schema([("id", pa.int64()), ("text", pa.string()),
-                        ("vector", pa.list_(pa.float32(), dim)), ("pq_codes", pa.list_(pa.uint8(), 16))])
+                        ("vector", pa.list_(pa.float32(), dim)),
+                        ("pq_codes", pa.list_(pa.uint8(), 16))])
     out = []
     for s in range(0, rows, BATCH):
         n = min(BATCH, rows - s)

@@ -197,7 +197,8 @@ class QdrantEdgeSource(Source):
         return int(self.shard.count(edge_api().CountRequest(exact=True)))
 
     def fingerprint(self) -> dict:
-        return {"kind": "qdrant-edge", "path": self.real, "vector": self.vector_column, "dim": self.dim,
+        return {"kind": "qdrant-edge", "path": self.real, "vector": self.vector_column,
+                "dim": self.dim,
                 "distance": self.distance, "points": self.count()}
 
     def disk_bytes(self) -> int:

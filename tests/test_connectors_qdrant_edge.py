@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -20,10 +19,11 @@ import qdrant_edge as qe
 from _connector_helpers import stage_target, write_target
 from conftest import make_structured
 
-from connectors import open_sink, open_source, open_target
+from connectors import (absolute_uri, default_target_uri, open_sink, open_source, open_target,
+                        parse_uri)
 from connectors.qdrant_edge_store import close_shards, release_shard
 from tldr_index.errors import (InvalidInputError, InvalidParameterError, MissingColumnError,
-                               StoreUnavailableError, TargetExistsError)
+                               StoreUnavailableError, TargetExistsError, UnsupportedURIError)
 from tldr_index.pipeline import shrink
 from tldr_index.reindex import reindex, rollback
 
@@ -157,12 +157,15 @@ def test_reader_during_publish_never_sees_a_partial_collection(tmp_path):
 def test_named_vectors(tmp_path):
     X = make_structured(50, DIM, seed=6, normalize=False)
     uri = make_shard(str(tmp_path / "nv"), X, names=("a", "b"))
+    before = checksum(str(tmp_path / "nv"))
     with pytest.raises(InvalidInputError, match=r"^Source '.*/nv' has 2 named vectors \(a, b\); "
                        r"pass vector_column= to choose one\.$"):
         open_source(uri)
     with pytest.raises(MissingColumnError, match=r"^Vector 'c' not found in source '.*/nv'\. "
                        r"Available vectors: a, b\.$"):
         open_source(uri, vector_column="c")
+    close_shards()
+    assert checksum(str(tmp_path / "nv")) == before
     src = open_source(uri, vector_column="a")
     got = np.concatenate([np.asarray(b.column("a").to_pylist()) for b in src.iter_batches(16)])
     np.testing.assert_allclose(got, X, rtol=1e-6)
@@ -242,9 +245,18 @@ def test_other_quantizations_reach_the_engine(tmp_path, kind, config):
     assert open_target("qdrant+edge://" + str(tmp_path / "out")).count() == 30
 
 
+def test_uri():
+    p = parse_uri("qdrant+edge:///data/shards/docs/")
+    assert (p.kind, p.path, p.mode) == ("qdrant-edge", "/data/shards/docs", "edge")
+    assert absolute_uri("qdrant+edge://rel/docs") == "qdrant+edge://" + os.path.abspath("rel/docs")
+    assert default_target_uri("qdrant+edge:///d/docs") == "qdrant+edge:///d/docs_compact"
+    with pytest.raises(UnsupportedURIError, match=r"^The 'uri' parameter must hold a path after "
+                       r"the scheme"):
+        parse_uri("qdrant+edge://")
+
+
 def test_open_sink_checks_before_writing(tmp_path):
     with pytest.raises(InvalidParameterError, match=r"^The 'workers' parameter of QdrantEdgeSink "
                        r"must be an int in the range \[1, 64\]\. Got 0 instead\.$"):
         open_sink("qdrant+edge://" + str(tmp_path / "x"), workers=0)
     assert os.listdir(tmp_path) == []
-    assert re.match(r"^qdrant\+edge:///", "qdrant+edge://" + str(tmp_path))
