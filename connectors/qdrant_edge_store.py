@@ -113,7 +113,7 @@ def switch_link(path: str, version_dir: str) -> None:
         raise
 
 
-def quantizationshard_config(kind: str, d: int, code_bytes: int | None, compression: str | None,
+def quantization_config(kind: str, d: int, code_bytes: int | None, compression: str | None,
                         owner: str = "QdrantEdgeSink"):
     """The ``qdrant_edge`` quantization config of ``kind`` (see the module docstring); None for
     ``"none"``. PQ ``"auto"``: the ratio ``4 d / code_bytes`` closest in log among x4..x64."""
@@ -239,7 +239,7 @@ class QdrantEdgeSink(Sink):
         self._vector_bytes = (d, 2 if vt.value_type == pa.float16() else 4)
         code_bytes = self.schema.field(lay.codes_column).type.list_size \
             if lay.codes_column else None
-        quant = quantizationshard_config(self.quantization, d, code_bytes, self.compression)
+        quant = quantization_config(self.quantization, d, code_bytes, self.compression)
         params = e.EdgeVectorParams(
             size=d, distance={"l2": e.Distance.Euclid, "cosine": e.Distance.Cosine,
                               "ip": e.Distance.Dot}[lay.distance], on_disk=self.on_disk,
