@@ -112,9 +112,10 @@ def main() -> None:
         f"`python benchmarks/qdrant.py --rows {a.rows} --queries {a.queries} --kinds {a.kinds}`"
         f", {dt.date.today().isoformat()}, {machine()}, load average {os.getloadavg()[0]:.1f}.",
         "", *table, "",
-        f"Below Qdrant's full_scan_threshold (default 10,000 KB of vectors: {10_000_000 // (4 * D):,}"
-        f" {D}-d rows) a segment is searched by a full scan of the quantized vectors, not through "
-        f"the HNSW graph; {'this run scanned' if a.rows * 4 * D < 10_240_000 else 'this run used the graph'}.",
+        f"Below Qdrant's full_scan_threshold (default 10,000 KB of vectors: "
+        f"{10_000_000 // (4 * D):,} {D}-d rows) a segment is searched by a full scan of the "
+        f"quantized vectors, not through the HNSW graph; this run "
+        f"{'scanned' if a.rows * 4 * D < 10_240_000 else 'used the graph'}.",
         "Code bytes are nominal (bits x D / 8; PQ x16: 4 D / 16); the engine's per-vector extras "
         "are not counted.", ""])
     print(text)
