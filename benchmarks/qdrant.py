@@ -109,7 +109,8 @@ def main() -> None:
     text = "\n".join([
         f"# Qdrant's own quantizers on Qdrant Edge ({a.rows:,} x {D}-d rows of "
         f"{corpus_path().name}, {a.queries} queries, HNSW ef 128)", "",
-        f"`python benchmarks/qdrant.py --rows {a.rows} --queries {a.queries} --kinds {a.kinds}`"
+        f"`python benchmarks/qdrant.py{' --corpus ' + a.corpus if a.corpus else ''} --rows "
+        f"{a.rows} --queries {a.queries} --kinds {a.kinds}`"
         f", {dt.date.today().isoformat()}, {machine()}, load average {os.getloadavg()[0]:.1f}.",
         "", *table, "",
         f"Below Qdrant's full_scan_threshold (default 10,000 KB of vectors: "
