@@ -5,7 +5,8 @@
 :class:`Target` (model + metadata + rows + search). URIs: see :mod:`connectors.uri`.
 
 Modules: ``base`` (protocol), ``uri`` (parsing), ``arrow_utils`` (vector columns, validation),
-``ids`` (id hashing, digest, duplicates), ``lance_store``, ``parquet_store``, ``qdrant_store``.
+``ids`` (id hashing, digest, duplicates), ``lance_store``, ``parquet_store``, ``qdrant_store``,
+``qdrant_edge_store`` (the Qdrant engine embedded: ``qdrant+edge://``).
 Each store module owns everything specific to its store (reading, the sink, deltas, rollback,
 disk size, staging clean-up, its Ray Data read); the engine calls only the base classes' public
 methods (see ``connectors/README.md``). Tests: ``tests/test_store_contract.py`` (the same contract
@@ -49,6 +50,10 @@ def open_source(uri: str | os.PathLike, *, vector_column: str | None = None,
         from .parquet_store import ParquetSource
         return ParquetSource(p.path, uri=shown, vector_column=vector_column,
                              id_column=id_column, **opts)
+    if p.kind == "qdrant-edge":
+        from .qdrant_edge_store import QdrantEdgeSource
+        return QdrantEdgeSource(p.path, uri=shown, vector_column=vector_column,
+                                id_column=id_column, **opts)
     from .qdrant_store import QdrantSource
     return QdrantSource(p, uri=shown, vector_column=vector_column, id_column=id_column, **opts)
 
@@ -58,7 +63,8 @@ def open_sink(uri: str | os.PathLike, **opts: Any) -> Sink:
     ``index_min_rows``, ``flush_rows``, ``max_rows_per_file``, ``index_options``; Parquet
     ``rows_per_file``, ``compression``, ``keep_previous``; Qdrant ``client``, ``api_key``, ``upsert_batch``,
     ``max_retries``, ``backoff_s``, ``max_total_s``, ``compression``, ``keep_previous``,
-    ``named_vector``, ``store_codes``."""
+    ``named_vector``, ``store_codes``; Qdrant Edge ``quantization``, ``compression``,
+    ``keep_previous``, ``upsert_batch``, ``workers``, ``store_codes``, ``on_disk``."""
     p = parse_uri(uri)
     shown = redact(p.uri)
     if p.kind == "lance":
@@ -67,6 +73,9 @@ def open_sink(uri: str | os.PathLike, **opts: Any) -> Sink:
     if p.kind == "parquet":
         from .parquet_store import ParquetSink
         return ParquetSink(p.path, uri=shown, **opts)
+    if p.kind == "qdrant-edge":
+        from .qdrant_edge_store import QdrantEdgeSink
+        return QdrantEdgeSink(p.path, uri=shown, **opts)
     from .qdrant_store import QdrantSink
     return QdrantSink(p, uri=shown, **opts)
 
@@ -84,6 +93,9 @@ def open_target(uri: str | os.PathLike, **opts: Any) -> Target:
     if p.kind == "parquet":
         from .parquet_store import ParquetTarget
         return ParquetTarget(os.path.abspath(p.path), uri=shown, **opts)
+    if p.kind == "qdrant-edge":
+        from .qdrant_edge_store import QdrantEdgeTarget
+        return QdrantEdgeTarget(p.path, uri=shown, **opts)
     from .qdrant_store import QdrantTarget
     return QdrantTarget(p, uri=shown, **opts)
 
@@ -100,6 +112,9 @@ def disk_bytes(uri: str | os.PathLike) -> int | None:
     if p.kind == "parquet":
         from .parquet_store import disk_bytes_at as parquet_bytes
         return parquet_bytes(p.path, str(uri))
+    if p.kind == "qdrant-edge":
+        from .qdrant_edge_store import disk_bytes_at as edge_bytes
+        return edge_bytes(p.path)
     from .qdrant_clients import disk_bytes_at as qdrant_bytes
     return qdrant_bytes(p)
 

@@ -8,6 +8,7 @@
 ``qdrant+https://host:6333/docs``              Qdrant over HTTPS
 ``qdrant+path:///dir/docs``                    embedded Qdrant stored in ``/dir``
 ``qdrant+memory://name/docs``                  in-process Qdrant ``name`` (tests)
+``qdrant+edge:///dir/shard``                    a Qdrant Edge shard (the engine embedded)
 =============================================  ===================================================
 
 After ``scheme://`` file-based URIs hold a plain path, relative (``lancedb://./db/docs``) or absolute
@@ -26,14 +27,15 @@ from urllib.parse import urlsplit
 from tldr_index.errors import UnsupportedURIError
 
 SCHEMES = ("lancedb", "lance", "parquet", "qdrant", "qdrant+http", "qdrant+https", "qdrant+path",
-           "qdrant+memory")
+           "qdrant+memory", "qdrant+edge")
 DEFAULT_QDRANT_PORT = 6333
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.S)
 
 
 @dataclass(frozen=True)
 class ParsedURI:
-    """``kind`` is 'lance', 'parquet' or 'qdrant'; file kinds fill ``path``, Qdrant fills the rest."""
+    """``kind`` is 'lance', 'parquet', 'qdrant' or 'qdrant-edge'; file kinds (and Qdrant Edge: the
+    shard directory) fill ``path``, Qdrant fills the rest."""
 
     uri: str
     kind: str
@@ -111,7 +113,8 @@ def parse_uri(uri: str | os.PathLike) -> ParsedURI:
     scheme, rest = m.group(1).lower(), m.group(2)
     if scheme not in SCHEMES:
         raise _bad(uri, "use a supported scheme")
-    if scheme in ("lancedb", "lance", "parquet", "qdrant+path", "qdrant+memory") and not rest:
+    if scheme in ("lancedb", "lance", "parquet", "qdrant+path", "qdrant+memory",
+                  "qdrant+edge") and not rest:
         raise _bad(uri, "hold a path after the scheme")
     if scheme == "lancedb":
         db, table = _split_last(rest, uri, "table")
@@ -120,6 +123,9 @@ def parse_uri(uri: str | os.PathLike) -> ParsedURI:
         return ParsedURI(uri, "lance", path=rest.rstrip("/") or "/")
     if scheme == "parquet":
         return ParsedURI(uri, "parquet", path=rest)
+    if scheme == "qdrant+edge":
+        parent, name = _split_last(rest, uri, "shard")
+        return ParsedURI(uri, "qdrant-edge", path=os.path.join(parent, name), mode="edge")
     if scheme == "qdrant+path":
         d, coll = _split_last(rest, uri, "collection")
         return ParsedURI(uri, "qdrant", path=d, collection=coll, mode="path")
@@ -156,6 +162,8 @@ def absolute_uri(uri: str | os.PathLike) -> str:
         return "lance://" + os.path.abspath(p.path)
     if p.kind == "parquet":
         return "parquet://" + os.path.abspath(p.path) + ("/" if p.path.endswith("/") else "")
+    if p.kind == "qdrant-edge":
+        return "qdrant+edge://" + os.path.abspath(p.path)
     if p.mode == "path":
         return f"qdrant+path://{os.path.abspath(p.path)}/{p.collection}"
     return redact(p.uri)
@@ -177,7 +185,7 @@ def default_target_uri(source_uri: str, suffix: str = "_compact") -> str:
     """
     p = parse_uri(source_uri)
     uri = p.uri.rstrip("/")
-    if p.kind == "qdrant" or p.table:
+    if p.kind in ("qdrant", "qdrant-edge") or p.table:
         return uri + suffix
     if p.kind == "lance":
         stem = uri[: -len(".lance")] if uri.endswith(".lance") else uri

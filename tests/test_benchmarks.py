@@ -18,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py")
                  if not p.stem.startswith("_"))
-NO_CORPUS = {"gpu_trainer": "generated", "render_quality": "reads a results file"}
+NO_CORPUS = {"gpu_trainer": "generated", "render_quality": "reads a results file",
+             "qdrant_edge_write": "generated"}
 
 # name -> (arguments of a tiny run, file it must write); {tmp} is the test's tmp dir
 SMOKE = {
@@ -36,6 +37,9 @@ SMOKE = {
     "knn": ("--rows 7000 --variants default --queries 50 --exact-queries 50 --out {tmp}/knn.md",
             "knn.md"),
     "out_of_core": ("--rows 7000 --out {tmp}/ooc.md", "ooc.md"),
+    "qdrant": ("--rows 500 --queries 10 --kinds sq,bq1 --out {tmp}/qdrant.md", "qdrant.md"),
+    "qdrant_edge_write": ("--rows 3000 --configs 1024x2 --baseline-rows 50 --root {tmp}/w "
+                          "--out {tmp}/edge_write.md", "edge_write.md"),
     "reindex": ("--rows 2000 --out {tmp}/reindex.md", "reindex.md"),
     "scale": ("--encode-rows 2000 --shrink-rows 2000 --sample 1000 --shard-rows 1000 "
               "--fragment-rows 1000 --work {tmp}/work --out {tmp}/scale.md", "scale.md"),

@@ -137,8 +137,8 @@ def _errors(tmp, X):
         (["shrink", "--source", "foo://bar/docs", "--dim", "4"],
          "Error: The 'uri' parameter must use a supported scheme (supported schemes: lancedb://, "
          "lance://, parquet://, qdrant://, qdrant+http://, qdrant+https://, qdrant+path://, "
-         "qdrant+memory://; or a path ending in .lance or .parquet). Got 'foo://bar/docs' "
-         "instead."),
+         "qdrant+memory://, qdrant+edge://; or a path ending in .lance or .parquet). Got "
+         "'foo://bar/docs' instead."),
         (["shrink", "--db", db, "--collection", "novec", "--dim", "4"],
          f"Error: No vector column in source 'lancedb://{db}/novec': expected a list or "
          f"fixed-size list of floats. Available columns: id (int64), text (string). Pass "

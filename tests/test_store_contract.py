@@ -1,5 +1,8 @@
-"""One contract for every store (Lance/LanceDB, Parquet, Qdrant local mode), in the style of
-qdrant-client's congruence tests: the same calls on each store must give the same answers.
+"""One contract for every store (Lance/LanceDB, Parquet, Qdrant local mode, Qdrant Edge: the real
+Qdrant engine embedded), in the style of qdrant-client's congruence tests: the same calls on each
+store must give the same answers. Where the engines differ by design the test says so: Qdrant local
+mode ignores quantization and searches by brute force, Qdrant Edge searches an HNSW graph through
+product quantization (rescored with the stored vectors) - the answers asked here are the same.
 
 Covered: reading (batches, take), write + atomic publish (staged target invisible, an existing
 target refused, overwrite, abort), rows read back, a delta (add / delete / replace) as one switch,
@@ -27,18 +30,21 @@ from _connector_helpers import write_target
 from connectors import (IdDigest, discard_staging, disk_bytes, lancedb_uri, open_sink, open_source,
                         open_target, parse_uri)
 from connectors.arrow_utils import numpy_to_fsl, vectors_to_numpy
+from connectors.qdrant_edge_store import close_shards
 from connectors.qdrant_store import client_for, close_clients
 from tldr_index.errors import (InvalidInputError, SourceNotFoundError, TargetExistsError,
                                VerificationError)
 
 N, DIM, D = 120, 8, 4
-STORES = ["lancedb", "parquet", "qdrant"]
+STORES = ["lancedb", "parquet", "qdrant", "qdrant-edge"]
+QDRANTS = ("qdrant", "qdrant-edge")
 
 
 @pytest.fixture(autouse=True)
 def _close():
     yield
     close_clients()  # releases the qdrant+path locks
+    close_shards()  # and the Qdrant Edge shard locks
 
 
 class Store:
@@ -62,6 +68,20 @@ class Store:
                 pq.write_table(self.table.slice(s, e - s), os.path.join(d, f"{'abc'[i]}.parquet"))
             self.uri, self.target = f"parquet://{d}", f"parquet://{root}/out"
             self.parent = root
+        elif kind == "qdrant-edge":
+            import qdrant_edge as qe
+
+            sh = qe.EdgeShard.create(os.path.join(root, "docs"), qe.EdgeConfig(
+                vectors={"": qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Euclid)}))
+            sh.update(qe.UpdateOperation.upsert_points([
+                qe.Point(i, x.tolist(), {"text": t, "year": y}) for i, x, t, y in zip(
+                    self.ids, self.X, self.table.column("text").to_pylist(),
+                    self.table.column("year").to_pylist())]))
+            sh.flush()
+            sh.close()
+            self.uri = "qdrant+edge://" + os.path.join(root, "docs")
+            self.target = "qdrant+edge://" + os.path.join(root, "docs_c")
+            self.parent = root
         else:
             from qdrant_client import models as m
 
@@ -78,7 +98,7 @@ class Store:
 
     # -- expected store-specific messages
     def unknown_id(self, src, bad: int) -> str:
-        if self.kind == "qdrant":
+        if self.kind in QDRANTS:
             return (rf"^The 'ids' parameter of take must name points of source "
                     rf"'{re.escape(src.uri)}'\. Got unknown id {bad}\.$")
         return (rf"^The 'ids' parameter of take must name rows of source "
@@ -90,7 +110,9 @@ class Store:
                 "parquet": r"^Parquet target 'parquet://.*/out' not found: no directory "
                            r"'.*/out'\.$",
                 "qdrant": r"^Qdrant collection 'docs_c' not found in embedded Qdrant '.*'\. "
-                          r"Existing collections: docs, docs_c__v1\.$"}[self.kind]
+                          r"Existing collections: docs, docs_c__v1\.$",
+                "qdrant-edge": r"^Qdrant Edge target 'qdrant\+edge://.*/docs_c' not found: no "
+                               r"shard at '.*/docs_c'\.$"}[self.kind]
 
     def exists(self) -> str:
         t = f"^Target '{re.escape(self.target)}' already exists"
@@ -98,7 +120,9 @@ class Store:
                                r"available as an older Lance version\)\.$",
                     "parquet": r"\. Pass overwrite=True to replace it\.$",
                     "qdrant": r" \(alias of collection 'docs_c__v1'\)\. Pass overwrite=True to "
-                              r"replace it\.$"}[self.kind]
+                              r"replace it\.$",
+                    "qdrant-edge": r" \(version '\.docs_c\.tldr-v1'\)\. Pass overwrite=True to "
+                                   r"replace it\.$"}[self.kind]
 
     def leftovers(self) -> list[str]:
         """Staging areas left: directories beside a file target, collections in Qdrant."""
@@ -256,7 +280,8 @@ def test_delta_add_delete_replace_then_rollback(store):
     assert back.metadata == meta0 and sorted(_by_id(back)) == sorted(before)
     back.rollback_to(left)  # a second rollback undoes the first
     assert sorted(_by_id(open_target(store.target))) == want
-    other = {"lancedb": "parquet", "parquet": "qdrant", "qdrant": "lance"}[store.kind]
+    other = {"lancedb": "parquet", "parquet": "qdrant", "qdrant": "lance",
+             "qdrant-edge": "qdrant"}[store.kind]
     with pytest.raises(InvalidInputError, match=rf"^The rollback record of target "
                        rf"'{re.escape(store.target)}' is for a {other} target\. Got a "
                        rf"{tgt.kind} target\.$"):
@@ -309,6 +334,11 @@ def _tree_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
+def _tree_blocks(path: str) -> int:
+    return sum(os.lstat(os.path.join(r, f)).st_blocks * 512 for r, _, fs in os.walk(path)
+               for f in fs)
+
+
 def test_disk_bytes(store):
     src = open_source(store.uri)
     write_target(src, store.target, d=D)
@@ -319,6 +349,17 @@ def test_disk_bytes(store):
         assert tgt.collection != p.collection  # the target is an alias of a versioned collection
         assert src.disk_bytes() is None
         assert tgt.disk_bytes() == disk_bytes(store.target) == _tree_bytes(folder) > 0
+        return
+    if store.kind == "qdrant-edge":  # the live version's blocks: the engine's files are sparse
+        live = os.path.realpath(parse_uri(store.target).path)
+        assert tgt.disk_bytes() == disk_bytes(store.target) == _tree_blocks(live) > len(MODEL)
+        assert _tree_blocks(live) < _tree_bytes(live) // 100  # 32 MiB WAL segments, preallocated
+        assert src.disk_bytes() == disk_bytes(store.uri) == _tree_blocks(parse_uri(store.uri).path)
+        assert disk_bytes(store.target + "_missing") is None
+        write_target(src, store.target, d=D, overwrite=True)
+        assert not os.path.exists(live)  # replaced without keep_previous: deleted
+        assert open_target(store.target).disk_bytes() == _tree_blocks(
+            os.path.realpath(parse_uri(store.target).path))
         return
     path = parse_uri(store.target).path
     tree = _tree_bytes(path)
@@ -355,7 +396,7 @@ def test_killed_write_staging_is_discarded(store):
 def test_distributed_hooks(store):
     src = open_source(store.uri)
     sink = open_sink(store.target)
-    if store.kind == "qdrant":  # scrolled, not read by Ray; no shard files
+    if store.kind in QDRANTS:  # scrolled, not read by Ray; no shard files
         assert src.ray_read(["id", "vector"]) is None and sink.shard_writer() is None
         return
     batches = [reduce_batch(b, src, D) for b in src.iter_batches(50)]
@@ -382,7 +423,8 @@ BOTTOM = {"tldr_index.errors", "tldr_index.validation", "tldr_index.artifact",
           "tldr_index.progress", "tldr_index.version", "tldr_index.oserrors",
           "tldr_index.threads", "tldr_index.faults"}
 STORE_CLASSES = {f"{s}{r}" for s in ("Lance", "Parquet", "Qdrant")
-                 for r in ("Source", "Sink", "Target")}
+                 for r in ("Source", "Sink", "Target")} | {
+    f"QdrantEdge{r}" for r in ("Source", "Sink", "Target")}
 
 
 def _modules(package: str):

@@ -193,8 +193,8 @@ PARAMS = {
     "unknown scheme": ({"target": "mongodb://h/db"}, UnsupportedURIError,
                        "The 'uri' parameter must use a supported scheme (supported schemes: "
                        "lancedb://, lance://, parquet://, qdrant://, qdrant+http://, "
-                       "qdrant+https://, qdrant+path://, qdrant+memory://; or a path ending in "
-                       ".lance or .parquet). Got 'mongodb://h/db' instead."),
+                       "qdrant+https://, qdrant+path://, qdrant+memory://, qdrant+edge://; or a "
+                       "path ending in .lance or .parquet). Got 'mongodb://h/db' instead."),
     "target ..": ({"target": "lancedb://{db}/.."}, UnsupportedURIError,
                   "The table name must be a plain name (not '.' or '..', no '/', '\\' or "
                   "control characters), so nothing is read or written outside its database. "
