@@ -426,7 +426,7 @@ def drift_recall(model: CompactModel, Qnew: np.ndarray, Qold: np.ndarray, ref: n
                  k: int = 10) -> dict:
     """recall@k of exact search in the reduced space vs the original space, for new rows and for
     unchanged rows, each searched in ``[ref; Qnew; Qold]`` with itself excluded."""
-    from .knn import _drop_own, exact_search
+    from .knn import drop_own, exact_search
     from .search import recall_at_k
 
     db = np.vstack([ref, Qnew, Qold]).astype(np.float32)
@@ -442,7 +442,7 @@ def drift_recall(model: CompactModel, Qnew: np.ndarray, Qold: np.ndarray, ref: n
         own = np.arange(start, start + rows)
         _, truth = exact_search(db, db[own], k, metric=metric, exclude=own)
         _, got = exact_search(Z, Z[own], min(k + 1, len(db)), metric=metric)
-        out[f"recall_{name}"] = recall_at_k(_drop_own(got, own, k), truth)
+        out[f"recall_{name}"] = recall_at_k(drop_own(got, own, k), truth)
     return out
 
 

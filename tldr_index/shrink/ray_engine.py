@@ -42,9 +42,9 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
-from .compact import CompactModel
+from ..compact import CompactModel
 from .encode_batches import encode_record_batch
-from .errors import InvalidParameterError, TLDRError
+from ..errors import InvalidParameterError, TLDRError
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +164,9 @@ def _encode_task(table: pa.Table, *, key: str, model_ref, **spec) -> pa.Table:
         return _shard_row(None, 0, f"{type(exc).__name__}:{exc}")
 
 
-def _raise_worker_error(text: str) -> None:
+def raise_worker_error(text: str) -> None:
     """Re-raise a tldr-index error a worker reported (``"ClassName:message"``)."""
-    from . import errors
+    from .. import errors
 
     name, _, msg = text.partition(":")
     cls = getattr(errors, name, None)
@@ -175,7 +175,7 @@ def _raise_worker_error(text: str) -> None:
     raise cls(msg)
 
 
-class _RaySession:
+class RaySession:
     """``ray.init`` unless Ray is already initialised; shut down on exit only if started here.
     Ray Data runs in source order without its own progress bars meanwhile."""
 
@@ -264,7 +264,7 @@ def write_with_ray(src, sink, model: CompactModel, schema: pa.Schema, *,
             f"Got {type(sink).__name__} '{sink.uri}'.")
     shards: list[str] = []
     rows = 0
-    with _RaySession(ray, num_cpus):
+    with RaySession(ray, num_cpus):
         cpus = max(1, int(ray.available_resources().get("CPU", 1)))
         ds = read_source(src, shard_rows, min_pieces=2 * (workers or cpus))
         job = encode_dataset(ds, model, schema, vector_column=src.vector_column,
@@ -274,7 +274,7 @@ def write_with_ray(src, sink, model: CompactModel, schema: pa.Schema, *,
                              cosine=src.distance == "cosine")
         for out in job.iter_batches(batch_size=None, batch_format="pyarrow"):
             for err in out.column("error").drop_null().to_pylist():
-                _raise_worker_error(err)
+                raise_worker_error(err)
             shards += out.column("shard").to_pylist()
             rows += int(sum(out.column("rows").to_pylist()))
             if progress is not None:
