@@ -317,16 +317,18 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
       tldr-index shrink --source qdrant://localhost:6333/docs --dim 64
       tldr-index shrink --collection docs --target-recall 0.9 --method auto
     """
-    from connectors import default_target_uri
-
     from . import pipeline
+    from .errors import InvalidParameterError
+    from .shrink.plan import check_engine_options, default_target
 
     if dim is None and target_recall is None:
         raise click.UsageError("Missing option '--dim'.")  # or --target-recall
     engine_options = {k: v for k, v in (("workers", workers), ("shard_rows", shard_rows))
                       if v is not None}
-    if engine_options and engine != "ray":
-        raise click.UsageError("--workers and --shard-rows apply to --engine ray only.")
+    try:  # the library's rule (tldr_index.shrink.plan), with the CLI's words
+        check_engine_options(engine, engine_options)
+    except InvalidParameterError:
+        raise click.UsageError("--workers and --shard-rows apply to --engine ray only.") from None
 
     src = _source_uri(source, db, collection)
     tgt = None
@@ -341,7 +343,7 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
                              id_column=id_column, keep_work=keep_work, threads=threads,
                              source_options=_store_options(src, api_key, distance=distance),
                              sink_options=_store_options(
-                                 tgt or default_target_uri(src, suffix=f"_tldr{dim or ''}"),
+                                 tgt or default_target(src, dim),
                                  api_key),
                              skip_invalid=skip_invalid, engine=engine,
                              engine_options=engine_options or None)

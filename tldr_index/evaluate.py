@@ -314,7 +314,7 @@ def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries
     latency_queries = check_int(latency_queries, "latency_queries", low=0, owner="eval")
     random_state = check_int(random_state, "random_state", low=0, owner="eval")
     tgt = open_target(target, **(target_options or {}))
-    model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
+    model = CompactModel.of_target(tgt)
     src = open_source_of(tgt, source, **(source_options or {}))
     if model.input_dim != src.dim:
         raise InvalidInputError(
