@@ -37,7 +37,7 @@ import logging
 import os
 import time
 
-from connectors import disk_bytes
+from connectors import disk_bytes, open_target
 
 from ..errors import ModelFormatError, SourceNotFoundError, TargetExistsError
 from ..faults import wrap_progress
@@ -61,8 +61,6 @@ log = logging.getLogger(__name__)
 def check_target(target_uri: str, overwrite: bool, run_id: str | None = None) -> bool:
     """Refuse an existing target unless ``overwrite``; True when it is already this run's output
     (a crash after publish)."""
-    from connectors import open_target
-
     try:
         t = open_target(target_uri)
     except SourceNotFoundError:

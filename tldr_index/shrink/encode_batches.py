@@ -1,8 +1,8 @@
 """Encode + PQ of one Arrow record batch with a :class:`~tldr_index.compact.CompactModel`.
 
 The one place where rows of the compact target are computed and laid out, shared by the
-single-process pipeline (:mod:`tldr_index.shrink.encode` and :mod:`tldr_index.shrink.engine`) and the Ray
-Data engine (:mod:`tldr_index.shrink.ray_engine`), so the two cannot drift:
+single-process engine (:mod:`tldr_index.shrink.encode`, :mod:`tldr_index.shrink.engine`) and
+the Ray Data engine (:mod:`tldr_index.shrink.ray_engine`), so the two cannot drift:
 
 * :func:`encode_block`: ``(n, D)`` vectors -> reduced float32 ``(n, d)`` and PQ codes ``(n, M)``;
 * :func:`assemble_batch`: id + payload columns of a batch, the reduced vectors and the codes ->

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from connectors import absolute_uri, default_target_uri, open_source, parse_uri
+
 from ..errors import InvalidInputError, InvalidParameterError
 from ..validation import check_bool, check_choice, check_float, check_int
 
@@ -44,8 +46,6 @@ def default_pq_bytes(dim: int) -> int:
 
 def default_work_dir(target_uri: str) -> Path:
     """``$TLDR_INDEX_WORK`` or ``./tldr-work``, then ``<target name>-<8 hex of the target URI>``."""
-    from connectors import absolute_uri, parse_uri
-
     p = parse_uri(target_uri)
     name = p.collection or p.table or os.path.basename(p.path.rstrip("/")) or "target"
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.removesuffix(".lance"))
@@ -63,8 +63,6 @@ def default_sweep_work_dir(source_uri: str) -> Path:
 def default_target(source_uri: str, dim: int | None) -> str:
     """The target beside the source: ``<collection>_tldr<dim>`` (``_tldr`` when ``dim`` is
     chosen by a selection). Raises for a Parquet source (no default)."""
-    from connectors import default_target_uri
-
     return default_target_uri(source_uri, suffix=f"_tldr{dim or ''}")
 
 
@@ -231,8 +229,6 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
     """Check the arguments of :func:`tldr_index.shrink.shrink` (same names and meaning), open
     the source and return the plan. Raises :class:`InvalidParameterError` /
     :class:`InvalidInputError` (one line naming the parameter, the rule and the value)."""
-    from connectors import absolute_uri, open_source
-
     from ..reducer import resolve_device
     from ..search import default_shortlist
 
@@ -337,8 +333,6 @@ def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                id_column: str | None = None, source_options: dict | None = None) -> SweepPlan:
     """Check the arguments of :func:`tldr_index.shrink.select.sweep`, open the source and return
     the plan (same rules and messages as :func:`plan_shrink`, owner ``sweep``)."""
-    from connectors import absolute_uri, open_source
-
     from ..search import default_shortlist
 
     o = "sweep"

@@ -71,7 +71,7 @@ class ShrinkRun:
             self.method, self.dim, self.pq_bytes = ch["method"], ch["dim"], ch["pq_bytes"]
 
 
-StageFn = Callable[[ShrinkRun], "tuple[list[Path], StageResult]"]
+StageFn = Callable[[ShrinkRun], tuple[list[Path], StageResult]]
 
 
 def run_stage(run: ShrinkRun, stage: str, fn: StageFn, skipped: list, seconds: dict) -> None:

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from connectors import IdDigest
+from connectors.arrow_utils import vectors_to_numpy
+
 from ..errors import InvalidInputError
 from ..vectors import VectorStore
 from .results import ScanResult
@@ -43,9 +46,6 @@ def check_scan_counts(src, total: int, rows: int, skipped: int, first_invalid_id
 
 def scan_local(run: "ShrinkRun") -> tuple[list[Path], ScanResult]:
     """The scan stage of the local engine (see the module docstring)."""
-    from connectors import IdDigest
-    from connectors.arrow_utils import vectors_to_numpy
-
     src, out = run.src, run.work.stage_dir("scan", clear=True)
     dtype = np.float16 if src.value_type == pa.float16() else np.float32
     writer = VectorStore.create(out / "vectors", src.dim, dtype)

@@ -33,13 +33,17 @@ import numpy as np
 from ..errors import InvalidParameterError
 from ..progress import Progress, as_progress
 from ..tables import fmt_float
+from ..threads import auto_threads, thread_limit
+from ..vectors import VectorStore
 from . import train as training
-from .plan import CRITERIA, DEFAULT_DIMS, STAGES, default_sweep_work_dir, plan_sweep, \
-    selection_plan  # noqa: F401 (CRITERIA, DEFAULT_DIMS, selection_plan re-exported)
+from .plan import STAGES, default_sweep_work_dir, plan_sweep
 from .encode import PQ_TRAIN_ROWS
+from .engine import LocalEngine
 from .results import SelectResult
 from .run import ShrinkRun, run_stage
 from .sampling import held_out, sample_rows
+from .train import stage_knn
+from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,6 @@ def measure(c: ShrinkRun, plan: dict) -> tuple[list[SweepConfig], dict]:
     from ..comparisons import reduced_search
     from ..knn import exact_search
     from ..search import recall_at_k, rerank
-    from ..vectors import VectorStore
 
     scan = VectorStore.open(c.work.root / "scan" / "vectors")
     train = c.train_store()
@@ -314,11 +317,6 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
     ``neighbors`` and seed reuses them (other settings start it over). Other parameters as
     :func:`tldr_index.shrink.shrink`.
     """
-    from ..threads import auto_threads, thread_limit
-    from .engine import LocalEngine
-    from .train import stage_knn
-    from .workdir import WorkDir
-
     t_all = time.perf_counter()
     o = "sweep"
     p = plan_sweep(source_uri, dims=dims, pq_bytes=pq_bytes, method=method,

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from connectors import discard_staging, open_sink
+
 from ..compact import CompactModel
 from ..errors import Interrupted, InvalidInputError
 from ..threads import run_in_worker
@@ -34,8 +36,6 @@ WRITE_STAGES = ("write", "verify", "publish")
 def discard_abandoned(run: "ShrinkRun") -> None:
     """Remove the staging area a crashed write left (recorded in ``write/staging.json``) and
     forget the write/verify/publish checkpoints."""
-    from connectors import discard_staging
-
     staging = run.work.root / "write" / "staging.json"
     if staging.exists():
         discard_staging(run.target_uri, json.loads(staging.read_text()))
@@ -66,8 +66,6 @@ def target_metadata(run: "ShrinkRun") -> dict:
 def stage_write(run: "ShrinkRun", seconds: dict) -> None:
     """write + verify + publish (one sink transaction); records each stage's result and
     checkpoint, and its wall time in ``seconds``."""
-    from connectors import open_sink
-
     enc, scan = run.results.encode, run.results.scan
     work, prog = run.work, run.progress
     model_bytes = (work.root / "encode" / "model.safetensors").read_bytes()
