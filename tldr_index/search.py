@@ -1,4 +1,4 @@
-"""Search a compact collection written by :func:`tldr_index.pipeline.shrink`, and describe it.
+"""Search a compact collection written by :func:`tldr_index.shrink.shrink`, and describe it.
 
 :func:`search` encodes the queries with the stored model, then
 

@@ -4,7 +4,7 @@ What runs where::
 
     driver (this process)                 Ray tasks (read + encode + write fused in one task;
     ---------------------                 the model parsed once per worker process)
-    scan (:mod:`tldr_index.ray_scan`, Ray tasks) / kNN / train (on the sample)
+    scan (:mod:`tldr_index.shrink.ray_scan`, Ray tasks) / kNN / train (on the sample)
     compact model -> ray.put(bytes)
     ray.data.read_lance / read_parquet -> map_batches(_encode_task): encode_record_batch per
                                           batch; each shard written into the sink's staging
@@ -18,7 +18,8 @@ The model travels as its safetensors bytes through the object store (one ``ray.p
 of model objects); each worker process rebuilds it with :meth:`CompactModel.from_bytes` once. The
 map is a task, not an actor, so Ray fuses it with the read task: source rows do not cross the
 object store (except when a source has too few fragments/files for the workers, see
-:func:`read_source`). Row computation is :func:`tldr_index.encode_batches.encode_record_batch`, the same
+:func:`read_source`). Row computation is
+:func:`tldr_index.shrink.encode_batches.encode_record_batch`, the same
 code as the single-process write, so both engines produce the same target
 (``tests/test_ray_engine.py``).
 
