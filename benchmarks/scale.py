@@ -107,7 +107,7 @@ def encode_local(src, model, schema, sink, threads: int, batch_rows: int = 8192)
     from threadpoolctl import threadpool_limits
 
     from tldr_index.threads import thread_limit
-    from tldr_index.encode_batches import encode_record_batch
+    from tldr_index.shrink.encode_batches import encode_record_batch
 
     q = model.quantizer()
     rows = 0
@@ -123,7 +123,7 @@ def part_encode(args, work: Path) -> list[dict]:
     import ray
 
     from connectors import open_source
-    from tldr_index.ray_engine import write_with_ray
+    from tldr_index.shrink.ray_engine import write_with_ray
 
     src = open_source(fragmented_copy(args.encode_rows, work, args.fragment_rows),
                       distance="cosine")

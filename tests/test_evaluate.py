@@ -17,7 +17,8 @@ from tldr_index.cli import main
 from tldr_index.errors import InvalidInputError, InvalidParameterError, ModelFormatError
 from tldr_index.evaluate import evaluate, held_out_positions, recalls, source_vectors
 from tldr_index.knn import exact_search
-from tldr_index.pipeline import _sample_rows, shrink
+from tldr_index.pipeline import shrink
+from tldr_index.shrink.sampling import sample_rows as _sample_rows
 
 N, D, DIM, M = 1200, 32, 8, 4
 

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from tldr_index import faiss_utils as fu
 from tldr_index.errors import InvalidInputError, InvalidParameterError
-from tldr_index.knn import KnnGraph, _drop_own, exact_search, graph_recall, knn_graph
+from tldr_index.knn import KnnGraph, exact_search, graph_recall, knn_graph
+from tldr_index.knn import drop_own as _drop_own
 from tldr_index.vectors import VectorStore
 
 

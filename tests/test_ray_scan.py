@@ -15,8 +15,8 @@ from _pipeline_helpers import lance_fragments, make_nested, table_of
 from connectors import IdDigest, open_source
 from connectors.ids import DuplicateIdTracker, first_duplicate, hash_ids
 from tldr_index.errors import InvalidInputError, InvalidParameterError
-from tldr_index.pipeline import _sample_rows
-from tldr_index.ray_scan import bucket_duplicate, read_sample, sample_positions, scan_piece
+from tldr_index.shrink.ray_scan import bucket_duplicate, read_sample, sample_positions, scan_piece
+from tldr_index.shrink.sampling import sample_rows as _sample_rows
 
 
 def _lance_source(tmp_path, n=500, delete=True) -> str:

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import tldr_index.knn
 from connectors import open_target
 from tldr_index import pipeline
+from tldr_index.shrink import train as train_stage
 from tldr_index.cli import main
 from tldr_index.errors import InvalidParameterError
 from tldr_index.sweep import EXIT_NOT_REACHED, SweepConfig, choose, sweep, unreached_advice
@@ -83,7 +84,7 @@ def test_auto_rule_keeps_tldr_only_when_strictly_better():
 
 def _sabotage(monkeypatch, bad: str) -> None:
     """Make ``bad``'s fitted map rank 1 (so the other method measures better)."""
-    real = pipeline.fit_reducer
+    real = train_stage.fit_reducer
 
     def fit(c, method, dim, ckpt_dir=None):
         model = real(c, method, dim, ckpt_dir)
@@ -94,7 +95,7 @@ def _sabotage(monkeypatch, bad: str) -> None:
                 model.encoder_ = None  # encode with components_
         return model
 
-    monkeypatch.setattr(pipeline, "fit_reducer", fit)
+    monkeypatch.setattr(train_stage, "fit_reducer", fit)
 
 
 @pytest.mark.parametrize("bad,expect", [("tldr", "pca"), ("pca", "tldr")])
@@ -237,15 +238,15 @@ def test_selection_is_checkpointed_and_resumed(source, tmp_path, monkeypatch):
     target = f"lance://{tmp_path}/r.lance"
     kw = dict(target_recall=0.05, dims=[4, 8], pq_bytes=4, work_dir=tmp_path / "w",
               keep_work=True, **FAST)
-    real = pipeline._stage_train
+    real = train_stage.stage_train
 
     def crash(c):
         raise KeyboardInterrupt("crash after select")
 
-    monkeypatch.setattr(pipeline, "_stage_train", crash)
+    monkeypatch.setattr(train_stage, "stage_train", crash)
     with pytest.raises(KeyboardInterrupt):
         pipeline.shrink(uri, target, **kw)
-    monkeypatch.setattr(pipeline, "_stage_train", real)
+    monkeypatch.setattr(train_stage, "stage_train", real)
     rep = pipeline.shrink(uri, target, resume=True, **kw)
     assert "select" in rep.skipped_stages and "knn" in rep.skipped_stages
     assert (rep.method, rep.dim, rep.pq_bytes) == ("tldr", 4, 4)  # the smallest reaches 0.05

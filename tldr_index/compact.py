@@ -107,6 +107,13 @@ class CompactModel:
         return model_to_bytes(self.tensors(), self.info)
 
     @classmethod
+    def of_target(cls, target) -> "CompactModel":
+        """The model stored with a compact collection (any object with ``model_bytes`` and
+        ``uri``, e.g. :class:`connectors.Target`); errors name ``target '<uri>'``. Cost: one
+        parse of the model bytes (a few KB to MB)."""
+        return cls.from_bytes(target.model_bytes, f"target '{target.uri}'")
+
+    @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "CompactModel":
         tensors, info = model_from_bytes(data, source)
         compact = info.get("compact")

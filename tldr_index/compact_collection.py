@@ -249,7 +249,7 @@ class CompactCollection:
 
         self._check_open("refresh")
         tgt = open_target(self.uri, **self._target_options)
-        model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
+        model = CompactModel.of_target(tgt)
         self._target, self.model = tgt, model
         enc = self._encoder
         if enc is None or enc.model_bytes != tgt.model_bytes:

@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from .threads import run_in_worker
-from .knn import _drop_own, exact_search
+from .knn import drop_own, exact_search
 from .quantizer import ProductQuantizer, normalize_rows
 from .vectors import Vectors, as_vectors
 
@@ -57,7 +57,7 @@ def topk_excluding(search: Callable[[int], np.ndarray], k: int,
     """``search(k)`` (positions), or ``search(k + 1)`` without each query's own row."""
     if exclude is None:
         return search(k)
-    return _drop_own(search(k + 1), np.asarray(exclude, dtype=np.int64), k)
+    return drop_own(search(k + 1), np.asarray(exclude, dtype=np.int64), k)
 
 
 def pq_codes(pq: ProductQuantizer, database: Vectors, chunk_rows: int = DEFAULT_CHUNK_ROWS,

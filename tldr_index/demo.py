@@ -62,7 +62,7 @@ def run_demo(db: str, *, dim: int = 64, pq_bytes: int = 16, epochs: int | None =
     from connectors import lancedb_uri
 
     from .knn import exact_search
-    from .pipeline import shrink
+    from .shrink import shrink
     from .search import recall_at_k, search
 
     sample = load_sample()

@@ -199,10 +199,11 @@ def held_out_positions(n_rows: int, params: dict, n_queries: int, seed: int
                        ) -> tuple[np.ndarray, str]:
     """Query row positions: rows outside the target's training sample (recomputed from the
     ``sample`` and ``random_state`` it records), or any rows when it trained on all of them."""
-    from .pipeline import DEFAULT_SAMPLE, _sample_rows
+    from .shrink.plan import DEFAULT_SAMPLE
+    from .shrink.sampling import sample_rows
 
     sample = int(params.get("sample", DEFAULT_SAMPLE))
-    train = _sample_rows(n_rows, min(sample, n_rows), int(params.get("random_state", 0)))
+    train = sample_rows(n_rows, min(sample, n_rows), int(params.get("random_state", 0)))
     pool = np.setdiff1d(np.arange(n_rows), train, assume_unique=True)
     kind = "held-out rows"
     if len(pool) == 0:
@@ -305,7 +306,7 @@ def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries
     from connectors import open_target
 
     from .threads import thread_limit
-    from .pipeline import _sample_rows
+    from .shrink.sampling import sample_rows
     from .progress import StageTimer
 
     seconds: dict[str, float] = {}
@@ -313,7 +314,7 @@ def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries
     latency_queries = check_int(latency_queries, "latency_queries", low=0, owner="eval")
     random_state = check_int(random_state, "random_state", low=0, owner="eval")
     tgt = open_target(target, **(target_options or {}))
-    model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
+    model = CompactModel.of_target(tgt)
     src = open_source_of(tgt, source, **(source_options or {}))
     if model.input_dim != src.dim:
         raise InvalidInputError(
@@ -350,7 +351,7 @@ def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries
     train_pos = np.empty(0, dtype=np.int64)
     if baselines:
         sample = min(int(params.get("sample", n)), n, MAX_BASELINE_TRAIN)
-        train_pos = _sample_rows(n, sample, int(params.get("random_state", 0)))
+        train_pos = sample_rows(n, sample, int(params.get("random_state", 0)))
     wanted = [train_pos] + ([qpos] if qpos is not None else [])
     got = gather_rows(svec, wanted, chunk_rows)
     train = got[0]

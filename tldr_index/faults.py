@@ -21,7 +21,7 @@ Points (``tests/reliability/`` kills a run at each of them):
 * ``worker:<name>`` -- the start of a worker thread of :func:`tldr_index.threads.run_in_worker`
   (``publish``: the sink's publish with its index build; ``opq-train``, ``pq-train``: k-means).
 * ``<stage>:done`` -- a stage's outputs are complete, its ``done.json`` is not yet written
-  (:meth:`tldr_index.workdir.WorkDir.mark_done`).
+  (:meth:`tldr_index.shrink.workdir.WorkDir.mark_done`).
 * ``reindex:<point>`` (:mod:`tldr_index.reindex`, ``Target.apply_delta`` in :mod:`connectors`):
   ``encode`` after each encoded batch of new/changed rows, ``scanned`` once the delta is known
   (nothing written), ``state-saved`` after the new generation's hashes are saved (target not

@@ -378,7 +378,7 @@ def _opq_graph(vec: Vectors, k: int, metric: str, p: dict, rng: np.random.Genera
             t1 = time.perf_counter()
             I = _rerank(vec, Q, I, metric)
             t_refine += time.perf_counter() - t1
-        out_arr[q0:q0 + len(Q)] = _drop_own(I, own, k)
+        out_arr[q0:q0 + len(Q)] = drop_own(I, own, k)
         if progress is not None:
             progress(q0 + len(Q), n)
     times["seconds_search"] = time.perf_counter() - t
@@ -402,7 +402,7 @@ def _rerank(vec: Vectors, Q: np.ndarray, I: np.ndarray, metric: str, block: int 
     return out
 
 
-def _drop_own(I: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+def drop_own(I: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
     """First ``k`` ids of each row of ``I`` other than the row's own id (by id, not position);
     ``-1`` entries sort last and pad."""
     bad = (I == own[:, None]) | (I < 0)

@@ -1,7 +1,7 @@
 """Progress of long stages: a tiny event interface, a silent default, rich bars for a terminal and
 one plain line per stage for logs (cron, CI).
 
-:func:`tldr_index.pipeline.shrink` reports each stage as ``begin(stage, total, unit)``, any number of
+:func:`tldr_index.shrink.shrink` reports each stage as ``begin(stage, total, unit)``, any number of
 ``update(stage, completed)`` (absolute counts), optional named sub-steps ``phase(stage, name,
 total, unit)`` (PQ training, the recall estimate, the index build...; ``total=None`` when the step
 has no measurable fraction: a spinner with the elapsed time) and ``end(stage, seconds)``. Subclass

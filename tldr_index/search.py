@@ -1,4 +1,4 @@
-"""Search a compact collection written by :func:`tldr_index.pipeline.shrink`, and describe it.
+"""Search a compact collection written by :func:`tldr_index.shrink.shrink`, and describe it.
 
 :func:`search` encodes the queries with the stored model, then
 
@@ -232,7 +232,7 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
     shortlist = check_int(shortlist, "shortlist", low=1, owner="search", allow_none=True)
     t0 = time.perf_counter()
     tgt = open_target(target, **(target_options or {}))
-    model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
+    model = CompactModel.of_target(tgt)
     Q = load_queries(queries, model.input_dim)
     Y = model.encode(Q)
     R = max(k, shortlist or default_shortlist(k)) if rescore else k
@@ -302,7 +302,7 @@ def info(target: str, **target_options: Any) -> dict:
 
     tgt = open_target(target, **target_options)
     meta = tgt.metadata
-    model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
+    model = CompactModel.of_target(tgt)
     rows = tgt.count()
     D, d = model.input_dim, model.output_dim
     out = {

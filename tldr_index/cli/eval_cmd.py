@@ -122,7 +122,7 @@ def sweep_cmd(source, db, collection, dims, pq_bytes, method, target_recall, cri
           --pq-bytes 8,16,32 --target-recall 0.9 --plot sweep.png
     """
     from ..plots import require_matplotlib
-    from ..sweep import sweep
+    from ..shrink.select import sweep
 
     if plot:
         require_matplotlib("plot")
@@ -136,7 +136,7 @@ def sweep_cmd(source, db, collection, dims, pq_bytes, method, target_recall, cri
     write_outputs(result, result.results, plot, json_path, quiet,
                    title=f"sweep of {result.source}")
     if target_recall is not None and result.chosen is None:
-        from ..sweep import EXIT_NOT_REACHED
+        from ..shrink.select import EXIT_NOT_REACHED
 
         shown = not quiet and json_path != "-"  # the table's summary line holds the reason
         why = "; see above" if shown else ": " + result.reason.rstrip(".")

@@ -126,34 +126,36 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
       tldr-index shrink --source qdrant://localhost:6333/docs --dim 64
       tldr-index shrink --collection docs --target-recall 0.9 --method auto
     """
-    from connectors import default_target_uri
-
-    from .. import pipeline
+    from ..errors import InvalidParameterError
+    from ..shrink import shrink as run_shrink
+    from ..shrink.plan import check_engine_options, default_target
 
     if dim is None and target_recall is None:
         raise click.UsageError("Missing option '--dim'.")  # or --target-recall
     engine_options = {k: v for k, v in (("workers", workers), ("shard_rows", shard_rows))
                       if v is not None}
-    if engine_options and engine != "ray":
-        raise click.UsageError("--workers and --shard-rows apply to --engine ray only.")
+    try:  # the library's rule (tldr_index.shrink.plan), with the CLI's words
+        check_engine_options(engine, engine_options)
+    except InvalidParameterError:
+        raise click.UsageError("--workers and --shard-rows apply to --engine ray only.") from None
 
     src = source_uri(source, db, collection)
     tgt = None
     if target is not None:
         tgt = target if is_uri(target) else sibling_uri(src, target)
     progress = setup(quiet, json_out)
-    report = pipeline.shrink(src, tgt, dim=dim, method=method, target_recall=target_recall,
-                             dims=int_list(dims, "--dims"), pq_bytes=pq_bytes,
-                             neighbors=neighbors, epochs=epochs, sample=sample, device=device,
-                             work_dir=work_dir, resume=resume, overwrite=overwrite,
-                             random_state=seed, progress=progress, vector_column=vector_column,
-                             id_column=id_column, keep_work=keep_work, threads=threads,
-                             source_options=store_options(src, api_key, distance=distance),
-                             sink_options=store_options(
-                                 tgt or default_target_uri(src, suffix=f"_tldr{dim or ''}"),
-                                 api_key),
-                             skip_invalid=skip_invalid, engine=engine,
-                             engine_options=engine_options or None)
+    report = run_shrink(src, tgt, dim=dim, method=method, target_recall=target_recall,
+                        dims=int_list(dims, "--dims"), pq_bytes=pq_bytes,
+                        neighbors=neighbors, epochs=epochs, sample=sample, device=device,
+                        work_dir=work_dir, resume=resume, overwrite=overwrite,
+                        random_state=seed, progress=progress, vector_column=vector_column,
+                        id_column=id_column, keep_work=keep_work, threads=threads,
+                        source_options=store_options(src, api_key, distance=distance),
+                        sink_options=store_options(
+                            tgt or default_target(src, dim),
+                            api_key),
+                        skip_invalid=skip_invalid, engine=engine,
+                        engine_options=engine_options or None)
     if json_out:
         echo_json(report.to_dict())
     elif not quiet:

@@ -68,7 +68,7 @@ def refit(target_uri: str, source_uri: str, src, meta: dict, tgt, root: Path, se
     caller settles it). Returns the new target. Cost: a full ``shrink`` of the source."""
     from connectors import open_target
 
-    from ..pipeline import shrink
+    from ..shrink import shrink
 
     report.previous = carried or tgt.current_handle()
     add_history(root, {"action": "refit", "from": generation(meta),
@@ -93,4 +93,4 @@ def refit(target_uri: str, source_uri: str, src, meta: dict, tgt, root: Path, se
 def model_dim(meta: dict, tgt) -> int:
     """The output dimension of the target's model (from its metadata, else its model bytes)."""
     dims = meta.get("dims")
-    return int(dims[1]) if dims else CompactModel.from_bytes(tgt.model_bytes).output_dim
+    return int(dims[1]) if dims else CompactModel.of_target(tgt).output_dim

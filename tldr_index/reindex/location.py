@@ -70,7 +70,7 @@ def default_reindex_dir(target_uri: str) -> Path:
 def legacy_reindex_dir(target_uri: str) -> Path:
     """Where earlier builds kept the reindex state: ``$TLDR_INDEX_WORK`` or ``./tldr-work``
     (relative to the current directory), then ``<name>-<hash>.reindex``."""
-    from ..pipeline import default_work_dir
+    from ..shrink.plan import default_work_dir
 
     d = default_work_dir(target_uri)
     return d.with_name(d.name + ".reindex")

@@ -106,7 +106,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
             t0 = time.perf_counter()
             discard_abandoned(root, target_uri)
             tgt = open_target(target_uri)
-            model = CompactModel.from_bytes(tgt.model_bytes, f"target '{tgt.uri}'")
+            model = CompactModel.of_target(tgt)
             meta = dict(tgt.metadata)
             src = open_recorded_source(meta, source_uri)
             if src.dim != model.input_dim:

@@ -26,9 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .faults import fault_point
-from .artifact import atomic_write_bytes
-from .errors import CheckpointError
+from ..faults import fault_point
+from ..artifact import atomic_write_bytes
+from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

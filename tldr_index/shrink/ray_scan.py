@@ -20,7 +20,7 @@ What runs where::
      the sample's positions move]            (Lance: random-access take)
     sample rows, in source order        <-   -> scan/sample (VectorStore, float32)
 
-The sample is the one the local engine draws (``pipeline._sample_rows`` over the valid rows, same
+The sample is the one the local engine draws (``sampling.sample_rows`` over the valid rows, same
 seed), so both engines train the same model and publish the same target
 (``tests/test_ray_engine.py``). Errors are the local engine's one-line messages; when a source has
 both invalid values and duplicate ids, the first invalid row is reported (locally, whichever comes
@@ -41,14 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DuplicateIdError, TLDRError
+from ..errors import DuplicateIdError, TLDRError
 from .ray_engine import (
     DEFAULT_SHARD_ROWS,
-    _raise_worker_error,
-    _RaySession,
+    raise_worker_error,
+    RaySession,
     require_ray,
 )
-from .vectors import VectorStore
+from ..vectors import VectorStore
+from .sampling import sample_rows
+from .scan import check_scan_counts
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +60,9 @@ BUCKET_ROWS = 1 << 22  # ids per duplicate-check bucket: 4M x 16 B = 64 MB per p
 def sample_positions(n_valid: int, sample: int, seed: int,
                      dropped: np.ndarray | None = None) -> np.ndarray:
     """Source positions of the training sample: the local engine's draw
-    (``pipeline._sample_rows``) over the ``n_valid`` valid rows, mapped past the ``dropped``
+    (``sampling.sample_rows``) over the ``n_valid`` valid rows, mapped past the ``dropped``
     positions (rows skipped as invalid). Sorted, int64."""
-    from .pipeline import _sample_rows
-
-    v = _sample_rows(n_valid, min(n_valid, sample), seed).astype(np.int64)
+    v = sample_rows(n_valid, min(n_valid, sample), seed).astype(np.int64)
     if dropped is not None and len(dropped):
         d = np.sort(np.asarray(dropped, dtype=np.int64))
         # the v-th valid row sits after every dropped d_j with d_j - j <= v (d_j - j valid rows
@@ -162,8 +162,6 @@ def scan_with_ray(src, out: Path, *, sample: int, seed: int, batch_rows: int = 8
     :class:`DuplicateIdError`) with the same messages."""
     from connectors.ids import IdDigest
 
-    from .pipeline import check_scan_counts
-
     ray = require_ray()
     total = src.count()
     pieces = src.pieces(shard_rows)
@@ -173,7 +171,7 @@ def scan_with_ray(src, out: Path, *, sample: int, seed: int, batch_rows: int = 8
     wants = _per_piece(want, starts)
     summaries: dict[int, dict] = {}
     refs: dict[int, list] = {}
-    with _RaySession(ray, num_cpus):
+    with RaySession(ray, num_cpus):
         limit = workers or max(1, int(ray.available_resources().get("CPU", 1)))
         task = ray.remote(scan_piece).options(num_returns=2 + buckets)
         src_ref = ray.put(src)
@@ -195,7 +193,7 @@ def scan_with_ray(src, out: Path, *, sample: int, seed: int, batch_rows: int = 8
             if progress is not None:
                 progress(done_rows)
         if first_error is not None:
-            _raise_worker_error(summaries[first_error]["error"])
+            raise_worker_error(summaries[first_error]["error"])
         order = sorted(summaries)
         rows = sum(summaries[i]["rows"] for i in order)
         skipped = sum(summaries[i]["skipped"] for i in order)

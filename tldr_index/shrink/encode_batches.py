@@ -1,8 +1,8 @@
 """Encode + PQ of one Arrow record batch with a :class:`~tldr_index.compact.CompactModel`.
 
 The one place where rows of the compact target are computed and laid out, shared by the
-single-process pipeline (:mod:`tldr_index.pipeline`, stages ``encode`` and ``write``) and the Ray
-Data engine (:mod:`tldr_index.ray_engine`), so the two cannot drift:
+single-process engine (:mod:`tldr_index.shrink.encode`, :mod:`tldr_index.shrink.engine`) and
+the Ray Data engine (:mod:`tldr_index.shrink.ray_engine`), so the two cannot drift:
 
 * :func:`encode_block`: ``(n, D)`` vectors -> reduced float32 ``(n, d)`` and PQ codes ``(n, M)``;
 * :func:`assemble_batch`: id + payload columns of a batch, the reduced vectors and the codes ->
@@ -20,11 +20,21 @@ import pyarrow as pa
 
 from connectors.arrow_utils import invalid_rows, numpy_to_fsl, vectors_to_numpy
 
-from .compact import CompactModel
-from .errors import InvalidInputError
+from ..compact import CompactModel
+from ..errors import InvalidInputError
 
 CODES_COLUMN = "pq_codes"
 FLOAT16_MAX = 65_000.0  # reduced values above this are stored as float32 instead of float16
+
+
+def read_rows(path, start: int, stop: int, width: int, dtype=np.uint8) -> np.ndarray:
+    """Rows ``[start, stop)`` of a raw row-major file (plain reads: no mapping, no RSS
+    growth). Cost: ``(stop - start) x width x itemsize`` bytes read."""
+    itemsize = np.dtype(dtype).itemsize
+    with open(path, "rb") as f:
+        f.seek(start * width * itemsize)
+        buf = f.read((stop - start) * width * itemsize)
+    return np.frombuffer(buf, dtype=dtype).reshape(stop - start, width)
 
 
 def encode_block(X: np.ndarray, model: CompactModel,

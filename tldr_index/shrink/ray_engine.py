@@ -4,7 +4,7 @@ What runs where::
 
     driver (this process)                 Ray tasks (read + encode + write fused in one task;
     ---------------------                 the model parsed once per worker process)
-    scan (:mod:`tldr_index.ray_scan`, Ray tasks) / kNN / train (on the sample)
+    scan (:mod:`tldr_index.shrink.ray_scan`, Ray tasks) / kNN / train (on the sample)
     compact model -> ray.put(bytes)
     ray.data.read_lance / read_parquet -> map_batches(_encode_task): encode_record_batch per
                                           batch; each shard written into the sink's staging
@@ -18,7 +18,8 @@ The model travels as its safetensors bytes through the object store (one ``ray.p
 of model objects); each worker process rebuilds it with :meth:`CompactModel.from_bytes` once. The
 map is a task, not an actor, so Ray fuses it with the read task: source rows do not cross the
 object store (except when a source has too few fragments/files for the workers, see
-:func:`read_source`). Row computation is :func:`tldr_index.encode_batches.encode_record_batch`, the same
+:func:`read_source`). Row computation is
+:func:`tldr_index.shrink.encode_batches.encode_record_batch`, the same
 code as the single-process write, so both engines produce the same target
 (``tests/test_ray_engine.py``).
 
@@ -42,9 +43,9 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
-from .compact import CompactModel
+from ..compact import CompactModel
 from .encode_batches import encode_record_batch
-from .errors import InvalidParameterError, TLDRError
+from ..errors import InvalidParameterError, TLDRError
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +165,9 @@ def _encode_task(table: pa.Table, *, key: str, model_ref, **spec) -> pa.Table:
         return _shard_row(None, 0, f"{type(exc).__name__}:{exc}")
 
 
-def _raise_worker_error(text: str) -> None:
+def raise_worker_error(text: str) -> None:
     """Re-raise a tldr-index error a worker reported (``"ClassName:message"``)."""
-    from . import errors
+    from .. import errors
 
     name, _, msg = text.partition(":")
     cls = getattr(errors, name, None)
@@ -175,7 +176,7 @@ def _raise_worker_error(text: str) -> None:
     raise cls(msg)
 
 
-class _RaySession:
+class RaySession:
     """``ray.init`` unless Ray is already initialised; shut down on exit only if started here.
     Ray Data runs in source order without its own progress bars meanwhile."""
 
@@ -264,7 +265,7 @@ def write_with_ray(src, sink, model: CompactModel, schema: pa.Schema, *,
             f"Got {type(sink).__name__} '{sink.uri}'.")
     shards: list[str] = []
     rows = 0
-    with _RaySession(ray, num_cpus):
+    with RaySession(ray, num_cpus):
         cpus = max(1, int(ray.available_resources().get("CPU", 1)))
         ds = read_source(src, shard_rows, min_pieces=2 * (workers or cpus))
         job = encode_dataset(ds, model, schema, vector_column=src.vector_column,
@@ -274,7 +275,7 @@ def write_with_ray(src, sink, model: CompactModel, schema: pa.Schema, *,
                              cosine=src.distance == "cosine")
         for out in job.iter_batches(batch_size=None, batch_format="pyarrow"):
             for err in out.column("error").drop_null().to_pylist():
-                _raise_worker_error(err)
+                raise_worker_error(err)
             shards += out.column("shard").to_pylist()
             rows += int(sum(out.column("rows").to_pylist()))
             if progress is not None:

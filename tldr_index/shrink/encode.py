@@ -1,0 +1,132 @@
+"""The ``encode`` stage: reduce every row (``encode/reduced``), train PQ on the reduced sample,
+encode the codes (``encode/codes.u8``), write the compact model, and estimate recall@10 on
+``eval_queries`` rows against exact search in the original space.
+
+Cost: one pass over the scanned rows (O(N D d) plus O(N 256 d) for the codes), PQ k-means on up
+to 65,536 rows, an exact search of ``eval_queries`` queries; memory: one batch, the codes
+(``pq_bytes`` per row) during the recall estimate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..compact import CompactModel
+from ..threads import run_in_worker
+from ..vectors import VectorStore
+from .encode_batches import FLOAT16_MAX, encode_block, read_rows
+from .results import EncodeResult
+
+if TYPE_CHECKING:
+    from .run import ShrinkRun
+
+log = logging.getLogger(__name__)
+
+PQ_TRAIN_ROWS = 65_536  # rows the PQ codebooks are trained on (at most)
+
+
+def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
+    """See the module docstring; with an engine that encodes in ``write`` (Ray), only the
+    compact model is written here."""
+    from ..base import BaseReducer
+    from ..quantizer import ProductQuantizer
+
+    out = run.work.stage_dir("encode", clear=True)
+    reducer = BaseReducer.load(run.work.root / "train" / "model.safetensors")
+    train = run.train_store()
+    run.progress.begin("encode", run.results.scan.rows, "rows")
+    pq = None
+    if run.pq_bytes:
+        rng = np.random.default_rng([run.seed, 0x9B])
+        k = min(train.n_rows, PQ_TRAIN_ROWS)
+        pick = np.sort(rng.choice(train.n_rows, k, replace=False))
+        run.progress.phase("encode", f"PQ training ({k:,} rows)", None)
+        pq = run_in_worker(  # k-means is one long native call: keep Ctrl-C responsive
+            ProductQuantizer(run.pq_bytes, metric=run.metric, random_state=run.seed).fit,
+            reducer.transform(train.take(pick)), name="pq-train")
+
+    def compact_model(vector_dtype: str) -> CompactModel:
+        return CompactModel.from_reducer(reducer, run.metric, pq, extra={
+            "source": run.source_abs, "source_fingerprint": run.fingerprint,
+            "source_columns": {"id": run.src.id_column, "vector": run.src.vector_column},
+            "vector_dtype": vector_dtype})
+
+    if run.engine.encodes_in_write:  # rows are encoded by the write stage (Ray)
+        (out / "model.safetensors").write_bytes(compact_model(run.reduced_dtype).to_bytes())
+        log.info("engine='ray': rows are encoded in the write stage; the recall estimate is "
+                 "skipped (it needs every PQ code on this node).")
+        return [out / "model.safetensors"], EncodeResult(vector_dtype=run.reduced_dtype,
+                                                         engine=run.engine.name)
+    compact = compact_model(run.reduced_dtype)
+    quantizer = compact.quantizer() if pq is not None else None
+    scan = VectorStore.open(run.work.root / "scan" / "vectors")
+    n = scan.n_rows
+    run.progress.phase("encode", "encoding", n, "rows")
+    writer = VectorStore.create(out / "reduced", run.dim, np.float32)
+    max_abs = 0.0
+    with open(out / "codes.u8", "wb") as fcodes:
+        for start, block in scan.iter_chunks(run.batch_rows):
+            Y, codes = encode_block(block, compact, quantizer)
+            max_abs = max(max_abs, float(np.abs(Y).max()))
+            writer.append(Y)
+            if codes is not None:
+                fcodes.write(codes.tobytes())
+            run.progress.update("encode", start + len(block))
+    reduced = writer.finalize()
+    vector_dtype = run.reduced_dtype
+    if vector_dtype == "float16" and max_abs > FLOAT16_MAX:
+        log.warning("Reduced values reach %.3g, beyond float16: storing float32 vectors.", max_abs)
+        vector_dtype = "float32"
+        compact = compact_model(vector_dtype)
+    (out / "model.safetensors").write_bytes(compact.to_bytes())
+    result = EncodeResult(vector_dtype=vector_dtype, max_abs=max_abs)
+    estimate_recall(run, compact, out, result)
+    files = [reduced.path, reduced.root / VectorStore.META, out / "codes.u8",
+             out / "model.safetensors"]
+    return files, result
+
+
+def estimate_recall(run: "ShrinkRun", model: CompactModel, out: Path,
+                    result: EncodeResult) -> None:
+    """recall@10 of the compact search (with and without exact re-ranking of a shortlist)
+    against exact search in the original space, on ``eval_queries`` rows of the collection
+    (self excluded), into ``result`` (left unset when there are too few rows)."""
+    from ..knn import drop_own, exact_search
+    from ..search import adc_topk, recall_at_k, rerank
+
+    scan = VectorStore.open(run.work.root / "scan" / "vectors")
+    n = scan.n_rows
+    nq = min(run.eval_queries, n - 1)
+    k = min(10, n - 1)
+    if nq < 1 or k < 1:
+        return
+    t0 = time.perf_counter()
+    prog = run.progress
+    prog.phase("encode", "recall estimate (exact search)", nq, "queries")
+    rows = np.sort(np.random.default_rng([run.seed, 0xE7]).choice(n, nq, replace=False))
+    Q = scan.take(rows)
+    _, truth = exact_search(scan, Q, k, metric=run.metric, exclude=rows, device=run.device,
+                            progress=lambda done, total: prog.update("encode", done))
+    prog.phase("encode", "recall estimate (compact search)", None)
+    R = min(n, max(run.shortlist, k) + 1)
+    Y = model.encode(Q)
+    if model.pq_bytes:
+        codes = read_rows(out / "codes.u8", 0, n, model.pq_bytes)
+        _, cand = adc_topk(model, codes, Y, R)
+    else:
+        _, cand = exact_search(out / "reduced", model.prepare(Y), R, metric=run.metric,
+                               device=run.device)
+
+    plain = drop_own(cand[:, :k + 1], rows, k)
+    _, resc = rerank(Q, cand, scan.take, k, run.metric, exclude=rows)  # what search --rescore does
+    result.recall_at_10 = recall_at_k(plain, truth)
+    result.recall_at_10_rescored = recall_at_k(resc, truth)
+    result.eval_queries, result.shortlist = int(nq), int(R - 1)
+    result.eval_seconds = time.perf_counter() - t0
+    log.info("recall@%d on %d rows: %.3f (%.3f with exact re-ranking of %d).", k, nq,
+             result.recall_at_10, result.recall_at_10_rescored, R - 1)

@@ -1,0 +1,360 @@
+"""Every parameter and cross-parameter check of ``shrink`` and ``sweep``, in one place.
+
+:func:`plan_shrink` and :func:`plan_sweep` check the arguments (names, ranges, choices), open the
+source, check what depends on it (``dim`` below the source's dimension, ``pq_bytes`` dividing
+``dim``, enough rows for the neighbours and for PQ, a target other than the source) and return a
+frozen plan; nothing is written before a plan exists. The CLI calls :func:`default_target` and
+:func:`check_engine_options` for the same rules. Cost: opening the source and counting its rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from connectors import absolute_uri, default_target_uri, open_source, parse_uri
+
+from ..errors import InvalidInputError, InvalidParameterError
+from ..validation import check_bool, check_choice, check_float, check_int
+
+log = logging.getLogger(__name__)
+
+STAGES = ("scan", "knn", "select", "train", "encode", "write", "verify", "publish")
+METHODS = ("tldr", "pca", "auto")
+ENGINES = ("local", "ray")
+ENGINE_OPTIONS = ("workers", "shard_rows", "num_cpus")
+DEFAULT_SAMPLE = 100_000  # exact kNN graph ~3 min on 2 cores (benchmarks/results/shrink.md)
+DEFAULT_PQ_BYTES = 16
+DEFAULT_EVAL_QUERIES = 200
+DEFAULT_DIMS = (16, 32, 64, 128)
+CRITERIA = ("pq", "rescored", "float")
+SWEEP_BATCH_ROWS = 8192
+
+
+# ---------------------------------------------------------------------------------- defaults
+
+def default_pq_bytes(dim: int) -> int:
+    """16 bytes (the paper's setting) or the largest divisor of ``dim`` below it."""
+    return max(m for m in range(1, min(DEFAULT_PQ_BYTES, dim) + 1) if dim % m == 0)
+
+
+def default_work_dir(target_uri: str) -> Path:
+    """``$TLDR_INDEX_WORK`` or ``./tldr-work``, then ``<target name>-<8 hex of the target URI>``."""
+    p = parse_uri(target_uri)
+    name = p.collection or p.table or os.path.basename(p.path.rstrip("/")) or "target"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.removesuffix(".lance"))
+    tag = hashlib.sha256(absolute_uri(target_uri).encode()).hexdigest()[:8]
+    base = Path(os.environ.get("TLDR_INDEX_WORK") or "tldr-work")
+    return base / f"{name}-{tag}"
+
+
+def default_sweep_work_dir(source_uri: str) -> Path:
+    """``sweep-`` + :func:`default_work_dir` of the source, beside it."""
+    base = default_work_dir(source_uri)
+    return base.parent / f"sweep-{base.name}"
+
+
+def default_target(source_uri: str, dim: int | None) -> str:
+    """The target beside the source: ``<collection>_tldr<dim>`` (``_tldr`` when ``dim`` is
+    chosen by a selection). Raises for a Parquet source (no default)."""
+    return default_target_uri(source_uri, suffix=f"_tldr{dim or ''}")
+
+
+# ---------------------------------------------------------------------------------- checks
+
+def check_engine_options(engine: str, options: dict | None, owner: str = "shrink") -> dict:
+    """The engine options as a new dict: known keys only, ints >= 1, and only with ``ray``."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(ENGINE_OPTIONS))
+    if unknown:
+        raise InvalidParameterError(
+            f"The 'engine_options' parameter of {owner} takes the keys "
+            f"{', '.join(ENGINE_OPTIONS)}. Got unknown key(s) {', '.join(map(repr, unknown))}.")
+    if options and engine != "ray":
+        raise InvalidParameterError(
+            f"The 'engine_options' parameter of {owner} applies to engine='ray' only. Got "
+            f"{options} with engine={engine!r}.")
+    for key, value in options.items():
+        check_int(value, key, low=1, owner=owner, allow_none=True)
+    return options
+
+
+def check_feasible(src, n_rows: int, n_train: int, method: str, neighbors: int, needs_pq: bool,
+                   owner: str) -> None:
+    """Enough rows: at least 2, more training rows than ``neighbors`` (TLDR) and, with PQ
+    codes, 256 training rows (256 centroids per byte)."""
+    if n_rows == 1:
+        raise InvalidInputError(
+            f"Source '{src.uri}' has 1 row; {owner} needs at least 2 (a one-row table cannot be "
+            f"shrunk: there is no neighbour to keep and nothing to learn a map from).")
+    if method != "pca" and neighbors >= n_train:
+        raise InvalidParameterError(
+            f"The 'neighbors' parameter of {owner} must be an int in the range [1, "
+            f"{n_train - 1}] (fewer than the {n_train} training rows). Got {neighbors} instead.")
+    if needs_pq and n_train < 256:
+        hint = ("Pass pq_bytes=0 (--pq-bytes 0) to store no codes." if owner == "shrink" else
+                "Pass pq_bytes=[0] (--pq-bytes 0) to measure no codes.")
+        raise InvalidParameterError(
+            f"PQ codes need at least 256 training rows (256 centroids per byte); source "
+            f"'{src.uri}' gives {n_train}. {hint}")
+
+
+def selection_plan(src, dim: int | None, dims: Sequence[int] | None, pq_bytes,
+                   method: str, target_recall: float | None, *, owner: str,
+                   criterion: str = "pq") -> dict:
+    """Validated candidates ``[[d, pq_bytes], ...]`` and methods of a selection (JSON-able: it
+    is part of the run's identity)."""
+    if target_recall is not None:
+        check_float(target_recall, "target_recall", low=0.0, low_inclusive=False, high=1.0,
+                    owner=owner)
+    check_choice(criterion, "criterion", CRITERIA, owner=owner)
+    if dim is not None:
+        cand_dims = [dim]
+    elif dims is not None:
+        cand_dims = [check_int(d, "dims", low=1, owner=owner) for d in dims]
+        if not cand_dims:
+            raise InvalidParameterError(f"The 'dims' parameter of {owner} must list at least one "
+                                        f"dimension. Got {list(dims)!r} instead.")
+    else:
+        cand_dims = [d for d in DEFAULT_DIMS if d < src.dim] or [max(1, src.dim // 2)]
+    for d in cand_dims:
+        if d >= src.dim:
+            raise InvalidParameterError(
+                f"The 'dims' parameter of {owner} must hold ints in the range [1, "
+                f"{src.dim - 1}] (smaller than the dimension {src.dim} of source '{src.uri}'). "
+                f"Got {d} instead.")
+    pqs = pq_bytes if isinstance(pq_bytes, (list, tuple)) else [pq_bytes]
+    cands = []
+    for d in sorted(set(cand_dims)):
+        for p in pqs:
+            p = default_pq_bytes(d) if p is None else check_int(p, "pq_bytes", low=0,
+                                                                 owner=owner)
+            if p and d % p:
+                log.info("Candidate d=%d with %d PQ bytes skipped (bytes must divide d).", d, p)
+                continue
+            if [d, p] not in cands:
+                cands.append([d, p])
+    if not cands:
+        raise InvalidParameterError(
+            f"The 'pq_bytes' parameter of {owner} must divide at least one of the dims "
+            f"{sorted(set(cand_dims))} (one sub-vector per byte). Got {pq_bytes!r} instead.")
+    methods = ["tldr", "pca"] if method == "auto" else [method]
+    return {"candidates": cands, "methods": methods, "target_recall": target_recall,
+            "criterion": criterion}
+
+
+def plan_text(method: str, dim: int | None, pq_bytes: int | None, select: dict | None) -> str:
+    """What a shrink will fit, for its first log line: ``tldr to d=64, PQ 16 bytes``, or the
+    candidates of a selection (``dim``/``pq_bytes`` are only known after the ``select`` stage)."""
+    if select is None:
+        return f"{method} to d={dim}, PQ {pq_bytes} bytes"
+    cands = ", ".join(f"d={d} PQ {p} B" for d, p in select["candidates"])
+    goal = (f"the smallest reaching recall@10 >= {select['target_recall']}"
+            if select.get("target_recall") is not None else "the better method")
+    return f"{'/'.join(select['methods'])}, choosing {goal} among {cands}"
+
+
+# ---------------------------------------------------------------------------------- plans
+
+@dataclass(frozen=True)
+class ShrinkPlan:
+    """A checked shrink: every argument validated against the others and the source.
+
+    ``dim``/``pq_bytes``/``method`` are the requested ones (None dim/pq_bytes with a selection:
+    the ``select`` stage chooses). ``src`` is the opened source (read only)."""
+
+    src: Any = field(repr=False, compare=False)
+    source_uri: str
+    target_uri: str
+    source_abs: str
+    target_abs: str
+    method: str
+    dim: int | None
+    pq_bytes: int | None
+    neighbors: int
+    epochs: int | None
+    sample: int
+    device: str
+    seed: int
+    reduced_dtype: str
+    eval_queries: int
+    shortlist: int
+    batch_rows: int
+    threads: int | None
+    skip_invalid: bool
+    engine: str
+    engine_options: dict
+    select: dict | None
+    n_rows: int
+
+    @property
+    def params(self) -> dict:
+        """The run's parameters as recorded in the work directory and the target (JSON)."""
+        p = {"dim": self.dim, "method": self.method, "pq_bytes": self.pq_bytes,
+             "neighbors": self.neighbors, "epochs": self.epochs, "sample": self.sample,
+             "random_state": self.seed, "reduced_dtype": self.reduced_dtype,
+             "vector_column": self.src.vector_column, "id_column": self.src.id_column,
+             "eval_queries": self.eval_queries, "shortlist": self.shortlist,
+             "batch_rows": self.batch_rows, "skip_invalid": self.skip_invalid,
+             "engine": self.engine}
+        if self.select is not None:
+            p["select"] = self.select
+        return p
+
+    @property
+    def ray_scan(self) -> bool:
+        """The scan runs on Ray (engine 'ray' without a selection, which needs every row here)."""
+        return self.engine == "ray" and self.select is None
+
+    def text(self) -> str:
+        return plan_text(self.method, self.dim, self.pq_bytes, self.select)
+
+
+def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = None,
+                method: str = "tldr", target_recall: float | None = None, dims=None,
+                pq_bytes: int | None = None, neighbors: int = 3, epochs: int | None = None,
+                sample: int = DEFAULT_SAMPLE, device: str = "auto", random_state: int = 0,
+                vector_column: str | None = None, id_column: str | None = None,
+                reduced_dtype: str = "float16", eval_queries: int = DEFAULT_EVAL_QUERIES,
+                shortlist: int | None = None, batch_rows: int = 8192,
+                threads: int | None = None, source_options: dict | None = None,
+                skip_invalid: bool = False, engine: str = "local",
+                engine_options: dict | None = None) -> ShrinkPlan:
+    """Check the arguments of :func:`tldr_index.shrink.shrink` (same names and meaning), open
+    the source and return the plan. Raises :class:`InvalidParameterError` /
+    :class:`InvalidInputError` (one line naming the parameter, the rule and the value)."""
+    from ..reducer import resolve_device
+    from ..search import default_shortlist
+
+    o = "shrink"
+    check_choice(method, "method", METHODS, owner=o)
+    dim = check_int(dim, "dim", low=1, owner=o, allow_none=target_recall is not None)
+    neighbors = check_int(neighbors, "neighbors", low=1, owner=o)
+    check_int(epochs, "epochs", low=1, owner=o, allow_none=True)
+    sample = check_int(sample, "sample", low=2, owner=o)
+    check_int(pq_bytes, "pq_bytes", low=0, owner=o, allow_none=True)
+    resolve_device(device, owner=o)  # checks the name; cuda without a GPU: refused now
+    check_choice(reduced_dtype, "reduced_dtype", ("float16", "float32"), owner=o)
+    eval_queries = check_int(eval_queries, "eval_queries", low=0, owner=o)
+    shortlist = check_int(shortlist, "shortlist", low=1, owner=o, allow_none=True) \
+        or default_shortlist(10)
+    batch_rows = check_int(batch_rows, "batch_rows", low=1, owner=o)
+    random_state = check_int(random_state, "random_state", low=0, owner=o)
+    check_int(threads, "threads", low=1, owner=o, allow_none=True)
+    check_bool(skip_invalid, "skip_invalid", owner=o)
+    check_choice(engine, "engine", ENGINES, owner=o)
+    engine_options = check_engine_options(engine, engine_options)
+    if engine == "ray":
+        from .ray_engine import require_ray
+        require_ray(o)
+
+    src = open_source(source_uri, vector_column=vector_column, id_column=id_column,
+                      **(source_options or {}))
+    if target_uri is None:
+        target_uri = default_target(source_uri, dim)
+    source_abs, target_abs = absolute_uri(source_uri), absolute_uri(target_uri)
+    if source_abs.rstrip("/") == target_abs.rstrip("/"):
+        raise InvalidParameterError(
+            f"The target must differ from the source. Got '{target_uri}' for both.")
+    if engine == "ray":
+        from .ray_engine import check_supported
+        check_supported(source_uri, target_uri)
+    select = None
+    if method == "auto" or target_recall is not None:
+        select = selection_plan(src, dim, dims, pq_bytes, method, target_recall, owner=o)
+    elif dim >= src.dim:
+        raise InvalidParameterError(
+            f"The 'dim' parameter of shrink must be an int in the range [1, {src.dim - 1}] "
+            f"(smaller than the dimension {src.dim} of source '{src.uri}'). Got {dim} instead.")
+    if select is None and pq_bytes is None:
+        pq_bytes = default_pq_bytes(dim)
+        if pq_bytes != DEFAULT_PQ_BYTES:
+            log.warning("pq_bytes (--pq-bytes) not given and the default %d does not divide "
+                        "dim=%d (PQ bytes must divide d: one sub-vector per byte): the codes take "
+                        "%d bytes, the largest divisor of %d up to %d. Pass pq_bytes "
+                        "(--pq-bytes) to choose another size.", DEFAULT_PQ_BYTES, dim, pq_bytes,
+                        dim, DEFAULT_PQ_BYTES)
+    if select is None and pq_bytes and dim % pq_bytes:
+        raise InvalidParameterError(
+            f"The 'pq_bytes' parameter of shrink must divide dim={dim} (one sub-vector per "
+            f"byte) or be 0. Got {pq_bytes} instead.")
+    n_rows = src.count()
+    needs_pq = bool(pq_bytes) if select is None else any(p for _, p in select["candidates"])
+    check_feasible(src, n_rows, min(n_rows, sample), method, neighbors, needs_pq, o)
+    return ShrinkPlan(src=src, source_uri=source_uri, target_uri=target_uri,
+                      source_abs=source_abs, target_abs=target_abs, method=method, dim=dim,
+                      pq_bytes=pq_bytes, neighbors=neighbors, epochs=epochs, sample=sample,
+                      device=device, seed=random_state, reduced_dtype=reduced_dtype,
+                      eval_queries=eval_queries, shortlist=shortlist, batch_rows=batch_rows,
+                      threads=threads, skip_invalid=skip_invalid, engine=engine,
+                      engine_options=engine_options, select=select, n_rows=n_rows)
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A checked sweep: the candidates (``select``, as :func:`selection_plan`) and the run."""
+
+    src: Any = field(repr=False, compare=False)
+    source_uri: str
+    source_abs: str
+    method: str
+    neighbors: int
+    epochs: int | None
+    sample: int
+    device: str
+    seed: int
+    eval_queries: int
+    shortlist: int
+    threads: int | None
+    select: dict
+    n_rows: int
+    criterion: str
+    target_recall: float | None
+
+    @property
+    def params(self) -> dict:
+        """What identifies the reusable scan and graph in the sweep's work directory."""
+        return {"sample": self.sample, "neighbors": self.neighbors, "random_state": self.seed,
+                "graph": self.method != "pca", "batch_rows": SWEEP_BATCH_ROWS}
+
+
+def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
+               pq_bytes: Sequence[int | None] | None = None, method: str = "tldr",
+               target_recall: float | None = None, criterion: str = "pq", neighbors: int = 3,
+               epochs: int | None = None, sample: int | None = None, eval_queries: int = 500,
+               shortlist: int | None = None, device: str = "auto", random_state: int = 0,
+               threads: int | None = None, vector_column: str | None = None,
+               id_column: str | None = None, source_options: dict | None = None) -> SweepPlan:
+    """Check the arguments of :func:`tldr_index.shrink.select.sweep`, open the source and return
+    the plan (same rules and messages as :func:`plan_shrink`, owner ``sweep``)."""
+    from ..search import default_shortlist
+
+    o = "sweep"
+    check_choice(method, "method", METHODS, owner=o)
+    neighbors = check_int(neighbors, "neighbors", low=1, owner=o)
+    check_int(epochs, "epochs", low=1, owner=o, allow_none=True)
+    sample = check_int(sample, "sample", low=2, owner=o, allow_none=True) or DEFAULT_SAMPLE
+    eval_queries = check_int(eval_queries, "eval_queries", low=1, owner=o)
+    shortlist = check_int(shortlist, "shortlist", low=1, owner=o, allow_none=True) or \
+        default_shortlist(10)
+    random_state = check_int(random_state, "random_state", low=0, owner=o)
+    check_choice(device, "device", ("auto", "cpu", "cuda"), owner=o)
+    src = open_source(source_uri, vector_column=vector_column, id_column=id_column,
+                      **(source_options or {}))
+    select = selection_plan(src, None, None if dims is None else list(dims),
+                            list(pq_bytes) if pq_bytes else [None], method, target_recall,
+                            owner=o, criterion=criterion)
+    n_rows = src.count()
+    check_feasible(src, n_rows, min(n_rows, sample), method, neighbors,
+                   any(p for _, p in select["candidates"]), o)
+    return SweepPlan(src=src, source_uri=source_uri, source_abs=absolute_uri(source_uri),
+                     method=method, neighbors=neighbors, epochs=epochs, sample=sample,
+                     device=device, seed=random_state, eval_queries=eval_queries,
+                     shortlist=shortlist, threads=threads, select=select, n_rows=n_rows,
+                     criterion=criterion, target_recall=target_recall)

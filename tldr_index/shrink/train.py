@@ -1,0 +1,105 @@
+"""The ``knn`` and ``train`` stages: draw the training sample, build its kNN graph, fit TLDR
+(per-epoch checkpoints, resumed exactly) or PCA. :func:`fit_reducer` also fits every candidate of
+a selection (:mod:`tldr_index.shrink.select`).
+
+Cost: the exact graph grows quadratically with the sample (up to 200,000 rows), the epochs
+linearly; memory: the sample (``sample x D`` float32, read in blocks) and its graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..vectors import VectorStore
+from .results import KnnResult, TrainResult
+from .sampling import sample_rows
+
+if TYPE_CHECKING:
+    from .run import ShrinkRun
+
+log = logging.getLogger(__name__)
+
+
+def stage_knn(run: "ShrinkRun") -> tuple[list[Path], KnnResult]:
+    """Draw the sample into ``knn/train`` (unless every row or the Ray scan's sample is used)
+    and, for TLDR, build its kNN graph ``knn/graph.npy``."""
+    from ..knn import graph_recall, knn_graph
+
+    out = run.work.stage_dir("knn", clear=True)
+    scan = run.train_store()  # knn/train was just cleared: the Ray scan's sample, or every row
+    n_train = min(scan.n_rows, run.sample)
+    prog = run.progress
+    # PCA needs no graph: with every row as its sample, knn has nothing to count
+    prog.begin("knn", n_train if run.method != "pca" or n_train < scan.n_rows else None, "rows")
+    files: list[Path] = []
+    if n_train < scan.n_rows:
+        rows = sample_rows(scan.n_rows, n_train, run.seed)
+        writer = VectorStore.create(out / "train", scan.dim, np.float32)
+        prog.phase("knn", "drawing the sample", n_train, "rows")
+        for s in range(0, n_train, 16_384):
+            writer.append(scan.take(rows[s:s + 16_384]))
+            prog.update("knn", min(s + 16_384, n_train))
+        sub = writer.finalize()
+        files += [sub.path, sub.root / VectorStore.META]
+    train = run.train_store()
+    result = KnnResult(n_train=n_train)
+    if run.method != "pca":
+        prog.phase("knn", "kNN graph", n_train, "rows")
+        g = knn_graph(train, run.neighbors, metric=run.metric, out=out / "graph.npy",
+                      random_state=run.seed, device=run.device,
+                      progress=lambda done, total: prog.update("knn", done, total),
+                      on_phase=lambda name, total: prog.phase("knn", name, total, "rows"))
+        prog.phase("knn", "graph recall", None)
+        rec = graph_recall(train, g, n_queries=min(200, n_train), random_state=run.seed,
+                           device=run.device)
+        result.graph_method, result.graph_recall = g.method, rec
+        result.graph_seconds = g.seconds
+        files.append(out / "graph.npy")
+        log.info("kNN graph (%s, k=%d) over %d rows: recall@%d %.3f on %d rows.", g.method,
+                 run.neighbors, n_train, run.neighbors, rec, min(200, n_train))
+    return files, result
+
+
+def tldr_batch_size(n_train: int) -> int | None:
+    """TLDR's batch (256 anchors) unless the sample minus TLDR's held-out validation rows is
+    smaller; then all anchors in one batch."""
+    anchors = n_train - min(500, n_train // 10)
+    return None if anchors >= 256 else max(2, anchors)
+
+
+def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None = None):
+    """Fit ``method`` ("tldr" with the run's kNN graph, or "pca") to ``dim`` on the run's
+    training sample (also used by :mod:`tldr_index.shrink.select` for every candidate)."""
+    from ..baselines import PCA
+    from ..reducer import TLDR
+
+    train = run.train_store()
+    if method == "pca":
+        run.progress.begin("train", train.n_rows, "rows")
+        run.progress.phase("train", "fitting PCA", None)
+        return PCA(dim).fit(train)
+    graph = np.load(run.work.root / "knn" / "graph.npy")
+    model = TLDR(dim, n_neighbors=run.neighbors, metric=run.metric, epochs=run.epochs,
+                 max_train_rows=max(2, train.n_rows), device=run.device,
+                 batch_size=tldr_batch_size(train.n_rows), random_state=run.seed)
+    run.progress.begin("train", None, "steps")
+    model.fit(train, graph=graph, checkpoint_dir=ckpt_dir,
+              resume=run.resumed and ckpt_dir is not None,
+              progress=lambda done, total, _info: run.progress.update("train", done, total))
+    return model
+
+
+def stage_train(run: "ShrinkRun") -> tuple[list[Path], TrainResult]:
+    """Fit the run's method to its dim and save ``train/model.safetensors``."""
+    out = run.work.stage_dir("train", clear=True, keep=("ckpt",) if run.resumed else ())
+    model = fit_reducer(run, run.method, run.dim, out / "ckpt")
+    model.save(out / "model.safetensors")
+    fit = getattr(model, "fit_info_", {})
+    return [out / "model.safetensors"], TrainResult(
+        method=run.method, best_epoch=fit.get("best_epoch"),
+        val_recall_initial=fit.get("val_recall_initial"),
+        val_recall_best=fit.get("val_recall_best"))
