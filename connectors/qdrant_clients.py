@@ -8,8 +8,11 @@ import atexit
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
 
 from tldr_index.errors import (InvalidInputError, MissingColumnError, SourceNotFoundError,
                                StoreUnavailableError)
@@ -191,3 +194,43 @@ def vector_params(info, requested: str | None, uri: str):
             f"Vector '{requested}' not found in source '{uri}': the collection has one unnamed "
             f"vector (size {vectors.size}). Leave vector_column unset.")
     return None, vectors
+
+
+class PointTake:
+    """``take`` / ``take_found`` of a Qdrant source (server, embedded or Edge) by point id, in
+    ``take_chunk`` ids per request; the store supplies :meth:`retrieve_vectors`."""
+
+    take_chunk = 256
+
+    def retrieve_vectors(self, ids: list) -> dict:
+        """``{point id: vector}`` of those of ``ids`` that exist (one request)."""
+        raise NotImplementedError
+
+    def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int | None = None) -> np.ndarray:
+        """Cost: one retrieve request per ``chunk`` ids (default :attr:`take_chunk`)."""
+        out, found, ids = self._take_points(ids, chunk or self.take_chunk)
+        if not found.all():
+            raise InvalidInputError(
+                f"The 'ids' parameter of take must name points of source '{self.uri}'. Got "
+                f"unknown id {ids[int(np.flatnonzero(~found)[0])]!r}.")
+        return out
+
+    def take_found(self, ids: Sequence | np.ndarray | pa.Array,
+                   chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Cost: as :meth:`take`."""
+        out, found, _ = self._take_points(ids, chunk or self.take_chunk)
+        return out, found
+
+    def _take_points(self, ids, chunk: int) -> tuple[np.ndarray, np.ndarray, list]:
+        ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
+        ids = [int(i) if isinstance(i, (int, np.integer)) else str(i) for i in ids]
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        found = np.zeros(len(ids), dtype=bool)
+        for s in range(0, len(ids), chunk):
+            part = ids[s:s + chunk]
+            got = self.retrieve_vectors(list(dict.fromkeys(part)))
+            for j, i in enumerate(part):
+                v = got.get(i)
+                if v is not None:
+                    out[s + j], found[s + j] = v, True
+        return out, found, ids

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from tldr_index.errors import (InvalidInputError, MissingColumnError, SourceNotFoundError,
@@ -22,6 +21,7 @@ from tldr_index.errors import (InvalidInputError, MissingColumnError, SourceNotF
 
 from . import arrow_utils as au
 from .base import Source
+from .qdrant_clients import PointTake
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def record_vector(rec, name: str | None):
 
 # ------------------------------------------------------------------------------------------ source
 
-class QdrantEdgeSource(Source):
+class QdrantEdgeSource(PointTake, Source):
     """Points of a Qdrant Edge shard, scrolled in point-id order. Memory: one page of
     ``batch_rows`` points as Python objects."""
 
@@ -234,35 +234,11 @@ class QdrantEdgeSource(Source):
         return pa.RecordBatch.from_arrays(
             cols, names=[self.id_column, self.vector_column, *self._payload_schema.names])
 
-    def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 1024) -> np.ndarray:
-        """Cost: one ``retrieve`` per ``chunk`` ids."""
-        out, found, ids = self._take(ids, chunk)
-        if not found.all():
-            raise InvalidInputError(
-                f"The 'ids' parameter of take must name points of source '{self.uri}'. Got "
-                f"unknown id {ids[int(np.flatnonzero(~found)[0])]!r}.")
-        return out
+    take_chunk = 1024
 
-    def take_found(self, ids: Sequence | np.ndarray | pa.Array,
-                   chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        out, found, _ = self._take(ids, chunk)
-        return out, found
-
-    def _take(self, ids, chunk: int) -> tuple[np.ndarray, np.ndarray, list]:
-        ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
-        ids = [int(i) if isinstance(i, (int, np.integer)) else str(i) for i in ids]
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        found = np.zeros(len(ids), dtype=bool)
-        for s in range(0, len(ids), chunk):
-            part = ids[s:s + chunk]
-            recs = self.shard.retrieve(list(dict.fromkeys(part)), False,
-                                       [self.vector_name or ""])
-            got = {r.id: record_vector(r, self.vector_name) for r in recs}
-            for j, i in enumerate(part):
-                v = got.get(i)
-                if v is not None:
-                    out[s + j], found[s + j] = v, True
-        return out, found, ids
+    def retrieve_vectors(self, ids: list) -> dict:
+        recs = self.shard.retrieve(ids, False, [self.vector_name or ""])
+        return {r.id: record_vector(r, self.vector_name) for r in recs}
 
 
 def allocated_bytes(path: str) -> int:

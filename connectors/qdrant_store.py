@@ -56,7 +56,7 @@ from .base import DEFAULT_BATCH_ROWS, Sink, Source, Target, concat_ids, verify_c
 from .record import RECORD_KEY, build_record, check_model, dump_record, load_record
 from .ids import IdDigest
 from .retry import RetryPolicy, short_error
-from .qdrant_clients import (UNNAMED, call, client_for, describe, disk_bytes_at, open_collection,
+from .qdrant_clients import (UNNAMED, PointTake, call, client_for, describe, disk_bytes_at, open_collection,
                              retryable,
                              vector_params)
 from .qdrant_clients import close_clients  # noqa: F401 (re-exported for tests and users)
@@ -80,7 +80,7 @@ def _distances():
 
 # ------------------------------------------------------------------------------------------ source
 
-class QdrantSource(Source):
+class QdrantSource(PointTake, Source):
     """Points of a Qdrant collection (or alias), read with ``scroll`` in point-id order.
 
     Memory: one page of ``batch_rows`` points as Python objects (about 30 bytes per float).
@@ -202,37 +202,11 @@ class QdrantSource(Source):
             names += self._payload_schema.names
         return pa.RecordBatch.from_arrays(cols, names=names)
 
-    def take(self, ids: Sequence | np.ndarray | pa.Array, chunk: int = 256) -> np.ndarray:
-        """Cost: one ``retrieve`` call per ``chunk`` ids."""
-        out, found, ids = self._take(ids, chunk)
-        if not found.all():
-            raise InvalidInputError(
-                f"The 'ids' parameter of take must name points of source '{self.uri}'. Got "
-                f"unknown id {ids[int(np.flatnonzero(~found)[0])]!r}.")
-        return out
-
-    def take_found(self, ids: Sequence | np.ndarray | pa.Array,
-                   chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Cost: as :meth:`take`."""
-        out, found, _ = self._take(ids, chunk)
-        return out, found
-
-    def _take(self, ids, chunk: int) -> tuple[np.ndarray, np.ndarray, list]:
-        ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
-        ids = [int(i) if isinstance(i, (int, np.integer)) else str(i) for i in ids]
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        found = np.zeros(len(ids), dtype=bool)
-        for s in range(0, len(ids), chunk):
-            part = ids[s:s + chunk]
-            recs = self._retry(lambda: self.client.retrieve(
-                self.collection, ids=list(dict.fromkeys(part)), with_vectors=self._with_vectors(),
-                with_payload=False), f"retrieve points of '{self.collection}'")
-            got = {r.id: self._vec(r) for r in recs}
-            for j, i in enumerate(part):
-                v = got.get(i)
-                if v is not None:
-                    out[s + j], found[s + j] = v, True
-        return out, found, ids
+    def retrieve_vectors(self, ids: list) -> dict:
+        recs = self._retry(lambda: self.client.retrieve(
+            self.collection, ids=ids, with_vectors=self._with_vectors(),
+            with_payload=False), f"retrieve points of '{self.collection}'")
+        return {r.id: self._vec(r) for r in recs}
 
 
 # -------------------------------------------------------------------------------------------- sink
