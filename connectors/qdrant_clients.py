@@ -5,6 +5,7 @@ connection failure into :class:`StoreUnavailableError`; collection and vector lo
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
 import os
@@ -234,3 +235,20 @@ class PointTake:
                 if v is not None:
                     out[s + j], found[s + j] = v, True
         return out, found, ids
+
+
+def points_batch(ids: pa.Array, X: np.ndarray, payloads: Sequence[dict | None], id_column: str,
+                 vector_column: str, string_ids: bool) -> pa.RecordBatch:
+    """A target's rows as read back from Qdrant points: id, vector (float32) and ``payload``
+    (JSON text, sorted keys; the id key that string ids keep in the payload removed)."""
+    from . import arrow_utils as au
+
+    texts = []
+    for payload in payloads:
+        pl = dict(payload or {})
+        if string_ids:
+            pl.pop(id_column, None)
+        texts.append(json.dumps(pl, sort_keys=True))
+    return pa.RecordBatch.from_arrays(
+        [ids, au.numpy_to_fsl(np.asarray(X, dtype=np.float32)), pa.array(texts, type=pa.string())],
+        names=[id_column, vector_column, "payload"])

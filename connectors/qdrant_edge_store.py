@@ -66,6 +66,7 @@ from .base import DEFAULT_BATCH_ROWS, Sink, Target, verify_counts
 from .filestore import discard_staging_dir
 from .record import build_record, check_model, dump_record, load_record
 from .ids import IdDigest
+from .qdrant_clients import points_batch
 from .qdrant_edge_source import (CONFIG_FILE, QdrantEdgeSource, allocated_bytes, check_shard,
                                  close_shards, disk_bytes_at, edge_api, release_shard,
                                  record_vector, scroll_pages, shard_at)
@@ -435,16 +436,9 @@ class QdrantEdgeTarget(Target):
         """Batches of id, vector (float32) and ``payload`` (JSON text, id key removed)."""
         lay = self.layout
         for recs in scroll_pages(self.shard, batch_rows, True, [self._vname]):
-            X = np.asarray([record_vector(r, self._vname) for r in recs], dtype=np.float32)
-            payloads = []
-            for r in recs:
-                pl = dict(r.payload or {})
-                if self._string_ids:
-                    pl.pop(lay.id_column, None)
-                payloads.append(json.dumps(pl, sort_keys=True))
-            yield pa.RecordBatch.from_arrays(
-                [self._ids(recs), au.numpy_to_fsl(X), pa.array(payloads, type=pa.string())],
-                names=[lay.id_column, lay.vector_column, "payload"])
+            yield points_batch(self._ids(recs), [record_vector(r, self._vname) for r in recs],
+                               [r.payload for r in recs], lay.id_column, lay.vector_column,
+                               self._string_ids)
 
     def search(self, query: np.ndarray, k: int = 10, *, hnsw_ef: int | None = None,
                exact: bool = False, rescore: bool = True, oversampling: float | None = None,

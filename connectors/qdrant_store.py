@@ -56,9 +56,8 @@ from .base import DEFAULT_BATCH_ROWS, Sink, Source, Target, concat_ids, verify_c
 from .record import RECORD_KEY, build_record, check_model, dump_record, load_record
 from .ids import IdDigest
 from .retry import RetryPolicy, short_error
-from .qdrant_clients import (UNNAMED, PointTake, call, client_for, describe, disk_bytes_at, open_collection,
-                             retryable,
-                             vector_params)
+from .qdrant_clients import (UNNAMED, PointTake, call, client_for, describe, disk_bytes_at,
+                             open_collection, points_batch, retryable, vector_params)
 from .qdrant_clients import close_clients  # noqa: F401 (re-exported for tests and users)
 from .uri import ParsedURI
 
@@ -505,16 +504,8 @@ class QdrantTarget(Target):
         wv = [self._vector_name] if self._vector_name else True
         for pts in self._pages(batch_rows, True, wv):
             vecs = [pt.vector[self._vector_name] if self._vector_name else pt.vector for pt in pts]
-            X = np.asarray(vecs, dtype=np.float32)
-            payloads = []
-            for pt in pts:
-                pl = dict(pt.payload or {})
-                if self._string_ids:
-                    pl.pop(lay.id_column, None)
-                payloads.append(json.dumps(pl, sort_keys=True))
-            yield pa.RecordBatch.from_arrays(
-                [self._ids(pts), au.numpy_to_fsl(X), pa.array(payloads, type=pa.string())],
-                names=[lay.id_column, lay.vector_column, "payload"])
+            yield points_batch(self._ids(pts), vecs, [pt.payload for pt in pts], lay.id_column,
+                               lay.vector_column, self._string_ids)
 
     def search(self, query: np.ndarray, k: int = 10, **options: Any) -> pa.Table:
         """``query_points`` on the collection; ``_distance``: Euclid distance, 1 - cosine, -dot.

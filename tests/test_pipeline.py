@@ -20,6 +20,7 @@ from tldr_index.compact import CompactModel
 from tldr_index.errors import (CheckpointError, InvalidParameterError, SourceNotFoundError,
                                StoreUnavailableError, TargetExistsError, UnsupportedURIError)
 from tldr_index.knn import exact_search
+from tldr_index.progress import Progress
 from tldr_index.pipeline import default_pq_bytes, info, search, shrink
 
 FAST = dict(epochs=3, threads=1, eval_queries=100)
@@ -227,20 +228,22 @@ def test_existing_target_is_refused_then_overwritten(tmp_path, nested):
     assert t.version > first and t.metadata["method"] == "pca" and t.count() == 600
 
 
+class Stop(BaseException):
+    pass
+
+
+class StopAtTrain(Progress):
+    """Stops a shrink when the train stage begins (after scan and knn are checkpointed)."""
+
+    def begin(self, stage, total=None, unit="rows"):
+        if stage == "train":
+            raise Stop
+
+
 def test_work_dir_rules(tmp_path):
     X = make_nested(400, 16, between=6, within=4)
     src = lancedb_source(str(tmp_path), X)
     work = tmp_path / "w"
-
-    class Stop(BaseException):
-        pass
-
-    from tldr_index.progress import Progress
-
-    class StopAtTrain(Progress):
-        def begin(self, stage, total=None, unit="rows"):
-            if stage == "train":
-                raise Stop
 
     with pytest.raises(Stop):
         shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, progress=StopAtTrain(), **FAST)
@@ -265,16 +268,6 @@ def test_plain_rerun_after_a_failure_resumes_or_starts_over(tmp_path, caplog):
     X = make_nested(400, 16, between=6, within=4)
     src = lancedb_source(str(tmp_path), X)
     work = tmp_path / "w"
-
-    class Stop(BaseException):
-        pass
-
-    from tldr_index.progress import Progress
-
-    class StopAtTrain(Progress):
-        def begin(self, stage, total=None, unit="rows"):
-            if stage == "train":
-                raise Stop
 
     with pytest.raises(Stop):
         shrink(src, src + "_t", dim=4, pq_bytes=2, work_dir=work, progress=StopAtTrain(), **FAST)
