@@ -65,7 +65,7 @@ from . import arrow_utils as au
 from .base import DEFAULT_BATCH_ROWS, Sink, Target, verify_counts
 from .filestore import discard_staging_dir
 from .record import build_record, check_model, dump_record, load_record
-from .ids import IdDigest
+from .ids import ids_digest
 from .qdrant_clients import points_batch
 from .qdrant_edge_source import (CONFIG_FILE, QdrantEdgeSource, allocated_bytes, check_shard,
                                  close_shards, disk_bytes_at, edge_api, release_shard,
@@ -323,12 +323,7 @@ class QdrantEdgeSink(Sink):
         self._close_shard()
         t = QdrantEdgeTarget(self.staging, uri=self.uri, version_dir=self.staging)
         try:
-            digest = None
-            if expected_ids_digest is not None:
-                d = IdDigest()
-                for ids in t.iter_ids():
-                    d.update(ids)
-                digest = d.hexdigest()
+            digest = None if expected_ids_digest is None else ids_digest(t.iter_ids())
             verify_counts(self.uri, expected_count, t.count(), expected_ids_digest, digest)
         finally:
             release_shard(t.real)

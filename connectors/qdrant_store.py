@@ -54,7 +54,7 @@ from tldr_index.errors import InvalidInputError, ModelFormatError, TargetExistsE
 from . import arrow_utils as au
 from .base import DEFAULT_BATCH_ROWS, Sink, Source, Target, concat_ids, verify_counts
 from .record import RECORD_KEY, build_record, check_model, dump_record, load_record
-from .ids import IdDigest
+from .ids import ids_digest
 from .retry import RetryPolicy, short_error
 from .qdrant_clients import (UNNAMED, PointTake, call, client_for, describe, disk_bytes_at,
                              open_collection, points_batch, retryable, vector_params)
@@ -395,12 +395,7 @@ class QdrantSink(Sink):
     def _verify(self, expected_count: int, expected_ids_digest: str | None) -> None:
         t = QdrantTarget(self._p, uri=self.uri, client=self.client, collection=self.collection)
         got = t.count()
-        digest = None
-        if expected_ids_digest is not None:
-            d = IdDigest()
-            for ids in t.iter_ids():
-                d.update(ids)
-            digest = d.hexdigest()
+        digest = None if expected_ids_digest is None else ids_digest(t.iter_ids())
         verify_counts(self.uri, expected_count, got, expected_ids_digest, digest)
 
     def _publish(self) -> None:
