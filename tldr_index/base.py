@@ -49,7 +49,14 @@ class BaseReducer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         return self.n_components_
 
     def _encode_block(self, block: np.ndarray) -> np.ndarray:
-        return block @ self.components_.T + self.bias_
+        """``block @ W.T + b`` accumulated in float64, rounded to float32: a row's result does
+        not depend on how many rows it is encoded with (float32 BLAS sums in a block-size
+        dependent order), and it equals :meth:`CompactModel.encode` of the same map.
+        Cost: O(n D d) float64 multiply-adds."""
+        W = np.asarray(self.components_, dtype=np.float64)
+        Y = np.asarray(block, dtype=np.float64) @ W.T
+        Y += np.asarray(self.bias_, dtype=np.float64)
+        return Y.astype(np.float32)
 
     # -- public API --------------------------------------------------------------------------
     def transform(self, X: Any, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:

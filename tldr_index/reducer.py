@@ -463,7 +463,7 @@ class TLDR(BaseReducer):
 
     def _encode_block(self, block: np.ndarray) -> np.ndarray:
         if self.encoder_ is None:
-            return block @ self.components_.T + self.bias_
+            return super()._encode_block(block)  # float64 accumulation: batch-independent
         with torch.no_grad():
             return self.encoder_(torch.from_numpy(block)).numpy()
 
