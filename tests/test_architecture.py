@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("tldr_index", "connectors")
 MAX_LINES = 700
 
-BOTTOM = {"version", "errors", "validation", "artifact", "progress", "oserrors", "threads",
+BOTTOM = {"version", "errors", "joblock", "validation", "artifact", "progress", "oserrors", "threads",
           "faults", "tables"}
 ENGINE = {"vectors", "knn", "faiss_utils", "losses", "optim", "model", "trainer", "reducer", "base",
           "baselines", "pca", "qat", "quantizer", "codecs", "compact", "comparisons"}

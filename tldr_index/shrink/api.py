@@ -209,57 +209,58 @@ def run_plan(plan: ShrinkPlan, *, progress: Progress, work_dir=None, resume: boo
                              "target": plan.target_abs, "params": params,
                              "threads": plan.threads or auto_threads()},
                             resume=resume, overwrite=overwrite, rerun=True)
-    # a resumed run keeps the first run's thread count (float sums then add up identically)
-    threads = plan.threads or work.state.get("threads") or auto_threads()
-    published_already = False
-    if resume:
-        try:
-            published_already = check_target(target_uri, overwrite, run_id=work.state["run_id"])
-        except TargetExistsError:
-            if not resumed:
-                work.clear_all()  # nothing was done yet: leave no state behind
-                drop_empty_default_parent(work, work_dir)
-            raise
-    engine = make_engine(plan.engine, plan.engine_options, scan_on_ray=plan.ray_scan)
-    run = ShrinkRun(src=src, work=work, progress=prog, engine=engine,
-                    source_uri=plan.source_uri, source_abs=plan.source_abs,
-                    fingerprint=fingerprint, method=plan.method, neighbors=plan.neighbors,
-                    epochs=plan.epochs, sample=plan.sample, device=plan.device, seed=plan.seed,
-                    eval_queries=plan.eval_queries, shortlist=plan.shortlist,
-                    batch_rows=plan.batch_rows, resumed=resumed, select=plan.select,
-                    dim=plan.dim, pq_bytes=plan.pq_bytes, target_uri=target_uri,
-                    reduced_dtype=plan.reduced_dtype, overwrite=overwrite,
-                    sink_options=dict(sink_options or {}), params=params,
-                    published_already=published_already, skip_invalid=plan.skip_invalid)
-    seconds: dict[str, float] = {}
-    skipped: list[str] = []
-    log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s; work dir %s.", src.uri, plan.n_rows,
-             src.dim, src.distance, target_uri, plan.text(), work.root)
-    if plan.engine == "ray" and plan.select is not None:
-        log.info("engine='ray' with method='auto'/target_recall: the scan runs on this node (the "
-                 "selection measures recall against every row).")
     try:
-        with thread_limit(threads), disk(), engine.session():
-            run_stages(run, skipped, seconds)
+        # a resumed run keeps the first run's thread count (float sums then add up identically)
+        threads = plan.threads or work.state.get("threads") or auto_threads()
+        published_already = False
+        if resume:
+            try:
+                published_already = check_target(target_uri, overwrite, run_id=work.state["run_id"])
+            except TargetExistsError:
+                if not resumed:
+                    work.clear_all()  # nothing was done yet: leave no state behind
+                raise
+        engine = make_engine(plan.engine, plan.engine_options, scan_on_ray=plan.ray_scan)
+        run = ShrinkRun(src=src, work=work, progress=prog, engine=engine,
+                        source_uri=plan.source_uri, source_abs=plan.source_abs,
+                        fingerprint=fingerprint, method=plan.method, neighbors=plan.neighbors,
+                        epochs=plan.epochs, sample=plan.sample, device=plan.device, seed=plan.seed,
+                        eval_queries=plan.eval_queries, shortlist=plan.shortlist,
+                        batch_rows=plan.batch_rows, resumed=resumed, select=plan.select,
+                        dim=plan.dim, pq_bytes=plan.pq_bytes, target_uri=target_uri,
+                        reduced_dtype=plan.reduced_dtype, overwrite=overwrite,
+                        sink_options=dict(sink_options or {}), params=params,
+                        published_already=published_already, skip_invalid=plan.skip_invalid)
+        seconds: dict[str, float] = {}
+        skipped: list[str] = []
+        log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s; work dir %s.", src.uri, plan.n_rows,
+                 src.dim, src.distance, target_uri, plan.text(), work.root)
+        if plan.engine == "ray" and plan.select is not None:
+            log.info("engine='ray' with method='auto'/target_recall: the scan runs on this node (the "
+                     "selection measures recall against every row).")
+        try:
+            with thread_limit(threads), disk(), engine.session():
+                run_stages(run, skipped, seconds)
+        finally:
+            prog.close()
+        r = run.results
+        enc, scan = r.encode, r.scan
+        report = ShrinkReport(
+            source=src.uri, target=target_uri, method=run.method, metric=src.distance,
+            rows=scan.rows, source_dim=src.dim, dim=run.dim, pq_bytes=run.pq_bytes,
+            vector_dtype=enc.vector_dtype, source_disk_bytes=disk_bytes(plan.source_uri),
+            target_disk_bytes=disk_bytes(target_uri),
+            graph_recall=r.knn.graph_recall,
+            recall_at_10=enc.recall_at_10, recall_at_10_rescored=enc.recall_at_10_rescored,
+            eval_queries=enc.eval_queries or 0,
+            shortlist=enc.shortlist if enc.shortlist is not None else plan.shortlist,
+            stage_seconds=seconds, skipped_stages=skipped,
+            selection=r.select.to_json() if r.select is not None else None,
+            wall_seconds=time.perf_counter() - t_start, work_dir=str(work.root), resumed=resumed,
+            skipped_invalid=scan.skipped_invalid or 0, first_invalid_id=scan.first_invalid_id)
+        if not keep_work:
+            work.clear_all()
+        return report
     finally:
-        prog.close()
+        work.release()  # after clear_all: no other run can start in a directory being cleared
         drop_empty_default_parent(work, work_dir)  # a failed run leaves no empty ./tldr-work
-    r = run.results
-    enc, scan = r.encode, r.scan
-    report = ShrinkReport(
-        source=src.uri, target=target_uri, method=run.method, metric=src.distance,
-        rows=scan.rows, source_dim=src.dim, dim=run.dim, pq_bytes=run.pq_bytes,
-        vector_dtype=enc.vector_dtype, source_disk_bytes=disk_bytes(plan.source_uri),
-        target_disk_bytes=disk_bytes(target_uri),
-        graph_recall=r.knn.graph_recall,
-        recall_at_10=enc.recall_at_10, recall_at_10_rescored=enc.recall_at_10_rescored,
-        eval_queries=enc.eval_queries or 0,
-        shortlist=enc.shortlist if enc.shortlist is not None else plan.shortlist,
-        stage_seconds=seconds, skipped_stages=skipped,
-        selection=r.select.to_json() if r.select is not None else None,
-        wall_seconds=time.perf_counter() - t_start, work_dir=str(work.root), resumed=resumed,
-        skipped_invalid=scan.skipped_invalid or 0, first_invalid_id=scan.first_invalid_id)
-    if not keep_work:
-        work.clear_all()
-        drop_empty_default_parent(work, work_dir)
-    return report

@@ -353,6 +353,7 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
             prog.end("select", seconds["measure"])
     finally:
         prog.close()
+        work.release()
     chosen, reason = choose(configs, plan, q["queries"])
     if chosen is None and target_recall is not None:
         reason += ". " + unreached_advice(configs, plan, src.dim, owner="sweep")

@@ -29,6 +29,7 @@ from typing import Any
 from ..faults import fault_point
 from ..artifact import atomic_write_bytes
 from ..errors import CheckpointError
+from ..joblock import JobLock
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,13 @@ class WorkDir:
         self.root = Path(root)
         self.stages = stages
         self.state: dict = {}
+        #: held from :meth:`open` to :meth:`release`: two runs never share one work directory
+        self.lock = JobLock(self.root.parent / f".{self.root.name}.lock",
+                            what=f"shrink with work directory '{self.root}'")
+
+    def release(self) -> None:
+        """Give up the lock :meth:`open` took (idempotent)."""
+        self.lock.release()
 
     # -- identity ----------------------------------------------------------------------------
     def open(self, identity: dict, *, resume: bool, overwrite: bool,
@@ -72,7 +80,20 @@ class WorkDir:
         unfinished run is never an error. The same run (same source data and parameters) is
         resumed by itself, any other is discarded and the run starts over; one INFO line says
         which.
+
+        Takes the work directory's lock first (a file beside it): a second run on the same
+        work directory while this one lives raises :class:`~tldr_index.joblock.LockedError`
+        naming it; a lock left by a killed run is taken over with a warning. The caller
+        :meth:`release`\ s it; an error here releases it.
         """
+        self.lock.acquire()
+        try:
+            return self._open(identity, resume=resume, overwrite=overwrite, rerun=rerun)
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self, identity: dict, *, resume: bool, overwrite: bool, rerun: bool) -> bool:
         state_path = self.root / STATE_FILE
         if self.root.exists() and not state_path.exists() and any(self.root.iterdir()):
             raise CheckpointError(
