@@ -128,13 +128,19 @@ def discard_staging(target_uri: str | os.PathLike, ref: dict) -> None:
 def hold(uri: str | os.PathLike) -> Callable[[], None]:
     """Keep the store behind ``uri`` open for a long-lived user (``tldr_index.open``) and return
     the function that lets it go. Only an embedded Qdrant path holds something (its one client
-    per process and the storage lock, shared by reference count); elsewhere both are no-ops."""
+    per process and the storage lock, shared by reference count) and a Qdrant Edge shard (its
+    one handle per process, closed when the last holder lets go); elsewhere both are no-ops."""
     p = parse_uri(uri)
     if p.kind == "qdrant" and p.mode == "path":
         from .qdrant_clients import hold_client, release_client
 
         hold_client(p)
         return lambda: release_client(p)
+    if p.kind == "qdrant-edge":  # the engine admits one handle per shard: close it at the end
+        from .qdrant_edge_source import hold_path, let_go_path
+
+        hold_path(p.path)
+        return lambda: let_go_path(p.path)
     return lambda: None
 
 

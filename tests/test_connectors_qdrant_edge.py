@@ -172,6 +172,29 @@ def test_named_vectors(tmp_path):
     assert src.dim == DIM and src.count() == 50
 
 
+def test_close_releases_the_shard(tmp_path):
+    X = make_structured(N, DIM, seed=13, normalize=False)
+    src = make_shard(str(tmp_path / "docs"), X)
+    uri = "qdrant+edge://" + str(tmp_path / "docs_c")
+    shrink(src, uri, dim=8, pq_bytes=4, epochs=1, threads=1, eval_queries=0)
+    close_shards()
+    load = [sys.executable, "-c", "import qdrant_edge as q, sys; q.EdgeShard.load(sys.argv[1])",
+            os.path.realpath(tmp_path / "docs_c")]
+    import tldr_index
+
+    c = tldr_index.open(uri)
+    other = tldr_index.open(uri)
+    assert c.search(X[:2], k=3).ids[:, 0].tolist() == [1, 4]
+    assert subprocess.run(load, capture_output=True).returncode != 0  # held here: locked
+    c.close()
+    assert subprocess.run(load, capture_output=True).returncode != 0  # `other` still holds it
+    other.close()
+    assert subprocess.run(load, capture_output=True).returncode == 0  # released
+    with tldr_index.open(uri) as again:  # a second open after close works
+        assert again.search(X[:1], k=1).ids[0, 0] == 1
+    assert subprocess.run(load, capture_output=True).returncode == 0
+
+
 # ----------------------------------------------------------------------------------- bad input
 
 def test_not_a_shard(tmp_path):
