@@ -92,7 +92,7 @@ def compact_rows(src: str, root: str, Q: np.ndarray, truth: np.ndarray, d: int, 
                              oversampling=oversampling if rescore else None)
             times.append(1000 * (time.perf_counter() - t1))
             hits += len(set(res.column("id").to_pylist()) & set(want.tolist()))
-        out.append({"method": f"tldr-index d={d}", "label": f"compact d={d}, {quant} PQ {ratio}",
+        out.append({"method": "tldr-index compact", "label": f"d={d}, {quant}: PQ {ratio}",
                     "bytes": 4 * d / int(ratio[1:]) if ratio != "?" else m, "stored": 2 * d,
                     "rescore": rescore, "recall": hits / truth.size,
                     "p50": float(np.median(times)), "build_s": secs})
