@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import BatchVectors, EvalRow, drop_own, ids_at, recalls
-
 DEFAULT_OVERSAMPLING = 2.0
 #: quantizer kind (connectors.qdrant_edge_quantizers.KINDS) prefix -> method name in the report
 FAMILIES = (("bq", "qdrant-bq"), ("sq", "qdrant-sq8"), ("tq", "qdrant-turboquant"),
@@ -35,39 +33,39 @@ def check_store_quantizers(source_uri: str, kinds: Any) -> tuple[str, ...]:
     return store_quantizer_kinds(source_uri, None if kinds is True else kinds)
 
 
-def store_quantizer_rows(source_uri: str, svec: BatchVectors, Q: np.ndarray, kinds: Sequence[str],
-                         *, own: np.ndarray | None, kmax: int, ks: list[int], metric: str,
-                         truth: np.ndarray, match_bytes: float | None,
+def store_quantizer_rows(source_uri: str, svec: Any, Q: np.ndarray, kinds: Sequence[str], *,
+                         k: int, metric: str, match_bytes: float | None,
                          oversampling: float = DEFAULT_OVERSAMPLING, chunk_rows: int = 16_384,
-                         progress=None) -> list[EvalRow]:
-    """One :class:`EvalRow` per quantizer and rescoring (recall@k against ``truth``, the own
-    row of a held-out query dropped as for the target); the note holds the engine's single-query
-    p50 / p99 latency and the shard build time."""
+                         progress=None) -> list[dict]:
+    """One dict per quantizer and rescoring: the fields of
+    :class:`tldr_index.evaluate.EvalRow` but ``recall``, plus ``positions`` ((nq, k) source row
+    positions found, -1 pads) for the caller to score; the note holds the engine's single-query
+    p50 / p99 latency and the shard build time. ``svec``: the source's
+    :class:`tldr_index.evaluate.BatchVectors` (streamed once)."""
     from connectors import measure_store_quantizers
 
     from .progress import Progress, StageTimer
 
     prog = progress if progress is not None else Progress()
     D = svec.dim
-    kk = kmax + (own is not None)
     t0 = time.perf_counter()
     with StageTimer(prog, "store quantizers", None, "steps"):
         res = measure_store_quantizers(
             source_uri, svec.iter_chunks(chunk_rows), svec.n_rows, D, metric, Q,
-            min(kk, svec.n_rows), kinds=list(kinds), match_bytes=match_bytes,
+            min(k, svec.n_rows), kinds=list(kinds), match_bytes=match_bytes,
             oversampling=oversampling,
             on_step=lambda s: prog.phase("store quantizers", s, None))
     rows = []
     for r in res:
-        found = drop_own(ids_at(svec.ids, r["positions"]), own, kmax)
         b = r["bytes_per_vector"]
         b = int(b) if float(b).is_integer() else float(b)
         method = next(m for p, m in FAMILIES if r["quantizer"].startswith(p))
         rep = f"Qdrant {r['label']}" + (f" + rescore x{r['oversampling']:g} (originals)"
                                         if r["rescore"] else "")
         lat = r["latency_ms"]
-        rows.append(EvalRow(method, rep, D, b, 4 * D / b, recalls(found, truth, ks),
-                            f"Qdrant Edge HNSW, p50 {lat['p50']:.2f} ms / p99 {lat['p99']:.2f} ms "
-                            f"per query, built in {r['build_s']:.1f} s"))
+        rows.append({"method": method, "representation": rep, "dim": D, "bytes_per_vector": b,
+                     "compression": 4 * D / b, "positions": r["positions"],
+                     "note": f"Qdrant Edge HNSW, p50 {lat['p50']:.2f} ms / p99 {lat['p99']:.2f} "
+                             f"ms per query, built in {r['build_s']:.1f} s"})
     prog.phase("store quantizers", f"done in {time.perf_counter() - t0:.1f} s", None)
     return rows

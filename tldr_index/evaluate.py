@@ -436,9 +436,11 @@ def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries
             from .eval_store import store_quantizer_rows
 
             t0 = time.perf_counter()
-            report.results += store_quantizer_rows(
-                src.uri, svec, Q, store_kinds, own=own, kmax=kmax, ks=ks, metric=metric,
-                truth=truth, match_bytes=M or vbytes, chunk_rows=chunk_rows, progress=prog)
+            for r in store_quantizer_rows(src.uri, svec, Q, store_kinds, k=kk, metric=metric,
+                                          match_bytes=M or vbytes, chunk_rows=chunk_rows,
+                                          progress=prog):
+                found = drop_own(ids_at(src_ids, r.pop("positions")), own, kmax)
+                report.results.append(EvalRow(**r, recall=recalls(found, truth, ks)))
             seconds["store_quantizers"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
     return report
