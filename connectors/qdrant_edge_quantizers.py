@@ -15,9 +15,10 @@ quantization at the compression ratio closest to ``match_bytes`` (x4..x64: 4 D /
 fixed ``pqx4`` .. ``pqx64``.
 
 Cost: disk ``len(kinds) x N x D x 4`` bytes (plus the engine's index files) in a temporary
-directory removed at the end; time one upsert pass per shard, one ``optimize`` each (the HNSW
-build dominates: about 5 s per 20k x 384-d shard on one core, PQ about 8x that) and
-``2 x len(queries)`` engine queries per shard. Memory: one block of the source at a time.
+directory removed at the end; time one upsert pass per shard, one ``optimize`` each (HNSW graph
+and codes: 7 to 11 s per 20k x 384-d shard, PQ 80 to 110 s, on this project's shared 2-core
+machine: ``benchmarks/results/qdrant.md``) and ``2 x len(queries)`` engine queries per shard.
+Memory: one block of the source at a time.
 """
 
 from __future__ import annotations
