@@ -26,7 +26,7 @@ from .uri import ParsedURI, absolute_uri, default_target_uri, lancedb_uri, parse
 __all__ = ["open_source", "open_sink", "open_target", "Source", "Sink", "Target", "Layout", "Piece",
            "IdDigest", "ids_digest", "parse_uri", "redact", "lancedb_uri", "default_target_uri",
            "absolute_uri", "disk_bytes", "discard_staging", "hold", "targets_built_from",
-           "DISTANCES", "ParsedURI"]
+           "DISTANCES", "ParsedURI", "store_quantizer_kinds", "measure_store_quantizers"]
 
 
 
@@ -128,14 +128,49 @@ def discard_staging(target_uri: str | os.PathLike, ref: dict) -> None:
 def hold(uri: str | os.PathLike) -> Callable[[], None]:
     """Keep the store behind ``uri`` open for a long-lived user (``tldr_index.open``) and return
     the function that lets it go. Only an embedded Qdrant path holds something (its one client
-    per process and the storage lock, shared by reference count); elsewhere both are no-ops."""
+    per process and the storage lock, shared by reference count) and a Qdrant Edge shard (its
+    one handle per process, closed when the last holder lets go); elsewhere both are no-ops."""
     p = parse_uri(uri)
     if p.kind == "qdrant" and p.mode == "path":
         from .qdrant_clients import hold_client, release_client
 
         hold_client(p)
         return lambda: release_client(p)
+    if p.kind == "qdrant-edge":  # the engine admits one handle per shard: close it at the end
+        from .qdrant_edge_source import hold_path, let_go_path
+
+        hold_path(p.path)
+        return lambda: let_go_path(p.path)
     return lambda: None
+
+
+def store_quantizer_kinds(source_uri: str | os.PathLike,
+                          kinds: str | Any | None = None) -> tuple[str, ...]:
+    """The checked names of the store's own quantizers that :func:`measure_store_quantizers` can
+    measure for ``source_uri`` (``kinds``: names, one comma-separated string or None / "all": the
+    default set). Qdrant sources only (server, embedded or Edge: measured on Qdrant Edge); any
+    other store raises :class:`InvalidParameterError` (nothing is opened)."""
+    from tldr_index.errors import InvalidParameterError
+
+    p = parse_uri(source_uri)
+    if p.kind not in ("qdrant", "qdrant-edge"):
+        raise InvalidParameterError(
+            f"The 'store_quantizers' parameter of eval needs a Qdrant source (qdrant://, "
+            f"qdrant+path://, qdrant+edge://): Qdrant's own quantizers are what it measures. "
+            f"Got source '{redact(str(source_uri))}' ({p.kind}).")
+    from .qdrant_edge_quantizers import kind_names
+    return kind_names(kinds)
+
+
+def measure_store_quantizers(source_uri: str | os.PathLike, chunks: Any, n_rows: int, dim: int,
+                             metric: str, queries: Any, k: int, **options: Any) -> list[dict]:
+    """The store's own quantizers on the original vectors of ``source_uri`` (streamed as
+    ``chunks``: ``(start, block)`` pairs), measured on the real engine: for a Qdrant source,
+    :func:`connectors.qdrant_edge_quantizers.measure_quantizers` (its options and its result
+    dicts: positions found, latency, bytes per vector, raw and rescored)."""
+    kinds = store_quantizer_kinds(source_uri, options.pop("kinds", None))
+    from .qdrant_edge_quantizers import measure_quantizers
+    return measure_quantizers(chunks, n_rows, dim, metric, queries, k, kinds=kinds, **options)
 
 
 def targets_built_from(source_uri: str | os.PathLike) -> list[str] | None:

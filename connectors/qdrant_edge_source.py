@@ -29,6 +29,7 @@ CONFIG_FILE = "edge_config.json"
 UNNAMED = "vector"  # column name of the unnamed vector
 _DIST = {"Euclid": "l2", "Cosine": "cosine", "Dot": "ip"}
 _SHARDS: dict[str, Any] = {}
+_HOLDERS: dict[str, int] = {}  # long-lived users of a URI path (see hold_path)
 _LOCK = threading.Lock()
 
 
@@ -91,6 +92,32 @@ def close_shards() -> None:
     """Close every shard handle of this process (releases the locks)."""
     for real in list(_SHARDS):
         release_shard(real)
+
+
+def hold_path(path: str) -> None:
+    """Count one more long-lived user (a :class:`tldr_index.CompactCollection`) of the shard or
+    target at ``path``; :func:`let_go_path` closes its handles when the last one lets go."""
+    key = os.path.abspath(path)
+    with _LOCK:
+        _HOLDERS[key] = _HOLDERS.get(key, 0) + 1
+
+
+def let_go_path(path: str) -> None:
+    """One user of ``path`` is done: when none is left, close this process's handles of the shard
+    at ``path`` and, for a target, of its versions (``.<name>.tldr-v<n>`` beside it), so that
+    another process (or a fresh open here) can load them. Cost: one directory listing."""
+    key = os.path.abspath(path)
+    with _LOCK:
+        left = _HOLDERS.get(key, 0) - 1
+        if left > 0:
+            _HOLDERS[key] = left
+            return
+        _HOLDERS.pop(key, None)
+    parent, name = os.path.split(key)
+    versions = os.path.join(os.path.realpath(parent), f".{name}.tldr-v")
+    for real in list(_SHARDS):
+        if real == os.path.realpath(key) or real.startswith(versions):
+            release_shard(real)
 
 
 def shard_config(real: str) -> dict:

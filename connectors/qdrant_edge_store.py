@@ -178,13 +178,16 @@ class QdrantEdgeSink(Sink):
     points are built (qdrant-edge-py 0.9 holds the GIL while it writes, so 1 is as fast as more:
     ``benchmarks/qdrant_edge_write.py``); ``indexing_threshold_kb``: the
     engine's threshold below which a segment is not indexed (1: HNSW is built unless the vectors
-    take under 1 KB, which the engine then searches exactly)."""
+    take under 1 KB, which the engine then searches exactly); ``hnsw_m``, ``hnsw_ef_construct``,
+    ``hnsw_threads`` (the engine's ``max_indexing_threads``, 0: its own choice): the HNSW graph
+    that ``verify`` builds (its ``optimize`` is most of a write's time:
+    ``benchmarks/qdrant_edge_write.py``)."""
 
     def __init__(self, path: str, *, uri: str, quantization: str = "auto",
                  compression: str | None = None, keep_previous: bool = False,
                  upsert_batch: int = 32768, workers: int = 1, store_codes: bool = False,
                  on_disk: bool | None = None, indexing_threshold_kb: int = 1,
-                 hnsw_m: int = 16, hnsw_ef_construct: int = 100):
+                 hnsw_m: int = 16, hnsw_ef_construct: int = 100, hnsw_threads: int = 0):
         super().__init__(uri)
         self.path = os.path.abspath(path)
         check_choice(quantization, "quantization", QUANTIZATIONS, owner="QdrantEdgeSink")
@@ -204,7 +207,8 @@ class QdrantEdgeSink(Sink):
         self.indexing_threshold_kb = check_int(indexing_threshold_kb, "indexing_threshold_kb",
                                                low=1, owner=own)
         self.hnsw = (check_int(hnsw_m, "hnsw_m", low=2, owner=own),
-                     check_int(hnsw_ef_construct, "hnsw_ef_construct", low=4, owner=own))
+                     check_int(hnsw_ef_construct, "hnsw_ef_construct", low=4, owner=own),
+                     check_int(hnsw_threads, "hnsw_threads", low=0, high=1024, owner=own))
         self.staging: str | None = None
         self.previous: str | None = None
         self.shard = None
@@ -249,7 +253,8 @@ class QdrantEdgeSink(Sink):
         cfg = e.EdgeConfig(vectors={"": params}, quantization_config=quant,
                            hnsw_config=e.HnswIndexConfig(m=self.hnsw[0],
                                                          ef_construct=self.hnsw[1],
-                                                         full_scan_threshold=1),
+                                                         full_scan_threshold=1,
+                                                         max_indexing_threads=self.hnsw[2]),
                            optimizers=e.EdgeOptimizersConfig(
                                indexing_threshold=self.indexing_threshold_kb))
         parent, name = os.path.split(path)

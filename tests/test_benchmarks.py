@@ -37,7 +37,8 @@ SMOKE = {
     "knn": ("--rows 7000 --variants default --queries 50 --exact-queries 50 --out {tmp}/knn.md",
             "knn.md"),
     "out_of_core": ("--rows 7000 --out {tmp}/ooc.md", "ooc.md"),
-    "qdrant": ("--rows 500 --queries 10 --kinds sq,bq1 --out {tmp}/qdrant.md", "qdrant.md"),
+    "qdrant": ("--rows 600 --queries 10 --kinds sq8,bq1 --compact 16:4 --epochs 1 "
+               "--out {tmp}/qdrant.md", "qdrant.md"),
     "qdrant_edge_write": ("--rows 3000 --configs 1024x2 --baseline-rows 50 --root {tmp}/w "
                           "--out {tmp}/edge_write.md", "edge_write.md"),
     "reindex": ("--rows 2000 --out {tmp}/reindex.md", "reindex.md"),

@@ -172,6 +172,29 @@ def test_named_vectors(tmp_path):
     assert src.dim == DIM and src.count() == 50
 
 
+def test_close_releases_the_shard(tmp_path):
+    X = make_structured(N, DIM, seed=13, normalize=False)
+    src = make_shard(str(tmp_path / "docs"), X)
+    uri = "qdrant+edge://" + str(tmp_path / "docs_c")
+    shrink(src, uri, dim=8, pq_bytes=4, epochs=1, threads=1, eval_queries=0)
+    close_shards()
+    load = [sys.executable, "-c", "import qdrant_edge as q, sys; q.EdgeShard.load(sys.argv[1])",
+            os.path.realpath(tmp_path / "docs_c")]
+    import tldr_index
+
+    c = tldr_index.open(uri)
+    other = tldr_index.open(uri)
+    assert c.search(X[:2], k=3).ids[:, 0].tolist() == [1, 4]
+    assert subprocess.run(load, capture_output=True).returncode != 0  # held here: locked
+    c.close()
+    assert subprocess.run(load, capture_output=True).returncode != 0  # `other` still holds it
+    other.close()
+    assert subprocess.run(load, capture_output=True).returncode == 0  # released
+    with tldr_index.open(uri) as again:  # a second open after close works
+        assert again.search(X[:1], k=1).ids[0, 0] == 1
+    assert subprocess.run(load, capture_output=True).returncode == 0
+
+
 # ----------------------------------------------------------------------------------- bad input
 
 def test_not_a_shard(tmp_path):
@@ -189,6 +212,12 @@ def test_not_a_shard(tmp_path):
                      dtype=np.float32) + 1)), "qdrant+edge://" + str(d), d=2, overwrite=True)
     assert os.listdir(d) == ["notes.txt"]
     assert not [n for n in os.listdir(tmp_path) if "tldr-staging" in n]
+    with pytest.raises(InvalidInputError, match=r"^The path of 'qdrant\+edge://.*/notes\.txt' "
+                       r"must be a Qdrant Edge shard directory \(holding edge_config\.json, wal/ "
+                       r"and segments/\)\. Got not a directory holding edge_config\.json: "
+                       r"'.*/notes\.txt'\.$"):
+        open_source("qdrant+edge://" + str(d / "notes.txt"))
+    assert (d / "notes.txt").read_text() == "hi"
 
 
 def test_shard_locked_by_another_process(tmp_path):
@@ -210,11 +239,34 @@ def test_shard_locked_by_another_process(tmp_path):
     assert checksum(path) == before
 
 
+def test_target_locked_by_another_process(tmp_path):
+    src = open_source(make_shard(str(tmp_path / "docs"), make_structured(30, DIM, seed=7,
+                                                                        normalize=False)))
+    uri = "qdrant+edge://" + str(tmp_path / "out")
+    write_target(src, uri, d=4)
+    close_shards()
+    live = os.path.realpath(tmp_path / "out")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import qdrant_edge as q, sys; s = q.EdgeShard.load(sys.argv[1]); "
+         "print('open', flush=True); sys.stdin.read()", live],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreUnavailableError, match=r"^Qdrant Edge shard '.*/\.out\.tldr-v1' "
+                           r"of 'qdrant\+edge://.*/out' is locked by another process"):
+            open_target(uri).count()
+    finally:
+        holder.communicate("", timeout=30)
+    assert open_target(uri).count() == 30 and os.path.realpath(tmp_path / "out") == live
+
+
 @pytest.mark.parametrize("opts, message", [
     ({"quantization": "int4"}, r"^The 'quantization' parameter of QdrantEdgeSink must be one of "
                                r"'auto', 'none', 'pq', .*'turbo4'\. Got 'int4'"),
     ({"compression": "x3"}, r"^The 'compression' parameter of QdrantEdgeSink must be one of "
                             r"'x4', 'x8', 'x16', 'x32', 'x64'\. Got 'x3'"),
+    ({"hnsw_threads": -1}, r"^The 'hnsw_threads' parameter of QdrantEdgeSink must be an int in "
+                           r"the range \[0, 1024\]\. Got -1 instead\.$"),
     ({"quantization": "binary", "compression": "x16"},
      r"^The 'compression' parameter of QdrantEdgeSink applies to product quantization only "
      r"\('auto' or 'pq'\)\. Got compression='x16' with quantization='binary'\.$"),
@@ -222,11 +274,13 @@ def test_shard_locked_by_another_process(tmp_path):
 def test_quantization_settings_refused(tmp_path, opts, message):
     path = str(tmp_path / "docs")
     src = open_source(make_shard(path, make_structured(30, DIM, seed=8, normalize=False)))
+    close_shards()
+    before = checksum(path)
     with pytest.raises(InvalidParameterError, match=message):
         stage_target(src, "qdrant+edge://" + str(tmp_path / "out"), d=4, **opts)
     assert sorted(os.listdir(tmp_path)) == ["docs"]  # nothing written
     close_shards()
-    assert checksum(path)[0] == 30
+    assert checksum(path) == before  # the source untouched: count, ids, vectors, payload
 
 
 @pytest.mark.parametrize("kind, config", [

@@ -1,8 +1,11 @@
 """One contract for every store (Lance/LanceDB, Parquet, Qdrant local mode, Qdrant Edge: the real
-Qdrant engine embedded), in the style of qdrant-client's congruence tests: the same calls on each
-store must give the same answers. Where the engines differ by design the test says so: Qdrant local
-mode ignores quantization and searches by brute force, Qdrant Edge searches an HNSW graph through
-product quantization (rescored with the stored vectors) - the answers asked here are the same.
+Qdrant engine embedded, and a Qdrant server when ``QDRANT_URL`` is set: ``QDRANT_API_KEY`` is read
+from the environment by the connector, never logged; each test uses collections named
+``tldr_contract_<hex>`` and deletes them), in the style of qdrant-client's congruence tests: the
+same calls on each store must give the same answers. Where the engines differ by design the test
+says so: Qdrant local mode ignores quantization and searches by brute force, Qdrant Edge and a server
+search an HNSW graph through product quantization (rescored with the stored vectors) - the answers
+asked here are the same; :func:`test_quantization_reaches_the_engine` checks the config itself.
 
 Covered: reading (batches, take), write + atomic publish (staged target invisible, an existing
 target refused, overwrite, abort), rows read back, a delta (add / delete / replace) as one switch,
@@ -18,6 +21,8 @@ import ast
 import os
 import pickle
 import re
+import urllib.parse
+import uuid
 
 import lancedb
 import numpy as np
@@ -36,8 +41,20 @@ from tldr_index.errors import (InvalidInputError, SourceNotFoundError, TargetExi
                                VerificationError)
 
 N, DIM, D = 120, 8, 4
-STORES = ["lancedb", "parquet", "qdrant", "qdrant-edge"]
-QDRANTS = ("qdrant", "qdrant-edge")
+SERVER = os.environ.get("QDRANT_URL")
+STORES = ["lancedb", "parquet", "qdrant", "qdrant-edge", pytest.param(
+    "qdrant-server", marks=pytest.mark.skipif(
+        not SERVER, reason="QDRANT_URL is not set: no Qdrant server to run the contract on (set "
+                           "QDRANT_URL, and QDRANT_API_KEY if the server needs one)"))]
+QDRANTS = ("qdrant", "qdrant-edge", "qdrant-server")
+CLIENT_STORES = ("qdrant", "qdrant-server")  # through qdrant-client (aliases of collections)
+
+
+def server_base() -> str:
+    """``qdrant://host:port`` (``qdrant+https://`` for https) of ``QDRANT_URL``."""
+    u = urllib.parse.urlsplit(SERVER if "://" in SERVER else "http://" + SERVER)
+    scheme = "qdrant+https" if u.scheme == "https" else "qdrant"
+    return f"{scheme}://{u.hostname}:{u.port or 6333}"
 
 
 @pytest.fixture(autouse=True)
@@ -85,13 +102,16 @@ class Store:
         else:
             from qdrant_client import models as m
 
-            base = "qdrant+path://" + os.path.join(root, "qd")
-            self.uri, self.target = f"{base}/docs", f"{base}/docs_c"
+            if kind == "qdrant-server":  # a shared server: names of this test only
+                self.coll, base = f"tldr_contract_{uuid.uuid4().hex[:10]}", server_base()
+            else:
+                self.coll, base = "docs", "qdrant+path://" + os.path.join(root, "qd")
+            self.uri, self.target = f"{base}/{self.coll}", f"{base}/{self.coll}_c"
             self.parent = None
             self.client = client_for(parse_uri(self.uri))
-            self.client.create_collection("docs", vectors_config=m.VectorParams(
+            self.client.create_collection(self.coll, vectors_config=m.VectorParams(
                 size=DIM, distance=m.Distance.EUCLID))
-            self.client.upsert("docs", points=m.Batch(
+            self.client.upsert(self.coll, wait=True, points=m.Batch(
                 ids=self.ids, vectors=self.X.tolist(),
                 payloads=[{"text": t, "year": y} for t, y in zip(
                     self.table.column("text").to_pylist(), self.table.column("year").to_pylist())]))
@@ -112,7 +132,9 @@ class Store:
                 "qdrant": r"^Qdrant collection 'docs_c' not found in embedded Qdrant '.*'\. "
                           r"Existing collections: docs, docs_c__v1\.$",
                 "qdrant-edge": r"^Qdrant Edge target 'qdrant\+edge://.*/docs_c' not found: no "
-                               r"shard at '.*/docs_c'\.$"}[self.kind]
+                               r"shard at '.*/docs_c'\.$",
+                "qdrant-server": rf"^Qdrant collection '{getattr(self, 'coll', '')}_c' not found "
+                                 rf"in Qdrant at .*\. Existing collections: .*"}[self.kind]
 
     def exists(self) -> str:
         t = f"^Target '{re.escape(self.target)}' already exists"
@@ -122,20 +144,39 @@ class Store:
                     "qdrant": r" \(alias of collection 'docs_c__v1'\)\. Pass overwrite=True to "
                               r"replace it\.$",
                     "qdrant-edge": r" \(version '\.docs_c\.tldr-v1'\)\. Pass overwrite=True to "
-                                   r"replace it\.$"}[self.kind]
+                                   r"replace it\.$",
+                    "qdrant-server": rf" \(alias of collection '{getattr(self, 'coll', '')}_c__v1'\)"
+                                     rf"\. Pass overwrite=True to replace it\.$"}[self.kind]
 
     def leftovers(self) -> list[str]:
         """Staging areas left: directories beside a file target, collections in Qdrant."""
-        if self.kind == "qdrant":
+        if self.kind in CLIENT_STORES:
             live = {a.collection_name for a in self.client.get_aliases().aliases}
             return sorted(c.name for c in self.client.get_collections().collections
-                          if c.name.startswith("docs_c__") and c.name not in live)
+                          if c.name.startswith(f"{self.coll}_c__") and c.name not in live)
         return staging_leftovers(self.parent)
+
+
+    def drop(self) -> None:
+        """Delete this test's aliases and collections on a server (nothing elsewhere)."""
+        if self.kind != "qdrant-server":
+            return
+        from qdrant_client import models as m
+
+        for a in self.client.get_aliases().aliases:
+            if a.alias_name.startswith(self.coll):
+                self.client.update_collection_aliases(change_aliases_operations=[
+                    m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=a.alias_name))])
+        for c in self.client.get_collections().collections:
+            if c.name.startswith(self.coll):
+                self.client.delete_collection(c.name)
 
 
 @pytest.fixture(params=STORES)
 def store(request, tmp_path):
-    return Store(request.param, str(tmp_path))
+    s = Store(request.param, str(tmp_path))
+    yield s
+    s.drop()
 
 
 def _by_id(tgt) -> dict:
@@ -230,6 +271,30 @@ def test_rows_read_back_and_search(store):
     assert hits.num_rows == 3 and hits.column("_distance")[0].as_py() == pytest.approx(0, abs=1e-5)
 
 
+def test_quantization_reaches_the_engine(store):
+    """The target's product quantization as the engine holds it. Engines differ by design here:
+    qdrant-client local mode accepts the config and drops it (it searches by brute force, api-notes
+    section 3), so that branch asserts it is gone; Lance and Parquet keep PQ codes as a column and
+    have no engine-side quantization config."""
+    if store.kind in ("lancedb", "parquet"):
+        pytest.skip(f"{store.kind}: the PQ codes are a column; no engine quantization config")
+    src = open_source(store.uri)
+    write_target(src, store.target, d=D)
+    tgt = open_target(store.target)
+    if store.kind == "qdrant-edge":
+        import json
+
+        with open(os.path.join(os.path.realpath(parse_uri(store.target).path),
+                               "edge_config.json")) as fh:
+            assert "product" in json.load(fh)["quantization_config"]
+        return
+    cfg = store.client.get_collection(tgt.collection).config.quantization_config
+    if store.kind == "qdrant":  # local mode drops quantization by design (brute-force search)
+        assert cfg is None
+    else:  # a real server keeps it
+        assert cfg is not None and cfg.product is not None
+
+
 # ------------------------------------------------------------------------------ delta, rollback
 
 def _delta(store, src, tgt, seed=0):
@@ -264,7 +329,7 @@ def test_delta_add_delete_replace_then_rollback(store):
     assert prev == h0  # the handle of the version replaced
     assert staged == ([] if store.kind == "lancedb" else [staged[0]])
     # nothing staged is left; Qdrant keeps the replaced collection (a copy) for rollback
-    assert store.leftovers() == ([h0["collection"]] if store.kind == "qdrant" else [])
+    assert store.leftovers() == ([h0["collection"]] if store.kind in CLIENT_STORES else [])
     now = open_target(store.target)
     assert now.metadata == {**meta0, "gen": 2} and now.model_bytes == MODEL
     after = _by_id(now)
@@ -281,7 +346,7 @@ def test_delta_add_delete_replace_then_rollback(store):
     back.rollback_to(left)  # a second rollback undoes the first
     assert sorted(_by_id(open_target(store.target))) == want
     other = {"lancedb": "parquet", "parquet": "qdrant", "qdrant": "lance",
-             "qdrant-edge": "qdrant"}[store.kind]
+             "qdrant-edge": "qdrant", "qdrant-server": "lance"}[store.kind]
     with pytest.raises(InvalidInputError, match=rf"^The rollback record of target "
                        rf"'{re.escape(store.target)}' is for a {other} target\. Got a "
                        rf"{tgt.kind} target\.$"):
@@ -343,6 +408,10 @@ def test_disk_bytes(store):
     src = open_source(store.uri)
     write_target(src, store.target, d=D)
     tgt = open_target(store.target)
+    if store.kind == "qdrant-server":  # files on the server's disk: unknown here
+        assert src.disk_bytes() is None and tgt.disk_bytes() is None
+        assert disk_bytes(store.target) is None
+        return
     if store.kind == "qdrant":  # embedded: the live collection's storage folder, alias resolved
         p = parse_uri(store.target)
         folder = os.path.join(p.path, "collection", tgt.collection)

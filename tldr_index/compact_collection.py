@@ -21,8 +21,9 @@ compact rows: use it for small targets or batch the calls).
 ``ds.map_batches(compact.encode_batch, batch_format="pyarrow")`` ships it to Ray workers.
 
 ``close()`` (or ``with tldr_index.open(uri) as compact:``) releases what the object holds: for an
-embedded Qdrant path (``qdrant+path://``), the shared client and the storage lock, so another
-client or process can open the same path.
+embedded Qdrant path (``qdrant+path://``), the shared client and the storage lock, and for a Qdrant
+Edge target (``qdrant+edge://``) the shard handles (the engine's WAL lock), so another client or
+process can open the same path.
 
 Rows added here should also be written to the source collection: the nightly ``reindex`` makes the
 target mirror its source (ids absent from the source are deleted there).

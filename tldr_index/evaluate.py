@@ -263,7 +263,7 @@ def evaluate(target: str, *, source: str | None = None, queries: int | str | os.
              latency_queries: int = DEFAULT_LATENCY_QUERIES, random_state: int = 0,
              chunk_rows: int = 16_384, threads: int | None = None,
              source_options: dict | None = None, target_options: dict | None = None,
-             progress=None) -> EvalReport:
+             progress=None, store_quantizers: Any = None) -> EvalReport:
     """Measure compact collection ``target`` against exact search on its source.
 
     Parameters
@@ -283,6 +283,10 @@ def evaluate(target: str, *, source: str | None = None, queries: int | str | os.
     progress : a :class:`tldr_index.progress.Progress`, True (rich bars on a terminal, plain
         lines otherwise) or None; stages ``read``, ``truth``, ``target``, ``latency`` and one per
         baseline, with named sub-steps (e.g. "OPQ training").
+    store_quantizers : the source store's own quantizers on the original vectors, measured on
+        its real engine (:mod:`tldr_index.eval_store`; Qdrant sources: "bq1", "bq1.5", "bq2",
+        "sq8", "tq1", "tq2", "tq4", "pq", as names, a comma-separated string, or True / "all"
+        for every one; None: skip).
 
     Cost: one streamed pass over the source for the queries and training rows, one per block of
     ``chunk_rows`` queries for the ground truth (``n_queries x N x D`` multiply-adds), one over the
@@ -295,13 +299,14 @@ def evaluate(target: str, *, source: str | None = None, queries: int | str | os.
     try:
         return _evaluate(target, source, queries, k, shortlists, baselines, latency_queries,
                          random_state, chunk_rows, threads, source_options, target_options,
-                         prog, t_all)
+                         prog, t_all, store_quantizers)
     finally:
         prog.close()
 
 
 def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries, random_state,
-              chunk_rows, threads, source_options, target_options, prog, t_all) -> EvalReport:
+              chunk_rows, threads, source_options, target_options, prog, t_all,
+              store_quantizers=None) -> EvalReport:
     """The body of :func:`evaluate` (its parameters; ``prog`` is closed by the caller)."""
     from connectors import open_target
 
@@ -321,6 +326,8 @@ def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries
             f"Target '{tgt.uri}' holds a model for {model.input_dim}-d vectors but source "
             f"'{src.uri}' has {src.dim}-d vectors: it was not shrunk from this source. Pass the "
             f"source it was shrunk from (source=, --source).")
+    from .eval_store import check_store_quantizers  # store's own quantizers: see eval_store
+    store_kinds = check_store_quantizers(src.uri, store_quantizers)
     meta, n, D, d, M = tgt.metadata, src.count(), src.dim, model.output_dim, model.pq_bytes
     metric = model.metric
     params = meta.get("params", {})
@@ -425,6 +432,16 @@ def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries
                                         truth, exclude_pos, random_state, chunk_rows,
                                         progress=prog)
         seconds["baselines"] = time.perf_counter() - t0
+        if store_kinds:  # the store's own quantizers on the originals (eval_store)
+            from .eval_store import store_quantizer_rows
+
+            t0 = time.perf_counter()
+            for r in store_quantizer_rows(src.uri, svec, Q, store_kinds, k=kk, metric=metric,
+                                          match_bytes=M or vbytes, chunk_rows=chunk_rows,
+                                          progress=prog):
+                found = drop_own(ids_at(src_ids, r.pop("positions")), own, kmax)
+                report.results.append(EvalRow(**r, recall=recalls(found, truth, ks)))
+            seconds["store_quantizers"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
     return report
 

@@ -33,6 +33,10 @@ def eval_uris(source, db, collection, target) -> tuple[str | None, str]:
               help="Shortlist sizes for search --rescore [default: max(20 max(k), 200)].")
 @click.option("--baselines", default="pca,pca-whiten,pq,opq", show_default=True,
               help="Side by side: pca, pca-whiten, pq, opq (of the original vectors), or none.")
+@click.option("--store-quantizers", default="none", show_default=True, metavar="Q,Q,...|all",
+              help="Qdrant source: Qdrant's own quantizers on the original vectors, measured on "
+                   "Qdrant Edge, raw and rescored: bq1, bq1.5, bq2, sq8, tq1, tq2, tq4, pq "
+                   "(at the target's bytes), all, or none.")
 @click.option("--latency-queries", type=click.IntRange(min=0), default=50, show_default=True,
               help="Single-query search calls timed for p50/p99 (0: skip).")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
@@ -46,7 +50,7 @@ def eval_uris(source, db, collection, target) -> tuple[str | None, str]:
 @quiet_opt
 @library_errors
 def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
-             latency_queries, plot, json_path, seed, threads, quiet):
+             store_quantizers, latency_queries, plot, json_path, seed, threads, quiet):
     """Recall of a compact collection against exact search on the original vectors, with PCA,
     whitened PCA, PQ and OPQ side by side.
 
@@ -67,7 +71,7 @@ def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
     report = evaluate(tgt, source=src, queries=q, k=int_list(ks, "--k"),
                       shortlists=int_list(shortlists, "--shortlist"), baselines=base,
                       latency_queries=latency_queries, random_state=seed, threads=threads,
-                      progress=progress)
+                      progress=progress, store_quantizers=store_quantizers)
     write_outputs(report, report.results, plot, json_path, quiet,
                    title=f"{report.target} vs alternatives")
 
