@@ -75,10 +75,15 @@ def test_eval_report(shrunk):
     assert names == [("tldr (target)", "reduced float16"), ("tldr (target)", "PQ codes"),
                      ("tldr (target)", "search --rescore (shortlist 50)"),
                      ("tldr (target)", f"search --rescore (shortlist {N})"),
-                     ("pca", "float32"), ("pca", "PQ codes"), (f"pq-{D}", "PQ codes")]
+                     ("pca", "float32"), ("pca", "PQ codes"), (f"pq-{D}", "PQ codes"),
+                     (f"pq-{D}", "PQ codes, rescored (shortlist 50)"),
+                     (f"pq-{D}", f"PQ codes, rescored (shortlist {N})")]
     # re-ranking every row is exact search: recall 1 (self excluded on both sides)
     assert rep.row("tldr (target)", f"search --rescore (shortlist {N})").recall == \
         {"1": 1.0, "10": 1.0}
+    assert rep.row(f"pq-{D}", f"PQ codes, rescored (shortlist {N})").recall == \
+        {"1": 1.0, "10": 1.0}
+    assert rep.row(f"pq-{D}", "PQ codes").bytes_per_vector == M
     pq = rep.row("tldr (target)", "PQ codes")
     assert pq.bytes_per_vector == M and pq.compression == 4 * D / M
     for r in rep.results:
@@ -192,12 +197,16 @@ def test_baselines_as_a_string(shrunk):
         [r.recall for r in evaluate(target, baselines=(), **common).results]
     one = evaluate(target, baselines=" pca , pq", **common)
     assert [(r.method, r.representation) for r in one.results][3:] == \
-        [("pca", "float32"), ("pca", "PQ codes"), (f"pq-{D}", "PQ codes")]
+        [("pca", "float32"), ("pca", "PQ codes"), (f"pq-{D}", "PQ codes"),
+         (f"pq-{D}", "PQ codes, rescored (shortlist 50)")]
     with pytest.raises(InvalidParameterError, match=r"^The 'baselines' parameter of eval must be "
-                                                    r"one of 'pca', 'pca-whiten', 'pq', 'opq'\. "
+                                                    r"one of 'pca', 'pca-whiten', 'pq', 'opq', "
+                                                    r"'rq', 'rabitq', 'rabitq1', 'rabitq2', "
+                                                    r"'rabitq4', 'sign', 'sq8', 'sq4'\. "
                                                     r"Got 'pcaa' instead\.$"):
         evaluate(target, baselines="pca,pcaa", **common)
     with pytest.raises(InvalidParameterError, match=r"^The 'baselines' parameter of eval must be "
-                                                    r"a sequence of names or a comma-separated "
-                                                    r"string\. Got 3 instead\.$"):
+                                                    r"'auto', 'all', 'none', a comma-separated "
+                                                    r"string or a sequence of names\. Got 3 "
+                                                    r"instead\.$"):
         evaluate(target, baselines=3, **common)

@@ -150,7 +150,7 @@ def test_eval_off_a_terminal_prints_its_stages(source):
                                     "--threads", "1"])
     assert res.exit_code == 0, res.stderr
     assert stage_lines(res.stderr) == ["read", "truth", "target", "latency", "pca",
-                                       "pca-whiten", "pq", "opq"]
+                                       "pca-whiten", "pq", "opq", "rabitq1", "sign"]
 
 
 def test_rich_phase_with_the_same_total_only_renames():
