@@ -126,6 +126,21 @@ def encode_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def not_run(rows: list[dict], budgets: list[int]) -> list[str]:
+    """``"original RQ at 24, 48 B"``-style lines for the PQ/OPQ/RQ budgets a representation
+    could have had (PQ/OPQ: divisors of d; RQ: <= d) but the run left out."""
+    out = []
+    for rep in sorted({r["rep"] for r in rows}, key=lambda s: (s != "original", s)):
+        dim = next(r["dim"] for r in rows if r["rep"] == rep)
+        for codec in ("pq", "opq", "rq"):
+            have = {r["bytes"] for r in rows if r["rep"] == rep and r["codec"] == codec}
+            ok = [b for b in budgets if (b <= dim if codec == "rq" else dim % b == 0)]
+            gone = [b for b in ok if b not in have]
+            if gone:
+                out.append(f"{rep} {codec.upper()} at {', '.join(map(str, gone))} B")
+    return out
+
+
 def plot(rows: list[dict], path: Path) -> bool:
     """Recall@10 against bytes, raw and rescored; solid lines on originals, dashed products."""
     try:
@@ -135,17 +150,26 @@ def plot(rows: list[dict], path: Path) -> bool:
     except ImportError:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), sharey=True)
+    codecs = sorted({r["codec"] for r in rows})
+    colour = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(codecs)}
+    reps = sorted({r["rep"] for r in rows}, key=lambda s: (s != "original", s))
+    style = {rep: (("-", "o") if rep == "original" else (("--", "s"), (":", "^"), ("-.", "D"))[
+        (i - 1) % 3]) for i, rep in enumerate(reps)}
     for ax, key, title in ((axes[0], "recall_raw", "raw"),
                            (axes[1], "recall_rescored", "rescored@100")):
-        for (rep, codec) in sorted({(r["rep"], r["codec"]) for r in rows}):
-            pts = sorted((r["bytes"], r[key]) for r in rows
-                         if r["rep"] == rep and r["codec"] == codec)
-            tag = "originals" if rep == "original" else f"product {rep}"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                    ls="-" if rep == "original" else "--", label=f"{tag} {codec}")
+        for rep in reps:
+            for codec in codecs:
+                pts = sorted((r["bytes"], r[key]) for r in rows
+                             if r["rep"] == rep and r["codec"] == codec)
+                if not pts:
+                    continue
+                tag = "on originals" if rep == "original" else f"product {rep}"
+                ls, mk = style[rep]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=mk, ms=4, ls=ls,
+                        color=colour[codec], label=f"{tag} {codec}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("code bytes per vector")
-        ax.set_title(f"recall@10, {title}")
+        ax.set_title(f"recall@10, {title} (colour: codec; line: vectors)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("recall@10 vs exact top-10 of the originals")
     axes[1].legend(fontsize=7, ncol=2)
@@ -159,15 +183,19 @@ def write(out: Path, meta: dict, rows: list[dict], budgets: list[int], args: Any
           X: np.ndarray, Q: np.ndarray) -> None:
     """Rewrite ``out``.json / .md / .png from the rows so far."""
     total = meta.get("seconds_so_far", 0.0)
+
+    def opt(key: str) -> Any:  # a run setting: recorded in meta, else the flag
+        return meta.get(key, getattr(args, key, "?"))
     Path(str(out) + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     state = "finished" if meta.get("finished") else "IN PROGRESS / stopped early (partial)"
     lines = [f"# Recall per byte: codecs on the originals vs the product ({meta['date']})", "",
              f"Command: `{meta['command']}`  ", f"Corpus: `{corpus}` {meta['shape'][0]} x "
              f"{meta['shape'][1]}: {len(X)} database rows, {len(Q)} queries; recall@10 against "
              f"the exact top-10 of the originals (inner product of unit rows); rescored = the "
-             f"codec's top-{args.candidates} re-ranked with the original vectors.  ",
+             f"codec's top-{opt('candidates')} re-ranked with the original vectors.  ",
              f"Machine: {meta['machine']}, load average {meta.get('load_avg_start', 0):.1f} at "
-             f"the start; {total:.0f} s so far ({state}; cached TLDR fits not re-run).  ",
+             f"the start; {total:.0f} s so far ({state}; TLDR fits included unless loaded from "
+             f"the cache).  ",
              "**product** = a TLDR map (the default ranking objective), then a codec: what "
              "tldr-index writes; **on originals** = the codec on the original vectors: what "
              "the store offers.", "",
@@ -183,7 +211,8 @@ def write(out: Path, meta: dict, rows: list[dict], budgets: list[int], args: Any
     for rep, info in meta["reps"].items():
         if rep == "original" or not info:
             continue
-        lines.append(f"| {rep} | {info['tldr_fit_s']:.1f} (load {info.get('load_avg_at_fit', 0):.1f}) "
+        load = info.get("load_avg_at_fit", 0)
+        lines.append(f"| {rep} | {info['tldr_fit_s']:.1f} (load {load:.1f}) "
                      f"| {info.get('fit_rows', '')} | {info['float_recall_raw']:.3f} / "
                      f"{info['float_recall_rescored']:.3f} | "
                      f"{'loaded ' + info['cache'] if info.get('cached') else 'fitted now'} |")
@@ -200,12 +229,17 @@ def write(out: Path, meta: dict, rows: list[dict], budgets: list[int], args: Any
     lines += ["", "Notes: RaBitQ is this package's numpy implementation (float queries, one "
               "float32 factor per vector, included in its bytes). Sign bits are searched "
               "symmetrically (sign of the query; Hamming). PQ/OPQ/RQ use 256 centroids per byte; "
-              f"PQ/OPQ k-means on {getattr(args, 'train_rows', '?')} rows, the OPQ rotation on "
-              f"{getattr(args, 'opq_train_rows', '?')} rows with {getattr(args, 'opq_iter', '?')} "
-              f"iterations; RQ is FAISS's ResidualQuantizer (beam {getattr(args, 'rq_beam', '?')}, "
-              f"trained on {getattr(args, 'rq_train_rows', '?')} rows), scored by inner product "
+              f"PQ/OPQ k-means on {opt('train_rows')} rows, the OPQ rotation on "
+              f"{opt('opq_train_rows')} rows with {opt('opq_iter')} iterations; RQ is FAISS's "
+              f"ResidualQuantizer (beam {opt('rq_beam')}, trained on {opt('rq_train_rows')} "
+              "rows), scored by inner product "
               "(no norm byte). Wall times on a shared 2-core machine: compare ratios within the "
               "run. Configurations left out by the flags are simply absent."]
+    missing = not_run(rows, budgets)
+    if missing:
+        lines += ["", "Not run in this run (flags): " + "; ".join(missing) + ". Where an "
+                  "on-original configuration is missing, the best on originals at that budget "
+                  "is a lower bound."]
     if plot(rows, Path(str(out) + ".png")):
         lines += ["", f"![frontier]({out.name}.png)"]
     Path(str(out) + ".md").write_text("\n".join(lines) + "\n")

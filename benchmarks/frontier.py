@@ -337,8 +337,10 @@ def merge(args: argparse.Namespace, budgets: list[int]) -> None:
         meta["reps"].update(run["meta"]["reps"])
         meta["seconds_so_far"] += run["meta"].get("seconds_so_far", 0.0)
         meta["merged_commands"].append(run["meta"]["command"])
-        for key in ("date", "corpus", "shape", "queries", "machine"):
-            meta.setdefault(key, run["meta"][key])
+        for key, value in run["meta"].items():  # the first run's settings
+            if key not in ("reps", "seconds_so_far", "command", "finished"):
+                meta.setdefault(key, value)
+        meta["finished"] = meta.get("finished", True) and run["meta"].get("finished", False)
     meta["command"] = " ; ".join(meta["merged_commands"])
     n, _ = meta["shape"]
     write(Path(args.out), meta, rows, budgets, args, meta["corpus"],
