@@ -19,13 +19,17 @@ Metrics: cosine (rows and queries L2-normalised, inner product), ip, and l2 for 
 reconstruct a vector (pq, opq, rq, sq8, sq4: ranked by ``||q - decode(x)||``); RaBitQ and sign
 bits estimate inner products only and are skipped for an l2 source (logged).
 
-Cost on 384-d rows, 2 shared cores (benchmarks/results/frontier.md, 39,000 rows): fits of sign,
-SQ and RaBitQ take seconds; PQ k-means ``20 x rows x 256 x D`` (capped at 65,536 rows: about a
-minute); OPQ adds ``opq_iter x rows x D^2`` on at most ``OPQ_TRAIN_ROWS`` rows (minutes); RQ
-trains ``M`` k-means plus beam searches on at most ``RQ_TRAIN_ROWS`` rows (minutes at 16 B,
-growing as ``M^2``) and encodes ``M x beam x 256 x M`` per row (thousands of rows/s at 384-d,
-16 B). Memory: the codes (``N x bytes``), ``64 x N`` float32 scores per query block, the
-shortlists (``n_queries x shortlist`` ids and scores).
+Cost, measured on 384-d rows (benchmarks/results/frontier.md: 39,000 rows, one thread of a shared
+2-core machine at load ~9-17, so wall times are noisy): sign bits, SQ and RaBitQ fit in seconds
+(RaBitQ 1-bit encodes ~9,500 rows/s, 2-bit ~1,500 rows/s); PQ k-means ``20 x rows x 256 x D``
+(capped at 65,536 rows; 2-20 s on 10,000 rows); OPQ adds ``opq_iter x rows x D^2`` on at most
+``OPQ_TRAIN_ROWS`` rows (16-33 s with 4 iterations on 5,000 rows at 16-32 B; eval uses 10
+iterations on 10,000 rows: about 4x that); RQ trains ``M`` k-means plus beam searches on at most
+``RQ_TRAIN_ROWS`` rows, growing as ``M^2`` (10,000 rows: 57 s at 8 B, 72 s at 16 B, 370 s at 32
+B) and encodes ``M x beam x 256 x M`` per row (beam 5: ~7,800 / 5,200 / 1,300 rows/s at 8 / 16 /
+32 B). Hence ``rq`` is not in ``eval``'s ``auto`` baselines. Memory: the codes (``N x bytes``),
+``64 x N`` float32 scores per query block, the shortlists (``n_queries x shortlist`` ids and
+scores).
 """
 
 from __future__ import annotations
