@@ -10,6 +10,15 @@ OPQ on a seeded subsample, see the flags), encode every database row, search the
 * rescored@100: its top-100 re-ranked exactly with the original vectors, then the top-10.
 Fit, encode and search seconds are wall-clock on this machine (shared; expect up to 2x noise).
 TLDR fit seconds (kNN graph included) are reported once per d and not added to the codec's.
+Rows are marked ``product`` (a TLDR map, then a codec: what tldr-index writes) or ``on originals``
+(the codec applied to the original vectors: what a store offers). The fitted TLDR maps are cached
+in ``benchmarks/_cache/frontier/`` (the model's own safetensors file, keyed by a digest of the
+database rows, d, the seed and the TLDR parameters), so a rerun does not refit them
+(``--no-map-cache`` refits). The jobs run cheapest first (sign/SQ/RaBitQ/PQ everywhere, then
+OPQ/RQ on the reduced vectors, then OPQ/RQ on the originals at 8, 16, 32 B and the rest), and the
+results files are rewritten after each, so a run stopped early keeps everything it finished.
+The report ends with the per-budget "best on originals vs best product" table and issue 14's
+target checks (PASS/FAIL with the numbers).
 
 Without ``--corpus`` the shipped sample (tldr_index/data/sample.npz, 6,000 x 384) is used.
 
@@ -22,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -32,8 +43,11 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._corpus import add_corpus_arg, select_corpus  # noqa: E402
-from tldr_index.codecs import feasible_bytes, get_codec  # noqa: E402
+from benchmarks._corpus import CACHE_ROOT, add_corpus_arg, select_corpus  # noqa: E402
+from benchmarks._frontier_report import budget_table, target_checks, write  # noqa: E402
+from tldr_index.codecs import codec_from_state, feasible_bytes, get_codec  # noqa: E402
+from tldr_index.threads import thread_limit  # noqa: E402
+
 BUDGETS = (8, 16, 24, 32, 48, 64)
 
 
@@ -103,7 +117,9 @@ def label(name: str, kw: dict[str, Any], size: int) -> str:
     return f"{name.upper()}{size}"
 
 
-def run_codec(name, kw, Z, Zq, Q, X, truth, seed, n_cand) -> dict[str, Any]:
+def run_codec(name, kw, Z, Zq, Q, X, truth, seed, n_cand, probe=()) -> dict[str, Any]:
+    """Fit, encode and search one codec; ``probe``: RQ beams to re-encode with (same codebooks,
+    rebuilt through :func:`codec_from_state`), for the encode-rate / recall trade-off."""
     dim = Z.shape[1]
     c = get_codec(name, dim, **kw)
     t0 = time.perf_counter()
@@ -113,58 +129,84 @@ def run_codec(name, kw, Z, Zq, Q, X, truth, seed, n_cand) -> dict[str, Any]:
     t2 = time.perf_counter()
     _, I = c.search(Zq, codes, n_cand)
     t3 = time.perf_counter()
-    return {"codec": name, "label": label(name, kw, c.code_size), "bytes": c.code_size,
-            "config": c.config(), "recall_raw": recall(I[:, :10], truth),
-            "recall_rescored": recall(rescore(I, Q, X, 10), truth),
-            "fit_s": t1 - t0, "encode_s": t2 - t1, "search_s": t3 - t2,
-            "encode_rows_per_s": len(Z) / max(t2 - t1, 1e-9)}
+    out = {"codec": name, "label": label(name, kw, c.code_size), "bytes": c.code_size,
+           "config": c.config(), "recall_raw": recall(I[:, :10], truth),
+           "recall_rescored": recall(rescore(I, Q, X, 10), truth),
+           "fit_s": t1 - t0, "encode_s": t2 - t1, "search_s": t3 - t2,
+           "encode_rows_per_s": len(Z) / max(t2 - t1, 1e-9)}
+    if probe:
+        tensors, cfg = c.state()
+        out["beam_probe"] = []
+        for beam in [b for b in probe if b != cfg.get("beam")]:
+            cb = codec_from_state(tensors, {**cfg, "beam": beam})
+            t0 = time.perf_counter()
+            cc = cb.encode(Z)
+            secs = time.perf_counter() - t0
+            _, I = cb.search(Zq, cc, n_cand)
+            out["beam_probe"].append({"beam": beam, "encode_s": secs,
+                                      "encode_rows_per_s": len(Z) / max(secs, 1e-9),
+                                      "recall_raw": recall(I[:, :10], truth),
+                                      "recall_rescored": recall(rescore(I, Q, X, 10), truth)})
+    return out
 
 
-def budget_table(rows: list[dict], budgets: list[int]) -> list[str]:
-    """Per budget: the best configuration with bytes <= budget (by raw, and by rescored)."""
-    reps = sorted({r["rep"] for r in rows}, key=lambda s: (s != "original", s))
-    lines = ["| bytes <= | " + " | ".join(f"best on {r} (raw / rescored@100)" for r in reps) + " |",
-             "|---|" + "---|" * len(reps)]
-    for b in budgets:
-        cells = []
-        for rep in reps:
-            cand = [r for r in rows if r["rep"] == rep and r["bytes"] <= b]
-            if not cand:
-                cells.append("—")
-                continue
-            br = max(cand, key=lambda r: r["recall_raw"])
-            bs = max(cand, key=lambda r: r["recall_rescored"])
-            cell = f"{br['label']} {br['recall_raw']:.3f} / {br['recall_rescored']:.3f}"
-            if bs is not br:
-                cell += f"; rescored best {bs['label']} {bs['recall_rescored']:.3f}"
-            cells.append(cell)
-        lines.append(f"| {b} | " + " | ".join(cells) + " |")
-    return lines
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
-def plot(rows: list[dict], path: Path) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    for ax, key, title in ((axes[0], "recall_raw", "raw"),
-                           (axes[1], "recall_rescored", "rescored@100")):
-        for (rep, codec) in sorted({(r["rep"], r["codec"]) for r in rows}):
-            pts = sorted((r["bytes"], r[key]) for r in rows if r["rep"] == rep and r["codec"] == codec)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                    ls="-" if rep == "original" else "--", label=f"{rep} {codec}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("bytes per vector")
-        ax.set_title(f"recall@10, {title}")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("recall@10 vs exact top-10 of the originals")
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return True
+def kind_of(rep: str) -> str:
+    """``product`` (a TLDR map, then a codec: what tldr-index writes) or ``on originals``."""
+    return "on originals" if rep == "original" else "product"
+
+
+def jobs(reps: dict, budgets: list[int], codecs: list[str], args: argparse.Namespace
+         ) -> list[tuple[str, str, dict[str, Any]]]:
+    """(rep, codec, kwargs) in run order: the cheap codecs everywhere, then OPQ/RQ at 8, 16 and
+    32 B (the targets' budgets; reduced vectors first, then the originals), then the other
+    budgets likewise (the slow fits last)."""
+    cheap, slow = [], []
+    for rep, (Z, _) in reps.items():
+        for name, kw in configs(Z.shape[1], budgets, codecs, rep == "original", args):
+            (slow if name in ("opq", "rq") else cheap).append((rep, name, kw))
+    slow.sort(key=lambda j: (j[2]["bytes"] not in (8, 16, 32), j[0] == "original",
+                             j[2]["bytes"], j[1], j[0]))
+    return cheap + slow
+
+
+def map_cache_key(X: np.ndarray, d: int, seed: int, params: dict) -> str:
+    """A digest of the database rows (their content, not the path), d, the seed and the TLDR
+    parameters: a changed corpus or parameter gives a new cache entry."""
+    h = hashlib.sha256(np.ascontiguousarray(X).view(np.uint8).ravel())
+    h.update(json.dumps({"d": d, "seed": seed, "params": params}, sort_keys=True,
+                        default=str).encode())
+    return h.hexdigest()[:20]
+
+
+def fitted_map(X: np.ndarray, d: int, seed: int, use_cache: bool = True):
+    """The product's default TLDR map (``TLDR(n_components=d)``, ranking objective) fitted on
+    ``X``: loaded from ``benchmarks/_cache/frontier/`` when an earlier run saved it there (the
+    model's own safetensors file, plus a JSON note of its fit seconds), else fitted and saved.
+    Returns ``(model, info)``."""
+    from tldr_index import TLDR
+
+    proto = TLDR(n_components=d, random_state=seed)
+    key = map_cache_key(X, d, seed, proto.get_params())
+    path = CACHE_ROOT / "frontier" / f"tldr-d{d}-{key}.safetensors"
+    note = path.with_suffix(".json")
+    if use_cache and path.is_file() and note.is_file():
+        info = json.loads(note.read_text())
+        return TLDR.load(path), {**info, "cached": True, "cache": path.name}
+    t0 = time.perf_counter()
+    model = proto.fit(X)
+    info = {"tldr_fit_s": time.perf_counter() - t0, "fit_rows": len(X), "key": key,
+            "fitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "load_avg_at_fit": os.getloadavg()[0]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    note.write_text(json.dumps(info, indent=1))
+    return model, {**info, "cached": False}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -175,10 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     ap.add_argument("--dims", default="64,128", help="TLDR output dims ('' for none)")
     ap.add_argument("--codecs", default="sign,sq8,sq4,rabitq,pq,opq,rq",
-                    help="run in this order (cheapest first)")
+                    help="codecs to run on every representation (cheap ones run first)")
     ap.add_argument("--original-rq", default=None,
                     help="budgets for RQ on the original vectors (default: all); RQ training "
-                         "cost grows with bytes x D")
+                         "cost grows with bytes^2 x D")
     ap.add_argument("--original-opq", default=None,
                     help="budgets for OPQ on the original vectors (default: all)")
     ap.add_argument("--rq-budgets", default=None,
@@ -188,10 +230,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--opq-train-rows", type=int, default=10_000)
     ap.add_argument("--rq-train-rows", type=int, default=20_000)
     ap.add_argument("--rq-beam", type=int, default=5)
+    ap.add_argument("--beam-probe", default="1,2",
+                    help="RQ beams to re-encode with (same codebooks): encode rate and recall "
+                         "of a smaller beam ('' for none)")
+    ap.add_argument("--beam-probe-bytes", default="16,32", help="RQ sizes the beam probe runs at")
     ap.add_argument("--skip-original", action="store_true",
                     help="only the TLDR-reduced vectors (e.g. to run each d in its own process)")
+    ap.add_argument("--no-map-cache", action="store_true",
+                    help="refit the TLDR maps even when benchmarks/_cache holds them")
     ap.add_argument("--candidates", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch/FAISS threads [default: the cores that look idle]")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "frontier"))
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="only merge the rows of earlier runs' .json files into --out")
@@ -200,12 +250,21 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("original_rq", "original_opq", "rq_budgets"):
         v = getattr(args, key)
         setattr(args, key, None if v is None else [int(b) for b in v.split(",") if b])
+    args.beam_probe = [int(b) for b in args.beam_probe.split(",") if b]
+    args.beam_probe_bytes = [int(b) for b in args.beam_probe_bytes.split(",") if b]
     codecs = args.codecs.split(",")
     dims = [int(d) for d in args.dims.split(",") if d]
 
     if args.merge:
         merge(args, budgets)
         return
+    with thread_limit(args.threads, owner="frontier"):
+        run(args, budgets, codecs, dims, argv)
+
+
+def run(args: argparse.Namespace, budgets: list[int], codecs: list[str], dims: list[int],
+        argv: list[str] | None) -> None:
+    """The measurement (see the module docstring)."""
     corpus = select_corpus(args.corpus)
     X_all = np.load(corpus)["X"].astype(np.float32)
     Q, X = unit(X_all[:args.queries]), unit(X_all[args.queries:])
@@ -217,42 +276,54 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:] if argv is None
+                                                                 else argv),
             "corpus": str(corpus), "shape": list(X_all.shape), "queries": len(Q),
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores (shared)",
-            "reps": {}}
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
+            "load_avg_start": os.getloadavg()[0], "candidates": args.candidates,
+            "rq_beam": args.rq_beam, "rq_train_rows": args.rq_train_rows,
+            "train_rows": args.train_rows, "opq_train_rows": args.opq_train_rows,
+            "opq_iter": args.opq_iter, "threads": torch_threads(), "reps": {}}
     rows: list[dict] = []
     t_all = time.perf_counter()
-    # Cheapest first, results rewritten after every configuration: a run stopped early still
-    # leaves every finished row in the results files.
-    for rep_dim in ([] if args.skip_original else [None]) + dims:
-        if rep_dim is None:
-            rep, Z, Zq, info = "original", X, Q, {}
-        else:
-            from tldr_index import TLDR
-            t0 = time.perf_counter()
-            model = TLDR(n_components=rep_dim, random_state=args.seed).fit(X)
-            fit_s = time.perf_counter() - t0
-            Z, Zq = unit(model.transform(X)), unit(model.transform(Q))
-            flo = exact_topk(Zq, Z, args.candidates)
-            rep = f"tldr{rep_dim}"
-            info = {"tldr_fit_s": fit_s, "float_recall_raw": recall(flo[:, :10], truth),
-                    "float_recall_rescored": recall(rescore(flo, Q, X, 10), truth)}
-            print(f"TLDR d={rep_dim}: fit {fit_s:.1f} s, float recall@10 "
-                  f"{info['float_recall_raw']:.3f} / rescored {info['float_recall_rescored']:.3f}",
-                  flush=True)
-        meta["reps"][rep] = info
-        for name, kw in configs(Z.shape[1], budgets, codecs, rep == "original", args):
-            r = run_codec(name, kw, Z, Zq, Q, X, truth, args.seed, args.candidates)
-            r.update(rep=rep, dim=Z.shape[1])
-            rows.append(r)
-            print(f"{rep:9s} {r['label']:24s} {r['bytes']:4d} B  raw {r['recall_raw']:.3f}  "
-                  f"resc {r['recall_rescored']:.3f}  fit {r['fit_s']:6.1f} s  enc "
-                  f"{r['encode_s']:5.1f} s ({r['encode_rows_per_s']:,.0f} rows/s)  search "
-                  f"{r['search_s']:4.1f} s", flush=True)
-            meta["seconds_so_far"] = time.perf_counter() - t_all
-            write(out, meta, rows, budgets, args, corpus, X_all, X, Q)
+    reps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if not args.skip_original:
+        reps["original"] = (X, Q)
+        meta["reps"]["original"] = {}
+    for d in dims:  # the maps first (cached): the product rows need them
+        model, info = fitted_map(X, d, args.seed, use_cache=not args.no_map_cache)
+        Z, Zq = unit(model.transform(X)), unit(model.transform(Q))
+        flo = exact_topk(Zq, Z, args.candidates)
+        info.update(float_recall_raw=recall(flo[:, :10], truth),
+                    float_recall_rescored=recall(rescore(flo, Q, X, 10), truth))
+        rep = f"tldr{d}"
+        reps[rep], meta["reps"][rep] = (Z, Zq), info
+        cached = f" (cached: {info['cache']})" if info.get("cached") else ""
+        print(f"TLDR d={d}: fit {info['tldr_fit_s']:.1f} s{cached}, float recall@10 "
+              f"{info['float_recall_raw']:.3f} / rescored {info['float_recall_rescored']:.3f}",
+              flush=True)
+    # Cheapest first, results rewritten after every configuration: a run stopped early keeps
+    # every finished row (and the product rows come before the slow on-original fits).
+    for rep, name, kw in jobs(reps, budgets, codecs, args):
+        Z, Zq = reps[rep]
+        probe = args.beam_probe if name == "rq" and kw["bytes"] in args.beam_probe_bytes else ()
+        r = run_codec(name, kw, Z, Zq, Q, X, truth, args.seed, args.candidates, probe=probe)
+        r.update(rep=rep, dim=Z.shape[1], kind=kind_of(rep))
+        rows.append(r)
+        print(f"{rep:9s} {r['label']:24s} {r['bytes']:4d} B  raw {r['recall_raw']:.3f}  "
+              f"resc {r['recall_rescored']:.3f}  fit {r['fit_s']:6.1f} s  enc "
+              f"{r['encode_s']:5.1f} s ({r['encode_rows_per_s']:,.0f} rows/s)  search "
+              f"{r['search_s']:4.1f} s", flush=True)
+        for p in r.get("beam_probe", []):
+            print(f"          beam {p['beam']}: {p['encode_rows_per_s']:,.0f} rows/s, raw "
+                  f"{p['recall_raw']:.3f}, resc {p['recall_rescored']:.3f}", flush=True)
+        meta["seconds_so_far"] = time.perf_counter() - t_all
+        write(out, meta, rows, budgets, args, corpus, X, Q)
+    meta["seconds_so_far"] = time.perf_counter() - t_all
+    meta["finished"] = True
+    write(out, meta, rows, budgets, args, corpus, X, Q)
     print("\n".join(budget_table(rows, budgets)))
+    print("\n".join(target_checks(rows, budgets)))
     print(f"wrote {out}.md / .json")
 
 
@@ -262,54 +333,20 @@ def merge(args: argparse.Namespace, budgets: list[int]) -> None:
     meta: dict[str, Any] = {"reps": {}, "seconds_so_far": 0.0, "merged_commands": []}
     for path in args.merge:
         run = json.loads(Path(path).read_text())
-        rows += run["rows"]
+        rows += [{**r, "kind": r.get("kind", kind_of(r["rep"]))} for r in run["rows"]]
         meta["reps"].update(run["meta"]["reps"])
         meta["seconds_so_far"] += run["meta"].get("seconds_so_far", 0.0)
         meta["merged_commands"].append(run["meta"]["command"])
-        for key in ("date", "corpus", "shape", "queries", "machine"):
-            meta.setdefault(key, run["meta"][key])
+        for key, value in run["meta"].items():  # the first run's settings
+            if key not in ("reps", "seconds_so_far", "command", "finished"):
+                meta.setdefault(key, value)
+        meta["finished"] = meta.get("finished", True) and run["meta"].get("finished", False)
     meta["command"] = " ; ".join(meta["merged_commands"])
-    n, dim = meta["shape"]
-    write(Path(args.out), meta, rows, budgets, args, meta["corpus"], np.empty((n, 0)),
+    n, _ = meta["shape"]
+    write(Path(args.out), meta, rows, budgets, args, meta["corpus"],
           np.empty((n - meta["queries"], 0)), np.empty((meta["queries"], 0)))
     print("\n".join(budget_table(rows, budgets)))
-
-
-def write(out: Path, meta: dict, rows: list[dict], budgets: list[int], args, corpus, X_all, X,
-          Q) -> None:
-    total = meta["seconds_so_far"]
-    Path(str(out) + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = [f"# Recall per byte: codecs on the originals vs after TLDR ({meta['date']})", "",
-             f"Command: `{meta['command']}`  ", f"Corpus: `{corpus}` {meta['shape'][0]} x "
-             f"{meta['shape'][1]}: {len(X)} database rows, {len(Q)} queries; recall@10 against the "
-             f"exact top-10 of the originals (inner product of unit rows); rescored = the codec's "
-             f"top-{args.candidates} re-ranked with the original vectors.  ",
-             f"Machine: {meta['machine']}; the run took {total:.0f} s (TLDR fits included).", "",
-             "## Best per budget (code bytes per vector <= budget)", ""]
-    lines += budget_table(rows, budgets)
-    lines += ["", "## TLDR maps (float, before any codec)", "",
-              "| map | fit s | float recall@10 raw / rescored@100 |", "|---|---|---|"]
-    for rep, info in meta["reps"].items():
-        if rep == "original":
-            continue
-        lines.append(f"| {rep} | {info['tldr_fit_s']:.1f} | {info['float_recall_raw']:.3f} / "
-                     f"{info['float_recall_rescored']:.3f} |")
-    lines += ["", "## Every configuration", "",
-              "| vectors | codec | bytes | recall@10 raw | rescored@100 | fit s | encode s "
-              "(rows/s) | search s |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['rep']} (d={r['dim']}) | {r['label']} | {r['bytes']} | "
-                     f"{r['recall_raw']:.3f} | {r['recall_rescored']:.3f} | {r['fit_s']:.1f} | "
-                     f"{r['encode_s']:.1f} ({r['encode_rows_per_s']:,.0f}) | {r['search_s']:.1f} |")
-    lines += ["", "Notes: RaBitQ is this package's numpy implementation (float queries, one float32 "
-              "factor per vector, included in its bytes). Sign bits are searched symmetrically "
-              "(sign of the query; Hamming). PQ/OPQ/RQ use 256 centroids per byte; RQ is FAISS's "
-              f"ResidualQuantizer (beam {args.rq_beam}, trained on {args.rq_train_rows} rows), "
-              "scored by inner product (no norm byte). Configurations left out of this run "
-              "(flags above) are simply absent."]
-    if plot(rows, Path(str(out) + ".png")):
-        lines += ["", f"![frontier]({out.name}.png)"]
-    Path(str(out) + ".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(target_checks(rows, budgets)))
 
 
 if __name__ == "__main__":

@@ -110,3 +110,33 @@ def test_gpu_trainer_without_cuda_says_so(tmp_path):
     r = _run("gpu_trainer", [], tmp_path)
     assert r.returncode == 1
     assert r.stderr.strip() == "Error: benchmarks/gpu_trainer.py needs a CUDA GPU; torch sees none."
+
+
+def test_frontier_target_checks_by_hand():
+    """benchmarks/frontier.py's PASS/FAIL lines: best product vs best on originals per budget
+    and issue 14's margins over OPQ16 / RQ16 / OPQ32, with the numbers."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks._frontier_report import target_checks, versus_table
+
+    def row(rep, codec, size, raw, resc):
+        return {"rep": rep, "kind": "on originals" if rep == "original" else "product",
+                "dim": 384 if rep == "original" else 64, "codec": codec, "bytes": size,
+                "label": f"{codec.upper()}{size}", "recall_raw": raw, "recall_rescored": resc}
+
+    rows = [row("original", "opq", 16, 0.50, 0.90), row("original", "rq", 16, 0.60, 0.97),
+            row("original", "opq", 32, 0.65, 0.99), row("tldr64", "rq", 16, 0.63, 0.96),
+            row("tldr64", "pq", 32, 0.74, 0.995)]
+    lines = target_checks(rows, [16, 32])
+    assert lines[2] == ("| 16 B: product >= OPQ16 on originals + 0.12 (raw) | PASS | d=64 RQ16 "
+                        "0.630 raw | OPQ16 0.500 + 0.12 = 0.620 |")
+    assert lines[3].startswith("| 16 B: product >= RQ16 on originals (raw) | PASS |")
+    assert lines[4] == ("| 16 B: product >= RQ16 on originals (rescored) | FAIL | d=64 RQ16 "
+                        "0.960 rescored@100 | RQ16 0.970 |")
+    assert lines[5] == ("| 32 B: product >= OPQ32 on originals + 0.10 (raw) | FAIL | d=64 PQ32 "
+                        "0.740 raw | OPQ32 0.650 + 0.10 = 0.750 |")
+    assert lines[8] == ("| 32 B: best product >= best on originals (raw) | PASS | d=64 PQ32 "
+                        "0.740 raw | OPQ32 0.650 |")
+    assert target_checks(rows[:1], [16])[3] == \
+        "| 16 B: product >= RQ16 on originals (raw) | n/a (product row not run) | | |"
+    assert versus_table(rows, [16])[2] == ("| 16 | RQ16 0.600 | d=64 RQ16 0.630 | +0.030 | RQ16 "
+                                           "0.970 | d=64 RQ16 0.960 | -0.010 |")

@@ -75,10 +75,15 @@ def test_eval_report(shrunk):
     assert names == [("tldr (target)", "reduced float16"), ("tldr (target)", "PQ codes"),
                      ("tldr (target)", "search --rescore (shortlist 50)"),
                      ("tldr (target)", f"search --rescore (shortlist {N})"),
-                     ("pca", "float32"), ("pca", "PQ codes"), (f"pq-{D}", "PQ codes")]
+                     ("pca", "float32"), ("pca", "PQ codes"), (f"pq-{D}", "PQ codes"),
+                     (f"pq-{D}", "PQ codes, rescored (shortlist 50)"),
+                     (f"pq-{D}", f"PQ codes, rescored (shortlist {N})")]
     # re-ranking every row is exact search: recall 1 (self excluded on both sides)
     assert rep.row("tldr (target)", f"search --rescore (shortlist {N})").recall == \
         {"1": 1.0, "10": 1.0}
+    assert rep.row(f"pq-{D}", f"PQ codes, rescored (shortlist {N})").recall == \
+        {"1": 1.0, "10": 1.0}
+    assert rep.row(f"pq-{D}", "PQ codes").bytes_per_vector == M
     pq = rep.row("tldr (target)", "PQ codes")
     assert pq.bytes_per_vector == M and pq.compression == 4 * D / M
     for r in rep.results:
@@ -192,12 +197,71 @@ def test_baselines_as_a_string(shrunk):
         [r.recall for r in evaluate(target, baselines=(), **common).results]
     one = evaluate(target, baselines=" pca , pq", **common)
     assert [(r.method, r.representation) for r in one.results][3:] == \
-        [("pca", "float32"), ("pca", "PQ codes"), (f"pq-{D}", "PQ codes")]
+        [("pca", "float32"), ("pca", "PQ codes"), (f"pq-{D}", "PQ codes"),
+         (f"pq-{D}", "PQ codes, rescored (shortlist 50)")]
     with pytest.raises(InvalidParameterError, match=r"^The 'baselines' parameter of eval must be "
-                                                    r"one of 'pca', 'pca-whiten', 'pq', 'opq'\. "
+                                                    r"one of 'pca', 'pca-whiten', 'pq', 'opq', "
+                                                    r"'rq', 'rabitq', 'rabitq1', 'rabitq2', "
+                                                    r"'rabitq4', 'sign', 'sq8', 'sq4'\. "
                                                     r"Got 'pcaa' instead\.$"):
         evaluate(target, baselines="pca,pcaa", **common)
     with pytest.raises(InvalidParameterError, match=r"^The 'baselines' parameter of eval must be "
-                                                    r"a sequence of names or a comma-separated "
-                                                    r"string\. Got 3 instead\.$"):
+                                                    r"'auto', 'all', 'none', a comma-separated "
+                                                    r"string or a sequence of names\. Got 3 "
+                                                    r"instead\.$"):
         evaluate(target, baselines=3, **common)
+
+
+def test_codec_baselines_raw_and_rescored(shrunk):
+    """Codecs of the original vectors: at the target's bytes (RQ) or their own (SQ4), raw and
+    with the target's shortlists; sign bits (inner product only) are skipped on this l2 source."""
+    root, X, uri, target = shrunk
+    rep = evaluate(target, queries=30, k=[1, 10], shortlists=[50, N], baselines="rq,sq4,sign",
+                   latency_queries=0, threads=1)
+    names = [(r.method, r.representation, r.bytes_per_vector) for r in rep.results[4:]]
+    assert names == [(f"rq-{D}", "RQ codes", M),
+                     (f"rq-{D}", "RQ codes, rescored (shortlist 50)", M),
+                     (f"rq-{D}", f"RQ codes, rescored (shortlist {N})", M),
+                     (f"sq4-{D}", "SQ4 codes", D // 2),
+                     (f"sq4-{D}", "SQ4 codes, rescored (shortlist 50)", D // 2),
+                     (f"sq4-{D}", f"SQ4 codes, rescored (shortlist {N})", D // 2)]
+    for m in (f"rq-{D}", f"sq4-{D}"):
+        full = next(r for r in rep.results if r.method == m and f"shortlist {N}" in
+                    r.representation)
+        assert full.recall == {"1": 1.0, "10": 1.0}  # every row rescored: exact search
+        raw = next(r for r in rep.results if r.method == m and "rescored" not in r.representation)
+        assert raw.recall["10"] <= full.recall["10"]
+    assert "own fixed size 16 B (target: 4 B)" in rep.results[7].note
+    assert "4 B like the target" in rep.results[4].note
+
+
+def test_bad_baselines_in_the_cli(shrunk):
+    root, X, uri, target = shrunk
+    res = CliRunner().invoke(main, ["eval", "--target", target, "--baselines", "pq,rabitq8"])
+    assert res.exit_code == 1
+    assert res.output == (
+        "Error: The 'baselines' parameter of eval must be one of 'pca', 'pca-whiten', 'pq', "
+        "'opq', 'rq', 'rabitq', 'rabitq1', 'rabitq2', 'rabitq4', 'sign', 'sq8', 'sq4'. Got "
+        "'rabitq8' instead.\n")
+
+
+def test_plot_has_a_rescored_panel(monkeypatch, tmp_path):
+    from tldr_index import plots
+
+    seen = {}
+    monkeypatch.setattr(plots, "line_panels", lambda panels, path, **kw: seen.setdefault(
+        "panels", panels) and str(path))
+    rows = [{"method": "tldr (target)", "representation": "PQ codes", "bytes_per_vector": 8,
+             "recall": {"10": 0.5}},
+            {"method": "tldr (target)", "representation": "search --rescore (shortlist 200)",
+             "bytes_per_vector": 8, "recall": {"10": 0.9}},
+            {"method": "rq-32", "representation": "RQ codes", "bytes_per_vector": 8,
+             "recall": {"10": 0.4}},
+            {"method": "rq-32", "representation": "RQ codes, rescored (shortlist 200)",
+             "bytes_per_vector": 8, "recall": {"10": 0.8}},
+            {"method": "rq-32", "representation": "RQ codes, rescored (shortlist 400)",
+             "bytes_per_vector": 8, "recall": {"10": 0.85}}]
+    plots.recall_vs_bytes(rows, tmp_path / "p.png")
+    raw, resc = seen["panels"]
+    assert raw.series == {"tldr (target)": ([8], [0.5]), "rq-32": ([8], [0.4])}
+    assert resc.series == {"tldr (target)": ([8], [0.9]), "rq-32": ([8], [0.8])}

@@ -149,6 +149,7 @@ def test_eval_off_a_terminal_prints_its_stages(source):
                                     "--queries", "50", "--k", "1,10", "--latency-queries", "2",
                                     "--threads", "1"])
     assert res.exit_code == 0, res.stderr
+    # an l2 source (no vector index): RaBitQ and sign bits, inner-product codecs, are skipped
     assert stage_lines(res.stderr) == ["read", "truth", "target", "latency", "pca",
                                        "pca-whiten", "pq", "opq"]
 

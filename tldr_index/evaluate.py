@@ -9,11 +9,14 @@ seed and sample size recorded in the target) or a user's ``.npy`` file of query 
 For the target: recall@k of its stored reduced vectors (exact search), of :func:`search` on the PQ
 codes alone, and of :func:`search` with ``rescore`` for each shortlist size; bytes per vector and
 compression; per-call latency (p50/p99) of :func:`search`. Side by side, in the same run: plain and
-whitened PCA fitted on the same training rows at the same d and PQ bytes, and PQ / OPQ of the
-original vectors at the same bytes per vector (:mod:`tldr_index.comparisons`).
+whitened PCA fitted on the same training rows at the same d and PQ bytes
+(:mod:`tldr_index.comparisons`), and what the user's store offers on the original vectors: PQ,
+OPQ, RQ at the same bytes per vector, RaBitQ, sign bits, SQ8/SQ4 at their own sizes, raw and
+rescored with the target's shortlists (:mod:`tldr_index.store_codecs`).
 
 Memory: the query and training-sample vectors, ``8`` bytes per id and ``pq_bytes`` per row for each
-PQ baseline; the source and target are streamed (one block at a time).
+PQ baseline (the code bytes of each codec baseline, see :mod:`tldr_index.store_codecs`); the
+source and target are streamed (one block at a time).
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ log = logging.getLogger(__name__)
 DEFAULT_KS = (1, 10, 100)
 DEFAULT_QUERIES = 1000
 DEFAULT_LATENCY_QUERIES = 50
-BASELINES = ("pca", "pca-whiten", "pq", "opq")
+#: every name ``baselines`` accepts (``rabitq`` stands for rabitq1, rabitq2 and rabitq4)
+BASELINES = ("pca", "pca-whiten", "pq", "opq", "rq", "rabitq", "rabitq1", "rabitq2", "rabitq4",
+             "sign", "sq8", "sq4")
+#: ``baselines="auto"`` (the default): PCA, and what vector stores offer (PQ/OPQ at the target's
+#: bytes, RaBitQ 1-bit as LanceDB's IVF_RQ, Qdrant's binary quantization); RQ (minutes to train
+#: on 384-d, not a store's codec) and the larger RaBitQ/SQ sizes are asked for by name or "all"
+AUTO_BASELINES = ("pca", "pca-whiten", "pq", "opq", "rabitq1", "sign")
 MAX_BASELINE_TRAIN = 100_000  # rows of the training sample read for the baselines
 
 
@@ -238,28 +247,40 @@ def _check_shortlists(shortlists: Sequence[int] | None, kmax: int) -> list[int]:
 # ---------------------------------------------------------------------------------- eval
 
 def baseline_names(baselines: Any) -> tuple[str, ...]:
-    """The ``baselines`` of :func:`evaluate` as a tuple of names: a sequence of names, or one
-    string (comma-separated names; ``""`` / ``"none"``: no baseline, as ``--baselines none``)."""
+    """The ``baselines`` of :func:`evaluate` as a tuple of names: ``"auto"`` (the default,
+    :data:`AUTO_BASELINES`), ``"all"``, ``"none"`` / ``""`` (no baseline), a comma-separated
+    string of names (as ``--baselines``) or a sequence of them; ``rabitq`` stands for its three
+    bit widths."""
     if baselines is None:
         return ()
     if isinstance(baselines, str):
         text = baselines.strip()
-        names = () if text.lower() in ("", "none") else tuple(b.strip() for b in text.split(","))
+        if text.lower() in ("", "none"):
+            return ()
+        if text.lower() in ("auto", "all"):
+            return AUTO_BASELINES if text.lower() == "auto" else tuple(
+                b for b in BASELINES if b != "rabitq")
+        names = tuple(b.strip() for b in text.split(","))
     else:
         try:
             names = tuple(baselines)
         except TypeError:
             raise InvalidParameterError(
-                f"The 'baselines' parameter of eval must be a sequence of names or a "
-                f"comma-separated string. Got {baselines!r} instead.") from None
+                f"The 'baselines' parameter of eval must be 'auto', 'all', 'none', a "
+                f"comma-separated string or a sequence of names. Got {baselines!r} "
+                f"instead.") from None
+    out: list[str] = []
     for b in names:
         check_choice(b, "baselines", BASELINES, owner="eval")
-    return names
+        for one in (("rabitq1", "rabitq2", "rabitq4") if b == "rabitq" else (b,)):
+            if one not in out:
+                out.append(one)
+    return tuple(out)
 
 
 def evaluate(target: str, *, source: str | None = None, queries: int | str | os.PathLike |
              np.ndarray = DEFAULT_QUERIES, k: Sequence[int] = DEFAULT_KS,
-             shortlists: Sequence[int] | None = None, baselines: Sequence[str] = BASELINES,
+             shortlists: Sequence[int] | None = None, baselines: Sequence[str] | str = "auto",
              latency_queries: int = DEFAULT_LATENCY_QUERIES, random_state: int = 0,
              chunk_rows: int = 16_384, threads: int | None = None,
              source_options: dict | None = None, target_options: dict | None = None,
@@ -275,10 +296,14 @@ def evaluate(target: str, *, source: str | None = None, queries: int | str | os.
     k : the k of recall@k (default 1, 10, 100); at most the rows of the source (minus one for
         held-out rows, which exclude themselves).
     shortlists : shortlist sizes for ``search(rescore=True)`` (default ``max(20 max(k), 200)``).
-    baselines : any of "pca", "pca-whiten", "pq", "opq", as a sequence or one comma-separated
-        string like the CLI's ``--baselines`` ("pca,opq"); ``()``, ``""`` or ``"none"`` skip them
-        (they cost a PCA fit, an OPQ training (minutes for 384-d) and one pass over the source
-        each).
+    baselines : "auto" (default: pca, pca-whiten, pq, opq, rabitq1, sign), "all", "none"
+        (or ``()``, ``""``), or any of "pca", "pca-whiten" (at the target's d and bytes) and the
+        on-original codecs "pq", "opq", "rq" (at the target's bytes), "rabitq" (= "rabitq1",
+        "rabitq2", "rabitq4"), "sign", "sq8", "sq4" (at their own sizes; see
+        :mod:`tldr_index.store_codecs`), as a sequence or one comma-separated string like the
+        CLI's ``--baselines`` ("pca,rq,rabitq"). The codecs are searched raw and rescored with
+        the same shortlists as the target. Each costs a fit (OPQ and RQ: minutes for 384-d on
+        2 cores, on capped samples), one pass over the source to encode it and one to rescore.
     latency_queries : single-query :func:`search` calls timed for p50/p99 (0: skip).
     progress : a :class:`tldr_index.progress.Progress`, True (rich bars on a terminal, plain
         lines otherwise) or None; stages ``read``, ``truth``, ``target``, ``latency`` and one per
@@ -430,7 +455,7 @@ def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries
         t0 = time.perf_counter()
         report.results += baseline_rows(baselines, svec, train, Q, d, M, kmax, ks, metric,
                                         truth, exclude_pos, random_state, chunk_rows,
-                                        progress=prog)
+                                        progress=prog, shortlists=shortlists)
         seconds["baselines"] = time.perf_counter() - t0
         if store_kinds:  # the store's own quantizers on the originals (eval_store)
             from .eval_store import store_quantizer_rows
@@ -472,11 +497,13 @@ def search_latency(target: str, Q: np.ndarray, k: int, shortlist: int, opts: dic
 def baseline_rows(baselines: Sequence[str], svec: BatchVectors, train: np.ndarray,
                   Q: np.ndarray, d: int, M: int, kmax: int, ks: list[int], metric: str,
                   truth: np.ndarray, exclude: np.ndarray | None, seed: int,
-                  chunk_rows: int, progress=None) -> list[EvalRow]:
-    """Rows of PCA / whitened PCA (d, PQ ``M``) and PQ / OPQ of the originals (``M`` bytes);
-    ``progress`` (a :class:`tldr_index.progress.Progress`) gets one stage per baseline."""
+                  chunk_rows: int, progress=None, shortlists: Sequence[int] = ()
+                  ) -> list[EvalRow]:
+    """Rows of PCA / whitened PCA (d, PQ ``M``) and of the codecs of the original vectors
+    (:func:`codec_rows`); ``progress`` (a :class:`tldr_index.progress.Progress`) gets one stage
+    per baseline."""
     from .baselines import PCA
-    from .comparisons import original_pq_search, reduced_search
+    from .comparisons import reduced_search
     from .progress import Progress, StageTimer
 
     prog = progress if progress is not None else Progress()
@@ -501,19 +528,33 @@ def baseline_rows(baselines: Sequence[str], svec: BatchVectors, train: np.ndarra
         if f"pq{M}" in found:
             rows.append(EvalRow(name, "PQ codes", d, M, 4 * D / M,
                                 recalls(ids_at(ids, found[f"pq{M}"]), truth, ks), "ADC"))
-    for name in ("pq", "opq"):
-        if name not in baselines or not M:
-            continue
-        if D % M:
-            log.info("%s of the original vectors skipped: %d bytes do not divide D=%d.", name, M, D)
-            continue
-        with StageTimer(prog, name, svec.n_rows, "rows"):
-            pos, secs = original_pq_search(
-                svec, train, Q, M, kmax, metric=metric, opq=name == "opq", exclude=exclude,
-                random_state=seed, chunk_rows=chunk_rows,
-                on_phase=lambda step, total, name=name: prog.phase(name, step, total, "rows"),
-                progress=lambda done, name=name: prog.update(name, done))
-        rows.append(EvalRow(f"{name}-{D}", "PQ codes", D, M, 4 * D / M,
-                            recalls(ids_at(ids, pos), truth, ks),
-                            f"{name.upper()} of the original vectors, trained in {secs:.1f} s"))
+    return rows + codec_rows(baselines, svec, train, Q, M, kmax, ks, metric, truth, exclude,
+                             seed, chunk_rows, prog, shortlists)
+
+
+def codec_rows(baselines: Sequence[str], svec: BatchVectors, train: np.ndarray, Q: np.ndarray,
+               M: int, kmax: int, ks: list[int], metric: str, truth: np.ndarray,
+               exclude: np.ndarray | None, seed: int, chunk_rows: int, prog,
+               shortlists: Sequence[int]) -> list[EvalRow]:
+    """Rows of the on-original codecs among ``baselines`` (:mod:`tldr_index.store_codecs`):
+    each one's codes searched raw, then each shortlist rescored with the original vectors."""
+    from .progress import StageTimer
+    from .store_codecs import CODEC_BASELINES, plan, run_baseline
+
+    D, ids, rows = svec.dim, svec.ids, []
+    for spec in plan([b for b in baselines if b in CODEC_BASELINES], D, M, metric, seed):
+        with StageTimer(prog, spec.name, svec.n_rows, "rows"):
+            run = run_baseline(
+                spec, svec, train, Q, kmax, metric=metric, shortlists=shortlists,
+                exclude=exclude, random_state=seed, chunk_rows=chunk_rows,
+                on_phase=lambda step, total, name=spec.name: prog.phase(name, step, total,
+                                                                        "rows"),
+                progress=lambda done, name=spec.name: prog.update(name, done))
+        name, size, note = f"{spec.name}-{D}", run.code_size, run.note(M)
+        rows.append(EvalRow(name, spec.representation, D, size, 4 * D / size,
+                            recalls(ids_at(ids, run.raw), truth, ks), note))
+        for s, pos in run.rescored.items():
+            rows.append(EvalRow(name, f"{spec.representation}, rescored (shortlist {s})", D, size,
+                                4 * D / size, recalls(ids_at(ids, pos), truth, ks),
+                                "originals fetched for the shortlist"))
     return rows

@@ -96,20 +96,33 @@ def recall_vs_bytes(rows, path: str | os.PathLike, *, k: int = 10, title: str = 
     """One line per method of recall@``k`` against bytes per vector (log scale), from rows with
     ``method``, ``representation``, ``bytes_per_vector`` and ``recall`` (``{str(k): value}``),
     e.g. :class:`tldr_index.evaluate.EvalRow`; representations containing a word of ``skip``
-    (re-ranked searches, which also read the original vectors) are left out."""
+    (re-ranked searches, which also read the original vectors) are left out of the first panel.
+    When rows hold rescored searches (a representation with ``"rescored"`` / ``"rescore"`` and a
+    shortlist, as ``eval`` writes for the target and the codec baselines), a second panel shows
+    them, one point per method at its bytes (the first shortlist of each)."""
     panel = Panel(title or f"recall@{k} against bytes per vector", "bytes per vector (log2)",
                   ylabel=f"recall@{k}")
+    second = Panel(f"after exact rescoring of a shortlist, recall@{k}",
+                   "bytes per vector (log2)", ylabel=f"recall@{k}")
     pts: dict[str, list[tuple[float, float]]] = {}
+    resc: dict[str, list[tuple[float, float]]] = {}
+    shortlist_of: dict[str, str] = {}
     for r in rows:
         get = r.get if isinstance(r, dict) else lambda a, r=r: getattr(r, a)
-        if any(word in get("representation") for word in skip):
+        rep, value = get("representation"), get("recall").get(str(k))
+        if value is None:
             continue
-        value = get("recall").get(str(k))
-        if value is not None:
-            pts.setdefault(get("method"), []).append((get("bytes_per_vector"), value))
-    for method, p in pts.items():
-        p.sort()
-        panel.series[method] = ([x for x, _ in p], [y for _, y in p])
-    ticks = sorted({x for p in pts.values() for x, _ in p})
-    panel.xticks = ticks if len(ticks) <= 10 else None
-    return line_panels([panel], path, note=note)
+        if any(word in rep for word in skip):
+            if "rescore" in rep:
+                method, tail = get("method"), rep[rep.find("(shortlist"):]
+                if shortlist_of.setdefault(method, tail) == tail:
+                    resc.setdefault(method, []).append((get("bytes_per_vector"), value))
+            continue
+        pts.setdefault(get("method"), []).append((get("bytes_per_vector"), value))
+    for target, src in ((panel, pts), (second, resc)):
+        for method, p in src.items():
+            p.sort()
+            target.series[method] = ([x for x, _ in p], [y for _, y in p])
+        ticks = sorted({x for p in src.values() for x, _ in p})
+        target.xticks = ticks if len(ticks) <= 10 else None
+    return line_panels([panel, second] if resc else [panel], path, note=note)

@@ -31,8 +31,12 @@ def eval_uris(source, db, collection, target) -> tuple[str | None, str]:
               help="The k of recall@k.")
 @click.option("--shortlist", "shortlists", default=None, metavar="S,S,...",
               help="Shortlist sizes for search --rescore [default: max(20 max(k), 200)].")
-@click.option("--baselines", default="pca,pca-whiten,pq,opq", show_default=True,
-              help="Side by side: pca, pca-whiten, pq, opq (of the original vectors), or none.")
+@click.option("--baselines", default="auto", show_default=True, metavar="auto|all|none|B,B,...",
+              help="Side by side: pca, pca-whiten (at the target's d), and codecs of the "
+                   "original vectors as stores offer them: pq, opq, rq (at the target's bytes), "
+                   "rabitq (1, 2, 4 bits: rabitq1, rabitq2, rabitq4), sign, sq8, sq4 (at their "
+                   "own sizes), raw and rescored. auto: pca, pca-whiten, pq, opq, rabitq1, sign; "
+                   "all: every one (RQ trains for minutes on 384-d).")
 @click.option("--store-quantizers", default="none", show_default=True, metavar="Q,Q,...|all",
               help="Qdrant source: Qdrant's own quantizers on the original vectors, measured on "
                    "Qdrant Edge, raw and rescored: bq1, bq1.5, bq2, sq8, tq1, tq2, tq4, pq "
@@ -52,7 +56,8 @@ def eval_uris(source, db, collection, target) -> tuple[str | None, str]:
 def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
              store_quantizers, latency_queries, plot, json_path, seed, threads, quiet):
     """Recall of a compact collection against exact search on the original vectors, with PCA,
-    whitened PCA, PQ and OPQ side by side.
+    whitened PCA and what the store offers on the original vectors (PQ, OPQ, RQ, RaBitQ, sign
+    bits, SQ) side by side.
 
     \b
     Example:
@@ -67,9 +72,8 @@ def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
     src, tgt = eval_uris(source, db, collection, target)
     progress = setup(quiet, json_path == "-")
     q = int(queries) if queries.strip().isdigit() else queries
-    base = [] if baselines.strip() in ("", "none") else [b.strip() for b in baselines.split(",")]
     report = evaluate(tgt, source=src, queries=q, k=int_list(ks, "--k"),
-                      shortlists=int_list(shortlists, "--shortlist"), baselines=base,
+                      shortlists=int_list(shortlists, "--shortlist"), baselines=baselines,
                       latency_queries=latency_queries, random_state=seed, threads=threads,
                       progress=progress, store_quantizers=store_quantizers)
     write_outputs(report, report.results, plot, json_path, quiet,
