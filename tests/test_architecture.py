@@ -21,7 +21,8 @@ MAX_LINES = 700
 BOTTOM = {"version", "errors", "validation", "artifact", "progress", "oserrors", "threads",
           "faults", "tables"}
 ENGINE = {"vectors", "knn", "faiss_utils", "losses", "optim", "model", "trainer", "reducer", "base",
-          "baselines", "pca", "qat", "quantizer", "codecs", "compact", "comparisons"}
+          "baselines", "pca", "qat", "quantizer", "codecs", "compact", "comparisons",
+          "code_index"}
 CLI = {"cli", "__main__"}
 STORE_MODULES = {"connectors.lance_store", "connectors.parquet_store", "connectors.qdrant_store"}
 
