@@ -33,9 +33,17 @@ def data():
     return _data()
 
 
+_FITTED: dict = {}
+FAST = {"pq": {"n_iter": 5}, "opq": {"n_iter": 5, "opq_iter": 2}}  # keep the tests quick
+
+
 def _fitted(name, kw, X):
-    c = get_codec(name, D, **kw).fit(X, seed=0)
-    return c, c.encode(X)
+    """A codec fitted on ``X`` and the codes of ``X`` (cached per codec and data)."""
+    key = (name, tuple(sorted(kw.items())), len(X), X[0, 0].item())
+    if key not in _FITTED:
+        c = get_codec(name, D, **kw, **FAST.get(name, {})).fit(X, seed=0)
+        _FITTED[key] = (c, c.encode(X))
+    return _FITTED[key]
 
 
 def _same_result(D1, I1, D2, I2):
