@@ -213,3 +213,20 @@ def test_bad_input(data):
         CodeIndex.build(X, codes, codec, metric="dot")
     with pytest.raises(Exception, match=r"is not fitted yet.*CodeIndex\.build"):
         CodeIndex.build(X, codes, get_codec("sq4", D))
+
+
+def test_search_is_safe_from_many_threads(data):
+    """Concurrent searches (FAISS path and decode path) give the sequential answers."""
+    import concurrent.futures as cf
+
+    X, Q = data
+    for name, kw in (CODECS[0], CODECS[2]):
+        codec, codes = _fitted(name, kw, X)
+        index = CodeIndex.build(X, codes, codec, recall_queries=0)
+        want = [index.search(Q[i:i + 1], 10, nprobe=1 + i % index.nlist) for i in range(len(Q))]
+        with cf.ThreadPoolExecutor(4) as ex:
+            got = list(ex.map(lambda i: index.search(Q[i:i + 1], 10, nprobe=1 + i % index.nlist),
+                              range(len(Q))))
+        for (D1, I1), (D2, I2) in zip(want, got):
+            np.testing.assert_array_equal(I1, I2)
+            np.testing.assert_array_equal(D1, D2)
