@@ -193,15 +193,12 @@ def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None) -> dict:
     return extra
 
 
-def run_lancedb(args, X, Q, truth, rows: list, db: str) -> dict:
-    """LanceDB IVF_PQ then IVF_RQ on a table of the 384-d originals."""
+def write_table(X: np.ndarray, db: str):
+    """A LanceDB table ``orig`` (id, 384-d float32 vector) of the originals, no index yet."""
     import lancedb
     import pyarrow as pa
-    from lancedb.index import IvfPq, IvfRq
 
     from connectors.arrow_utils import numpy_to_fsl
-
-    conn = lancedb.connect(db)
 
     def batches():
         for s in range(0, len(X), 65_536):
@@ -211,7 +208,17 @@ def run_lancedb(args, X, Q, truth, rows: list, db: str) -> dict:
                 names=["id", "vector"])
 
     schema = pa.schema([("id", pa.int64()), ("vector", pa.list_(pa.float32(), X.shape[1]))])
-    tbl = conn.create_table("orig", data=pa.RecordBatchReader.from_batches(schema, batches()))
+    conn = lancedb.connect(db)
+    conn.create_table("orig", data=pa.RecordBatchReader.from_batches(schema, batches()))
+    return conn
+
+
+def run_lancedb(args, X, Q, truth, rows: list, conn, db: str, flush) -> dict:
+    """LanceDB IVF_PQ then IVF_RQ (LanceDB's defaults but the partitions) on the table of the
+    384-d originals."""
+    from lancedb.index import IvfPq, IvfRq
+
+    tbl = conn.open_table("orig")
     parts = max(1, min(int(round(np.sqrt(len(X)))), len(X) // 256))
     extra = {}
     for kind, cfg in [("IVF_PQ", IvfPq(distance_type="cosine", num_partitions=parts,
@@ -222,11 +229,12 @@ def run_lancedb(args, X, Q, truth, rows: list, db: str) -> dict:
             continue
         pin(max(args.threads))
         idx_dir = Path(db) / "orig.lance" / "_indices"
+        before = dir_bytes(idx_dir) if idx_dir.exists() else 0
         t0 = time.perf_counter()
         tbl.create_index("vector", config=cfg, replace=True)
         extra[f"{kind}_build_s"] = time.perf_counter() - t0
         tbl = conn.open_table("orig")
-        bpv = dir_bytes(idx_dir) / len(X) if idx_dir.exists() else float("nan")
+        bpv = (dir_bytes(idx_dir) - before) / len(X)  # the new index's files only
         for npb in args.lance_nprobes:
             def search(q, rf=None, k=K):
                 s = tbl.search(q).distance_type("cosine").nprobes(npb)
@@ -242,10 +250,12 @@ def run_lancedb(args, X, Q, truth, rows: list, db: str) -> dict:
                 rows.append({"method": f"LanceDB {kind} on the 384-d originals "
                                        f"({parts} partitions"
                              + (", 48 sub-vectors)" if kind == "IVF_PQ" else ", 1 bit)"),
-                             "setting": f"nprobes {npb}", "threads": t, "recall_raw": rec_raw,
+                             "setting": f"nprobes {npb} (recall: {len(ev)} queries)",
+                             "threads": t, "recall_raw": rec_raw,
                              "recall_rescored": rec_res, "qps_raw": raw, "qps_rescored": res,
                              "bytes_per_vector": bpv})
                 print(rows[-1], flush=True)
+        flush()
     return extra
 
 
@@ -374,27 +384,36 @@ def main(argv: list[str] | None = None) -> None:
     rows: list = []
     work = Path(args.work or tempfile.mkdtemp(prefix="tldr_search_"))
     work.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def flush() -> None:
+        """Write the table so far (a run stopped part-way still leaves its figures)."""
+        out.write_text(render(rows, extra, args, len(X), len(Q)))
+        out.with_suffix(".json").write_text(json.dumps({"rows": rows, "extra": extra,
+                                                        "argv": sys.argv[1:]}, indent=1))
+        plot(rows, out.with_suffix(".png"))
+
     try:
-        lance_uri = None
+        lance_uri, conn = None, None
         if args.lancedb:
-            extra.update(run_lancedb(args, X, Q, truth, rows, str(work / "db")))
+            t0 = time.perf_counter()
+            conn = write_table(X, str(work / "db"))
+            extra["lance_write_s"] = time.perf_counter() - t0
             from connectors import lancedb_uri
             lance_uri = lancedb_uri(str(work / "db"), "orig")
         extra.update(run_compact(args, X, Q, truth, rows, lance_uri))
+        flush()
         if not args.no_rabitq:
             extra.update(run_rabitq(args, X, Q, truth, rows))
+            flush()
+        if args.lancedb:
+            extra.update(run_lancedb(args, X, Q, truth, rows, conn, str(work / "db"), flush))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    text = render(rows, extra, args, len(X), len(Q))
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "extra": extra,
-                                                    "argv": sys.argv[1:]}, indent=1))
-    plot(rows, out.with_suffix(".png"))
-
+    flush()
+    print(render(rows, extra, args, len(X), len(Q)))
 
 if __name__ == "__main__":
     main()
