@@ -186,8 +186,8 @@ def test_bad_input(data):
     X, Q = data
     codec, codes = _fitted("sq4", {}, X)
     index = CodeIndex.build(X[:400], codes[:400], codec, nlist=8, recall_queries=0)
-    with pytest.raises(InvalidParameterError, match=r"^The 'nprobe' parameter of "
-                       r"CodeIndex\.search must be an int in the range \[1, 8\]\. Got 0 instead\.$"):
+    with pytest.raises(InvalidParameterError, match=r"^The 'nprobe' parameter of CodeIndex\."
+                       r"search must be an int in the range \[1, 8\]\. Got 0 instead\.$"):
         index.search(Q, 10, nprobe=0)
     with pytest.raises(InvalidParameterError, match=r"\[1, 8\]\. Got 9 instead\.$"):
         index.search(Q, 10, nprobe=9)
@@ -199,7 +199,8 @@ def test_bad_input(data):
                                                 r"have 16 columns"):
         index.search(Q[:, :8], 10)
     with pytest.raises(InvalidInputError, match=r"^The 'codes' input of CodeIndex\.add must have "
-                                                r"one row per vector \(3\)\. Got 2 rows instead\.$"):
+                                                r"one row per vector \(3\)\. Got 2 rows "
+                                                r"instead\.$"):
         index.add(codes[:2], X[:3])
     with pytest.raises(InvalidInputError, match=r"^The 'codes' input of CodeIndex\.build must be "
                                                 r"a uint8 array of shape \(n, 8\)"):

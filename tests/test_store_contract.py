@@ -4,10 +4,10 @@ store must give the same answers. Where the engines differ by design the test sa
 mode ignores quantization and searches by brute force, Qdrant Edge searches an HNSW graph through
 product quantization (rescored with the stored vectors) - the answers asked here are the same.
 
-Covered: reading (batches, take by id and by position), write + atomic publish (staged target invisible, an existing
-target refused, overwrite, abort), rows read back, a delta (add / delete / replace) as one switch,
-in-place upserts, rollback and its handles, disk size, staging clean-up after a killed write, and
-what a distributed engine can ask a store for (Ray read, shard writer). Store-specific behaviour
+Covered: reading (batches, take by id and by position), write + atomic publish (staged target
+invisible, an existing target refused, overwrite, abort), rows read back, a delta (add / delete /
+replace) as one switch, in-place upserts, rollback and its handles, disk size, staging clean-up
+after a killed write, and what a distributed engine can ask a store for (Ray read, shard writer). Store-specific behaviour
 (LanceDB listing, Parquet part files, Qdrant aliases and retries...) stays in
 ``tests/test_connectors_<store>.py``.
 """
