@@ -137,33 +137,32 @@ def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None) -> dict:
     del Z
     name = f"tldr-index IVF{index.nlist} over {label} + PQ{args.pq_bytes}"
     bpv = index.bytes_per_vector()
+    top = max(args.shortlists)
+
+    def add_rows(method: str, setting: str, S_all: np.ndarray, search, bpv: float) -> None:
+        """Rows of one setting: raw top K, then each rescoring shortlist (``search(q, n)``
+        gives the ids of one query's top ``n`` codes)."""
+        rec_raw = recall(S_all[:, :K], truth)
+        raw = {t: qps(lambda i: search(int(i[0]), K), np.arange(len(Q))[:, None], t,
+                      args.budget) for t in args.threads}
+        for sl in args.shortlists:
+            rec_res = recall(np.stack([rescore(q, s[:sl], X) for q, s in zip(Q, S_all)]), truth)
+            for t in args.threads:
+                res = qps(lambda i: rescore(Q[int(i[0])], search(int(i[0]), sl), X),
+                          np.arange(len(Q))[:, None], t, args.budget)
+                rows.append({"method": method, "setting": setting + (
+                    f", shortlist {sl}" if sl != SHORTLIST else ""), "shortlist": sl,
+                    "threads": t, "recall_raw": rec_raw, "recall_rescored": rec_res,
+                    "qps_raw": raw[t], "qps_rescored": res, "bytes_per_vector": bpv})
+                print(rows[-1], flush=True)
+
     for p in [p for p in args.nprobes if p <= index.nlist]:
-        _, S = index.search(ZQ, SHORTLIST, nprobe=p)  # its first K columns: the top K
-        rec_raw = recall(S[:, :K], truth)
-        rec_res = recall(np.stack([rescore(q, s, X) for q, s in zip(Q, S)]), truth)
-        for t in args.threads:
-            raw = qps(lambda q: index.search(q[None], K, nprobe=p), ZQ, t, args.budget)
-            res = qps(lambda i: rescore(Q[int(i[0])], index.search(ZQ[int(i[0])][None], SHORTLIST,
-                                                                 nprobe=p)[1][0], X),
-                      np.arange(len(Q))[:, None], t, args.budget)
-            rows.append({"method": name, "setting": f"nprobe {p}", "threads": t,
-                         "recall_raw": rec_raw, "recall_rescored": rec_res, "qps_raw": raw,
-                         "qps_rescored": res, "bytes_per_vector": bpv})
-            print(rows[-1], flush=True)
-    # the exhaustive code scan (FAISS IndexPQ through the codec), slow: fewer timed queries
-    _, S = codec.search(ZQ, codes, SHORTLIST)
-    rec_raw, rec_res = recall(S[:, :K], truth), recall(np.stack([rescore(q, s, X)
-                                                          for q, s in zip(Q, S)]), truth)
-    for t in args.threads:
-        raw = qps(lambda q: codec.search(q[None], codes, K), ZQ, t, args.budget)
-        res = qps(lambda i: rescore(Q[int(i[0])], codec.search(ZQ[int(i[0])][None], codes,
-                                                            SHORTLIST)[1][0], X),
-                  np.arange(len(Q))[:, None], t, args.budget)
-        rows.append({"method": f"tldr-index exhaustive scan, {label} + PQ{args.pq_bytes}",
-                     "setting": "all codes", "threads": t, "recall_raw": rec_raw,
-                     "recall_rescored": rec_res, "qps_raw": raw, "qps_rescored": res,
-                     "bytes_per_vector": float(args.pq_bytes)})
-        print(rows[-1], flush=True)
+        add_rows(name, f"nprobe {p}", index.search(ZQ, top, nprobe=p)[1],
+                 lambda i, n, p=p: index.search(ZQ[i][None], n, nprobe=p)[1][0], bpv)
+    # the exhaustive code scan (FAISS IndexPQ through the codec)
+    add_rows(f"tldr-index exhaustive scan, {label} + PQ{args.pq_bytes}", "all codes",
+             codec.search(ZQ, codes, top)[1],
+             lambda i, n: codec.search(ZQ[i][None], codes, n)[1][0], float(args.pq_bytes))
     extra = {"map": label, "map_fit_s": fit_s, "index_build_s": build_s, "nlist": index.nlist,
              "recall_table": index.recall_table.to_json()}
     # rescoring cost at a shortlist of 100: from RAM, and by position from a Lance table
@@ -301,8 +300,10 @@ def render(rows: list, extra: dict, args, n: int, nq: int) -> str:
     lines = [f"# Search speed over {n:,} interpolated rows ({dt.date.today()}, {machine()})", "",
              f"`{cmd}`: {nq} queries, recall@10 against the exact cosine top-10 of the "
              f"384-d originals; one query per call; q/s on 1 and 2 pinned cores (shared, noisy "
-             f"machine: compare ratios). Compact map: {extra.get('map', '-')}.", "",
-             "| method | setting | threads | recall@10 raw | q/s raw | recall@10 rescored@100 "
+             f"machine: compare ratios). Rescored: the top 100 (unless the setting says another "
+             f"shortlist) ranked by the exact cosine of the originals. Compact map: "
+             f"{extra.get('map', '-')}.", "",
+             "| method | setting | threads | recall@10 raw | q/s raw | recall@10 rescored "
              "| q/s rescored | RAM B/vector |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['setting']} | {r['threads']} | {r['recall_raw']:.3f} "
@@ -329,11 +330,15 @@ def plot(rows: list, path: Path) -> None:
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(8, 5))
-    for m in dict.fromkeys(r["method"] for r in rows):
+    def key(r: dict) -> str:
+        sl = r.get("shortlist", SHORTLIST)
+        return r["method"] + (f", shortlist {sl}" if sl != SHORTLIST else "")
+
+    for m in dict.fromkeys(key(r) for r in rows):
         pts = sorted((r["recall_rescored"], r["qps_rescored"]) for r in rows
-                     if r["method"] == m and r["threads"] == 1)
+                     if key(r) == m and r["threads"] == 1)
         ax.plot(*zip(*pts), marker="o", label=m)
-    ax.set_xlabel("recall@10 rescored@100")
+    ax.set_xlabel("recall@10 after rescoring (shortlist 100 unless named)")
     ax.set_ylabel("queries/s, one core")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
@@ -354,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pq-bytes", type=int, default=16)
     ap.add_argument("--sample", type=int, default=50_000, help="rows the map is fitted on")
     ap.add_argument("--nprobes", default="8,16,32,64", help="nprobe values (tldr-index, FAISS)")
+    ap.add_argument("--shortlists", default="100",
+                    help="rescoring shortlists of tldr-index (LanceDB, FAISS: 100)")
     ap.add_argument("--lance-nprobes", default="20,50", help="LanceDB nprobes values")
     ap.add_argument("--lance-eval", type=int, default=300, help="queries for LanceDB's recall")
     ap.add_argument("--lancedb", default="ivf_pq,ivf_rq", help="LanceDB indexes ('' for none)")
@@ -367,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     args.nprobes = [int(x) for x in args.nprobes.split(",") if x]
     args.lance_nprobes = [int(x) for x in args.lance_nprobes.split(",") if x]
     args.threads = [int(x) for x in args.threads.split(",") if x]
+    args.shortlists = [int(x) for x in args.shortlists.split(",") if x]
     args.lancedb = [x for x in args.lancedb.split(",") if x]
     select_corpus(args.corpus)
     os.environ.setdefault("LANCE_LOG", "error")
