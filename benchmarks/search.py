@@ -101,7 +101,9 @@ def fit_map(kind: str, sample: np.ndarray, d: int, seed: int):
         from tldr_index import TLDR
 
         model = TLDR(n_components=d, random_state=seed).fit(sample)
-        return (lambda X: np.asarray(model.transform(X), np.float32)), f"TLDR d={d}"
+        # np.asarray: TLDR.transform of a *sliced* np.memmap reads the rows from the file's
+        # start (tldr_index.vectors.as_vectors keeps the parent's offset), so pass plain arrays
+        return (lambda X: np.asarray(model.transform(np.asarray(X)), np.float32)), f"TLDR d={d}"
     mu = sample.mean(0)
     C = (sample - mu).T.astype(np.float64) @ (sample - mu)
     W = np.linalg.eigh(C)[1][:, ::-1][:, :d].T.astype(np.float32)
