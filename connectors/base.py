@@ -165,6 +165,47 @@ class Source(abc.ABC):
         raise InvalidParameterError(
             f"Source '{self.uri}' ({type(self).__name__}) cannot read rows by position.")
 
+    def take_positions(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Original vectors of the rows at ``positions`` (0-based, in :meth:`iter_batches` stream
+        order: what a compact collection stores as each row's source position) as a float32
+        ``(len(positions), dim)`` array in the order asked (repeats allowed): the random-access
+        read that rescoring a shortlist needs.
+
+        Lance: one ``take`` of the sorted unique positions (random access, about 1 ms per 100
+        rows warm); Parquet: decodes the vector column of each row group holding one (found
+        through the (file, row group, first row) map read once from the footers); Qdrant: the
+        point ids in stream order (scanned once, then kept: ``count`` ids of memory), then
+        ``retrieve`` in batches. Raises :class:`InvalidInputError` for a position outside
+        ``[0, count)``."""
+        pos = self.check_positions(positions)
+        if not len(pos):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        uniq, inverse = np.unique(pos, return_inverse=True)
+        table = self.read_rows(uniq, [self.vector_column])
+        X = au.vectors_to_numpy(table.column(0), dim=self.dim, column=self.vector_column,
+                                source=self.uri)
+        return np.ascontiguousarray(X[inverse], dtype=np.float32)
+
+    def check_positions(self, positions: Sequence[int] | np.ndarray,
+                        count: int | None = None) -> np.ndarray:
+        """``positions`` as int64 row positions in ``[0, count)`` (default: :meth:`count`), or
+        one clear error."""
+        pos = np.asarray(positions)
+        if pos.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        if pos.ndim != 1 or not np.issubdtype(pos.dtype, np.integer):
+            raise InvalidInputError(
+                f"The 'positions' parameter of take_positions must be a 1-D sequence of ints "
+                f"(row positions of source '{self.uri}'). Got shape {pos.shape} and dtype "
+                f"{pos.dtype} instead.")
+        n = self.count() if count is None else count
+        bad = (pos < 0) | (pos >= n)
+        if bad.any():
+            raise InvalidInputError(
+                f"The 'positions' parameter of take_positions must hold row positions of source "
+                f"'{self.uri}' in the range [0, {n}). Got {int(pos[bad][0])} instead.")
+        return pos.astype(np.int64)
+
     def ray_read(self, columns: Sequence[str]) -> tuple[Any, int] | None:
         """``(ray.data.Dataset of columns, read tasks)``: the rows in stream order through Ray
         Data's own reader for this store (one read task per data file), or None where Ray Data

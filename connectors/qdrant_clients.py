@@ -222,6 +222,26 @@ class PointTake:
         out, found, _ = self._take_points(ids, chunk or self.take_chunk)
         return out, found
 
+    def take_positions(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Vectors of the points at stream ``positions`` (point ids ascending, as
+        ``iter_batches`` yields them): the ids in stream order are scanned once and kept for the
+        life of this source object (``count`` ids of memory; a source reads a snapshot), then one
+        retrieve request per :attr:`take_chunk` points."""
+        ids = self.position_ids()
+        pos = self.check_positions(positions, len(ids))  # type: ignore[attr-defined]
+        if not len(pos):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.take([ids[i] for i in pos.tolist()])
+
+    def position_ids(self) -> list:
+        """Point ids in stream order (one scan of the ids on first use, then cached)."""
+        if "_position_ids" not in self.__dict__:
+            ids: list = []
+            for b in self.iter_batches(4096, check_duplicates=False):  # type: ignore[attr-defined]
+                ids += b.column(self.id_column).to_pylist()  # type: ignore[attr-defined]
+            self.__dict__["_position_ids"] = ids
+        return self.__dict__["_position_ids"]
+
     def _take_points(self, ids, chunk: int) -> tuple[np.ndarray, np.ndarray, list]:
         ids = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
         ids = [int(i) if isinstance(i, (int, np.integer)) else str(i) for i in ids]

@@ -7,10 +7,10 @@ says so: Qdrant local mode ignores quantization and searches by brute force, Qdr
 search an HNSW graph through product quantization (rescored with the stored vectors) - the answers
 asked here are the same; :func:`test_quantization_reaches_the_engine` checks the config itself.
 
-Covered: reading (batches, take), write + atomic publish (staged target invisible, an existing
-target refused, overwrite, abort), rows read back, a delta (add / delete / replace) as one switch,
-in-place upserts, rollback and its handles, disk size, staging clean-up after a killed write, and
-what a distributed engine can ask a store for (Ray read, shard writer). Store-specific behaviour
+Covered: reading (batches, take by id and by position), write + atomic publish (staged target
+invisible, an existing target refused, overwrite, abort), rows read back, a delta (add / delete /
+replace) as one switch, in-place upserts, rollback and its handles, disk size, staging clean-up
+after a killed write, and what a distributed engine can ask a store for (Ray read, shard writer). Store-specific behaviour
 (LanceDB listing, Parquet part files, Qdrant aliases and retries...) stays in
 ``tests/test_connectors_<store>.py``.
 """
@@ -222,6 +222,29 @@ def test_read_batches_and_take(store):
     with pytest.raises(InvalidInputError, match=store.unknown_id(src, 999_999)):
         src.take([ids[1], 999_999])
     assert src.fingerprint() == open_source(store.uri).fingerprint()
+
+
+def test_take_by_position_equals_the_scanned_rows(store):
+    """Random access by stream position (what rescoring a shortlist reads): the same vectors as
+    the scan at those positions and as ``take`` of their ids, in the order asked."""
+    src = open_source(store.uri)
+    scanned = np.concatenate([vectors_to_numpy(b.column(src.vector_column))
+                              for b in src.iter_batches(32)]).astype(np.float32)
+    pos = [100, 3, 119, 3, 0, 55, 49, 50, 89, 90]  # across files / row groups, repeats, any order
+    got = src.take_positions(pos)
+    assert got.dtype == np.float32 and got.shape == (len(pos), DIM)
+    np.testing.assert_array_equal(got, scanned[pos])
+    np.testing.assert_array_equal(got, src.take([store.ids[i] for i in pos]))
+    np.testing.assert_array_equal(src.take_positions(np.arange(N)), scanned)
+    assert src.take_positions([]).shape == (0, DIM)
+    with pytest.raises(InvalidInputError, match=rf"^The 'positions' parameter of take_positions "
+                       rf"must hold row positions of source '{re.escape(src.uri)}' in the range "
+                       rf"\[0, {N}\)\. Got {N} instead\.$"):
+        src.take_positions([1, N])
+    with pytest.raises(InvalidInputError, match=r"^The 'positions' parameter of take_positions "
+                       r"must be a 1-D sequence of ints \(row positions of source '.*'\)\. Got "
+                       r"shape \(2,\) and dtype float64 instead\.$"):
+        src.take_positions([1.0, 2.0])
 
 
 # ------------------------------------------------------------------------------ write + publish

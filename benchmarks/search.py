@@ -1,0 +1,437 @@
+"""Search speed at scale: tldr-index's IVF index over the codes against the exhaustive code scan,
+LanceDB's own IVF_PQ / IVF_RQ on the original vectors, and FAISS IVF-RaBitQ on the originals.
+
+Data: ``--rows`` interpolated rows (``benchmarks/_interpolated.py``: each row between a corpus row
+and one of its true neighbours, plus noise, unit norm; no copies) of the selected corpus, its
+held-out query rows (the first ``--queries``). Truth: the exact cosine top-10 of the originals.
+
+Compact side: the default map to d = 64 (``--map tldr``: a TLDR fitted on ``--sample`` rows;
+``--map pca``: PCA of the same rows, quicker) + PQ16 (16 B per vector, cosine), then
+:class:`tldr_index.code_index.CodeIndex` (nlist = 4 sqrt(N)); "rescored@100" takes the top 100
+of the codes and ranks them by the exact cosine of the float32 originals (in RAM: a memmap in the
+page cache); ``take_positions`` on a Lance table of the originals is timed apart. LanceDB:
+``IvfPq(cosine, 48 sub-vectors)`` and ``IvfRq(cosine, 1 bit)`` on a table of the 384-d
+originals (one after the other, on the same table), raw = no refine, rescored@100 =
+``refine_factor(10)``. FAISS: ``RR384,IVF{n},RaBitQ`` (inner product) on the originals,
+rescored from the originals in RAM.
+
+Speed: one query per call; "1 thread" pins the whole process to one core (every thread of it,
+LanceDB's pools included) and calls one query after another; "2 threads" pins it to two cores
+and runs two calling threads. RAM per vector: what the searched structure holds per row (codes,
+factors, row ids, list assignment), plus its centroids spread over the rows; LanceDB: bytes of
+its index files on disk per row. The 2-core machine these results come from is shared with other
+jobs: timings are noisy, compare the ratios within one run.
+
+    python benchmarks/search.py --corpus ../shared/data/pydoc-minilm.npz        # 1M rows
+    python benchmarks/search.py --rows 3000 --queries 20 --out /tmp/s.md        # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._corpus import add_corpus_arg, cosine_topk, machine, recall, select_corpus  # noqa: E402
+from benchmarks._interpolated import interpolated, queries  # noqa: E402
+
+K = 10
+SHORTLIST = 100
+
+
+# ------------------------------------------------------------------------------------ helpers
+def pin(n_cpus: int) -> list[int]:
+    """Pin every thread of this process (and the threads it starts later) to ``n_cpus`` cores."""
+    cpus = sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))[:n_cpus]
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
+    return cpus
+
+
+def qps(fn, Q: np.ndarray, threads: int, budget_s: float) -> float:
+    """Queries/s of ``fn(q)`` one query per call on ``threads`` cores (see the docstring); stops
+    after ``budget_s`` seconds (at least 10 queries per thread)."""
+    pin(threads)
+    fn(Q[0])  # warm-up
+    done, t0 = 0, time.perf_counter()
+
+    def worker(part: np.ndarray) -> int:
+        n = 0
+        for q in part:
+            fn(q)
+            n += 1
+            if n >= 10 and time.perf_counter() - t0 > budget_s:
+                break
+        return n
+
+    if threads == 1:
+        done = worker(Q)
+    else:
+        with cf.ThreadPoolExecutor(threads) as ex:
+            done = sum(ex.map(worker, np.array_split(Q, threads)))
+    return done / (time.perf_counter() - t0)
+
+
+def rescore(q: np.ndarray, ids: np.ndarray, originals: np.ndarray, k: int = K) -> np.ndarray:
+    """Top ``k`` of the shortlist ``ids`` by the exact inner product with the originals."""
+    ids = np.sort(ids[ids >= 0])
+    s = originals[ids] @ q
+    top = np.argpartition(-s, min(k, len(s)) - 1)[:k]
+    return ids[top[np.argsort(-s[top])]]
+
+
+def fit_map(kind: str, sample: np.ndarray, d: int, seed: int):
+    """``(transform, label)``: the d-dim map fitted on ``sample`` (TLDR default or PCA)."""
+    if kind == "tldr":
+        from tldr_index import TLDR
+
+        model = TLDR(n_components=d, random_state=seed).fit(sample)
+        # np.asarray: TLDR.transform of a *sliced* np.memmap reads the rows from the file's
+        # start (tldr_index.vectors.as_vectors keeps the parent's offset), so pass plain arrays
+        return (lambda X: np.asarray(model.transform(np.asarray(X)), np.float32)), f"TLDR d={d}"
+    mu = sample.mean(0)
+    C = (sample - mu).T.astype(np.float64) @ (sample - mu)
+    W = np.linalg.eigh(C)[1][:, ::-1][:, :d].T.astype(np.float32)
+    return (lambda X: ((np.asarray(X, np.float32) - mu) @ W.T).astype(np.float32)), f"PCA d={d}"
+
+
+def unit(X: np.ndarray) -> np.ndarray:
+    return (X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# -------------------------------------------------------------------------------------- runs
+def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None) -> dict:
+    """The map + PQ16, the code index at several nprobe, and the exhaustive code scan."""
+    from tldr_index.code_index import CodeIndex
+    from tldr_index.codecs import get_codec
+
+    rng = np.random.default_rng(0)
+    sample = np.asarray(X[np.sort(rng.choice(len(X), min(args.sample, len(X)), replace=False))])
+    t0 = time.perf_counter()
+    transform, label = fit_map(args.map, sample, args.dim, 0)
+    fit_s = time.perf_counter() - t0
+    Z = np.concatenate([unit(transform(X[s:s + 65_536])) for s in range(0, len(X), 65_536)])
+    ZQ = unit(transform(Q))
+    codec = get_codec("pq", args.dim, bytes=args.pq_bytes).fit(Z[:min(len(Z), 65_536)], seed=0)
+    codes = codec.encode(Z)
+    t0 = time.perf_counter()
+    index = CodeIndex.build(Z, codes, codec, metric="cosine", recall_queries=200)
+    build_s = time.perf_counter() - t0
+    name = f"tldr-index IVF{index.nlist} over {label} + PQ{args.pq_bytes}"
+    bpv = index.bytes_per_vector()
+    top = max(args.shortlists)
+
+    def add_rows(method: str, setting: str, S_all: np.ndarray, search, bpv: float) -> None:
+        """Rows of one setting: raw top K, then each rescoring shortlist (``search(q, n)``
+        gives the ids of one query's top ``n`` codes)."""
+        rec_raw = recall(S_all[:, :K], truth)
+        raw = {t: qps(lambda i: search(int(i[0]), K), np.arange(len(Q))[:, None], t,
+                      args.budget) for t in args.threads}
+        for sl in args.shortlists:
+            rec_res = recall(np.stack([rescore(q, s[:sl], X) for q, s in zip(Q, S_all)]), truth)
+            for t in args.threads:
+                res = qps(lambda i: rescore(Q[int(i[0])], search(int(i[0]), sl), X),
+                          np.arange(len(Q))[:, None], t, args.budget)
+                rows.append({"method": method, "setting": setting + (
+                    f", shortlist {sl}" if sl != SHORTLIST else ""), "shortlist": sl,
+                    "threads": t, "recall_raw": rec_raw, "recall_rescored": rec_res,
+                    "qps_raw": raw[t], "qps_rescored": res, "bytes_per_vector": bpv})
+                print(rows[-1], flush=True)
+
+    # diagnostic: exact (flat) search of the reduced float32 vectors: the map's own ceiling
+    import faiss
+
+    flat = faiss.IndexFlatIP(Z.shape[1])
+    flat.add(Z)
+    add_rows(f"flat scan of the reduced vectors ({label}, float32, diagnostic)", "exact",
+             flat.search(ZQ, top)[1], lambda i, n: flat.search(ZQ[i][None], n)[1][0],
+             float(Z.shape[1] * 4))
+    del Z
+    for p in [p for p in args.nprobes if p <= index.nlist]:
+        add_rows(name, f"nprobe {p}", index.search(ZQ, top, nprobe=p)[1],
+                 lambda i, n, p=p: index.search(ZQ[i][None], n, nprobe=p)[1][0], bpv)
+    # the exhaustive code scan (FAISS IndexPQ through the codec)
+    add_rows(f"tldr-index exhaustive scan, {label} + PQ{args.pq_bytes}", "all codes",
+             codec.search(ZQ, codes, top)[1],
+             lambda i, n: codec.search(ZQ[i][None], codes, n)[1][0], float(args.pq_bytes))
+    extra = {"map": label, "map_fit_s": fit_s, "index_build_s": build_s, "nlist": index.nlist,
+             "recall_table": index.recall_table.to_json()}
+    # rescoring cost at a shortlist of 100: from RAM, and by position from a Lance table
+    p = max(p for p in args.nprobes if p <= index.nlist)
+    ids = [s[s >= 0] for s in (index.search(ZQ[i][None], SHORTLIST, nprobe=p)[1][0]
+                               for i in range(min(len(Q), 200)))]
+    pin(1)
+    t0 = time.perf_counter()
+    for q, s in zip(Q, ids):
+        rescore(q, s, X)
+    extra["rescore_ram_ms"] = (time.perf_counter() - t0) / len(ids) * 1e3
+    if lance_uri:
+        from connectors import open_source
+
+        src = open_source(lance_uri)
+        src.take_positions(ids[0])
+        t0 = time.perf_counter()
+        for s in ids[:50]:
+            src.take_positions(s)
+        extra["take_positions_lance_ms"] = (time.perf_counter() - t0) / len(ids[:50]) * 1e3
+        rng = np.random.default_rng(1)
+        rand = [rng.choice(len(X), SHORTLIST, replace=False) for _ in range(50)]
+        t0 = time.perf_counter()
+        for s in rand:
+            src.take_positions(s)
+        extra["take_100_random_lance_ms"] = (time.perf_counter() - t0) / len(rand) * 1e3
+    return extra
+
+
+def write_table(X: np.ndarray, db: str):
+    """A LanceDB table ``orig`` (id, 384-d float32 vector) of the originals, no index yet."""
+    import lancedb
+    import pyarrow as pa
+
+    from connectors.arrow_utils import numpy_to_fsl
+
+    def batches():
+        for s in range(0, len(X), 65_536):
+            part = np.asarray(X[s:s + 65_536])
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(np.arange(s, s + len(part), dtype=np.int64)), numpy_to_fsl(part)],
+                names=["id", "vector"])
+
+    schema = pa.schema([("id", pa.int64()), ("vector", pa.list_(pa.float32(), X.shape[1]))])
+    conn = lancedb.connect(db)
+    conn.create_table("orig", data=pa.RecordBatchReader.from_batches(schema, batches()))
+    return conn
+
+
+def run_lancedb(args, X, Q, truth, rows: list, conn, db: str, flush) -> dict:
+    """LanceDB IVF_PQ then IVF_RQ (LanceDB's defaults but the partitions) on the table of the
+    384-d originals."""
+    from lancedb.index import IvfPq, IvfRq
+
+    tbl = conn.open_table("orig")
+    parts = max(1, min(int(round(np.sqrt(len(X)))), len(X) // 256))
+    extra = {}
+    for kind, cfg in [("IVF_PQ", IvfPq(distance_type="cosine", num_partitions=parts,
+                                       num_sub_vectors=48)),
+                      ("IVF_RQ", IvfRq(distance_type="cosine", num_partitions=parts,
+                                       num_bits=1))]:
+        if kind.lower() not in args.lancedb:
+            continue
+        pin(max(args.threads))
+        idx_dir = Path(db) / "orig.lance" / "_indices"
+        before = dir_bytes(idx_dir) if idx_dir.exists() else 0
+        t0 = time.perf_counter()
+        tbl.create_index("vector", config=cfg, replace=True)
+        extra[f"{kind}_build_s"] = time.perf_counter() - t0
+        tbl = conn.open_table("orig")
+        bpv = (dir_bytes(idx_dir) - before) / len(X)  # the new index's files only
+        for npb in args.lance_nprobes:
+            def search(q, rf=None, k=K):
+                s = tbl.search(q).distance_type("cosine").nprobes(npb)
+                if rf:
+                    s = s.refine_factor(rf)
+                return s.limit(k).select(["id", "_distance"]).to_arrow()["id"].to_numpy()
+            ev = Q[:min(len(Q), args.lance_eval)]
+            rec_raw = recall(np.stack([search(q) for q in ev]), truth[:len(ev)])
+            rec_res = recall(np.stack([search(q, SHORTLIST // K) for q in ev]), truth[:len(ev)])
+            for t in args.threads:
+                raw = qps(search, Q, t, args.budget)
+                res = qps(lambda q: search(q, SHORTLIST // K), Q, t, args.budget)
+                rows.append({"method": f"LanceDB {kind} on the 384-d originals "
+                                       f"({parts} partitions"
+                             + (", 48 sub-vectors)" if kind == "IVF_PQ" else ", 1 bit)"),
+                             "setting": f"nprobes {npb} (recall: {len(ev)} queries)",
+                             "threads": t, "recall_raw": rec_raw,
+                             "recall_rescored": rec_res, "qps_raw": raw, "qps_rescored": res,
+                             "bytes_per_vector": bpv})
+                print(rows[-1], flush=True)
+        flush()
+    return extra
+
+
+def run_rabitq(args, X, Q, truth, rows: list) -> dict:
+    """FAISS IVF-RaBitQ (1 bit per dimension) on the originals, rescored from RAM."""
+    import faiss
+
+    D = X.shape[1]
+    nlist = max(1, min(args.rabitq_nlist, len(X) // 39))
+    index = faiss.index_factory(D, f"RR{D},IVF{nlist},RaBitQ", faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    pin(max(args.threads))
+    faiss.omp_set_num_threads(max(args.threads))
+    t0 = time.perf_counter()
+    index.train(np.asarray(X[np.sort(rng.choice(len(X), min(len(X), 64 * nlist), replace=False))]))
+    for s in range(0, len(X), 65_536):
+        index.add(np.ascontiguousarray(X[s:s + 65_536]))
+    build_s = time.perf_counter() - t0
+    faiss.omp_set_num_threads(1)
+    ivf = faiss.extract_index_ivf(index)
+    code = index.sa_code_size()
+    bpv = code + 8 + ivf.quantizer.ntotal * D * 4 / len(X)
+    for p in [p for p in args.nprobes if p <= nlist]:
+        ivf.nprobe = p
+        _, S = index.search(Q, SHORTLIST)
+        rec_raw = recall(S[:, :K], truth)
+        rec_res = recall(np.stack([rescore(q, s, X) for q, s in zip(Q, S)]), truth)
+        for t in args.threads:
+            raw = qps(lambda q: index.search(q[None], K), Q, t, args.budget)
+            res = qps(lambda q: rescore(q, index.search(q[None], SHORTLIST)[1][0], X), Q, t,
+                      args.budget)
+            rows.append({"method": f"FAISS IVF{nlist}-RaBitQ 1-bit on the originals "
+                                   f"({code} B)", "setting": f"nprobe {p}", "threads": t,
+                         "recall_raw": rec_raw, "recall_rescored": rec_res, "qps_raw": raw,
+                         "qps_rescored": res, "bytes_per_vector": bpv})
+            print(rows[-1], flush=True)
+    return {"rabitq_build_s": build_s}
+
+
+# ------------------------------------------------------------------------------------- output
+def render(rows: list, extra: dict, args, n: int, nq: int) -> str:
+    cmd = "python benchmarks/search.py " + " ".join(sys.argv[1:])
+    lines = [f"# Search speed over {n:,} interpolated rows ({dt.date.today()}, {machine()})", "",
+             f"`{cmd}`: {nq} queries, recall@10 against the exact cosine top-10 of the "
+             f"384-d originals; one query per call; q/s on 1 and 2 pinned cores (shared, noisy "
+             f"machine: compare ratios). Rescored: the top 100 (unless the setting says another "
+             f"shortlist) ranked by the exact cosine of the originals. Compact map: "
+             f"{extra.get('map', '-')}.", "",
+             "| method | setting | threads | recall@10 raw | q/s raw | recall@10 rescored "
+             "| q/s rescored | RAM B/vector |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['setting']} | {r['threads']} | {r['recall_raw']:.3f} "
+                     f"| {r['qps_raw']:,.0f} | {r['recall_rescored']:.3f} "
+                     f"| {r['qps_rescored']:,.0f} | {r['bytes_per_vector']:.1f} |")
+    lines += ["", "Other figures: " + ", ".join(
+        f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in extra.items() if k != "recall_table"), ""]
+    t = extra.get("recall_table")
+    if t:
+        lines += ["Recall table stored in the code index at build (200 held-out database rows as "
+                  "queries, recall@10 in the reduced space):", "",
+                  "| nprobe | vs exhaustive code scan | vs exact reduced search |", "|---|---|---|"]
+        lines += [f"| {p} | {a} | {b} |" for p, a, b in zip(t["nprobe"], t["vs_exhaustive"],
+                                                            t["vs_exact"] or [None] * 99)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    def key(r: dict) -> str:
+        sl = r.get("shortlist", SHORTLIST)
+        return r["method"] + (f", shortlist {sl}" if sl != SHORTLIST else "")
+
+    for m in dict.fromkeys(key(r) for r in rows):
+        pts = sorted((r["recall_rescored"], r["qps_rescored"]) for r in rows
+                     if key(r) == m and r["threads"] == 1)
+        ax.plot(*zip(*pts), marker="o", label=m)
+    ax.set_xlabel("recall@10 after rescoring (shortlist 100 unless named)")
+    ax.set_ylabel("queries/s, one core")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_corpus_arg(ap)
+    ap.add_argument("--rows", type=int, default=1_000_000, help="interpolated database rows")
+    ap.add_argument("--queries", type=int, default=1000, help="held-out queries used")
+    ap.add_argument("--map", choices=("tldr", "pca"), default="tldr")
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--pq-bytes", type=int, default=16)
+    ap.add_argument("--sample", type=int, default=50_000, help="rows the map is fitted on")
+    ap.add_argument("--nprobes", default="8,16,32,64", help="nprobe values (tldr-index, FAISS)")
+    ap.add_argument("--shortlists", default="100",
+                    help="rescoring shortlists of tldr-index (LanceDB, FAISS: 100)")
+    ap.add_argument("--lance-nprobes", default="20,50", help="LanceDB nprobes values")
+    ap.add_argument("--lance-eval", type=int, default=300, help="queries for LanceDB's recall")
+    ap.add_argument("--lancedb", default="ivf_pq,ivf_rq", help="LanceDB indexes ('' for none)")
+    ap.add_argument("--rabitq-nlist", type=int, default=1024)
+    ap.add_argument("--no-rabitq", action="store_true")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--budget", type=float, default=5.0, help="seconds of timing per figure")
+    ap.add_argument("--work", default=None, help="directory for the LanceDB table (temp)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search.md"))
+    args = ap.parse_args(argv)
+    args.nprobes = [int(x) for x in args.nprobes.split(",") if x]
+    args.lance_nprobes = [int(x) for x in args.lance_nprobes.split(",") if x]
+    args.threads = [int(x) for x in args.threads.split(",") if x]
+    args.shortlists = [int(x) for x in args.shortlists.split(",") if x]
+    args.lancedb = [x for x in args.lancedb.split(",") if x]
+    select_corpus(args.corpus)
+    os.environ.setdefault("LANCE_LOG", "error")
+    import faiss
+    import torch
+
+    torch.set_num_threads(2)
+    X = interpolated(args.rows)
+    Q = unit(queries()[:args.queries])
+    t0 = time.perf_counter()
+    truth = cosine_topk(Q, X, K)
+    extra: dict = {"truth_s": time.perf_counter() - t0}
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+    rows: list = []
+    work = Path(args.work or tempfile.mkdtemp(prefix="tldr_search_"))
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def flush() -> None:
+        """Write the table so far (a run stopped part-way still leaves its figures)."""
+        out.write_text(render(rows, extra, args, len(X), len(Q)))
+        out.with_suffix(".json").write_text(json.dumps({"rows": rows, "extra": extra,
+                                                        "argv": sys.argv[1:]}, indent=1))
+        plot(rows, out.with_suffix(".png"))
+
+    try:
+        lance_uri, conn = None, None
+        if args.lancedb:
+            t0 = time.perf_counter()
+            conn = write_table(X, str(work / "db"))
+            extra["lance_write_s"] = time.perf_counter() - t0
+            from connectors import lancedb_uri
+            lance_uri = lancedb_uri(str(work / "db"), "orig")
+        extra.update(run_compact(args, X, Q, truth, rows, lance_uri))
+        flush()
+        if not args.no_rabitq:
+            extra.update(run_rabitq(args, X, Q, truth, rows))
+            flush()
+        if args.lancedb:
+            extra.update(run_lancedb(args, X, Q, truth, rows, conn, str(work / "db"), flush))
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    flush()
+    print(render(rows, extra, args, len(X), len(Q)))
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The IVF index over the codes (tldr_index.code_index): indexed search with every list probed
+equals the exhaustive code scan, ``add`` keeps it consistent, save/load round-trips, the recall
+table picks nprobe, and every bad input gets one clear error."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from conftest import make_structured
+
+from tldr_index.code_index import CodeIndex, codes_digest, default_nlist
+from tldr_index.codecs import get_codec
+from tldr_index.errors import InvalidInputError, InvalidParameterError, ModelFormatError
+
+D = 16
+#: scores of the indexed search and of the codec's own exhaustive search are the same sums,
+#: accumulated in another order (FAISS lookup tables vs. a decode and a dot)
+SCORE_TOL = 1e-5
+CODECS = [("pq", {"bytes": 8}), ("opq", {"bytes": 8}), ("rq", {"bytes": 4}),
+          ("rabitq", {"bits": 1}), ("sq4", {})]
+
+
+def _data(n=1500, seed=0):
+    X = make_structured(n, D, latent=6, clusters=10, seed=seed)
+    Q = make_structured(40, D, latent=6, clusters=10, seed=seed)  # same blobs: same map, seed
+    return X, Q
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _data()
+
+
+_FITTED: dict = {}
+FAST = {"pq": {"n_iter": 5}, "opq": {"n_iter": 5, "opq_iter": 2}}  # keep the tests quick
+
+
+def _fitted(name, kw, X):
+    """A codec fitted on ``X`` and the codes of ``X`` (cached per codec and data)."""
+    key = (name, tuple(sorted(kw.items())), len(X), X[0, 0].item())
+    if key not in _FITTED:
+        c = get_codec(name, D, **kw, **FAST.get(name, {})).fit(X, seed=0)
+        _FITTED[key] = (c, c.encode(X))
+    return _FITTED[key]
+
+
+def _same_result(D1, I1, D2, I2):
+    """Equal ids wherever the scores are not tied within SCORE_TOL, and equal scores."""
+    np.testing.assert_allclose(D1, D2, rtol=0, atol=SCORE_TOL)
+    differ = I1 != I2
+    # a different id is allowed only between (near-)tied scores
+    left = np.abs(np.diff(D1, axis=1, prepend=np.inf)) <= SCORE_TOL
+    right = np.abs(np.diff(D1, axis=1, append=-np.inf)) <= SCORE_TOL
+    assert np.all((left | right)[differ])
+    return differ.mean()
+
+
+@pytest.mark.parametrize("name,kw", CODECS, ids=[c[0] for c in CODECS])
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+def test_all_lists_equal_the_exhaustive_code_scan(data, name, kw, metric):
+    X, Q = data
+    codec, codes = _fitted(name, kw, X)
+    index = CodeIndex.build(X, codes, codec, metric=metric, recall_queries=50)
+    assert index.nlist == default_nlist(len(X)) == 38  # 4 sqrt(1500) = 155 > 1500 // 39 = 38
+    D1, I1 = index.search(Q, 10, nprobe=index.nlist)
+    Qs = Q / np.linalg.norm(Q, axis=1, keepdims=True) if metric == "cosine" else Q
+    D2, I2 = codec.search(Qs, codes, 10)
+    assert _same_result(D1, I1, D2, I2) <= 0.01
+    # the stored table: recall grows with nprobe and is 1 at every list
+    t = index.recall_table
+    assert t.nprobe[-1] == index.nlist and t.vs_exhaustive[-1] == 1.0
+    assert t.vs_exhaustive == sorted(t.vs_exhaustive) and t.vs_exhaustive[0] < 1.0
+
+
+@pytest.mark.parametrize("name,kw", [CODECS[0], CODECS[2]], ids=["pq", "rq"])
+def test_l2_equals_exact_adc_distances(data, name, kw):
+    """l2 scores are -||q - decode(code)||^2, on the FAISS path and on the decode path."""
+    X, Q = data
+    codec, codes = _fitted(name, kw, X)
+    index = CodeIndex.build(X, codes, codec, metric="l2", recall_queries=0)
+    D1, I1 = index.search(Q, 10, nprobe=index.nlist)
+    R = codec.decode(codes)
+    ref = -((Q[:, None, :] - R[None]) ** 2).sum(-1)
+    I2 = np.argsort(-ref, axis=1, kind="stable")[:, :10]
+    _same_result(D1, I1, np.take_along_axis(ref, I2, axis=1), I2)
+
+
+def test_fewer_candidates_than_k_pad_with_minus_one(data):
+    X, Q = data
+    codec, codes = _fitted("sq4", {}, X[:100])
+    index = CodeIndex.build(X[:100], codes, codec, nlist=2, recall_queries=0)
+    D1, I1 = index.search(Q[:3], 150, nprobe=2)
+    assert (I1[:, 100:] == -1).all() and np.isinf(D1[:, 100:]).all()
+    assert sorted(I1[0, :100]) == list(range(100))
+
+
+@pytest.mark.parametrize("name,kw", [CODECS[0], CODECS[3]], ids=["pq", "rabitq"])
+def test_add_keeps_the_index_consistent(data, name, kw):
+    X, Q = data
+    codec, codes = _fitted(name, kw, X)
+    index = CodeIndex.build(X[:1000], codes[:1000], codec, recall_queries=0)
+    rows = index.add(codes[1000:], X[1000:])
+    assert rows.tolist() == list(range(1000, 1500)) and index.n == 1500
+    # each added row sits in the list nearest its vector: probing that one list finds it
+    _, I = index.search(X[1000:1100], 1500, nprobe=1)
+    assert all(r in row for r, row in zip(range(1000, 1100), I))
+    # and the grown index equals the exhaustive scan of all the codes
+    D1, I1 = index.search(Q, 10, nprobe=index.nlist)
+    D2, I2 = codec.search(Q, codes, 10)
+    _same_result(D1, I1, D2, I2)
+    assert codes_digest(index.codes_in_row_order()) == codes_digest(codes)
+
+
+@pytest.mark.parametrize("name,kw", [CODECS[1], CODECS[2]], ids=["opq", "rq"])
+def test_save_load_round_trip(data, name, kw, tmp_path):
+    X, Q = data
+    codec, codes = _fitted(name, kw, X)
+    index = CodeIndex.build(X, codes, codec, recall_queries=50)
+    index.save(tmp_path / "index.safetensors")
+    back = CodeIndex.load(tmp_path / "index.safetensors", codes, codec)
+    assert (back.nlist, back.n, back.metric) == (index.nlist, index.n, index.metric)
+    assert back.recall_table == index.recall_table
+    for p in (1, 3, index.nlist):
+        D1, I1 = index.search(Q, 10, nprobe=p)
+        D2, I2 = back.search(Q, 10, nprobe=p)
+        np.testing.assert_array_equal(I1, I2)
+        np.testing.assert_array_equal(D1, D2)
+    assert back.to_bytes() == index.to_bytes()
+
+
+def test_load_refuses_other_codes_unless_asked(data, tmp_path, caplog):
+    X, Q = data
+    codec, codes = _fitted("pq", {"bytes": 8}, X)
+    CodeIndex.build(X, codes, codec, recall_queries=0).save(tmp_path / "i.st")
+    p = re.escape(str(tmp_path / "i.st"))
+    with pytest.raises(ModelFormatError, match=rf"^Code index '{p}' does not match the codes it "
+                       rf"is loaded with: it indexes 1500 rows, the code array has 1499\. Rebuild "
+                       rf"it, or pass fallback_exhaustive=True to search every code\.$"):
+        CodeIndex.load(tmp_path / "i.st", codes[:-1], codec)
+    other = codes.copy()
+    other[7, 0] ^= 1
+    with pytest.raises(ModelFormatError, match=r"the SHA-256 of the code array differs from the "
+                                               r"one it indexed\."):
+        CodeIndex.load(tmp_path / "i.st", other, codec)
+    fall = CodeIndex.load(tmp_path / "i.st", other, codec, fallback_exhaustive=True)
+    assert fall.nlist == 1 and fall.exhaustive_only and "exhaustive scan" in caplog.text
+    D1, I1 = fall.search(Q, 10, nprobe=1)
+    D2, I2 = codec.search(Q / np.linalg.norm(Q, axis=1, keepdims=True), other, 10)
+    _same_result(D1, I1, D2, I2)
+    with pytest.raises(ModelFormatError, match=r"^Code index file '.*nope' does not exist\.$"):
+        CodeIndex.load(tmp_path / "nope", codes, codec)
+    (tmp_path / "bad").write_bytes(b"\x08" + b"\x00" * 7 + b"not json")
+    with pytest.raises(ModelFormatError, match=r"^'.*bad' is not a tldr-index code index: "):
+        CodeIndex.load(tmp_path / "bad", codes, codec)
+
+
+def test_nprobe_for_and_its_errors(data):
+    X, Q = data
+    codec, codes = _fitted("pq", {"bytes": 8}, X)
+    index = CodeIndex.build(X, codes, codec, recall_queries=50)
+    t = index.recall_table
+    p = index.nprobe_for(0.9)
+    i = t.nprobe.index(p)
+    assert t.vs_exhaustive[i] >= 0.9 and all(r < 0.9 for r in t.vs_exhaustive[:i])
+    assert index.nprobe_for(1.0) == t.nprobe[t.vs_exhaustive.index(1.0)]
+    assert index.default_nprobe() == index.nprobe_for(0.95)
+    best = int(np.argmax(t.vs_exact))
+    if t.vs_exact[best] < 1.0:
+        with pytest.raises(InvalidParameterError, match=re.escape(
+                f"The 'target_recall' parameter of CodeIndex.nprobe_for must be at most the best "
+                f"recall@10 the stored table reaches against exact search ({t.vs_exact[best]} at "
+                f"nprobe {t.nprobe[best]}). Got 1.0 instead.")):
+            index.nprobe_for(1.0, against="exact")
+    with pytest.raises(InvalidParameterError, match=r"^The 'target_recall' parameter of "
+                       r"CodeIndex\.nprobe_for must be a float in the range \[0\.0, 1\.0\]"):
+        index.nprobe_for(1.5)
+    bare = CodeIndex.build(X, codes, codec, recall_queries=0)
+    with pytest.raises(InvalidParameterError, match=r"needs a stored recall table against "
+                                                    r"exhaustive search; this index has none"):
+        bare.nprobe_for(0.9)
+
+
+def test_bad_input(data):
+    X, Q = data
+    codec, codes = _fitted("sq4", {}, X)
+    index = CodeIndex.build(X[:400], codes[:400], codec, nlist=8, recall_queries=0)
+    with pytest.raises(InvalidParameterError, match=r"^The 'nprobe' parameter of CodeIndex\."
+                       r"search must be an int in the range \[1, 8\]\. Got 0 instead\.$"):
+        index.search(Q, 10, nprobe=0)
+    with pytest.raises(InvalidParameterError, match=r"\[1, 8\]\. Got 9 instead\.$"):
+        index.search(Q, 10, nprobe=9)
+    with pytest.raises(InvalidParameterError, match=r"^The 'k' parameter of CodeIndex\.search "
+                                                    r"must be an int in the range \[1, inf\)\. "
+                                                    r"Got 0 instead\.$"):
+        index.search(Q, 0)
+    with pytest.raises(InvalidInputError, match=r"^The 'queries' input of CodeIndex\.search must "
+                                                r"have 16 columns"):
+        index.search(Q[:, :8], 10)
+    with pytest.raises(InvalidInputError, match=r"^The 'codes' input of CodeIndex\.add must have "
+                                                r"one row per vector \(3\)\. Got 2 rows "
+                                                r"instead\.$"):
+        index.add(codes[:2], X[:3])
+    with pytest.raises(InvalidInputError, match=r"^The 'codes' input of CodeIndex\.build must be "
+                                                r"a uint8 array of shape \(n, 8\)"):
+        CodeIndex.build(X, codes[:, :4], codec)
+    with pytest.raises(InvalidParameterError, match=r"^The 'nlist' parameter of CodeIndex\.build "
+                                                    r"must be an int in the range \[1, 1500\]\. "
+                                                    r"Got 0 instead\.$"):
+        CodeIndex.build(X, codes, codec, nlist=0)
+    with pytest.raises(InvalidParameterError, match=r"^The 'metric' parameter of CodeIndex\.build "
+                                                    r"must be one of"):
+        CodeIndex.build(X, codes, codec, metric="dot")
+    with pytest.raises(Exception, match=r"is not fitted yet.*CodeIndex\.build"):
+        CodeIndex.build(X, codes, get_codec("sq4", D))
+
+
+def test_search_is_safe_from_many_threads(data):
+    """Concurrent searches (FAISS path and decode path) give the sequential answers."""
+    import concurrent.futures as cf
+
+    X, Q = data
+    for name, kw in (CODECS[0], CODECS[2]):
+        codec, codes = _fitted(name, kw, X)
+        index = CodeIndex.build(X, codes, codec, recall_queries=0)
+        want = [index.search(Q[i:i + 1], 10, nprobe=1 + i % index.nlist) for i in range(len(Q))]
+        with cf.ThreadPoolExecutor(4) as ex:
+            got = list(ex.map(lambda i: index.search(Q[i:i + 1], 10, nprobe=1 + i % index.nlist),
+                              range(len(Q))))
+        for (D1, I1), (D2, I2) in zip(want, got):
+            np.testing.assert_array_equal(I1, I2)
+            np.testing.assert_array_equal(D1, D2)

@@ -1,0 +1,510 @@
+"""An inverted-file (IVF) index over the codes of a compact collection.
+
+A coarse partition of the reduced vectors into ``nlist`` lists (FAISS k-means on a sample; default
+``nlist = 4 sqrt(N)``, clamped to ``[1, N / 39]``); each list holds its rows' codes and row
+positions (their index in the code array the index was built from). :meth:`CodeIndex.search`
+ranks the ``nlist`` centroids for each query, visits the ``nprobe`` best lists and scores only
+their codes, so a query costs about ``nlist x d`` (centroids) plus ``nprobe / nlist`` of the
+exhaustive code scan.
+
+Scoring is the codec's own estimate of the inner product (``score = <q, x>``; cosine: the index
+L2-normalises the queries, the vectors given must be the normalised rows that were encoded; l2:
+``score = -||q - x||^2``). PQ and OPQ codes (8-bit sub-quantizers) are scored through FAISS
+``IndexIVFPQ`` over the existing codebook (``by_residual = False``: one lookup table per query,
+the codes are copied in as they are, never re-encoded); 8-bit PQ cannot use FAISS's 4-bit SIMD
+fast-scan layout. Every other codec (rq, rabitq, sign, sq8, sq4) scores the probed lists with
+:meth:`~tldr_index.codecs.Codec.scores` (decoding, block by block).
+
+Memory per vector: ``code_size`` bytes of code plus an 8-byte row position (int64), plus 4 bytes
+(float32 norm of the decoded row) for non-PQ codecs under l2; the centroids add
+``nlist x d x 4`` bytes in all. Files: one safetensors file (tensors + JSON metadata, no pickle):
+the centroids, each row's list (int32, 4 bytes per vector), the recall table, and the row count
+and SHA-256 of the code array indexed; the codes themselves are not duplicated on disk:
+:meth:`CodeIndex.load` takes the code array and rebuilds the lists (FAISS structures included)
+from it after checking its size and hash.
+
+>>> index = CodeIndex.build(Z, codes, codec, metric="cosine")          # doctest: +SKIP
+>>> scores, rows = index.search(queries, k=10, nprobe=index.nprobe_for(0.95))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from .artifact import atomic_write_bytes, canonical_header
+from .codecs import Codec, OPQCodec, PQCodec
+from .codecs.base import check_codes, check_matrix
+from .errors import InvalidInputError, InvalidParameterError, ModelFormatError, NotFittedError
+from .threads import faiss_threads
+from .validation import check_bool, check_choice, check_float, check_int
+
+log = logging.getLogger(__name__)
+
+FORMAT = "tldr-index/code-index"
+FORMAT_VERSION = "1"
+METRICS = ("cosine", "ip", "l2")
+#: points per centroid below which FAISS k-means warns; the default nlist keeps above it
+MIN_POINTS_PER_LIST = 39
+#: k-means training rows per list (FAISS's default cap is 256)
+TRAIN_ROWS_PER_LIST = 64
+#: nprobe values tried for the recall table (those <= nlist, plus nlist itself)
+RECALL_NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: k of the stored recall table (recall@10)
+RECALL_K = 10
+
+
+def default_nlist(n: int) -> int:
+    """``round(4 sqrt(n))`` lists, clamped to ``[1, n // 39]`` (at least 39 rows per list)."""
+    return int(max(1, min(round(4 * math.sqrt(max(n, 1))), n // MIN_POINTS_PER_LIST)))
+
+
+def codes_digest(codes: np.ndarray) -> str:
+    """SHA-256 of a uint8 code array's shape and bytes (row order). Cost: one pass, ~1 GB/s."""
+    codes = np.ascontiguousarray(codes)
+    h = hashlib.sha256(f"{codes.shape}|".encode())
+    h.update(memoryview(codes.reshape(-1)))
+    return h.hexdigest()
+
+
+@dataclass
+class RecallTable:
+    """Recall@``k`` of indexed search per ``nprobe``, measured at build on held-out rows, against
+    the exhaustive code scan (``vs_exhaustive``) and, where known, exact float search of the
+    vectors given (``vs_exact``)."""
+
+    nprobe: list[int] = field(default_factory=list)
+    vs_exhaustive: list[float] = field(default_factory=list)
+    vs_exact: list[float] | None = None
+    k: int = RECALL_K
+    queries: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nprobe": self.nprobe, "vs_exhaustive": self.vs_exhaustive,
+                "vs_exact": self.vs_exact, "k": self.k, "queries": self.queries}
+
+    def rows(self) -> list[tuple[int, float, float | None]]:
+        ex = self.vs_exact or [None] * len(self.nprobe)
+        return list(zip(self.nprobe, self.vs_exhaustive, ex))
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(np.intersect1d(a[a >= 0], b)) / k for a, b in zip(found, truth)]))
+
+
+class CodeIndex:
+    """IVF lists over a code array (see the module docstring). Build with :meth:`build`, load
+    with :meth:`load`; :meth:`exhaustive` is the one-list index (an exhaustive scan)."""
+
+    def __init__(self, codec: Codec, centroids: np.ndarray, metric: str):
+        self.codec = codec
+        self.metric = check_choice(metric, "metric", METRICS, owner="CodeIndex")
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.nlist, self.dim = self.centroids.shape
+        if self.dim != codec.dim:
+            raise InvalidParameterError(
+                f"The 'centroids' parameter of CodeIndex must have {codec.dim} columns (the "
+                f"codec's dimension). Got {self.dim} instead.")
+        self.recall_table = RecallTable()
+        self.exhaustive_only = False
+        self.n = 0
+        self._pq = isinstance(codec, PQCodec)  # PQ and OPQ: FAISS IndexIVFPQ
+        self._quantizer = (faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP)(self.dim)
+        self._quantizer.add(self.centroids)
+        if self._pq:
+            self._ivf = self._new_ivfpq()
+        else:
+            self._codes = [np.empty((0, codec.code_size), np.uint8) for _ in range(self.nlist)]
+            self._rows = [np.empty(0, np.int64) for _ in range(self.nlist)]
+            self._norms = [np.empty(0, np.float32) for _ in range(self.nlist)]
+        self._assign = np.empty(0, dtype=np.int32)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def build(cls, vectors: Any, codes: Any, codec: Codec, *, metric: str = "cosine",
+              nlist: int | None = None, seed: int = 0, n_iter: int = 10,
+              recall_queries: int = 200, exact_recall: bool = True,
+              threads: int | None = None) -> "CodeIndex":
+        """Train the partition on a sample of ``vectors`` (the reduced ``(N, d)`` rows that were
+        encoded into ``codes``, same order), fill the lists and measure the recall table.
+
+        Cost: k-means ``n_iter x (64 nlist) x nlist x d`` multiply-adds, assignment
+        ``N x nlist x d``, and for the table ``recall_queries`` exhaustive code scans (plus exact
+        scans of ``vectors`` when ``exact_recall``). ``recall_queries`` rows not in the k-means
+        sample (where N allows) are the held-out queries; 0 skips the table."""
+        o = "CodeIndex.build"
+        if not getattr(codec, "fitted", False):
+            raise NotFittedError(f"This {type(codec).__name__} instance is not fitted yet. Call "
+                                 f"'fit' before using '{o}'.")
+        metric = check_choice(metric, "metric", METRICS, owner=o)
+        X = check_matrix(vectors, "vectors", codec.dim, o)
+        codes = check_codes(codes, codec.code_size, o)
+        if len(codes) != len(X):
+            raise InvalidInputError(f"The 'codes' input of {o} must have one row per vector "
+                                    f"({len(X)}). Got {len(codes)} rows instead.")
+        if not len(X):
+            raise InvalidInputError(f"The 'vectors' input of {o} must hold at least one row. "
+                                    f"Got 0 rows instead.")
+        n = len(X)
+        nlist = default_nlist(n) if nlist is None else check_int(nlist, "nlist", low=1, high=n,
+                                                                  owner=o)
+        seed = check_int(seed, "seed", low=0, owner=o)
+        n_iter = check_int(n_iter, "n_iter", low=1, owner=o)
+        recall_queries = check_int(recall_queries, "recall_queries", low=0, owner=o)
+        exact_recall = check_bool(exact_recall, "exact_recall", owner=o)
+        if metric == "cosine":
+            X = _unit(X)
+        rng = np.random.default_rng(seed)
+        n_train = min(n, TRAIN_ROWS_PER_LIST * nlist)
+        perm = rng.permutation(n)
+        train = np.sort(perm[:n_train])
+        with faiss_threads(threads):
+            if nlist == 1:
+                cent = X[train].mean(axis=0, keepdims=True)
+            else:
+                km = faiss.Kmeans(codec.dim, nlist, niter=n_iter, seed=seed,
+                                  spherical=metric == "cosine", min_points_per_centroid=1,
+                                  max_points_per_centroid=TRAIN_ROWS_PER_LIST)
+                km.train(np.ascontiguousarray(X[train]))
+                cent = km.centroids
+            index = cls(codec, cent, metric)
+            index._add(codes, X)
+            held = perm[n_train:] if n - n_train >= recall_queries else perm
+            if recall_queries:
+                q_rows = np.sort(held[:recall_queries])
+                index.recall_table = index.measure_recall(
+                    X[q_rows], exact_vectors=X if exact_recall else None)
+        log.info("code index: %d rows in %d lists (%s, %s)", n, nlist, codec.name, metric)
+        return index
+
+    @classmethod
+    def exhaustive(cls, codes: Any, codec: Codec, *, metric: str = "cosine") -> "CodeIndex":
+        """The one-list index: every search scans every code (what small collections use, and
+        the fallback of :meth:`load`). Cost: a copy of the codes; no training."""
+        codes = check_codes(codes, codec.code_size, "CodeIndex.exhaustive")
+        index = cls(codec, np.zeros((1, codec.dim), np.float32), metric)
+        index.exhaustive_only = True
+        index._append(codes, np.zeros(len(codes), np.int32))
+        return index
+
+    def _new_ivfpq(self) -> Any:
+        pq = self.codec.pq_
+        M, ksub, dsub = pq.centroids_.shape
+        fm = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        quantizer = self._quantizer
+        if isinstance(self.codec, OPQCodec):  # queries arrive rotated: rotate the centroids too
+            quantizer = (faiss.IndexFlatL2 if self.metric == "l2" else faiss.IndexFlatIP)(self.dim)
+            quantizer.add(np.ascontiguousarray(self.centroids @ self.codec.rotation_.T,
+                                               dtype=np.float32))
+        self._ivf_quantizer = quantizer  # the IVF does not own it: keep it alive
+        ivf = faiss.IndexIVFPQ(quantizer, self.dim, self.nlist, M, 8, fm)
+        ivf.by_residual = False
+        faiss.copy_array_to_vector(pq.centroids_.ravel(), ivf.pq.centroids)
+        ivf.is_trained = True
+        ivf.use_precomputed_table = 0
+        return ivf
+
+    # -- adding rows ---------------------------------------------------------------------------
+    def add(self, codes: Any, vectors: Any, threads: int | None = None) -> np.ndarray:
+        """Append rows (``codes`` of ``vectors``, in the order the code array grows): row
+        positions ``n .. n + len - 1``. Returns them. Cost: ``len x nlist x d`` to assign."""
+        o = "CodeIndex.add"
+        X = check_matrix(vectors, "vectors", self.dim, o)
+        codes = check_codes(codes, self.codec.code_size, o)
+        if len(codes) != len(X):
+            raise InvalidInputError(f"The 'codes' input of {o} must have one row per vector "
+                                    f"({len(X)}). Got {len(codes)} rows instead.")
+        start = self.n
+        with faiss_threads(threads):
+            self._add(codes, _unit(X) if self.metric == "cosine" else X)
+        return np.arange(start, self.n, dtype=np.int64)
+
+    def _add(self, codes: np.ndarray, X: np.ndarray) -> None:
+        if self.nlist == 1:
+            lists = np.zeros(len(X), np.int32)
+        else:
+            lists = np.empty(len(X), np.int32)
+            for s in range(0, len(X), 65_536):
+                _, a = self._quantizer.search(np.ascontiguousarray(X[s:s + 65_536]), 1)
+                lists[s:s + 65_536] = a[:, 0]
+        self._append(codes, lists)
+
+    def _append(self, codes: np.ndarray, lists: np.ndarray) -> None:
+        """Put row ``n + i`` (code ``codes[i]``) into list ``lists[i]``."""
+        rows = np.arange(self.n, self.n + len(codes), dtype=np.int64)
+        order = np.argsort(lists, kind="stable")
+        bounds = np.searchsorted(lists[order], np.arange(self.nlist + 1))
+        need_norms = self.metric == "l2" and not self._pq
+        for li in np.flatnonzero(np.diff(bounds)):
+            sel = order[bounds[li]:bounds[li + 1]]
+            c, r = np.ascontiguousarray(codes[sel]), np.ascontiguousarray(rows[sel])
+            if self._pq:
+                self._ivf.invlists.add_entries(int(li), len(sel), faiss.swig_ptr(r),
+                                               faiss.swig_ptr(c))
+            else:
+                self._codes[li] = np.concatenate([self._codes[li], c])
+                self._rows[li] = np.concatenate([self._rows[li], r])
+                if need_norms:
+                    nr = np.einsum("ij,ij->i", *(2 * [self.codec.decode(c)]))
+                    self._norms[li] = np.concatenate([self._norms[li], nr.astype(np.float32)])
+        if self._pq:
+            self._ivf.ntotal += len(codes)
+        self._assign = np.concatenate([self._assign, lists.astype(np.int32)])
+        self.n += len(codes)
+
+    # -- search --------------------------------------------------------------------------------
+    def check_nprobe(self, nprobe: Any, owner: str = "CodeIndex.search") -> int:
+        """``nprobe`` as an int in ``[1, nlist]``, or one clear error."""
+        return check_int(nprobe, "nprobe", low=1, high=self.nlist, owner=owner)
+
+    def search(self, queries: Any, k: int = 10, nprobe: int | None = None,
+               threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Best-first ``(scores, row positions)``, each ``(n_queries, k)``, of the rows of the
+        ``nprobe`` lists nearest each query (default: the smallest stored nprobe reaching recall
+        0.95 against the exhaustive scan, else all lists). Fewer than ``k`` candidates: the rest
+        is id -1, score -inf. Cost per query: ``nlist x d`` plus ``nprobe / nlist`` of an
+        exhaustive scan (PQ: ``M`` lookups per code; others: a decode and a dot per code).
+        Thread-safe (no state is changed)."""
+        o = "CodeIndex.search"
+        k = check_int(k, "k", low=1, owner=o)
+        if nprobe is None:
+            nprobe = self.default_nprobe()
+        nprobe = self.check_nprobe(nprobe, o)
+        Q = check_matrix(queries, "queries", self.dim, o)
+        if self.metric == "cosine":
+            Q = _unit(Q)
+        with faiss_threads(threads):
+            if self._pq:
+                return self._search_pq(Q, k, nprobe)
+            return self._search_codec(Q, k, nprobe)
+
+    def default_nprobe(self) -> int:
+        """nprobe used when none is given: :meth:`nprobe_for` ``(0.95)`` where the stored table
+        reaches it, else every list."""
+        t = self.recall_table
+        ok = [p for p, r in zip(t.nprobe, t.vs_exhaustive) if r >= 0.95 and p <= self.nlist]
+        return min(ok) if ok else self.nlist
+
+    def _search_pq(self, Q: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(self.codec, OPQCodec):
+            Q = np.ascontiguousarray(Q @ self.codec.rotation_.T, dtype=np.float32)
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+        D, I = self._ivf.search(Q, k, params=params)
+        D = D.astype(np.float32)
+        if self.metric == "l2":
+            D = -D
+        D[I < 0] = -np.inf
+        return D, I.astype(np.int64)
+
+    def _search_codec(self, Q: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        nq = len(Q)
+        if self.nlist == 1:
+            probe = np.zeros((nq, 1), np.int64)
+        else:
+            _, probe = self._quantizer.search(Q, nprobe)
+        cand_s = np.full((nq, nprobe * k), -np.inf, np.float32)
+        cand_i = np.full((nq, nprobe * k), -1, np.int64)
+        qsq = np.einsum("ij,ij->i", Q, Q) if self.metric == "l2" else None
+        flat_q = np.repeat(np.arange(nq), probe.shape[1])
+        flat_slot = np.tile(np.arange(probe.shape[1]), nq)
+        flat_l = probe.reshape(-1)
+        order = np.argsort(flat_l, kind="stable")
+        bounds = np.searchsorted(flat_l[order], np.arange(self.nlist + 1))
+        for li in np.flatnonzero(np.diff(bounds)):
+            if not len(self._rows[li]) or li < 0:
+                continue
+            sel = order[bounds[li]:bounds[li + 1]]
+            qs, slots = flat_q[sel], flat_slot[sel]
+            S = self.codec.scores(Q[qs], self._codes[li])
+            if qsq is not None:
+                S = 2 * S - self._norms[li][None, :] - qsq[qs, None]
+            kk = min(k, S.shape[1])
+            part = np.argpartition(-S, kk - 1, axis=1)[:, :kk]
+            cols = slots[:, None] * k + np.arange(kk)[None, :]
+            cand_s[qs[:, None], cols] = np.take_along_axis(S, part, axis=1)
+            cand_i[qs[:, None], cols] = self._rows[li][part]
+        kk = min(k, cand_s.shape[1])
+        part = np.argpartition(-cand_s, kk - 1, axis=1)[:, :kk]
+        vals = np.take_along_axis(cand_s, part, axis=1)
+        ids = np.take_along_axis(cand_i, part, axis=1)
+        o = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -vals), axis=1)
+        D, I = np.take_along_axis(vals, o, axis=1), np.take_along_axis(ids, o, axis=1)
+        if kk < k:
+            D = np.pad(D, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+            I = np.pad(I, ((0, 0), (0, k - kk)), constant_values=-1)
+        return D.astype(np.float32), I
+
+    def search_exhaustive(self, queries: Any, k: int = 10,
+                          threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The same scores over every list (``nprobe = nlist``): the exhaustive code scan."""
+        return self.search(queries, k, nprobe=self.nlist, threads=threads)
+
+    # -- recall table --------------------------------------------------------------------------
+    def measure_recall(self, queries: np.ndarray, *, exact_vectors: np.ndarray | None = None,
+                       nprobes: tuple[int, ...] = RECALL_NPROBES, k: int = RECALL_K
+                       ) -> RecallTable:
+        """Recall@``k`` of :meth:`search` per nprobe against the exhaustive code scan and, with
+        ``exact_vectors`` (the ``(N, d)`` rows indexed, as searched), exact float search. Cost:
+        one exhaustive scan and ``len(nprobes)`` indexed searches of ``queries``."""
+        ps = sorted({p for p in nprobes if p < self.nlist} | {self.nlist})
+        _, truth = self.search(queries, k, nprobe=self.nlist)
+        exact = None
+        if exact_vectors is not None:
+            Q = _unit(queries) if self.metric == "cosine" else np.asarray(queries, np.float32)
+            flat = (faiss.IndexFlatL2 if self.metric == "l2" else faiss.IndexFlatIP)(self.dim)
+            flat.add(np.ascontiguousarray(exact_vectors, dtype=np.float32))
+            _, exact = flat.search(np.ascontiguousarray(Q), k)
+        t = RecallTable(nprobe=ps, vs_exhaustive=[], vs_exact=[] if exact is not None else None,
+                        k=k, queries=len(queries))
+        for p in ps:
+            _, I = self.search(queries, k, nprobe=p)
+            t.vs_exhaustive.append(round(_recall(I, truth), 4))
+            if exact is not None:
+                t.vs_exact.append(round(_recall(I, exact), 4))
+        return t
+
+    def nprobe_for(self, target_recall: float, against: str = "exhaustive") -> int:
+        """The smallest stored nprobe whose recall@10 (``against`` "exhaustive" or "exact")
+        reaches ``target_recall``; one clear error naming the best reachable one otherwise."""
+        o = "CodeIndex.nprobe_for"
+        against = check_choice(against, "against", ("exhaustive", "exact"), owner=o)
+        target_recall = check_float(target_recall, "target_recall", low=0.0, high=1.0, owner=o)
+        t = self.recall_table
+        col = t.vs_exhaustive if against == "exhaustive" else t.vs_exact
+        if not t.nprobe or col is None:
+            raise InvalidParameterError(
+                f"The 'target_recall' parameter of {o} needs a stored recall table against "
+                f"{against} search; this index has none (built with recall_queries=0"
+                f"{' or exact_recall=False' if against == 'exact' else ''}). Pass nprobe instead.")
+        for p, r in zip(t.nprobe, col):
+            if r >= target_recall:
+                return int(p)
+        best = int(np.argmax(col))
+        raise InvalidParameterError(
+            f"The 'target_recall' parameter of {o} must be at most the best recall@{t.k} the "
+            f"stored table reaches against {against} search ({col[best]} at nprobe "
+            f"{t.nprobe[best]}). Got {target_recall} instead.")
+
+    # -- memory --------------------------------------------------------------------------------
+    def bytes_per_vector(self) -> float:
+        """RAM of the lists per indexed row: code bytes + 8 (row position) [+ 4 (norm)], plus the
+        centroids (``nlist x d x 4``) and the list-of-row array (4) spread over the rows."""
+        per = self.codec.code_size + 8 + 4
+        if self.metric == "l2" and not self._pq:
+            per += 4
+        return per + self.centroids.nbytes / max(self.n, 1)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def codes_in_row_order(self) -> np.ndarray:
+        """The ``(n, code_size)`` uint8 codes indexed, in row order (a copy)."""
+        out = np.empty((self.n, self.codec.code_size), np.uint8)
+        for li in range(self.nlist):
+            if self._pq:
+                size = self._ivf.invlists.list_size(li)
+                if not size:
+                    continue
+                rows = faiss.rev_swig_ptr(self._ivf.invlists.get_ids(li), size).copy()
+                c = faiss.rev_swig_ptr(self._ivf.invlists.get_codes(li),
+                                       size * self.codec.code_size).copy()
+                out[rows] = c.reshape(size, -1)
+            elif len(self._rows[li]):
+                out[self._rows[li]] = self._codes[li]
+        return out
+
+    def to_bytes(self) -> bytes:
+        """The index as safetensors bytes (see the module docstring for what is stored)."""
+        from safetensors.numpy import save
+
+        info = {"metric": self.metric, "nlist": self.nlist, "dim": self.dim, "rows": self.n,
+                "code_size": self.codec.code_size, "codec": self.codec.config(),
+                "codes_sha256": codes_digest(self.codes_in_row_order()),
+                "exhaustive_only": self.exhaustive_only,
+                "recall_table": self.recall_table.to_json()}
+        tensors = {"centroids": self.centroids, "assign": np.ascontiguousarray(self._assign)}
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "info": json.dumps(info, sort_keys=True)}
+        return canonical_header(save(tensors, metadata=meta))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`to_bytes` atomically to ``path``."""
+        atomic_write_bytes(path, self.to_bytes())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, codes: Any, codec: Codec, *,
+             fallback_exhaustive: bool = False) -> "CodeIndex":
+        """Rebuild an index saved by :meth:`save` over ``codes`` (the code array it indexes).
+        A file whose row count or code hash does not match ``codes`` raises
+        :class:`ModelFormatError`, or, with ``fallback_exhaustive``, logs a warning and returns
+        :meth:`exhaustive`. Cost: a hash of the codes and one pass to fill the lists."""
+        from safetensors.numpy import load
+
+        o = "CodeIndex.load"
+        fallback_exhaustive = check_bool(fallback_exhaustive, "fallback_exhaustive", owner=o)
+        codes = check_codes(codes, codec.code_size, o)
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelFormatError(f"Code index file '{path}' does not exist.") from None
+        try:
+            n = int.from_bytes(data[:8], "little")
+            meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+            tensors = load(data)
+            info = json.loads(meta["info"])
+        except Exception as exc:  # noqa: BLE001 - any parse failure is one format error
+            raise ModelFormatError(f"'{path}' is not a tldr-index code index: {exc}.") from None
+        if meta.get("format") != FORMAT:
+            raise ModelFormatError(f"'{path}' is not a tldr-index code index (format "
+                                   f"{meta.get('format')!r}).")
+        problem = None
+        if info["code_size"] != codec.code_size or info["dim"] != codec.dim:
+            problem = (f"it indexes {info['code_size']}-byte codes of {info['dim']}-d vectors, "
+                       f"the codec has {codec.code_size}-byte codes of {codec.dim}-d vectors")
+        elif info["rows"] != len(codes):
+            problem = f"it indexes {info['rows']} rows, the code array has {len(codes)}"
+        elif info["codes_sha256"] != codes_digest(codes):
+            problem = "the SHA-256 of the code array differs from the one it indexed"
+        if problem:
+            if fallback_exhaustive:
+                log.warning("code index '%s' does not match the codes (%s): exhaustive scan",
+                            path, problem)
+                return cls.exhaustive(codes, codec, metric=info["metric"])
+            raise ModelFormatError(
+                f"Code index '{path}' does not match the codes it is loaded with: {problem}. "
+                f"Rebuild it, or pass fallback_exhaustive=True to search every code.")
+        index = cls(codec, tensors["centroids"], info["metric"])
+        index.exhaustive_only = bool(info["exhaustive_only"])
+        assign = np.asarray(tensors["assign"], dtype=np.int32)
+        if assign.shape != (len(codes),) or (len(assign) and (assign.min() < 0
+                                                              or assign.max() >= index.nlist)):
+            raise ModelFormatError(f"'{path}' is a corrupt code index: the list of each row must "
+                                   f"be {len(codes)} ints in [0, {index.nlist}).")
+        index._append(codes, assign)
+        rt = info["recall_table"]
+        index.recall_table = RecallTable(nprobe=rt["nprobe"], vs_exhaustive=rt["vs_exhaustive"],
+                                         vs_exact=rt["vs_exact"], k=rt["k"],
+                                         queries=rt["queries"])
+        return index
+
+    def __repr__(self) -> str:
+        return (f"CodeIndex({self.codec.name}, rows={self.n}, nlist={self.nlist}, "
+                f"metric={self.metric!r})")
+
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return np.ascontiguousarray(X / np.where(norms > 0, norms, 1), dtype=np.float32)
+
+
+__all__ = ["CodeIndex", "RecallTable", "default_nlist", "codes_digest"]
