@@ -259,3 +259,15 @@ def test_verbose_shows_knn_and_epoch_bars(structured, capsys):
         assert f"epoch {e}/2" in err
         assert f"100% {steps}/{steps} steps" in err
     assert err.count("steps/s") == 2  # the ETA shows while a bar runs (test_progress.py)
+
+
+def test_sliced_memmap_is_read_from_its_own_rows(tmp_path):
+    """``transform(mm[a:b])`` encodes rows a..b of the file, not the file's first rows."""
+    from tldr_index import PCA  # noqa: F811
+    X = np.random.default_rng(3).standard_normal((200, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    pca = PCA(n_components=3).fit(X)
+    for a, b in ((100, 110), (0, 5), (37, 200)):
+        np.testing.assert_array_equal(pca.transform(mm[a:b]), pca.transform(X[a:b]))
+    np.testing.assert_array_equal(pca.transform(mm[50:150][10:20]), pca.transform(X[60:70]))

@@ -238,6 +238,16 @@ class VectorStoreWriter:
         return VectorStore.open(self.root)
 
 
+def memmap_offset(X: np.memmap) -> int:
+    """Byte offset in its file of the first row of ``X``: a slice of a memmap (``mm[100:]``)
+    keeps its parent's ``offset``, so the distance from the mapped root's first byte is added."""
+    root = X
+    while isinstance(root.base, np.memmap):
+        root = root.base
+    ptr = X.__array_interface__["data"][0]
+    return int(root.offset + ptr - root.__array_interface__["data"][0])
+
+
 def as_vectors(X: Any, name: str = "X") -> Vectors:
     """Wrap ``X`` (2-D float array, ``np.memmap``, :class:`Vectors`, or a vector-store directory)
     as a :class:`Vectors` source, checking shape and dtype.
@@ -252,7 +262,7 @@ def as_vectors(X: Any, name: str = "X") -> Vectors:
     if isinstance(X, np.memmap) and X.ndim == 2 and X.flags.c_contiguous and X.filename:
         _check_dtype(X.dtype, name)
         _check_rows(X.shape, name)
-        return FileVectors(X.filename, X.shape[0], X.shape[1], X.dtype, X.offset)
+        return FileVectors(X.filename, X.shape[0], X.shape[1], X.dtype, memmap_offset(X))
     if hasattr(X, "toarray") and hasattr(X, "nnz"):
         raise InvalidInputError(
             f"Input '{name}' is a sparse matrix ({type(X).__name__}): sparse input is not "
