@@ -302,7 +302,7 @@ def test_readme_target_recall_method_auto_command_with_logs(tmp_path, monkeypatc
     assert out[2] == "  vectors        40-d -> 16-d float16 + 16-byte PQ codes"
     sel = [x for x in out if x.startswith("  selection      ")]
     assert sel and sel[0].startswith("  selection      smallest candidate with recall@10 of the "
-                                     "PQ-code search >= 0.9: ")
+                                     "code search >= 0.9: ")
     log = " ".join(res.stderr.split())
     assert ("choosing the smallest reaching recall@10 >= 0.9 among d=16 PQ 16 B, d=32 PQ 16 B; "
             "work dir tldr-work/docs_tldr-") in log

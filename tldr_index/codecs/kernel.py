@@ -34,8 +34,9 @@ SCORE_FLOATS = 1 << 25
 #: Queries per call for codecs with FAISS lookup tables (their memory is ``block x k``).
 TABLE_QUERY_BLOCK = 1024
 
-_NORMS: "weakref.WeakKeyDictionary[np.ndarray, tuple[int, np.ndarray]]" = \
-    weakref.WeakKeyDictionary()
+#: id(codes) -> (weak ref to codes, weak ref to codec, norms); at most NORM_CACHE entries.
+_NORMS: dict[int, tuple] = {}
+NORM_CACHE = 8
 
 
 def query_block(n: int) -> int:
@@ -46,17 +47,22 @@ def query_block(n: int) -> int:
 def decoded_sq_norms(codec: Codec, codes: np.ndarray) -> np.ndarray:
     """``||decode(code)||^2`` of every row (float32, ``(n,)``), decoded ``SCORE_BLOCK_ROWS``
     rows at a time and cached while ``codes`` lives. Cost: one decode of the codes."""
-    hit = _NORMS.get(codes)
-    if hit is not None and hit[0] == id(codec):
-        return hit[1]
+    hit = _NORMS.get(id(codes))
+    if hit is not None and hit[0]() is codes and hit[1]() is codec:
+        return hit[2]
     out = np.empty(len(codes), dtype=np.float32)
     for s in range(0, len(codes), SCORE_BLOCK_ROWS):
         x = codec.decode(codes[s:s + SCORE_BLOCK_ROWS]).astype(np.float64)
         out[s:s + len(x)] = np.einsum("nd,nd->n", x, x)
+    key = id(codes)
     try:
-        _NORMS[codes] = (id(codec), out)
-    except TypeError:  # not weak-referenceable (a view of a foreign buffer): no cache
-        pass
+        ref = weakref.ref(codes, lambda _r, key=key: _NORMS.pop(key, None))
+        cref = weakref.ref(codec)
+    except TypeError:  # not weak-referenceable: no cache
+        return out
+    while len(_NORMS) >= NORM_CACHE:
+        _NORMS.pop(next(iter(_NORMS)), None)
+    _NORMS[key] = (ref, cref, out)
     return out
 
 

@@ -190,7 +190,7 @@ def selection_plan(src, dim: int | None, dims: Sequence[int] | None, pq_bytes,
 
 def candidate_text(method: str, d: int, codec: str | None, size: int) -> str:
     """``tldr d=64 PQ 16 B`` (``float`` without codes)."""
-    return f"{method} d={d} " + (f"{codec.upper()} {size} B" if size else "float")
+    return f"{method} d={d} " + (f"{(codec or 'pq').upper()} {size} B" if size else "float")
 
 
 def plan_text(method: str, dim: int | None, pq_bytes: int | None, select: dict | None,
