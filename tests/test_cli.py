@@ -215,7 +215,8 @@ def test_usage_errors_exit_2(env):
                                    "(a URI)."),
         (["shrink", "--collection", "docs"], "Error: Missing option '--dim'."),
         (["shrink", "--collection", "docs", "--dim", "4", "--method", "umap"],
-         "Error: Invalid value for '--method': 'umap' is not one of 'tldr', 'pca', 'auto'."),
+         "Error: Invalid value for '--method': 'umap' is not one of 'tldr', 'pca', 'none', "
+             "'auto'."),
         (["shrink", "--source", "parquet://x/*.parquet", "--target", "out", "--dim", "4"],
          "Error: --target must be a URI for a Parquet source, e.g. --target parquet://out/."),
     ]
@@ -304,8 +305,9 @@ def test_readme_target_recall_method_auto_command_with_logs(tmp_path, monkeypatc
     assert sel and sel[0].startswith("  selection      smallest candidate with recall@10 of the "
                                      "code search >= 0.9: ")
     log = " ".join(res.stderr.split())
-    assert ("choosing the smallest reaching recall@10 >= 0.9 among d=16 PQ 16 B, d=32 PQ 16 B; "
-            "work dir tldr-work/docs_tldr-") in log
+    assert ("choosing the smallest reaching recall@10 >= 0.9 among tldr d=16 PQ 16 B, pca d=16 PQ "
+            "16 B, tldr d=32 PQ 16 B, pca d=32 PQ 16 B, none d=40 RQ 16 B; work dir "
+            "tldr-work/docs_tldr-") in log
     assert sorted(os.listdir(".")) == ["lancedb"]  # the work directory and its parent are gone
 
 
@@ -315,7 +317,8 @@ def test_method_auto_with_dim_and_no_pq_bytes(env):
               "--method", "auto", "--epochs", "1", "--threads", "1")
     assert res.exit_code == 0, res.stderr
     log = " ".join(res.stderr.split())
-    assert "tldr/pca, choosing the better method among d=8 PQ 8 B; work dir" in log
+    assert ("tldr/pca/none, choosing the better method among tldr d=8 PQ 8 B, pca d=8 PQ 8 B, "
+            "none d=16 PQ 8 B, none d=16 OPQ 8 B, none d=16 RQ 8 B; work dir") in log
     assert res.stdout.splitlines()[2] == "  vectors        16-d -> 8-d float16 + 8-byte PQ codes"
 
 

@@ -214,7 +214,7 @@ def test_sweep_cli_table_and_plot(source, tmp_path):
         "--target-recall", "0.2", "--sample", "600", "--queries", "50", "--threads", "1",
         "--work-dir", str(tmp_path / "w")])
     assert out.exit_code == 0, out.output
-    assert "recall@10 PQ" in out.output and "smallest candidate with" in out.output
+    assert "recall@10 codes" in out.output and "smallest candidate with" in out.output
 
 
 def test_bad_sweep_input(source, tmp_path):

@@ -152,6 +152,7 @@ def selection_plan(src, dim: int | None, dims: Sequence[int] | None, pq_bytes,
         if [m, d, codec, size] not in cands:
             cands.append([m, d, codec, size])
 
+    defaults: list[int] = []  # the sizes a default budget (None) gave the reduced candidates
     for d in sorted(set(cand_dims)):
         for b in budgets:
             for codec in codecs:
@@ -164,12 +165,19 @@ def selection_plan(src, dim: int | None, dims: Sequence[int] | None, pq_bytes,
                         log.info("Candidate d=%d with %s %s bytes skipped (infeasible).", d,
                                  codec, b)
                         continue
+                if b is None:
+                    defaults.append(size)
                 for m in methods:
                     add(m, d, codec if size else None, size)
     if method in ("auto", "none"):
         D = src.dim
-        for b in budgets:
-            budget = DEFAULT_BYTES if b is None else b
+        ident = []
+        for b in budgets:  # the identity map at the same budgets as the reduced candidates
+            if b is None:
+                ident += sorted(set(defaults)) or [DEFAULT_BYTES]
+            else:
+                ident.append(b)
+        for budget in dict.fromkeys(ident):
             if budget == 0:
                 add("none", D, None, 0)
                 continue
@@ -184,7 +192,7 @@ def selection_plan(src, dim: int | None, dims: Sequence[int] | None, pq_bytes,
             f"The 'bytes' parameter of {owner} (--bytes) must be a budget that codec(s) "
             f"{', '.join(codecs)} can meet at one of the dims {sorted(set(cand_dims)) or [src.dim]}"
             f". Got {pq_bytes!r} instead.")
-    return {"candidates": cands, "methods": sorted({c[0] for c in cands}),
+    return {"candidates": cands, "methods": list(dict.fromkeys(c[0] for c in cands)),
             "target_recall": target_recall, "criterion": criterion}
 
 
