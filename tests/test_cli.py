@@ -318,7 +318,8 @@ def test_method_auto_with_dim_and_no_pq_bytes(env):
     assert res.exit_code == 0, res.stderr
     log = " ".join(res.stderr.split())
     assert ("tldr/pca/none, choosing the better method among tldr d=8 PQ 8 B, pca d=8 PQ 8 B, "
-            "none d=16 PQ 8 B, none d=16 OPQ 8 B, none d=16 RQ 8 B; work dir") in log
+            "none d=16 PQ 8 B, none d=16 OPQ 8 B, none d=16 RQ 8 B, none d=16 RABITQ 8 B; work "
+            "dir") in log
     assert res.stdout.splitlines()[2] == "  vectors        16-d -> 8-d float16 + 8-byte PQ codes"
 
 

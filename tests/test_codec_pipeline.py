@@ -68,3 +68,28 @@ def test_shrink_search_add_search(data, tmp_path, case):
     hits = search(tgt, new, k=10).ids
     assert np.mean([i in h for i, h in zip(new_ids, hits)]) >= 0.8
     assert len(tldr_index.open(tgt).search(Q, k=10).ids) == 20
+
+
+def test_reindex_encodes_new_rows_with_the_stored_codec(data, tmp_path):
+    """reindex adds the source's new rows with the target's own codec (here RQ, cosine): their
+    stored codes are the stored model's codes of their vectors."""
+    import lancedb
+    from _pipeline_helpers import table_of
+
+    from tldr_index.reindex import reindex
+
+    src = lancedb_source(str(tmp_path), data[:N])
+    tgt = src + "_c"
+    shrink(src, tgt, dim=16, codec="rq", bytes=6, work_dir=tmp_path / "w",
+           source_options={"distance": "cosine"}, **FAST)
+    new_ids = np.arange(50, dtype=np.int64) + 20_000
+    lancedb.connect(str(tmp_path / "db")).open_table("docs").add(table_of(data[N:], ids=new_ids))
+    rep = reindex(tgt, work_dir=tmp_path / "rw")
+    assert (rep.status, rep.added) == ("updated", 50)
+    t = open_target(tgt)
+    model = CompactModel.of_target(t)
+    assert (model.codec_name, model.code_bytes) == ("rq", 6)
+    ids, codes = read_codes(t, "id", "pq_codes")
+    pos = {int(i): r for r, i in enumerate(ids.to_numpy())}
+    got = codes[[pos[int(i)] for i in new_ids]]
+    np.testing.assert_array_equal(got, model.encode_codes(model.encode(data[N:])))
