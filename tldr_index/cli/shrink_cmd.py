@@ -59,7 +59,8 @@ def shrink_summary(report) -> list[str]:
               help="Target URI, or a name in the source's store [default: "
                    "<collection>_tldr<dim>].")
 @click.option("--dim", type=click.IntRange(min=1), default=None,
-              help="Reduced dimension (required unless --target-recall or --method none).")
+              help="Reduced dimension (required unless --target-recall or --method none/auto; "
+                   "auto without it tries --dims).")
 @click.option("--method", type=click.Choice(["tldr", "pca", "none", "auto"]), default="tldr",
               show_default=True,
               help="tldr, the pca baseline through the same pipeline, none (the identity map: "
@@ -142,7 +143,7 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
     from ..shrink import shrink as run_shrink
     from ..shrink.plan import check_engine_options, default_target
 
-    if dim is None and target_recall is None and method != "none":
+    if dim is None and target_recall is None and method not in ("none", "auto"):
         raise click.UsageError("Missing option '--dim'.")  # or --target-recall
     engine_options = {k: v for k, v in (("workers", workers), ("shard_rows", shard_rows))
                       if v is not None}

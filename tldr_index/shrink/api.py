@@ -127,7 +127,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
     ----------
     source_uri, target_uri : connector URIs (see :mod:`connectors.uri`); the target defaults to
         ``<collection>_tldr<dim>`` beside the source (required for Parquet).
-    dim : reduced dimension d (smaller than the source's); None with ``target_recall``.
+    dim : reduced dimension d (smaller than the source's); None with ``target_recall`` or
+        ``method="auto"`` (then the candidates are ``dims``) or ``"none"`` (d = D).
     method : "tldr" (default), "pca" (the baseline, through the same stages), "none" (the
         identity map: no training, weight = I, bias = 0, d = D; the codec is trained on the
         original vectors) or "auto": fit TLDR and PCA at each candidate d and consider the

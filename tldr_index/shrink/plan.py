@@ -297,7 +297,7 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
     o = "shrink"
     check_choice(method, "method", METHODS, owner=o)
     dim = check_int(dim, "dim", low=1, owner=o,
-                    allow_none=target_recall is not None or method == "none")
+                    allow_none=target_recall is not None or method in ("none", "auto"))
     neighbors = check_int(neighbors, "neighbors", low=1, owner=o)
     check_int(epochs, "epochs", low=1, owner=o, allow_none=True)
     sample = check_int(sample, "sample", low=2, owner=o)
