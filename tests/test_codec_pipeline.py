@@ -93,3 +93,33 @@ def test_reindex_encodes_new_rows_with_the_stored_codec(data, tmp_path):
     pos = {int(i): r for r, i in enumerate(ids.to_numpy())}
     got = codes[[pos[int(i)] for i in new_ids]]
     np.testing.assert_array_equal(got, model.encode_codes(model.encode(data[N:])))
+
+
+def test_cli_codec_flags_and_bad_budget(data, tmp_path):
+    """--codec/--bits/--bytes reach shrink; --pq-bytes is the same option; a budget the codec
+    cannot meet is one line naming --bytes, the rule, the value and the nearest budgets, and
+    nothing is written."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tldr_index.cli import main
+
+    src = lancedb_source(str(tmp_path), data[:N])
+    base = ["shrink", "--source", src, "--work-dir", str(tmp_path / "w"), "--threads", "1",
+            "--epochs", "1", "--sample", "600"]
+    out = CliRunner().invoke(main, base + ["--dim", "12", "--bytes", "5", "--quiet"])
+    assert out.exit_code == 1
+    assert out.stderr.strip() == (
+        "Error: The 'bytes' parameter of shrink (--bytes) must be a divisor of d (one "
+        "sub-quantizer of 256 centroids per byte) for codec='pq' at d=12. Got 5 instead; the "
+        "nearest feasible budgets are 4 and 6.")
+    out = CliRunner().invoke(main, base + ["--dim", "12", "--codec", "rabitq", "--bits", "3"])
+    assert out.exit_code == 1 and out.stderr.strip().splitlines()[-1] == (
+        "Error: The 'bits' parameter of shrink must be one of 1, 2, 4. Got 3 instead.")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "db" / "docs_tldr12.lance").exists()
+    out = CliRunner().invoke(main, base + ["--dim", "16", "--codec", "rabitq", "--bits", "2",
+                                           "--json", "--quiet"])
+    assert out.exit_code == 0, out.output
+    rep = json.loads(out.stdout)
+    assert (rep["codec"], rep["code_bytes"], rep["pq_bytes"]) == ("rabitq", 8, 8)
