@@ -109,12 +109,11 @@ def encode_local(src, model, schema, sink, threads: int, batch_rows: int = 8192)
     from tldr_index.threads import thread_limit
     from tldr_index.shrink.encode_batches import encode_record_batch
 
-    q = model.quantizer()
     rows = 0
     with thread_limit(threads), threadpool_limits(threads):
         for b in src.iter_batches(batch_rows, check_duplicates=False):
             sink.append(encode_record_batch(b, model, schema, vector_column=src.vector_column,
-                                            quantizer=q, source=src.uri))
+                                            source=src.uri))
             rows += b.num_rows
     return rows
 
