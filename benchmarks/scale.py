@@ -82,15 +82,16 @@ def fixed_model(src, dim: int, pq_bytes: int, sample: int = 20_000, seed: int = 
     """A compact model (PCA d=dim + PQ) fitted on a random sample of the source."""
     from connectors.arrow_utils import vectors_to_numpy
     from tldr_index import PCA
-    from tldr_index.compact import CompactModel
-    from tldr_index.quantizer import ProductQuantizer
+    from tldr_index.codecs import get_codec
+    from tldr_index.compact import CompactModel, prepare_rows
 
     sample = min(sample, src.count())
     idx = np.sort(np.random.default_rng(seed).choice(src.count(), sample, replace=False))
     X = vectors_to_numpy(src.read_rows(idx, [src.vector_column]).column(0))
     X = np.ascontiguousarray(X, dtype=np.float32)
     pca = PCA(dim).fit(X)
-    pq = ProductQuantizer(pq_bytes, metric=src.distance, random_state=seed).fit(pca.transform(X))
+    pq = get_codec("pq", dim, bytes=pq_bytes).fit(prepare_rows(pca.transform(X), src.distance),
+                                                  seed=seed)
     return CompactModel.from_reducer(pca, src.distance, pq)
 
 

@@ -86,6 +86,11 @@ class CompactModel:
                 f"The reducer must be linear (a foldable encoder) to build a compact model. Got "
                 f"{type(reducer).__name__} with tensors {sorted(tensors)}.")
         info = reducer._model_info()
+        if codec is not None and not isinstance(codec, Codec):
+            raise InvalidInputError(
+                f"The 'codec' parameter of CompactModel.from_reducer must be a fitted "
+                f"tldr_index.codecs.Codec (e.g. get_codec('pq', d, bytes=16).fit(Z)) or None. "
+                f"Got {type(codec).__name__} instead.")
         size = 0 if codec is None else int(codec.code_size)
         info["compact"] = {"metric": metric, "codec": None if codec is None else codec.config(),
                            "code_bytes": size, "pq_bytes": size, **(extra or {})}
