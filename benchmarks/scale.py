@@ -82,15 +82,16 @@ def fixed_model(src, dim: int, pq_bytes: int, sample: int = 20_000, seed: int = 
     """A compact model (PCA d=dim + PQ) fitted on a random sample of the source."""
     from connectors.arrow_utils import vectors_to_numpy
     from tldr_index import PCA
-    from tldr_index.compact import CompactModel
-    from tldr_index.quantizer import ProductQuantizer
+    from tldr_index.codecs import get_codec
+    from tldr_index.compact import CompactModel, prepare_rows
 
     sample = min(sample, src.count())
     idx = np.sort(np.random.default_rng(seed).choice(src.count(), sample, replace=False))
     X = vectors_to_numpy(src.read_rows(idx, [src.vector_column]).column(0))
     X = np.ascontiguousarray(X, dtype=np.float32)
     pca = PCA(dim).fit(X)
-    pq = ProductQuantizer(pq_bytes, metric=src.distance, random_state=seed).fit(pca.transform(X))
+    pq = get_codec("pq", dim, bytes=pq_bytes).fit(prepare_rows(pca.transform(X), src.distance),
+                                                  seed=seed)
     return CompactModel.from_reducer(pca, src.distance, pq)
 
 
@@ -109,12 +110,11 @@ def encode_local(src, model, schema, sink, threads: int, batch_rows: int = 8192)
     from tldr_index.threads import thread_limit
     from tldr_index.shrink.encode_batches import encode_record_batch
 
-    q = model.quantizer()
     rows = 0
     with thread_limit(threads), threadpool_limits(threads):
         for b in src.iter_batches(batch_rows, check_duplicates=False):
             sink.append(encode_record_batch(b, model, schema, vector_column=src.vector_column,
-                                            quantizer=q, source=src.uri))
+                                            source=src.uri))
             rows += b.num_rows
     return rows
 

@@ -215,7 +215,8 @@ def test_usage_errors_exit_2(env):
                                    "(a URI)."),
         (["shrink", "--collection", "docs"], "Error: Missing option '--dim'."),
         (["shrink", "--collection", "docs", "--dim", "4", "--method", "umap"],
-         "Error: Invalid value for '--method': 'umap' is not one of 'tldr', 'pca', 'auto'."),
+         "Error: Invalid value for '--method': 'umap' is not one of 'tldr', 'pca', 'none', "
+             "'auto'."),
         (["shrink", "--source", "parquet://x/*.parquet", "--target", "out", "--dim", "4"],
          "Error: --target must be a URI for a Parquet source, e.g. --target parquet://out/."),
     ]
@@ -302,10 +303,11 @@ def test_readme_target_recall_method_auto_command_with_logs(tmp_path, monkeypatc
     assert out[2] == "  vectors        40-d -> 16-d float16 + 16-byte PQ codes"
     sel = [x for x in out if x.startswith("  selection      ")]
     assert sel and sel[0].startswith("  selection      smallest candidate with recall@10 of the "
-                                     "PQ-code search >= 0.9: ")
+                                     "code search >= 0.9: ")
     log = " ".join(res.stderr.split())
-    assert ("choosing the smallest reaching recall@10 >= 0.9 among d=16 PQ 16 B, d=32 PQ 16 B; "
-            "work dir tldr-work/docs_tldr-") in log
+    assert ("choosing the smallest reaching recall@10 >= 0.9 among tldr d=16 PQ 16 B, pca d=16 PQ "
+            "16 B, tldr d=32 PQ 16 B, pca d=32 PQ 16 B, none d=40 RQ 16 B; work dir "
+            "tldr-work/docs_tldr-") in log
     assert sorted(os.listdir(".")) == ["lancedb"]  # the work directory and its parent are gone
 
 
@@ -315,8 +317,16 @@ def test_method_auto_with_dim_and_no_pq_bytes(env):
               "--method", "auto", "--epochs", "1", "--threads", "1")
     assert res.exit_code == 0, res.stderr
     log = " ".join(res.stderr.split())
-    assert "tldr/pca, choosing the better method among d=8 PQ 8 B; work dir" in log
-    assert res.stdout.splitlines()[2] == "  vectors        16-d -> 8-d float16 + 8-byte PQ codes"
+    assert ("tldr/pca/none, choosing the better method among tldr d=8 PQ 8 B, pca d=8 PQ 8 B, "
+            "none d=16 PQ 8 B, none d=16 OPQ 8 B, none d=16 RQ 8 B, none d=16 RABITQ 8 B; work "
+            "dir") in log
+    # the best of those on held-out rows (here a codec on the 16-d originals may win)
+    sel = [x for x in res.stdout.splitlines() if x.startswith("  selection      best ")][0]
+    m = re.match(r"  selection      best recall@10 of the code search: (tldr|pca|none) d=(8|16) "
+                 r"(PQ|OPQ|RQ|RABITQ) 8 B ", sel)
+    assert m, sel
+    assert res.stdout.splitlines()[2] == (f"  vectors        16-d -> {m[2]}-d float16 + 8-byte "
+                                          f"{m[3]} codes")
 
 
 def test_a_failed_run_leaves_no_empty_default_work_parent(tmp_path, monkeypatch):

@@ -46,7 +46,7 @@ def test_encode_numpy_arrow_batches_and_threads(lance_compact):
     Q = X[800:900]
     z, codes = c.encode(Q)
     np.testing.assert_array_equal(z, model.encode(Q))           # the stored map, exactly
-    np.testing.assert_array_equal(codes, model.quantizer().encode(model.encode(Q)))
+    np.testing.assert_array_equal(codes, model.encode_codes(model.encode(Q)))
     assert z.dtype == np.float32 and codes.shape == (100, 4) and codes.dtype == np.uint8
     fsl = numpy_to_fsl(Q)
     for form in (fsl, pa.chunked_array([fsl.slice(0, 30), fsl.slice(30)]),

@@ -4,6 +4,7 @@ exact round trip of ids and payload, bad input, existing targets and the work di
 from __future__ import annotations
 
 import os
+import re
 
 import lancedb
 import numpy as np
@@ -122,7 +123,7 @@ def test_target_carries_ids_payload_and_encoded_vectors(kind, tmp_path):
     if kind != "qdrant":
         codes = tab.column("pq_codes").combine_chunks()
         C = codes.values.to_numpy().reshape(-1, 2)[order]
-        assert (C == model.quantizer().encode(model.encode(X[rows]))).mean() > 0.99
+        assert (C == model.encode_codes(model.encode(X[rows]))).mean() > 0.99
 
 
 def test_info_describes_the_target(tmp_path):
@@ -178,8 +179,10 @@ def test_other_refusals(tmp_path):
                        r"int in the range \[1, 7\] \(smaller than the dimension 8 of source "
                        r"'lancedb://.*/docs'\). Got 8 instead.$"):
         shrink(src, dim=8)
-    with pytest.raises(InvalidParameterError, match="The 'pq_bytes' parameter of shrink must "
-                       "divide dim=4 .* Got 3 instead."):
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "The 'bytes' parameter of shrink (--bytes) must be a divisor of d (one sub-quantizer "
+            "of 256 centroids per byte) for codec='pq' at d=4. Got 3 instead; the nearest "
+            "feasible budgets are 2 and 4.")):
         shrink(src, dim=4, pq_bytes=3)
     with pytest.raises(UnsupportedURIError, match="must use a supported scheme"):
         shrink("foo://x/docs", dim=4)

@@ -55,16 +55,18 @@ def _info_without_timings(model_bytes: bytes) -> dict:
     return info
 
 
-@pytest.mark.parametrize("kind", ["lance", "parquet"])
-def test_ray_engine_matches_local(ray_local, tmp_path, kind):
+@pytest.mark.parametrize("kind,codec", [("lance", "pq"), ("parquet", "pq"), ("parquet", "rq")])
+def test_ray_engine_matches_local(ray_local, tmp_path, kind, codec):
+    """Also with another codec than PQ (RQ: the workers encode with the stored codebooks)."""
     X = make_nested(2000, 32, seed=3)
     root = str(tmp_path)
     src = lancedb_source(root, X) if kind == "lance" else parquet_source(root, X, parts=3)
     local, distributed = _target(root, kind, "local"), _target(root, kind, "ray")
-    r_local = shrink(src, local, work_dir=tmp_path / "w_local", **FAST)
+    r_local = shrink(src, local, work_dir=tmp_path / "w_local", codec=codec, **FAST)
     # 600-row shards: 4 tasks (the last one short) over the 2 CPUs, written out of order
-    r_ray = shrink(src, distributed, work_dir=tmp_path / "w_ray", engine="ray",
+    r_ray = shrink(src, distributed, work_dir=tmp_path / "w_ray", engine="ray", codec=codec,
                    engine_options={"shard_rows": 600, "workers": 2}, keep_work=True, **FAST)
+    assert r_ray.codec == r_local.codec == codec
     # the scan ran on Ray too: this node kept the 1000-row training sample, no copy of the rows
     scan = tmp_path / "w_ray" / "scan"
     assert sorted(os.listdir(scan)) == ["done.json", "sample"]

@@ -63,11 +63,11 @@ def test_target_recall_picks_the_smallest_config_reaching_it():
     plan = {"methods": ["tldr"], "criterion": "pq", "target_recall": 0.9}
     chosen, reason = choose(configs, plan, 100)
     assert (chosen.dim, chosen.pq_bytes) == (64, 16)  # 16 bytes beat 32; d=64 beats d=128
-    assert reason == ("smallest candidate with recall@10 of the PQ-code search >= 0.9: tldr "
+    assert reason == ("smallest candidate with recall@10 of the code search >= 0.9: tldr "
                       "d=64 PQ 16 B (0.910); measured on 100 held-out rows")
     chosen, reason = choose(configs, {**plan, "target_recall": 0.99}, 100)
     assert chosen is None
-    assert reason == ("no candidate reaches recall@10 of the PQ-code search >= 0.99 on 100 "
+    assert reason == ("no candidate reaches recall@10 of the code search >= 0.99 on 100 "
                       "held-out rows (best: tldr d=64 PQ 32 B, 0.950)")
 
 
@@ -105,13 +105,21 @@ def test_shrink_method_auto_keeps_the_better(source, tmp_path, monkeypatch, bad,
     target = f"lance://{tmp_path}/auto.lance"
     rep = pipeline.shrink(uri, target, dim=8, pq_bytes=4, method="auto", eval_queries=100,
                           work_dir=tmp_path / "w", **FAST)
-    assert rep.method == expect and rep.dim == 8 and rep.pq_bytes == 4
-    cands = {c["method"]: c["recall_pq"] for c in rep.selection["candidates"]}
-    assert cands[expect] > cands[bad]
+    cands = rep.selection["candidates"]
+    reduced = {c["method"]: c["recall_pq"] for c in cands if c["dim"] == 8}
+    assert set(reduced) == {"tldr", "pca"} and reduced[expect] > reduced[bad]
+    # the identity map with every codec that meets 4 B on the 32-d originals is measured too
+    assert sorted(c["codec"] for c in cands if c["method"] == "none") == ["opq", "pq", "rq"]
+    best = max(cands, key=lambda c: c["recall_pq"])
+    assert rep.pq_bytes == 4 and (rep.method, rep.dim) == (best["method"], best["dim"])
+    assert rep.method != bad
     meta = open_target(target).metadata
-    assert meta["method"] == expect
-    assert meta["selection"]["chosen"] == {"method": expect, "dim": 8, "pq_bytes": 4}
+    assert meta["method"] == rep.method
+    assert meta["selection"]["chosen"] == {"method": best["method"], "dim": best["dim"],
+                                           "codec": best["codec"], "code_bytes": 4,
+                                           "pq_bytes": 4}
     assert "auto (TLDR kept only when strictly better)" in meta["selection"]["reason"]
+    assert f"d=8 PQ 4 B: {expect} " in meta["selection"]["reason"]
 
 
 def test_advice_when_no_candidate_reaches_the_target():
@@ -123,7 +131,7 @@ def test_advice_when_no_candidate_reaches_the_target():
     plan = {"methods": ["tldr"], "criterion": "pq", "target_recall": 0.9}
     chosen, reason = choose(configs, plan, 100)
     assert chosen is None and reason == (
-        "no candidate reaches recall@10 of the PQ-code search >= 0.9 on 100 held-out rows "
+        "no candidate reaches recall@10 of the code search >= 0.9 on 100 held-out rows "
         "(best: tldr d=16 PQ 16 B, 0.550)")
     measured = ("Measured recall@10 (PQ / rescored / float): tldr d=16 PQ 16 B 0.550 / 0.970 / "
                 "0.720; tldr d=64 PQ 16 B 0.520 / 0.995 / 0.930. What would help: search "
@@ -160,7 +168,7 @@ def test_sweep_cli_exit_code_when_the_target_is_not_reached(source, tmp_path):
             "--work-dir", str(tmp_path / "w")]
     out = CliRunner().invoke(main, args)
     assert out.exit_code == EXIT_NOT_REACHED == 6, out.output
-    assert "no candidate reaches recall@10 of the PQ-code search >= 0.999 on 50 held-out " \
+    assert "no candidate reaches recall@10 of the code search >= 0.999 on 50 held-out " \
         "rows (best: pca d=4 PQ 4 B, " in out.stdout
     assert "Measured recall@10 (PQ / rescored / float): pca d=4 PQ 4 B " in out.stdout
     assert out.stderr.splitlines()[-1] == ("Error: --target-recall 0.999 is not reached (exit "
@@ -168,7 +176,7 @@ def test_sweep_cli_exit_code_when_the_target_is_not_reached(source, tmp_path):
     out = CliRunner().invoke(main, args + ["--quiet"])
     assert out.exit_code == 6 and out.stdout == ""
     assert out.stderr.startswith("Error: --target-recall 0.999 is not reached (exit code 6): no "
-                                 "candidate reaches recall@10 of the PQ-code search >= 0.999")
+                                 "candidate reaches recall@10 of the code search >= 0.999")
     assert "What would help: " in out.stderr and out.stderr.count("\n") == 1
     out = CliRunner().invoke(main, args + ["--json", "-"])
     assert out.exit_code == 6 and json.loads(out.stdout)["chosen"] is None
@@ -189,7 +197,7 @@ def test_shrink_target_recall_cli(source, tmp_path):
     rep = json.loads(out.output)
     assert rep["dim"] == want and rep["pq_bytes"] == want  # default PQ bytes: d itself here
     assert rep["selection"]["reason"].startswith(
-        f"smallest candidate with recall@10 of the PQ-code search >= {target}: tldr d={want}")
+        f"smallest candidate with recall@10 of the code search >= {target}: tldr d={want}")
 
 
 def test_sweep_cli_table_and_plot(source, tmp_path):
@@ -206,7 +214,7 @@ def test_sweep_cli_table_and_plot(source, tmp_path):
         "--target-recall", "0.2", "--sample", "600", "--queries", "50", "--threads", "1",
         "--work-dir", str(tmp_path / "w")])
     assert out.exit_code == 0, out.output
-    assert "recall@10 PQ" in out.output and "smallest candidate with" in out.output
+    assert "recall@10 codes" in out.output and "smallest candidate with" in out.output
 
 
 def test_bad_sweep_input(source, tmp_path):
@@ -225,7 +233,7 @@ def test_bad_sweep_input(source, tmp_path):
                         pq_bytes=4, work_dir=tmp_path / "w2", **FAST)
     assert str(e.value).startswith(
         "The 'target_recall' parameter of shrink cannot be reached: no candidate reaches "
-        "recall@10 of the PQ-code search >= 0.999 on 200 held-out rows (best: tldr d=4 PQ 4 B, ")
+        "recall@10 of the code search >= 0.999 on 200 held-out rows (best: tldr d=4 PQ 4 B, ")
     assert "). Measured recall@10 (PQ / rescored / float): tldr d=4 PQ 4 B " in str(e.value)
     assert "What would help: " in str(e.value) and "add larger dims" not in str(e.value)
     assert str(e.value).endswith("shrink's --pq-bytes takes one size; compare several first "
@@ -251,4 +259,4 @@ def test_selection_is_checkpointed_and_resumed(source, tmp_path, monkeypatch):
     assert "select" in rep.skipped_stages and "knn" in rep.skipped_stages
     assert (rep.method, rep.dim, rep.pq_bytes) == ("tldr", 4, 4)  # the smallest reaches 0.05
     assert open_target(target).metadata["selection"]["chosen"] == {
-        "method": "tldr", "dim": 4, "pq_bytes": 4}
+        "method": "tldr", "dim": 4, "codec": "pq", "code_bytes": 4, "pq_bytes": 4}

@@ -62,3 +62,26 @@ class PCA(BaseReducer):
         info = super()._model_info()
         info["method"] = self.method_name
         return info
+
+
+class IdentityMap(BaseReducer):
+    """The identity map R^D -> R^D (weight = I, bias = 0; ``method="none"``): no training, the
+    codec then works on the original vectors. ``fit`` only records D. Cost: O(D^2) memory for
+    the stored identity (and O(n D^2) per transform, as every linear map)."""
+
+    method = "none"
+
+    def __init__(self, chunk_rows: int = 16_384):
+        self.chunk_rows = chunk_rows
+
+    def fit(self, X: Any, y: Any = None) -> "IdentityMap":
+        v = as_vectors(X)
+        D = v.dim
+        self.components_ = np.eye(D, dtype=np.float32)
+        self.bias_ = np.zeros(D, dtype=np.float32)
+        self.n_features_in_ = self.n_components_ = D
+        self.fit_info_ = {"n_rows": v.n_rows}
+        return self
+
+    def _encode_block(self, block: np.ndarray) -> np.ndarray:
+        return np.array(block, dtype=np.float32)

@@ -114,7 +114,7 @@ class BatchEncoder:
         self.target_uri = target_uri
         self._model: tuple[CompactModel, Any] | None = None
         if model is not None:
-            self._model = (model, model.quantizer() if model.pq_bytes else None)
+            self._model = (model, model.codec)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -131,7 +131,7 @@ class BatchEncoder:
                 if got is None:
                     model = CompactModel.from_bytes(self.model_bytes,
                                                     f"target '{self.target_uri}'")
-                    got = (model, model.quantizer() if model.pq_bytes else None)
+                    got = (model, model.codec)
                     while len(_LOADED) >= _LOADED_MAX:
                         _LOADED.pop(next(iter(_LOADED)))
                     _LOADED[self.sha256] = got
@@ -143,11 +143,11 @@ class BatchEncoder:
         return self._loaded()[0]
 
     def encode_matrix(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(reduced (n, d) float32, codes (n, pq_bytes) uint8)`` of a matrix already checked by
+        """``(reduced (n, d) float32, codes (n, code_bytes) uint8)`` of a matrix already checked by
         :func:`check_matrix`."""
         model, pq = self._loaded()
         Y = model.encode(X, finite_checked=True)
-        codes = pq.encode(Y) if pq is not None else np.empty((len(X), 0), np.uint8)
+        codes = model.encode_codes(Y) if pq is not None else np.empty((len(X), 0), np.uint8)
         return Y.astype(np.float32, copy=False), codes
 
     def encode(self, vectors: Any, what: str = "vectors") -> tuple[np.ndarray, np.ndarray]:
@@ -180,7 +180,7 @@ class BatchEncoder:
                 f"columns. Got {type(batch).__name__}.")
         if batch.num_rows == 0:
             Y = np.empty((0, self.model.output_dim), np.float32)
-            codes = np.empty((0, self.model.pq_bytes), np.uint8)
+            codes = np.empty((0, self.model.code_bytes), np.uint8)
         else:
             Y, codes = self.encode(batch, "batch")
         cols = [numpy_to_fsl(Y)]
@@ -282,7 +282,7 @@ class CompactCollection:
     def __repr__(self) -> str:
         m = self.model
         return (f"CompactCollection({self.uri!r}, {m.method} {m.input_dim}->{m.output_dim}, "
-                f"{m.metric}, pq_bytes={m.pq_bytes})")
+                f"{m.metric}, codec={m.codec_name}, code_bytes={m.code_bytes})")
 
     # -- encode ----------------------------------------------------------------------------------
     def _matrix(self, vectors: Any, what: str) -> np.ndarray:
@@ -290,7 +290,7 @@ class CompactCollection:
                             self._target.uri, what)
 
     def encode(self, vectors: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``(reduced (n, d) float32, PQ codes (n, pq_bytes) uint8)`` of ``vectors`` (numpy
+        """``(reduced (n, d) float32, PQ codes (n, code_bytes) uint8)`` of ``vectors`` (numpy
         (n, D), an Arrow list / fixed-size-list array, or a batch / table with the vector column).
         Codes are ``(n, 0)`` when the target stores none. Thread-safe."""
         self._check_open("encode")

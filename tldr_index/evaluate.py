@@ -428,7 +428,8 @@ def _evaluate(target, source, queries, k, shortlists, baselines, latency_queries
                     source_options=source_options)
         prog.phase("target", "search", None)
         res = search(target, Q, k=kk, **opts)
-        rep = "PQ codes" if res.engine == "pq-codes" else "store search"
+        rep = f"{(model.codec_name or 'pq').upper()} codes" if res.engine == "pq-codes" \
+            else "store search"
         size = M if res.engine == "pq-codes" else vbytes
         report.results.append(EvalRow(name, rep, d, size, 4 * D / size,
                                       recalls(drop_own(res.ids.astype(object), own, kmax),

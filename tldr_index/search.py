@@ -2,8 +2,9 @@
 
 :func:`search` encodes the queries with the stored model, then
 
-* targets with PQ codes (Lance, Parquet): loads the codes (``pq_bytes`` per row: the in-memory
-  search structure) and ranks every row by asymmetric distance (ADC, FAISS ``IndexPQ``);
+* targets with codes (Lance, Parquet): loads the codes (``code_bytes`` per row: the in-memory
+  search structure) and ranks every row by the codec's asymmetric distance (PQ/OPQ/RQ: FAISS
+  lookup tables; RaBitQ: its estimator; see :func:`tldr_index.codecs.codec_topk`);
 * targets without readable codes (Qdrant keeps its own quantized index): the store's own search on
   the reduced vectors;
 
@@ -69,20 +70,16 @@ def to_lower_better(scores: np.ndarray, metric: str) -> np.ndarray:
 
 
 def adc_topk(model: CompactModel, codes: np.ndarray, Y: np.ndarray, k: int,
-             block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` rows of ``codes`` for reduced queries ``Y`` by asymmetric distance.
+             block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` rows of ``codes`` for reduced queries ``Y`` by the model's codec, any codec and
+    metric: :meth:`CompactModel.topk` (:func:`tldr_index.codecs.codec_topk`, which bounds its
+    own memory; ``block`` is ignored, kept for callers of the PQ-only version).
 
-    Returns ``(distances lower-is-better, row positions)``. Cost: ``n_queries x N x pq_bytes``
-    table lookups; memory: the codes plus ``block x k`` results.
+    Returns ``(distances lower-is-better, row positions)``. Cost: ``n_queries x N x code_bytes``
+    table lookups (PQ, OPQ, RQ) or ``n_queries x N x d`` multiply-adds (RaBitQ); memory: the
+    codes plus one block of scores (at most 128 MiB).
     """
-    pq = model.quantizer()
-    index = pq.index(codes)
-    D = np.empty((len(Y), k), dtype=np.float32)
-    I = np.empty((len(Y), k), dtype=np.int64)
-    for s in range(0, len(Y), block):
-        d, i = index.search(pq._prep(Y[s:s + block]), k)
-        D[s:s + block], I[s:s + block] = to_lower_better(d, model.metric), i
-    return D, I
+    return model.topk(codes, Y, k)
 
 
 def exact_distances(Q: np.ndarray, X: np.ndarray, metric: str) -> np.ndarray:
@@ -223,7 +220,7 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
     shortlist : candidates per query for ``rescore`` (default ``max(20 k, 200)``).
     threads : FAISS threads (None: the cores that look idle, see :mod:`tldr_index.threads`).
 
-    Cost: without rescore, ``n x N x pq_bytes`` lookups and ``N x pq_bytes`` bytes of memory; with
+    Cost: without rescore, ``n x N x code_bytes`` lookups and ``N x code_bytes`` bytes of memory; with
     it, one ``Source.take`` of up to ``n x shortlist`` rows.
     """
     from connectors import open_target
@@ -240,7 +237,7 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
     lay = tgt.layout
     t0 = time.perf_counter()
     loaded = read_codes(tgt, lay.id_column, lay.codes_column) \
-        if lay.codes_column and model.pq_bytes else None
+        if lay.codes_column and model.code_bytes else None
     if loaded is not None:
         ids, codes = loaded
         n_rows = len(ids)
@@ -308,11 +305,12 @@ def info(target: str, **target_options: Any) -> dict:
     out = {
         "target": tgt.uri, "rows": rows, "source": meta.get("source"),
         "source_fingerprint": meta.get("source_version"), "method": model.method,
-        "metric": model.metric, "source_dim": D, "dim": d, "pq_bytes": model.pq_bytes,
+        "metric": model.metric, "source_dim": D, "dim": d, "codec": model.codec_name,
+        "code_bytes": model.code_bytes, "pq_bytes": model.code_bytes,
         "vector_dtype": meta.get("vector_dtype"), "model_bytes": len(tgt.model_bytes),
         "disk_bytes": tgt.disk_bytes(), "written_utc": tgt.record["writer"]["written_utc"],
         "library_version": tgt.record["writer"]["version"],
-        "bytes_per_vector": {"source_float32": 4 * D, "pq_codes": model.pq_bytes,
+        "bytes_per_vector": {"source_float32": 4 * D, "pq_codes": model.code_bytes,
                              "reduced": d * (2 if meta.get("vector_dtype") == "float16" else 4)},
         "recall": meta.get("recall"),
     }

@@ -86,10 +86,17 @@ def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
 @click.option("--collection", default=None, help="Source table in --db (instead of --source).")
 @click.option("--dims", default=None, metavar="D,D,...",
               help="Candidate dims [default: 16,32,64,128 below the source's dimension].")
-@click.option("--pq-bytes", "pq_bytes", default=None, metavar="B,B,...",
-              help="PQ sizes per d (those that divide d) [default: 16 or the largest divisor].")
-@click.option("--method", type=click.Choice(["tldr", "pca", "auto"]), default="tldr",
-              show_default=True, help="auto: TLDR and PCA side by side, the better one chosen.")
+@click.option("--bytes", "--pq-bytes", "code_bytes", default=None, metavar="B,B,...",
+              help="Code sizes per d (--pq-bytes: the old name; those the codec meets at d) "
+                   "[default: 16 or the nearest size below].")
+@click.option("--codec", "codecs", default="pq", show_default=True, metavar="C,C,...",
+              help="Codecs per d: pq, opq, rq, rabitq (the default pq until the benchmark "
+                   "decides).")
+@click.option("--bits", type=int, default=None, help="rabitq: bits per dimension (1, 2, 4).")
+@click.option("--method", type=click.Choice(["tldr", "pca", "none", "auto"]), default="tldr",
+              show_default=True,
+              help="auto: TLDR and PCA side by side plus the identity map with every codec "
+                   "meeting the budget; none: the identity map only; the best one chosen.")
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Name the smallest configuration whose compact search reaches this "
                    "recall@10; exit code 6 when none does.")
@@ -119,10 +126,12 @@ def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
               help="Write the results as JSON ('-': stdout instead of the table).")
 @quiet_opt
 @library_errors
-def sweep_cmd(source, db, collection, dims, pq_bytes, method, target_recall, criterion, sample,
+def sweep_cmd(source, db, collection, dims, code_bytes, codecs, bits, method, target_recall,
+              criterion, sample,
               neighbors, epochs, queries, work_dir, distance, seed, threads, plot, json_path,
               quiet):
-    """Train several dims (and PQ sizes) from one kNN graph and print the recall/size frontier.
+    """Train several dims (and codecs, code sizes) from one kNN graph and print the recall/size
+    frontier.
 
     \b
     Example:
@@ -136,7 +145,8 @@ def sweep_cmd(source, db, collection, dims, pq_bytes, method, target_recall, cri
         require_matplotlib("plot")
     src = source_uri(source, db, collection)
     progress = setup(quiet, json_path == "-")
-    result = sweep(src, dims=int_list(dims, "--dims"), pq_bytes=int_list(pq_bytes, "--pq-bytes"),
+    result = sweep(src, dims=int_list(dims, "--dims"), bytes=int_list(code_bytes, "--bytes"),
+                   codecs=[c.strip() for c in codecs.split(",") if c.strip()], bits=bits,
                    method=method, target_recall=target_recall, criterion=criterion,
                    neighbors=neighbors, epochs=epochs, sample=sample, eval_queries=queries,
                    work_dir=work_dir, random_state=seed, threads=threads, progress=progress,

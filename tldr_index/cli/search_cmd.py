@@ -134,7 +134,8 @@ def info(db, collection, target, api_key, json_out):
     lines = [
         f"{out['target']}: {out['rows']:,} rows, {out['method']} {out['source_dim']} -> "
         f"{out['dim']} ({out['metric']}), {out['vector_dtype']} vectors"
-        + (f" + {out['pq_bytes']}-byte PQ codes" if out["pq_bytes"] else ""),
+        + (f" + {out['code_bytes']}-byte {out['codec'].upper()} codes" if out["code_bytes"]
+           else ""),
         f"  source         {out['source']}",
         f"  on disk        {mb(out['disk_bytes'])} (model {mb(out['model_bytes'])})",
         f"  recall@10      {fmt_float(rec.get('recall_at_10'))} compact, "

@@ -19,13 +19,15 @@ def shrink_summary(report) -> list[str]:
                                              f"first id {r.first_invalid_id!r})"
                                              if r.skipped_invalid else ""),
         f"  vectors        {r.source_dim}-d -> {r.dim}-d {r.vector_dtype}"
-        + (f" + {r.pq_bytes}-byte PQ codes" if r.pq_bytes else ""),
+        + (f" + {r.code_bytes}-byte {(r.codec or 'pq').upper()} codes" if r.code_bytes
+           else ""),
         f"  bytes on disk  {mb(r.source_disk_bytes)} -> {mb(r.target_disk_bytes)}"
         + (f" ({r.disk_compression:.1f}x smaller)" if r.disk_compression else ""),
     ]
-    if r.pq_bytes:
-        lines.append(f"  search memory  {4 * r.source_dim:,} B (float32) -> {r.pq_bytes} B (PQ) "
-                     f"per vector ({r.search_compression:.0f}x smaller)")
+    if r.code_bytes:
+        lines.append(f"  search memory  {4 * r.source_dim:,} B (float32) -> {r.code_bytes} B "
+                     f"({(r.codec or 'pq').upper()}) per vector ({r.search_compression:.0f}x "
+                     f"smaller)")
     if r.graph_recall is not None:
         lines.append(f"  graph recall   {fmt_float(r.graph_recall)} "
                      f"(kNN graph of the training sample)")
@@ -57,11 +59,13 @@ def shrink_summary(report) -> list[str]:
               help="Target URI, or a name in the source's store [default: "
                    "<collection>_tldr<dim>].")
 @click.option("--dim", type=click.IntRange(min=1), default=None,
-              help="Reduced dimension (required unless --target-recall).")
-@click.option("--method", type=click.Choice(["tldr", "pca", "auto"]), default="tldr",
+              help="Reduced dimension (required unless --target-recall or --method none/auto; "
+                   "auto without it tries --dims).")
+@click.option("--method", type=click.Choice(["tldr", "pca", "none", "auto"]), default="tldr",
               show_default=True,
-              help="tldr, the pca baseline through the same pipeline, or auto: fit both, keep "
-                   "the better on held-out rows.")
+              help="tldr, the pca baseline through the same pipeline, none (the identity map: "
+                   "the codec on the original vectors), or auto: TLDR, PCA and the identity map "
+                   "with every codec meeting --bytes, the best on held-out rows kept.")
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Pick the smallest d (and PQ size) whose compact search reaches this "
                    "recall@10 on held-out rows (candidates: --dims).")
@@ -69,8 +73,15 @@ def shrink_summary(report) -> list[str]:
               help="Candidate dims for --target-recall [default: 16,32,64,128].")
 @click.option("--vector-column", default=None, help="Vector column (Qdrant: named vector).")
 @click.option("--id-column", default=None, help="Id column.")
-@click.option("--pq-bytes", type=click.IntRange(min=0), default=None,
-              help="PQ code bytes per row; must divide --dim; 0 for none [default: 16].")
+@click.option("--codec", type=click.Choice(["pq", "opq", "rq", "rabitq"]), default="pq",
+              show_default=True,
+              help="How rows are encoded: pq (the default until the benchmark decides), opq "
+                   "(rotation + PQ), rq (residual quantization; slower to encode), rabitq.")
+@click.option("--bits", type=int, default=None,
+              help="rabitq: bits per dimension, 1, 2 or 4 [default: 1 unless --bytes].")
+@click.option("--bytes", "--pq-bytes", "code_bytes", type=click.IntRange(min=0), default=None,
+              help="Code bytes per row (--pq-bytes: its old name); pq/opq: a divisor of --dim, "
+                   "rq: at most --dim, rabitq: dim x bits / 8 + 4; 0 for none [default: 16].")
 @click.option("--neighbors", type=click.IntRange(min=1), default=3, show_default=True,
               help="k of the kNN graph TLDR learns from.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
@@ -112,11 +123,11 @@ def shrink_summary(report) -> list[str]:
 @json_opt
 @library_errors
 def shrink(source, db, collection, target, dim, method, target_recall, dims, vector_column,
-           id_column, pq_bytes,
+           id_column, codec, bits, code_bytes,
            neighbors, epochs, sample, device, work_dir, resume, overwrite, distance, seed,
            threads, keep_work, skip_invalid, api_key, engine, workers, shard_rows, quiet,
            json_out):
-    """Shrink a collection into a new compact one (reduced vectors + PQ codes + model).
+    """Shrink a collection into a new compact one (reduced vectors + codes + model).
 
     \b
     Examples:
@@ -125,12 +136,14 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
       tldr-index shrink --source parquet://data/*.parquet --target parquet://out/ --dim 64
       tldr-index shrink --source qdrant://localhost:6333/docs --dim 64
       tldr-index shrink --collection docs --target-recall 0.9 --method auto
+      tldr-index shrink --collection docs --dim 64 --codec rq --bytes 16
+      tldr-index shrink --collection docs --method auto --bytes 56
     """
     from ..errors import InvalidParameterError
     from ..shrink import shrink as run_shrink
     from ..shrink.plan import check_engine_options, default_target
 
-    if dim is None and target_recall is None:
+    if dim is None and target_recall is None and method not in ("none", "auto"):
         raise click.UsageError("Missing option '--dim'.")  # or --target-recall
     engine_options = {k: v for k, v in (("workers", workers), ("shard_rows", shard_rows))
                       if v is not None}
@@ -145,7 +158,8 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
         tgt = target if is_uri(target) else sibling_uri(src, target)
     progress = setup(quiet, json_out)
     report = run_shrink(src, tgt, dim=dim, method=method, target_recall=target_recall,
-                        dims=int_list(dims, "--dims"), pq_bytes=pq_bytes,
+                        dims=int_list(dims, "--dims"), codec=codec, bits=bits,
+                        bytes=code_bytes,
                         neighbors=neighbors, epochs=epochs, sample=sample, device=device,
                         work_dir=work_dir, resume=resume, overwrite=overwrite,
                         random_state=seed, progress=progress, vector_column=vector_column,

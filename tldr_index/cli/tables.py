@@ -39,11 +39,11 @@ def sweep_table(result) -> Table:
     """One row per configuration, smallest first; the chosen one in bold."""
     t = Table(title=f"sweep of {result.source}: recall@10 on {result.queries} held-out rows "
                     f"({result.metric})", title_justify="left")
-    for col in ("method", "d", "PQ bytes", "smaller by", "recall@10 float", "recall@10 PQ",
-                "recall@10 rescored", "fit s"):
-        t.add_column(col, justify="left" if col == "method" else "right")
+    for col in ("method", "d", "codec", "bytes", "smaller by", "recall@10 float",
+                "recall@10 codes", "recall@10 rescored", "fit s"):
+        t.add_column(col, justify="left" if col in ("method", "codec") else "right")
     for c in result.configs:
-        t.add_row(c.method, str(c.dim), str(c.pq_bytes),
+        t.add_row(c.method, str(c.dim), c.codec or "-", str(c.code_bytes),
                   f"{4 * result.source_dim / c.pq_bytes:.0f}x" if c.pq_bytes else "-",
                   fmt_float(c.recall_float), fmt_float(c.recall_pq),
                   fmt_float(c.recall_rescored), f"{c.fit_seconds:.1f}",

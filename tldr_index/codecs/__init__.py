@@ -32,6 +32,7 @@ from .pq import OPQCodec, PQCodec
 from .rabitq import BITS, FACTOR_BYTES, RaBitQCodec
 from .rq import RQCodec
 from .scalar import SignCodec, SQCodec
+from .kernel import codec_topk, decoded_sq_norms
 
 CODECS = ("pq", "opq", "rq", "rabitq", "sign", "sq8", "sq4")
 _CLASSES: dict[str, type[Codec]] = {c.name: c for c in (PQCodec, OPQCodec, RQCodec, RaBitQCodec,
@@ -140,4 +141,5 @@ def codec_from_state(tensors: dict[str, np.ndarray], config: dict[str, Any]) -> 
 
 
 __all__ = ["CODECS", "Codec", "PQCodec", "OPQCodec", "RQCodec", "RaBitQCodec", "SignCodec",
-           "SQCodec", "get_codec", "codec_from_state", "feasible_bytes", "top_k"]
+           "SQCodec", "get_codec", "codec_from_state", "feasible_bytes", "top_k", "codec_topk",
+           "decoded_sq_norms"]

@@ -75,7 +75,9 @@ def refit(target_uri: str, source_uri: str, src, meta: dict, tgt, root: Path, se
                        "previous": report.previous, "pending": True})
     params = dict(meta.get("params") or {})
     opts = {"dim": model_dim(meta, tgt), "method": meta.get("method", "tldr"),
-            "pq_bytes": params.get("pq_bytes"), "neighbors": params.get("neighbors", 3),
+            "codec": params.get("codec", "pq"),
+            "bytes": params.get("code_bytes", params.get("pq_bytes")),
+            "neighbors": params.get("neighbors", 3),
             "epochs": params.get("epochs"), "sample": params.get("sample", 100_000),
             "reduced_dtype": params.get("reduced_dtype", "float16"),
             "random_state": params.get("random_state", seed),

@@ -115,7 +115,7 @@ def reindex(target_uri: str, source_uri: str | None = None, *, refit: str = "aut
                     f"input of the model of target '{tgt.uri}'). Got {src.dim} instead.")
             lay = tgt.layout
             vt = pa.float16() if meta.get("vector_dtype") == "float16" else pa.float32()
-            schema = src.target_schema(model.output_dim, model.pq_bytes or None, value_type=vt,
+            schema = src.target_schema(model.output_dim, model.code_bytes or None, value_type=vt,
                                        codes_column=lay.codes_column or "pq_codes")
             live = tgt.row_schema()
             if live is not None and live != schema:

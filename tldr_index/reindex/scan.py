@@ -111,8 +111,8 @@ def _encode_rows(model: CompactModel, batch: pa.RecordBatch, X: np.ndarray,
     cols = [batch.column(0), *batch.columns[2:],
             numpy_to_fsl(Y.astype(vt.to_pandas_dtype()))]
     if len(schema) > len(batch.schema):
-        m = model.pq_bytes
-        codes = model.quantizer().encode(Y)
+        m = model.code_bytes
+        codes = model.encode_codes(Y)
         cols.append(pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)), m))
     return pa.RecordBatch.from_arrays(cols, schema=schema)
 

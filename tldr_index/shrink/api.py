@@ -12,7 +12,7 @@ knn         draw the training sample (``sample`` rows, seeded) into ``knn/train`
             build its kNN graph (``knn/graph.npy``, :func:`tldr_index.knn.knn_graph`).
 train       fit TLDR on the sample with that graph (per-epoch checkpoints in ``train/ckpt``, resumed
             exactly) or PCA (``method="pca"``).
-encode      reduce every row (``encode/reduced``), train PQ on the reduced sample, encode the codes
+encode      reduce every row (``encode/reduced``), train the codec on the reduced sample, encode the codes
             (``encode/codes.u8``), write the compact model, and estimate recall@10 on ``eval_queries``
             rows against exact search in the original space.
 write       stage the target through the sink: ids, payload, reduced vectors, PQ codes, model.
@@ -27,7 +27,7 @@ abandoned staging area is removed. The source is only read. The work directory i
 successful publish unless ``keep_work``.
 
 Memory: independent of the number of rows N except for 8 bytes per id (duplicate detection) and
-``pq_bytes`` per row (the codes, searched in memory to estimate recall): the sample for training
+``code_bytes`` per row (the codes, searched in memory to estimate recall): the sample for training
 (``sample x D`` float32 on disk, read in blocks), one batch of rows, the kNN graph of the sample.
 """
 
@@ -47,6 +47,7 @@ from ..threads import auto_threads, thread_limit
 from . import train as training
 from .encode import stage_encode
 from .engine import make_engine
+from .budget import DEFAULT_CODEC
 from .plan import DEFAULT_EVAL_QUERIES, DEFAULT_SAMPLE, STAGES, ShrinkPlan, default_work_dir, \
     plan_shrink
 from .report import ShrinkReport
@@ -118,23 +119,35 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
            keep_work: bool = False, batch_rows: int = 8192, threads: int | None = None,
            source_options: dict | None = None, sink_options: dict | None = None,
            skip_invalid: bool = False, engine: str = "local",
-           engine_options: dict | None = None) -> ShrinkReport:
+           engine_options: dict | None = None, codec: str = DEFAULT_CODEC,
+           bits: int | None = None, bytes: int | None = None) -> ShrinkReport:  # noqa: A002
     """Shrink the collection at ``source_uri`` into a compact collection at ``target_uri``.
 
     Parameters
     ----------
     source_uri, target_uri : connector URIs (see :mod:`connectors.uri`); the target defaults to
         ``<collection>_tldr<dim>`` beside the source (required for Parquet).
-    dim : reduced dimension d (smaller than the source's); None with ``target_recall``.
-    method : "tldr" (default), "pca" (the baseline, through the same stages) or "auto": fit
-        both on the training sample, measure recall@10 on held-out rows and keep the better one
-        (the decision is in the report's ``selection`` and the target's metadata).
+    dim : reduced dimension d (smaller than the source's); None with ``target_recall`` or
+        ``method="auto"`` (then the candidates are ``dims``) or ``"none"`` (d = D).
+    method : "tldr" (default), "pca" (the baseline, through the same stages), "none" (the
+        identity map: no training, weight = I, bias = 0, d = D; the codec is trained on the
+        original vectors) or "auto": fit TLDR and PCA at each candidate d and consider the
+        identity map with every codec that meets the budget on the original vectors, measure
+        recall@10 on the same held-out rows and keep the best (never worse there than the best
+        on-original codec measured; the decision is in the report's ``selection`` and the
+        target's metadata; candidates: :func:`tldr_index.shrink.plan.selection_plan`).
     target_recall, dims : shrink to the smallest candidate (PQ bytes, then d) whose compact search
         reaches this recall@10 on held-out rows; candidates: ``dims`` (default 16, 32, 64, 128
         below the source's dimension) or ``dim``, each with ``pq_bytes`` (default per d); the
         kNN graph is built once (:mod:`tldr_index.shrink.select`).
-    pq_bytes : PQ code bytes per row (must divide ``dim``; default 16 or the largest divisor of
-        ``dim`` below it; 0 stores no codes).
+    codec : "pq" (the default until the benchmark decides), "opq", "rq" or "rabitq": how the
+        reduced vectors are encoded (:mod:`tldr_index.codecs`; encoding cost: RQ's beam search
+        is 10-100x PQ's).
+    bits : rabitq only: 1, 2 or 4 bits per dimension (code bytes d x bits / 8 + 4; default 1
+        when ``bytes`` is not given).
+    bytes : code bytes per row (pq/opq: a divisor of ``dim``; rq: at most ``dim``; rabitq:
+        d x bits / 8 + 4); default 16 or the largest size the codec meets below it; 0 stores no
+        codes. ``pq_bytes`` is its old name (an alias; both given must agree).
     neighbors, epochs, sample : TLDR's ``n_neighbors``, ``epochs`` (None: its default) and the
         training rows (``max_train_rows``, default 100,000, drawn at random: the graph and
         the epochs cost time in proportion, the graph quadratically up to 200,000 rows).
@@ -182,7 +195,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
                        id_column=id_column, reduced_dtype=reduced_dtype,
                        eval_queries=eval_queries, shortlist=shortlist, batch_rows=batch_rows,
                        threads=threads, source_options=source_options,
-                       skip_invalid=skip_invalid, engine=engine, engine_options=engine_options)
+                       skip_invalid=skip_invalid, engine=engine, engine_options=engine_options,
+                       codec=codec, bits=bits, bytes=bytes)
     prog = wrap_progress(as_progress(progress))  # test-only fault points, see faults
     return run_plan(plan, progress=prog, work_dir=work_dir, resume=resume, overwrite=overwrite,
                     keep_work=keep_work, sink_options=sink_options, t_start=t_start)
@@ -227,7 +241,8 @@ def run_plan(plan: ShrinkPlan, *, progress: Progress, work_dir=None, resume: boo
                         epochs=plan.epochs, sample=plan.sample, device=plan.device, seed=plan.seed,
                         eval_queries=plan.eval_queries, shortlist=plan.shortlist,
                         batch_rows=plan.batch_rows, resumed=resumed, select=plan.select,
-                        dim=plan.dim, pq_bytes=plan.pq_bytes, target_uri=target_uri,
+                        dim=plan.dim, code_bytes=plan.code_bytes, codec=plan.codec,
+                        target_uri=target_uri,
                         reduced_dtype=plan.reduced_dtype, overwrite=overwrite,
                         sink_options=dict(sink_options or {}), params=params,
                         published_already=published_already, skip_invalid=plan.skip_invalid)
@@ -247,7 +262,8 @@ def run_plan(plan: ShrinkPlan, *, progress: Progress, work_dir=None, resume: boo
         enc, scan = r.encode, r.scan
         report = ShrinkReport(
             source=src.uri, target=target_uri, method=run.method, metric=src.distance,
-            rows=scan.rows, source_dim=src.dim, dim=run.dim, pq_bytes=run.pq_bytes,
+            rows=scan.rows, source_dim=src.dim, dim=run.dim, code_bytes=run.code_bytes or 0,
+            codec=run.codec if run.code_bytes else None,
             vector_dtype=enc.vector_dtype, source_disk_bytes=disk_bytes(plan.source_uri),
             target_disk_bytes=disk_bytes(target_uri),
             graph_recall=r.knn.graph_recall,

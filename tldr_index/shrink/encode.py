@@ -1,10 +1,12 @@
-"""The ``encode`` stage: reduce every row (``encode/reduced``), train PQ on the reduced sample,
-encode the codes (``encode/codes.u8``), write the compact model, and estimate recall@10 on
-``eval_queries`` rows against exact search in the original space.
+"""The ``encode`` stage: reduce every row (``encode/reduced``), train the run's codec (pq, opq,
+rq or rabitq) on the reduced, prepared sample, encode the codes (``encode/codes.u8``,
+``code_bytes`` per row), write the compact model, and estimate recall@10 on ``eval_queries``
+rows against exact search in the original space.
 
-Cost: one pass over the scanned rows (O(N D d) plus O(N 256 d) for the codes), PQ k-means on up
-to 65,536 rows, an exact search of ``eval_queries`` queries; memory: one batch, the codes
-(``pq_bytes`` per row) during the recall estimate.
+Cost: one pass over the scanned rows (O(N D d) plus the codec's encoding: PQ O(N 256 d), RQ its
+beam search, 10-100x PQ), the codec's training on up to 65,536 rows (PQ k-means; RQ caps at
+20,000; RaBitQ a d x d QR), an exact search of ``eval_queries`` queries; memory: one batch, the
+codes (``code_bytes`` per row) during the recall estimate.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..compact import CompactModel
+from ..compact import CompactModel, prepare_rows
 from ..threads import run_in_worker
 from ..vectors import VectorStore
 from .encode_batches import FLOAT16_MAX, encode_block, read_rows
@@ -27,31 +29,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PQ_TRAIN_ROWS = 65_536  # rows the PQ codebooks are trained on (at most)
+PQ_TRAIN_ROWS = 65_536  # rows the codec is trained on (at most; RQ keeps 20,000 of them)
 
 
 def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
     """See the module docstring; with an engine that encodes in ``write`` (Ray), only the
     compact model is written here."""
     from ..base import BaseReducer
-    from ..quantizer import ProductQuantizer
+    from ..codecs import get_codec
 
     out = run.work.stage_dir("encode", clear=True)
     reducer = BaseReducer.load(run.work.root / "train" / "model.safetensors")
     train = run.train_store()
     run.progress.begin("encode", run.results.scan.rows, "rows")
-    pq = None
-    if run.pq_bytes:
+    codec = None
+    if run.code_bytes:
         rng = np.random.default_rng([run.seed, 0x9B])
         k = min(train.n_rows, PQ_TRAIN_ROWS)
         pick = np.sort(rng.choice(train.n_rows, k, replace=False))
-        run.progress.phase("encode", f"PQ training ({k:,} rows)", None)
-        pq = run_in_worker(  # k-means is one long native call: keep Ctrl-C responsive
-            ProductQuantizer(run.pq_bytes, metric=run.metric, random_state=run.seed).fit,
-            reducer.transform(train.take(pick)), name="pq-train")
+        run.progress.phase("encode", f"{run.codec.upper()} training ({k:,} rows)", None)
+        codec = get_codec(run.codec, run.dim, bytes=run.code_bytes)
+        Z = prepare_rows(reducer.transform(train.take(pick)), run.metric)
+        # k-means is one long native call: keep Ctrl-C responsive
+        run_in_worker(codec.fit, Z, run.seed, name="pq-train")
 
     def compact_model(vector_dtype: str) -> CompactModel:
-        return CompactModel.from_reducer(reducer, run.metric, pq, extra={
+        return CompactModel.from_reducer(reducer, run.metric, codec, extra={
             "source": run.source_abs, "source_fingerprint": run.fingerprint,
             "source_columns": {"id": run.src.id_column, "vector": run.src.vector_column},
             "vector_dtype": vector_dtype})
@@ -59,11 +62,10 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
     if run.engine.encodes_in_write:  # rows are encoded by the write stage (Ray)
         (out / "model.safetensors").write_bytes(compact_model(run.reduced_dtype).to_bytes())
         log.info("engine='ray': rows are encoded in the write stage; the recall estimate is "
-                 "skipped (it needs every PQ code on this node).")
+                 "skipped (it needs every code on this node).")
         return [out / "model.safetensors"], EncodeResult(vector_dtype=run.reduced_dtype,
                                                          engine=run.engine.name)
     compact = compact_model(run.reduced_dtype)
-    quantizer = compact.quantizer() if pq is not None else None
     scan = VectorStore.open(run.work.root / "scan" / "vectors")
     n = scan.n_rows
     run.progress.phase("encode", "encoding", n, "rows")
@@ -71,7 +73,7 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
     max_abs = 0.0
     with open(out / "codes.u8", "wb") as fcodes:
         for start, block in scan.iter_chunks(run.batch_rows):
-            Y, codes = encode_block(block, compact, quantizer)
+            Y, codes = encode_block(block, compact)
             max_abs = max(max_abs, float(np.abs(Y).max()))
             writer.append(Y)
             if codes is not None:
@@ -97,7 +99,7 @@ def estimate_recall(run: "ShrinkRun", model: CompactModel, out: Path,
     against exact search in the original space, on ``eval_queries`` rows of the collection
     (self excluded), into ``result`` (left unset when there are too few rows)."""
     from ..knn import drop_own, exact_search
-    from ..search import adc_topk, recall_at_k, rerank
+    from ..search import recall_at_k, rerank
 
     scan = VectorStore.open(run.work.root / "scan" / "vectors")
     n = scan.n_rows
@@ -115,9 +117,9 @@ def estimate_recall(run: "ShrinkRun", model: CompactModel, out: Path,
     prog.phase("encode", "recall estimate (compact search)", None)
     R = min(n, max(run.shortlist, k) + 1)
     Y = model.encode(Q)
-    if model.pq_bytes:
-        codes = read_rows(out / "codes.u8", 0, n, model.pq_bytes)
-        _, cand = adc_topk(model, codes, Y, R)
+    if model.code_bytes:
+        codes = read_rows(out / "codes.u8", 0, n, model.code_bytes)
+        _, cand = model.topk(codes, Y, R)
     else:
         _, cand = exact_search(out / "reduced", model.prepare(Y), R, metric=run.metric,
                                device=run.device)

@@ -1,15 +1,15 @@
-"""Encode + PQ of one Arrow record batch with a :class:`~tldr_index.compact.CompactModel`.
+"""Encode + codes of one Arrow record batch with a :class:`~tldr_index.compact.CompactModel`.
 
 The one place where rows of the compact target are computed and laid out, shared by the
 single-process engine (:mod:`tldr_index.shrink.encode`, :mod:`tldr_index.shrink.engine`) and
 the Ray Data engine (:mod:`tldr_index.shrink.ray_engine`), so the two cannot drift:
 
-* :func:`encode_block`: ``(n, D)`` vectors -> reduced float32 ``(n, d)`` and PQ codes ``(n, M)``;
+* :func:`encode_block`: ``(n, D)`` vectors -> reduced float32 ``(n, d)`` and codes ``(n, code_bytes)``;
 * :func:`assemble_batch`: id + payload columns of a batch, the reduced vectors and the codes ->
   a batch with exactly the target schema (``Source.target_schema``);
 * :func:`encode_record_batch`: both, for a source batch (id, vector, payload).
 
-Cost per batch of n rows: O(n D d) for the map plus O(n 256 d) for the PQ codes; memory: the batch,
+Cost per batch of n rows: O(n D d) for the map plus the codec's encoding (PQ: O(n 256 d)); memory: the batch,
 its float32 copy when stored as float16, and the ``(n, d)`` output.
 """
 
@@ -37,15 +37,13 @@ def read_rows(path, start: int, stop: int, width: int, dtype=np.uint8) -> np.nda
     return np.frombuffer(buf, dtype=dtype).reshape(stop - start, width)
 
 
-def encode_block(X: np.ndarray, model: CompactModel,
-                 quantizer=None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Reduced float32 vectors ``X @ W.T + b`` of ``X`` (n, D) and their ``(n, M)`` uint8 PQ codes
-    (None when the model holds no codebook). ``quantizer``: ``model.quantizer()`` built once by
-    the caller (building it costs a copy of the codebook)."""
+def encode_block(X: np.ndarray, model: CompactModel) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reduced float32 vectors ``X @ W.T + b`` of ``X`` (n, D) and their ``(n, code_bytes)`` uint8
+    codes by the model's codec (None when the model holds no codec)."""
     Y = model.encode(X)
-    if model.pq_bytes == 0:
+    if model.codec is None:
         return Y, None
-    return Y, (quantizer or model.quantizer()).encode(Y)
+    return Y, model.encode_codes(Y)
 
 
 def assemble_batch(rows: pa.RecordBatch, Y: np.ndarray, codes: np.ndarray | None,
@@ -63,7 +61,7 @@ def assemble_batch(rows: pa.RecordBatch, Y: np.ndarray, codes: np.ndarray | None
             if codes is None:
                 raise InvalidInputError(
                     f"The target schema has a codes column '{codes_column}' but the model holds "
-                    f"no PQ codebook (pq_bytes=0).")
+                    f"no codec (code_bytes=0).")
             codes = np.ascontiguousarray(codes, dtype=np.uint8)
             cols.append(pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)),
                                                           codes.shape[1]))
@@ -75,10 +73,10 @@ def assemble_batch(rows: pa.RecordBatch, Y: np.ndarray, codes: np.ndarray | None
 
 def encode_record_batch(batch: pa.RecordBatch, model: CompactModel, schema: pa.Schema, *,
                         vector_column: str, codes_column: str | None = CODES_COLUMN,
-                        quantizer=None, source: str = "input",
+                        source: str = "input",
                         skip_invalid: bool = False, cosine: bool = False) -> pa.RecordBatch:
     """Encode one source batch (id, vector, payload columns) into a batch with the target
-    ``schema`` (id, payload, reduced vector, PQ codes; see ``Source.target_schema``).
+    ``schema`` (id, payload, reduced vector, codes; see ``Source.target_schema``).
 
     Raises :class:`InvalidInputError` for null/ragged/non-finite vectors, and when the target
     stores float16 vectors but a reduced value exceeds float16's range (the single-process
@@ -92,7 +90,7 @@ def encode_record_batch(batch: pa.RecordBatch, model: CompactModel, schema: pa.S
         bad = invalid_rows(X, cosine=cosine)
         if bad.any():
             X, batch = X[~bad], batch.filter(pa.array(~bad))
-    Y, codes = encode_block(X, model, quantizer)
+    Y, codes = encode_block(X, model)
     if schema.field(vector_column).type.value_type == pa.float16() and len(Y):
         top = float(np.abs(Y).max())
         if top > FLOAT16_MAX:

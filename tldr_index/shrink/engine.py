@@ -56,7 +56,7 @@ class LocalEngine:
             for i in range(spill.num_record_batches):
                 b = spill.get_batch(i)
                 m = b.num_rows
-                codes = read_rows(codes_path, pos, pos + m, run.pq_bytes) if run.pq_bytes \
+                codes = read_rows(codes_path, pos, pos + m, run.code_bytes) if run.code_bytes \
                     else None
                 sink.append(assemble_batch(b, reduced.read(pos, pos + m), codes, schema,
                                            vector_column=run.src.vector_column,

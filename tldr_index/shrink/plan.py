@@ -1,8 +1,9 @@
 """Every parameter and cross-parameter check of ``shrink`` and ``sweep``, in one place.
 
 :func:`plan_shrink` and :func:`plan_sweep` check the arguments (names, ranges, choices), open the
-source, check what depends on it (``dim`` below the source's dimension, ``pq_bytes`` dividing
-``dim``, enough rows for the neighbours and for PQ, a target other than the source) and return a
+source, check what depends on it (``dim`` below the source's dimension, the codec's byte budget
+at ``dim`` (:mod:`tldr_index.shrink.budget`), enough rows for the neighbours and for the codebooks,
+a target other than the source) and return a
 frozen plan; nothing is written before a plan exists. The CLI calls :func:`default_target` and
 :func:`check_engine_options` for the same rules. Cost: opening the source and counting its rows.
 """
@@ -22,15 +23,17 @@ from connectors import absolute_uri, default_target_uri, open_source, parse_uri
 
 from ..errors import InvalidInputError, InvalidParameterError
 from ..validation import check_bool, check_choice, check_float, check_int
+from .budget import CODECS, DEFAULT_BYTES, DEFAULT_CODEC, check_codec_args, code_bytes, \
+    codec_fits, default_pq_bytes, needs_kmeans, resolve_bytes
 
 log = logging.getLogger(__name__)
 
 STAGES = ("scan", "knn", "select", "train", "encode", "write", "verify", "publish")
-METHODS = ("tldr", "pca", "auto")
+METHODS = ("tldr", "pca", "none", "auto")
 ENGINES = ("local", "ray")
 ENGINE_OPTIONS = ("workers", "shard_rows", "num_cpus")
 DEFAULT_SAMPLE = 100_000  # exact kNN graph ~3 min on 2 cores (benchmarks/results/shrink.md)
-DEFAULT_PQ_BYTES = 16
+DEFAULT_PQ_BYTES = DEFAULT_BYTES
 DEFAULT_EVAL_QUERIES = 200
 DEFAULT_DIMS = (16, 32, 64, 128)
 CRITERIA = ("pq", "rescored", "float")
@@ -38,11 +41,6 @@ SWEEP_BATCH_ROWS = 8192
 
 
 # ---------------------------------------------------------------------------------- defaults
-
-def default_pq_bytes(dim: int) -> int:
-    """16 bytes (the paper's setting) or the largest divisor of ``dim`` below it."""
-    return max(m for m in range(1, min(DEFAULT_PQ_BYTES, dim) + 1) if dim % m == 0)
-
 
 def default_work_dir(target_uri: str) -> Path:
     """``$TLDR_INDEX_WORK`` or ``./tldr-work``, then ``<target name>-<8 hex of the target URI>``."""
@@ -93,13 +91,13 @@ def check_feasible(src, n_rows: int, n_train: int, method: str, neighbors: int, 
         raise InvalidInputError(
             f"Source '{src.uri}' has 1 row; {owner} needs at least 2 (a one-row table cannot be "
             f"shrunk: there is no neighbour to keep and nothing to learn a map from).")
-    if method != "pca" and neighbors >= n_train:
+    if method not in ("pca", "none") and neighbors >= n_train:
         raise InvalidParameterError(
             f"The 'neighbors' parameter of {owner} must be an int in the range [1, "
             f"{n_train - 1}] (fewer than the {n_train} training rows). Got {neighbors} instead.")
     if needs_pq and n_train < 256:
-        hint = ("Pass pq_bytes=0 (--pq-bytes 0) to store no codes." if owner == "shrink" else
-                "Pass pq_bytes=[0] (--pq-bytes 0) to measure no codes.")
+        hint = ("Pass bytes=0 (--bytes 0) to store no codes." if owner == "shrink" else
+                "Pass bytes=[0] (--bytes 0) to measure no codes.")
         raise InvalidParameterError(
             f"PQ codes need at least 256 training rows (256 centroids per byte); source "
             f"'{src.uri}' gives {n_train}. {hint}")
@@ -107,13 +105,26 @@ def check_feasible(src, n_rows: int, n_train: int, method: str, neighbors: int, 
 
 def selection_plan(src, dim: int | None, dims: Sequence[int] | None, pq_bytes,
                    method: str, target_recall: float | None, *, owner: str,
-                   criterion: str = "pq") -> dict:
-    """Validated candidates ``[[d, pq_bytes], ...]`` and methods of a selection (JSON-able: it
-    is part of the run's identity)."""
+                   criterion: str = "pq", codecs: Sequence[str] = (DEFAULT_CODEC,),
+                   bits: int | None = None) -> dict:
+    """Validated candidates ``[[method, d, codec, code_bytes], ...]`` of a selection (JSON-able:
+    it is part of the run's identity; ``codec`` None with 0 bytes: float vectors only).
+
+    The candidate list (kept small so a sweep stays fast): every d of ``dims`` (default 16, 32,
+    64, 128 below the source's dimension) x each reduced method (``auto``: TLDR and PCA) x each
+    codec of ``codecs`` (default the one requested, PQ unless told) at each budget of
+    ``pq_bytes`` (default 16 or the nearest feasible size), skipping combinations the codec
+    cannot meet at that d; plus, with ``method="auto"`` (or ``"none"``), the identity map
+    (``none``, d = D) with every codec of :data:`CODECS` (``none``: of ``codecs``) that meets the
+    budget exactly at D, so a selection never returns less than the best on-original codec it
+    measured at that budget."""
     if target_recall is not None:
         check_float(target_recall, "target_recall", low=0.0, low_inclusive=False, high=1.0,
                     owner=owner)
     check_choice(criterion, "criterion", CRITERIA, owner=owner)
+    codecs = list(codecs)
+    for c in codecs:
+        check_codec_args(c, bits, owner)
     if dim is not None:
         cand_dims = [dim]
     elif dims is not None:
@@ -123,38 +134,81 @@ def selection_plan(src, dim: int | None, dims: Sequence[int] | None, pq_bytes,
                                         f"dimension. Got {list(dims)!r} instead.")
     else:
         cand_dims = [d for d in DEFAULT_DIMS if d < src.dim] or [max(1, src.dim // 2)]
+    if method == "none":
+        cand_dims = []
     for d in cand_dims:
         if d >= src.dim:
             raise InvalidParameterError(
                 f"The 'dims' parameter of {owner} must hold ints in the range [1, "
                 f"{src.dim - 1}] (smaller than the dimension {src.dim} of source '{src.uri}'). "
                 f"Got {d} instead.")
-    pqs = pq_bytes if isinstance(pq_bytes, (list, tuple)) else [pq_bytes]
-    cands = []
+    budgets = pq_bytes if isinstance(pq_bytes, (list, tuple)) else [pq_bytes]
+    budgets = [None if b is None else check_int(b, "bytes", low=0, owner=owner)
+               for b in budgets]
+    methods = ["tldr", "pca"] if method == "auto" else ([] if method == "none" else [method])
+    cands: list[list] = []
+
+    def add(m: str, d: int, codec: str | None, size: int) -> None:
+        if [m, d, codec, size] not in cands:
+            cands.append([m, d, codec, size])
+
+    defaults: list[int] = []  # the sizes a default budget (None) gave the reduced candidates
     for d in sorted(set(cand_dims)):
-        for p in pqs:
-            p = default_pq_bytes(d) if p is None else check_int(p, "pq_bytes", low=0,
-                                                                 owner=owner)
-            if p and d % p:
-                log.info("Candidate d=%d with %d PQ bytes skipped (bytes must divide d).", d, p)
+        for b in budgets:
+            for codec in codecs:
+                if b == 0:
+                    size = 0
+                else:
+                    try:
+                        size = code_bytes(codec, d, b, bits, owner)
+                    except InvalidParameterError:
+                        log.info("Candidate d=%d with %s %s bytes skipped (infeasible).", d,
+                                 codec, b)
+                        continue
+                if b is None:
+                    defaults.append(size)
+                for m in methods:
+                    add(m, d, codec if size else None, size)
+    if method in ("auto", "none"):
+        D = src.dim
+        ident = []
+        for b in budgets:  # the identity map at the same budgets as the reduced candidates
+            if b is None:
+                ident += sorted(set(defaults)) or [DEFAULT_BYTES]
+            else:
+                ident.append(b)
+        for budget in dict.fromkeys(ident):
+            if budget == 0:
+                add("none", D, None, 0)
                 continue
-            if [d, p] not in cands:
-                cands.append([d, p])
+            for codec in (CODECS if method == "auto" else codecs):
+                if codec == "rabitq" and bits is not None and (D * bits % 8 or
+                                                               D * bits // 8 + 4 != budget):
+                    continue  # rabitq at the bits asked for only
+                if codec_fits(codec, D, budget):
+                    add("none", D, codec, budget)
     if not cands:
         raise InvalidParameterError(
-            f"The 'pq_bytes' parameter of {owner} must divide at least one of the dims "
-            f"{sorted(set(cand_dims))} (one sub-vector per byte). Got {pq_bytes!r} instead.")
-    methods = ["tldr", "pca"] if method == "auto" else [method]
-    return {"candidates": cands, "methods": methods, "target_recall": target_recall,
-            "criterion": criterion}
+            f"The 'bytes' parameter of {owner} (--bytes) must be a budget that codec(s) "
+            f"{', '.join(codecs)} can meet at one of the dims {sorted(set(cand_dims)) or [src.dim]}"
+            f". Got {pq_bytes!r} instead.")
+    return {"candidates": cands, "methods": list(dict.fromkeys(c[0] for c in cands)),
+            "target_recall": target_recall, "criterion": criterion}
 
 
-def plan_text(method: str, dim: int | None, pq_bytes: int | None, select: dict | None) -> str:
+def candidate_text(method: str, d: int, codec: str | None, size: int) -> str:
+    """``tldr d=64 PQ 16 B`` (``float`` without codes)."""
+    return f"{method} d={d} " + (f"{(codec or 'pq').upper()} {size} B" if size else "float")
+
+
+def plan_text(method: str, dim: int | None, pq_bytes: int | None, select: dict | None,
+              codec: str = DEFAULT_CODEC) -> str:
     """What a shrink will fit, for its first log line: ``tldr to d=64, PQ 16 bytes``, or the
     candidates of a selection (``dim``/``pq_bytes`` are only known after the ``select`` stage)."""
     if select is None:
-        return f"{method} to d={dim}, PQ {pq_bytes} bytes"
-    cands = ", ".join(f"d={d} PQ {p} B" for d, p in select["candidates"])
+        return f"{method} to d={dim}, " + (f"{codec.upper()} {pq_bytes} bytes" if pq_bytes
+                                           else "no codes")
+    cands = ", ".join(candidate_text(*c) for c in select["candidates"])
     goal = (f"the smallest reaching recall@10 >= {select['target_recall']}"
             if select.get("target_recall") is not None else "the better method")
     return f"{'/'.join(select['methods'])}, choosing {goal} among {cands}"
@@ -166,8 +220,8 @@ def plan_text(method: str, dim: int | None, pq_bytes: int | None, select: dict |
 class ShrinkPlan:
     """A checked shrink: every argument validated against the others and the source.
 
-    ``dim``/``pq_bytes``/``method`` are the requested ones (None dim/pq_bytes with a selection:
-    the ``select`` stage chooses). ``src`` is the opened source (read only)."""
+    ``dim``/``code_bytes``/``codec``/``method`` are the requested ones (None dim/code_bytes with
+    a selection: the ``select`` stage chooses). ``src`` is the opened source (read only)."""
 
     src: Any = field(repr=False, compare=False)
     source_uri: str
@@ -176,7 +230,8 @@ class ShrinkPlan:
     target_abs: str
     method: str
     dim: int | None
-    pq_bytes: int | None
+    code_bytes: int | None
+    codec: str
     neighbors: int
     epochs: int | None
     sample: int
@@ -196,7 +251,8 @@ class ShrinkPlan:
     @property
     def params(self) -> dict:
         """The run's parameters as recorded in the work directory and the target (JSON)."""
-        p = {"dim": self.dim, "method": self.method, "pq_bytes": self.pq_bytes,
+        p = {"dim": self.dim, "method": self.method, "codec": self.codec,
+             "code_bytes": self.code_bytes, "pq_bytes": self.code_bytes,
              "neighbors": self.neighbors, "epochs": self.epochs, "sample": self.sample,
              "random_state": self.seed, "reduced_dtype": self.reduced_dtype,
              "vector_column": self.src.vector_column, "id_column": self.src.id_column,
@@ -213,7 +269,12 @@ class ShrinkPlan:
         return self.engine == "ray" and self.select is None
 
     def text(self) -> str:
-        return plan_text(self.method, self.dim, self.pq_bytes, self.select)
+        return plan_text(self.method, self.dim, self.code_bytes, self.select, self.codec)
+
+    @property
+    def pq_bytes(self) -> int | None:
+        """Old name of :attr:`code_bytes`."""
+        return self.code_bytes
 
 
 def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = None,
@@ -225,7 +286,8 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
                 shortlist: int | None = None, batch_rows: int = 8192,
                 threads: int | None = None, source_options: dict | None = None,
                 skip_invalid: bool = False, engine: str = "local",
-                engine_options: dict | None = None) -> ShrinkPlan:
+                engine_options: dict | None = None, codec: str = DEFAULT_CODEC,
+                bits: int | None = None, bytes: int | None = None) -> ShrinkPlan:  # noqa: A002
     """Check the arguments of :func:`tldr_index.shrink.shrink` (same names and meaning), open
     the source and return the plan. Raises :class:`InvalidParameterError` /
     :class:`InvalidInputError` (one line naming the parameter, the rule and the value)."""
@@ -234,11 +296,15 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
 
     o = "shrink"
     check_choice(method, "method", METHODS, owner=o)
-    dim = check_int(dim, "dim", low=1, owner=o, allow_none=target_recall is not None)
+    dim = check_int(dim, "dim", low=1, owner=o,
+                    allow_none=target_recall is not None or method in ("none", "auto"))
     neighbors = check_int(neighbors, "neighbors", low=1, owner=o)
     check_int(epochs, "epochs", low=1, owner=o, allow_none=True)
     sample = check_int(sample, "sample", low=2, owner=o)
     check_int(pq_bytes, "pq_bytes", low=0, owner=o, allow_none=True)
+    check_int(bytes, "bytes", low=0, owner=o, allow_none=True)
+    pq_bytes = resolve_bytes(bytes, pq_bytes, o)
+    check_codec_args(codec, bits, o)
     resolve_device(device, owner=o)  # checks the name; cuda without a GPU: refused now
     check_choice(reduced_dtype, "reduced_dtype", ("float16", "float32"), owner=o)
     eval_queries = check_int(eval_queries, "eval_queries", low=0, owner=o)
@@ -267,30 +333,37 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
         check_supported(source_uri, target_uri)
     select = None
     if method == "auto" or target_recall is not None:
-        select = selection_plan(src, dim, dims, pq_bytes, method, target_recall, owner=o)
+        select = selection_plan(src, dim, dims, pq_bytes, method, target_recall, owner=o,
+                                codecs=[codec], bits=bits)
+    elif method == "none":
+        if dim is not None and dim != src.dim:
+            raise InvalidParameterError(
+                f"The 'dim' parameter of shrink must be None or {src.dim} (the dimension of "
+                f"source '{src.uri}') with method='none' (the identity map). Got {dim} instead.")
+        dim = src.dim
     elif dim >= src.dim:
         raise InvalidParameterError(
             f"The 'dim' parameter of shrink must be an int in the range [1, {src.dim - 1}] "
             f"(smaller than the dimension {src.dim} of source '{src.uri}'). Got {dim} instead.")
-    if select is None and pq_bytes is None:
-        pq_bytes = default_pq_bytes(dim)
-        if pq_bytes != DEFAULT_PQ_BYTES:
-            log.warning("pq_bytes (--pq-bytes) not given and the default %d does not divide "
-                        "dim=%d (PQ bytes must divide d: one sub-vector per byte): the codes take "
-                        "%d bytes, the largest divisor of %d up to %d. Pass pq_bytes "
-                        "(--pq-bytes) to choose another size.", DEFAULT_PQ_BYTES, dim, pq_bytes,
-                        dim, DEFAULT_PQ_BYTES)
-    if select is None and pq_bytes and dim % pq_bytes:
-        raise InvalidParameterError(
-            f"The 'pq_bytes' parameter of shrink must divide dim={dim} (one sub-vector per "
-            f"byte) or be 0. Got {pq_bytes} instead.")
+
+    def warn(size: int) -> None:
+        log.warning("pq_bytes (--pq-bytes) not given and the default %d does not divide "
+                    "dim=%d (PQ bytes must divide d: one sub-vector per byte): the codes take "
+                    "%d bytes, the largest divisor of %d up to %d. Pass pq_bytes "
+                    "(--pq-bytes) to choose another size.", DEFAULT_PQ_BYTES, dim, size,
+                    dim, DEFAULT_PQ_BYTES)
+
+    if select is None:
+        pq_bytes = code_bytes(codec, dim, pq_bytes, bits, o,
+                              warn=warn if codec in ("pq", "opq") else None)
     n_rows = src.count()
-    needs_pq = bool(pq_bytes) if select is None else any(p for _, p in select["candidates"])
-    check_feasible(src, n_rows, min(n_rows, sample), method, neighbors, needs_pq, o)
+    kmeans = needs_kmeans([codec]) and bool(pq_bytes) if select is None else \
+        needs_kmeans(c[2] for c in select["candidates"] if c[3])
+    check_feasible(src, n_rows, min(n_rows, sample), method, neighbors, kmeans, o)
     return ShrinkPlan(src=src, source_uri=source_uri, target_uri=target_uri,
                       source_abs=source_abs, target_abs=target_abs, method=method, dim=dim,
-                      pq_bytes=pq_bytes, neighbors=neighbors, epochs=epochs, sample=sample,
-                      device=device, seed=random_state, reduced_dtype=reduced_dtype,
+                      code_bytes=pq_bytes, codec=codec, neighbors=neighbors, epochs=epochs,
+                      sample=sample, device=device, seed=random_state, reduced_dtype=reduced_dtype,
                       eval_queries=eval_queries, shortlist=shortlist, batch_rows=batch_rows,
                       threads=threads, skip_invalid=skip_invalid, engine=engine,
                       engine_options=engine_options, select=select, n_rows=n_rows)
@@ -321,7 +394,7 @@ class SweepPlan:
     def params(self) -> dict:
         """What identifies the reusable scan and graph in the sweep's work directory."""
         return {"sample": self.sample, "neighbors": self.neighbors, "random_state": self.seed,
-                "graph": self.method != "pca", "batch_rows": SWEEP_BATCH_ROWS}
+                "graph": self.method not in ("pca", "none"), "batch_rows": SWEEP_BATCH_ROWS}
 
 
 def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
@@ -330,7 +403,9 @@ def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                epochs: int | None = None, sample: int | None = None, eval_queries: int = 500,
                shortlist: int | None = None, device: str = "auto", random_state: int = 0,
                threads: int | None = None, vector_column: str | None = None,
-               id_column: str | None = None, source_options: dict | None = None) -> SweepPlan:
+               id_column: str | None = None, source_options: dict | None = None,
+               codecs: Sequence[str] | None = None, bits: int | None = None,
+               bytes: Sequence[int | None] | None = None) -> SweepPlan:  # noqa: A002
     """Check the arguments of :func:`tldr_index.shrink.select.sweep`, open the source and return
     the plan (same rules and messages as :func:`plan_shrink`, owner ``sweep``)."""
     from ..search import default_shortlist
@@ -347,12 +422,15 @@ def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
     check_choice(device, "device", ("auto", "cpu", "cuda"), owner=o)
     src = open_source(source_uri, vector_column=vector_column, id_column=id_column,
                       **(source_options or {}))
+    budgets = resolve_bytes(None if bytes is None else list(bytes),
+                            None if pq_bytes is None else list(pq_bytes), o)
+    codecs = [DEFAULT_CODEC] if not codecs else list(codecs)
     select = selection_plan(src, None, None if dims is None else list(dims),
-                            list(pq_bytes) if pq_bytes else [None], method, target_recall,
-                            owner=o, criterion=criterion)
+                            budgets or [None], method, target_recall,
+                            owner=o, criterion=criterion, codecs=codecs, bits=bits)
     n_rows = src.count()
     check_feasible(src, n_rows, min(n_rows, sample), method, neighbors,
-                   any(p for _, p in select["candidates"]), o)
+                   needs_kmeans(c[2] for c in select["candidates"] if c[3]), o)
     return SweepPlan(src=src, source_uri=source_uri, source_abs=absolute_uri(source_uri),
                      method=method, neighbors=neighbors, epochs=epochs, sample=sample,
                      device=device, seed=random_state, eval_queries=eval_queries,

@@ -30,7 +30,7 @@ only if this module started it.
 
 Memory per worker: one shard's source rows as Arrow (``shard_rows x D x 4`` bytes) plus one
 ``batch_rows`` block being encoded. Bytes moved: each worker reads its shard of the source and
-writes ``shard_rows x (d x 2 + pq_bytes + payload)`` bytes; the driver receives a few hundred bytes
+writes ``shard_rows x (d x 2 + code_bytes + payload)`` bytes; the driver receives a few hundred bytes
 per shard.
 """
 
@@ -114,7 +114,6 @@ class _EncodeShards:
         self.model = model
         self.skip_invalid, self.cosine = skip_invalid, cosine
         self.written = 0
-        self.quantizer = model.quantizer() if model.pq_bytes else None
         self.schema, self.vector_column, self.codes_column = schema, vector_column, codes_column
         self.batch_rows, self.source = batch_rows, source
         self.writer = writer
@@ -126,7 +125,7 @@ class _EncodeShards:
                 out = encode_record_batch(b, self.model, self.schema,
                                           vector_column=self.vector_column,
                                           codes_column=self.codes_column,
-                                          quantizer=self.quantizer, source=self.source,
+                                          source=self.source,
                                           skip_invalid=self.skip_invalid, cosine=self.cosine)
                 self.written += out.num_rows
                 yield out

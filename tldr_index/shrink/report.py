@@ -16,7 +16,7 @@ class ShrinkReport:
     rows: int
     source_dim: int
     dim: int
-    pq_bytes: int
+    code_bytes: int                   # codes per row (0: none), by ``codec``
     vector_dtype: str
     source_disk_bytes: int | None
     target_disk_bytes: int | None
@@ -33,6 +33,12 @@ class ShrinkReport:
     skipped_invalid: int = 0          # rows dropped by skip_invalid (NaN/inf, zero under cosine)
     first_invalid_id: object = None
     selection: dict | None = None    # method="auto" / target_recall: candidates and the choice
+    codec: str | None = None         # "pq", "opq", "rq", "rabitq" (None: no codes)
+
+    @property
+    def pq_bytes(self) -> int:
+        """Old name of :attr:`code_bytes` (kept for compatibility, whatever the codec)."""
+        return self.code_bytes
 
     @property
     def source_vector_bytes(self) -> int:
@@ -41,12 +47,12 @@ class ShrinkReport:
 
     @property
     def codes_bytes(self) -> int:
-        return self.rows * self.pq_bytes
+        return self.rows * self.code_bytes
 
     @property
     def search_compression(self) -> float | None:
-        """float32 source vector / PQ code, per row (the in-memory search structure)."""
-        return self.source_dim * 4 / self.pq_bytes if self.pq_bytes else None
+        """float32 source vector / code, per row (the in-memory search structure)."""
+        return self.source_dim * 4 / self.code_bytes if self.code_bytes else None
 
     @property
     def disk_compression(self) -> float | None:
@@ -56,7 +62,8 @@ class ShrinkReport:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out.update(source_vector_bytes=self.source_vector_bytes, codes_bytes=self.codes_bytes,
+        out.update(pq_bytes=self.code_bytes, source_vector_bytes=self.source_vector_bytes,
+                   codes_bytes=self.codes_bytes,
                    search_compression=self.search_compression,
                    disk_compression=self.disk_compression)
         return out

@@ -17,7 +17,8 @@ from .workdir import WorkDir
 
 @dataclass
 class ShrinkRun:
-    """What the stages of a run read and write. ``method``/``dim``/``pq_bytes`` are the fitted
+    """What the stages of a run read and write. ``method``/``dim``/``codec``/``code_bytes`` are the
+    fitted
     ones (set by the ``select`` stage when a selection chooses them); ``engine`` is a
     :class:`tldr_index.shrink.engine.Engine`; ``results`` fills as stages finish."""
 
@@ -40,7 +41,8 @@ class ShrinkRun:
     resumed: bool
     select: dict | None = None
     dim: int | None = None
-    pq_bytes: int | None = None
+    code_bytes: int | None = None
+    codec: str = "pq"
     target_uri: str = ""
     reduced_dtype: str = "float16"
     overwrite: bool = False
@@ -68,7 +70,9 @@ class ShrinkRun:
         sel = self.results.select
         if sel is not None and sel.chosen:
             ch = sel.chosen
-            self.method, self.dim, self.pq_bytes = ch["method"], ch["dim"], ch["pq_bytes"]
+            self.method, self.dim = ch["method"], ch["dim"]
+            self.codec = ch.get("codec", "pq")
+            self.code_bytes = ch.get("code_bytes", ch.get("pq_bytes"))
 
 
 StageFn = Callable[[ShrinkRun], tuple[list[Path], StageResult]]

@@ -1,12 +1,17 @@
 """``sweep``, ``method="auto"`` and ``target_recall``: train several candidates from ONE kNN graph
 and measure them on held-out rows.
 
-A candidate is ``(method, d, pq_bytes)``. :func:`sweep` runs the shrink pipeline's ``scan`` and
-``knn`` stages once (checkpointed in a work directory, so a second sweep of the same source reuses
-them), then for every d fits each method on the same training sample with the same graph and
-measures recall@10 against exact search in the original space on rows held out from that sample:
-of the reduced float vectors, of the PQ codes alone (the compact search) and with the shortlist
-re-ranked exactly (``search --rescore``).
+A candidate is ``(method, d, codec, code_bytes)`` (the candidate list is
+:func:`tldr_index.shrink.plan.selection_plan`'s: by default each d x method with the requested
+codec, plus the identity map ``none`` with every codec that meets the budget on the original
+vectors). :func:`sweep` runs the shrink pipeline's ``scan`` and ``knn`` stages once
+(checkpointed in a work directory, so a second sweep of the same source reuses them), then for
+every (method, d) fits the map on the same training sample with the same graph (the identity
+map: no fit) and measures recall@10 against exact search in the original space on the SAME rows
+held out from that sample for every candidate: of the reduced float vectors, of the codes alone
+(the compact search, :func:`tldr_index.codecs.codec_topk`) and with the shortlist re-ranked
+exactly (``search --rescore``). Since the on-original codecs are candidates measured on the same
+rows, the choice is never worse on them than the best on-original codec at that budget.
 
 Choice: ``criterion`` (default ``"pq"``: recall@10 of the compact search) decides. With
 ``target_recall`` the smallest candidate that reaches it wins, smallest meaning fewest PQ bytes,
@@ -15,7 +20,8 @@ better (ties go to PCA, the cheaper and simpler map). :func:`tldr_index.shrink.s
 same selection as its ``select`` stage.
 
 Cost: the kNN graph once, one fit per (method, d), one pass over the scanned rows per (method, d)
-for the float search and per PQ size for the codes; memory: ``pq_bytes`` per row and the sample.
+for the float search and per codec for the codes (plus its training: PQ/OPQ k-means, RQ's beam
+search, slowest); memory: ``code_bytes`` per row and the sample.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from ..tables import fmt_float
 from ..threads import auto_threads, thread_limit
 from ..vectors import VectorStore
 from . import train as training
-from .plan import STAGES, default_sweep_work_dir, plan_sweep
+from .plan import STAGES, candidate_text, default_sweep_work_dir, plan_sweep
 from .encode import PQ_TRAIN_ROWS
+from .measure import codec_candidates
 from .engine import LocalEngine
 from .results import SelectResult
 from .run import ShrinkRun, run_stage
@@ -56,11 +63,17 @@ class SweepConfig:
 
     method: str
     dim: int
-    pq_bytes: int
+    code_bytes: int
     recall_float: float
     recall_pq: float | None
     recall_rescored: float | None
     fit_seconds: float
+    codec: str | None = None
+
+    @property
+    def pq_bytes(self) -> int:
+        """Old name of :attr:`code_bytes` (whatever the codec)."""
+        return self.code_bytes
 
     def score(self, criterion: str) -> float:
         v = {"pq": self.recall_pq, "rescored": self.recall_rescored,
@@ -100,9 +113,10 @@ class SweepResult:
             name = f"{c.method}"
             rows.append({"method": name, "representation": "float32",
                          "bytes_per_vector": 4 * c.dim, "recall": {"10": c.recall_float}})
-            if c.pq_bytes:
-                rows.append({"method": f"{name} + PQ", "representation": "PQ codes",
-                             "bytes_per_vector": c.pq_bytes, "recall": {"10": c.recall_pq}})
+            if c.code_bytes:
+                cn = (c.codec or "pq").upper()
+                rows.append({"method": f"{name} + {cn}", "representation": f"{cn} codes",
+                             "bytes_per_vector": c.code_bytes, "recall": {"10": c.recall_pq}})
         best: dict = {}  # the frontier: per method and size, the best recall
         for r in rows:
             key = (r["method"], r["bytes_per_vector"])
@@ -116,7 +130,6 @@ class SweepResult:
 def measure(c: ShrinkRun, plan: dict) -> tuple[list[SweepConfig], dict]:
     """Fit and measure every candidate of ``plan`` on the run ``c`` (its scan, training
     sample and kNN graph). Returns the configs and ``{"queries", "query_kind"}``."""
-    from ..comparisons import reduced_search
     from ..knn import exact_search
     from ..search import recall_at_k, rerank
 
@@ -130,36 +143,39 @@ def measure(c: ShrinkRun, plan: dict) -> tuple[list[SweepConfig], dict]:
     c.progress.phase("select", "exact neighbours of the held-out rows", len(qpos), "queries")
     _, truth = exact_search(scan, Q, k, metric=c.metric, exclude=qpos,
                             progress=lambda done, total: c.progress.update("select", done))
-    n_fits = len(plan["candidates"]) * len(plan["methods"])
+    groups: dict[tuple[str, int], list[tuple[str | None, int]]] = {}
+    for m, d, codec, size in plan["candidates"]:
+        groups.setdefault((m, d), []).append((codec, size))
+    n_fits = len(groups)
     R = min(n - 1, max(c.shortlist, k))
     rng = np.random.default_rng([c.seed, 0x9B])
     pick = np.sort(rng.choice(train.n_rows, min(train.n_rows, PQ_TRAIN_ROWS), replace=False))
     pq_train = train.take(pick)
     configs: list[SweepConfig] = []
     quiet = dataclasses.replace(c, progress=Progress())
-    for dim in sorted({d for d, _ in plan["candidates"]}):
-        pqs = [p for d, p in plan["candidates"] if d == dim]
-        for method in plan["methods"]:
-            c.progress.phase("select", f"fitting and measuring {method} d={dim}", n_fits, "fits")
-            c.progress.update("select", len(configs))
-            t0 = time.perf_counter()
-            model = training.fit_reducer(quiet, method, dim)
-            fit_s = time.perf_counter() - t0
-            found = reduced_search(model.transform, dim, scan, pq_train, Q, R, metric=c.metric,
-                                   pq_bytes=[p for p in pqs if p], exclude=qpos,
-                                   random_state=c.seed)
-            r_float = recall_at_k(found["float"][:, :k], truth)
-            for p in pqs:
-                r_pq = r_resc = None
-                if p:
-                    cand = found[f"pq{p}"]
-                    r_pq = recall_at_k(cand[:, :k], truth)
-                    _, resc = rerank(Q, cand, scan.take, k, c.metric, exclude=qpos)
-                    r_resc = recall_at_k(resc, truth)
-                configs.append(SweepConfig(method, dim, p, r_float, r_pq, r_resc, fit_s))
-                log.info("%s d=%d PQ %d B: recall@10 float %.3f, PQ %s, rescored %s (fit %.1f s).",
-                         method, dim, p, r_float, fmt_float(r_pq), fmt_float(r_resc), fit_s)
-            c.progress.update("select", len(configs), n_fits)
+    for i, ((method, dim), specs) in enumerate(sorted(groups.items(), key=lambda g: (g[0][1],
+                                                                                    g[0][0]))):
+        c.progress.phase("select", f"fitting and measuring {method} d={dim}", n_fits, "fits")
+        c.progress.update("select", i)
+        t0 = time.perf_counter()
+        model = training.fit_reducer(quiet, method, dim)
+        fit_s = time.perf_counter() - t0
+        found = codec_candidates(model.transform, dim, scan, pq_train, Q, R, metric=c.metric,
+                                 codecs=[(cd, b) for cd, b in specs if cd], exclude=qpos,
+                                 random_state=c.seed)
+        r_float = recall_at_k(found["float"][:, :k], truth)
+        for codec, size in specs:
+            r_pq = r_resc = None
+            if size:
+                cand = found[(codec, size)]
+                r_pq = recall_at_k(cand[:, :k], truth)
+                _, resc = rerank(Q, cand, scan.take, k, c.metric, exclude=qpos)
+                r_resc = recall_at_k(resc, truth)
+            configs.append(SweepConfig(method, dim, size, r_float, r_pq, r_resc, fit_s, codec))
+            log.info("%s: recall@10 float %.3f, codes %s, rescored %s (fit %.1f s).",
+                     candidate_text(method, dim, codec, size), r_float, fmt_float(r_pq),
+                     fmt_float(r_resc), fit_s)
+        c.progress.update("select", i + 1, n_fits)
     return configs, {"queries": len(qpos), "query_kind": kind}
 
 
@@ -167,43 +183,45 @@ def choose(configs: list[SweepConfig], plan: dict, queries: int) -> tuple[SweepC
                                                                           str]:
     """The chosen config and a one-line reason (see the module docstring for the rule)."""
     crit, target = plan["criterion"], plan["target_recall"]
-    what = {"pq": "recall@10 of the PQ-code search", "rescored": "recall@10 with --rescore",
+    what = {"pq": "recall@10 of the code search", "rescored": "recall@10 with --rescore",
             "float": "recall@10 of the reduced float vectors"}[crit]
-    best: dict[tuple[int, int], SweepConfig] = {}
+    best: dict[tuple, SweepConfig] = {}
     notes = []
-    for cfg in configs:  # per (d, PQ bytes): the better method (PCA on ties)
-        key = (cfg.dim, cfg.pq_bytes)
+    for cfg in configs:  # per (d, codec, bytes): the better method (PCA on ties)
+        key = (cfg.dim, cfg.codec or "", cfg.code_bytes)
         cur = best.get(key)
         if cur is None or cfg.score(crit) > cur.score(crit) or (
                 cfg.score(crit) == cur.score(crit) and cfg.method == "pca"):
             best[key] = cfg
     if len(plan["methods"]) > 1:
-        for (d, p), cfg in sorted(best.items()):
-            other = [o for o in configs if (o.dim, o.pq_bytes) == (d, p) and o is not cfg]
+        for key, cfg in sorted(best.items()):
+            other = [o for o in configs if (o.dim, o.codec or "", o.code_bytes) == key
+                     and o is not cfg]
+            if not other:
+                continue
             vs = ", ".join(f"{o.method} {fmt_float(o.score(crit))}" for o in other)
-            notes.append(f"d={d} PQ {p} B: {cfg.method} {fmt_float(cfg.score(crit))} vs {vs}")
+            where = candidate_text("", cfg.dim, cfg.codec, cfg.code_bytes).strip()
+            notes.append(f"{where}: {cfg.method} {fmt_float(cfg.score(crit))} vs {vs}")
     ordered = sorted(best.values(), key=lambda c: (c.pq_bytes or 4 * c.dim, c.dim))
     if target is None:
         chosen = max(ordered, key=lambda c: (c.score(crit), -c.pq_bytes, -c.dim))
-        reason = (f"best {what}: {chosen.method} d={chosen.dim} PQ {chosen.pq_bytes} B "
-                  f"({fmt_float(chosen.score(crit))})")
+        reason = f"best {what}: {_name(chosen)} ({fmt_float(chosen.score(crit))})"
     else:
         ok = [c for c in ordered if c.score(crit) >= target]
         if not ok:
             top = max(ordered, key=lambda c: c.score(crit))
             return None, (f"no candidate reaches {what} >= {target} on {queries} held-out rows "
-                          f"(best: {top.method} d={top.dim} PQ {top.pq_bytes} B, "
-                          f"{fmt_float(top.score(crit))})")
+                          f"(best: {_name(top)}, {fmt_float(top.score(crit))})")
         chosen = ok[0]
-        reason = (f"smallest candidate with {what} >= {target}: {chosen.method} d={chosen.dim} "
-                  f"PQ {chosen.pq_bytes} B ({fmt_float(chosen.score(crit))})")
+        reason = (f"smallest candidate with {what} >= {target}: {_name(chosen)} "
+                  f"({fmt_float(chosen.score(crit))})")
     if notes:
         reason += "; auto (TLDR kept only when strictly better): " + "; ".join(notes)
     return chosen, reason + f"; measured on {queries} held-out rows"
 
 
 def _name(c: SweepConfig) -> str:
-    return f"{c.method} d={c.dim} PQ {c.pq_bytes} B"
+    return f"{c.method} d={c.dim} {(c.codec or 'pq').upper()} {c.code_bytes} B"
 
 
 def measured_line(configs: list[SweepConfig]) -> str:
@@ -281,7 +299,7 @@ def stage_select(c: ShrinkRun) -> tuple[list[Path], SelectResult]:
     (``chosen``, ``reason``, every candidate's figures). Raises when ``target_recall`` is out
     of reach."""
     plan = c.select
-    c.progress.begin("select", len(plan["candidates"]) * len(plan["methods"]), "fits")
+    c.progress.begin("select", len({(m, d) for m, d, _, _ in plan["candidates"]}), "fits")
     configs, q = measure(c, plan)
     chosen, reason = choose(configs, plan, q["queries"])
     if chosen is None:
@@ -290,7 +308,8 @@ def stage_select(c: ShrinkRun) -> tuple[list[Path], SelectResult]:
             f"{unreached_advice(configs, plan, c.src.dim, owner='shrink')}")
     log.info("Selection: %s.", reason)
     return [], SelectResult(
-        chosen={"method": chosen.method, "dim": chosen.dim, "pq_bytes": chosen.pq_bytes},
+        chosen={"method": chosen.method, "dim": chosen.dim, "codec": chosen.codec,
+                "code_bytes": chosen.code_bytes, "pq_bytes": chosen.code_bytes},
         reason=reason, criterion=plan["criterion"], target_recall=plan["target_recall"],
         queries=q["queries"], query_kind=q["query_kind"],
         candidates=[asdict(x) for x in configs])
@@ -306,11 +325,17 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
           work_dir: str | os.PathLike | None = None, keep_work: bool = True,
           random_state: int = 0, threads: int | None = None,
           progress: Progress | bool | None = None, vector_column: str | None = None,
-          id_column: str | None = None, source_options: dict | None = None) -> SweepResult:
+          id_column: str | None = None, source_options: dict | None = None,
+          codecs: Sequence[str] | None = None, bits: int | None = None,
+          bytes: Sequence[int | None] | None = None) -> SweepResult:  # noqa: A002
     """Train ``method`` ("tldr", "pca" or "auto": both) at every d of ``dims`` (default 16, 32,
-    64, 128 below the source's dimension) and PQ size of ``pq_bytes`` (default 16 or the largest
-    divisor of d below it) from one scan and ONE kNN graph; measure each on ``eval_queries``
-    held-out rows; choose as :func:`choose` (``target_recall``, ``criterion``).
+    64, 128 below the source's dimension), codec of ``codecs`` (default ``["pq"]``; ``bits`` for
+    rabitq) and code size of ``bytes`` (alias ``pq_bytes``; default 16 or the largest size the
+    codec can meet at d below it) from one scan and ONE kNN graph; with ``method="auto"`` or
+    ``"none"`` also the identity map with each codec that meets the budget on the original
+    vectors (see :func:`tldr_index.shrink.plan.selection_plan` for the candidate list); measure
+    each on the same ``eval_queries`` held-out rows; choose as :func:`choose`
+    (``target_recall``, ``criterion``).
 
     ``work_dir`` (default ``./tldr-work/sweep-<source name>-<hash>``) keeps the scan and the
     graph (``keep_work``), so a later sweep of the same source with the same ``sample``,
@@ -324,7 +349,7 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                    epochs=epochs, sample=sample, eval_queries=eval_queries,
                    shortlist=shortlist, device=device, random_state=random_state,
                    threads=threads, vector_column=vector_column, id_column=id_column,
-                   source_options=source_options)
+                   source_options=source_options, codecs=codecs, bits=bits, bytes=bytes)
     prog = as_progress(progress)
     src, plan = p.src, p.select
     fingerprint = src.fingerprint()
@@ -347,7 +372,7 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
             run_stage(c, "scan", engine.scan, skipped, seconds)
             run_stage(c, "knn", stage_knn, skipped, seconds)
             t0 = time.perf_counter()
-            prog.begin("select", len(plan["candidates"]) * len(plan["methods"]), "fits")
+            prog.begin("select", len({(m, d) for m, d, _, _ in plan["candidates"]}), "fits")
             configs, q = measure(c, plan)
             seconds["measure"] = time.perf_counter() - t0
             prog.end("select", seconds["measure"])
@@ -366,5 +391,5 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                        source_dim=src.dim, queries=q["queries"], query_kind=q["query_kind"],
                        criterion=criterion, target_recall=target_recall, configs=configs,
                        chosen=chosen, reason=reason,
-                       knn_runs=0 if "knn" in skipped or method == "pca" else 1,
+                       knn_runs=0 if "knn" in skipped or method in ("pca", "none") else 1,
                        seconds=seconds)

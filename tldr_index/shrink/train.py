@@ -34,7 +34,8 @@ def stage_knn(run: "ShrinkRun") -> tuple[list[Path], KnnResult]:
     n_train = min(scan.n_rows, run.sample)
     prog = run.progress
     # PCA needs no graph: with every row as its sample, knn has nothing to count
-    prog.begin("knn", n_train if run.method != "pca" or n_train < scan.n_rows else None, "rows")
+    graph = run.method not in ("pca", "none")
+    prog.begin("knn", n_train if graph or n_train < scan.n_rows else None, "rows")
     files: list[Path] = []
     if n_train < scan.n_rows:
         rows = sample_rows(scan.n_rows, n_train, run.seed)
@@ -47,7 +48,7 @@ def stage_knn(run: "ShrinkRun") -> tuple[list[Path], KnnResult]:
         files += [sub.path, sub.root / VectorStore.META]
     train = run.train_store()
     result = KnnResult(n_train=n_train)
-    if run.method != "pca":
+    if graph:
         prog.phase("knn", "kNN graph", n_train, "rows")
         g = knn_graph(train, run.neighbors, metric=run.metric, out=out / "graph.npy",
                       random_state=run.seed, device=run.device,
@@ -72,12 +73,15 @@ def tldr_batch_size(n_train: int) -> int | None:
 
 
 def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None = None):
-    """Fit ``method`` ("tldr" with the run's kNN graph, or "pca") to ``dim`` on the run's
-    training sample (also used by :mod:`tldr_index.shrink.select` for every candidate)."""
-    from ..baselines import PCA
+    """Fit ``method`` ("tldr" with the run's kNN graph, "pca", or "none": the identity map, no
+    training, ``dim`` = D) to ``dim`` on the run's training sample (also used by
+    :mod:`tldr_index.shrink.select` for every candidate)."""
+    from ..baselines import PCA, IdentityMap
     from ..reducer import TLDR
 
     train = run.train_store()
+    if method == "none":
+        return IdentityMap().fit(train)
     if method == "pca":
         run.progress.begin("train", train.n_rows, "rows")
         run.progress.phase("train", "fitting PCA", None)

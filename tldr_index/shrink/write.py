@@ -51,8 +51,10 @@ def target_metadata(run: "ShrinkRun") -> dict:
         "source": run.source_abs, "source_version": run.fingerprint,
         "source_columns": {"id": run.src.id_column, "vector": run.src.vector_column},
         "dims": [run.src.dim, run.dim], "method": run.method, "metric": run.metric,
-        "pq": {"bytes": run.pq_bytes, "nbits": 8,
-               "column": CODES_COLUMN if run.pq_bytes else None},
+        "pq": {"bytes": run.code_bytes, "nbits": 8,
+               "column": CODES_COLUMN if run.code_bytes else None},
+        "codes": {"codec": run.codec if run.code_bytes else None, "bytes": run.code_bytes,
+                  "column": CODES_COLUMN if run.code_bytes else None},
         "vector_dtype": enc.vector_dtype, "run_id": run.work.state["run_id"],
         "library_version": __version__,
         "recall": {k: getattr(enc, k) for k in ("recall_at_10", "recall_at_10_rescored",
@@ -70,9 +72,9 @@ def stage_write(run: "ShrinkRun", seconds: dict) -> None:
     work, prog = run.work, run.progress
     model_bytes = (work.root / "encode" / "model.safetensors").read_bytes()
     value_type = pa.float16() if enc.vector_dtype == "float16" else pa.float32()
-    schema = run.src.target_schema(run.dim, run.pq_bytes or None, value_type=value_type,
+    schema = run.src.target_schema(run.dim, run.code_bytes or None, value_type=value_type,
                                    codes_column=CODES_COLUMN)
-    codes_column = CODES_COLUMN if run.pq_bytes else None
+    codes_column = CODES_COLUMN if run.code_bytes else None
     n = scan.rows
     out = work.stage_dir("write", clear=True)
     sink = open_sink(run.target_uri, **run.sink_options)
