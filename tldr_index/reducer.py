@@ -31,6 +31,10 @@ from .vectors import SubsetVectors, as_vectors
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("ranking", "barlow", "ranking+barlow")
+#: early stopping: epochs in a row without a validation gain of ``MIN_DELTA`` before the fit stops
+PATIENCE = 2
+MIN_DELTA = 1e-3
+VALIDATION_ROWS = 500
 
 # per-objective defaults for the parameters left at None (see the class docstring)
 _DEFAULTS = {
@@ -178,7 +182,8 @@ class TLDR(BaseReducer):
                  teacher_temperature: float = 0.05, barlow_weight: float = 1.0,
                  qat: str | None = None, qat_bytes: int = 16, qat_epochs: int = 4,
                  max_train_rows: int = 200_000, early_stopping: bool = True,
-                 validation_rows: int = 500, knn_method: str = "auto",
+                 patience: int | None = PATIENCE, min_delta: float = MIN_DELTA,
+                 validation_rows: int = VALIDATION_ROWS, knn_method: str = "auto",
                  knn_params: dict | None = None, device: str = "auto",
                  random_state: Any = None, chunk_rows: int = 16_384, n_jobs: int | None = None,
                  verbose: bool | int = False):
@@ -204,6 +209,8 @@ class TLDR(BaseReducer):
         self.qat, self.qat_bytes, self.qat_epochs = qat, qat_bytes, qat_epochs
         self.max_train_rows = max_train_rows
         self.early_stopping = early_stopping
+        self.patience = patience
+        self.min_delta = min_delta
         self.validation_rows = validation_rows
         self.knn_method = knn_method
         self.knn_params = knn_params
@@ -252,6 +259,8 @@ class TLDR(BaseReducer):
         check_float(self.barlow_weight, "barlow_weight", low=0, owner=o)
         check_int(self.max_train_rows, "max_train_rows", low=2, owner=o)
         check_bool(self.early_stopping, "early_stopping", owner=o)
+        check_int(self.patience, "patience", low=1, owner=o, allow_none=True)
+        check_float(self.min_delta, "min_delta", low=0, owner=o)
         check_int(self.validation_rows, "validation_rows", low=1, owner=o)
         check_choice(self.knn_method, "knn_method", ("auto", "exact", "opq"), owner=o)
         if self.knn_params is not None and not isinstance(self.knn_params, dict):
@@ -371,7 +380,9 @@ class TLDR(BaseReducer):
                           teacher_temperature=self.teacher_temperature,
                           barlow_weight=self.barlow_weight, pairs=self.pairs,
                           noise_std=self.noise_std, metric=self.metric, seed=seed,
-                          device=device.type)
+                          device=device.type,
+                          patience=self.patience if validator is not None else None,
+                          min_delta=float(self.min_delta))
         trainer = Trainer(encoder, projector, cfg, device,
                           teacher_scale=teacher_scale_for(train, sample, self.metric),
                           noise_scale=noise_scale_for(train, sample, self.noise_std))
