@@ -182,6 +182,28 @@ def test_early_stopping_never_returns_worse_than_initial_pca_on_validation(struc
     assert m.fit_info_["val_recall_best"] >= m.fit_info_["val_recall_initial"]
 
 
+def test_stale_epochs_counts_epochs_without_a_gain_of_min_delta():
+    from tldr_index.trainer import stale_epochs
+    h = [{"epoch": 0, "val_recall": 0.50}, {"epoch": 1, "val_recall": 0.60},
+         {"epoch": 2, "val_recall": 0.6005}, {"epoch": 3, "val_recall": 0.59}]
+    assert stale_epochs(h, 0.0) == 1          # 0.6005 beat 0.60; 0.59 did not
+    assert stale_epochs(h, 1e-3) == 2         # 0.6005 is no gain of 1e-3
+    assert stale_epochs(h[:2], 1e-3) == 0
+    assert stale_epochs([{"epoch": 1, "loss": 1.0}], 0.0) == 0   # no validation: never stale
+
+
+def test_patience_stops_the_fit_once_validation_recall_stops_improving(structured):
+    # min_delta 1.0: no epoch can gain a whole point of recall, so the fit stops after `patience`
+    m = TLDR(8, epochs=5, batch_size=64, patience=2, min_delta=1.0, random_state=0).fit(structured)
+    assert [h["epoch"] for h in m.history_] == [0, 1, 2]
+    assert m.fit_info_["stopped_epoch"] == 2
+    full = TLDR(8, epochs=5, batch_size=64, patience=None, random_state=0).fit(structured)
+    assert [h["epoch"] for h in full.history_] == [0, 1, 2, 3, 4, 5]
+    assert full.fit_info_["stopped_epoch"] is None
+    # the epochs that ran are the same epochs (same schedule, same batches)
+    assert m.history_[1]["val_recall"] == full.history_[1]["val_recall"]
+
+
 def test_given_graph_is_used_and_checked(structured):
     from tldr_index.knn import knn_graph
     g = knn_graph(structured, 5, method="exact", metric="cosine")

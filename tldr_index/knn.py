@@ -39,10 +39,11 @@ logger = logging.getLogger(__name__)
 METHODS = ("auto", "exact", "opq")
 METRICS = ("l2", "ip", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
-#: ``method="auto"`` uses exact search up to this many rows, OPQ above. (On the shared 2-core
-#: machine opq is already ~2x faster at 100k rows, but exact has recall 1; exact costs ~14 min at
-#: 200k.)
-EXACT_MAX_ROWS = 200_000
+#: ``method="auto"`` uses exact search up to this many rows, OPQ above. Exact costs N^2 * dim / 2
+#: multiply-adds; with the cheap OPQ training below, on the dev corpus (38,000 x 384, k=3, one
+#: thread) opq took 10.6-12.5 CPU s (recall@3 0.89) against 16.7 s for exact, and the TLDR fit
+#: hardly depends on the graph's recall (issue 17: d=64 0.676 with an OPQ graph, 0.673 exact).
+EXACT_MAX_ROWS = 30_000
 #: ... and up to this many on a GPU (exact costs N^2 * dim flops: 1M x 768 is ~1.5e15, seconds
 #: on a data-centre GPU, where OPQ would lose ~15% of the neighbours).
 EXACT_MAX_ROWS_GPU = 1_000_000
@@ -437,7 +438,7 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
     ----------
     X : ndarray, np.memmap, :class:`~tldr_index.vectors.Vectors` or vector-store directory.
     k : neighbours per row, in ``[1, N-1]``.
-    method : ``"exact"``, ``"opq"`` or ``"auto"`` (exact when ``N <= 200_000``, or ``N <=
+    method : ``"exact"``, ``"opq"`` or ``"auto"`` (exact when ``N <= 30_000``, or ``N <=
         1_000_000`` on a GPU; else opq).
     metric : ``"l2"``, ``"ip"`` or ``"cosine"``.
     out : optional ``.npy`` path; the table is written there (via a temporary file renamed at the
@@ -447,7 +448,8 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
         from ``N`` and ``dim``: ``nlist`` = power of two nearest ``4*sqrt(N)`` (at most
         ``train_rows/39``), ``m = bytes_per_vector = min(32, dim // 4)`` (32-byte codes; the
         paper used 16), ``opq_dim = min(4*m, dim)``, ``nprobe = 16``,
-        ``train_rows = max(50_000, 40*nlist)`` (at most ``N``) drawn at random,
+        ``train_rows = max(16_384, 40*nlist)`` (at most ``N``) drawn at random (OPQ itself on
+        4,096 of them, 4 iterations; k-means on at most 64 rows per centroid),
         ``refine = max(4*k, 40)`` candidates re-ranked with exact scores read from ``X`` (``0``
         turns re-ranking off). See :func:`_opq_defaults` for the measurements behind them.
     random_state : None, int or ``np.random.Generator`` for the training sample and k-means seeds.
@@ -468,11 +470,13 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
     exact: ``N^2 * dim / 2`` multiply-adds (GEMM blocks, each pair of blocks multiplied once);
     memory ``N * k * 12`` bytes of heap plus two blocks and a 64 MiB tile. Measured on the shared
     2-core machine: 100k x 384 in 3.5 min; 1M x 384 estimated at ~4 h.
-    opq: training on ``train_rows`` rows (memory ``train_rows * dim * 4`` bytes; ~1 min at 100k,
-    ~3 min at 1M), one pass to fill the index (``N * (m + 8)`` bytes in RAM), one pass to search
-    (~0.5 ms per row with the defaults) and with ``refine`` a random read of ``refine`` candidate
-    rows per row (~0.2 ms per row). Measured: 100k x 384 in 1.8 min (recall@10 0.84), 1M x 384 in
-    17 min, with ``threads=1``. See ``benchmarks/results/knn.md``.
+    opq: training on ``train_rows`` rows (memory ``train_rows * dim * 4`` bytes; ~5 CPU s at
+    38k), one pass to fill the index (``N * (m + 8)`` bytes in RAM), one pass to search
+    (~0.05 ms per row with the defaults, one thread) and with ``refine`` a random read of
+    ``refine`` candidate rows per row (~0.07 ms per row). Measured on the dev corpus (38,000 x
+    384, k=3, one thread): 10.6-12.5 CPU s, recall@3 0.89. (Before issue 17, with 10 OPQ
+    iterations on 10,000 rows: 100k x 384 in 1.8 min, recall@10 0.84; see
+    ``benchmarks/results/knn.md``.)
     """
     owner = "knn_graph"
     t0 = time.perf_counter()

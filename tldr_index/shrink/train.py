@@ -74,7 +74,9 @@ def stage_knn(run: "ShrinkRun") -> tuple[list[Path], KnnResult]:
 def tldr_batch_size(n_train: int) -> int | None:
     """TLDR's batch (256 anchors) unless the sample minus TLDR's held-out validation rows is
     smaller; then all anchors in one batch."""
-    anchors = n_train - min(500, n_train // 10)
+    from ..reducer import VALIDATION_ROWS
+
+    anchors = n_train - min(VALIDATION_ROWS, n_train // 10)
     return None if anchors >= 256 else max(2, anchors)
 
 
