@@ -2,8 +2,8 @@
 (per-epoch checkpoints, resumed exactly) or PCA. :func:`fit_reducer` also fits every candidate of
 a selection (:mod:`tldr_index.shrink.select`).
 
-Cost: the exact graph grows quadratically with the sample (up to 200,000 rows), the epochs
-linearly; memory: the sample (``sample x D`` float32, read in blocks) and its graph.
+Cost: the exact graph grows quadratically with the sample (up to 30,000 rows; the OPQ graph
+above that about linearly), the epochs linearly; memory: the sample (``sample x D`` float32, read in blocks) and its graph.
 """
 
 from __future__ import annotations
