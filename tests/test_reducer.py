@@ -131,7 +131,10 @@ class _Crash(Exception):
 
 @pytest.mark.parametrize("objective", ["ranking", "barlow"])
 def test_resume_equals_uninterrupted_run(structured, tmp_path, objective):
-    kw = dict(objective=objective, projector="mlp-1-64", epochs=4, batch_size=64, random_state=3)
+    # patience=None: every epoch runs, so the crash in epoch 3 is reached (early stopping on
+    # resume is tested below)
+    kw = dict(objective=objective, projector="mlp-1-64", epochs=4, batch_size=64, random_state=3,
+              patience=None)
     full = TLDR(8, **kw).fit(structured, checkpoint_dir=tmp_path / "full")
     steps_per_epoch = None
 
@@ -148,6 +151,15 @@ def test_resume_equals_uninterrupted_run(structured, tmp_path, objective):
     np.testing.assert_allclose(resumed.bias_, full.bias_, atol=1e-6)
     assert [h.get("val_recall") for h in resumed.history_] == \
         pytest.approx([h.get("val_recall") for h in full.history_])
+
+
+def test_resume_of_a_run_that_stopped_early_runs_no_further_epoch(structured, tmp_path):
+    kw = dict(epochs=5, batch_size=64, patience=1, min_delta=1.0, random_state=3)
+    first = TLDR(8, **kw).fit(structured, checkpoint_dir=tmp_path)
+    assert first.fit_info_["stopped_epoch"] == 1
+    again = TLDR(8, **kw).fit(structured, checkpoint_dir=tmp_path, resume=True)
+    assert [h["epoch"] for h in again.history_] == [0, 1]
+    np.testing.assert_allclose(again.components_, first.components_, atol=1e-6)
 
 
 def test_resume_refuses_checkpoint_of_another_run(structured, tmp_path):
