@@ -75,6 +75,10 @@ MIN_POINTS_PER_LIST = 39           # below this faiss k-means warns and lists ge
 MIN_TRAIN_ROWS = 16_384
 TRAIN_ROWS_PER_LIST = 40
 MIN_OPQ_ROWS = 256                 # PQ codebooks have 256 centroids
+#: Query rows per FAISS search call of the opq pass, re-ranked 256 at a time: the pass's peak
+#: memory on 100k x 384 rows (a file-backed store) fell from +486 MB (one 43k-row chunk, 1,024-row
+#: re-rank blocks) to +336 MB (maxrss); FAISS still spreads each call over its threads.
+OPQ_SEARCH_ROWS = 8192
 
 Progress = Callable[[int, int], Any]
 
@@ -378,7 +382,7 @@ def _opq_graph(vec: Vectors, k: int, metric: str, p: dict, rng: np.random.Genera
         on_phase("searching the index", n)
     ks = max(k + 1, p["refine"])
     t_refine = 0.0
-    for q0, Q in vec.iter_chunks(chunk_rows):
+    for q0, Q in vec.iter_chunks(min(chunk_rows, OPQ_SEARCH_ROWS)):
         Q = fu.prepare(Q, metric)
         _, I = index.search(Q, ks)
         own = np.arange(q0, q0 + len(Q))
@@ -396,7 +400,7 @@ def _opq_graph(vec: Vectors, k: int, metric: str, p: dict, rng: np.random.Genera
     return times
 
 
-def _rerank(vec: Vectors, Q: np.ndarray, I: np.ndarray, metric: str, block: int = 1024
+def _rerank(vec: Vectors, Q: np.ndarray, I: np.ndarray, metric: str, block: int = 256
             ) -> np.ndarray:
     """Re-order candidate ids ``I`` of queries ``Q`` by exact score, reading candidates from
     ``vec`` (one gather per block of ``block`` queries: ``block * I.shape[1]`` rows at most)."""
@@ -507,7 +511,7 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
                 f"N={n}; use method='exact'.")
         params.update(opq)
         mem = (params["train_rows"] * dim * 4 + n * (params["m"] + 8)
-               + 2 * chunk_rows * dim * 4 + 1024 * params["refine"] * dim * 4 * 2)
+               + 2 * chunk_rows * dim * 4 + 256 * params["refine"] * dim * 4 * 2)
     else:
         mem = n * k * 12 + 2 * chunk_rows * dim * 4 + fu.TILE_QUERIES * fu.TILE_DATABASE * 8
     if out is None:
