@@ -63,9 +63,19 @@ def synthetic_blocks(rows: int, dim: int, seed: int = 0, block: int = 262_144):
         yield s, x.half().cpu().numpy()
 
 
-def corpus_blocks(rows: int, corpus: Path):
-    from benchmarks.shrink import tiles
+def tiles(rows: int, X: np.ndarray, seed: int = 0, sigma: float = 0.03):
+    """Yield ``(start, block)`` of the tiled corpus (copy 0 exact, later copies with Gaussian
+    noise of std ``sigma``, re-normalised)."""
+    rng = np.random.default_rng(seed)
+    for s in range(0, rows, len(X)):
+        b = X[:min(rows, s + len(X)) - s].copy()
+        if s:
+            b += sigma * rng.standard_normal(b.shape, dtype=np.float32)
+            b /= np.linalg.norm(b, axis=1, keepdims=True)
+        yield s, b
 
+
+def corpus_blocks(rows: int, corpus: Path):
     X = np.load(corpus)["X"].astype(np.float32)
     for s, b in tiles(rows, X):
         for o in range(0, len(b), 65_536):

@@ -1,22 +1,26 @@
 """End-to-end ``shrink`` benchmark: a LanceDB table of N x 384 text embeddings -> compact table.
 
-Data: the shared corpus (shared/data/pydoc-minilm.npz, 40,000 MiniLM docstring embeddings, unit
-norm) tiled to N rows: copy 0 is the corpus, every further copy gets Gaussian noise of std 0.03 per
-coordinate and is re-normalised (as in benchmarks/knn.py). Columns: ``id`` (int64), ``vector``
-(float32[384]), ``label`` (package name) and ``title`` (the docstring's name): about 30 bytes of
-payload per row, copied as is into the target. Distance: cosine.
+Data: rows that are not copies (benchmarks/_interpolated.py): the selected corpus's database
+grown to N rows, each between a corpus row and one of its 10 exact neighbours plus noise (std 0.01),
+re-normalised. Columns: ``id`` (int64), ``vector`` (float32[DIM]), ``label`` and ``title`` (short
+synthetic strings made from the id, ~25 bytes of payload per row, copied as is into the target).
+Distance: cosine.
 
-Queries: 1,000 fresh noisy copies of random corpus rows (not in the table). Ground truth: exact
-cosine top-10 over the N rows (streamed from the table). recall@10 = overlap of ``search``'s ids
-with it.
+Queries: the corpus's held-out query rows (never part of the table), the first ``--queries``.
+Ground truth: exact cosine top-10 over the N rows. recall@10 = overlap of ``search``'s ids with it.
 
-Each configuration runs the real command line in a child process (``python -m tldr_index shrink``
-then ``search`` without and with ``--rescore``); peak RSS is the child's maximum resident set size
-as reported by ``/usr/bin/time``. Everything is written under benchmarks/_cache/shrink/
-(gitignored).
+Configurations (``--configs``): ``new`` runs TLDR with the library's defaults; ``current`` runs the
+same code with the previous defaults passed explicitly (``PREVIOUS_DEFAULTS``: the exact kNN graph
+that ``method="auto"`` chose for samples up to 200,000 rows, 8 epochs at learning rate 3e-3 without
+patience), through :data:`tldr_index.shrink.train.GRAPH_OPTIONS` / ``FIT_OPTIONS`` set in the child
+process. PCA runs once (it has no graph and no epochs).
+
+Each run is the real command line in a child process (``tldr-index shrink`` then ``search`` without
+and with ``--rescore``); peak RSS is the child's maximum resident set size as reported by
+``/usr/bin/time``. Everything is written under benchmarks/_cache/shrink/ (gitignored).
 
 Usage:
-    python benchmarks/shrink.py                                # 250k and 1M rows -> results/shrink.md
+    python benchmarks/shrink.py --corpus ../shared/data/pydoc-minilm.npz --rows 250000
     python benchmarks/shrink.py --rows 20000 --queries 200 --out /tmp/shrink.md    # quick look
 """
 
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gzip
 import json
 import os
 import shlex
@@ -38,45 +41,28 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._corpus import (CACHE_ROOT, add_corpus_arg, corpus_path, corpus_tag, machine,  # noqa: E402
+from benchmarks._corpus import (CACHE_ROOT, add_corpus_arg, corpus_tag, machine,  # noqa: E402
                                select_corpus)
+from benchmarks._interpolated import interpolated, queries  # noqa: E402
 from tldr_index.search import recall_at_k  # noqa: E402
 
-CACHE = CACHE_ROOT / "shrink"
-SIGMA = 0.03
-DIM = 384
+CACHE = CACHE_ROOT / "shrink_interp"
 TARGETS = {"wall_s": 15 * 60, "rss_gb": 1.5, "search_ratio": 50, "disk_ratio": 4,
            "recall_rescored": 0.95}
+#: the defaults before issue 17, passed explicitly for ``--configs current``
+PREVIOUS_DEFAULTS = {"graph": {"method": "exact"},
+                     "fit": {"epochs": 8, "learning_rate": 3e-3, "patience": None,
+                             "validation_rows": 500}}
+CHILD = ("import sys, json; import tldr_index.shrink.train as t; o = json.loads(sys.argv.pop(1)); "
+         "t.GRAPH_OPTIONS.update(o['graph']); t.FIT_OPTIONS.update(o['fit']); "
+         "from tldr_index.cli import main; main(prog_name='tldr-index')")
 
 
 # ------------------------------------------------------------------------------------ data
 
-def corpus() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    path = corpus_path()
-    z = np.load(path)
-    X = z["X"].astype(np.float32)
-    labels = z["label_names"][z["labels"]]
-    if "texts" in z.files:  # the shipped sample carries its texts
-        titles = [str(t).split(":", 1)[0][:60] for t in z["texts"]]
-    else:
-        with gzip.open(path.parent / "pydoc.texts.txt.gz", "rt") as f:
-            titles = [line.split(":", 1)[0][:60] for line in f.read().split("\n")[:len(X)]]
-    return X, labels, titles
-
-
-def tiles(rows: int, X: np.ndarray, seed: int = 0):
-    """Yield ``(start, block)`` of the tiled corpus (copy 0 exact, later copies noisy)."""
-    rng = np.random.default_rng(seed)
-    for s in range(0, rows, len(X)):
-        b = X[:min(rows, s + len(X)) - s].copy()
-        if s:
-            b += SIGMA * rng.standard_normal(b.shape, dtype=np.float32)
-            b /= np.linalg.norm(b, axis=1, keepdims=True)
-        yield s, b
-
-
 def make_source(rows: int) -> str:
-    """LanceDB table ``docs`` in ``_cache/shrink/db_<rows>`` (built once)."""
+    """LanceDB table ``docs`` of ``interpolated(rows)`` in ``_cache/shrink/db_<rows>`` (built
+    once)."""
     import lance
     import pyarrow as pa
 
@@ -89,19 +75,18 @@ def make_source(rows: int) -> str:
         return lancedb_uri(str(db), "docs")
     shutil.rmtree(db, ignore_errors=True)
     db.mkdir(parents=True)
-    X, labels, titles = corpus()
-    schema = pa.schema([("id", pa.int64()), ("vector", pa.list_(pa.float32(), DIM)),
+    X = interpolated(rows)
+    dim = X.shape[1]
+    schema = pa.schema([("id", pa.int64()), ("vector", pa.list_(pa.float32(), dim)),
                         ("label", pa.string()), ("title", pa.string())])
 
     def batches():
-        for s, b in tiles(rows, X):
-            for o in range(0, len(b), 8192):
-                blk = b[o:o + 8192]
-                idx = np.arange(o, o + len(blk))
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(np.arange(s + o, s + o + len(blk), dtype=np.int64)),
-                     numpy_to_fsl(blk), pa.array(labels[idx].tolist()),
-                     pa.array([titles[i] for i in idx])], schema=schema)
+        for s in range(0, rows, 8192):
+            blk = np.ascontiguousarray(X[s:s + 8192])
+            ids = np.arange(s, s + len(blk), dtype=np.int64)
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(ids), numpy_to_fsl(blk), pa.array([f"pkg{i % 22}" for i in ids]),
+                 pa.array([f"docstring {i}" for i in ids])], schema=schema)
 
     t0 = time.perf_counter()
     lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches()), str(path),
@@ -110,52 +95,48 @@ def make_source(rows: int) -> str:
     return lancedb_uri(str(db), "docs")
 
 
-def make_queries(n: int, seed: int = 12345) -> Path:
-    X, _, _ = corpus()
-    rng = np.random.default_rng(seed)
-    Q = X[rng.choice(len(X), n, replace=False)]
-    Q = Q + SIGMA * rng.standard_normal(Q.shape, dtype=np.float32)
+def make_queries(n: int) -> Path:
+    Q = np.asarray(queries()[:n], dtype=np.float32)
     Q /= np.linalg.norm(Q, axis=1, keepdims=True)
-    path = CACHE / f"queries_{n}.npy"
-    np.save(path, Q.astype(np.float32))
+    path = CACHE / f"queries_{len(Q)}.npy"
+    np.save(path, Q)
     return path
 
 
 def ground_truth(rows: int, qpath: Path, k: int = 10) -> np.ndarray:
-    """Exact cosine top-k ids (the tiled rows are unit norm: inner product), streamed from the
-    source table; cached."""
-    import lance
+    """Exact cosine top-k ids (the rows are unit norm: inner product) over the interpolated
+    rows, in blocks; cached."""
+    import torch
 
     out = CACHE / f"gt_{rows}_{qpath.stem}.npy"
     if out.exists():
         return np.load(out)
-    Q = np.load(qpath)
-    ds = lance.dataset(str(CACHE / f"db_{rows}" / "docs.lance"))
-    best_s = np.full((len(Q), k), -np.inf, dtype=np.float32)
-    best_i = np.full((len(Q), k), -1, dtype=np.int64)
-    for b in ds.to_batches(columns=["id", "vector"], batch_size=65_536):
-        a = b.column(1)
-        V = a.values.to_numpy(zero_copy_only=False).reshape(len(a), DIM)
-        S = Q @ V.T
-        ids = b.column(0).to_numpy()
-        top = np.argpartition(-S, k, axis=1)[:, :k]
-        s = np.concatenate([best_s, np.take_along_axis(S, top, 1)], 1)
-        i = np.concatenate([best_i, ids[top]], 1)
-        order = np.argsort(-s, axis=1)[:, :k]
-        best_s, best_i = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
-    np.save(out, best_i)
-    return best_i
+    Q = torch.from_numpy(np.load(qpath))
+    X = interpolated(rows)
+    best_s = torch.full((len(Q), k), -torch.inf)
+    best_i = torch.full((len(Q), k), -1, dtype=torch.int64)
+    for s in range(0, rows, 65_536):
+        S = Q @ torch.from_numpy(np.ascontiguousarray(X[s:s + 65_536])).T
+        top = torch.topk(S, min(k, S.shape[1]), dim=1)
+        cs = torch.cat([best_s, top.values], 1)
+        ci = torch.cat([best_i, top.indices + s], 1)
+        o = torch.topk(cs, k, dim=1).indices
+        best_s, best_i = torch.gather(cs, 1, o), torch.gather(ci, 1, o)
+    np.save(out, best_i.numpy())
+    return best_i.numpy()
 
 
 # ------------------------------------------------------------------------------------ runs
 
-def cli(args: list[str]) -> tuple[str, float, float]:
+def cli(args: list[str], options: dict | None = None) -> tuple[str, float, float]:
     """Run ``python -m tldr_index <args>`` under ``/usr/bin/time``; return (stdout, wall seconds,
     peak RSS in GB). ``time`` reports its own child, which it forks after its exec: a child
-    forked directly from this (large) process would inherit its high-water RSS."""
+    forked directly from this (large) process would inherit its high-water RSS. ``options``:
+    ``{"graph": {...}, "fit": {...}}`` set as the train stages' extra options in the child."""
     stats = CACHE / "time.txt"
-    cmd = ["/usr/bin/time", "-f", "%M %e", "-o", str(stats), sys.executable, "-m", "tldr_index",
-           *args]
+    py = [sys.executable, "-m", "tldr_index"] if options is None else \
+        [sys.executable, "-c", CHILD, json.dumps(options)]
+    cmd = ["/usr/bin/time", "-f", "%M %e", "-o", str(stats), *py, *args]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
@@ -163,24 +144,27 @@ def cli(args: list[str]) -> tuple[str, float, float]:
     return p.stdout, float(wall), int(kb) / 2**20
 
 
-def bench(rows: int, method: str, args, qpath: Path, truth: np.ndarray) -> dict:
+def bench(rows: int, method: str, config: str, args, qpath: Path, truth: np.ndarray) -> dict:
     src = make_source(rows)
     db = CACHE / f"db_{rows}"
-    target = f"lancedb://{db}/docs_{method}{args.dim}"
+    name = method if method == "pca" else f"{method}-{config}"
+    target = f"lancedb://{db}/docs_{name.replace('-', '_')}{args.dim}"
     shrink_args = ["shrink", "--source", src, "--target", target, "--dim", str(args.dim),
                    "--method", method, "--distance", "cosine", "--sample", str(args.sample),
                    "--pq-bytes", str(args.pq_bytes), "--overwrite", "--json", "--quiet",
-                   "--work-dir", str(CACHE / f"work_{rows}_{method}")]
+                   "--work-dir", str(CACHE / f"work_{rows}_{name}")]
     if args.threads:
         shrink_args += ["--threads", str(args.threads)]
     if args.epochs:
         shrink_args += ["--epochs", str(args.epochs)]
-    print(f"[{rows:,} {method}] tldr-index {shlex.join(shrink_args)}", flush=True)
-    out, wall, rss = cli(shrink_args)
+    options = PREVIOUS_DEFAULTS if method == "tldr" and config == "current" else None
+    print(f"[{rows:,} {name}] tldr-index {shlex.join(shrink_args)}"
+          + (f"  (extra options {json.dumps(options)})" if options else ""), flush=True)
+    out, wall, rss = cli(shrink_args, options)
     rep = json.loads(out)
-    res = {"rows": rows, "method": method, "wall_s": wall, "rss_gb": rss, "report": rep}
+    res = {"rows": rows, "method": name, "wall_s": wall, "rss_gb": rss, "report": rep}
     for rescore in (False, True):
-        ids_path = CACHE / f"ids_{rows}_{method}_{int(rescore)}.npy"
+        ids_path = CACHE / f"ids_{rows}_{name}_{int(rescore)}.npy"
         sargs = ["search", "--target", target, "--queries", str(qpath), "--k", "10",
                  "--output", str(ids_path), "--json", "--quiet"]
         if args.threads:
@@ -191,7 +175,7 @@ def bench(rows: int, method: str, args, qpath: Path, truth: np.ndarray) -> dict:
         key = "rescored" if rescore else "plain"
         res[key] = {"recall": recall_at_k(np.load(ids_path), truth), "wall_s": swall, "rss_gb": srss,
                     "seconds": json.loads(sout)["seconds"]}
-    print(f"[{rows:,} {method}] {wall:.0f} s, RSS {rss:.2f} GB, recall@10 "
+    print(f"[{rows:,} {name}] {wall:.0f} s, RSS {rss:.2f} GB, recall@10 "
           f"{res['plain']['recall']:.3f} / rescored {res['rescored']['recall']:.3f}", flush=True)
     return res
 
@@ -205,10 +189,12 @@ def markdown(results: list[dict], args, command: str, load: tuple) -> str:
         f"Machine: {machine()}; load average before/after: "
         f"{load[0]:.1f} / {load[1]:.1f} (the cores are shared with other jobs)  ",
         f"Settings: d={args.dim}, {args.pq_bytes}-byte PQ, training sample {args.sample:,} rows, "
-        f"threads={args.threads or 'auto'}, epochs={args.epochs or 'default (8)'}; "
+        f"threads={args.threads or 'auto'}, epochs={args.epochs or 'default'}; "
         f"{args.queries} queries, k=10.", "",
-        "Data: the shared corpus tiled with noise (std 0.03, re-normalised), payload label + title "
-        "(~30 B/row); see the module docstring of benchmarks/shrink.py.", "",
+        "Data: interpolated rows (benchmarks/_interpolated.py: between a corpus row and one of its "
+        "true neighbours, plus noise), payload label + title (~25 B/row). `tldr-new`: the "
+        "library defaults; `tldr-current`: the previous defaults passed explicitly "
+        f"({json.dumps(PREVIOUS_DEFAULTS)}); see the module docstring.", "",
         "## End to end", "",
         "| rows | method | wall | rows/s | peak RSS | scan | knn | train | encode | write | verify "
         "| publish | source on disk | target on disk | disk ratio | PQ bytes/vector (ratio) |",
@@ -254,9 +240,11 @@ def markdown(results: list[dict], args, command: str, load: tuple) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", default="250000,1000000", help="comma-separated table sizes")
+    ap.add_argument("--rows", default="250000", help="comma-separated table sizes")
     add_corpus_arg(ap)
     ap.add_argument("--methods", default="tldr,pca")
+    ap.add_argument("--configs", default="new,current",
+                    help="TLDR configurations: new (library defaults), current (previous ones)")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--pq-bytes", type=int, default=16)
     ap.add_argument("--sample", type=int, default=100_000)
@@ -266,7 +254,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shrink.md"))
     args = ap.parse_args(argv)
     global CACHE
-    CACHE = CACHE_ROOT / f"shrink{corpus_tag() if select_corpus(args.corpus) else ''}"
+    CACHE = CACHE_ROOT / f"shrink_interp{corpus_tag() if select_corpus(args.corpus) else ''}"
     command = "python benchmarks/shrink.py " + shlex.join(argv if argv is not None
                                                           else sys.argv[1:])
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -277,7 +265,8 @@ def main(argv=None) -> None:
         make_source(rows)
         truth = ground_truth(rows, qpath)
         for method in args.methods.split(","):
-            results.append(bench(rows, method, args, qpath, truth))
+            for config in (args.configs.split(",") if method == "tldr" else ["new"]):
+                results.append(bench(rows, method, config, args, qpath, truth))
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(markdown(results, args, command,
                                                (load0, os.getloadavg()[0])))

@@ -30,7 +30,9 @@ SMOKE = {
     "quality": ("--dims 8 --methods pca --no-pq --out {tmp}/quality", "quality.md"),
     "paper_shape": ("--dims 8 --methods pca --pq-bytes 4 --out {tmp}/paper", "paper.md"),
     "store_query": ("--rows 2000 --no-ivf-pq --out {tmp}/store_query.md", "store_query.md"),
-    "shrink": ("--rows 2000 --methods pca --sample 1000 --queries 20 --out {tmp}/shrink.md",
+    "fit_speed": ("--dims 8 --out {tmp}/fit_speed", "fit_speed.md"),
+    "shrink": ("--rows 2000 --methods tldr,pca --configs new,current --sample 1000 --epochs 1 "
+               "--queries 20 --out {tmp}/shrink.md",
                "shrink.md"),
     "gpu_shrink": ("--rows 2000 --devices cpu --sample 1000 --root {tmp}/gpu --out {tmp}/gpu.md",
                    "gpu.md"),

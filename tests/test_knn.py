@@ -98,6 +98,13 @@ def test_auto_picks_exact_for_small_inputs(X):
     assert knn_graph(X, 3).method == "exact"
 
 
+def test_auto_picks_opq_above_exact_max_rows(X, monkeypatch):
+    import tldr_index.knn as knn
+    monkeypatch.setattr(knn, "EXACT_MAX_ROWS", len(X) - 1)
+    g = knn_graph(X, 3, device="cpu", random_state=0)
+    assert g.method == "opq" and g.params["train_rows"] == len(X)  # min(N, 16_384)
+
+
 def test_exact_search_matches_numpy_and_chunking(X):
     Q = structured(50, seed=3)
     D, I = exact_search(X, Q, 6, metric="l2")

@@ -131,7 +131,10 @@ class _Crash(Exception):
 
 @pytest.mark.parametrize("objective", ["ranking", "barlow"])
 def test_resume_equals_uninterrupted_run(structured, tmp_path, objective):
-    kw = dict(objective=objective, projector="mlp-1-64", epochs=4, batch_size=64, random_state=3)
+    # patience=None: every epoch runs, so the crash in epoch 3 is reached (early stopping on
+    # resume is tested below)
+    kw = dict(objective=objective, projector="mlp-1-64", epochs=4, batch_size=64, random_state=3,
+              patience=None)
     full = TLDR(8, **kw).fit(structured, checkpoint_dir=tmp_path / "full")
     steps_per_epoch = None
 
@@ -148,6 +151,15 @@ def test_resume_equals_uninterrupted_run(structured, tmp_path, objective):
     np.testing.assert_allclose(resumed.bias_, full.bias_, atol=1e-6)
     assert [h.get("val_recall") for h in resumed.history_] == \
         pytest.approx([h.get("val_recall") for h in full.history_])
+
+
+def test_resume_of_a_run_that_stopped_early_runs_no_further_epoch(structured, tmp_path):
+    kw = dict(epochs=5, batch_size=64, patience=1, min_delta=1.0, random_state=3)
+    first = TLDR(8, **kw).fit(structured, checkpoint_dir=tmp_path)
+    assert first.fit_info_["stopped_epoch"] == 1
+    again = TLDR(8, **kw).fit(structured, checkpoint_dir=tmp_path, resume=True)
+    assert [h["epoch"] for h in again.history_] == [0, 1]
+    np.testing.assert_allclose(again.components_, first.components_, atol=1e-6)
 
 
 def test_resume_refuses_checkpoint_of_another_run(structured, tmp_path):
@@ -180,6 +192,28 @@ def test_early_stopping_never_returns_worse_than_initial_pca_on_validation(struc
     except FloatingPointError:
         return   # divergence is reported, never silently returned
     assert m.fit_info_["val_recall_best"] >= m.fit_info_["val_recall_initial"]
+
+
+def test_stale_epochs_counts_epochs_without_a_gain_of_min_delta():
+    from tldr_index.trainer import stale_epochs
+    h = [{"epoch": 0, "val_recall": 0.50}, {"epoch": 1, "val_recall": 0.60},
+         {"epoch": 2, "val_recall": 0.6005}, {"epoch": 3, "val_recall": 0.59}]
+    assert stale_epochs(h, 0.0) == 1          # 0.6005 beat 0.60; 0.59 did not
+    assert stale_epochs(h, 1e-3) == 2         # 0.6005 is no gain of 1e-3
+    assert stale_epochs(h[:2], 1e-3) == 0
+    assert stale_epochs([{"epoch": 1, "loss": 1.0}], 0.0) == 0   # no validation: never stale
+
+
+def test_patience_stops_the_fit_once_validation_recall_stops_improving(structured):
+    # min_delta 1.0: no epoch can gain a whole point of recall, so the fit stops after `patience`
+    m = TLDR(8, epochs=5, batch_size=64, patience=2, min_delta=1.0, random_state=0).fit(structured)
+    assert [h["epoch"] for h in m.history_] == [0, 1, 2]
+    assert m.fit_info_["stopped_epoch"] == 2
+    full = TLDR(8, epochs=5, batch_size=64, patience=None, random_state=0).fit(structured)
+    assert [h["epoch"] for h in full.history_] == [0, 1, 2, 3, 4, 5]
+    assert full.fit_info_["stopped_epoch"] is None
+    # the epochs that ran are the same epochs (same schedule, same batches)
+    assert m.history_[1]["val_recall"] == full.history_[1]["val_recall"]
 
 
 def test_given_graph_is_used_and_checked(structured):

@@ -211,12 +211,15 @@ def finalize(heap: faiss.ResultHeap, metric: str) -> tuple[np.ndarray, np.ndarra
 
 def build_opq_index(dim: int, m: int, opq_dim: int, nlist: int, metric: str, *, seed: int,
                     opq_niter: int, opq_niter_pq_0: int, opq_max_train_points: int,
-                    kmeans_niter: int):
+                    kmeans_niter: int, pq_niter: int | None = None,
+                    max_points_per_centroid: int = 256):
     """An untrained ``OPQ{m}_{opq_dim},IVF{nlist},PQ{m}np`` index with reduced training effort.
 
     Returns ``(index, factory_string)``. Training settings are applied on the downcast IVF index
     (``extract_index_ivf`` alone returns a base class without ``.pq``, where settings are silently
-    lost). The PQ k-means warnings about fewer than 39 points per centroid are silenced (they
+    lost). ``max_points_per_centroid`` caps the rows each k-means (coarse and PQ) samples from
+    the training rows (faiss's default 256); ``pq_niter`` (default ``kmeans_niter``) sets the
+    PQ k-means iterations. The PQ k-means warnings about fewer than 39 points per centroid are silenced (they
     print once per sub-quantizer and OPQ iteration); :mod:`tldr_index.knn` logs one instead.
     """
     factory = f"OPQ{m}_{opq_dim},IVF{nlist},PQ{m}np"
@@ -225,15 +228,18 @@ def build_opq_index(dim: int, m: int, opq_dim: int, nlist: int, metric: str, *, 
     ivf.do_polysemous_training = False
     ivf.cp.niter = kmeans_niter
     ivf.cp.seed = seed
-    ivf.pq.cp.niter = kmeans_niter
+    ivf.cp.max_points_per_centroid = max_points_per_centroid
+    ivf.pq.cp.niter = kmeans_niter if pq_niter is None else pq_niter
     ivf.pq.cp.seed = seed + 1
     ivf.pq.cp.min_points_per_centroid = 1
+    ivf.pq.cp.max_points_per_centroid = max_points_per_centroid
     opq = faiss.downcast_VectorTransform(index.chain.at(0))
     opq.niter = opq_niter
     opq.niter_pq_0 = opq_niter_pq_0
     opq.max_train_points = opq_max_train_points
     pq = faiss.ProductQuantizer(opq_dim, m, 8)  # the PQ that OPQ trains with
     pq.cp.min_points_per_centroid = 1
+    pq.cp.max_points_per_centroid = max_points_per_centroid
     pq.cp.seed = seed + 2
     opq.pq = pq
     index.referenced_objects = [pq]  # keep the Python owner of pq alive with the index
@@ -301,18 +307,23 @@ def exact_scores(Q: np.ndarray, I: np.ndarray, rows: np.ndarray, uniq: np.ndarra
                  metric: str) -> np.ndarray:
     """Exact scores between each query ``Q[i]`` and candidates ``I[i]`` (-1 gets the worst score).
 
-    ``rows[j]`` holds the (prepared) vector of id ``uniq[j]``. Memory: ``Q.shape[0] * I.shape[1]
-    * dim`` float32 (callers pass small query blocks).
+    ``rows[j]`` holds the (prepared) vector of id ``uniq[j]``. Memory: ``Q.shape`` float32 per
+    candidate column. Cost: ``Q.shape[0] * I.shape[1] * dim`` multiply-adds.
     """
     valid = I >= 0
     pos = np.searchsorted(uniq, np.where(valid, I, uniq[0] if len(uniq) else 0))
-    cand = rows[pos] if len(rows) else np.zeros(I.shape + (Q.shape[1],), np.float32)
-    dots = np.einsum("qd,qrd->qr", Q, cand)
+    S = np.zeros(I.shape, dtype=np.float32)
+    if len(rows):
+        # one candidate column at a time: a (n_queries x dim) gather that stays in cache, ~10x
+        # faster than one (n_queries x n_candidates x dim) einsum (measured)
+        for j in range(I.shape[1]):
+            S[:, j] = np.einsum("qd,qd->q", Q, rows[pos[:, j]])
     if metric == "l2":
-        S = np.einsum("qrd,qrd->qr", cand, cand) - 2.0 * dots + np.einsum("qd,qd->q", Q, Q)[:, None]
+        rn = np.einsum("rd,rd->r", rows, rows) if len(rows) else np.zeros(1, np.float32)
+        S *= -2.0
+        S += rn[pos]
+        S += np.einsum("qd,qd->q", Q, Q)[:, None]
         np.maximum(S, 0.0, out=S)
-    else:
-        S = dots
     S[~valid] = worst(metric)
     return S.astype(np.float32, copy=False)
 

@@ -39,10 +39,11 @@ logger = logging.getLogger(__name__)
 METHODS = ("auto", "exact", "opq")
 METRICS = ("l2", "ip", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
-#: ``method="auto"`` uses exact search up to this many rows, OPQ above. (On the shared 2-core
-#: machine opq is already ~2x faster at 100k rows, but exact has recall 1; exact costs ~14 min at
-#: 200k.)
-EXACT_MAX_ROWS = 200_000
+#: ``method="auto"`` uses exact search up to this many rows, OPQ above. Exact costs N^2 * dim / 2
+#: multiply-adds; with the cheap OPQ training below, on the dev corpus (38,000 x 384, k=3, one
+#: thread) opq took 10.6-12.5 CPU s (recall@3 0.89) against 16.7 s for exact, and the TLDR fit
+#: hardly depends on the graph's recall (issue 17: d=64 0.676 with an OPQ graph, 0.673 exact).
+EXACT_MAX_ROWS = 30_000
 #: ... and up to this many on a GPU (exact costs N^2 * dim flops: 1M x 768 is ~1.5e15, seconds
 #: on a data-centre GPU, where OPQ would lose ~15% of the neighbours).
 EXACT_MAX_ROWS_GPU = 1_000_000
@@ -60,14 +61,24 @@ GPU_MAX_CHUNK_ROWS = 262_144
 DEFAULT_NPROBE = 16
 DEFAULT_REFINE_FACTOR = 4          # refine = max(4*k, 40) candidates re-ranked exactly
 MIN_REFINE = 40
-OPQ_NITER = 10
-OPQ_NITER_PQ_0 = 10                # faiss default 40: -25% training time, same recall (measured)
-OPQ_MAX_TRAIN_POINTS = 10_000
-KMEANS_NITER = 10
+# Training effort (issue 17): OPQ on 4,096 sampled rows with 4 iterations, k-means with 8 (IVF)
+# and 5 (PQ) iterations on at most 64 rows per centroid. On the dev corpus (38,000 rows, k=3,
+# cosine) the graph kept its recall@3 (0.891 vs 0.890) while training went from 206 s to 14 s
+# under a load of ~9 (OPQ on 10,000 rows with 10 iterations was most of it).
+OPQ_NITER = 4
+OPQ_NITER_PQ_0 = 4
+OPQ_MAX_TRAIN_POINTS = 4096
+KMEANS_NITER = 8
+PQ_NITER = 5
+MAX_POINTS_PER_CENTROID = 64
 MIN_POINTS_PER_LIST = 39           # below this faiss k-means warns and lists get noisy
-MIN_TRAIN_ROWS = 50_000
+MIN_TRAIN_ROWS = 16_384
 TRAIN_ROWS_PER_LIST = 40
 MIN_OPQ_ROWS = 256                 # PQ codebooks have 256 centroids
+#: Query rows per FAISS search call of the opq pass, re-ranked 256 at a time: the pass's peak
+#: memory on 100k x 384 rows (a file-backed store) fell from +486 MB (one 43k-row chunk, 1,024-row
+#: re-rank blocks) to +336 MB (maxrss); FAISS still spreads each call over its threads.
+OPQ_SEARCH_ROWS = 8192
 
 Progress = Callable[[int, int], Any]
 
@@ -338,7 +349,8 @@ def _opq_graph(vec: Vectors, k: int, metric: str, p: dict, rng: np.random.Genera
         dim, p["m"], p["opq_dim"], p["nlist"], metric, seed=seed, opq_niter=OPQ_NITER,
         opq_niter_pq_0=OPQ_NITER_PQ_0,
         opq_max_train_points=min(OPQ_MAX_TRAIN_POINTS, p["train_rows"]),
-        kmeans_niter=KMEANS_NITER)
+        kmeans_niter=KMEANS_NITER, pq_niter=PQ_NITER,
+        max_points_per_centroid=MAX_POINTS_PER_CENTROID)
     p["factory"] = factory
     logger.info("knn_graph: training %s on %d sampled rows", factory, len(xt))
     if len(xt) < MIN_POINTS_PER_LIST * 256:
@@ -370,7 +382,7 @@ def _opq_graph(vec: Vectors, k: int, metric: str, p: dict, rng: np.random.Genera
         on_phase("searching the index", n)
     ks = max(k + 1, p["refine"])
     t_refine = 0.0
-    for q0, Q in vec.iter_chunks(chunk_rows):
+    for q0, Q in vec.iter_chunks(min(chunk_rows, OPQ_SEARCH_ROWS)):
         Q = fu.prepare(Q, metric)
         _, I = index.search(Q, ks)
         own = np.arange(q0, q0 + len(Q))
@@ -388,7 +400,7 @@ def _opq_graph(vec: Vectors, k: int, metric: str, p: dict, rng: np.random.Genera
     return times
 
 
-def _rerank(vec: Vectors, Q: np.ndarray, I: np.ndarray, metric: str, block: int = 1024
+def _rerank(vec: Vectors, Q: np.ndarray, I: np.ndarray, metric: str, block: int = 256
             ) -> np.ndarray:
     """Re-order candidate ids ``I`` of queries ``Q`` by exact score, reading candidates from
     ``vec`` (one gather per block of ``block`` queries: ``block * I.shape[1]`` rows at most)."""
@@ -430,7 +442,7 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
     ----------
     X : ndarray, np.memmap, :class:`~tldr_index.vectors.Vectors` or vector-store directory.
     k : neighbours per row, in ``[1, N-1]``.
-    method : ``"exact"``, ``"opq"`` or ``"auto"`` (exact when ``N <= 200_000``, or ``N <=
+    method : ``"exact"``, ``"opq"`` or ``"auto"`` (exact when ``N <= 30_000``, or ``N <=
         1_000_000`` on a GPU; else opq).
     metric : ``"l2"``, ``"ip"`` or ``"cosine"``.
     out : optional ``.npy`` path; the table is written there (via a temporary file renamed at the
@@ -440,7 +452,8 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
         from ``N`` and ``dim``: ``nlist`` = power of two nearest ``4*sqrt(N)`` (at most
         ``train_rows/39``), ``m = bytes_per_vector = min(32, dim // 4)`` (32-byte codes; the
         paper used 16), ``opq_dim = min(4*m, dim)``, ``nprobe = 16``,
-        ``train_rows = max(50_000, 40*nlist)`` (at most ``N``) drawn at random,
+        ``train_rows = max(16_384, 40*nlist)`` (at most ``N``) drawn at random (OPQ itself on
+        4,096 of them, 4 iterations; k-means on at most 64 rows per centroid),
         ``refine = max(4*k, 40)`` candidates re-ranked with exact scores read from ``X`` (``0``
         turns re-ranking off). See :func:`_opq_defaults` for the measurements behind them.
     random_state : None, int or ``np.random.Generator`` for the training sample and k-means seeds.
@@ -461,11 +474,13 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
     exact: ``N^2 * dim / 2`` multiply-adds (GEMM blocks, each pair of blocks multiplied once);
     memory ``N * k * 12`` bytes of heap plus two blocks and a 64 MiB tile. Measured on the shared
     2-core machine: 100k x 384 in 3.5 min; 1M x 384 estimated at ~4 h.
-    opq: training on ``train_rows`` rows (memory ``train_rows * dim * 4`` bytes; ~1 min at 100k,
-    ~3 min at 1M), one pass to fill the index (``N * (m + 8)`` bytes in RAM), one pass to search
-    (~0.5 ms per row with the defaults) and with ``refine`` a random read of ``refine`` candidate
-    rows per row (~0.2 ms per row). Measured: 100k x 384 in 1.8 min (recall@10 0.84), 1M x 384 in
-    17 min, with ``threads=1``. See ``benchmarks/results/knn.md``.
+    opq: training on ``train_rows`` rows (memory ``train_rows * dim * 4`` bytes; ~5 CPU s at
+    38k), one pass to fill the index (``N * (m + 8)`` bytes in RAM), one pass to search
+    (~0.05 ms per row with the defaults, one thread) and with ``refine`` a random read of
+    ``refine`` candidate rows per row (~0.07 ms per row). Measured on the dev corpus (38,000 x
+    384, k=3, one thread): 10.6-12.5 CPU s, recall@3 0.89. (Before issue 17, with 10 OPQ
+    iterations on 10,000 rows: 100k x 384 in 1.8 min, recall@10 0.84; see
+    ``benchmarks/results/knn.md``.)
     """
     owner = "knn_graph"
     t0 = time.perf_counter()
@@ -496,7 +511,7 @@ def knn_graph(X: Any, k: int, *, method: str = "auto", metric: str = "l2",
                 f"N={n}; use method='exact'.")
         params.update(opq)
         mem = (params["train_rows"] * dim * 4 + n * (params["m"] + 8)
-               + 2 * chunk_rows * dim * 4 + 1024 * params["refine"] * dim * 4 * 2)
+               + 2 * chunk_rows * dim * 4 + 256 * params["refine"] * dim * 4 * 2)
     else:
         mem = n * k * 12 + 2 * chunk_rows * dim * 4 + fu.TILE_QUERIES * fu.TILE_DATABASE * 8
     if out is None:

@@ -31,10 +31,18 @@ from .vectors import SubsetVectors, as_vectors
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("ranking", "barlow", "ranking+barlow")
+#: early stopping: epochs in a row without a validation gain of ``MIN_DELTA`` before the fit stops
+PATIENCE = 2
+MIN_DELTA = 1e-3
+#: held-out validation queries (issue 17: 2,000 instead of 500; with 500 the best-epoch pick was
+#: noisy enough to keep an earlier, worse epoch)
+VALIDATION_ROWS = 2000
 
 # per-objective defaults for the parameters left at None (see the class docstring)
 _DEFAULTS = {
-    "ranking": dict(epochs=8, batch_size=256, learning_rate=3e-3, optimizer="adamw",
+    # issue 17: 6 epochs at 4e-3 instead of 8 at 3e-3 (-25% steps); on the dev corpus (exact graph,
+    # 2,000 validation rows) recall@10 at d=64 was 0.669 vs 0.673, 5 epochs at 5e-3 0.668
+    "ranking": dict(epochs=6, batch_size=256, learning_rate=4e-3, optimizer="adamw",
                     weight_decay=0.0, warmup_epochs=0.0),
     "ranking+barlow": dict(epochs=8, batch_size=256, learning_rate=3e-3, optimizer="adamw",
                            weight_decay=0.0, warmup_epochs=0.0),
@@ -112,7 +120,8 @@ class TLDR(BaseReducer):
 
     After training, ``linear``/``flinear`` encoders are folded into ``components_`` (d x D) and
     ``bias_``: encoding costs the same as PCA. With ``early_stopping`` the epoch (0 = the initial
-    PCA map) with the best recall@10 on held-out validation rows is kept.
+    PCA map) with the best recall@10 on held-out validation rows is kept, and the fit stops once
+    the recall has stopped improving (``patience``).
 
     Parameters
     ----------
@@ -131,7 +140,7 @@ class TLDR(BaseReducer):
         "gaussian" is the TLDR_G baseline: y = x + noise (``noise_std`` x the data's mean std).
     init : {"pca", "random"}, default "pca" for linear encoders
     epochs, batch_size, learning_rate, optimizer, weight_decay, warmup_epochs : None = per objective
-        ranking: 8 epochs, 256 anchors (+256 neighbours), AdamW 3e-3, no decay, no warm-up;
+        ranking: 6 epochs, 256 anchors (+256 neighbours), AdamW 4e-3, no decay, no warm-up;
         barlow: 20 epochs, 1024, LARS 0.2 x B/256, decay 1e-6, warm-up 10% of epochs.
         A cosine decay to 0.1% follows the warm-up in both.
     lambd, loss_scale : Barlow Twins off-diagonal weight (3.9e-3) and loss scale (1/32).
@@ -140,7 +149,12 @@ class TLDR(BaseReducer):
     max_train_rows : int, default 200_000
         Rows beyond this are sub-sampled (uniformly, without replacement) for the graph and training.
     early_stopping : bool, default True
-    validation_rows : int, default 500 queries (against a database of up to 20,000 training rows)
+    patience : int or None, default 2
+        With ``early_stopping``: stop when ``patience`` epochs in a row did not raise the
+        validation recall@10 by ``min_delta`` over the best so far (None: run every epoch).
+    min_delta : float, default 1e-3
+    validation_rows : int, default 2000 queries (at most a tenth of the training rows; against a
+        database of up to 20,000 training rows)
     knn_method : {"auto", "exact", "opq"}, default "auto"; knn_params : dict of knn_graph options.
     device : {"auto", "cpu", "cuda"}
     random_state : int, RandomState instance or None
@@ -178,7 +192,8 @@ class TLDR(BaseReducer):
                  teacher_temperature: float = 0.05, barlow_weight: float = 1.0,
                  qat: str | None = None, qat_bytes: int = 16, qat_epochs: int = 4,
                  max_train_rows: int = 200_000, early_stopping: bool = True,
-                 validation_rows: int = 500, knn_method: str = "auto",
+                 patience: int | None = PATIENCE, min_delta: float = MIN_DELTA,
+                 validation_rows: int = VALIDATION_ROWS, knn_method: str = "auto",
                  knn_params: dict | None = None, device: str = "auto",
                  random_state: Any = None, chunk_rows: int = 16_384, n_jobs: int | None = None,
                  verbose: bool | int = False):
@@ -204,6 +219,8 @@ class TLDR(BaseReducer):
         self.qat, self.qat_bytes, self.qat_epochs = qat, qat_bytes, qat_epochs
         self.max_train_rows = max_train_rows
         self.early_stopping = early_stopping
+        self.patience = patience
+        self.min_delta = min_delta
         self.validation_rows = validation_rows
         self.knn_method = knn_method
         self.knn_params = knn_params
@@ -252,6 +269,8 @@ class TLDR(BaseReducer):
         check_float(self.barlow_weight, "barlow_weight", low=0, owner=o)
         check_int(self.max_train_rows, "max_train_rows", low=2, owner=o)
         check_bool(self.early_stopping, "early_stopping", owner=o)
+        check_int(self.patience, "patience", low=1, owner=o, allow_none=True)
+        check_float(self.min_delta, "min_delta", low=0, owner=o)
         check_int(self.validation_rows, "validation_rows", low=1, owner=o)
         check_choice(self.knn_method, "knn_method", ("auto", "exact", "opq"), owner=o)
         if self.knn_params is not None and not isinstance(self.knn_params, dict):
@@ -371,7 +390,9 @@ class TLDR(BaseReducer):
                           teacher_temperature=self.teacher_temperature,
                           barlow_weight=self.barlow_weight, pairs=self.pairs,
                           noise_std=self.noise_std, metric=self.metric, seed=seed,
-                          device=device.type)
+                          device=device.type,
+                          patience=self.patience if validator is not None else None,
+                          min_delta=float(self.min_delta))
         trainer = Trainer(encoder, projector, cfg, device,
                           teacher_scale=teacher_scale_for(train, sample, self.metric),
                           noise_scale=noise_scale_for(train, sample, self.noise_std))
@@ -408,6 +429,7 @@ class TLDR(BaseReducer):
             "resolved": {k_: (v_ if not hasattr(v_, "kind") else repr(v_)) for k_, v_ in r.items()
                          if k_ != "threads"},
             "graph": graph_info, "best_epoch": self.best_epoch_,
+            "stopped_epoch": result.stopped_epoch,
             "val_recall_initial": result.history[0].get("val_recall") if validator else None,
             "val_recall_best": result.best_score,
             "seconds": {"moments": t_pca, "knn": t_knn, "train": t_train,

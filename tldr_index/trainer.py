@@ -72,6 +72,10 @@ class TrainConfig:
     metric: str
     seed: int
     device: str
+    #: stop when the validation recall has not risen by ``min_delta`` over the best so far for
+    #: this many epochs in a row (None: run every epoch); needs a validator
+    patience: int | None = None
+    min_delta: float = 0.0
 
 
 @dataclass
@@ -80,6 +84,21 @@ class TrainResult:
     best_epoch: int = 0                 # 0 = the initial map (e.g. PCA) was never beaten
     best_score: float | None = None
     best_state: dict[str, torch.Tensor] | None = None
+    stopped_epoch: int | None = None    # the epoch after which early stopping ended the run
+
+
+def stale_epochs(history: list[dict], min_delta: float) -> int:
+    """Epochs at the end of ``history`` (records with ``val_recall``; the first is the initial
+    map) whose recall did not beat the best before them by ``min_delta``. A pure function of the
+    history, so a resumed run stops where an uninterrupted one would."""
+    scores = [h["val_recall"] for h in history if h.get("val_recall") is not None]
+    if not scores:
+        return 0
+    best, stale = scores[0], 0
+    for r in scores[1:]:
+        stale = 0 if r >= best + min_delta else stale + 1
+        best = max(best, r)
+    return stale
 
 
 class Validator:
@@ -95,15 +114,16 @@ class Validator:
         self.truth = self._topk(db, db[self.query_pos])
 
     def _topk(self, base: np.ndarray, q: np.ndarray) -> np.ndarray:
-        s = cross_similarity(torch.from_numpy(q), torch.from_numpy(base), self.metric).numpy()
-        s[np.arange(len(q)), self.query_pos] = -np.inf  # the query itself is not a neighbour
-        return np.argpartition(-s, self.k, axis=1)[:, :self.k]
+        s = cross_similarity(torch.from_numpy(q), torch.from_numpy(base), self.metric)
+        s[torch.arange(len(q)), torch.from_numpy(self.query_pos)] = -torch.inf  # not its own
+        # torch.topk: ~10x faster than a numpy argpartition of the (n_q, n_db) matrix (measured)
+        return torch.topk(s, self.k, dim=1).indices.numpy()
 
     def score(self, encode: Callable[[np.ndarray], np.ndarray]) -> float:
         z = encode(self.db)
         found = self._topk(z, z[self.query_pos])
-        hits = sum(len(np.intersect1d(a, b)) for a, b in zip(found, self.truth))
-        return hits / (len(found) * self.k)
+        hits = (found[:, :, None] == self.truth[:, None, :]).any(2).sum()
+        return float(hits) / (len(found) * self.k)
 
 
 def _fingerprint(cfg: TrainConfig, rows: np.ndarray, neighbors: np.ndarray, extra: dict) -> str:
@@ -347,6 +367,8 @@ class Trainer:
         if resume and ckpt is not None and ckpt.exists():
             start_epoch = self._load_checkpoint(ckpt, fp, result)
             log.info("resumed from %s after epoch %d", ckpt, start_epoch)
+            if start_epoch and self._should_stop(result, start_epoch):
+                start_epoch = cfg.epochs  # the interrupted run had already stopped early
         graphed = self._capture(resident) if self._graphable(resident) and \
             start_epoch < cfg.epochs else None
         executor = ThreadPoolExecutor(max_workers=1)
@@ -417,10 +439,26 @@ class Trainer:
                          rec["seconds"])
                 if ckpt is not None:
                     self._save_checkpoint(ckpt, fp, epoch + 1, result)
+                if self._should_stop(result, epoch + 1):
+                    break
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
         self._modules().eval()
         return result
+
+    def _should_stop(self, result: TrainResult, epoch: int) -> bool:
+        """True (and ``result.stopped_epoch`` set) when early stopping ends the run after
+        ``epoch``: ``patience`` epochs in a row without a gain of ``min_delta``."""
+        cfg = self.cfg
+        if cfg.patience is None or epoch >= cfg.epochs or len(result.history) < 2:
+            return False
+        if stale_epochs(result.history, cfg.min_delta) < cfg.patience:
+            return False
+        result.stopped_epoch = epoch
+        log.info("early stopping after epoch %d/%d: validation recall did not gain %.4f over "
+                 "%.4f for %d epoch(s)", epoch, cfg.epochs, cfg.min_delta, result.best_score,
+                 cfg.patience)
+        return True
 
     # ----------------------------------------------------------------------------------------
     def _save_checkpoint(self, path: Path, fp: str, epoch: int, result: TrainResult) -> None:

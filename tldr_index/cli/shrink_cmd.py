@@ -85,7 +85,8 @@ def shrink_summary(report) -> list[str]:
 @click.option("--neighbors", type=click.IntRange(min=1), default=3, show_default=True,
               help="k of the kNN graph TLDR learns from.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Training epochs [default: 8].")
+              help="Training epochs [default: 6; TLDR stops earlier once validation "
+                   "recall stops improving].")
 @click.option("--sample", type=click.IntRange(min=2), default=100_000, show_default=True,
               help="Training rows (a seeded random sample).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",

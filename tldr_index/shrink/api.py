@@ -150,7 +150,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         codes. ``pq_bytes`` is its old name (an alias; both given must agree).
     neighbors, epochs, sample : TLDR's ``n_neighbors``, ``epochs`` (None: its default) and the
         training rows (``max_train_rows``, default 100,000, drawn at random: the graph and
-        the epochs cost time in proportion, the graph quadratically up to 200,000 rows).
+        the epochs cost time in proportion, the exact graph quadratically up to 30,000 rows, the
+        OPQ graph above that about linearly).
     device : "auto", "cpu" or "cuda" (training and the kNN graph).
     work_dir : checkpoints (default :func:`default_work_dir`: ``./tldr-work/<name>-<hash>``).
     resume : continue an interrupted run from its checkpoints.

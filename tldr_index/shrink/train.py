@@ -2,8 +2,8 @@
 (per-epoch checkpoints, resumed exactly) or PCA. :func:`fit_reducer` also fits every candidate of
 a selection (:mod:`tldr_index.shrink.select`).
 
-Cost: the exact graph grows quadratically with the sample (up to 200,000 rows), the epochs
-linearly; memory: the sample (``sample x D`` float32, read in blocks) and its graph.
+Cost: the exact graph grows quadratically with the sample (up to 30,000 rows; the OPQ graph
+above that about linearly), the epochs linearly; memory: the sample (``sample x D`` float32, read in blocks) and its graph.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ if TYPE_CHECKING:
     from .run import ShrinkRun
 
 log = logging.getLogger(__name__)
+
+#: Extra :func:`tldr_index.knn.knn_graph` / :class:`tldr_index.reducer.TLDR` options for the knn
+#: and train stages, on top of the run's own (empty: the library defaults). The shrink benchmark
+#: fills them in a child process to run the previous defaults next to the new ones
+#: (benchmarks/shrink.py --configs); they are not part of a plan or of the run's fingerprint.
+GRAPH_OPTIONS: dict = {}
+FIT_OPTIONS: dict = {}
 
 
 def stage_knn(run: "ShrinkRun") -> tuple[list[Path], KnnResult]:
@@ -51,7 +58,7 @@ def stage_knn(run: "ShrinkRun") -> tuple[list[Path], KnnResult]:
     if graph:
         prog.phase("knn", "kNN graph", n_train, "rows")
         g = knn_graph(train, run.neighbors, metric=run.metric, out=out / "graph.npy",
-                      random_state=run.seed, device=run.device,
+                      random_state=run.seed, device=run.device, **GRAPH_OPTIONS,
                       progress=lambda done, total: prog.update("knn", done, total),
                       on_phase=lambda name, total: prog.phase("knn", name, total, "rows"))
         prog.phase("knn", "graph recall", None)
@@ -68,7 +75,9 @@ def stage_knn(run: "ShrinkRun") -> tuple[list[Path], KnnResult]:
 def tldr_batch_size(n_train: int) -> int | None:
     """TLDR's batch (256 anchors) unless the sample minus TLDR's held-out validation rows is
     smaller; then all anchors in one batch."""
-    anchors = n_train - min(500, n_train // 10)
+    from ..reducer import VALIDATION_ROWS
+
+    anchors = n_train - min(VALIDATION_ROWS, n_train // 10)
     return None if anchors >= 256 else max(2, anchors)
 
 
@@ -87,9 +96,12 @@ def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None =
         run.progress.phase("train", "fitting PCA", None)
         return PCA(dim).fit(train)
     graph = np.load(run.work.root / "knn" / "graph.npy")
-    model = TLDR(dim, n_neighbors=run.neighbors, metric=run.metric, epochs=run.epochs,
+    opts = dict(FIT_OPTIONS)
+    if run.epochs is not None:
+        opts["epochs"] = run.epochs
+    model = TLDR(dim, n_neighbors=run.neighbors, metric=run.metric,
                  max_train_rows=max(2, train.n_rows), device=run.device,
-                 batch_size=tldr_batch_size(train.n_rows), random_state=run.seed)
+                 batch_size=tldr_batch_size(train.n_rows), random_state=run.seed, **opts)
     run.progress.begin("train", None, "steps")
     model.fit(train, graph=graph, checkpoint_dir=ckpt_dir,
               resume=run.resumed and ckpt_dir is not None,
