@@ -75,8 +75,9 @@ def shrink_summary(report) -> list[str]:
 @click.option("--id-column", default=None, help="Id column.")
 @click.option("--codec", type=click.Choice(["pq", "opq", "rq", "rabitq"]), default="pq",
               show_default=True,
-              help="How rows are encoded: pq (the default until the benchmark decides), opq "
-                   "(rotation + PQ), rq (residual quantization; slower to encode), rabitq.")
+              help="How rows are encoded: pq (the default: fast to encode), opq "
+                   "(rotation + PQ), rq (residual quantization: more recall per byte, about 50x "
+                   "slower to encode), rabitq.")
 @click.option("--bits", type=int, default=None,
               help="rabitq: bits per dimension, 1, 2 or 4 [default: 1 unless --bytes].")
 @click.option("--bytes", "--pq-bytes", "code_bytes", type=click.IntRange(min=0), default=None,

@@ -140,7 +140,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         reaches this recall@10 on held-out rows; candidates: ``dims`` (default 16, 32, 64, 128
         below the source's dimension) or ``dim``, each with ``pq_bytes`` (default per d); the
         kNN graph is built once (:mod:`tldr_index.shrink.select`).
-    codec : "pq" (the default until the benchmark decides), "opq", "rq" or "rabitq": how the
+    codec : "pq" (the default), "opq", "rq" or "rabitq": how the
         reduced vectors are encoded (:mod:`tldr_index.codecs`; encoding cost: RQ's beam search
         is 10-100x PQ's).
     bits : rabitq only: 1, 2 or 4 bits per dimension (code bytes d x bits / 8 + 4; default 1

@@ -11,7 +11,8 @@ rabitq      d x bits / 8 + 4 (a float32 factor per row)     d x bits a multiple 
 ==========  ==============================================  ===================================
 
 ``bytes=0`` stores no codes (the reduced float vectors are searched instead). The default codec
-is :data:`DEFAULT_CODEC` (PQ, until the benchmark of issue 14 decides).
+is :data:`DEFAULT_CODEC` (PQ: RQ keeps more neighbours per byte on
+the dev corpus but encodes about 50x slower, see ``benchmarks/results/frontier.md``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from ..validation import check_choice, check_int
 
 #: The codecs ``shrink`` writes.
 CODECS = ("pq", "opq", "rq", "rabitq")
-#: The default codec: PQ until the benchmark (benchmarks/frontier.py) decides.
+#: The default codec: PQ (RQ wins recall per byte in benchmarks/frontier.py, but its encoding is
+#: about 50x slower: 1M rows in minutes on 2 cores).
 DEFAULT_CODEC = "pq"
 #: Default code bytes per row (the paper's setting), or the nearest feasible size below it.
 DEFAULT_BYTES = 16
