@@ -421,6 +421,27 @@ class Sink(abc.ABC):
             self._append(batch)
             self.rows_appended += batch.num_rows
 
+    #: True where the store keeps artifacts (:meth:`store_artifact`): the file stores
+    supports_artifacts: bool = False
+
+    def store_artifact(self, name: str, data: bytes) -> None:
+        """Stage a named binary artifact (e.g. the code index) beside the model; call it before
+        :meth:`store_model`. It is listed with its sha256 in the target record and published
+        atomically with the rows; :meth:`Target.artifact` reads it back. Stores without
+        :attr:`supports_artifacts` (Qdrant) raise :class:`InvalidInputError`."""
+        from .record import check_artifact_name
+
+        self._expect("created", "store_artifact")
+        name = check_artifact_name(name)
+        if not self.supports_artifacts:
+            raise InvalidInputError(
+                f"Target '{self.uri}' ({type(self).__name__}) cannot store artifacts; only the "
+                f"file stores (Lance, Parquet) do.")
+        self._store_artifact(name, bytes(data))
+
+    def _store_artifact(self, name: str, data: bytes) -> None:
+        raise NotImplementedError
+
     def store_model(self, model_bytes: bytes, metadata: dict) -> None:
         """Stage the model (safetensors bytes) and its JSON-able metadata (provenance)."""
         self._expect("created", "store_model")
@@ -572,6 +593,16 @@ class Target(abc.ABC):
     @property
     def layout(self) -> Layout:
         return Layout(**self.record["layout"])
+
+    def artifacts(self) -> list[str]:
+        """Names of the artifacts listed in the record (see :meth:`Sink.store_artifact`)."""
+        return sorted(self.record.get("artifacts") or {})
+
+    def artifact(self, name: str) -> bytes | None:
+        """The bytes of artifact ``name`` (checked against the size and sha256 the record
+        lists), or None when the target has none of that name. Raises
+        :class:`ModelFormatError` if the listed file is missing or corrupt. Cost: one read."""
+        return None
 
     @abc.abstractmethod
     def count(self) -> int: ...
