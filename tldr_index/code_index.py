@@ -218,6 +218,12 @@ class CodeIndex:
         ivf.use_precomputed_table = 0
         return ivf
 
+    def copy(self) -> "CodeIndex":
+        """An independent copy (same lists and recall table), e.g. to :meth:`add` rows while
+        other threads search this one. Cost: a hash of the codes and one pass to fill lists."""
+        codes = self.codes_in_row_order()
+        return CodeIndex.from_bytes(self.to_bytes(), codes, self.codec, owner="CodeIndex.copy")
+
     # -- adding rows ---------------------------------------------------------------------------
     def add(self, codes: Any, vectors: Any, threads: int | None = None) -> np.ndarray:
         """Append rows (``codes`` of ``vectors``, in the order the code array grows): row
@@ -377,10 +383,11 @@ class CodeIndex:
                 t.vs_exact.append(round(_recall(I, exact), 4))
         return t
 
-    def nprobe_for(self, target_recall: float, against: str = "exhaustive") -> int:
+    def nprobe_for(self, target_recall: float, against: str = "exhaustive",
+                   owner: str = "CodeIndex.nprobe_for") -> int:
         """The smallest stored nprobe whose recall@10 (``against`` "exhaustive" or "exact")
         reaches ``target_recall``; one clear error naming the best reachable one otherwise."""
-        o = "CodeIndex.nprobe_for"
+        o = owner
         against = check_choice(against, "against", ("exhaustive", "exact"), owner=o)
         target_recall = check_float(target_recall, "target_recall", low=0.0, high=1.0, owner=o)
         t = self.recall_table
