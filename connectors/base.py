@@ -594,6 +594,16 @@ class Target(abc.ABC):
     def layout(self) -> Layout:
         return Layout(**self.record["layout"])
 
+    def version_key(self) -> str:
+        """A string that changes whenever the live rows or record change (what a reader caches
+        against): the version handle, the record and the row count; stores whose handle does
+        not change with every write add what does (Parquet: the part files' sizes and times).
+        Cost: a count (metadata reads)."""
+        import json
+
+        return json.dumps([self.current_handle(), self.record, self.count()], sort_keys=True,
+                          default=str)
+
     def artifacts(self) -> list[str]:
         """Names of the artifacts listed in the record (see :meth:`Sink.store_artifact`)."""
         return sorted(self.record.get("artifacts") or {})

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import json
 import logging
 import os
 import shutil
@@ -468,6 +469,11 @@ class ParquetTarget(Target):
         self.model_bytes = check_model(data, self.record, f"target '{uri}'")
         self.files = sorted(os.path.join(path, n) for n in os.listdir(path)
                             if n.endswith(".parquet") and not _hidden(n))
+
+    def version_key(self) -> str:
+        stats = [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns)
+                 for f in self.files]
+        return super().version_key() + json.dumps(stats)
 
     def artifact(self, name: str) -> bytes | None:
         return read_artifact(self.path, self.record, name, f"target '{self.uri}'")

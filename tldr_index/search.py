@@ -204,8 +204,9 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
     shortlist : candidates per query for ``rescore`` (default ``max(20 k, 200)``).
     threads : FAISS threads (None: the cores that look idle, see :mod:`tldr_index.threads`).
     nprobe : lists of the code index scored per query, in ``[1, nlist]`` (targets with an index).
-    target_recall : pick the smallest stored nprobe whose recall@10 against the exhaustive scan
-        reaches it (beyond the table: an error naming the best reachable recall and its nprobe).
+    target_recall : pick the smallest stored nprobe whose recall@10 against exact search of the
+        reduced vectors (measured at build on held-out rows) reaches it (beyond the table: an
+        error naming the best reachable recall and its nprobe).
         Default (neither given): the smallest reaching 0.95, else every list.
     exhaustive : scan every code even where the target has an index.
     index_fallback : a stored index that does not match the target's codes (row count or

@@ -7,8 +7,9 @@ reuses it until the target changes) and is safe from many threads: :meth:`CodeSe
 changes nothing, :meth:`CodeSearcher.extended` returns a new searcher.
 
 Which scan a search runs: ``exhaustive=True`` every code; else, with an index, ``nprobe`` lists
-(given, or the smallest stored nprobe whose recall@10 reaches ``target_recall`` against the
-exhaustive scan, or by default the smallest reaching :data:`DEFAULT_RECALL`, else every list);
+(given, or the smallest stored nprobe whose recall@10 reaches ``target_recall`` against exact
+search of the reduced vectors (the table measured at build on held-out rows; against the
+exhaustive code scan where the table has no exact column), or by default the smallest reaching :data:`DEFAULT_RECALL`, else every list);
 without an index every code (``nprobe`` / ``target_recall`` are then refused).
 
 Cost to build: one read of the id and code columns (``N x code_bytes`` bytes), and with an index
@@ -136,7 +137,8 @@ class CodeSearcher:
         if target_recall is not None:
             target_recall = check_float(target_recall, "target_recall", low=0.0, high=1.0,
                                         owner=o)
-            return self.index.nprobe_for(target_recall, owner=o)
+            against = "exact" if self.index.recall_table.vs_exact is not None else "exhaustive"
+            return self.index.nprobe_for(target_recall, against, owner=o)
         table = self.index.recall_table
         ok = [p for p, r in zip(table.nprobe, table.vs_exhaustive)
               if r >= DEFAULT_RECALL and p <= self.index.nlist]

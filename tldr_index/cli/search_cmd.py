@@ -39,8 +39,8 @@ from .output import echo_json, mb
                    "[default: the smallest stored nprobe reaching recall@10 0.95 of the "
                    "exhaustive scan].")
 @click.option("--target-recall", type=float, default=None,
-              help="Pick the smallest stored nprobe whose recall@10 against the exhaustive "
-                   "scan reaches this (instead of --nprobe).")
+              help="Pick the smallest stored nprobe whose recall@10 against exact search of "
+                   "the reduced vectors reaches this (instead of --nprobe).")
 @click.option("--exhaustive", is_flag=True,
               help="Scan every code even where the target has a code index.")
 @click.option("--index-fallback", is_flag=True,
