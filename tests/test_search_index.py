@@ -140,3 +140,106 @@ def test_target_recall_and_bad_nprobe(indexed):
             "The 'nprobe' parameter of search has no meaning with exhaustive=True (every code "
             "is scanned). Got nprobe=2.")):
         search(tgt, Q, k=5, nprobe=2, exhaustive=True)
+
+
+def _copy(tgt: str, dest) -> str:
+    """A copy of a Lance (lancedb://) or Parquet target under ``dest``: tests that change it."""
+    import shutil
+
+    from connectors import parse_uri
+
+    p = parse_uri(tgt)
+    if p.kind == "lance":
+        shutil.copytree(p.path, dest / "db" / (p.table + ".lance"))
+        return f"lancedb://{dest / 'db'}/{p.table}"
+    shutil.copytree(p.path, dest / "t")
+    return f"parquet://{dest / 't'}"
+
+
+def test_a_row_added_is_found_by_indexed_search(indexed, tmp_path):
+    _, tgt, X = indexed
+    tgt = _copy(tgt, tmp_path)
+    new = X[N:N + 5]
+    with tldr_index.open(tgt) as c:
+        nlist = c._searcher().index.nlist
+        c.search(new, k=10)  # loads the codes and index of this version
+        assert c.add(np.arange(50_000, 50_005), new) == 5
+        s = c._searcher()
+        assert s.index is not None and s.index.n == N + 5
+        ix = c.search(new, k=10, nprobe=nlist)
+        ex = c.search(new, k=10, exhaustive=True)
+        assert ix.engine == "code-index"
+        np.testing.assert_allclose(ix.distances, ex.distances, atol=1e-5)
+        # each added row is among the 10 nearest of its own vector by the indexed search
+        assert all(50_000 + i in ix.ids[i] for i in range(5))
+        d = c.search(new, k=10)  # the default nprobe finds them too
+        assert all(50_000 + i in d.ids[i] for i in range(5))
+    # the stored index, built over the rows before, is not left in the target (never stale)
+    assert open_target(tgt).artifacts() == []
+    assert search(tgt, new, k=10).engine == "pq-codes"
+
+
+def test_reindex_publishes_no_stale_index(tmp_path):
+    import pyarrow.parquet as pq
+    from _pipeline_helpers import table_of
+
+    X = make_structured(N + 100, 32, seed=5)
+    src = parquet_source(str(tmp_path), X[:N])
+    tgt = f"parquet://{tmp_path}/target"
+    shrink(src, tgt, work_dir=tmp_path / "w", index_min_rows=500, **FAST)
+    assert _stored_index(tgt) is not None
+    # the source grows: the delta publishes new rows, and the index over the old ones goes
+    extra = table_of(X[N:N + 100], ids=np.arange(100, dtype=np.int64) + 10 * N)
+    pq.write_table(extra, f"{tmp_path}/pq/part-9.parquet")
+    rep = reindex(tgt, src, refit="never", work_dir=tmp_path / "r")
+    assert rep.status == "updated"
+    t = open_target(tgt)
+    assert t.count() == N + 100
+    idx = _stored_index(tgt)  # if one is listed it must match the codes (load checks the hash)
+    assert idx is None or idx.n == N + 100
+    res = search(tgt, X[N:N + 3], k=5)
+    assert res.engine == ("code-index" if idx is not None else "pq-codes")
+
+
+def test_an_index_that_does_not_match_the_codes(indexed, tmp_path):
+    import hashlib
+    import json
+    import os
+
+    _, tgt, X = indexed
+    if not tgt.startswith("parquet://"):
+        pytest.skip("the record of a Parquet target is a plain file: easy to tamper with")
+    tgt = _copy(tgt, tmp_path)
+    root = tgt[len("parquet://"):]
+    t = open_target(tgt)
+    _, codes = read_codes(t, t.layout.id_column, t.layout.codes_column)
+    other = codes.copy()
+    other[0] ^= 1
+    index = CodeIndex.exhaustive(other, CompactModel.of_target(t).codec, metric=t.layout.distance)
+    data = index.to_bytes()
+    entry = t.record["artifacts"][ARTIFACT_NAME]
+    with open(os.path.join(root, entry["file"]), "wb") as f:
+        f.write(data)
+    rec = dict(t.record)
+    rec["artifacts"] = {ARTIFACT_NAME: dict(entry, sha256=hashlib.sha256(data).hexdigest(),
+                                            size=len(data))}
+    with open(os.path.join(root, "_tldr_metadata.json"), "w") as f:
+        json.dump(rec, f)
+    Q = X[N:N + 3]
+    with pytest.raises(ModelFormatError, match=re.escape(
+            f"Code index of target '{tgt}' does not match the codes it is loaded with: the "
+            f"SHA-256 of the code array differs from the one it indexed. Rebuild it, or pass "
+            f"index_fallback=True (--index-fallback) to search every code.")):
+        search(tgt, Q, k=5)
+    ok = search(tgt, Q, k=5, index_fallback=True)
+    assert ok.engine == "pq-codes"
+    ex = search(tgt, Q, k=5, exhaustive=True)  # asked for the scan: no index needed
+    np.testing.assert_array_equal(ok.ids, ex.ids)
+    # a corrupt file (sha256 differs from the record): a clear error
+    with open(os.path.join(root, entry["file"]), "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ModelFormatError, match=re.escape(
+            f"The artifact '{ARTIFACT_NAME}' of target '{tgt}' is corrupt: expected {len(data)} "
+            f"bytes with sha256 {hashlib.sha256(data).hexdigest()[:16]}..., got {len(data) + 1} "
+            f"bytes")):
+        search(tgt, Q, k=5)
