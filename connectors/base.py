@@ -608,6 +608,15 @@ class Target(abc.ABC):
         """Names of the artifacts listed in the record (see :meth:`Sink.store_artifact`)."""
         return sorted(self.record.get("artifacts") or {})
 
+    def store_artifact(self, name: str, data: bytes) -> None:
+        """Store (or replace) artifact ``name`` for the live rows, after they were written (e.g. a
+        code index rebuilt over them): the file, then one atomic switch of the record that lists
+        it. Raises :class:`VerificationError` (nothing listed) if the target changed since this
+        object was opened, and :class:`InvalidInputError` where the store keeps no artifacts."""
+        raise InvalidInputError(
+            f"Target '{self.uri}' ({type(self).__name__}) cannot store artifacts; only the file "
+            f"stores (Lance, Parquet) do.")
+
     def artifact(self, name: str) -> bytes | None:
         """The bytes of artifact ``name`` (checked against the size and sha256 the record
         lists), or None when the target has none of that name. Raises

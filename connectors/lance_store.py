@@ -63,8 +63,8 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
 from . import arrow_utils as au
 from .base import DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, verify_counts
 from .filestore import discard_staging_dir, file_bytes, take_by_filter, take_found_by_filter
-from .record import (RECORD_KEY, artifact_entry, build_record, check_model, dump_record,
-                     load_record, read_artifact, updated_record_text)
+from .record import (RECORD_KEY, artifact_entry, build_record, check_artifact_name,
+                     check_model, dump_record, load_record, read_artifact, updated_record_text)
 
 log = logging.getLogger(__name__)
 
@@ -532,6 +532,23 @@ class LanceTarget(Target):
 
     def artifact(self, name: str) -> bytes | None:
         return read_artifact(self.path, self.record, name, f"target '{self.uri}'")
+
+    def store_artifact(self, name: str, data: bytes) -> None:
+        """The file under ``_tldr/`` (named by its sha256), then one commit of the record."""
+        name = check_artifact_name(name)
+        data = bytes(data)
+        rel = f"{SIDE_DIR}/{name}-{hashlib.sha256(data).hexdigest()[:16]}.bin"
+        live = lance.dataset(self.path)
+        if live.version != self.version:
+            raise VerificationError(
+                f"Target '{self.uri}' changed since it was opened (version {self.version} -> "
+                f"{live.version}); artifact '{name}' was not stored.")
+        atomic_write_bytes(os.path.join(self.path, rel), data)
+        rec = dict(self.record)
+        rec["artifacts"] = {**(rec.get("artifacts") or {}), name: artifact_entry(data, rel)}
+        live.update_schema_metadata({RECORD_KEY: dump_record(rec)})
+        self.dataset = lance.dataset(self.path)
+        self.record = rec
 
     def has_index(self) -> bool:
         return any(self.layout.vector_column in i.get("fields", [])

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -52,13 +53,13 @@ from tldr_index.faults import fault_point
 from tldr_index.validation import check_choice, check_int
 from tldr_index.artifact import atomic_write_bytes
 from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFoundError,
-                               TargetExistsError)
+                               TargetExistsError, VerificationError)
 
 from . import arrow_utils as au
 from .base import DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, verify_counts
 from .filestore import discard_staging_dir, file_bytes, take_by_filter, take_found_by_filter
 from .record import artifact_entry, build_record, check_model, dump_record, load_record
-from .record import read_artifact
+from .record import check_artifact_name, read_artifact
 
 log = logging.getLogger(__name__)
 
@@ -477,6 +478,21 @@ class ParquetTarget(Target):
 
     def artifact(self, name: str) -> bytes | None:
         return read_artifact(self.path, self.record, name, f"target '{self.uri}'")
+
+    def store_artifact(self, name: str, data: bytes) -> None:
+        """The file (named by its sha256), then an atomic replace of the record file."""
+        name = check_artifact_name(name)
+        data = bytes(data)
+        if ParquetTarget(self.path, uri=self.uri).version_key() != self.version_key():
+            raise VerificationError(
+                f"Target '{self.uri}' changed since it was opened; artifact '{name}' was not "
+                f"stored.")
+        rel = f"{ARTIFACT_PREFIX}{name}-{hashlib.sha256(data).hexdigest()[:16]}.bin"
+        atomic_write_bytes(os.path.join(self.path, rel), data)
+        rec = dict(self.record)
+        rec["artifacts"] = {**(rec.get("artifacts") or {}), name: artifact_entry(data, rel)}
+        atomic_write_bytes(os.path.join(self.path, RECORD_FILE), dump_record(rec).encode())
+        self.record = rec
 
     def count(self) -> int:
         return sum(pq.read_metadata(f).num_rows for f in self.files)

@@ -174,9 +174,10 @@ def test_a_row_added_is_found_by_indexed_search(indexed, tmp_path):
         assert all(50_000 + i in ix.ids[i] for i in range(5))
         d = c.search(new, k=10)  # the default nprobe finds them too
         assert all(50_000 + i in d.ids[i] for i in range(5))
-    # the stored index, built over the rows before, is not left in the target (never stale)
-    assert open_target(tgt).artifacts() == []
-    assert search(tgt, new, k=10).engine == "pq-codes"
+    # the target stores the index again, over the new rows (load checks the codes' hash)
+    assert _stored_index(tgt).n == N + 5
+    r = search(tgt, new, k=10, nprobe=nlist)
+    assert r.engine == "code-index" and all(50_000 + i in r.ids[i] for i in range(5))
 
 
 def test_reindex_publishes_no_stale_index(tmp_path):
@@ -195,10 +196,15 @@ def test_reindex_publishes_no_stale_index(tmp_path):
     assert rep.status == "updated"
     t = open_target(tgt)
     assert t.count() == N + 100
-    idx = _stored_index(tgt)  # if one is listed it must match the codes (load checks the hash)
-    assert idx is None or idx.n == N + 100
-    res = search(tgt, X[N:N + 3], k=5)
-    assert res.engine == ("code-index" if idx is not None else "pq-codes")
+    idx = _stored_index(tgt)  # rebuilt over the new rows (load checks the codes' hash)
+    assert idx.n == N + 100
+    nlist = idx.nlist
+    ix = search(tgt, X[N:N + 20], k=10, nprobe=nlist)
+    ex = search(tgt, X[N:N + 20], k=10, exhaustive=True)
+    assert ix.engine == "code-index"
+    np.testing.assert_allclose(ix.distances, ex.distances, atol=1e-5)
+    # the rows the delta added are found by indexed search of their own vectors
+    assert np.mean([10 * N + i in ix.ids[i] for i in range(20)]) == 1.0
 
 
 def test_an_index_that_does_not_match_the_codes(indexed, tmp_path):

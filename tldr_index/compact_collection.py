@@ -11,8 +11,9 @@
 assignment): safe from any number of threads. ``search`` checks the live version on each call, so a
 reader always sees one published version, never a mix; the codes and the code index (where the
 target stores one) are loaded once per version and shared by every thread. ``add`` gives the rows
-it writes to the in-memory code index, so they are found by indexed search; the stored index, built
-over the rows before, is dropped from the target by the write (never a stale one). ``add`` calls are serialised (one lock per
+it writes to the code index, so they are found by indexed search, and stores it again (the write
+drops the stored one, built over the rows before: a target never lists a stale index; a reader
+between the two switches scans every code). ``add`` calls are serialised (one lock per
 object) and re-read the live model first, so rows are never encoded with a model that a
 ``reindex --refit`` has replaced. Writes: Lance one ``merge_insert`` commit per ``batch_rows`` rows
 (commit conflicts retried), Qdrant retried upserts of ``batch_rows`` points (back-off as in
@@ -351,12 +352,14 @@ class CompactCollection:
             return got
 
     def _keep_index(self, before: str, ids: pa.Array, Y: np.ndarray, codes: np.ndarray) -> None:
-        """After an add: give the in-memory code index the rows written (so that they are found
-        by indexed search) when the target's code array is the one indexed plus these rows at
-        its end; otherwise load afresh (the stored index, dropped by the write, is gone: every
-        code is scanned until the next shrink)."""
+        """After an add: give the code index the rows written (so that they are found by indexed
+        search) when the target's code array is the one indexed plus these rows at its end, and
+        store it in the target again (the write dropped the stored one); otherwise load afresh
+        (no stored index: every code is scanned until the next shrink or reindex)."""
         from connectors import open_target
 
+        from .code_index import ARTIFACT_NAME
+        from .errors import VerificationError
         from .searcher import CodeSearcher, read_codes
 
         with self._search_lock:
@@ -377,6 +380,10 @@ class CompactCollection:
                      "scanned until the next shrink).", self.uri)
             return
         ext = old.extended(ids, codes, Y)
+        try:  # store it for other readers: one switch of the record, checked against the rows
+            tgt.store_artifact(ARTIFACT_NAME, ext.index.to_bytes())
+        except VerificationError as exc:
+            log.info("add: %s (the code index stays in memory only).", exc)
         fresh = CodeSearcher(tgt, CompactModel.of_target(tgt), loaded[0], loaded[1], ext.index)
         with self._search_lock:
             self._searcher_cache = (tgt.version_key(), c[1], fresh)

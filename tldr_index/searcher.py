@@ -171,6 +171,26 @@ class CodeSearcher:
                             index, self.index_error)
 
 
+def build_target_index(target, model: CompactModel, *, seed: int = 0,
+                       store: bool = True) -> CodeIndex:
+    """Build a code index over the live rows of ``target`` (its codes and stored reduced
+    vectors, read once) and, with ``store``, store it in the target
+    (:meth:`connectors.Target.store_artifact`: one switch of the record). What ``reindex`` does
+    after a delta on a target that had an index. Cost: the column reads plus
+    :meth:`CodeIndex.build`; memory: the reduced vectors as float32 and the codes."""
+    from connectors.arrow_utils import vectors_to_numpy
+
+    lay = target.layout
+    _, codes = read_codes(target, lay.id_column, lay.codes_column)
+    parts = [vectors_to_numpy(b.column(0)).astype(np.float32)
+             for b in target.iter_columns([lay.vector_column])]
+    Z = np.concatenate(parts) if parts else np.empty((0, model.output_dim), np.float32)
+    index = CodeIndex.build(Z, codes, model.require_codec(), metric=model.metric, seed=seed)
+    if store:
+        target.store_artifact(ARTIFACT_NAME, index.to_bytes())
+    return index
+
+
 def _lower_better(S: np.ndarray, metric: str) -> np.ndarray:
     """CodeIndex scores (higher is better; l2: ``-||q - x||^2``) -> search distances."""
     if metric == "l2":
