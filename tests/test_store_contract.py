@@ -290,6 +290,11 @@ def test_artifacts_are_published_with_the_rows(store):
                            r"artifacts; only the file stores \(Lance, Parquet\) do\.$"):
             stage_target(src, store.target, d=D, artifacts={"code_index": blob})
         assert store.leftovers() == []
+        write_target(src, store.target, d=D)
+        with pytest.raises(InvalidInputError, match=r"^Target '.*' \(\w+Target\) cannot store "
+                           r"artifacts; only the file stores \(Lance, Parquet\) do\.$"):
+            open_target(store.target).store_artifact("code_index", blob)
+        assert open_target(store.target).artifacts() == []
         return
     with pytest.raises(InvalidParameterError, match=re.escape(
             "The 'name' parameter of store_artifact must be 1-64 characters of a-z, 0-9, '_' or "
@@ -322,6 +327,20 @@ def test_artifacts_are_published_with_the_rows(store):
                     expected_digest=digest.hexdigest(), batch_rows=50)
     assert open_target(store.target).artifacts() == []
     write_target(src, store.target, d=D, overwrite=True)
+    assert open_target(store.target).artifacts() == []
+    # stored after the rows (what reindex and add do): one switch of the record
+    tgt = open_target(store.target)
+    tgt.store_artifact("code_index", blob)
+    assert open_target(store.target).artifact("code_index") == blob
+    assert tgt.artifacts() == ["code_index"]
+    tgt.store_artifact("code_index", blob[:9])  # replaced
+    assert open_target(store.target).artifact("code_index") == blob[:9]
+    # refused when the rows changed since the target was opened: nothing listed
+    stale = open_target(store.target)
+    open_target(store.target).upsert(rows, batch_rows=50, max_retries=0)
+    with pytest.raises(VerificationError, match=re.escape(
+            f"Target '{store.target}' changed since it was opened")):
+        stale.store_artifact("code_index", blob)
     assert open_target(store.target).artifacts() == []
 
 
