@@ -32,6 +32,7 @@ from tldr_index.errors import (InvalidInputError, InvalidParameterError, Missing
                                SinkStateError)
 
 from . import arrow_utils as au
+from .artifacts import SinkArtifacts, TargetArtifacts
 from .filestore import digest_id_piece
 from .ids import DuplicateIdTracker, IdDigest, is_id_type
 
@@ -384,7 +385,7 @@ class Layout:
 
 # -------------------------------------------------------------------------------------------- sink
 
-class Sink(abc.ABC):
+class Sink(SinkArtifacts, abc.ABC):
     """Writes one compact target; see the module docstring for the life cycle."""
 
     _STATES = ("new", "created", "stored", "verified", "published", "aborted")
@@ -420,27 +421,6 @@ class Sink(abc.ABC):
         if batch.num_rows:
             self._append(batch)
             self.rows_appended += batch.num_rows
-
-    #: True where the store keeps artifacts (:meth:`store_artifact`): the file stores
-    supports_artifacts: bool = False
-
-    def store_artifact(self, name: str, data: bytes) -> None:
-        """Stage a named binary artifact (e.g. the code index) beside the model; call it before
-        :meth:`store_model`. It is listed with its sha256 in the target record and published
-        atomically with the rows; :meth:`Target.artifact` reads it back. Stores without
-        :attr:`supports_artifacts` (Qdrant) raise :class:`InvalidInputError`."""
-        from .record import check_artifact_name
-
-        self._expect("created", "store_artifact")
-        name = check_artifact_name(name)
-        if not self.supports_artifacts:
-            raise InvalidInputError(
-                f"Target '{self.uri}' ({type(self).__name__}) cannot store artifacts; only the "
-                f"file stores (Lance, Parquet) do.")
-        self._store_artifact(name, bytes(data))
-
-    def _store_artifact(self, name: str, data: bytes) -> None:
-        raise NotImplementedError
 
     def store_model(self, model_bytes: bytes, metadata: dict) -> None:
         """Stage the model (safetensors bytes) and its JSON-able metadata (provenance)."""
@@ -572,7 +552,7 @@ def verify_counts(where: str, expected_count: int, got_count: int,
 
 # ------------------------------------------------------------------------------------------ target
 
-class Target(abc.ABC):
+class Target(TargetArtifacts, abc.ABC):
     """A published target read back: :attr:`record` (format, layout, model checksum, metadata),
     :attr:`metadata` (what the engine passed to ``store_model``), :attr:`model_bytes` (checked
     against its sha256), rows and, where the store can, a search over the reduced vectors."""
@@ -593,35 +573,6 @@ class Target(abc.ABC):
     @property
     def layout(self) -> Layout:
         return Layout(**self.record["layout"])
-
-    def version_key(self) -> str:
-        """A string that changes whenever the live rows or record change (what a reader caches
-        against): the version handle, the record and the row count; stores whose handle does
-        not change with every write add what does (Parquet: the part files' sizes and times).
-        Cost: a count (metadata reads)."""
-        import json
-
-        return json.dumps([self.current_handle(), self.record, self.count()], sort_keys=True,
-                          default=str)
-
-    def artifacts(self) -> list[str]:
-        """Names of the artifacts listed in the record (see :meth:`Sink.store_artifact`)."""
-        return sorted(self.record.get("artifacts") or {})
-
-    def store_artifact(self, name: str, data: bytes) -> None:
-        """Store (or replace) artifact ``name`` for the live rows, after they were written (e.g. a
-        code index rebuilt over them): the file, then one atomic switch of the record that lists
-        it. Raises :class:`VerificationError` (nothing listed) if the target changed since this
-        object was opened, and :class:`InvalidInputError` where the store keeps no artifacts."""
-        raise InvalidInputError(
-            f"Target '{self.uri}' ({type(self).__name__}) cannot store artifacts; only the file "
-            f"stores (Lance, Parquet) do.")
-
-    def artifact(self, name: str) -> bytes | None:
-        """The bytes of artifact ``name`` (checked against the size and sha256 the record
-        lists), or None when the target has none of that name. Raises
-        :class:`ModelFormatError` if the listed file is missing or corrupt. Cost: one read."""
-        return None
 
     @abc.abstractmethod
     def count(self) -> int: ...
