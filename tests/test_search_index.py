@@ -249,3 +249,39 @@ def test_an_index_that_does_not_match_the_codes(indexed, tmp_path):
             f"bytes with sha256 {hashlib.sha256(data).hexdigest()[:16]}..., got {len(data) + 1} "
             f"bytes")):
         search(tgt, Q, k=5)
+
+
+def test_cli_flags(indexed, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from tldr_index.cli import main
+
+    _, tgt, X = indexed
+    np.save(tmp_path / "q.npy", X[N:N + 4])
+    q = str(tmp_path / "q.npy")
+    nlist = _stored_index(tgt).nlist
+
+    def run(*args):
+        return CliRunner().invoke(main, ["search", "--target", tgt, "--queries", q, "--k", "5",
+                                         *args], catch_exceptions=False)
+
+    out = json.loads(run("--nprobe", str(nlist), "--json").stdout)
+    assert out["engine"] == "code-index" and out["nprobe"] == nlist
+    assert out["ids"] == search(tgt, X[N:N + 4], k=5, exhaustive=True).ids.tolist()
+    out = json.loads(run("--exhaustive", "--json").stdout)
+    assert out["engine"] == "pq-codes" and out["nprobe"] is None
+    t = _stored_index(tgt).recall_table
+    out = json.loads(run("--target-recall", str(t.vs_exact[0]), "--json").stdout)
+    assert out["nprobe"] == t.nprobe[0]
+    res = run("--nprobe", "0")
+    assert res.exit_code == 1 and res.stderr == (
+        f"Error: The 'nprobe' parameter of search must be an int in the range [1, {nlist}]. "
+        f"Got 0 instead.\n")
+    best = max(t.vs_exact)
+    res = run("--target-recall", "1.0")
+    assert res.exit_code == 1 and res.stderr == (
+        f"Error: The 'target_recall' parameter of search must be at most the best recall@10 the "
+        f"stored table reaches against exact search ({best} at nprobe "
+        f"{t.nprobe[t.vs_exact.index(best)]}). Got 1.0 instead.\n")
