@@ -285,3 +285,30 @@ def test_cli_flags(indexed, tmp_path):
         f"Error: The 'target_recall' parameter of search must be at most the best recall@10 the "
         f"stored table reaches against exact search ({best} at nprobe "
         f"{t.nprobe[t.vs_exact.index(best)]}). Got 1.0 instead.\n")
+
+
+def test_resume_after_a_crash_in_write_keeps_the_index_of_encode(tmp_path):
+    """The index is built in ``encode`` (its checkpoint): a run killed in ``write`` resumes
+    without building it again and publishes the same index as an uninterrupted run."""
+    from tldr_index.progress import Progress
+
+    class Crash(BaseException):
+        pass
+
+    class CrashInWrite(Progress):
+        def update(self, stage, completed, total=None):
+            if stage == "write":
+                raise Crash
+
+    X = make_structured(N, 32, seed=6)
+    src = parquet_source(str(tmp_path), X)
+    opts = dict(index_min_rows=500, **FAST)
+    shrink(src, f"parquet://{tmp_path}/ref", work_dir=tmp_path / "w0", **opts)
+    tgt = f"parquet://{tmp_path}/t"
+    with pytest.raises(Crash):
+        shrink(src, tgt, work_dir=tmp_path / "w", progress=CrashInWrite(), **opts)
+    built = (tmp_path / "w" / "encode" / "code_index.safetensors").read_bytes()
+    rep = shrink(src, tgt, work_dir=tmp_path / "w", resume=True, **opts)
+    assert "encode" in rep.skipped_stages
+    assert open_target(tgt).artifact(ARTIFACT_NAME) == built
+    assert built == open_target(f"parquet://{tmp_path}/ref").artifact(ARTIFACT_NAME)
