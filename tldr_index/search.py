@@ -215,8 +215,10 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
     searcher : a :class:`CodeSearcher` already loaded for ``target`` (what
         :meth:`CompactCollection.search` passes: the codes and index are loaded once).
 
-    Cost: without rescore, ``n x N x code_bytes`` lookups and ``N x code_bytes`` bytes of memory; with
-    it, one ``Source.take`` of up to ``n x shortlist`` rows.
+    Cost: without rescore, ``n x N x code_bytes`` lookups (with a code index about
+    ``n x (nlist x d + nprobe / nlist x N x code_bytes)``) and ``N x code_bytes`` bytes of memory
+    (plus ``~12`` bytes per row for the index's lists); with it, one ``Source.take`` of up to
+    ``n x shortlist`` rows. Without ``searcher``, the codes (and index) are read on every call.
     """
     from connectors import open_target
 
