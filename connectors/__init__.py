@@ -23,7 +23,7 @@ from .base import DISTANCES, Layout, Piece, Sink, Source, Target
 from .ids import IdDigest, ids_digest
 from .uri import ParsedURI, absolute_uri, default_target_uri, lancedb_uri, parse_uri, redact
 
-__all__ = ["open_source", "open_sink", "open_target", "Source", "Sink", "Target", "Layout", "Piece",
+__all__ = ["open_source", "open_sink", "stores_artifacts", "open_target", "Source", "Sink", "Target", "Layout", "Piece",
            "IdDigest", "ids_digest", "parse_uri", "redact", "lancedb_uri", "default_target_uri",
            "absolute_uri", "disk_bytes", "discard_staging", "hold", "targets_built_from",
            "DISTANCES", "ParsedURI", "store_quantizer_kinds", "measure_store_quantizers"]
@@ -56,6 +56,12 @@ def open_source(uri: str | os.PathLike, *, vector_column: str | None = None,
                                 id_column=id_column, **opts)
     from .qdrant_store import QdrantSource
     return QdrantSource(p, uri=shown, vector_column=vector_column, id_column=id_column, **opts)
+
+
+def stores_artifacts(uri: str | os.PathLike) -> bool:
+    """True where the target store keeps artifacts (:meth:`Sink.store_artifact`): the file
+    stores (Lance, Parquet); Qdrant keeps its own index. Opens nothing."""
+    return parse_uri(uri).kind in ("lance", "parquet")
 
 
 def open_sink(uri: str | os.PathLike, **opts: Any) -> Sink:

@@ -32,6 +32,7 @@ from tldr_index.errors import (InvalidInputError, InvalidParameterError, Missing
                                SinkStateError)
 
 from . import arrow_utils as au
+from .artifacts import SinkArtifacts, TargetArtifacts
 from .filestore import digest_id_piece
 from .ids import DuplicateIdTracker, IdDigest, is_id_type
 
@@ -384,7 +385,7 @@ class Layout:
 
 # -------------------------------------------------------------------------------------------- sink
 
-class Sink(abc.ABC):
+class Sink(SinkArtifacts, abc.ABC):
     """Writes one compact target; see the module docstring for the life cycle."""
 
     _STATES = ("new", "created", "stored", "verified", "published", "aborted")
@@ -551,7 +552,7 @@ def verify_counts(where: str, expected_count: int, got_count: int,
 
 # ------------------------------------------------------------------------------------------ target
 
-class Target(abc.ABC):
+class Target(TargetArtifacts, abc.ABC):
     """A published target read back: :attr:`record` (format, layout, model checksum, metadata),
     :attr:`metadata` (what the engine passed to ``store_model``), :attr:`model_bytes` (checked
     against its sha256), rows and, where the store can, a search over the reduced vectors."""

@@ -63,8 +63,8 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
 from . import arrow_utils as au
 from .base import DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, verify_counts
 from .filestore import discard_staging_dir, file_bytes, take_by_filter, take_found_by_filter
-from .record import (RECORD_KEY, build_record, check_model, dump_record, load_record,
-                     updated_record_text)
+from .record import (RECORD_KEY, artifact_entry, build_record, check_artifact_name,
+                     check_model, dump_record, load_record, read_artifact, updated_record_text)
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,7 @@ class LanceSink(Sink):
         self._fragments: list = []
         self._record: dict | None = None
         self._model_rel: str | None = None
+        self._artifacts: dict[str, dict] = {}
         self._staged: lance.LanceDataset | None = None
         self._moved: list[str] = []
         self.indexed = False
@@ -356,12 +357,21 @@ class LanceSink(Sink):
     def discard_staging(self, ref: dict) -> None:
         discard_staging_dir(ref)
 
+    supports_artifacts = True
+
+    def _store_artifact(self, name: str, data: bytes) -> None:
+        sha = hashlib.sha256(data).hexdigest()
+        rel = f"{SIDE_DIR}/{name}-{sha[:16]}.bin"
+        atomic_write_bytes(os.path.join(self.staging, rel), data)
+        self._artifacts[name] = artifact_entry(data, rel)
+
     def _store_model(self, model_bytes: bytes, metadata: dict) -> None:
         sha = hashlib.sha256(model_bytes).hexdigest()
         rel = f"{SIDE_DIR}/model-{sha[:16]}.safetensors"
         atomic_write_bytes(os.path.join(self.staging, rel), model_bytes)
         self._model_rel = rel
-        self._record = build_record(self.layout, model_bytes, metadata, model_file=rel)
+        self._record = build_record(self.layout, model_bytes, metadata, model_file=rel,
+                                    artifacts=self._artifacts)
 
     def _verify(self, expected_count: int, expected_ids_digest: str | None) -> None:
         self._flush()
@@ -440,9 +450,10 @@ class LanceSink(Sink):
                 dst = os.path.join(self.path, "data", df.path)
                 os.rename(os.path.join(self.staging, "data", df.path), dst)
                 self._moved.append(dst)
-        side = os.path.join(self.path, self._model_rel)
-        os.makedirs(os.path.dirname(side), exist_ok=True)
-        os.replace(os.path.join(self.staging, self._model_rel), side)  # same content if it existed
+        for rel in [self._model_rel] + [a["file"] for a in self._artifacts.values()]:
+            side = os.path.join(self.path, rel)
+            os.makedirs(os.path.dirname(side), exist_ok=True)
+            os.replace(os.path.join(self.staging, rel), side)  # same content if it existed
         new = lance.LanceDataset.commit(
             self.path, lance.LanceOperation.Overwrite(self._staged.schema, frags),
             read_version=old.version)
@@ -519,6 +530,26 @@ class LanceTarget(Target):
     def version(self) -> int:
         return self.dataset.version
 
+    def artifact(self, name: str) -> bytes | None:
+        return read_artifact(self.path, self.record, name, f"target '{self.uri}'")
+
+    def store_artifact(self, name: str, data: bytes) -> None:
+        """The file under ``_tldr/`` (named by its sha256), then one commit of the record."""
+        name = check_artifact_name(name)
+        data = bytes(data)
+        rel = f"{SIDE_DIR}/{name}-{hashlib.sha256(data).hexdigest()[:16]}.bin"
+        live = lance.dataset(self.path)
+        if live.version != self.version:
+            raise VerificationError(
+                f"Target '{self.uri}' changed since it was opened (version {self.version} -> "
+                f"{live.version}); artifact '{name}' was not stored.")
+        atomic_write_bytes(os.path.join(self.path, rel), data)
+        rec = dict(self.record)
+        rec["artifacts"] = {**(rec.get("artifacts") or {}), name: artifact_entry(data, rel)}
+        live.update_schema_metadata({RECORD_KEY: dump_record(rec)})
+        self.dataset = lance.dataset(self.path)
+        self.record = rec
+
     def has_index(self) -> bool:
         return any(self.layout.vector_column in i.get("fields", [])
                    for i in self.dataset.list_indices())
@@ -576,6 +607,11 @@ class LanceTarget(Target):
             _retry_conflicts(lambda: lance.dataset(self.path).merge_insert(lay.id_column)
                              .when_matched_update_all().when_not_matched_insert_all()
                              .execute(part), f"upsert into '{self.uri}'", max_retries)
+        if self.record.get("artifacts"):  # built over the rows before: never list a stale one
+            ds = lance.dataset(self.path)
+            ds.update_schema_metadata({RECORD_KEY: updated_record_text(self.record,
+                                                                       self.metadata)})
+            self.record = {k: v for k, v in self.record.items() if k != "artifacts"}
 
     def apply_delta(self, rows: pa.Table, delete_ids: pa.Array, metadata: dict, *,
                     expected_count: int, expected_digest: str | None,

@@ -33,6 +33,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -51,17 +53,19 @@ from tldr_index.faults import fault_point
 from tldr_index.validation import check_choice, check_int
 from tldr_index.artifact import atomic_write_bytes
 from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFoundError,
-                               TargetExistsError)
+                               TargetExistsError, VerificationError)
 
 from . import arrow_utils as au
 from .base import DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, verify_counts
 from .filestore import discard_staging_dir, file_bytes, take_by_filter, take_found_by_filter
-from .record import build_record, check_model, dump_record, load_record
+from .record import artifact_entry, build_record, check_model, dump_record, load_record
+from .record import check_artifact_name, read_artifact
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "_tldr_model.safetensors"
 RECORD_FILE = "_tldr_metadata.json"
+ARTIFACT_PREFIX = "_tldr_artifact-"  # + name + ".bin": what Sink.store_artifact stages
 
 
 def _hidden(name: str) -> bool:
@@ -95,7 +99,9 @@ def previous_dir(path: str) -> str:
 
 
 def _sidecar_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(path, n)) for n in (MODEL_FILE, RECORD_FILE)
+    names = [n for n in os.listdir(path) if n.startswith(ARTIFACT_PREFIX)] \
+        if os.path.isdir(path) else []
+    return sum(os.path.getsize(os.path.join(path, n)) for n in (MODEL_FILE, RECORD_FILE, *names)
                if os.path.isfile(os.path.join(path, n)))
 
 
@@ -320,6 +326,7 @@ class ParquetSink(Sink):
         self._writer: pq.ParquetWriter | None = None
         self._part = 0
         self._rows_in_part = 0
+        self._artifacts: dict[str, dict] = {}
 
     def _create(self) -> None:
         if os.path.exists(self.path) and (not os.path.isdir(self.path) or os.listdir(self.path)):
@@ -381,10 +388,18 @@ class ParquetSink(Sink):
             self._part += 1
             self._rows_in_part = 0
 
+    supports_artifacts = True
+
+    def _store_artifact(self, name: str, data: bytes) -> None:
+        rel = f"{ARTIFACT_PREFIX}{name}.bin"
+        atomic_write_bytes(os.path.join(self.staging, rel), data)
+        self._artifacts[name] = artifact_entry(data, rel)
+
     def _store_model(self, model_bytes: bytes, metadata: dict) -> None:
         self._close_part()
         atomic_write_bytes(os.path.join(self.staging, MODEL_FILE), model_bytes)
-        rec = build_record(self.layout, model_bytes, metadata, model_file=MODEL_FILE)
+        rec = build_record(self.layout, model_bytes, metadata, model_file=MODEL_FILE,
+                           artifacts=self._artifacts)
         atomic_write_bytes(os.path.join(self.staging, RECORD_FILE), dump_record(rec).encode())
 
     def _verify(self, expected_count: int, expected_ids_digest: str | None) -> None:
@@ -455,6 +470,29 @@ class ParquetTarget(Target):
         self.model_bytes = check_model(data, self.record, f"target '{uri}'")
         self.files = sorted(os.path.join(path, n) for n in os.listdir(path)
                             if n.endswith(".parquet") and not _hidden(n))
+
+    def version_key(self) -> str:
+        stats = [(os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns)
+                 for f in self.files]
+        return super().version_key() + json.dumps(stats)
+
+    def artifact(self, name: str) -> bytes | None:
+        return read_artifact(self.path, self.record, name, f"target '{self.uri}'")
+
+    def store_artifact(self, name: str, data: bytes) -> None:
+        """The file (named by its sha256), then an atomic replace of the record file."""
+        name = check_artifact_name(name)
+        data = bytes(data)
+        if ParquetTarget(self.path, uri=self.uri).version_key() != self.version_key():
+            raise VerificationError(
+                f"Target '{self.uri}' changed since it was opened; artifact '{name}' was not "
+                f"stored.")
+        rel = f"{ARTIFACT_PREFIX}{name}-{hashlib.sha256(data).hexdigest()[:16]}.bin"
+        atomic_write_bytes(os.path.join(self.path, rel), data)
+        rec = dict(self.record)
+        rec["artifacts"] = {**(rec.get("artifacts") or {}), name: artifact_entry(data, rel)}
+        atomic_write_bytes(os.path.join(self.path, RECORD_FILE), dump_record(rec).encode())
+        self.record = rec
 
     def count(self) -> int:
         return sum(pq.read_metadata(f).num_rows for f in self.files)

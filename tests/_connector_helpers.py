@@ -40,8 +40,9 @@ def reduce_batch(batch: pa.RecordBatch, src, d: int, m: int = 2) -> pa.RecordBat
 
 
 def stage_target(src, target_uri: str, d: int = 4, *, overwrite: bool = False,
-                 batch_rows: int = 100, **sink_opts):
-    """Source -> batches -> sink, like the engine, up to a verified (unpublished) sink. On any
+                 batch_rows: int = 100, artifacts: dict | None = None, **sink_opts):
+    """Source -> batches -> sink, like the engine, up to a verified (unpublished) sink
+    (``artifacts``: ``{name: bytes}`` staged with ``store_artifact`` before the model). On any
     error the sink is aborted and the error re-raised."""
     sink = open_sink(target_uri, **sink_opts)
     digest = IdDigest()
@@ -53,6 +54,8 @@ def stage_target(src, target_uri: str, d: int = 4, *, overwrite: bool = False,
         for b in [first, *batches]:
             digest.update(b.column(src.id_column))
             sink.append(b)
+        for name, data in (artifacts or {}).items():
+            sink.store_artifact(name, data)
         sink.store_model(MODEL, {"source": src.uri, "source_version": src.fingerprint(),
                                  "dims": [src.dim, d], "pq": {"m": 2, "nbits": 8}})
         sink.verify(src.count(), digest.hexdigest())

@@ -275,6 +275,75 @@ def test_write_publish_is_atomic(store):
     assert open_target(store.target).metadata["dims"] == [DIM, 2]
 
 
+def test_artifacts_are_published_with_the_rows(store):
+    """Lance and Parquet keep named artifacts (the code index) listed with their sha256 in the
+    record, published atomically with the rows; a delta or upsert drops them (they were built
+    over the rows before: never a stale one). Qdrant keeps its own index and refuses them."""
+    import hashlib
+
+    from tldr_index.errors import InvalidParameterError
+
+    src = open_source(store.uri)
+    blob = bytes(range(256)) * 5
+    if store.kind not in ("lancedb", "parquet"):
+        with pytest.raises(InvalidInputError, match=r"^Target '.*' \(\w+Sink\) cannot store "
+                           r"artifacts; only the file stores \(Lance, Parquet\) do\.$"):
+            stage_target(src, store.target, d=D, artifacts={"code_index": blob})
+        assert store.leftovers() == []
+        write_target(src, store.target, d=D)
+        with pytest.raises(InvalidInputError, match=r"^Target '.*' \(\w+Target\) cannot store "
+                           r"artifacts; only the file stores \(Lance, Parquet\) do\.$"):
+            open_target(store.target).store_artifact("code_index", blob)
+        assert open_target(store.target).artifacts() == []
+        return
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "The 'name' parameter of store_artifact must be 1-64 characters of a-z, 0-9, '_' or "
+            "'-'. Got '../x' instead.")):
+        stage_target(src, store.target, d=D, artifacts={"../x": blob})
+    sink = stage_target(src, store.target, d=D, artifacts={"code_index": blob})
+    with pytest.raises(SourceNotFoundError):
+        open_target(store.target)  # staged with the rows: invisible until publish
+    sink.publish()
+    tgt = open_target(store.target)
+    assert tgt.artifacts() == ["code_index"] and tgt.artifact("code_index") == blob
+    assert tgt.artifact("other") is None
+    entry = tgt.record["artifacts"]["code_index"]
+    assert (entry["sha256"], entry["size"]) == (hashlib.sha256(blob).hexdigest(), len(blob))
+    # replaced by overwrite with another one; an overwrite without one lists none
+    sink = stage_target(src, store.target, d=D, overwrite=True, artifacts={"code_index": blob[:7]})
+    sink.publish()
+    assert open_target(store.target).artifact("code_index") == blob[:7]
+    # an upsert changes the rows: the artifact is no longer listed
+    tgt = open_target(store.target)
+    rows, deleted, want, _ = _delta(store, src, tgt, seed=2)
+    tgt.upsert(rows, batch_rows=50, max_retries=0)
+    assert open_target(store.target).artifacts() == []
+    # and a delta drops it too
+    write_target(src, store.target, d=D, overwrite=True, artifacts={"code_index": blob})
+    tgt = open_target(store.target)
+    digest = IdDigest()
+    digest.update(pa.array(want, type=pa.int64()))
+    tgt.apply_delta(rows, deleted, dict(tgt.metadata), expected_count=len(want),
+                    expected_digest=digest.hexdigest(), batch_rows=50)
+    assert open_target(store.target).artifacts() == []
+    write_target(src, store.target, d=D, overwrite=True)
+    assert open_target(store.target).artifacts() == []
+    # stored after the rows (what reindex and add do): one switch of the record
+    tgt = open_target(store.target)
+    tgt.store_artifact("code_index", blob)
+    assert open_target(store.target).artifact("code_index") == blob
+    assert tgt.artifacts() == ["code_index"]
+    tgt.store_artifact("code_index", blob[:9])  # replaced
+    assert open_target(store.target).artifact("code_index") == blob[:9]
+    # refused when the rows changed since the target was opened: nothing listed
+    stale = open_target(store.target)
+    open_target(store.target).upsert(rows, batch_rows=50, max_retries=0)
+    with pytest.raises(VerificationError, match=re.escape(
+            f"Target '{store.target}' changed since it was opened")):
+        stale.store_artifact("code_index", blob)
+    assert open_target(store.target).artifacts() == []
+
+
 def test_rows_read_back_and_search(store):
     src = open_source(store.uri)
     write_target(src, store.target, d=D)

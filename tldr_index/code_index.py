@@ -61,6 +61,10 @@ TRAIN_ROWS_PER_LIST = 64
 RECALL_NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: k of the stored recall table (recall@10)
 RECALL_K = 10
+#: rows from which shrink builds a code index (smaller collections use the exhaustive scan)
+INDEX_MIN_ROWS = 20_000
+#: the name of the index among a target's artifacts (:meth:`connectors.Target.artifact`)
+ARTIFACT_NAME = "code_index"
 
 
 def default_nlist(n: int) -> int:
@@ -213,6 +217,12 @@ class CodeIndex:
         ivf.is_trained = True
         ivf.use_precomputed_table = 0
         return ivf
+
+    def copy(self) -> "CodeIndex":
+        """An independent copy (same lists and recall table), e.g. to :meth:`add` rows while
+        other threads search this one. Cost: a hash of the codes and one pass to fill lists."""
+        codes = self.codes_in_row_order()
+        return CodeIndex.from_bytes(self.to_bytes(), codes, self.codec, owner="CodeIndex.copy")
 
     # -- adding rows ---------------------------------------------------------------------------
     def add(self, codes: Any, vectors: Any, threads: int | None = None) -> np.ndarray:
@@ -373,10 +383,11 @@ class CodeIndex:
                 t.vs_exact.append(round(_recall(I, exact), 4))
         return t
 
-    def nprobe_for(self, target_recall: float, against: str = "exhaustive") -> int:
+    def nprobe_for(self, target_recall: float, against: str = "exhaustive",
+                   owner: str = "CodeIndex.nprobe_for") -> int:
         """The smallest stored nprobe whose recall@10 (``against`` "exhaustive" or "exact")
         reaches ``target_recall``; one clear error naming the best reachable one otherwise."""
-        o = "CodeIndex.nprobe_for"
+        o = owner
         against = check_choice(against, "against", ("exhaustive", "exact"), owner=o)
         target_recall = check_float(target_recall, "target_recall", low=0.0, high=1.0, owner=o)
         t = self.recall_table
@@ -446,25 +457,36 @@ class CodeIndex:
         A file whose row count or code hash does not match ``codes`` raises
         :class:`ModelFormatError`, or, with ``fallback_exhaustive``, logs a warning and returns
         :meth:`exhaustive`. Cost: a hash of the codes and one pass to fill the lists."""
-        from safetensors.numpy import load
-
-        o = "CodeIndex.load"
-        fallback_exhaustive = check_bool(fallback_exhaustive, "fallback_exhaustive", owner=o)
-        codes = check_codes(codes, codec.code_size, o)
         path = Path(path)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             raise ModelFormatError(f"Code index file '{path}' does not exist.") from None
+        return cls.from_bytes(data, codes, codec, fallback_exhaustive=fallback_exhaustive,
+                              where=f"'{path}'", owner="CodeIndex.load")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, codes: Any, codec: Codec, *,
+                   fallback_exhaustive: bool = False, where: str = "<bytes>",
+                   owner: str = "CodeIndex.from_bytes",
+                   fallback_hint: str = "pass fallback_exhaustive=True") -> "CodeIndex":
+        """:meth:`load` of the bytes of :meth:`to_bytes`; ``where`` names them in errors and
+        ``fallback_hint`` says how to ask for the exhaustive fallback."""
+        from safetensors.numpy import load
+
+        o = owner
+        fallback_exhaustive = check_bool(fallback_exhaustive, "fallback_exhaustive", owner=o)
+        codes = check_codes(codes, codec.code_size, o)
+        path = where
         try:
             n = int.from_bytes(data[:8], "little")
             meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
             tensors = load(data)
             info = json.loads(meta["info"])
         except Exception as exc:  # noqa: BLE001 - any parse failure is one format error
-            raise ModelFormatError(f"'{path}' is not a tldr-index code index: {exc}.") from None
+            raise ModelFormatError(f"{path} is not a tldr-index code index: {exc}.") from None
         if meta.get("format") != FORMAT:
-            raise ModelFormatError(f"'{path}' is not a tldr-index code index (format "
+            raise ModelFormatError(f"{path} is not a tldr-index code index (format "
                                    f"{meta.get('format')!r}).")
         problem = None
         if info["code_size"] != codec.code_size or info["dim"] != codec.dim:
@@ -476,18 +498,18 @@ class CodeIndex:
             problem = "the SHA-256 of the code array differs from the one it indexed"
         if problem:
             if fallback_exhaustive:
-                log.warning("code index '%s' does not match the codes (%s): exhaustive scan",
+                log.warning("code index %s does not match the codes (%s): exhaustive scan",
                             path, problem)
                 return cls.exhaustive(codes, codec, metric=info["metric"])
             raise ModelFormatError(
-                f"Code index '{path}' does not match the codes it is loaded with: {problem}. "
-                f"Rebuild it, or pass fallback_exhaustive=True to search every code.")
+                f"Code index {path} does not match the codes it is loaded with: {problem}. "
+                f"Rebuild it, or {fallback_hint} to search every code.")
         index = cls(codec, tensors["centroids"], info["metric"])
         index.exhaustive_only = bool(info["exhaustive_only"])
         assign = np.asarray(tensors["assign"], dtype=np.int32)
         if assign.shape != (len(codes),) or (len(assign) and (assign.min() < 0
                                                               or assign.max() >= index.nlist)):
-            raise ModelFormatError(f"'{path}' is a corrupt code index: the list of each row must "
+            raise ModelFormatError(f"{path} is a corrupt code index: the list of each row must "
                                    f"be {len(codes)} ints in [0, {index.nlist}).")
         index._append(codes, assign)
         rt = info["recall_table"]
@@ -507,4 +529,4 @@ def _unit(X: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(X / np.where(norms > 0, norms, 1), dtype=np.float32)
 
 
-__all__ = ["CodeIndex", "RecallTable", "default_nlist", "codes_digest"]
+__all__ = ["CodeIndex", "RecallTable", "INDEX_MIN_ROWS", "ARTIFACT_NAME", "default_nlist", "codes_digest"]

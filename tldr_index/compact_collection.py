@@ -8,8 +8,12 @@
     hits = compact.search(queries, k=10, rescore=True)
 
 ``encode`` is a pure function of the stored model (one ``n x D x d`` matrix product plus PQ
-assignment): safe from any number of threads. ``search`` opens the target afresh on each call, so a
-reader always sees one published version, never a mix. ``add`` calls are serialised (one lock per
+assignment): safe from any number of threads. ``search`` checks the live version on each call, so a
+reader always sees one published version, never a mix; the codes and the code index (where the
+target stores one) are loaded once per version and shared by every thread. ``add`` gives the rows
+it writes to the code index, so they are found by indexed search, and stores it again (the write
+drops the stored one, built over the rows before: a target never lists a stale index; a reader
+between the two switches scans every code). ``add`` calls are serialised (one lock per
 object) and re-read the live model first, so rows are never encoded with a model that a
 ``reindex --refit`` has replaced. Writes: Lance one ``merge_insert`` commit per ``batch_rows`` rows
 (commit conflicts retried), Qdrant retried upserts of ``batch_rows`` points (back-off as in
@@ -206,6 +210,9 @@ class CompactCollection:
         self.uri = str(uri)
         self._target_options = target_options
         self._write_lock = threading.Lock()
+        self._search_lock = threading.Lock()
+        #: (target version key, index_fallback, CodeSearcher or None): loaded once per version
+        self._searcher_cache: tuple[str, bool, Any] | None = None
         self._encoder: BatchEncoder | None = None
         self._release: Callable[[], None] | None = None  # what connectors.hold holds (see close)
         self.closed = False
@@ -310,14 +317,76 @@ class CompactCollection:
         return self._encoder
 
     # -- search ----------------------------------------------------------------------------------
-    def search(self, queries: Any, k: int = 10, *, rescore: bool = False, **options: Any):
+    def search(self, queries: Any, k: int = 10, *, rescore: bool = False,
+               nprobe: int | None = None, target_recall: float | None = None,
+               exhaustive: bool = False, index_fallback: bool = False, **options: Any):
         """:func:`tldr_index.search.search` on this collection (queries in the original space;
-        numpy or Arrow). Opens the live version on every call: thread-safe for readers."""
+        numpy or Arrow; ``nprobe``, ``target_recall``, ``exhaustive``, ``index_fallback`` as
+        there). Searches the live version: the codes and the code index are loaded once per
+        version of the target (a cheap version check per call) and shared by every thread."""
         from .search import search
 
         self._check_open("search")
         Q = self._matrix(queries, "queries")
-        return search(self.uri, Q, k=k, rescore=rescore, **options)
+        searcher = self._searcher(index_fallback)
+        return search(self.uri, Q, k=k, rescore=rescore, nprobe=nprobe,
+                      target_recall=target_recall, exhaustive=exhaustive,
+                      index_fallback=index_fallback, searcher=searcher, **options)
+
+    def _searcher(self, index_fallback: bool = False):
+        """The :class:`~tldr_index.searcher.CodeSearcher` of the live version (None for a
+        target without readable codes), loaded once per version. Thread-safe."""
+        from connectors import open_target
+
+        from .searcher import CodeSearcher
+
+        tgt = open_target(self.uri, **self._target_options)
+        key = tgt.version_key()
+        with self._search_lock:
+            c = self._searcher_cache
+            if c is not None and c[0] == key and c[1] == bool(index_fallback):
+                return c[2]
+            got = CodeSearcher.open(tgt, CompactModel.of_target(tgt),
+                                    index_fallback=index_fallback)
+            self._searcher_cache = (key, bool(index_fallback), got)
+            return got
+
+    def _keep_index(self, before: str, ids: pa.Array, Y: np.ndarray, codes: np.ndarray) -> None:
+        """After an add: give the code index the rows written (so that they are found by indexed
+        search) when the target's code array is the one indexed plus these rows at its end, and
+        store it in the target again (the write dropped the stored one); otherwise load afresh
+        (no stored index: every code is scanned until the next shrink or reindex)."""
+        from connectors import open_target
+
+        from .code_index import ARTIFACT_NAME
+        from .errors import VerificationError
+        from .searcher import CodeSearcher, read_codes
+
+        with self._search_lock:
+            c = self._searcher_cache
+            self._searcher_cache = None
+        if c is None or c[0] != before or c[2] is None or c[2].index is None:
+            return
+        old = c[2]
+        tgt = open_target(self.uri, **self._target_options)
+        lay = tgt.layout
+        loaded = read_codes(tgt, lay.id_column, lay.codes_column)
+        n0 = old.n_rows
+        if loaded is None or len(loaded[0]) != n0 + len(ids) \
+                or not np.array_equal(loaded[1][:n0], old.codes) \
+                or not np.array_equal(loaded[1][n0:], codes) \
+                or not loaded[0].slice(n0).equals(ids.cast(loaded[0].type)):
+            log.info("add: the rows of '%s' moved; the code index is dropped (every code is "
+                     "scanned until the next shrink).", self.uri)
+            return
+        ext = old.extended(ids, codes, Y)
+        try:  # store it for other readers: one switch of the record, checked against the rows
+            tgt.store_artifact(ARTIFACT_NAME, ext.index.to_bytes())
+        except VerificationError as exc:
+            log.info("add: %s (the code index stays in memory only).", exc)
+        fresh = CodeSearcher(tgt, CompactModel.of_target(tgt), loaded[0], loaded[1], ext.index)
+        with self._search_lock:
+            self._searcher_cache = (tgt.version_key(), c[1], fresh)
 
     # -- add -------------------------------------------------------------------------------------
     def add(self, ids: Any, vectors: Any = None, payload: Any = None, *, upsert: bool = False,
@@ -366,8 +435,11 @@ class CompactCollection:
             if len(ids) == 0:
                 return 0
             rows = self._rows(ids, Y, codes, payload)
+            before = self._target.version_key()
             self._write(rows, batch_rows, max_retries)
             self.refresh()
+            if codes.shape[1]:
+                self._keep_index(before, ids, Y, codes)
             return rows.num_rows
 
     def _ids(self, ids: Any, n: int) -> pa.Array:

@@ -3,8 +3,12 @@
 :func:`search` encodes the queries with the stored model, then
 
 * targets with codes (Lance, Parquet): loads the codes (``code_bytes`` per row: the in-memory
-  search structure) and ranks every row by the codec's asymmetric distance (PQ/OPQ/RQ: FAISS
-  lookup tables; RaBitQ: its estimator; see :func:`tldr_index.codecs.codec_topk`);
+  search structure) and, where the target stores a code index (built by ``shrink`` from
+  ``index_min_rows`` rows, see :mod:`tldr_index.code_index`), scores only the ``nprobe`` lists
+  nearest each query (``nprobe``, ``target_recall`` or the stored default, see
+  :mod:`tldr_index.searcher`); otherwise, or with ``exhaustive=True``, ranks every row by the
+  codec's asymmetric distance (PQ/OPQ/RQ: FAISS lookup tables; RaBitQ: its estimator; see
+  :func:`tldr_index.codecs.codec_topk`);
 * targets without readable codes (Qdrant keeps its own quantized index): the store's own search on
   the reduced vectors;
 
@@ -32,6 +36,7 @@ from .validation import check_int
 from .compact import CompactModel
 from .errors import InvalidInputError, InvalidParameterError
 from .quantizer import normalize_rows
+from .searcher import CodeSearcher, ids_to_numpy, read_codes  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +57,15 @@ class SearchResult:
     distances: np.ndarray
     rescored: bool
     shortlist: int
-    engine: str                      # "pq-codes" or "store"
+    engine: str                      # "pq-codes" (every code), "code-index" or "store"
     seconds: dict = field(default_factory=dict)
     #: hits (over all queries) that ``rescore`` could not re-rank because the source has no row
     #: with their id (e.g. rows added with ``CompactCollection.add`` only): they keep their
     #: approximate code distance. 0 without ``rescore``.
     not_rescored: int = 0
+    #: lists of the code index scored per query (None: every code was scanned, or the store's
+    #: own search)
+    nprobe: int | None = None
 
 
 # ---------------------------------------------------------------------------------- kernels
@@ -163,32 +171,6 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(f[:k], t)) / k for f, t in zip(found, truth)]))
 
 
-def ids_to_numpy(ids: pa.Array) -> np.ndarray:
-    if pa.types.is_integer(ids.type):
-        return ids.cast(pa.int64()).to_numpy(zero_copy_only=False)
-    return np.asarray(ids.to_pylist(), dtype=str)
-
-
-def read_codes(target, id_column: str, codes_column: str) -> tuple[pa.Array, np.ndarray] | None:
-    """``(ids, codes (N, M) uint8)`` of a target that can read columns, else None."""
-    try:
-        batches = list(target.iter_columns([id_column, codes_column]))
-    except NotImplementedError:
-        return None
-    if not batches:
-        return pa.array([], type=pa.int64()), np.empty((0, 0), dtype=np.uint8)
-    ids = pa.concat_arrays([b.column(0) for b in batches])
-    m = batches[0].schema.field(1).type.list_size
-    codes = np.empty((len(ids), m), dtype=np.uint8)
-    pos = 0
-    for b in batches:
-        col = b.column(1)
-        flat = col.values.slice(col.offset * m, len(col) * m).to_numpy(zero_copy_only=False)
-        codes[pos:pos + len(col)] = flat.reshape(len(col), m)
-        pos += len(col)
-    return ids, codes
-
-
 def open_source_of(target, source: str | None = None, **opts: Any):
     """The source a target was shrunk from (``source`` overrides the recorded URI)."""
     from connectors import open_source
@@ -207,7 +189,9 @@ def open_source_of(target, source: str | None = None, **opts: Any):
 def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
            shortlist: int | None = None, source: str | None = None,
            threads: int | None = None, target_options: dict | None = None,
-           source_options: dict | None = None) -> SearchResult:
+           source_options: dict | None = None, nprobe: int | None = None,
+           target_recall: float | None = None, exhaustive: bool = False,
+           index_fallback: bool = False, searcher: CodeSearcher | None = None) -> SearchResult:
     """The ``k`` nearest rows of compact collection ``target`` for each query.
 
     Parameters
@@ -219,38 +203,61 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
         (fetched from the source recorded in the target, or ``source``).
     shortlist : candidates per query for ``rescore`` (default ``max(20 k, 200)``).
     threads : FAISS threads (None: the cores that look idle, see :mod:`tldr_index.threads`).
+    nprobe : lists of the code index scored per query, in ``[1, nlist]`` (targets with an index).
+    target_recall : pick the smallest stored nprobe whose recall@10 against exact search of the
+        reduced vectors (measured at build on held-out rows) reaches it (beyond the table: an
+        error naming the best reachable recall and its nprobe).
+        Default (neither given): the smallest reaching 0.95, else every list.
+    exhaustive : scan every code even where the target has an index.
+    index_fallback : a stored index that does not match the target's codes (row count or
+        SHA-256) is replaced by the exhaustive scan (logged) instead of raising
+        :class:`ModelFormatError`.
+    searcher : a :class:`CodeSearcher` already loaded for ``target`` (what
+        :meth:`CompactCollection.search` passes: the codes and index are loaded once).
 
-    Cost: without rescore, ``n x N x code_bytes`` lookups and ``N x code_bytes`` bytes of memory; with
-    it, one ``Source.take`` of up to ``n x shortlist`` rows.
+    Cost: without rescore, ``n x N x code_bytes`` lookups (with a code index about
+    ``n x (nlist x d + nprobe / nlist x N x code_bytes)``) and ``N x code_bytes`` bytes of memory
+    (plus ``~12`` bytes per row for the index's lists); with it, one ``Source.take`` of up to
+    ``n x shortlist`` rows. Without ``searcher``, the codes (and index) are read on every call.
     """
     from connectors import open_target
 
     k = check_int(k, "k", low=1, owner="search")
     shortlist = check_int(shortlist, "shortlist", low=1, owner="search", allow_none=True)
     t0 = time.perf_counter()
-    tgt = open_target(target, **(target_options or {}))
-    model = CompactModel.of_target(tgt)
+    if searcher is not None:
+        tgt, model = searcher.target, searcher.model
+    else:
+        tgt = open_target(target, **(target_options or {}))
+        model = CompactModel.of_target(tgt)
     Q = load_queries(queries, model.input_dim)
     Y = model.encode(Q)
     R = max(k, shortlist or default_shortlist(k)) if rescore else k
     secs = {"open+encode": time.perf_counter() - t0}
     lay = tgt.layout
     t0 = time.perf_counter()
-    loaded = read_codes(tgt, lay.id_column, lay.codes_column) \
-        if lay.codes_column and model.code_bytes else None
-    if loaded is not None:
-        ids, codes = loaded
-        n_rows = len(ids)
+    probe = None
+    if searcher is None:
+        searcher = CodeSearcher.open(tgt, model, index_fallback=index_fallback)
+    if searcher is not None:
+        n_rows = searcher.n_rows
         if k > n_rows:
             raise InvalidParameterError(
                 f"The 'k' parameter of search must be an int in the range [1, {n_rows}] (the "
                 f"rows of target '{tgt.uri}'). Got {k} instead.")
+        probe = searcher.choose_nprobe(nprobe, target_recall, exhaustive)
         R = min(R, n_rows)
         with thread_limit(threads, owner="search"):
-            D, P = adc_topk(model, codes, Y, R)
-        cand = ids_to_numpy(ids.take(pa.array(P.ravel()))).reshape(P.shape)
-        engine = "pq-codes"
+            D, P = searcher.topk(Y, R, probe)
+        cand = ids_to_numpy(searcher.ids.take(pa.array(P.ravel()))).reshape(P.shape)
+        engine = "pq-codes" if probe is None else "code-index"
     else:
+        if nprobe is not None or target_recall is not None:
+            which = "nprobe" if nprobe is not None else "target_recall"
+            raise InvalidParameterError(
+                f"The '{which}' parameter of search needs a target with codes and a code index; "
+                f"target '{tgt.uri}' is searched by its store's own index. Got "
+                f"{which}={nprobe if nprobe is not None else target_recall!r}.")
         Yp = model.prepare(Y)
         rows = [tgt.search(y, R) for y in Yp]
         got = min(len(r) for r in rows)
@@ -289,7 +296,7 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
     else:
         D, cand = D[:, :k], cand[:, :k]
         not_rescored = 0
-    return SearchResult(cand, D, rescore, R, engine, secs, not_rescored)
+    return SearchResult(cand, D, rescore, R, engine, secs, not_rescored, probe)
 
 
 def info(target: str, **target_options: Any) -> dict:

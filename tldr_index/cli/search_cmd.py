@@ -34,6 +34,18 @@ from .output import echo_json, mb
                    "target].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for FAISS [default: the cores that look idle].")
+@click.option("--nprobe", type=int, default=None,
+              help="Lists of the target's code index scored per query, in [1, nlist] "
+                   "[default: the smallest stored nprobe reaching recall@10 0.95 of the "
+                   "exhaustive scan].")
+@click.option("--target-recall", type=float, default=None,
+              help="Pick the smallest stored nprobe whose recall@10 against exact search of "
+                   "the reduced vectors reaches this (instead of --nprobe).")
+@click.option("--exhaustive", is_flag=True,
+              help="Scan every code even where the target has a code index.")
+@click.option("--index-fallback", is_flag=True,
+              help="If the stored code index does not match the target's codes, scan every "
+                   "code instead of failing.")
 @click.option("--columns", default=None, metavar="COL,COL,...",
               help="Id or payload columns to show with each hit (e.g. text,title), in the "
                    "table and in --json.")
@@ -42,13 +54,15 @@ from .output import echo_json, mb
 @json_opt
 @library_errors
 def search(db, collection, target, queries, k, output, rescore, shortlist, source, threads,
-           columns, api_key, quiet, json_out):
+           nprobe, target_recall, exhaustive, index_fallback, columns, api_key, quiet,
+           json_out):
     """Search a compact collection with queries in the original space.
 
     \b
     Example:
       tldr-index search --db ./lancedb --collection docs_small --queries q.npy --k 10 \\
           --output ids.npy --rescore
+      tldr-index search --db ./lancedb --collection docs_small --queries q.npy --nprobe 8
     """
     from ..search_columns import search_with_columns
 
@@ -57,13 +71,16 @@ def search(db, collection, target, queries, k, output, rescore, shortlist, sourc
     setup(quiet, json_out)
     res, values = search_with_columns(
         uri, queries, cols, fetch_columns=not output, k=k, rescore=rescore, shortlist=shortlist,
-        source=source, threads=threads, target_options=store_options(uri, api_key),
+        source=source, threads=threads, nprobe=nprobe, target_recall=target_recall,
+        exhaustive=exhaustive, index_fallback=index_fallback,
+        target_options=store_options(uri, api_key),
         source_options=store_options(source, api_key) if source else None)
     if output:
         np.save(output, res.ids, allow_pickle=False)
     if json_out:
         out = {"target": uri, "queries": len(res.ids), "k": k, "rescored": res.rescored,
-               "engine": res.engine, "seconds": res.seconds, "output": output}
+               "engine": res.engine, "nprobe": res.nprobe, "seconds": res.seconds,
+               "output": output}
         if res.rescored:  # the shortlist exists only when rescoring
             out["shortlist"] = res.shortlist
         if not output:

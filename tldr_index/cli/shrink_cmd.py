@@ -109,6 +109,11 @@ def shrink_summary(report) -> list[str]:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for training and FAISS [default: the cores that look idle].")
 @click.option("--keep-work", is_flag=True, help="Keep the work directory after publishing.")
+@click.option("--index-min-rows", type=click.IntRange(min=1), default=None,
+              help="Rows from which a Lance or Parquet target gets a code index (IVF over the "
+                   "codes, used by search --nprobe/--target-recall); smaller ones are searched "
+                   "by the exhaustive scan [default: 20,000, tldr_index.code_index."
+                   "INDEX_MIN_ROWS].")
 @click.option("--skip-invalid", is_flag=True,
               help="Drop rows whose vector has NaN/inf (or is zero, under cosine) and report "
                    "them, instead of failing.")
@@ -127,8 +132,8 @@ def shrink_summary(report) -> list[str]:
 def shrink(source, db, collection, target, dim, method, target_recall, dims, vector_column,
            id_column, codec, bits, code_bytes,
            neighbors, epochs, sample, device, work_dir, resume, overwrite, distance, seed,
-           threads, keep_work, skip_invalid, api_key, engine, workers, shard_rows, quiet,
-           json_out):
+           threads, keep_work, index_min_rows, skip_invalid, api_key, engine, workers,
+           shard_rows, quiet, json_out):
     """Shrink a collection into a new compact one (reduced vectors + codes + model).
 
     \b
@@ -140,6 +145,7 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
       tldr-index shrink --collection docs --target-recall 0.9 --method auto
       tldr-index shrink --collection docs --dim 64 --codec rq --bytes 16
       tldr-index shrink --collection docs --method auto --bytes 56
+      tldr-index shrink --collection docs --dim 64 --index-min-rows 1000
     """
     from ..errors import InvalidParameterError
     from ..shrink import shrink as run_shrink
@@ -171,7 +177,8 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
                             tgt or default_target(src, dim),
                             api_key),
                         skip_invalid=skip_invalid, engine=engine,
-                        engine_options=engine_options or None)
+                        engine_options=engine_options or None,
+                        **({} if index_min_rows is None else {"index_min_rows": index_min_rows}))
     if json_out:
         echo_json(report.to_dict())
     elif not quiet:

@@ -6,6 +6,7 @@ run killed at any point keeps it for ``rollback``."""
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ..code_index import INDEX_MIN_ROWS
 from ..compact import CompactModel
 from ..faults import fault_point
 from . import rowstate
@@ -20,6 +22,8 @@ from .history import (add_history, clear_staging, generation, settle_history,
                       staging_recorder)
 from .report import ReindexReport
 from .scan import ScanResult
+
+log = logging.getLogger(__name__)
 
 
 def publish_delta(tgt, src, meta: dict, schema: pa.Schema, sc: ScanResult, deleted: pa.Array,
@@ -58,6 +62,27 @@ def publish_delta(tgt, src, meta: dict, schema: pa.Schema, sc: ScanResult, delet
     report.status, report.generation = "updated", gen
     report.target_rows_after = len(new_ids)
     settle_history(root, gen)
+    rebuild_code_index(tgt, meta)
+
+
+def rebuild_code_index(tgt, meta: dict) -> None:
+    """After a delta: a target that had a code index gets one over its new rows (the delta
+    dropped the old one from the record: never a stale one; killed here, the target has none
+    until the next shrink or refit). Cost: see :func:`tldr_index.searcher.build_target_index`."""
+    from connectors import open_target
+
+    from ..code_index import ARTIFACT_NAME, INDEX_MIN_ROWS
+    from ..searcher import build_target_index
+
+    if ARTIFACT_NAME not in tgt.artifacts():
+        return
+    new = open_target(tgt.uri)
+    if new.count() < (meta.get("params") or {}).get("index_min_rows", INDEX_MIN_ROWS):
+        log.info("reindex: %s now holds fewer than index_min_rows rows: no code index.", tgt.uri)
+        return
+    build_target_index(new, CompactModel.of_target(new),
+                       seed=(meta.get("params") or {}).get("random_state", 0))
+    log.info("reindex: rebuilt the code index of %s over its %d rows.", tgt.uri, new.count())
 
 
 def refit(target_uri: str, source_uri: str, src, meta: dict, tgt, root: Path, seed: int, prog,
@@ -81,6 +106,7 @@ def refit(target_uri: str, source_uri: str, src, meta: dict, tgt, root: Path, se
             "epochs": params.get("epochs"), "sample": params.get("sample", 100_000),
             "reduced_dtype": params.get("reduced_dtype", "float16"),
             "random_state": params.get("random_state", seed),
+            "index_min_rows": params.get("index_min_rows", INDEX_MIN_ROWS),
             "source_options": {"distance": src.distance},
             "sink_options": tgt.keep_previous_options()}
     opts.update(shrink_options or {})

@@ -39,6 +39,7 @@ import time
 
 from connectors import disk_bytes, open_target
 
+from ..code_index import INDEX_MIN_ROWS
 from ..errors import ModelFormatError, SourceNotFoundError, TargetExistsError
 from ..faults import wrap_progress
 from ..oserrors import storage_errors
@@ -120,7 +121,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
            source_options: dict | None = None, sink_options: dict | None = None,
            skip_invalid: bool = False, engine: str = "local",
            engine_options: dict | None = None, codec: str = DEFAULT_CODEC,
-           bits: int | None = None, bytes: int | None = None) -> ShrinkReport:  # noqa: A002
+           bits: int | None = None, bytes: int | None = None,  # noqa: A002
+           index_min_rows: int = INDEX_MIN_ROWS) -> ShrinkReport:
     """Shrink the collection at ``source_uri`` into a compact collection at ``target_uri``.
 
     Parameters
@@ -162,6 +164,9 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
     vector_column, id_column : source columns (default: detected).
     reduced_dtype : "float16" (default) or "float32" for the stored reduced vectors (float16
         falls back to float32 when values exceed its range).
+    index_min_rows : rows from which a target that stores codes (Lance, Parquet) gets a code
+        index (IVF over the codes, :mod:`tldr_index.code_index`, built at the end of ``encode``
+        and stored beside the model); smaller collections are searched by the exhaustive scan.
     eval_queries, shortlist : rows used to estimate recall@10 at the end of ``encode`` (0: skip)
         and the shortlist re-ranked exactly for the rescored figure (default as in
         :func:`tldr_index.search.search`: 200).
@@ -197,7 +202,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
                        eval_queries=eval_queries, shortlist=shortlist, batch_rows=batch_rows,
                        threads=threads, source_options=source_options,
                        skip_invalid=skip_invalid, engine=engine, engine_options=engine_options,
-                       codec=codec, bits=bits, bytes=bytes)
+                       codec=codec, bits=bits, bytes=bytes, index_min_rows=index_min_rows)
     prog = wrap_progress(as_progress(progress))  # test-only fault points, see faults
     return run_plan(plan, progress=prog, work_dir=work_dir, resume=resume, overwrite=overwrite,
                     keep_work=keep_work, sink_options=sink_options, t_start=t_start)
@@ -246,7 +251,8 @@ def run_plan(plan: ShrinkPlan, *, progress: Progress, work_dir=None, resume: boo
                         target_uri=target_uri,
                         reduced_dtype=plan.reduced_dtype, overwrite=overwrite,
                         sink_options=dict(sink_options or {}), params=params,
-                        published_already=published_already, skip_invalid=plan.skip_invalid)
+                        published_already=published_already, skip_invalid=plan.skip_invalid,
+                        index_min_rows=plan.index_min_rows)
         seconds: dict[str, float] = {}
         skipped: list[str] = []
         log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s; work dir %s.", src.uri, plan.n_rows,

@@ -21,6 +21,7 @@ import numpy as np
 from ..compact import CompactModel, prepare_rows
 from ..threads import run_in_worker
 from ..vectors import VectorStore
+from .code_index_stage import build_code_index
 from .encode_batches import FLOAT16_MAX, encode_block, read_rows
 from .results import EncodeResult
 
@@ -61,8 +62,9 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
 
     if run.engine.encodes_in_write:  # rows are encoded by the write stage (Ray)
         (out / "model.safetensors").write_bytes(compact_model(run.reduced_dtype).to_bytes())
-        log.info("engine='ray': rows are encoded in the write stage; the recall estimate is "
-                 "skipped (it needs every code on this node).")
+        log.info("engine='ray': rows are encoded in the write stage; the recall estimate and the "
+                 "code index are skipped (they need every code on this node): search scans "
+                 "every code.")
         return [out / "model.safetensors"], EncodeResult(vector_dtype=run.reduced_dtype,
                                                          engine=run.engine.name)
     compact = compact_model(run.reduced_dtype)
@@ -90,6 +92,9 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
     estimate_recall(run, compact, out, result)
     files = [reduced.path, reduced.root / VectorStore.META, out / "codes.u8",
              out / "model.safetensors"]
+    index_file = build_code_index(run, compact, out, n)
+    if index_file is not None:
+        files.append(index_file)
     return files, result
 
 

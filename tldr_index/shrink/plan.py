@@ -21,6 +21,7 @@ from typing import Any
 
 from connectors import absolute_uri, default_target_uri, open_source, parse_uri
 
+from ..code_index import INDEX_MIN_ROWS
 from ..errors import InvalidInputError, InvalidParameterError
 from ..validation import check_bool, check_choice, check_float, check_int
 from .budget import CODECS, DEFAULT_BYTES, DEFAULT_CODEC, check_codec_args, code_bytes, \
@@ -247,6 +248,7 @@ class ShrinkPlan:
     engine_options: dict
     select: dict | None
     n_rows: int
+    index_min_rows: int = INDEX_MIN_ROWS
 
     @property
     def params(self) -> dict:
@@ -258,7 +260,7 @@ class ShrinkPlan:
              "vector_column": self.src.vector_column, "id_column": self.src.id_column,
              "eval_queries": self.eval_queries, "shortlist": self.shortlist,
              "batch_rows": self.batch_rows, "skip_invalid": self.skip_invalid,
-             "engine": self.engine}
+             "engine": self.engine, "index_min_rows": self.index_min_rows}
         if self.select is not None:
             p["select"] = self.select
         return p
@@ -287,7 +289,8 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
                 threads: int | None = None, source_options: dict | None = None,
                 skip_invalid: bool = False, engine: str = "local",
                 engine_options: dict | None = None, codec: str = DEFAULT_CODEC,
-                bits: int | None = None, bytes: int | None = None) -> ShrinkPlan:  # noqa: A002
+                bits: int | None = None, bytes: int | None = None,  # noqa: A002
+                index_min_rows: int = INDEX_MIN_ROWS) -> ShrinkPlan:
     """Check the arguments of :func:`tldr_index.shrink.shrink` (same names and meaning), open
     the source and return the plan. Raises :class:`InvalidParameterError` /
     :class:`InvalidInputError` (one line naming the parameter, the rule and the value)."""
@@ -308,6 +311,7 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
     resolve_device(device, owner=o)  # checks the name; cuda without a GPU: refused now
     check_choice(reduced_dtype, "reduced_dtype", ("float16", "float32"), owner=o)
     eval_queries = check_int(eval_queries, "eval_queries", low=0, owner=o)
+    index_min_rows = check_int(index_min_rows, "index_min_rows", low=1, owner=o)
     shortlist = check_int(shortlist, "shortlist", low=1, owner=o, allow_none=True) \
         or default_shortlist(10)
     batch_rows = check_int(batch_rows, "batch_rows", low=1, owner=o)
@@ -366,7 +370,8 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
                       sample=sample, device=device, seed=random_state, reduced_dtype=reduced_dtype,
                       eval_queries=eval_queries, shortlist=shortlist, batch_rows=batch_rows,
                       threads=threads, skip_invalid=skip_invalid, engine=engine,
-                      engine_options=engine_options, select=select, n_rows=n_rows)
+                      engine_options=engine_options, select=select, n_rows=n_rows,
+                      index_min_rows=index_min_rows)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..code_index import INDEX_MIN_ROWS
 from ..errors import Interrupted, InvalidInputError
 from ..progress import Progress
 from .results import StageResult, StageResults
@@ -50,6 +51,7 @@ class ShrinkRun:
     params: dict = field(default_factory=dict)
     published_already: bool = False
     skip_invalid: bool = False
+    index_min_rows: int = INDEX_MIN_ROWS
     results: StageResults = field(default_factory=StageResults)
 
     @property

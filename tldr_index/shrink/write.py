@@ -22,6 +22,7 @@ from ..compact import CompactModel
 from ..errors import Interrupted, InvalidInputError
 from ..threads import run_in_worker
 from ..version import __version__
+from .code_index_stage import store_code_index
 from .encode_batches import CODES_COLUMN
 from .results import PublishResult, VerifyResult, WriteResult
 
@@ -95,6 +96,7 @@ def stage_write(run: "ShrinkRun", seconds: dict) -> None:
         (out / "staging.json").write_text(json.dumps(sink.staging_ref()))
         pos = run.engine.write(run, sink, CompactModel.from_bytes(model_bytes), schema,
                                codes_column)
+        store_code_index(run, sink)  # built by encode (its checkpoint), listed in the record
         sink.store_model(model_bytes, target_metadata(run))
         finish("write", WriteResult(rows=pos), t0)
 

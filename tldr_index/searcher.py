@@ -1,0 +1,198 @@
+"""What :func:`tldr_index.search.search` holds in memory for a target with codes: its ids, its
+codes and, where the target stores one (Lance, Parquet targets of at least ``index_min_rows``
+rows, see :mod:`tldr_index.code_index`), the code index over them.
+
+:class:`CodeSearcher` is built once per opened collection (:func:`tldr_index.open` keeps one and
+reuses it until the target changes) and is safe from many threads: :meth:`CodeSearcher.topk`
+changes nothing, :meth:`CodeSearcher.extended` returns a new searcher.
+
+Which scan a search runs: ``exhaustive=True`` every code; else, with an index, ``nprobe`` lists
+(given, or the smallest stored nprobe whose recall@10 reaches ``target_recall`` against exact
+search of the reduced vectors (the table measured at build on held-out rows; against the
+exhaustive code scan where the table has no exact column), or by default the smallest reaching :data:`DEFAULT_RECALL`, else every list);
+without an index every code (``nprobe`` / ``target_recall`` are then refused).
+
+Cost to build: one read of the id and code columns (``N x code_bytes`` bytes), and with an index
+a SHA-256 of the codes (~1 GB/s) and one pass to fill its lists.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .code_index import ARTIFACT_NAME, CodeIndex
+from .compact import CompactModel
+from .errors import InvalidParameterError, ModelFormatError
+from .validation import check_bool, check_float
+
+log = logging.getLogger(__name__)
+
+#: recall@10 against the exhaustive scan that the default nprobe reaches (from the stored table)
+DEFAULT_RECALL = 0.95
+
+
+def ids_to_numpy(ids: pa.Array) -> np.ndarray:
+    if pa.types.is_integer(ids.type):
+        return ids.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    return np.asarray(ids.to_pylist(), dtype=str)
+
+
+def read_codes(target, id_column: str, codes_column: str) -> tuple[pa.Array, np.ndarray] | None:
+    """``(ids, codes (N, M) uint8)`` of a target that can read columns, else None."""
+    try:
+        batches = list(target.iter_columns([id_column, codes_column]))
+    except NotImplementedError:
+        return None
+    if not batches:
+        return pa.array([], type=pa.int64()), np.empty((0, 0), dtype=np.uint8)
+    ids = pa.concat_arrays([b.column(0) for b in batches])
+    m = batches[0].schema.field(1).type.list_size
+    codes = np.empty((len(ids), m), dtype=np.uint8)
+    pos = 0
+    for b in batches:
+        col = b.column(1)
+        flat = col.values.slice(col.offset * m, len(col) * m).to_numpy(zero_copy_only=False)
+        codes[pos:pos + len(col)] = flat.reshape(len(col), m)
+        pos += len(col)
+    return ids, codes
+
+
+class CodeSearcher:
+    """The ids, codes and code index (or None) of one opened target; see the module docstring.
+
+    ``index_fallback``: a stored index that does not match the codes (row count or SHA-256) is
+    logged and replaced by the exhaustive scan; without it, such an index makes every
+    non-exhaustive search raise :class:`ModelFormatError`."""
+
+    def __init__(self, target, model: CompactModel, ids: pa.Array, codes: np.ndarray,
+                 index: CodeIndex | None, index_error: ModelFormatError | None = None):
+        self.target, self.model = target, model
+        self.ids, self.codes = ids, codes
+        self.index = index
+        self.index_error = index_error
+
+    @classmethod
+    def open(cls, target, model: CompactModel, *,
+             index_fallback: bool = False) -> "CodeSearcher | None":
+        """The searcher of ``target`` (None when it has no readable codes: Qdrant)."""
+        index_fallback = check_bool(index_fallback, "index_fallback", owner="search")
+        lay = target.layout
+        if not (lay.codes_column and model.code_bytes):
+            return None
+        loaded = read_codes(target, lay.id_column, lay.codes_column)
+        if loaded is None:
+            return None
+        ids, codes = loaded
+        data = target.artifact(ARTIFACT_NAME)
+        index = err = None
+        if data is not None:
+            try:
+                index = CodeIndex.from_bytes(
+                    data, codes, model.require_codec(), where=f"of target '{target.uri}'",
+                    owner="search", fallback_hint="pass index_fallback=True (--index-fallback)")
+            except ModelFormatError as exc:
+                if not index_fallback:
+                    err = exc
+                else:
+                    log.warning("%s Searching every code instead (index_fallback).", exc)
+        return cls(target, model, ids, codes, index, err)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.ids)
+
+    def choose_nprobe(self, nprobe: Any = None, target_recall: Any = None,
+                      exhaustive: bool = False) -> int | None:
+        """The nprobe a search runs with (None: the exhaustive scan), or one clear error."""
+        o = "search"
+        exhaustive = check_bool(exhaustive, "exhaustive", owner=o)
+        if nprobe is not None and target_recall is not None:
+            raise InvalidParameterError(
+                f"The 'nprobe' and 'target_recall' parameters of {o} are exclusive: pass one. Got "
+                f"nprobe={nprobe!r} and target_recall={target_recall!r}.")
+        if exhaustive:
+            if nprobe is not None or target_recall is not None:
+                which = "nprobe" if nprobe is not None else "target_recall"
+                raise InvalidParameterError(
+                    f"The '{which}' parameter of {o} has no meaning with exhaustive=True (every "
+                    f"code is scanned). Got {which}={nprobe if nprobe is not None else target_recall!r}.")
+            return None
+        if self.index_error is not None:
+            raise self.index_error
+        if self.index is None:
+            if nprobe is not None or target_recall is not None:
+                which = "nprobe" if nprobe is not None else "target_recall"
+                raise InvalidParameterError(
+                    f"The '{which}' parameter of {o} needs a code index and target "
+                    f"'{self.target.uri}' has none (fewer than index_min_rows rows when it was "
+                    f"written, or its rows changed since): every code is scanned. Got "
+                    f"{which}={nprobe if nprobe is not None else target_recall!r}.")
+            return None
+        if nprobe is not None:
+            return self.index.check_nprobe(nprobe, owner=o)
+        if target_recall is not None:
+            target_recall = check_float(target_recall, "target_recall", low=0.0, high=1.0,
+                                        owner=o)
+            against = "exact" if self.index.recall_table.vs_exact is not None else "exhaustive"
+            return self.index.nprobe_for(target_recall, against, owner=o)
+        table = self.index.recall_table
+        ok = [p for p, r in zip(table.nprobe, table.vs_exhaustive)
+              if r >= DEFAULT_RECALL and p <= self.index.nlist]
+        return min(ok) if ok else self.index.nlist
+
+    def topk(self, Y: np.ndarray, k: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(distances lower-is-better, row positions)`` ``(n, k)`` of reduced queries ``Y``
+        (not yet prepared): the exhaustive scan (``nprobe`` None) or the index's ``nprobe``
+        lists. A query whose probed lists hold fewer than ``k`` rows is answered by the
+        exhaustive scan. Cost: see :meth:`CodeIndex.search` and :meth:`CompactModel.topk`."""
+        if nprobe is None or self.index is None:
+            return self.model.topk(self.codes, Y, k)
+        S, P = self.index.search(self.model.prepare(Y), k, nprobe=nprobe)
+        D = _lower_better(S, self.model.metric)
+        short = np.flatnonzero((P < 0).any(axis=1))
+        if len(short):
+            D[short], P[short] = self.model.topk(self.codes, Y[short], k)
+        return D.astype(np.float32), P
+
+    def extended(self, ids: pa.Array, codes: np.ndarray, Y: np.ndarray) -> "CodeSearcher":
+        """A new searcher with rows ``ids`` / ``codes`` (reduced vectors ``Y``) appended at the
+        end of the code array (the index, if any, gets them in its lists: a row added is found
+        by indexed search). Cost: the index's :meth:`CodeIndex.add` plus a copy of the codes."""
+        index = self.index
+        if index is not None:
+            index = index.copy()
+            index.add(codes, self.model.prepare(Y))
+        all_ids = pa.concat_arrays([self.ids, ids.cast(self.ids.type)])
+        return CodeSearcher(self.target, self.model, all_ids, np.concatenate([self.codes, codes]),
+                            index, self.index_error)
+
+
+def build_target_index(target, model: CompactModel, *, seed: int = 0,
+                       store: bool = True) -> CodeIndex:
+    """Build a code index over the live rows of ``target`` (its codes and stored reduced
+    vectors, read once) and, with ``store``, store it in the target
+    (:meth:`connectors.Target.store_artifact`: one switch of the record). What ``reindex`` does
+    after a delta on a target that had an index. Cost: the column reads plus
+    :meth:`CodeIndex.build`; memory: the reduced vectors as float32 and the codes."""
+    from connectors.arrow_utils import vectors_to_numpy
+
+    lay = target.layout
+    _, codes = read_codes(target, lay.id_column, lay.codes_column)
+    parts = [vectors_to_numpy(b.column(0)).astype(np.float32)
+             for b in target.iter_columns([lay.vector_column])]
+    Z = np.concatenate(parts) if parts else np.empty((0, model.output_dim), np.float32)
+    index = CodeIndex.build(Z, codes, model.require_codec(), metric=model.metric, seed=seed)
+    if store:
+        target.store_artifact(ARTIFACT_NAME, index.to_bytes())
+    return index
+
+
+def _lower_better(S: np.ndarray, metric: str) -> np.ndarray:
+    """CodeIndex scores (higher is better; l2: ``-||q - x||^2``) -> search distances."""
+    if metric == "l2":
+        return -S
+    return (1.0 - S) if metric == "cosine" else -S
