@@ -257,6 +257,17 @@ class PointTake:
         return out, found, ids
 
 
+def point_ids(points: Sequence[Any], id_type: pa.DataType, uri: str) -> pa.Array:
+    """The ids of ``points`` (objects with ``.id``) as one Arrow array of ``id_type`` (the type
+    of the source's first page), or one clear error when a page mixes integers and UUIDs."""
+    try:
+        return pa.array([pt.id for pt in points], type=id_type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        raise InvalidInputError(
+            f"Point ids of source '{uri}' must be all integers or all UUIDs. Got a mix "
+            f"(first page: {id_type}).") from None
+
+
 def points_batch(ids: pa.Array, X: np.ndarray, payloads: Sequence[dict | None], id_column: str,
                  vector_column: str, string_ids: bool) -> pa.RecordBatch:
     """A target's rows as read back from Qdrant points: id, vector (float32) and ``payload``

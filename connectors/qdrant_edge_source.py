@@ -21,7 +21,7 @@ from tldr_index.errors import (InvalidInputError, MissingColumnError, SourceNotF
 
 from . import arrow_utils as au
 from .base import Source
-from .qdrant_clients import PointTake
+from .qdrant_clients import PointTake, point_ids
 
 log = logging.getLogger(__name__)
 
@@ -238,12 +238,7 @@ class QdrantEdgeSource(PointTake, Source):
             yield self._to_batch(recs)
 
     def _to_batch(self, recs) -> pa.RecordBatch:
-        try:
-            ids = pa.array([r.id for r in recs], type=self._id_field.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            raise InvalidInputError(
-                f"Point ids of source '{self.uri}' must be all integers or all UUIDs. Got a mix "
-                f"(first page: {self._id_field.type}).") from None
+        ids = point_ids(recs, self._id_field.type, self.uri)
         cols = [ids, pa.array([record_vector(r, self.vector_name) for r in recs],
                               type=pa.list_(pa.float32()))]
         if self._json_payload:

@@ -57,7 +57,7 @@ from .record import RECORD_KEY, build_record, check_model, dump_record, load_rec
 from .ids import ids_digest
 from .retry import RetryPolicy, short_error
 from .qdrant_clients import (UNNAMED, PointTake, call, client_for, describe, disk_bytes_at,
-                             open_collection, points_batch, retryable, vector_params)
+                             open_collection, point_ids, points_batch, retryable, vector_params)
 from .qdrant_clients import close_clients  # noqa: F401 (re-exported for tests and users)
 from .uri import ParsedURI
 
@@ -175,12 +175,7 @@ class QdrantSource(PointTake, Source):
                 return
 
     def _to_batch(self, points) -> pa.RecordBatch:
-        try:
-            ids = pa.array([pt.id for pt in points], type=self._id_field.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            raise InvalidInputError(
-                f"Point ids of source '{self.uri}' must be all integers or all UUIDs. Got a mix "
-                f"(first page: {self._id_field.type}).") from None
+        ids = point_ids(points, self._id_field.type, self.uri)
         vecs = [self._vec(pt) for pt in points]
         vec_type = pa.list_(pa.float32())
         vectors = pa.array(vecs, type=vec_type)

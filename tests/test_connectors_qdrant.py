@@ -317,3 +317,18 @@ def test_embedded_compact_collection_close_releases_the_path_and_exit_is_quiet(t
     assert run.returncode == 0, run.stderr
     assert "rows" in run.stdout
     assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, run.stderr
+
+
+def test_point_ids_of_a_page_that_mixes_integers_and_uuids():
+    """One page of a Qdrant (or Qdrant Edge) source with integer and UUID ids: one clear line."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from connectors.qdrant_clients import point_ids
+
+    pts = [SimpleNamespace(id=1), SimpleNamespace(id="5c56c793-69f3-4fbf-87e6-c4bf54c28c26")]
+    assert point_ids(pts[:1], pa.uint64(), "qdrant+path://x/c").to_pylist() == [1]
+    with pytest.raises(InvalidInputError, match=r"^Point ids of source 'qdrant\+path://x/c' must "
+                       r"be all integers or all UUIDs\. Got a mix \(first page: uint64\)\.$"):
+        point_ids(pts, pa.uint64(), "qdrant+path://x/c")
