@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,22 +44,21 @@ from .artifact import atomic_write_bytes, canonical_header
 from .codecs import Codec, OPQCodec, PQCodec
 from .codecs.base import check_codes, check_matrix
 from .errors import InvalidInputError, InvalidParameterError, ModelFormatError, NotFittedError
+from .recall_table import RECALL_K, RECALL_NPROBES, RecallTable, drop_self, measure
 from .threads import faiss_threads
 from .validation import check_bool, check_choice, check_float, check_int
 
 log = logging.getLogger(__name__)
 
 FORMAT = "tldr-index/code-index"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: the recall table per (nprobe, shortlist); 1 still loads
 METRICS = ("cosine", "ip", "l2")
 #: points per centroid below which FAISS k-means warns; the default nlist keeps above it
 MIN_POINTS_PER_LIST = 39
 #: k-means training rows per list (FAISS's default cap is 256)
-TRAIN_ROWS_PER_LIST = 64
-#: nprobe values tried for the recall table (those <= nlist, plus nlist itself)
-RECALL_NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-#: k of the stored recall table (recall@10)
-RECALL_K = 10
+TRAIN_ROWS_PER_LIST = 32
+#: k-means iterations
+KMEANS_ITER = 8
 #: rows from which shrink builds a code index (smaller collections use the exhaustive scan)
 INDEX_MIN_ROWS = 20_000
 #: the name of the index among a target's artifacts (:meth:`connectors.Target.artifact`)
@@ -78,32 +76,6 @@ def codes_digest(codes: np.ndarray) -> str:
     h = hashlib.sha256(f"{codes.shape}|".encode())
     h.update(memoryview(codes.reshape(-1)))
     return h.hexdigest()
-
-
-@dataclass
-class RecallTable:
-    """Recall@``k`` of indexed search per ``nprobe``, measured at build on held-out rows, against
-    the exhaustive code scan (``vs_exhaustive``) and, where known, exact float search of the
-    vectors given (``vs_exact``)."""
-
-    nprobe: list[int] = field(default_factory=list)
-    vs_exhaustive: list[float] = field(default_factory=list)
-    vs_exact: list[float] | None = None
-    k: int = RECALL_K
-    queries: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"nprobe": self.nprobe, "vs_exhaustive": self.vs_exhaustive,
-                "vs_exact": self.vs_exact, "k": self.k, "queries": self.queries}
-
-    def rows(self) -> list[tuple[int, float, float | None]]:
-        ex = self.vs_exact or [None] * len(self.nprobe)
-        return list(zip(self.nprobe, self.vs_exhaustive, ex))
-
-
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    return float(np.mean([len(np.intersect1d(a[a >= 0], b)) / k for a, b in zip(found, truth)]))
 
 
 class CodeIndex:
@@ -129,23 +101,31 @@ class CodeIndex:
             self._ivf = self._new_ivfpq()
         else:
             self._codes = [np.empty((0, codec.code_size), np.uint8) for _ in range(self.nlist)]
-            self._rows = [np.empty(0, np.int64) for _ in range(self.nlist)]
+            self._rows = [np.empty(0, np.int32) for _ in range(self.nlist)]
             self._norms = [np.empty(0, np.float32) for _ in range(self.nlist)]
-        self._assign = np.empty(0, dtype=np.int32)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def build(cls, vectors: Any, codes: Any, codec: Codec, *, metric: str = "cosine",
-              nlist: int | None = None, seed: int = 0, n_iter: int = 10,
+              nlist: int | None = None, seed: int = 0, n_iter: int = KMEANS_ITER,
               recall_queries: int = 200, exact_recall: bool = True,
+              eval_rows: Any = None, eval_truth: Any = None,
               threads: int | None = None) -> "CodeIndex":
         """Train the partition on a sample of ``vectors`` (the reduced ``(N, d)`` rows that were
-        encoded into ``codes``, same order), fill the lists and measure the recall table.
+        encoded into ``codes``, same order), fill the lists and measure the recall table
+        (:mod:`tldr_index.recall_table`).
 
-        Cost: k-means ``n_iter x (64 nlist) x nlist x d`` multiply-adds, assignment
-        ``N x nlist x d``, and for the table ``recall_queries`` exhaustive code scans (plus exact
-        scans of ``vectors`` when ``exact_recall``). ``recall_queries`` rows not in the k-means
-        sample (where N allows) are the held-out queries; 0 skips the table."""
+        The table's queries and truth: ``eval_rows`` (row positions) with ``eval_truth``
+        (``(len(eval_rows), 10)`` positions of their true neighbours in the original space, self
+        excluded: what shrink's recall estimate computes); else ``recall_queries`` rows not in
+        the k-means sample (where N allows) with, when ``exact_recall``, their exact neighbours
+        among ``vectors`` (self excluded) as truth, or no truth (``vs_exhaustive`` only);
+        ``recall_queries=0`` (and no ``eval_rows``) skips the table.
+
+        Cost: k-means ``n_iter x (TRAIN_ROWS_PER_LIST nlist) x nlist x d`` multiply-adds,
+        assignment ``N x nlist x d`` (at 1M x 64 with nlist = 1000: ~8 s of one core), and the
+        table: one exact scan of ``vectors`` per query without ``eval_truth`` and about 1.5
+        exhaustive code scans of the queries (every nprobe up to 256, and ``nlist``)."""
         o = "CodeIndex.build"
         if not getattr(codec, "fitted", False):
             raise NotFittedError(f"This {type(codec).__name__} instance is not fitted yet. Call "
@@ -166,6 +146,7 @@ class CodeIndex:
         n_iter = check_int(n_iter, "n_iter", low=1, owner=o)
         recall_queries = check_int(recall_queries, "recall_queries", low=0, owner=o)
         exact_recall = check_bool(exact_recall, "exact_recall", owner=o)
+        eval_rows, eval_truth = _check_eval(eval_rows, eval_truth, n, o)
         if metric == "cosine":
             X = _unit(X)
         rng = np.random.default_rng(seed)
@@ -183,11 +164,15 @@ class CodeIndex:
                 cent = km.centroids
             index = cls(codec, cent, metric)
             index._add(codes, X)
-            held = perm[n_train:] if n - n_train >= recall_queries else perm
-            if recall_queries:
+            if eval_rows is not None:
+                index.recall_table = index.measure_recall(X[eval_rows], eval_rows, eval_truth,
+                                                          truth_space="original")
+            elif recall_queries:
+                held = perm[n_train:] if n - n_train >= recall_queries else perm
                 q_rows = np.sort(held[:recall_queries])
-                index.recall_table = index.measure_recall(
-                    X[q_rows], exact_vectors=X if exact_recall else None)
+                truth = _exact_truth(X, q_rows, metric) if exact_recall else None
+                index.recall_table = index.measure_recall(X[q_rows], q_rows, truth,
+                                                          truth_space="reduced")
         log.info("code index: %d rows in %d lists (%s, %s)", n, nlist, codec.name, metric)
         return index
 
@@ -252,6 +237,8 @@ class CodeIndex:
     def _append(self, codes: np.ndarray, lists: np.ndarray) -> None:
         """Put row ``n + i`` (code ``codes[i]``) into list ``lists[i]``."""
         rows = np.arange(self.n, self.n + len(codes), dtype=np.int64)
+        if not self._pq:
+            rows = rows.astype(np.dtype(np.int32 if self.n + len(codes) < 2**31 else np.int64))
         order = np.argsort(lists, kind="stable")
         bounds = np.searchsorted(lists[order], np.arange(self.nlist + 1))
         need_norms = self.metric == "l2" and not self._pq
@@ -269,7 +256,6 @@ class CodeIndex:
                     self._norms[li] = np.concatenate([self._norms[li], nr.astype(np.float32)])
         if self._pq:
             self._ivf.ntotal += len(codes)
-        self._assign = np.concatenate([self._assign, lists.astype(np.int32)])
         self.n += len(codes)
 
     # -- search --------------------------------------------------------------------------------
@@ -299,9 +285,12 @@ class CodeIndex:
             return self._search_codec(Q, k, nprobe)
 
     def default_nprobe(self) -> int:
-        """nprobe used when none is given: :meth:`nprobe_for` ``(0.95)`` where the stored table
-        reaches it, else every list."""
+        """nprobe used when none is given: with a format-2 table the smallest whose raw recall is
+        within :data:`~tldr_index.recall_table.SATURATION_GAP` of every list's; with a format-1
+        table :meth:`nprobe_for` ``(0.95)`` where it reaches it; else every list."""
         t = self.recall_table
+        if t.has_rescored:
+            return t.raw_nprobe(None, "CodeIndex.search")
         ok = [p for p, r in zip(t.nprobe, t.vs_exhaustive) if r >= 0.95 and p <= self.nlist]
         return min(ok) if ok else self.nlist
 
@@ -360,28 +349,14 @@ class CodeIndex:
         return self.search(queries, k, nprobe=self.nlist, threads=threads)
 
     # -- recall table --------------------------------------------------------------------------
-    def measure_recall(self, queries: np.ndarray, *, exact_vectors: np.ndarray | None = None,
-                       nprobes: tuple[int, ...] = RECALL_NPROBES, k: int = RECALL_K
-                       ) -> RecallTable:
-        """Recall@``k`` of :meth:`search` per nprobe against the exhaustive code scan and, with
-        ``exact_vectors`` (the ``(N, d)`` rows indexed, as searched), exact float search. Cost:
-        one exhaustive scan and ``len(nprobes)`` indexed searches of ``queries``."""
-        ps = sorted({p for p in nprobes if p < self.nlist} | {self.nlist})
-        _, truth = self.search(queries, k, nprobe=self.nlist)
-        exact = None
-        if exact_vectors is not None:
-            Q = _unit(queries) if self.metric == "cosine" else np.asarray(queries, np.float32)
-            flat = (faiss.IndexFlatL2 if self.metric == "l2" else faiss.IndexFlatIP)(self.dim)
-            flat.add(np.ascontiguousarray(exact_vectors, dtype=np.float32))
-            _, exact = flat.search(np.ascontiguousarray(Q), k)
-        t = RecallTable(nprobe=ps, vs_exhaustive=[], vs_exact=[] if exact is not None else None,
-                        k=k, queries=len(queries))
-        for p in ps:
-            _, I = self.search(queries, k, nprobe=p)
-            t.vs_exhaustive.append(round(_recall(I, truth), 4))
-            if exact is not None:
-                t.vs_exact.append(round(_recall(I, exact), 4))
-        return t
+    def measure_recall(self, queries: np.ndarray, own: np.ndarray, truth: np.ndarray | None,
+                       *, truth_space: str | None = None,
+                       nprobes: tuple[int, ...] = RECALL_NPROBES) -> RecallTable:
+        """The recall table (:func:`tldr_index.recall_table.measure`) of ``queries`` (the
+        indexed rows ``own``, as searched) against ``truth`` (their true top 10, self
+        excluded; None: ``vs_exhaustive`` only)."""
+        return measure(lambda Q, n, p: self.search(Q, min(n, self.n), nprobe=p)[1], self.nlist,
+                       self.n, queries, own, truth, truth_space=truth_space, nprobes=nprobes)
 
     def nprobe_for(self, target_recall: float, against: str = "exhaustive",
                    owner: str = "CodeIndex.nprobe_for") -> int:
@@ -391,7 +366,8 @@ class CodeIndex:
         against = check_choice(against, "against", ("exhaustive", "exact"), owner=o)
         target_recall = check_float(target_recall, "target_recall", low=0.0, high=1.0, owner=o)
         t = self.recall_table
-        col = t.vs_exhaustive if against == "exhaustive" else t.vs_exact
+        col = t.vs_exhaustive if against == "exhaustive" else (
+            t.raw if t.raw is not None else t.vs_exact)
         if not t.nprobe or col is None:
             raise InvalidParameterError(
                 f"The 'target_recall' parameter of {o} needs a stored recall table against "
@@ -408,12 +384,31 @@ class CodeIndex:
 
     # -- memory --------------------------------------------------------------------------------
     def bytes_per_vector(self) -> float:
-        """RAM of the lists per indexed row: code bytes + 8 (row position) [+ 4 (norm)], plus the
-        centroids (``nlist x d x 4``) and the list-of-row array (4) spread over the rows."""
-        per = self.codec.code_size + 8 + 4
+        """RAM of the lists per indexed row: code bytes + the row position (PQ/OPQ: 8, FAISS's
+        int64 ids; other codecs: 4, int32 while N < 2^31) [+ 4 (float32 norm, l2, non-PQ)],
+        plus the centroids (``nlist x d x 4``) spread over the rows."""
+        per = self.codec.code_size + (8 if self._pq else self._rows_dtype().itemsize)
         if self.metric == "l2" and not self._pq:
             per += 4
         return per + self.centroids.nbytes / max(self.n, 1)
+
+    def _rows_dtype(self) -> np.dtype:
+        return np.dtype(np.int32 if self.n < 2**31 - 2**20 else np.int64)
+
+    def assignments(self) -> np.ndarray:
+        """The list of every row, ``(n,)`` int32 (rebuilt from the lists: not kept in RAM)."""
+        out = np.zeros(self.n, np.int32)
+        for li in range(self.nlist):
+            out[self._list_rows(li)] = li
+        return out
+
+    def _list_rows(self, li: int) -> np.ndarray:
+        if self._pq:
+            size = self._ivf.invlists.list_size(li)
+            if not size:
+                return np.empty(0, np.int64)
+            return faiss.rev_swig_ptr(self._ivf.invlists.get_ids(li), size).copy()
+        return self._rows[li]
 
     # -- persistence ---------------------------------------------------------------------------
     def codes_in_row_order(self) -> np.ndarray:
@@ -441,7 +436,7 @@ class CodeIndex:
                 "codes_sha256": codes_digest(self.codes_in_row_order()),
                 "exhaustive_only": self.exhaustive_only,
                 "recall_table": self.recall_table.to_json()}
-        tensors = {"centroids": self.centroids, "assign": np.ascontiguousarray(self._assign)}
+        tensors = {"centroids": self.centroids, "assign": self.assignments()}
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "info": json.dumps(info, sort_keys=True)}
         return canonical_header(save(tensors, metadata=meta))
@@ -512,10 +507,7 @@ class CodeIndex:
             raise ModelFormatError(f"{path} is a corrupt code index: the list of each row must "
                                    f"be {len(codes)} ints in [0, {index.nlist}).")
         index._append(codes, assign)
-        rt = info["recall_table"]
-        index.recall_table = RecallTable(nprobe=rt["nprobe"], vs_exhaustive=rt["vs_exhaustive"],
-                                         vs_exact=rt["vs_exact"], k=rt["k"],
-                                         queries=rt["queries"])
+        index.recall_table = RecallTable.from_json(info["recall_table"])
         return index
 
     def __repr__(self) -> str:
@@ -529,4 +521,37 @@ def _unit(X: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(X / np.where(norms > 0, norms, 1), dtype=np.float32)
 
 
-__all__ = ["CodeIndex", "RecallTable", "INDEX_MIN_ROWS", "ARTIFACT_NAME", "default_nlist", "codes_digest"]
+def _check_eval(rows: Any, truth: Any, n: int, owner: str
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``eval_rows`` / ``eval_truth`` of :meth:`CodeIndex.build` checked (both or neither)."""
+    if rows is None and truth is None:
+        return None, None
+    if rows is None or truth is None:
+        which = "eval_truth" if rows is not None else "eval_rows"
+        raise InvalidParameterError(f"The 'eval_rows' and 'eval_truth' parameters of {owner} go "
+                                    f"together: pass both or neither. Got no {which}.")
+    rows = np.asarray(rows)
+    truth = np.asarray(truth)
+    if rows.ndim != 1 or rows.dtype.kind not in "iu" or (len(rows) and (
+            rows.min() < 0 or rows.max() >= n)):
+        raise InvalidInputError(f"The 'eval_rows' input of {owner} must be a 1-d array of row "
+                                f"positions in [0, {n}). Got shape {rows.shape}, dtype "
+                                f"{rows.dtype} instead.")
+    if truth.ndim != 2 or truth.shape[0] != len(rows) or truth.dtype.kind not in "iu":
+        raise InvalidInputError(f"The 'eval_truth' input of {owner} must be an int array of "
+                                f"shape ({len(rows)}, k). Got shape {truth.shape}, dtype "
+                                f"{truth.dtype} instead.")
+    return rows.astype(np.int64), truth.astype(np.int64)
+
+
+def _exact_truth(X: np.ndarray, rows: np.ndarray, metric: str, k: int = RECALL_K) -> np.ndarray:
+    """Exact top ``k`` of rows ``rows`` among ``X`` (as searched), self excluded.
+    Cost: ``len(rows) x N x d``."""
+    flat = (faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP)(X.shape[1])
+    flat.add(np.ascontiguousarray(X, dtype=np.float32))
+    _, I = flat.search(np.ascontiguousarray(X[rows]), min(k + 1, len(X)))
+    return drop_self(I, rows, min(k, len(X) - 1))
+
+
+__all__ = ["CodeIndex", "RecallTable", "INDEX_MIN_ROWS", "ARTIFACT_NAME", "default_nlist",
+           "codes_digest"]

@@ -36,17 +36,11 @@ from .validation import check_int
 from .compact import CompactModel
 from .errors import InvalidInputError, InvalidParameterError
 from .quantizer import normalize_rows
-from .searcher import CodeSearcher, ids_to_numpy, read_codes  # noqa: F401 (re-exported)
+from .searcher import (MIN_SHORTLIST, SHORTLIST_FACTOR, CodeSearcher,  # noqa: F401 (re-exported)
+                       default_shortlist, ids_to_numpy, read_codes)
 
 log = logging.getLogger(__name__)
 
-#: Default rows re-ranked per query with ``rescore``: ``max(SHORTLIST_FACTOR * k, MIN_SHORTLIST)``.
-SHORTLIST_FACTOR = 20
-MIN_SHORTLIST = 200
-
-
-def default_shortlist(k: int) -> int:
-    return max(SHORTLIST_FACTOR * k, MIN_SHORTLIST)
 
 
 @dataclass
@@ -245,7 +239,8 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
             raise InvalidParameterError(
                 f"The 'k' parameter of search must be an int in the range [1, {n_rows}] (the "
                 f"rows of target '{tgt.uri}'). Got {k} instead.")
-        probe = searcher.choose_nprobe(nprobe, target_recall, exhaustive)
+        probe, R = searcher.choose(nprobe, target_recall, exhaustive, k=k, rescore=rescore,
+                                   shortlist=shortlist)
         R = min(R, n_rows)
         with thread_limit(threads, owner="search"):
             D, P = searcher.topk(Y, R, probe)

@@ -27,12 +27,23 @@ import pyarrow as pa
 from .code_index import ARTIFACT_NAME, CodeIndex
 from .compact import CompactModel
 from .errors import InvalidParameterError, ModelFormatError
+from .recall_table import scaled_shortlist
 from .validation import check_bool, check_float
 
 log = logging.getLogger(__name__)
 
-#: recall@10 against the exhaustive scan that the default nprobe reaches (from the stored table)
+#: rescored recall@10 the default (nprobe, shortlist) reaches in the stored table (format 1:
+#: recall@10 against the exhaustive scan that the default nprobe reaches)
 DEFAULT_RECALL = 0.95
+#: Default rows re-ranked per query with ``rescore`` where no recall table says:
+#: ``max(SHORTLIST_FACTOR * k, MIN_SHORTLIST)``.
+SHORTLIST_FACTOR = 20
+MIN_SHORTLIST = 200
+
+
+def default_shortlist(k: int) -> int:
+    """``max(20 k, 200)``: the shortlist of a rescored search without a format-2 table."""
+    return max(SHORTLIST_FACTOR * k, MIN_SHORTLIST)
 
 
 def ids_to_numpy(ids: pa.Array) -> np.ndarray:
@@ -107,23 +118,33 @@ class CodeSearcher:
 
     def choose_nprobe(self, nprobe: Any = None, target_recall: Any = None,
                       exhaustive: bool = False) -> int | None:
-        """The nprobe a search runs with (None: the exhaustive scan), or one clear error."""
+        """The nprobe a search without rescoring runs with (None: the exhaustive scan)."""
+        return self.choose(nprobe, target_recall, exhaustive)[0]
+
+    def choose(self, nprobe: Any = None, target_recall: Any = None, exhaustive: bool = False,
+               *, k: int = 10, rescore: bool = False, shortlist: int | None = None
+               ) -> tuple[int | None, int]:
+        """``(nprobe or None for the exhaustive scan, candidates per query)`` of a search for
+        ``k`` neighbours, or one clear error; see the module docstring for the rules."""
         o = "search"
         exhaustive = check_bool(exhaustive, "exhaustive", owner=o)
+        fixed = max(k, shortlist) if shortlist is not None else None
         if nprobe is not None and target_recall is not None:
             raise InvalidParameterError(
                 f"The 'nprobe' and 'target_recall' parameters of {o} are exclusive: pass one. Got "
                 f"nprobe={nprobe!r} and target_recall={target_recall!r}.")
+        plain = (fixed or default_shortlist(k)) if rescore else k
         if exhaustive:
             if nprobe is not None or target_recall is not None:
                 which = "nprobe" if nprobe is not None else "target_recall"
                 raise InvalidParameterError(
                     f"The '{which}' parameter of {o} has no meaning with exhaustive=True (every "
                     f"code is scanned). Got {which}={nprobe if nprobe is not None else target_recall!r}.")
-            return None
+            return None, plain
         if self.index_error is not None:
             raise self.index_error
-        if self.index is None:
+        index = self.index
+        if index is None:
             if nprobe is not None or target_recall is not None:
                 which = "nprobe" if nprobe is not None else "target_recall"
                 raise InvalidParameterError(
@@ -131,9 +152,30 @@ class CodeSearcher:
                     f"'{self.target.uri}' has none (fewer than index_min_rows rows when it was "
                     f"written, or its rows changed since): every code is scanned. Got "
                     f"{which}={nprobe if nprobe is not None else target_recall!r}.")
-            return None
+            return None, plain
         if nprobe is not None:
-            return self.index.check_nprobe(nprobe, owner=o)
+            nprobe = index.check_nprobe(nprobe, owner=o)
+        table = index.recall_table
+        if not table.has_rescored:  # a format-1 table (or none): nprobe only
+            return self._choose_v1(nprobe, target_recall), plain
+        if target_recall is not None:
+            target_recall = check_float(target_recall, "target_recall", low=0.0, high=1.0,
+                                        owner=o)
+        if not rescore:
+            if nprobe is not None:
+                return nprobe, k
+            return table.raw_nprobe(target_recall, o), k
+        p, s = table.rescored_choice(target_recall, o, default_recall=DEFAULT_RECALL,
+                                     rows_per_list=index.n / index.nlist, nprobe=nprobe,
+                                     shortlist=fixed)
+        return p, (fixed if fixed is not None else scaled_shortlist(s, k, table.k))
+
+    def _choose_v1(self, nprobe: int | None, target_recall: Any) -> int:
+        """The rules of a format-1 table: ``target_recall`` against exact reduced search (else
+        the exhaustive scan), default the smallest nprobe reaching 0.95 of the exhaustive."""
+        o = "search"
+        if nprobe is not None:
+            return nprobe
         if target_recall is not None:
             target_recall = check_float(target_recall, "target_recall", low=0.0, high=1.0,
                                         owner=o)

@@ -3,9 +3,10 @@ of that stage's checkpoint, so a resumed run never builds it twice) from the enc
 reduced vectors already on disk (no second pass over the target), and stored in the target by
 the ``write`` stage through :meth:`connectors.Sink.store_artifact` (file stores only).
 
-Cost: see :meth:`tldr_index.code_index.CodeIndex.build` (k-means on ``64 nlist`` rows, one
-assignment pass ``N x nlist x d``, a recall table on 200 held-out rows); memory: the reduced
-vectors (``N x d x 4`` bytes) and the codes, once.
+Cost: see :meth:`tldr_index.code_index.CodeIndex.build` (k-means on ``32 nlist`` rows, one
+assignment pass ``N x nlist x d``, a recall table on the recall estimate's ``eval_queries``
+held-out rows and their exact neighbours in the original space); memory: the reduced vectors
+(``N x d x 4`` bytes) and the codes, once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from connectors import stores_artifacts
 
 from ..code_index import ARTIFACT_NAME, CodeIndex
@@ -34,9 +36,12 @@ def index_path(run: "ShrinkRun") -> Path:
     return run.work.root / "encode" / INDEX_FILE
 
 
-def build_code_index(run: "ShrinkRun", model: CompactModel, out: Path, n: int) -> Path | None:
+def build_code_index(run: "ShrinkRun", model: CompactModel, out: Path, n: int,
+                     held_out: tuple[np.ndarray, np.ndarray] | None = None) -> Path | None:
     """Build and save the index of the ``n`` encoded rows when the run stores codes and
-    ``n >= run.index_min_rows``; returns the file, or None (and logs why) when it builds none."""
+    ``n >= run.index_min_rows``; returns the file, or None (and logs why) when it builds none.
+    ``held_out``: the recall estimate's ``(rows, true top 10 in the original space)``, the
+    queries and truth of the index's recall table (without it: exact reduced search)."""
     if not model.code_bytes:
         return None
     if n < run.index_min_rows:
@@ -50,11 +55,15 @@ def build_code_index(run: "ShrinkRun", model: CompactModel, out: Path, n: int) -
     run.progress.phase("encode", "code index (IVF over the codes)", None)
     Z = VectorStore.open(out / "reduced").read(0, n)
     codes = read_rows(out / "codes.u8", 0, n, model.code_bytes)
-    index = CodeIndex.build(Z, codes, model.codec, metric=model.metric, seed=run.seed)
+    rows, truth = held_out if held_out is not None else (None, None)
+    index = CodeIndex.build(Z, codes, model.codec, metric=model.metric, seed=run.seed,
+                            eval_rows=rows, eval_truth=truth)
     path = out / INDEX_FILE
     index.save(path)
-    log.info("Code index: %d rows in %d lists; recall@10 vs the exhaustive scan %s.", n,
-             index.nlist, dict(zip(index.recall_table.nprobe, index.recall_table.vs_exhaustive)))
+    t = index.recall_table
+    log.info("Code index: %d rows in %d lists; recall@10 raw per nprobe %s; rescored of the "
+             "largest shortlist (%s) %s.", n, index.nlist, dict(zip(t.nprobe, t.raw or [])),
+             (t.shortlist or [None])[-1], dict(zip(t.nprobe, [r[-1] for r in t.rescored or []])))
     return path
 
 

@@ -89,20 +89,22 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
         compact = compact_model(vector_dtype)
     (out / "model.safetensors").write_bytes(compact.to_bytes())
     result = EncodeResult(vector_dtype=vector_dtype, max_abs=max_abs)
-    estimate_recall(run, compact, out, result)
+    held_out = estimate_recall(run, compact, out, result)
     files = [reduced.path, reduced.root / VectorStore.META, out / "codes.u8",
              out / "model.safetensors"]
-    index_file = build_code_index(run, compact, out, n)
+    index_file = build_code_index(run, compact, out, n, held_out)
     if index_file is not None:
         files.append(index_file)
     return files, result
 
 
 def estimate_recall(run: "ShrinkRun", model: CompactModel, out: Path,
-                    result: EncodeResult) -> None:
+                    result: EncodeResult) -> tuple[np.ndarray, np.ndarray] | None:
     """recall@10 of the compact search (with and without exact re-ranking of a shortlist)
     against exact search in the original space, on ``eval_queries`` rows of the collection
-    (self excluded), into ``result`` (left unset when there are too few rows)."""
+    (self excluded), into ``result`` (left unset when there are too few rows). Returns those
+    rows and their true top 10 ``(rows, truth)`` (the code index's recall table reuses them),
+    or None."""
     from ..knn import drop_own, exact_search
     from ..search import recall_at_k, rerank
 
@@ -111,7 +113,7 @@ def estimate_recall(run: "ShrinkRun", model: CompactModel, out: Path,
     nq = min(run.eval_queries, n - 1)
     k = min(10, n - 1)
     if nq < 1 or k < 1:
-        return
+        return None
     t0 = time.perf_counter()
     prog = run.progress
     prog.phase("encode", "recall estimate (exact search)", nq, "queries")
@@ -137,3 +139,4 @@ def estimate_recall(run: "ShrinkRun", model: CompactModel, out: Path,
     result.eval_seconds = time.perf_counter() - t0
     log.info("recall@%d on %d rows: %.3f (%.3f with exact re-ranking of %d).", k, nq,
              result.recall_at_10, result.recall_at_10_rescored, R - 1)
+    return rows, truth

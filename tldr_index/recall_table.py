@@ -1,0 +1,212 @@
+"""The recall table a code index stores (:class:`tldr_index.code_index.CodeIndex`), measured at
+build on held-out rows, and how a search picks its ``nprobe`` and rescoring shortlist from it.
+
+A table of format 2 holds, per ``nprobe`` (powers of two up to ``nlist``, plus ``nlist``: the
+exhaustive scan) and per shortlist size ``S`` (:data:`RECALL_SHORTLISTS`, capped by the rows):
+
+* ``raw[p]``: recall@10 of the indexed search's own top 10 against the true top 10;
+* ``rescored[p][s]``: recall@10 after an exact re-ranking of the top ``S``, which is
+  ``|top S ∩ true top 10| / 10``: an exact re-ranking of a shortlist ranks every true neighbour it
+  holds above every other row it holds (they are the 10 nearest of all rows), so the re-ranked
+  top 10 contains exactly the true neighbours of the shortlist (ties aside). No original vector
+  is fetched to measure it;
+* ``vs_exhaustive[p]``: overlap of the top 10 with the exhaustive code scan's top 10.
+
+"True top 10" is exact search in the *original* space (``truth = "original"``: what shrink's
+encode stage computes for its recall estimate, and what search's rescoring approaches) or, where
+no originals were at hand (``reindex``), exact search of the reduced vectors indexed
+(``truth = "reduced"``). The held-out queries are rows of the collection: each query's own row is
+dropped from every list before counting (self excluded, as in the truth).
+
+Tables of format 1 (indexes written before this one) hold ``vs_exhaustive`` and ``vs_exact``
+(recall@10 vs exact reduced search, self included) only; :class:`RecallTable` reads both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidParameterError
+from .validation import check_float
+
+#: nprobe values tried for the recall table (those < nlist, plus nlist itself)
+RECALL_NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: shortlist sizes of the rescored table (those < the rows, plus rows - 1 if smaller)
+RECALL_SHORTLISTS = (10, 20, 50, 100, 200, 400, 1000)
+#: k of the stored recall table (recall@10)
+RECALL_K = 10
+#: the cost of re-ranking one shortlisted row (fetch its original by random access and compute
+#: one exact D-dim distance), in scanned codes (a code costs its M table lookups): used to rank
+#: (nprobe, shortlist) pairs, ``cost = nprobe x rows per list + ROW_COST x shortlist``. From RAM
+#: (a float16 cache) a row costs ~0.3-1 us against ~1-3 ns per code; from a store, far more.
+ROW_COST = 256
+#: the default nprobe stays within this of the all-lists recall at the same shortlist
+SATURATION_GAP = 0.003
+
+
+@dataclass
+class RecallTable:
+    """See the module docstring. Lists are per ``nprobe`` (ascending); ``rescored`` is
+    ``[nprobe][shortlist]``. ``truth`` is None in a format-1 table (or one built without exact
+    recall)."""
+
+    nprobe: list[int] = field(default_factory=list)
+    vs_exhaustive: list[float] = field(default_factory=list)
+    vs_exact: list[float] | None = None
+    k: int = RECALL_K
+    queries: int = 0
+    shortlist: list[int] | None = None
+    raw: list[float] | None = None
+    rescored: list[list[float]] | None = None
+    truth: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nprobe": self.nprobe, "vs_exhaustive": self.vs_exhaustive,
+                "vs_exact": self.vs_exact, "k": self.k, "queries": self.queries,
+                "shortlist": self.shortlist, "raw": self.raw, "rescored": self.rescored,
+                "truth": self.truth}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "RecallTable":
+        """Format 1 (no shortlist/raw/rescored/truth keys) or 2."""
+        return cls(nprobe=list(d["nprobe"]), vs_exhaustive=list(d["vs_exhaustive"]),
+                   vs_exact=d.get("vs_exact"), k=int(d["k"]), queries=int(d["queries"]),
+                   shortlist=d.get("shortlist"), raw=d.get("raw"), rescored=d.get("rescored"),
+                   truth=d.get("truth"))
+
+    @property
+    def has_rescored(self) -> bool:
+        """True for a format-2 table (raw and rescored recall against a truth)."""
+        return bool(self.nprobe) and self.rescored is not None and self.raw is not None
+
+    def rows(self) -> list[tuple[int, float, float | None]]:
+        ex = self.vs_exact or self.raw or [None] * len(self.nprobe)
+        return list(zip(self.nprobe, self.vs_exhaustive, ex))
+
+    # -- picking -------------------------------------------------------------------------------
+    def _row_at_most(self, nprobe: int) -> int:
+        """Index of the largest stored nprobe <= ``nprobe`` (recall grows with nprobe: a
+        conservative estimate for an nprobe the table does not hold)."""
+        return max(i for i, p in enumerate(self.nprobe) if p <= nprobe) \
+            if nprobe >= self.nprobe[0] else 0
+
+    def raw_nprobe(self, target: float | None, owner: str) -> int:
+        """nprobe of a search without rescoring: the smallest whose ``raw`` recall reaches
+        ``target``; default (None): the smallest within :data:`SATURATION_GAP` of every list's."""
+        raw = self.raw
+        if target is None:
+            return next(p for p, r in zip(self.nprobe, raw) if r >= raw[-1] - SATURATION_GAP)
+        target = check_float(target, "target_recall", low=0.0, high=1.0, owner=owner)
+        for p, r in zip(self.nprobe, raw):
+            if r >= target:
+                return int(p)
+        best = int(np.argmax(raw))
+        raise InvalidParameterError(
+            f"The 'target_recall' parameter of {owner} must be at most the best recall@{self.k} "
+            f"the stored table reaches against exact search ({raw[best]} at nprobe "
+            f"{self.nprobe[best]}). Got {target} instead.")
+
+    def rescored_choice(self, target: float | None, owner: str, *, default_recall: float,
+                        rows_per_list: float, nprobe: int | None = None,
+                        shortlist: int | None = None) -> tuple[int, int]:
+        """``(nprobe, shortlist)`` of a rescored search: the cheapest stored pair (see
+        :data:`ROW_COST`) whose ``rescored`` recall reaches ``target``, with ``nprobe`` and/or
+        ``shortlist`` fixed where given (a value the table lacks reads the row/column of the
+        largest stored one below it). Default (``target`` None): the cheapest pair reaching
+        ``default_recall`` and within :data:`SATURATION_GAP` of every list at the same
+        shortlist; where none reaches ``default_recall``, the largest shortlist. A ``target``
+        beyond the table: one error naming the best pair."""
+        R, Ss, ps = self.rescored, self.shortlist, self.nprobe
+        if target is not None:
+            target = check_float(target, "target_recall", low=0.0, high=1.0, owner=owner)
+        si = range(len(Ss)) if shortlist is None else [
+            max([j for j, s in enumerate(Ss) if s <= shortlist], default=0)]
+        pi = range(len(ps)) if nprobe is None else [self._row_at_most(nprobe)]
+
+        def ok(i: int, j: int, want: float, saturated: bool) -> bool:
+            return R[i][j] >= want and (not saturated or R[i][j] >= R[-1][j] - SATURATION_GAP)
+
+        def cost(i: int, j: int) -> float:
+            return ps[i] * rows_per_list + ROW_COST * Ss[j]
+
+        def cheapest(want: float, saturated: bool) -> tuple[int, int] | None:
+            pairs = [(cost(i, j), i, j) for i in pi for j in si if ok(i, j, want, saturated)]
+            return min(pairs)[1:] if pairs else None
+
+        pick = cheapest(default_recall if target is None else target, target is None
+                        and nprobe is None)
+        if pick is None and target is None:  # the default beyond the table: the best shortlist
+            j = max(si, key=lambda j: max(R[i][j] for i in pi))
+            si = [j]
+            pick = cheapest(0.0, nprobe is None)
+        if pick is None:
+            bi, bj = max(((i, j) for i in pi for j in si), key=lambda ij: (R[ij[0]][ij[1]],
+                                                                         -cost(*ij)))
+            raise InvalidParameterError(
+                f"The 'target_recall' parameter of {owner} must be at most the best rescored "
+                f"recall@{self.k} the stored table reaches ({R[bi][bj]} at nprobe {ps[bi]}, "
+                f"shortlist {Ss[bj]}). Got {target} instead.")
+        i, j = pick
+        return int(nprobe if nprobe is not None else ps[i]), int(
+            shortlist if shortlist is not None else Ss[j])
+
+
+def overlap(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per row, how many of ``truth``'s ids (``-1``: none) are among ``found``'s."""
+    hit = (found[:, :, None] == truth[:, None, :]) & (truth[:, None, :] >= 0)
+    return hit.any(axis=1).sum(axis=1)
+
+
+def drop_self(I: np.ndarray, own: np.ndarray, n: int) -> np.ndarray:
+    """First ``n`` ids of each row of ``I`` other than the row's own id; ``-1`` pads."""
+    bad = (I == own[:, None]) | (I < 0)
+    order = np.argsort(bad, axis=1, kind="stable")[:, :n]
+    out = np.take_along_axis(I, order, axis=1)
+    out[np.take_along_axis(bad, order, axis=1)] = -1
+    return out
+
+
+def measure(search: Callable[[np.ndarray, int, int], np.ndarray], nlist: int, n_rows: int,
+            queries: np.ndarray, own: np.ndarray, truth: np.ndarray | None, *,
+            truth_space: str | None, nprobes: tuple[int, ...] = RECALL_NPROBES,
+            shortlists: tuple[int, ...] = RECALL_SHORTLISTS, k: int = RECALL_K) -> RecallTable:
+    """The table of an index (module docstring). ``search(Q, n, nprobe)`` returns row positions
+    ``(len(Q), n)`` best first; ``queries`` are the rows ``own`` of the collection; ``truth``
+    ``(len(Q), k)`` their true neighbours (self excluded), or None for ``vs_exhaustive`` only.
+
+    Cost: one search per nprobe of ``len(queries)`` queries for the largest shortlist + 1
+    candidates (the ``nlist`` one is an exhaustive scan; the others ``nprobe / nlist`` of it)."""
+    ps = sorted({p for p in nprobes if p < nlist} | {nlist})
+    cap = max(1, n_rows - 1)
+    k = min(k, cap)
+    Ss = sorted({min(s, cap) for s in shortlists if min(s, cap) >= k} | {k})
+    top_n = max(Ss)
+    own = np.asarray(own, dtype=np.int64)
+    full = drop_self(search(queries, top_n + 1, nlist), own, top_n)
+    t = RecallTable(nprobe=ps, vs_exhaustive=[], k=k, queries=len(queries))
+    if truth is not None:
+        t.shortlist, t.raw, t.rescored, t.truth = Ss, [], [], truth_space
+    ex10 = full[:, :k]
+    for p in ps:
+        top = full if p == nlist else drop_self(search(queries, top_n + 1, p), own, top_n)
+        t.vs_exhaustive.append(round(float(overlap(top[:, :k], ex10).mean()) / k, 4))
+        if truth is not None:
+            t.raw.append(round(float(overlap(top[:, :k], truth).mean()) / k, 4))
+            t.rescored.append([round(float(overlap(top[:, :s], truth).mean()) / k, 4)
+                               for s in Ss])
+    return t
+
+
+def scaled_shortlist(shortlist: int, k: int, table_k: int) -> int:
+    """A table shortlist for recall@``table_k`` applied to a search for ``k`` neighbours:
+    ``max(k, ceil(shortlist x k / table_k))`` (an approximation for ``k > table_k``)."""
+    return max(k, shortlist if k <= table_k else math.ceil(shortlist * k / table_k))
+
+
+__all__ = ["RecallTable", "measure", "overlap", "drop_self", "scaled_shortlist",
+           "RECALL_NPROBES", "RECALL_SHORTLISTS", "RECALL_K", "ROW_COST", "SATURATION_GAP"]
