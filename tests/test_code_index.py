@@ -63,7 +63,7 @@ def test_all_lists_equal_the_exhaustive_code_scan(data, name, kw, metric):
     X, Q = data
     codec, codes = _fitted(name, kw, X)
     index = CodeIndex.build(X, codes, codec, metric=metric, recall_queries=50)
-    assert index.nlist == default_nlist(len(X)) == 38  # 4 sqrt(1500) = 155 > 1500 // 39 = 38
+    assert index.nlist == default_nlist(len(X)) == 38  # 2 sqrt(1500) = 77 > 1500 // 39 = 38
     D1, I1 = index.search(Q, 10, nprobe=index.nlist)
     Qs = Q / np.linalg.norm(Q, axis=1, keepdims=True) if metric == "cosine" else Q
     D2, I2 = codec.search(Qs, codes, 10)
