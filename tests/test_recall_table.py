@@ -83,16 +83,21 @@ def test_the_cheapest_pair_reaching_the_target(built):
     # a fixed shortlist: the smallest nprobe reaching the target at that column
     p2, s2 = t.rescored_choice(0.0, "o", default_recall=0.95, rows_per_list=rpl, shortlist=100)
     assert (p2, s2) == (t.nprobe[0], 100)
-    # the table beyond reach: one error naming the best pair
-    best = max(max(row) for row in t.rescored)
-    i, j = next((i, j) for i, row in enumerate(t.rescored) for j, v in enumerate(row)
-                if v == best)
-    if best < 1.0:
-        with pytest.raises(InvalidParameterError, match=re.escape(
-                f"The 'target_recall' parameter of search must be at most the best rescored "
-                f"recall@10 the stored table reaches ({best} at nprobe {t.nprobe[i]}, shortlist "
-                f"{t.shortlist[j]}). Got 1.0 instead.")):
-            t.rescored_choice(1.0, "search", default_recall=0.95, rows_per_list=rpl)
+    # the table beyond reach: one error naming the best pair (ties: the cheapest)
+    small = RecallTable(nprobe=[1, 4], vs_exhaustive=[0.5, 1.0], shortlist=[10, 100],
+                        raw=[0.3, 0.4], rescored=[[0.3, 0.8], [0.4, 0.8]], truth="original")
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "The 'target_recall' parameter of search must be at most the best rescored "
+            "recall@10 the stored table reaches (0.8 at nprobe 1, shortlist 100). Got 0.9 "
+            "instead.")):
+        small.rescored_choice(0.9, "search", default_recall=0.95, rows_per_list=100)
+    # the default beyond the table: the longest shortlist, the smallest saturated nprobe
+    assert small.rescored_choice(None, "s", default_recall=0.95, rows_per_list=100) == (1, 100)
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "The 'target_recall' parameter of s must be at most the best recall@10 the stored "
+            "table reaches against exact search (0.4 at nprobe 4). Got 0.5 instead.")):
+        small.raw_nprobe(0.5, "s")
+    assert small.raw_nprobe(None, "s") == 4 and small.raw_nprobe(0.3, "s") == 1
 
 
 def test_format_1_tables_still_load(built):

@@ -19,6 +19,7 @@ from tldr_index.code_index import ARTIFACT_NAME, CodeIndex
 from tldr_index.compact import CompactModel
 from tldr_index.errors import InvalidParameterError, ModelFormatError
 from tldr_index.pipeline import shrink
+from tldr_index.recall_table import ROW_COST
 from tldr_index.reindex import reindex
 from tldr_index.search import search
 from tldr_index.searcher import read_codes
@@ -330,3 +331,31 @@ def test_every_codec_and_metric_equals_the_exhaustive_scan(codec, kw, metric, tm
     assert ix.engine == "code-index"
     np.testing.assert_allclose(ix.distances, ex.distances, atol=2e-4)  # float32 sums
     assert (ix.ids == ex.ids).mean() >= 0.99  # ids differ only where scores tie
+
+
+def test_rescored_search_takes_nprobe_and_shortlist_from_the_table(indexed):
+    _, tgt, X = indexed
+    Q = X[N:N + 5]
+    index = _stored_index(tgt)
+    t = index.recall_table
+    rpl = index.n / index.nlist
+    want = t.rescored_choice(None, "search", default_recall=0.95, rows_per_list=rpl)
+    r = search(tgt, Q, k=10, rescore=True)
+    assert r.rescored and (r.nprobe, r.shortlist) == want
+    # a given shortlist is kept; the nprobe is then the cheapest reaching it at that column
+    r = search(tgt, Q, k=10, rescore=True, shortlist=50)
+    assert r.shortlist == 50 and r.nprobe == t.rescored_choice(
+        None, "search", default_recall=0.95, rows_per_list=rpl, shortlist=50)[0]
+    # beyond the table: one error naming the best pair (a table capped at 0.9 here; the
+    # structured data reaches 1.0 at the longest shortlist)
+    with tldr_index.open(tgt) as c:
+        searcher = c._searcher()
+        searcher.index.recall_table.rescored = [[min(v, 0.9) for v in row] for row in t.rescored]
+        capped = searcher.index.recall_table.rescored
+        _, p, sl = min((p * rpl + ROW_COST * sl, p, sl) for i, p in enumerate(t.nprobe)
+                       for j, sl in enumerate(t.shortlist) if capped[i][j] == max(map(max, capped)))
+        with pytest.raises(InvalidParameterError, match=re.escape(
+                f"The 'target_recall' parameter of search must be at most the best rescored "
+                f"recall@10 the stored table reaches ({max(map(max, capped))} at nprobe {p}, "
+                f"shortlist {sl}). Got 0.95 instead.")):
+            c.search(Q, k=10, rescore=True, target_recall=0.95)
