@@ -119,8 +119,29 @@ def dir_bytes(path: Path) -> int:
 
 
 # -------------------------------------------------------------------------------------- runs
-def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None) -> dict:
-    """The map + PQ16, the code index at several nprobe, and the exhaustive code scan."""
+def held_out_truth(X: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, truth)``: ``n`` database rows and their exact cosine top 10 among the others
+    (self excluded): what shrink's encode stage gives the code index's recall table."""
+    rows = np.sort(np.random.default_rng([seed, 0xE7]).choice(len(X), n, replace=False))
+    top = cosine_topk(np.asarray(X[rows]), X, K + 1)
+    keep = top != rows[:, None]
+    return rows, np.stack([t[m][:K] for t, m in zip(top, keep)])
+
+
+def rescore_f16(q: np.ndarray, ids: np.ndarray, cache: np.ndarray, k: int = K) -> np.ndarray:
+    """:func:`rescore` from a float16 copy of the originals (the ``--rescore-cache`` layout)."""
+    ids = np.sort(ids[ids >= 0])
+    s = cache[ids].astype(np.float32) @ q
+    top = np.argpartition(-s, min(k, len(s)) - 1)[:k]
+    return ids[top[np.argsort(-s[top])]]
+
+
+def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None, work: Path) -> dict:
+    """The map + PQ16, the code index at the (nprobe, shortlist) pairs its recall table picks
+    and at a grid, and the exhaustive code scan; rescoring from a float16 cache of the
+    originals (memory-mapped, what ``search --rescore-cache`` reads)."""
+    import resource
+
     from tldr_index.code_index import CodeIndex
     from tldr_index.codecs import get_codec
 
@@ -133,72 +154,116 @@ def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None) -> dict:
     ZQ = unit(transform(Q))
     codec = get_codec("pq", args.dim, bytes=args.pq_bytes).fit(Z[:min(len(Z), 65_536)], seed=0)
     codes = codec.encode(Z)
-    t0 = time.perf_counter()
-    index = CodeIndex.build(Z, codes, codec, metric="cosine", recall_queries=200)
-    build_s = time.perf_counter() - t0
+    ev_rows, ev_truth = held_out_truth(X, min(200, len(X) - 1))
+    pin(1)
+    t0, c0 = time.perf_counter(), time.process_time()
+    index = CodeIndex.build(Z, codes, codec, metric="cosine", eval_rows=ev_rows,
+                            eval_truth=ev_truth)
+    build_s, build_cpu = time.perf_counter() - t0, time.process_time() - c0
     name = f"tldr-index IVF{index.nlist} over {label} + PQ{args.pq_bytes}"
     bpv = index.bytes_per_vector()
-    top = max(args.shortlists)
+    cache_path = work / "originals.f16.npy"
+    cache = np.lib.format.open_memmap(cache_path, mode="w+", dtype=np.float16, shape=X.shape)
+    for s in range(0, len(X), 65_536):
+        cache[s:s + 65_536] = X[s:s + 65_536]
+    cache.flush()
+    del cache
+    cache = np.load(cache_path, mmap_mode="r")
+    cache[np.arange(0, len(X), 4096)].sum()  # touch
 
-    def add_rows(method: str, setting: str, S_all: np.ndarray, search, bpv: float) -> None:
+    def add_rows(method: str, setting: str, sls: list, S_all: np.ndarray, search,
+                 bpv: float) -> None:
         """Rows of one setting: raw top K, then each rescoring shortlist (``search(q, n)``
-        gives the ids of one query's top ``n`` codes)."""
+        gives the ids of one query's top ``n`` codes), rescored from the float16 cache."""
         rec_raw = recall(S_all[:, :K], truth)
         raw = {t: qps(lambda i: search(int(i[0]), K), np.arange(len(Q))[:, None], t,
                       args.budget) for t in args.threads}
-        for sl in args.shortlists:
-            rec_res = recall(np.stack([rescore(q, s[:sl], X) for q, s in zip(Q, S_all)]), truth)
+        for sl in sls:
+            rec_res = recall(np.stack([rescore_f16(q, s[:sl], cache)
+                                       for q, s in zip(Q, S_all)]), truth)
             for t in args.threads:
-                res = qps(lambda i: rescore(Q[int(i[0])], search(int(i[0]), sl), X),
+                res = qps(lambda i: rescore_f16(Q[int(i[0])], search(int(i[0]), sl), cache),
                           np.arange(len(Q))[:, None], t, args.budget)
-                rows.append({"method": method, "setting": setting + (
-                    f", shortlist {sl}" if sl != SHORTLIST else ""), "shortlist": sl,
-                    "threads": t, "recall_raw": rec_raw, "recall_rescored": rec_res,
-                    "qps_raw": raw[t], "qps_rescored": res, "bytes_per_vector": bpv})
+                rows.append({"method": method, "setting": f"{setting}, shortlist {sl}",
+                             "shortlist": sl, "threads": t, "recall_raw": rec_raw,
+                             "recall_rescored": rec_res, "qps_raw": raw[t], "qps_rescored": res,
+                             "bytes_per_vector": bpv})
                 print(rows[-1], flush=True)
 
+    top = max(max(args.shortlists), 1000)
     # diagnostic: exact (flat) search of the reduced float32 vectors: the map's own ceiling
     import faiss
 
     flat = faiss.IndexFlatIP(Z.shape[1])
     flat.add(Z)
     add_rows(f"flat scan of the reduced vectors ({label}, float32, diagnostic)", "exact",
-             flat.search(ZQ, top)[1], lambda i, n: flat.search(ZQ[i][None], n)[1][0],
+             [100], flat.search(ZQ, top)[1], lambda i, n: flat.search(ZQ[i][None], n)[1][0],
              float(Z.shape[1] * 4))
-    del Z
-    for p in [p for p in args.nprobes if p <= index.nlist]:
-        add_rows(name, f"nprobe {p}", index.search(ZQ, top, nprobe=p)[1],
+    del Z, flat
+    t = index.recall_table
+    rpl = index.n / index.nlist
+    picks = {}
+    for target in args.targets:
+        try:
+            p, sl = t.rescored_choice(target, "bench", rows_per_list=rpl)
+        except Exception as exc:  # noqa: BLE001 - beyond the table: say so in the output
+            print(f"target {target}: {exc}", flush=True)
+            continue
+        picks.setdefault(p, set()).add(sl)
+    p, sl = t.rescored_choice(None, "bench", rows_per_list=rpl)
+    extra_default = {"default_pick": f"nprobe {p}, shortlist {sl}"}
+    picks.setdefault(p, set()).add(sl)
+    for p in args.nprobes:
+        if p <= index.nlist:
+            picks.setdefault(p, set()).update(args.shortlists)
+    for p in sorted(picks):
+        add_rows(name, f"nprobe {p}",
+                 sorted(picks[p]), index.search(ZQ, top, nprobe=p)[1],
                  lambda i, n, p=p: index.search(ZQ[i][None], n, nprobe=p)[1][0], bpv)
     # the exhaustive code scan (FAISS IndexPQ through the codec)
     add_rows(f"tldr-index exhaustive scan, {label} + PQ{args.pq_bytes}", "all codes",
-             codec.search(ZQ, codes, top)[1],
+             sorted(set(args.shortlists) | {100}), codec.search(ZQ, codes, top)[1],
              lambda i, n: codec.search(ZQ[i][None], codes, n)[1][0], float(args.pq_bytes))
-    extra = {"map": label, "map_fit_s": fit_s, "index_build_s": build_s, "nlist": index.nlist,
-             "recall_table": index.recall_table.to_json()}
-    # rescoring cost at a shortlist of 100: from RAM, and by position from a Lance table
+    extra = {"map": label, "map_fit_s": fit_s, "index_build_s": build_s,
+             "index_build_cpu_s": build_cpu, "nlist": index.nlist, **extra_default,
+             "recall_table": t.to_json(), "max_rss_gb": resource.getrusage(
+                 resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    # rescoring cost at a shortlist of 100: float32 RAM, float16 cache, Lance by position
     p = max(p for p in args.nprobes if p <= index.nlist)
     ids = [s[s >= 0] for s in (index.search(ZQ[i][None], SHORTLIST, nprobe=p)[1][0]
                                for i in range(min(len(Q), 200)))]
     pin(1)
-    t0 = time.perf_counter()
-    for q, s in zip(Q, ids):
-        rescore(q, s, X)
-    extra["rescore_ram_ms"] = (time.perf_counter() - t0) / len(ids) * 1e3
+    for key, fn in (("rescore_ram_f32_ms", lambda q, s: rescore(q, s, X)),
+                    ("rescore_cache_f16_ms", lambda q, s: rescore_f16(q, s, cache))):
+        t0 = time.perf_counter()
+        for q, s in zip(Q, ids):
+            fn(q, s)
+        extra[key] = (time.perf_counter() - t0) / len(ids) * 1e3
     if lance_uri:
+        import lance
+
         from connectors import open_source
 
         src = open_source(lance_uri)
         src.take_positions(ids[0])
-        t0 = time.perf_counter()
-        for s in ids[:50]:
-            src.take_positions(s)
-        extra["take_positions_lance_ms"] = (time.perf_counter() - t0) / len(ids[:50]) * 1e3
         rng = np.random.default_rng(1)
-        rand = [rng.choice(len(X), SHORTLIST, replace=False) for _ in range(50)]
+        rand = [np.sort(rng.choice(len(X), SHORTLIST, replace=False)) for _ in range(50)]
         t0 = time.perf_counter()
         for s in rand:
             src.take_positions(s)
-        extra["take_100_random_lance_ms"] = (time.perf_counter() - t0) / len(rand) * 1e3
+        extra["lance_take_positions_100_ms"] = (time.perf_counter() - t0) / len(rand) * 1e3
+        ds = lance.dataset(src.path)
+        for key, fn in (("lance_take_vector_only_100_ms",
+                         lambda s: ds.take(s.tolist(), columns=["vector"])),
+                        ("lance_take_rows_vector_only_100_ms",
+                         lambda s: ds._take_rows(s.tolist(), columns=["vector"])
+                         if hasattr(ds, "_take_rows") else ds.take(s.tolist(),
+                                                                   columns=["vector"]))):
+            fn(rand[0])
+            t0 = time.perf_counter()
+            for s in rand:
+                fn(s)
+            extra[key] = (time.perf_counter() - t0) / len(rand) * 1e3
     return extra
 
 
@@ -310,8 +375,10 @@ def render(rows: list, extra: dict, args, n: int, nq: int) -> str:
     lines = [f"# Search speed over {n:,} interpolated rows ({dt.date.today()}, {machine()})", "",
              f"`{cmd}`: {nq} queries, recall@10 against the exact cosine top-10 of the "
              f"384-d originals; one query per call; q/s on 1 and 2 pinned cores (shared, noisy "
-             f"machine: compare ratios). Rescored: the top 100 (unless the setting says another "
-             f"shortlist) ranked by the exact cosine of the originals. Compact map: "
+             f"machine: compare ratios). Rescored: the shortlist ranked by the exact cosine of "
+             f"the originals (tldr-index: read from a float16 memory-mapped copy of the "
+             f"originals, the --rescore-cache layout; LanceDB: refine_factor 10; FAISS: float32 "
+             f"in RAM; shortlist 100 unless the setting says another). Compact map: "
              f"{extra.get('map', '-')}.", "",
              "| method | setting | threads | recall@10 raw | q/s raw | recall@10 rescored "
              "| q/s rescored | RAM B/vector |", "|---|---|---|---|---|---|---|---|"]
@@ -323,12 +390,16 @@ def render(rows: list, extra: dict, args, n: int, nq: int) -> str:
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
         for k, v in extra.items() if k != "recall_table"), ""]
     t = extra.get("recall_table")
-    if t:
-        lines += ["Recall table stored in the code index at build (200 held-out database rows as "
-                  "queries, recall@10 in the reduced space):", "",
-                  "| nprobe | vs exhaustive code scan | vs exact reduced search |", "|---|---|---|"]
-        lines += [f"| {p} | {a} | {b} |" for p, a, b in zip(t["nprobe"], t["vs_exhaustive"],
-                                                            t["vs_exact"] or [None] * 99)]
+    if t and t.get("rescored"):
+        lines += [f"Recall table stored in the code index at build ({t['queries']} held-out "
+                  f"database rows as queries, self excluded, recall@10 against their exact "
+                  f"top 10 in the {t['truth']} space; rescored = |top S ∩ true top 10| / 10):",
+                  "", "| nprobe | vs exhaustive code scan | raw | " + " | ".join(
+                      f"rescored S={x}" for x in t["shortlist"]) + " |",
+                  "|---" * (3 + len(t["shortlist"])) + "|"]
+        lines += [f"| {p} | {a} | {r} | " + " | ".join(str(v) for v in row) + " |"
+                  for p, a, r, row in zip(t["nprobe"], t["vs_exhaustive"], t["raw"],
+                                          t["rescored"])]
     return "\n".join(lines) + "\n"
 
 
@@ -368,9 +439,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--pq-bytes", type=int, default=16)
     ap.add_argument("--sample", type=int, default=50_000, help="rows the map is fitted on")
-    ap.add_argument("--nprobes", default="8,16,32,64", help="nprobe values (tldr-index, FAISS)")
-    ap.add_argument("--shortlists", default="100",
-                    help="rescoring shortlists of tldr-index (LanceDB, FAISS: 100)")
+    ap.add_argument("--nprobes", default="16,32,64", help="nprobe values (tldr-index, FAISS)")
+    ap.add_argument("--shortlists", default="100,400,1000",
+                    help="rescoring shortlists of tldr-index at --nprobes (LanceDB, FAISS: 100)")
+    ap.add_argument("--targets", default="0.9,0.95",
+                    help="rescored recall targets: the (nprobe, shortlist) the stored table "
+                         "picks for each (plus the default pick) are measured")
     ap.add_argument("--lance-nprobes", default="20,50", help="LanceDB nprobes values")
     ap.add_argument("--lance-eval", type=int, default=300, help="queries for LanceDB's recall")
     ap.add_argument("--lancedb", default="ivf_pq,ivf_rq", help="LanceDB indexes ('' for none)")
@@ -385,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     args.lance_nprobes = [int(x) for x in args.lance_nprobes.split(",") if x]
     args.threads = [int(x) for x in args.threads.split(",") if x]
     args.shortlists = [int(x) for x in args.shortlists.split(",") if x]
+    args.targets = [float(x) for x in args.targets.split(",") if x]
     args.lancedb = [x for x in args.lancedb.split(",") if x]
     select_corpus(args.corpus)
     os.environ.setdefault("LANCE_LOG", "error")
@@ -420,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
             extra["lance_write_s"] = time.perf_counter() - t0
             from connectors import lancedb_uri
             lance_uri = lancedb_uri(str(work / "db"), "orig")
-        extra.update(run_compact(args, X, Q, truth, rows, lance_uri))
+        extra.update(run_compact(args, X, Q, truth, rows, lance_uri, work))
         flush()
         if not args.no_rabitq:
             extra.update(run_rabitq(args, X, Q, truth, rows))

@@ -15,7 +15,8 @@ from conftest import make_structured
 from tldr_index.code_index import CodeIndex
 from tldr_index.codecs import get_codec
 from tldr_index.errors import InvalidInputError, InvalidParameterError
-from tldr_index.recall_table import ROW_COST, SATURATION_GAP, RecallTable, drop_self
+from tldr_index.recall_table import (DEFAULT_TABLE_RECALL, ROW_COST, SATURATION_GAP,
+                                     RecallTable, drop_self)
 from tldr_index.search import rerank
 
 D_ORIG, D = 24, 8
@@ -71,17 +72,18 @@ def test_the_cheapest_pair_reaching_the_target(built):
     pairs = _pairs(t, rpl)
     target = sorted(r for *_, r in pairs)[len(pairs) // 2]
     want = min((c, p, s) for c, p, s, r in pairs if r >= target)[1:]
-    assert t.rescored_choice(target, "o", default_recall=0.95, rows_per_list=rpl) == want
-    # default: reaches 0.95 and stays within SATURATION_GAP of every list at its shortlist
-    p, s = t.rescored_choice(None, "o", default_recall=0.95, rows_per_list=rpl)
+    assert t.rescored_choice(target, "o", rows_per_list=rpl) == want
+    # default: the smallest nprobe within SATURATION_GAP of every list at the longest
+    # shortlist, then the shortest shortlist reaching DEFAULT_TABLE_RECALL there
+    p, s = t.rescored_choice(None, "o", rows_per_list=rpl)
+    i = t.nprobe.index(p)
+    assert t.rescored[i][-1] >= t.rescored[-1][-1] - SATURATION_GAP
+    assert all(row[-1] < t.rescored[-1][-1] - SATURATION_GAP for row in t.rescored[:i])
     j = t.shortlist.index(s)
-    r = t.rescored[t.nprobe.index(p)][j]
-    full = t.rescored[-1][j]
-    assert r >= full - SATURATION_GAP
-    if max(row[-1] for row in t.rescored) >= 0.95:
-        assert r >= 0.95
+    assert t.rescored[i][j] >= DEFAULT_TABLE_RECALL or s == t.shortlist[-1]
+    assert all(v < DEFAULT_TABLE_RECALL for v in t.rescored[i][:j])
     # a fixed shortlist: the smallest nprobe reaching the target at that column
-    p2, s2 = t.rescored_choice(0.0, "o", default_recall=0.95, rows_per_list=rpl, shortlist=100)
+    p2, s2 = t.rescored_choice(0.0, "o", rows_per_list=rpl, shortlist=100)
     assert (p2, s2) == (t.nprobe[0], 100)
     # the table beyond reach: one error naming the best pair (ties: the cheapest)
     small = RecallTable(nprobe=[1, 4], vs_exhaustive=[0.5, 1.0], shortlist=[10, 100],
@@ -90,9 +92,12 @@ def test_the_cheapest_pair_reaching_the_target(built):
             "The 'target_recall' parameter of search must be at most the best rescored "
             "recall@10 the stored table reaches (0.8 at nprobe 1, shortlist 100). Got 0.9 "
             "instead.")):
-        small.rescored_choice(0.9, "search", default_recall=0.95, rows_per_list=100)
+        small.rescored_choice(0.9, "search", rows_per_list=100)
     # the default beyond the table: the longest shortlist, the smallest saturated nprobe
-    assert small.rescored_choice(None, "s", default_recall=0.95, rows_per_list=100) == (1, 100)
+    assert small.rescored_choice(None, "s", rows_per_list=100) == (1, 100)
+    assert small.rescored_choice(None, "s", rows_per_list=100, default_recall=0.35) == (1, 100)
+    assert small.rescored_choice(None, "s", rows_per_list=100, nprobe=4,
+                                 default_recall=0.35) == (4, 10)
     with pytest.raises(InvalidParameterError, match=re.escape(
             "The 'target_recall' parameter of s must be at most the best recall@10 the stored "
             "table reaches against exact search (0.4 at nprobe 4). Got 0.5 instead.")):

@@ -185,7 +185,9 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
            threads: int | None = None, target_options: dict | None = None,
            source_options: dict | None = None, nprobe: int | None = None,
            target_recall: float | None = None, exhaustive: bool = False,
-           index_fallback: bool = False, searcher: CodeSearcher | None = None) -> SearchResult:
+           index_fallback: bool = False, searcher: CodeSearcher | None = None,
+           rescore_cache: str | os.PathLike | None = None,
+           rescore_cache_fallback: bool = False) -> SearchResult:
     """The ``k`` nearest rows of compact collection ``target`` for each query.
 
     Parameters
@@ -195,19 +197,27 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
     k : neighbours per query.
     rescore : re-rank ``shortlist`` candidates per query by exact distance to the original vectors
         (fetched from the source recorded in the target, or ``source``).
-    shortlist : candidates per query for ``rescore`` (default ``max(20 k, 200)``).
+    shortlist : candidates per query for ``rescore`` (default: from the code index's recall
+        table, the cheapest (nprobe, shortlist) reaching rescored recall@10 0.95 within 0.003 of
+        every list at that shortlist; without a table ``max(20 k, 200)``).
     threads : FAISS threads (None: the cores that look idle, see :mod:`tldr_index.threads`).
     nprobe : lists of the code index scored per query, in ``[1, nlist]`` (targets with an index).
-    target_recall : pick the smallest stored nprobe whose recall@10 against exact search of the
-        reduced vectors (measured at build on held-out rows) reaches it (beyond the table: an
-        error naming the best reachable recall and its nprobe).
-        Default (neither given): the smallest reaching 0.95, else every list.
+    target_recall : the recall@10 (against exact search, measured at build on held-out rows,
+        see :mod:`tldr_index.recall_table`) to reach: without ``rescore`` the smallest stored
+        nprobe whose raw recall reaches it; with ``rescore`` the cheapest stored (nprobe,
+        shortlist) whose rescored recall reaches it. Beyond the table: an error naming the best
+        reachable recall and its nprobe (and shortlist). Default (neither given): the smallest
+        nprobe within 0.003 of every list's recall (with ``rescore``: see ``shortlist``).
     exhaustive : scan every code even where the target has an index.
     index_fallback : a stored index that does not match the target's codes (row count or
         SHA-256) is replaced by the exhaustive scan (logged) instead of raising
         :class:`ModelFormatError`.
     searcher : a :class:`CodeSearcher` already loaded for ``target`` (what
         :meth:`CompactCollection.search` passes: the codes and index are loaded once).
+    rescore_cache : with ``rescore``, re-rank from this local copy of the originals by row
+        position (:mod:`tldr_index.rescore_cache`, written by ``write_rescore_cache``) instead
+        of fetching them from the source by id. A cache of other rows raises
+        :class:`ModelFormatError` unless ``rescore_cache_fallback`` (then: the source).
 
     Cost: without rescore, ``n x N x code_bytes`` lookups (with a code index about
     ``n x (nlist x d + nprobe / nlist x N x code_bytes)``) and ``N x code_bytes`` bytes of memory
@@ -265,7 +275,21 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
         D = np.stack([r.column("_distance").to_numpy()[:R] for r in rows]).astype(np.float32)
         engine = "store"
     secs["search"] = time.perf_counter() - t0
-    if rescore:
+    cache = None
+    if rescore and rescore_cache is not None:
+        if searcher is None:
+            raise InvalidParameterError(
+                f"The 'rescore_cache' parameter of search needs a target with codes (Lance, "
+                f"Parquet); target '{tgt.uri}' is searched by its store's own index. Got "
+                f"rescore_cache={os.fspath(rescore_cache)!r}.")
+        cache = searcher.rescore_cache(rescore_cache, fallback=rescore_cache_fallback)
+    if cache is not None:  # re-rank by row position from the local copy
+        t0 = time.perf_counter()
+        D, P = rerank(Q, P, cache.take, k, model.metric)
+        cand = ids_to_numpy(searcher.ids.take(pa.array(P.ravel()))).reshape(P.shape)
+        not_rescored = 0
+        secs["rescore"] = time.perf_counter() - t0
+    elif rescore:
         t0 = time.perf_counter()
         src = open_source_of(tgt, source, **(source_options or {}))
         if src.dim != model.input_dim:

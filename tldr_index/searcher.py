@@ -85,6 +85,21 @@ class CodeSearcher:
         self.ids, self.codes = ids, codes
         self.index = index
         self.index_error = index_error
+        self._caches: dict[tuple[str, bool], Any] = {}
+
+    def rescore_cache(self, path: Any, fallback: bool = False):
+        """The :class:`~tldr_index.rescore_cache.RescoreCache` at ``path`` checked against these
+        rows (opened once per path; None: a mismatch with ``fallback``)."""
+        import os
+
+        from .rescore_cache import RescoreCache
+
+        fallback = check_bool(fallback, "rescore_cache_fallback", owner="search")
+        key = (os.fspath(path), fallback)
+        if key not in self._caches:
+            self._caches[key] = RescoreCache.open(path, self.ids, self.model.input_dim,
+                                                  self.target.uri, fallback=fallback)
+        return self._caches[key]
 
     @classmethod
     def open(cls, target, model: CompactModel, *,
@@ -165,9 +180,8 @@ class CodeSearcher:
             if nprobe is not None:
                 return nprobe, k
             return table.raw_nprobe(target_recall, o), k
-        p, s = table.rescored_choice(target_recall, o, default_recall=DEFAULT_RECALL,
-                                     rows_per_list=index.n / index.nlist, nprobe=nprobe,
-                                     shortlist=fixed)
+        p, s = table.rescored_choice(target_recall, o, rows_per_list=index.n / index.nlist,
+                                     nprobe=nprobe, shortlist=fixed)
         return p, (fixed if fixed is not None else scaled_shortlist(s, k, table.k))
 
     def _choose_v1(self, nprobe: int | None, target_recall: Any) -> int:

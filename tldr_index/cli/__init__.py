@@ -16,10 +16,11 @@ from .group import EXIT_INTERRUPTED, interrupted_message, main
 from .options import DEFAULT_DB, default_db
 from .output import tidy_floats
 from .reindex_cmd import reindex, rollback
-from .search_cmd import info, search
+from .search_cmd import info, rescore_cache, search
 from .shrink_cmd import shrink
 
-for _command in (shrink, search, info, demo, eval_cmd, sweep_cmd, reindex, rollback):
+for _command in (shrink, search, info, rescore_cache, demo, eval_cmd, sweep_cmd, reindex,
+                 rollback):
     main.add_command(_command)
 
 __all__ = ["main", "EXIT_INTERRUPTED", "interrupted_message", "tidy_floats", "default_db",

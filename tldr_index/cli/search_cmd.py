@@ -28,7 +28,9 @@ from .output import echo_json, mb
 @click.option("--rescore", is_flag=True,
               help="Re-rank a shortlist by exact distance to the original vectors (source).")
 @click.option("--shortlist", type=click.IntRange(min=1), default=None,
-              help="Candidates re-ranked per query with --rescore [default: max(20k, 200)].")
+              help="Candidates re-ranked per query with --rescore [default: from the code "
+                   "index's recall table (the cheapest nprobe and shortlist reaching rescored "
+                   "recall@10 0.95), else max(20k, 200)].")
 @click.option("--source", default=None, metavar="URI",
               help="Where --rescore fetches originals [default: the source recorded in the "
                    "target].")
@@ -36,11 +38,17 @@ from .output import echo_json, mb
               help="CPU threads for FAISS [default: the cores that look idle].")
 @click.option("--nprobe", type=int, default=None,
               help="Lists of the target's code index scored per query, in [1, nlist] "
-                   "[default: the smallest stored nprobe reaching recall@10 0.95 of the "
-                   "exhaustive scan].")
+                   "[default: from the stored recall table, see --shortlist; without --rescore "
+                   "the smallest nprobe within 0.003 of every list's recall@10].")
 @click.option("--target-recall", type=float, default=None,
-              help="Pick the smallest stored nprobe whose recall@10 against exact search of "
-                   "the reduced vectors reaches this (instead of --nprobe).")
+              help="Pick the cheapest stored nprobe (and, with --rescore, shortlist) whose "
+                   "recall@10 against exact search reaches this (instead of --nprobe).")
+@click.option("--rescore-cache", default=None, type=click.Path(dir_okay=False),
+              help="With --rescore: re-rank from this local copy of the originals by row "
+                   "position (written by 'tldr-index rescore-cache') instead of the source.")
+@click.option("--rescore-cache-fallback", is_flag=True,
+              help="If the --rescore-cache does not match the target's rows, fetch the "
+                   "originals from the source instead of failing.")
 @click.option("--exhaustive", is_flag=True,
               help="Scan every code even where the target has a code index.")
 @click.option("--index-fallback", is_flag=True,
@@ -54,8 +62,8 @@ from .output import echo_json, mb
 @json_opt
 @library_errors
 def search(db, collection, target, queries, k, output, rescore, shortlist, source, threads,
-           nprobe, target_recall, exhaustive, index_fallback, columns, api_key, quiet,
-           json_out):
+           nprobe, target_recall, rescore_cache, rescore_cache_fallback, exhaustive,
+           index_fallback, columns, api_key, quiet, json_out):
     """Search a compact collection with queries in the original space.
 
     \b
@@ -72,7 +80,8 @@ def search(db, collection, target, queries, k, output, rescore, shortlist, sourc
     res, values = search_with_columns(
         uri, queries, cols, fetch_columns=not output, k=k, rescore=rescore, shortlist=shortlist,
         source=source, threads=threads, nprobe=nprobe, target_recall=target_recall,
-        exhaustive=exhaustive, index_fallback=index_fallback,
+        exhaustive=exhaustive, index_fallback=index_fallback, rescore_cache=rescore_cache,
+        rescore_cache_fallback=rescore_cache_fallback,
         target_options=store_options(uri, api_key),
         source_options=store_options(source, api_key) if source else None)
     if output:
@@ -96,6 +105,40 @@ def search(db, collection, target, queries, k, output, rescore, shortlist, sourc
         secs = sum(res.seconds.values())
         click.echo(f"Wrote {res.ids.shape[0]}x{res.ids.shape[1]} ids to {output} "
                    f"({'rescored, ' if res.rescored else ''}{res.engine}, {secs:.2f} s).")
+
+
+@click.command("rescore-cache")
+@db_opt
+@click.option("--collection", default=None, help="Compact table in --db.")
+@click.option("--target", default=None, metavar="URI",
+              help="Compact collection URI (instead of --collection).")
+@click.option("--path", "path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the cache (.npy, plus PATH.json).")
+@click.option("--source", default=None, metavar="URI",
+              help="Where the originals are read [default: the source recorded in the target].")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
+              show_default=True, help="Stored precision of the originals.")
+@api_key_opt
+@quiet_opt
+@library_errors
+def rescore_cache(db, collection, target, path, source, dtype, api_key, quiet):
+    """Write a local copy of a compact collection's originals for search --rescore-cache.
+
+    \b
+    Example:
+      tldr-index rescore-cache --db ./lancedb --collection docs_small --path docs.f16.npy
+      tldr-index search --db ./lancedb --collection docs_small --queries q.npy --rescore \\
+          --rescore-cache docs.f16.npy
+    """
+    from ..rescore_cache import write_rescore_cache
+
+    uri = target_uri(target, db, collection)
+    setup(quiet, False)
+    out = write_rescore_cache(uri, path, source=source, dtype=dtype,
+                              target_options=store_options(uri, api_key),
+                              source_options=store_options(source, api_key) if source else None)
+    if not quiet:
+        click.echo(f"Wrote the rescore cache of {uri} to {out} ({mb(out.stat().st_size)}).")
 
 
 def stdout_is_tty() -> bool:
