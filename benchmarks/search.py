@@ -253,17 +253,27 @@ def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None, work: Path
             src.take_positions(s)
         extra["lance_take_positions_100_ms"] = (time.perf_counter() - t0) / len(rand) * 1e3
         ds = lance.dataset(src.path)
+        frags = ds.get_fragments()
+        fid = np.array([f.fragment_id for f in frags], np.int64)
+        starts = np.cumsum([0] + [f.count_rows() for f in frags])
+
+        def row_ids(pos: np.ndarray) -> list:
+            f = np.searchsorted(starts, pos, side="right") - 1
+            return ((fid[f] << 32) + (pos - starts[f])).tolist()
+
         for key, fn in (("lance_take_vector_only_100_ms",
                          lambda s: ds.take(s.tolist(), columns=["vector"])),
-                        ("lance_take_rows_vector_only_100_ms",
-                         lambda s: ds._take_rows(s.tolist(), columns=["vector"])
-                         if hasattr(ds, "_take_rows") else ds.take(s.tolist(),
-                                                                   columns=["vector"]))):
+                        ("lance_take_rows_by_row_id_vector_only_100_ms",
+                         lambda s: ds._take_rows(row_ids(s), columns=["vector"]))):
             fn(rand[0])
             t0 = time.perf_counter()
             for s in rand:
                 fn(s)
             extra[key] = (time.perf_counter() - t0) / len(rand) * 1e3
+        # the same rows by position and by row id
+        a = ds.take(rand[0].tolist(), columns=["vector"]).column(0)
+        b = ds._take_rows(row_ids(rand[0]), columns=["vector"]).column(0)
+        extra["lance_row_id_take_matches_position_take"] = bool(a.equals(b))
     return extra
 
 
