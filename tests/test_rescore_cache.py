@@ -17,7 +17,8 @@ from conftest import make_structured
 import tldr_index
 from tldr_index.errors import InvalidParameterError, ModelFormatError
 from tldr_index.pipeline import shrink
-from tldr_index.rescore_cache import sidecar, write_rescore_cache
+from tldr_index.rescore_cache import sidecar
+from tldr_index.rescore_cache_write import write_rescore_cache
 from tldr_index.search import search
 
 N = 1000

@@ -32,10 +32,11 @@ import numpy as np
 import pyarrow as pa
 
 from .threads import thread_limit
-from .validation import check_int
+from .validation import check_bool, check_int
 from .compact import CompactModel
 from .errors import InvalidInputError, InvalidParameterError
 from .quantizer import normalize_rows
+from .rescore_cache import RescoreCache
 from .searcher import (MIN_SHORTLIST, SHORTLIST_FACTOR, CodeSearcher,  # noqa: F401 (re-exported)
                        default_shortlist, ids_to_numpy, read_codes)
 
@@ -282,7 +283,11 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
                 f"The 'rescore_cache' parameter of search needs a target with codes (Lance, "
                 f"Parquet); target '{tgt.uri}' is searched by its store's own index. Got "
                 f"rescore_cache={os.fspath(rescore_cache)!r}.")
-        cache = searcher.rescore_cache(rescore_cache, fallback=rescore_cache_fallback)
+        fb = check_bool(rescore_cache_fallback, "rescore_cache_fallback", owner="search")
+        cache = searcher.cached(
+            ("rescore_cache", os.fspath(rescore_cache), fb),
+            lambda: RescoreCache.open(rescore_cache, searcher.ids, model.input_dim, tgt.uri,
+                                      fallback=fb))
     if cache is not None:  # re-rank by row position from the local copy
         t0 = time.perf_counter()
         D, P = rerank(Q, P, cache.take, k, model.metric)

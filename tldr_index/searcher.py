@@ -87,18 +87,11 @@ class CodeSearcher:
         self.index_error = index_error
         self._caches: dict[tuple[str, bool], Any] = {}
 
-    def rescore_cache(self, path: Any, fallback: bool = False):
-        """The :class:`~tldr_index.rescore_cache.RescoreCache` at ``path`` checked against these
-        rows (opened once per path; None: a mismatch with ``fallback``)."""
-        import os
-
-        from .rescore_cache import RescoreCache
-
-        fallback = check_bool(fallback, "rescore_cache_fallback", owner="search")
-        key = (os.fspath(path), fallback)
+    def cached(self, key: Any, make: Any) -> Any:
+        """``make()`` once per ``key`` for this searcher (e.g. an opened rescore cache checked
+        against these rows), then the same object."""
         if key not in self._caches:
-            self._caches[key] = RescoreCache.open(path, self.ids, self.model.input_dim,
-                                                  self.target.uri, fallback=fallback)
+            self._caches[key] = make()
         return self._caches[key]
 
     @classmethod

@@ -130,7 +130,7 @@ def rescore_cache(db, collection, target, path, source, dtype, api_key, quiet):
       tldr-index search --db ./lancedb --collection docs_small --queries q.npy --rescore \\
           --rescore-cache docs.f16.npy
     """
-    from ..rescore_cache import write_rescore_cache
+    from ..rescore_cache_write import write_rescore_cache
 
     uri = target_uri(target, db, collection)
     setup(quiet, False)
