@@ -321,8 +321,9 @@ class CompactCollection:
                nprobe: int | None = None, target_recall: float | None = None,
                exhaustive: bool = False, index_fallback: bool = False, **options: Any):
         """:func:`tldr_index.search.search` on this collection (queries in the original space;
-        numpy or Arrow; ``nprobe``, ``target_recall``, ``exhaustive``, ``index_fallback`` as
-        there). Searches the live version: the codes and the code index are loaded once per
+        numpy or Arrow; ``nprobe``, ``target_recall``, ``exhaustive``, ``index_fallback`` and, in
+        ``options``, ``shortlist``, ``rescore_cache`` (re-rank by row position from a local copy
+        of the originals, opened once per version) as there). Searches the live version: the codes and the code index are loaded once per
         version of the target (a cheap version check per call) and shared by every thread."""
         from .search import search
 
