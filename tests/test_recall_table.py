@@ -6,6 +6,7 @@ keeps the old rules. Small seeded structured data."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
@@ -15,8 +16,8 @@ from conftest import make_structured
 from tldr_index.code_index import CodeIndex
 from tldr_index.codecs import get_codec
 from tldr_index.errors import InvalidInputError, InvalidParameterError
-from tldr_index.recall_table import (DEFAULT_TABLE_RECALL, ROW_COST, SATURATION_GAP,
-                                     RecallTable, drop_self)
+from tldr_index.recall_table import (DEFAULT_MIN_PROBE_FRACTION, DEFAULT_TABLE_RECALL,
+                                     ROW_COST, SATURATION_GAP, RecallTable, drop_self)
 from tldr_index.search import rerank
 
 D_ORIG, D = 24, 8
@@ -76,9 +77,10 @@ def test_the_cheapest_pair_reaching_the_target(built):
     # default: the smallest nprobe within SATURATION_GAP of every list at the longest
     # shortlist, then the shortest shortlist reaching DEFAULT_TABLE_RECALL there
     p, s = t.rescored_choice(None, "o", rows_per_list=rpl)
-    i = t.nprobe.index(p)
-    assert t.rescored[i][-1] >= t.rescored[-1][-1] - SATURATION_GAP
-    assert all(row[-1] < t.rescored[-1][-1] - SATURATION_GAP for row in t.rescored[:i])
+    sat = next(i for i, row in enumerate(t.rescored)
+               if row[-1] >= t.rescored[-1][-1] - SATURATION_GAP)
+    assert p == max(t.nprobe[sat], math.ceil(DEFAULT_MIN_PROBE_FRACTION * index.nlist))
+    i = max(i for i, q in enumerate(t.nprobe) if q <= p)
     j = t.shortlist.index(s)
     assert t.rescored[i][j] >= DEFAULT_TABLE_RECALL or s == t.shortlist[-1]
     assert all(v < DEFAULT_TABLE_RECALL for v in t.rescored[i][:j])
@@ -94,7 +96,7 @@ def test_the_cheapest_pair_reaching_the_target(built):
             "instead.")):
         small.rescored_choice(0.9, "search", rows_per_list=100)
     # the default beyond the table: the longest shortlist, the smallest saturated nprobe
-    assert small.rescored_choice(None, "s", rows_per_list=100) == (1, 100)
+    assert small.rescored_choice(None, "s", rows_per_list=100) == (1, 100)  # ceil(4 / 4) = 1
     assert small.rescored_choice(None, "s", rows_per_list=100, default_recall=0.35) == (1, 100)
     assert small.rescored_choice(None, "s", rows_per_list=100, nprobe=4,
                                  default_recall=0.35) == (4, 10)

@@ -54,6 +54,14 @@ SATURATION_GAP = 0.001
 #: 0.889, the exhaustive scan 0.905), so the default asks the table for more than the 0.95 it
 #: aims at, and for an nprobe that loses (almost) nothing even at the longest shortlist.
 DEFAULT_TABLE_RECALL = 0.99
+#: and the default rescored search probes at least this fraction of the lists: the table's
+#: queries find their neighbours in too few lists. Measured with the corpus's held-out queries
+#: (benchmarks/shrink.py and benchmarks/search.py, interpolated MiniLM rows, TLDR d=64 + PQ16):
+#: at 250k rows / 1,000 lists, nprobe 128 stays 1.0-1.2 points below the exhaustive scan at
+#: shortlists 200-400 and nprobe 256 0.25 points (0.9535 vs 0.956 at 200); at 1M / 2,000 lists
+#: the table saturates at nprobe 32, where the queries are 1.9-3.2 points below the exhaustive
+#: scan at shortlists 100-400 (nprobe 128: 0.7-1.0 points).
+DEFAULT_MIN_PROBE_FRACTION = 0.25
 
 
 @dataclass
@@ -128,9 +136,10 @@ class RecallTable:
         With ``target``: the cheapest stored pair (see :data:`ROW_COST`) whose ``rescored``
         recall reaches it; beyond the table, one error naming the best pair. Default (``target``
         None): the smallest nprobe whose rescored recall at the longest shortlist is within
-        :data:`SATURATION_GAP` of every list's, then the smallest shortlist whose recall at that
-        nprobe reaches ``default_recall`` (else the longest): see :data:`DEFAULT_TABLE_RECALL`
-        for why the default is conservative."""
+        :data:`SATURATION_GAP` of every list's, raised to :data:`DEFAULT_MIN_PROBE_FRACTION` of
+        the lists, then the smallest shortlist whose recall at that nprobe reaches
+        ``default_recall`` (else the longest): see :data:`DEFAULT_TABLE_RECALL` and
+        :data:`DEFAULT_MIN_PROBE_FRACTION` for why the default is conservative."""
         R, Ss, ps = self.rescored, self.shortlist, self.nprobe
         si = list(range(len(Ss))) if shortlist is None else [
             max([j for j, s in enumerate(Ss) if s <= shortlist], default=0)]
@@ -141,8 +150,10 @@ class RecallTable:
 
         if target is None:
             jl = si[-1]
-            i = pi[0] if nprobe is not None else next(
-                i for i in pi if R[i][jl] >= R[-1][jl] - SATURATION_GAP)
+            if nprobe is None:
+                i = next(i for i in pi if R[i][jl] >= R[-1][jl] - SATURATION_GAP)
+                nprobe = max(ps[i], min(ps[-1], math.ceil(DEFAULT_MIN_PROBE_FRACTION * ps[-1])))
+            i = self._row_at_most(nprobe)
             j = next((j for j in si if R[i][j] >= default_recall), si[-1])
         else:
             target = check_float(target, "target_recall", low=0.0, high=1.0, owner=owner)
@@ -213,4 +224,4 @@ def scaled_shortlist(shortlist: int, k: int, table_k: int) -> int:
 
 __all__ = ["RecallTable", "measure", "overlap", "drop_self", "scaled_shortlist",
            "RECALL_NPROBES", "RECALL_SHORTLISTS", "RECALL_K", "ROW_COST", "SATURATION_GAP",
-           "DEFAULT_TABLE_RECALL"]
+           "DEFAULT_TABLE_RECALL", "DEFAULT_MIN_PROBE_FRACTION"]
