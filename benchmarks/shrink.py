@@ -171,6 +171,8 @@ def bench(rows: int, method: str, config: str, args, qpath: Path, truth: np.ndar
             sargs += ["--threads", str(args.threads)]
         if rescore:
             sargs.append("--rescore")
+        if args.exhaustive:
+            sargs.append("--exhaustive")
         sout, swall, srss = cli(sargs)
         key = "rescored" if rescore else "plain"
         res[key] = {"recall": recall_at_k(np.load(ids_path), truth), "wall_s": swall, "rss_gb": srss,
@@ -251,6 +253,8 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--exhaustive", action="store_true",
+                    help="search every code (search --exhaustive) instead of the code index")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shrink.md"))
     args = ap.parse_args(argv)
     global CACHE

@@ -49,6 +49,7 @@ from . import train as training
 from .encode import stage_encode
 from .engine import make_engine
 from .budget import DEFAULT_CODEC
+from .options import FitOptions, GraphOptions
 from .plan import DEFAULT_EVAL_QUERIES, DEFAULT_SAMPLE, STAGES, ShrinkPlan, default_work_dir, \
     plan_shrink
 from .report import ShrinkReport
@@ -122,7 +123,9 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
            skip_invalid: bool = False, engine: str = "local",
            engine_options: dict | None = None, codec: str = DEFAULT_CODEC,
            bits: int | None = None, bytes: int | None = None,  # noqa: A002
-           index_min_rows: int = INDEX_MIN_ROWS) -> ShrinkReport:
+           index_min_rows: int = INDEX_MIN_ROWS,
+           graph_options: GraphOptions | dict | None = None,
+           fit_options: FitOptions | dict | None = None) -> ShrinkReport:
     """Shrink the collection at ``source_uri`` into a compact collection at ``target_uri``.
 
     Parameters
@@ -185,6 +188,12 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         an error (pass ``reduced_dtype="float32"``) instead of a switch to float32; with
         ``method="auto"`` or ``target_recall`` the scan stays on this node (the selection
         measures recall against every row).
+    graph_options, fit_options : :class:`tldr_index.shrink.options.GraphOptions` /
+        :class:`~tldr_index.shrink.options.FitOptions` (or dicts of their fields): how the kNN
+        graph of the sample is built (``method`` "auto"/"exact"/"opq", the OPQ pass's
+        ``train_rows``/``nprobe``/``refine``) and how TLDR is fitted (``learning_rate``,
+        ``batch_size``, ``patience``, ``validation_rows``); default: the library's defaults.
+        Set fields are recorded in the run's parameters (a resumed run must pass the same).
     engine_options : for "ray", ``workers`` (tasks in flight), ``shard_rows`` (rows per task and
         per written shard) and ``num_cpus`` (of a local Ray started here), used by
         :func:`tldr_index.shrink.ray_scan.scan_with_ray` and
@@ -202,7 +211,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
                        eval_queries=eval_queries, shortlist=shortlist, batch_rows=batch_rows,
                        threads=threads, source_options=source_options,
                        skip_invalid=skip_invalid, engine=engine, engine_options=engine_options,
-                       codec=codec, bits=bits, bytes=bytes, index_min_rows=index_min_rows)
+                       codec=codec, bits=bits, bytes=bytes, index_min_rows=index_min_rows,
+                       graph_options=graph_options, fit_options=fit_options)
     prog = wrap_progress(as_progress(progress))  # test-only fault points, see faults
     return run_plan(plan, progress=prog, work_dir=work_dir, resume=resume, overwrite=overwrite,
                     keep_work=keep_work, sink_options=sink_options, t_start=t_start)
@@ -252,7 +262,8 @@ def run_plan(plan: ShrinkPlan, *, progress: Progress, work_dir=None, resume: boo
                         reduced_dtype=plan.reduced_dtype, overwrite=overwrite,
                         sink_options=dict(sink_options or {}), params=params,
                         published_already=published_already, skip_invalid=plan.skip_invalid,
-                        index_min_rows=plan.index_min_rows)
+                        index_min_rows=plan.index_min_rows,
+                        graph_options=plan.graph_options, fit_options=plan.fit_options)
         seconds: dict[str, float] = {}
         skipped: list[str] = []
         log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s; work dir %s.", src.uri, plan.n_rows,

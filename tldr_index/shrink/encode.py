@@ -23,6 +23,7 @@ from ..threads import run_in_worker
 from ..vectors import VectorStore
 from .code_index_stage import build_code_index
 from .encode_batches import FLOAT16_MAX, encode_block, read_rows
+from .overlap import pipelined
 from .results import EncodeResult
 
 if TYPE_CHECKING:
@@ -72,15 +73,8 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
     n = scan.n_rows
     run.progress.phase("encode", "encoding", n, "rows")
     writer = VectorStore.create(out / "reduced", run.dim, np.float32)
-    max_abs = 0.0
-    with open(out / "codes.u8", "wb") as fcodes:
-        for start, block in scan.iter_chunks(run.batch_rows):
-            Y, codes = encode_block(block, compact)
-            max_abs = max(max_abs, float(np.abs(Y).max()))
-            writer.append(Y)
-            if codes is not None:
-                fcodes.write(codes.tobytes())
-            run.progress.update("encode", start + len(block))
+    max_abs = encode_rows(scan, compact, writer, out / "codes.u8", run.batch_rows,
+                          lambda done: run.progress.update("encode", done))
     reduced = writer.finalize()
     vector_dtype = run.reduced_dtype
     if vector_dtype == "float16" and max_abs > FLOAT16_MAX:
@@ -96,6 +90,34 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
     if index_file is not None:
         files.append(index_file)
     return files, result
+
+
+def encode_rows(scan: VectorStore, compact: CompactModel, writer, codes_path: Path,
+                batch_rows: int, progress) -> float:
+    """Reduce and encode every row of ``scan`` into ``writer`` (a created VectorStore) and
+    ``codes_path`` (``code_bytes`` per row), in row order, reading, encoding and writing
+    overlapped in three threads (:func:`tldr_index.shrink.overlap.pipelined`); returns the
+    largest absolute reduced value. ``progress(rows_done)`` after each block. Cost: one pass,
+    about max(read, encode, write) per block; memory: a few blocks."""
+    state = {"max_abs": 0.0, "done": 0}
+
+    def compute(item):
+        start, block = item
+        Y, codes = encode_block(block, compact)
+        return Y, codes, float(np.abs(Y).max()) if len(Y) else 0.0
+
+    with open(codes_path, "wb") as fcodes:
+        def write(item) -> None:
+            Y, codes, top = item
+            state["max_abs"] = max(state["max_abs"], top)
+            writer.append(Y)
+            if codes is not None:
+                fcodes.write(codes.tobytes())
+            state["done"] += len(Y)
+            progress(state["done"])
+
+        pipelined(scan.iter_chunks(batch_rows), compute, write, name="encode")
+    return state["max_abs"]
 
 
 def estimate_recall(run: "ShrinkRun", model: CompactModel, out: Path,

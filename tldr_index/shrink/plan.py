@@ -24,6 +24,7 @@ from connectors import absolute_uri, default_target_uri, open_source, parse_uri
 from ..code_index import INDEX_MIN_ROWS
 from ..errors import InvalidInputError, InvalidParameterError
 from ..validation import check_bool, check_choice, check_float, check_int
+from .options import FitOptions, GraphOptions
 from .budget import CODECS, DEFAULT_BYTES, DEFAULT_CODEC, check_codec_args, code_bytes, \
     codec_fits, default_pq_bytes, needs_kmeans, resolve_bytes
 
@@ -249,6 +250,8 @@ class ShrinkPlan:
     select: dict | None
     n_rows: int
     index_min_rows: int = INDEX_MIN_ROWS
+    graph_options: GraphOptions = GraphOptions()
+    fit_options: FitOptions = FitOptions()
 
     @property
     def params(self) -> dict:
@@ -263,6 +266,9 @@ class ShrinkPlan:
              "engine": self.engine, "index_min_rows": self.index_min_rows}
         if self.select is not None:
             p["select"] = self.select
+        for opts in (self.graph_options, self.fit_options):
+            if opts.changed():  # recorded only when set: default runs keep their parameters
+                p[opts.name] = opts.changed()
         return p
 
     @property
@@ -290,7 +296,9 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
                 skip_invalid: bool = False, engine: str = "local",
                 engine_options: dict | None = None, codec: str = DEFAULT_CODEC,
                 bits: int | None = None, bytes: int | None = None,  # noqa: A002
-                index_min_rows: int = INDEX_MIN_ROWS) -> ShrinkPlan:
+                index_min_rows: int = INDEX_MIN_ROWS,
+                graph_options: GraphOptions | dict | None = None,
+                fit_options: FitOptions | dict | None = None) -> ShrinkPlan:
     """Check the arguments of :func:`tldr_index.shrink.shrink` (same names and meaning), open
     the source and return the plan. Raises :class:`InvalidParameterError` /
     :class:`InvalidInputError` (one line naming the parameter, the rule and the value)."""
@@ -320,6 +328,8 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
     check_bool(skip_invalid, "skip_invalid", owner=o)
     check_choice(engine, "engine", ENGINES, owner=o)
     engine_options = check_engine_options(engine, engine_options)
+    graph_options = GraphOptions.coerce(graph_options, owner=o)
+    fit_options = FitOptions.coerce(fit_options, owner=o)
     if engine == "ray":
         from .ray_engine import require_ray
         require_ray(o)
@@ -371,7 +381,8 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
                       eval_queries=eval_queries, shortlist=shortlist, batch_rows=batch_rows,
                       threads=threads, skip_invalid=skip_invalid, engine=engine,
                       engine_options=engine_options, select=select, n_rows=n_rows,
-                      index_min_rows=index_min_rows)
+                      index_min_rows=index_min_rows, graph_options=graph_options,
+                      fit_options=fit_options)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any
 from ..code_index import INDEX_MIN_ROWS
 from ..errors import Interrupted, InvalidInputError
 from ..progress import Progress
+from .options import FitOptions, GraphOptions
 from .results import StageResult, StageResults
 from .sampling import train_store
 from .workdir import WorkDir
@@ -52,6 +53,8 @@ class ShrinkRun:
     published_already: bool = False
     skip_invalid: bool = False
     index_min_rows: int = INDEX_MIN_ROWS
+    graph_options: GraphOptions = field(default_factory=GraphOptions)
+    fit_options: FitOptions = field(default_factory=FitOptions)
     results: StageResults = field(default_factory=StageResults)
 
     @property
