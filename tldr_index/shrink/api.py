@@ -288,7 +288,7 @@ def run_plan(plan: ShrinkPlan, *, progress: Progress, work_dir=None, resume: boo
             recall_at_10=enc.recall_at_10, recall_at_10_rescored=enc.recall_at_10_rescored,
             eval_queries=enc.eval_queries or 0,
             shortlist=enc.shortlist if enc.shortlist is not None else plan.shortlist,
-            stage_seconds=seconds, skipped_stages=skipped,
+            stage_seconds=seconds, skipped_stages=skipped, stage_usage=dict(run.usage),
             selection=r.select.to_json() if r.select is not None else None,
             wall_seconds=time.perf_counter() - t_start, work_dir=str(work.root), resumed=resumed,
             skipped_invalid=scan.skipped_invalid or 0, first_invalid_id=scan.first_invalid_id)
