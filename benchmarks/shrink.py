@@ -221,13 +221,15 @@ def markdown(results: list[dict], args, command: str, load: tuple) -> str:
               f"({rep['search_compression']:.0f}x) |")
     stages = ("scan", "knn", "train", "encode", "write", "verify", "publish")
     lines += ["", "## CPU seconds (every thread) and the process's peak RSS after each stage", "",
-              "| rows | method | " + " | ".join(stages) + " |",
-              "|---|---|" + "---|" * len(stages)]
+              "| rows | method | " + " | ".join(stages) + " | encode's parts (wall) |",
+              "|---|---|" + "---|" * (len(stages) + 1)]
     for r in results:
         use = r["report"].get("stage_usage", {})
+        parts = use.get("encode_phases", {})
         lines.append(f"| {r['rows']:,} | {r['method']} | " + " | ".join(
             f"{use[s]['cpu_s']:.0f} s ({use[s]['peak_rss_mb'] / 1024:.2f} GB)" if s in use else "-"
-            for s in stages) + " |")
+            for s in stages) + " | " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
+            + " |")
     lines += ["", "## Search (1 child process per line)", "",
               "| rows | method | recall@10 | recall@10 --rescore | search wall (RSS) | rescored wall "
               "(RSS) | shrink's own estimate (200 rows) |", "|---|---|---|---|---|---|---|"]
