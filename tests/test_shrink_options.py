@@ -68,3 +68,26 @@ def test_cli_pairs_parse_to_typed_options():
                        match=r"^The '--graph-option' option takes KEY=VALUE\. Got 'exact' "
                              r"instead\.$"):
         parse_option_pairs(("exact",), GraphOptions, "--graph-option")
+
+
+def test_cli_options_reach_the_run_and_the_target(tmp_path, source):
+    from click.testing import CliRunner
+    from connectors import open_target
+
+    from tldr_index.cli import main as cli
+
+    target = f"lancedb://{tmp_path}/db/small"
+    res = CliRunner().invoke(cli, [
+        "shrink", "--source", source, "--target", target, "--dim", "8", "--pq-bytes", "4",
+        "--epochs", "1", "--graph-option", "method=exact", "--fit-option", "patience=none",
+        "--fit-option", "learning_rate=0.01", "--work-dir", str(tmp_path / "w"), "--json",
+        "--quiet"])
+    assert res.exit_code == 0, res.output
+    params = open_target(target).metadata["params"]
+    assert params["graph_options"] == {"method": "exact"}
+    assert params["fit_options"] == {"learning_rate": 0.01, "patience": None}
+    bad = CliRunner().invoke(cli, ["shrink", "--source", source, "--target", target, "--dim",
+                                   "8", "--fit-option", "patience=0", "--quiet"])
+    assert bad.exit_code == 1
+    assert "Error: The 'fit_options.patience' parameter of shrink (--fit-option) must be an " \
+           "int in the range [1, inf) or None. Got 0 instead." in bad.output
