@@ -89,7 +89,7 @@ def shrink_summary(report) -> list[str]:
               help="Training epochs [default: 6; TLDR stops earlier once validation "
                    "recall stops improving].")
 @click.option("--sample", type=click.IntRange(min=2), default=None,
-              help="Training rows (a seeded random sample) [default: 100,000, "
+              help="Training rows (a seeded random sample) [default: 50,000, "
                    "tldr_index.shrink.plan.DEFAULT_SAMPLE].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True,

@@ -154,7 +154,7 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         d x bits / 8 + 4); default 16 or the largest size the codec meets below it; 0 stores no
         codes. ``pq_bytes`` is its old name (an alias; both given must agree).
     neighbors, epochs, sample : TLDR's ``n_neighbors``, ``epochs`` (None: its default) and the
-        training rows (``max_train_rows``, default 100,000, drawn at random: the graph and
+        training rows (``max_train_rows``, default 50,000, drawn at random: the graph and
         the epochs cost time in proportion, the exact graph quadratically up to 30,000 rows, the
         OPQ graph above that about linearly).
     device : "auto", "cpu" or "cuda" (training and the kNN graph).
