@@ -91,3 +91,12 @@ def test_cli_options_reach_the_run_and_the_target(tmp_path, source):
     assert bad.exit_code == 1
     assert "Error: The 'fit_options.patience' parameter of shrink (--fit-option) must be an " \
            "int in the range [1, inf) or None. Got 0 instead." in bad.output
+
+
+def test_default_sample_grows_with_the_collection(source):
+    from tldr_index.shrink.plan import default_sample
+
+    assert [default_sample(n) for n in (300, 250_000, 300_000, 500_000, 10 ** 9)] == \
+        [50_000, 50_000, 60_000, 100_000, 100_000]
+    assert plan_shrink(source, dim=8).sample == 50_000
+    assert plan_shrink(source, dim=8, sample=280).sample == 280

@@ -89,8 +89,8 @@ def shrink_summary(report) -> list[str]:
               help="Training epochs [default: 6; TLDR stops earlier once validation "
                    "recall stops improving].")
 @click.option("--sample", type=click.IntRange(min=2), default=None,
-              help="Training rows (a seeded random sample) [default: 50,000, "
-                   "tldr_index.shrink.plan.DEFAULT_SAMPLE].")
+              help="Training rows (a seeded random sample) [default: rows / 5 within "
+                   "50,000..100,000, tldr_index.shrink.plan.default_sample].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True,
               help="Where the kNN graph, training and the recall estimate run (auto: the GPU "
@@ -157,7 +157,7 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
     from ..errors import InvalidParameterError
     from ..shrink import shrink as run_shrink
     from ..shrink.options import FitOptions, GraphOptions, parse_option_pairs
-    from ..shrink.plan import DEFAULT_SAMPLE, check_engine_options, default_target
+    from ..shrink.plan import check_engine_options, default_target
 
     if dim is None and target_recall is None and method not in ("none", "auto"):
         raise click.UsageError("Missing option '--dim'.")  # or --target-recall
@@ -179,7 +179,7 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
                         dims=int_list(dims, "--dims"), codec=codec, bits=bits,
                         bytes=code_bytes,
                         neighbors=neighbors, epochs=epochs,
-                        sample=DEFAULT_SAMPLE if sample is None else sample, device=device,
+                        sample=sample, device=device,
                         work_dir=work_dir, resume=resume, overwrite=overwrite,
                         random_state=seed, progress=progress, vector_column=vector_column,
                         id_column=id_column, keep_work=keep_work, threads=threads,

@@ -50,7 +50,7 @@ from .encode import stage_encode
 from .engine import make_engine
 from .budget import DEFAULT_CODEC
 from .options import FitOptions, GraphOptions
-from .plan import DEFAULT_EVAL_QUERIES, DEFAULT_SAMPLE, STAGES, ShrinkPlan, default_work_dir, \
+from .plan import DEFAULT_EVAL_QUERIES, STAGES, ShrinkPlan, default_work_dir, \
     plan_shrink
 from .report import ShrinkReport
 from .run import ShrinkRun, run_stage
@@ -112,7 +112,7 @@ def run_stages(run: ShrinkRun, skipped: list, seconds: dict) -> None:
 def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = None,
            method: str = "tldr", target_recall: float | None = None, dims=None,
            pq_bytes: int | None = None, neighbors: int = 3, epochs: int | None = None,
-           sample: int = DEFAULT_SAMPLE, device: str = "auto",
+           sample: int | None = None, device: str = "auto",
            work_dir: str | os.PathLike | None = None, resume: bool = False,
            overwrite: bool = False, random_state: int = 0,
            progress: Progress | bool | None = None, vector_column: str | None = None,
@@ -154,7 +154,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         d x bits / 8 + 4); default 16 or the largest size the codec meets below it; 0 stores no
         codes. ``pq_bytes`` is its old name (an alias; both given must agree).
     neighbors, epochs, sample : TLDR's ``n_neighbors``, ``epochs`` (None: its default) and the
-        training rows (``max_train_rows``, default 50,000, drawn at random: the graph and
+        training rows (``max_train_rows``; default ``rows // 5`` clipped to [50,000, 100,000],
+        :func:`tldr_index.shrink.plan.default_sample`; drawn at random: the graph and
         the epochs cost time in proportion, the exact graph quadratically up to 30,000 rows, the
         OPQ graph above that about linearly).
     device : "auto", "cpu" or "cuda" (training and the kNN graph).

@@ -34,10 +34,14 @@ STAGES = ("scan", "knn", "select", "train", "encode", "write", "verify", "publis
 METHODS = ("tldr", "pca", "none", "auto")
 ENGINES = ("local", "ray")
 ENGINE_OPTIONS = ("workers", "shard_rows", "num_cpus")
-#: training rows (issue 17: 100,000 before; on 250k interpolated rows, exhaustive search, recall@10
-#: 0.476 / 0.955 rescored at 50,000 vs 0.477 / 0.956 at 100,000, the kNN graph and training
-#: half the CPU time; benchmarks/results/shrink_new_vs_current.md)
+#: the default training sample is ``n_rows // 5`` clipped to [DEFAULT_SAMPLE, MAX_DEFAULT_SAMPLE]
+#: (:func:`default_sample`). Issue 17, interpolated rows, exhaustive search
+#: (benchmarks/results/shrink_new_vs_current.md): at 250k rows recall@10 0.476 / 0.955 rescored
+#: with 50,000 rows vs 0.477 / 0.956 with 100,000 (the kNN graph and training at half the CPU);
+#: at 1M, 50,000 rows gave 0.301 / 0.885 vs 0.305 / 0.891, more than half a point below, so
+#: large collections keep 100,000.
 DEFAULT_SAMPLE = 50_000
+MAX_DEFAULT_SAMPLE = 100_000
 DEFAULT_PQ_BYTES = DEFAULT_BYTES
 DEFAULT_EVAL_QUERIES = 200
 DEFAULT_DIMS = (16, 32, 64, 128)
@@ -46,6 +50,12 @@ SWEEP_BATCH_ROWS = 8192
 
 
 # ---------------------------------------------------------------------------------- defaults
+
+def default_sample(n_rows: int) -> int:
+    """Training rows when ``sample`` is not given: ``n_rows // 5`` clipped to
+    ``[DEFAULT_SAMPLE, MAX_DEFAULT_SAMPLE]`` (50,000 up to 250,000 rows, 100,000 from 500,000)."""
+    return int(min(MAX_DEFAULT_SAMPLE, max(DEFAULT_SAMPLE, n_rows // 5)))
+
 
 def default_work_dir(target_uri: str) -> Path:
     """``$TLDR_INDEX_WORK`` or ``./tldr-work``, then ``<target name>-<8 hex of the target URI>``."""
@@ -291,7 +301,7 @@ class ShrinkPlan:
 def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = None,
                 method: str = "tldr", target_recall: float | None = None, dims=None,
                 pq_bytes: int | None = None, neighbors: int = 3, epochs: int | None = None,
-                sample: int = DEFAULT_SAMPLE, device: str = "auto", random_state: int = 0,
+                sample: int | None = None, device: str = "auto", random_state: int = 0,
                 vector_column: str | None = None, id_column: str | None = None,
                 reduced_dtype: str = "float16", eval_queries: int = DEFAULT_EVAL_QUERIES,
                 shortlist: int | None = None, batch_rows: int = 8192,
@@ -314,7 +324,7 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
                     allow_none=target_recall is not None or method in ("none", "auto"))
     neighbors = check_int(neighbors, "neighbors", low=1, owner=o)
     check_int(epochs, "epochs", low=1, owner=o, allow_none=True)
-    sample = check_int(sample, "sample", low=2, owner=o)
+    sample = check_int(sample, "sample", low=2, owner=o, allow_none=True)
     check_int(pq_bytes, "pq_bytes", low=0, owner=o, allow_none=True)
     check_int(bytes, "bytes", low=0, owner=o, allow_none=True)
     pq_bytes = resolve_bytes(bytes, pq_bytes, o)
@@ -374,6 +384,8 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
         pq_bytes = code_bytes(codec, dim, pq_bytes, bits, o,
                               warn=warn if codec in ("pq", "opq") else None)
     n_rows = src.count()
+    if sample is None:
+        sample = default_sample(n_rows)
     kmeans = needs_kmeans([codec]) and bool(pq_bytes) if select is None else \
         needs_kmeans(c[2] for c in select["candidates"] if c[3])
     check_feasible(src, n_rows, min(n_rows, sample), method, neighbors, kmeans, o)
@@ -433,7 +445,7 @@ def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
     check_choice(method, "method", METHODS, owner=o)
     neighbors = check_int(neighbors, "neighbors", low=1, owner=o)
     check_int(epochs, "epochs", low=1, owner=o, allow_none=True)
-    sample = check_int(sample, "sample", low=2, owner=o, allow_none=True) or DEFAULT_SAMPLE
+    sample = check_int(sample, "sample", low=2, owner=o, allow_none=True)
     eval_queries = check_int(eval_queries, "eval_queries", low=1, owner=o)
     shortlist = check_int(shortlist, "shortlist", low=1, owner=o, allow_none=True) or \
         default_shortlist(10)
@@ -448,6 +460,8 @@ def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                             budgets or [None], method, target_recall,
                             owner=o, criterion=criterion, codecs=codecs, bits=bits)
     n_rows = src.count()
+    if sample is None:
+        sample = default_sample(n_rows)
     check_feasible(src, n_rows, min(n_rows, sample), method, neighbors,
                    needs_kmeans(c[2] for c in select["candidates"] if c[3]), o)
     return SweepPlan(src=src, source_uri=source_uri, source_abs=absolute_uri(source_uri),
