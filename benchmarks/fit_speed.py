@@ -10,6 +10,7 @@ configurations alternate per dimension so that a change of load hits both.
 * ``new``: ``TLDR(d)``, the library defaults.
 * ``current``: ``TLDR(d, **PREVIOUS)``, the defaults before issue 17 passed explicitly (exact kNN
   graph, 8 epochs at learning rate 3e-3, no patience, 500 validation rows).
+* ``refine0``, ``nprobe8``, ``batch512``, ``batch128``, ``train16k``, ``train16k-refine0``: cheaper variants of the default (``VARIANTS``).
 
 Usage:
     python benchmarks/fit_speed.py --corpus ../shared/data/pydoc-minilm.npz  # -> results/fit_speed.md
@@ -34,7 +35,16 @@ from tldr_index import TLDR  # noqa: E402
 
 PREVIOUS = {"knn_method": "exact", "epochs": 8, "learning_rate": 3e-3, "patience": None,
             "validation_rows": 500}
-CONFIGS = {"new": {}, "current": PREVIOUS}
+#: cheaper variants of the default measured for issue 17 (``--configs``): the OPQ graph without
+#: its exact re-rank or with half the probed lists, half the steps at twice the batch, and twice
+#: the steps at half the batch (the loss costs O(batch^2) per step), and the OPQ index trained
+#: on 16,384 rows (with and without the exact re-rank)
+VARIANTS = {"refine0": {"knn_params": {"refine": 0}}, "nprobe8": {"knn_params": {"nprobe": 8}},
+            "batch512": {"batch_size": 512, "learning_rate": 6e-3},
+            "batch128": {"batch_size": 128, "learning_rate": 3e-3},
+            "train16k": {"knn_params": {"train_rows": 16_384}},
+            "train16k-refine0": {"knn_params": {"train_rows": 16_384, "refine": 0}}}
+CONFIGS = {"new": {}, "current": PREVIOUS, **VARIANTS}
 
 
 def run(d: int, config: str, db, q, truth, seed: int) -> dict:

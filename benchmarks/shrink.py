@@ -9,11 +9,10 @@ Distance: cosine.
 Queries: the corpus's held-out query rows (never part of the table), the first ``--queries``.
 Ground truth: exact cosine top-10 over the N rows. recall@10 = overlap of ``search``'s ids with it.
 
-Configurations (``--configs``): ``new`` runs TLDR with the library's defaults; ``current`` runs the
-same code with the previous defaults passed explicitly (``PREVIOUS_DEFAULTS``: the exact kNN graph
-that ``method="auto"`` chose for samples up to 200,000 rows, 8 epochs at learning rate 3e-3 without
-patience), through :data:`tldr_index.shrink.train.GRAPH_OPTIONS` / ``FIT_OPTIONS`` set in the child
-process. PCA runs once (it has no graph and no epochs).
+Configurations (``--configs``, :data:`CONFIGS`): ``new`` runs TLDR with the library's defaults;
+``current`` and ``previous`` run the same code with older defaults passed explicitly as shrink
+options (``--sample``, ``--graph-option``, ``--fit-option``, ``--epochs``). PCA runs once (it has
+no graph and no epochs).
 
 Each run is the real command line in a child process (``tldr-index shrink`` then ``search`` without
 and with ``--rescore``); peak RSS is the child's maximum resident set size as reported by
@@ -49,13 +48,18 @@ from tldr_index.search import recall_at_k  # noqa: E402
 CACHE = CACHE_ROOT / "shrink_interp"
 TARGETS = {"wall_s": 15 * 60, "rss_gb": 1.5, "search_ratio": 50, "disk_ratio": 4,
            "recall_rescored": 0.95}
-#: the defaults before issue 17, passed explicitly for ``--configs current``
-PREVIOUS_DEFAULTS = {"graph": {"method": "exact"},
-                     "fit": {"epochs": 8, "learning_rate": 3e-3, "patience": None,
-                             "validation_rows": 500}}
-CHILD = ("import sys, json; import tldr_index.shrink.train as t; o = json.loads(sys.argv.pop(1)); "
-         "t.GRAPH_OPTIONS.update(o['graph']); t.FIT_OPTIONS.update(o['fit']); "
-         "from tldr_index.cli import main; main(prog_name='tldr-index')")
+#: extra ``tldr-index shrink`` arguments of each TLDR configuration (``--configs``): ``new`` the
+#: library defaults; ``current`` the defaults of main at 51fae93 (before this round of issue 17:
+#: a 100,000-row training sample), ``previous`` the defaults before issue 17 (exact kNN graph,
+#: 8 epochs at 3e-3 without patience, 500 validation rows). The code paths (overlapped encode)
+#: are the same for all: only the settings differ.
+CONFIGS = {
+    "new": [],
+    "current": ["--sample", "100000"],
+    "previous": ["--sample", "100000", "--graph-option", "method=exact", "--epochs", "8",
+                 "--fit-option", "learning_rate=0.003", "--fit-option", "patience=none",
+                 "--fit-option", "validation_rows=500"],
+}
 
 
 # ------------------------------------------------------------------------------------ data
@@ -128,20 +132,18 @@ def ground_truth(rows: int, qpath: Path, k: int = 10) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ runs
 
-def cli(args: list[str], options: dict | None = None) -> tuple[str, float, float]:
+def cli(args: list[str]) -> tuple[str, float, float, float]:
     """Run ``python -m tldr_index <args>`` under ``/usr/bin/time``; return (stdout, wall seconds,
-    peak RSS in GB). ``time`` reports its own child, which it forks after its exec: a child
-    forked directly from this (large) process would inherit its high-water RSS. ``options``:
-    ``{"graph": {...}, "fit": {...}}`` set as the train stages' extra options in the child."""
+    peak RSS in GB, CPU seconds user + system). ``time`` reports its own child, which it forks after its exec: a child
+    forked directly from this (large) process would inherit its high-water RSS."""
     stats = CACHE / "time.txt"
-    py = [sys.executable, "-m", "tldr_index"] if options is None else \
-        [sys.executable, "-c", CHILD, json.dumps(options)]
-    cmd = ["/usr/bin/time", "-f", "%M %e", "-o", str(stats), *py, *args]
+    cmd = ["/usr/bin/time", "-f", "%M %e %U %S", "-o", str(stats), sys.executable, "-m", "tldr_index",
+           *args]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
-    kb, wall = stats.read_text().split()[-2:]
-    return p.stdout, float(wall), int(kb) / 2**20
+    kb, wall, user, system = stats.read_text().split()[-4:]
+    return p.stdout, float(wall), int(kb) / 2**20, float(user) + float(system)
 
 
 def bench(rows: int, method: str, config: str, args, qpath: Path, truth: np.ndarray) -> dict:
@@ -150,19 +152,22 @@ def bench(rows: int, method: str, config: str, args, qpath: Path, truth: np.ndar
     name = method if method == "pca" else f"{method}-{config}"
     target = f"lancedb://{db}/docs_{name.replace('-', '_')}{args.dim}"
     shrink_args = ["shrink", "--source", src, "--target", target, "--dim", str(args.dim),
-                   "--method", method, "--distance", "cosine", "--sample", str(args.sample),
+                   "--method", method, "--distance", "cosine",
                    "--pq-bytes", str(args.pq_bytes), "--overwrite", "--json", "--quiet",
                    "--work-dir", str(CACHE / f"work_{rows}_{name}")]
     if args.threads:
         shrink_args += ["--threads", str(args.threads)]
     if args.epochs:
         shrink_args += ["--epochs", str(args.epochs)]
-    options = PREVIOUS_DEFAULTS if method == "tldr" and config == "current" else None
-    print(f"[{rows:,} {name}] tldr-index {shlex.join(shrink_args)}"
-          + (f"  (extra options {json.dumps(options)})" if options else ""), flush=True)
-    out, wall, rss = cli(shrink_args, options)
+    if method == "tldr":
+        shrink_args += CONFIGS[config]
+    if args.sample:
+        shrink_args += ["--sample", str(args.sample)]
+    print(f"[{rows:,} {name}] tldr-index {shlex.join(shrink_args)}", flush=True)
+    out, wall, rss, cpu = cli(shrink_args)
     rep = json.loads(out)
-    res = {"rows": rows, "method": name, "wall_s": wall, "rss_gb": rss, "report": rep}
+    res = {"rows": rows, "method": name, "wall_s": wall, "cpu_s": cpu, "rss_gb": rss,
+           "report": rep}
     for rescore in (False, True):
         ids_path = CACHE / f"ids_{rows}_{name}_{int(rescore)}.npy"
         sargs = ["search", "--target", target, "--queries", str(qpath), "--k", "10",
@@ -171,7 +176,9 @@ def bench(rows: int, method: str, config: str, args, qpath: Path, truth: np.ndar
             sargs += ["--threads", str(args.threads)]
         if rescore:
             sargs.append("--rescore")
-        sout, swall, srss = cli(sargs)
+        if args.exhaustive:
+            sargs.append("--exhaustive")
+        sout, swall, srss, _ = cli(sargs)
         key = "rescored" if rescore else "plain"
         res[key] = {"recall": recall_at_k(np.load(ids_path), truth), "wall_s": swall, "rss_gb": srss,
                     "seconds": json.loads(sout)["seconds"]}
@@ -188,28 +195,41 @@ def markdown(results: list[dict], args, command: str, load: tuple) -> str:
         f"Command: `{command}`  ", f"Date: {dt.datetime.now().isoformat(timespec='minutes')}  ",
         f"Machine: {machine()}; load average before/after: "
         f"{load[0]:.1f} / {load[1]:.1f} (the cores are shared with other jobs)  ",
-        f"Settings: d={args.dim}, {args.pq_bytes}-byte PQ, training sample {args.sample:,} rows, "
+        f"Settings: d={args.dim}, {args.pq_bytes}-byte PQ, training sample "
+        f"{f'{args.sample:,} rows' if args.sample else 'per configuration'}, "
         f"threads={args.threads or 'auto'}, epochs={args.epochs or 'default'}; "
         f"{args.queries} queries, k=10.", "",
         "Data: interpolated rows (benchmarks/_interpolated.py: between a corpus row and one of its "
         "true neighbours, plus noise), payload label + title (~25 B/row). `tldr-new`: the "
-        "library defaults; `tldr-current`: the previous defaults passed explicitly "
-        f"({json.dumps(PREVIOUS_DEFAULTS)}); see the module docstring.", "",
+        "library defaults; other configurations pass their settings explicitly: "
+        + "; ".join(f"`tldr-{k}`: `{shlex.join(v)}`" for k, v in CONFIGS.items() if v)
+        + (" (search --exhaustive: every code scanned)" if args.exhaustive else "") + ".", "",
         "## End to end", "",
-        "| rows | method | wall | rows/s | peak RSS | scan | knn | train | encode | write | verify "
+        "| rows | method | wall | CPU | rows/s | peak RSS | scan | knn | train | encode | write | verify "
         "| publish | source on disk | target on disk | disk ratio | PQ bytes/vector (ratio) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         rep, st = r["report"], r["report"]["stage_seconds"]
         lines.append(
-            f"| {r['rows']:,} | {r['method']} | {r['wall_s'] / 60:.1f} min | "
+            f"| {r['rows']:,} | {r['method']} | {r['wall_s']:.0f} s | {r.get('cpu_s', 0):.0f} s | "
             f"{r['rows'] / r['wall_s']:,.0f} | {r['rss_gb']:.2f} GB | "
             + " | ".join(f"{st.get(s, 0):.0f} s" for s in ("scan", "knn", "train", "encode",
                                                             "write", "verify", "publish"))
             + f" | {rep['source_disk_bytes'] / 1e6:,.0f} MB | {rep['target_disk_bytes'] / 1e6:,.0f}"
               f" MB | {rep['disk_compression']:.1f}x | {rep['pq_bytes']} B "
               f"({rep['search_compression']:.0f}x) |")
+    stages = ("scan", "knn", "train", "encode", "write", "verify", "publish")
+    lines += ["", "## CPU seconds (every thread) and the process's peak RSS after each stage", "",
+              "| rows | method | " + " | ".join(stages) + " | encode's parts (wall) |",
+              "|---|---|" + "---|" * (len(stages) + 1)]
+    for r in results:
+        use = r["report"].get("stage_usage", {})
+        parts = use.get("encode_phases", {})
+        lines.append(f"| {r['rows']:,} | {r['method']} | " + " | ".join(
+            f"{use[s]['cpu_s']:.0f} s ({use[s]['peak_rss_mb'] / 1024:.2f} GB)" if s in use else "-"
+            for s in stages) + " | " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
+            + " |")
     lines += ["", "## Search (1 child process per line)", "",
               "| rows | method | recall@10 | recall@10 --rescore | search wall (RSS) | rescored wall "
               "(RSS) | shrink's own estimate (200 rows) |", "|---|---|---|---|---|---|---|"]
@@ -247,10 +267,13 @@ def main(argv=None) -> None:
                     help="TLDR configurations: new (library defaults), current (previous ones)")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--pq-bytes", type=int, default=16)
-    ap.add_argument("--sample", type=int, default=100_000)
+    ap.add_argument("--sample", type=int, default=None,
+                    help="training rows for every configuration [default: each one's own]")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--exhaustive", action="store_true",
+                    help="search every code (search --exhaustive) instead of the code index")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shrink.md"))
     args = ap.parse_args(argv)
     global CACHE

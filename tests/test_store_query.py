@@ -98,7 +98,9 @@ def test_index_options_for_sizes():
     sink.layout = Lay()
     assert sink.index_options_for(5_000) == {"index_type": "IVF_FLAT", "num_partitions": 1,
                                              "metric": "cosine"}
-    assert sink.index_options_for(1_000_000)["num_partitions"] == 244
+    assert sink.index_options_for(1_000_000) == {"index_type": "IVF_FLAT", "num_partitions": 244,
+                                                 "metric": "cosine", "sample_rate": 64,
+                                                 "max_iters": 10}
     assert sink.index_options_for(10 ** 9)["num_partitions"] == 4096
     Lay.distance = "l2"
     assert sink.index_options_for(5_000) is None

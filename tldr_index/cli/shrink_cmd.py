@@ -88,8 +88,9 @@ def shrink_summary(report) -> list[str]:
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Training epochs [default: 6; TLDR stops earlier once validation "
                    "recall stops improving].")
-@click.option("--sample", type=click.IntRange(min=2), default=100_000, show_default=True,
-              help="Training rows (a seeded random sample).")
+@click.option("--sample", type=click.IntRange(min=2), default=None,
+              help="Training rows (a seeded random sample) [default: rows / 5 within "
+                   "50,000..100,000, tldr_index.shrink.plan.default_sample].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True,
               help="Where the kNN graph, training and the recall estimate run (auto: the GPU "
@@ -114,6 +115,12 @@ def shrink_summary(report) -> list[str]:
                    "codes, used by search --nprobe/--target-recall); smaller ones are searched "
                    "by the exhaustive scan [default: 20,000, tldr_index.code_index."
                    "INDEX_MIN_ROWS].")
+@click.option("--graph-option", "graph_option", multiple=True, metavar="KEY=VALUE",
+              help="kNN graph of the sample (repeatable): method=auto|exact|opq, train_rows, "
+                   "nprobe, refine (tldr_index.shrink.options.GraphOptions).")
+@click.option("--fit-option", "fit_option", multiple=True, metavar="KEY=VALUE",
+              help="TLDR fit (repeatable): learning_rate, batch_size, patience (none: no "
+                   "early stop), validation_rows (tldr_index.shrink.options.FitOptions).")
 @click.option("--skip-invalid", is_flag=True,
               help="Drop rows whose vector has NaN/inf (or is zero, under cosine) and report "
                    "them, instead of failing.")
@@ -132,7 +139,7 @@ def shrink_summary(report) -> list[str]:
 def shrink(source, db, collection, target, dim, method, target_recall, dims, vector_column,
            id_column, codec, bits, code_bytes,
            neighbors, epochs, sample, device, work_dir, resume, overwrite, distance, seed,
-           threads, keep_work, index_min_rows, skip_invalid, api_key, engine, workers,
+           threads, keep_work, index_min_rows, graph_option, fit_option, skip_invalid, api_key, engine, workers,
            shard_rows, quiet, json_out):
     """Shrink a collection into a new compact one (reduced vectors + codes + model).
 
@@ -149,6 +156,7 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
     """
     from ..errors import InvalidParameterError
     from ..shrink import shrink as run_shrink
+    from ..shrink.options import FitOptions, GraphOptions, parse_option_pairs
     from ..shrink.plan import check_engine_options, default_target
 
     if dim is None and target_recall is None and method not in ("none", "auto"):
@@ -164,11 +172,14 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
     tgt = None
     if target is not None:
         tgt = target if is_uri(target) else sibling_uri(src, target)
+    graph_options = parse_option_pairs(graph_option, GraphOptions, "--graph-option")
+    fit_options = parse_option_pairs(fit_option, FitOptions, "--fit-option")
     progress = setup(quiet, json_out)
     report = run_shrink(src, tgt, dim=dim, method=method, target_recall=target_recall,
                         dims=int_list(dims, "--dims"), codec=codec, bits=bits,
                         bytes=code_bytes,
-                        neighbors=neighbors, epochs=epochs, sample=sample, device=device,
+                        neighbors=neighbors, epochs=epochs,
+                        sample=sample, device=device,
                         work_dir=work_dir, resume=resume, overwrite=overwrite,
                         random_state=seed, progress=progress, vector_column=vector_column,
                         id_column=id_column, keep_work=keep_work, threads=threads,
@@ -178,6 +189,7 @@ def shrink(source, db, collection, target, dim, method, target_recall, dims, vec
                             api_key),
                         skip_invalid=skip_invalid, engine=engine,
                         engine_options=engine_options or None,
+                        graph_options=graph_options, fit_options=fit_options,
                         **({} if index_min_rows is None else {"index_min_rows": index_min_rows}))
     if json_out:
         echo_json(report.to_dict())

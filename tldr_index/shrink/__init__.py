@@ -23,9 +23,10 @@ api                :func:`shrink`
 from .api import run_plan, shrink
 from .budget import CODECS, DEFAULT_CODEC
 from .engine import LocalEngine, RayEngine, make_engine
+from .options import FitOptions, GraphOptions
 from .plan import (DEFAULT_EVAL_QUERIES, DEFAULT_PQ_BYTES, DEFAULT_SAMPLE, ENGINE_OPTIONS, ENGINES,
                    METHODS, STAGES, ShrinkPlan, SweepPlan, check_engine_options, default_pq_bytes,
-                   default_target, default_work_dir, plan_shrink, plan_sweep)
+                   default_sample, default_target, default_work_dir, plan_shrink, plan_sweep)
 from .report import ShrinkReport
 from .run import ShrinkRun
 from .select import EXIT_NOT_REACHED, SweepConfig, SweepResult, sweep
@@ -35,4 +36,4 @@ __all__ = ["shrink", "run_plan", "ShrinkReport", "ShrinkPlan", "SweepPlan", "pla
            "default_work_dir", "ShrinkRun", "LocalEngine", "RayEngine", "make_engine", "sweep",
            "SweepConfig", "SweepResult", "EXIT_NOT_REACHED", "STAGES", "METHODS", "ENGINES",
            "ENGINE_OPTIONS", "DEFAULT_SAMPLE", "DEFAULT_PQ_BYTES", "DEFAULT_EVAL_QUERIES",
-           "CODECS", "DEFAULT_CODEC"]
+           "CODECS", "DEFAULT_CODEC", "GraphOptions", "FitOptions", "default_sample"]

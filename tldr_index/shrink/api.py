@@ -49,7 +49,8 @@ from . import train as training
 from .encode import stage_encode
 from .engine import make_engine
 from .budget import DEFAULT_CODEC
-from .plan import DEFAULT_EVAL_QUERIES, DEFAULT_SAMPLE, STAGES, ShrinkPlan, default_work_dir, \
+from .options import FitOptions, GraphOptions
+from .plan import DEFAULT_EVAL_QUERIES, STAGES, ShrinkPlan, default_work_dir, \
     plan_shrink
 from .report import ShrinkReport
 from .run import ShrinkRun, run_stage
@@ -111,7 +112,7 @@ def run_stages(run: ShrinkRun, skipped: list, seconds: dict) -> None:
 def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = None,
            method: str = "tldr", target_recall: float | None = None, dims=None,
            pq_bytes: int | None = None, neighbors: int = 3, epochs: int | None = None,
-           sample: int = DEFAULT_SAMPLE, device: str = "auto",
+           sample: int | None = None, device: str = "auto",
            work_dir: str | os.PathLike | None = None, resume: bool = False,
            overwrite: bool = False, random_state: int = 0,
            progress: Progress | bool | None = None, vector_column: str | None = None,
@@ -122,7 +123,9 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
            skip_invalid: bool = False, engine: str = "local",
            engine_options: dict | None = None, codec: str = DEFAULT_CODEC,
            bits: int | None = None, bytes: int | None = None,  # noqa: A002
-           index_min_rows: int = INDEX_MIN_ROWS) -> ShrinkReport:
+           index_min_rows: int = INDEX_MIN_ROWS,
+           graph_options: GraphOptions | dict | None = None,
+           fit_options: FitOptions | dict | None = None) -> ShrinkReport:
     """Shrink the collection at ``source_uri`` into a compact collection at ``target_uri``.
 
     Parameters
@@ -151,7 +154,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         d x bits / 8 + 4); default 16 or the largest size the codec meets below it; 0 stores no
         codes. ``pq_bytes`` is its old name (an alias; both given must agree).
     neighbors, epochs, sample : TLDR's ``n_neighbors``, ``epochs`` (None: its default) and the
-        training rows (``max_train_rows``, default 100,000, drawn at random: the graph and
+        training rows (``max_train_rows``; default ``rows // 5`` clipped to [50,000, 100,000],
+        :func:`tldr_index.shrink.plan.default_sample`; drawn at random: the graph and
         the epochs cost time in proportion, the exact graph quadratically up to 30,000 rows, the
         OPQ graph above that about linearly).
     device : "auto", "cpu" or "cuda" (training and the kNN graph).
@@ -185,6 +189,12 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         an error (pass ``reduced_dtype="float32"``) instead of a switch to float32; with
         ``method="auto"`` or ``target_recall`` the scan stays on this node (the selection
         measures recall against every row).
+    graph_options, fit_options : :class:`tldr_index.shrink.options.GraphOptions` /
+        :class:`~tldr_index.shrink.options.FitOptions` (or dicts of their fields): how the kNN
+        graph of the sample is built (``method`` "auto"/"exact"/"opq", the OPQ pass's
+        ``train_rows``/``nprobe``/``refine``) and how TLDR is fitted (``learning_rate``,
+        ``batch_size``, ``patience``, ``validation_rows``); default: the library's defaults.
+        Set fields are recorded in the run's parameters (a resumed run must pass the same).
     engine_options : for "ray", ``workers`` (tasks in flight), ``shard_rows`` (rows per task and
         per written shard) and ``num_cpus`` (of a local Ray started here), used by
         :func:`tldr_index.shrink.ray_scan.scan_with_ray` and
@@ -202,7 +212,8 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
                        eval_queries=eval_queries, shortlist=shortlist, batch_rows=batch_rows,
                        threads=threads, source_options=source_options,
                        skip_invalid=skip_invalid, engine=engine, engine_options=engine_options,
-                       codec=codec, bits=bits, bytes=bytes, index_min_rows=index_min_rows)
+                       codec=codec, bits=bits, bytes=bytes, index_min_rows=index_min_rows,
+                       graph_options=graph_options, fit_options=fit_options)
     prog = wrap_progress(as_progress(progress))  # test-only fault points, see faults
     return run_plan(plan, progress=prog, work_dir=work_dir, resume=resume, overwrite=overwrite,
                     keep_work=keep_work, sink_options=sink_options, t_start=t_start)
@@ -252,7 +263,8 @@ def run_plan(plan: ShrinkPlan, *, progress: Progress, work_dir=None, resume: boo
                         reduced_dtype=plan.reduced_dtype, overwrite=overwrite,
                         sink_options=dict(sink_options or {}), params=params,
                         published_already=published_already, skip_invalid=plan.skip_invalid,
-                        index_min_rows=plan.index_min_rows)
+                        index_min_rows=plan.index_min_rows,
+                        graph_options=plan.graph_options, fit_options=plan.fit_options)
         seconds: dict[str, float] = {}
         skipped: list[str] = []
         log.info("Shrinking %s (%d rows x %d, %s) -> %s: %s; work dir %s.", src.uri, plan.n_rows,
@@ -277,7 +289,7 @@ def run_plan(plan: ShrinkPlan, *, progress: Progress, work_dir=None, resume: boo
             recall_at_10=enc.recall_at_10, recall_at_10_rescored=enc.recall_at_10_rescored,
             eval_queries=enc.eval_queries or 0,
             shortlist=enc.shortlist if enc.shortlist is not None else plan.shortlist,
-            stage_seconds=seconds, skipped_stages=skipped,
+            stage_seconds=seconds, skipped_stages=skipped, stage_usage=dict(run.usage),
             selection=r.select.to_json() if r.select is not None else None,
             wall_seconds=time.perf_counter() - t_start, work_dir=str(work.root), resumed=resumed,
             skipped_invalid=scan.skipped_invalid or 0, first_invalid_id=scan.first_invalid_id)

@@ -23,6 +23,7 @@ from ..threads import run_in_worker
 from ..vectors import VectorStore
 from .code_index_stage import build_code_index
 from .encode_batches import FLOAT16_MAX, encode_block, read_rows
+from .overlap import pipelined
 from .results import EncodeResult
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
     train = run.train_store()
     run.progress.begin("encode", run.results.scan.rows, "rows")
     codec = None
+    phases = run.usage.setdefault("encode_phases", {})  # wall seconds of its parts
+    t0 = time.perf_counter()
     if run.code_bytes:
         rng = np.random.default_rng([run.seed, 0x9B])
         k = min(train.n_rows, PQ_TRAIN_ROWS)
@@ -53,6 +56,7 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
         Z = prepare_rows(reducer.transform(train.take(pick)), run.metric)
         # k-means is one long native call: keep Ctrl-C responsive
         run_in_worker(codec.fit, Z, run.seed, name="pq-train")
+        phases["codec_train"] = round(time.perf_counter() - t0, 3)
 
     def compact_model(vector_dtype: str) -> CompactModel:
         return CompactModel.from_reducer(reducer, run.metric, codec, extra={
@@ -72,16 +76,11 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
     n = scan.n_rows
     run.progress.phase("encode", "encoding", n, "rows")
     writer = VectorStore.create(out / "reduced", run.dim, np.float32)
-    max_abs = 0.0
-    with open(out / "codes.u8", "wb") as fcodes:
-        for start, block in scan.iter_chunks(run.batch_rows):
-            Y, codes = encode_block(block, compact)
-            max_abs = max(max_abs, float(np.abs(Y).max()))
-            writer.append(Y)
-            if codes is not None:
-                fcodes.write(codes.tobytes())
-            run.progress.update("encode", start + len(block))
+    t0 = time.perf_counter()
+    max_abs = encode_rows(scan, compact, writer, out / "codes.u8", run.batch_rows,
+                          lambda done: run.progress.update("encode", done))
     reduced = writer.finalize()
+    phases["rows"] = round(time.perf_counter() - t0, 3)
     vector_dtype = run.reduced_dtype
     if vector_dtype == "float16" and max_abs > FLOAT16_MAX:
         log.warning("Reduced values reach %.3g, beyond float16: storing float32 vectors.", max_abs)
@@ -89,13 +88,45 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
         compact = compact_model(vector_dtype)
     (out / "model.safetensors").write_bytes(compact.to_bytes())
     result = EncodeResult(vector_dtype=vector_dtype, max_abs=max_abs)
+    t0 = time.perf_counter()
     held_out = estimate_recall(run, compact, out, result)
+    phases["recall_estimate"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
     files = [reduced.path, reduced.root / VectorStore.META, out / "codes.u8",
              out / "model.safetensors"]
     index_file = build_code_index(run, compact, out, n, held_out)
     if index_file is not None:
         files.append(index_file)
+    phases["code_index"] = round(time.perf_counter() - t0, 3)
     return files, result
+
+
+def encode_rows(scan: VectorStore, compact: CompactModel, writer, codes_path: Path,
+                batch_rows: int, progress) -> float:
+    """Reduce and encode every row of ``scan`` into ``writer`` (a created VectorStore) and
+    ``codes_path`` (``code_bytes`` per row), in row order, reading, encoding and writing
+    overlapped in three threads (:func:`tldr_index.shrink.overlap.pipelined`); returns the
+    largest absolute reduced value. ``progress(rows_done)`` after each block. Cost: one pass,
+    about max(read, encode, write) per block; memory: a few blocks."""
+    state = {"max_abs": 0.0, "done": 0}
+
+    def compute(item):
+        start, block = item
+        Y, codes = encode_block(block, compact)
+        return Y, codes, float(np.abs(Y).max()) if len(Y) else 0.0
+
+    with open(codes_path, "wb") as fcodes:
+        def write(item) -> None:
+            Y, codes, top = item
+            state["max_abs"] = max(state["max_abs"], top)
+            writer.append(Y)
+            if codes is not None:
+                fcodes.write(codes.tobytes())
+            state["done"] += len(Y)
+            progress(state["done"])
+
+        pipelined(scan.iter_chunks(batch_rows), compute, write, name="encode")
+    return state["max_abs"]
 
 
 def estimate_recall(run: "ShrinkRun", model: CompactModel, out: Path,

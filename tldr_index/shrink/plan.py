@@ -24,6 +24,7 @@ from connectors import absolute_uri, default_target_uri, open_source, parse_uri
 from ..code_index import INDEX_MIN_ROWS
 from ..errors import InvalidInputError, InvalidParameterError
 from ..validation import check_bool, check_choice, check_float, check_int
+from .options import FitOptions, GraphOptions
 from .budget import CODECS, DEFAULT_BYTES, DEFAULT_CODEC, check_codec_args, code_bytes, \
     codec_fits, default_pq_bytes, needs_kmeans, resolve_bytes
 
@@ -33,7 +34,14 @@ STAGES = ("scan", "knn", "select", "train", "encode", "write", "verify", "publis
 METHODS = ("tldr", "pca", "none", "auto")
 ENGINES = ("local", "ray")
 ENGINE_OPTIONS = ("workers", "shard_rows", "num_cpus")
-DEFAULT_SAMPLE = 100_000  # exact kNN graph ~3 min on 2 cores (benchmarks/results/shrink.md)
+#: the default training sample is ``n_rows // 5`` clipped to [DEFAULT_SAMPLE, MAX_DEFAULT_SAMPLE]
+#: (:func:`default_sample`). Issue 17, interpolated rows, exhaustive search
+#: (benchmarks/results/shrink_new_vs_current.md): at 250k rows recall@10 0.476 / 0.955 rescored
+#: with 50,000 rows vs 0.477 / 0.956 with 100,000 (the kNN graph and training at half the CPU);
+#: at 1M, 50,000 rows gave 0.301 / 0.885 vs 0.305 / 0.891, more than half a point below, so
+#: large collections keep 100,000.
+DEFAULT_SAMPLE = 50_000
+MAX_DEFAULT_SAMPLE = 100_000
 DEFAULT_PQ_BYTES = DEFAULT_BYTES
 DEFAULT_EVAL_QUERIES = 200
 DEFAULT_DIMS = (16, 32, 64, 128)
@@ -42,6 +50,12 @@ SWEEP_BATCH_ROWS = 8192
 
 
 # ---------------------------------------------------------------------------------- defaults
+
+def default_sample(n_rows: int) -> int:
+    """Training rows when ``sample`` is not given: ``n_rows // 5`` clipped to
+    ``[DEFAULT_SAMPLE, MAX_DEFAULT_SAMPLE]`` (50,000 up to 250,000 rows, 100,000 from 500,000)."""
+    return int(min(MAX_DEFAULT_SAMPLE, max(DEFAULT_SAMPLE, n_rows // 5)))
+
 
 def default_work_dir(target_uri: str) -> Path:
     """``$TLDR_INDEX_WORK`` or ``./tldr-work``, then ``<target name>-<8 hex of the target URI>``."""
@@ -249,6 +263,8 @@ class ShrinkPlan:
     select: dict | None
     n_rows: int
     index_min_rows: int = INDEX_MIN_ROWS
+    graph_options: GraphOptions = GraphOptions()
+    fit_options: FitOptions = FitOptions()
 
     @property
     def params(self) -> dict:
@@ -263,6 +279,9 @@ class ShrinkPlan:
              "engine": self.engine, "index_min_rows": self.index_min_rows}
         if self.select is not None:
             p["select"] = self.select
+        for opts in (self.graph_options, self.fit_options):
+            if opts.changed():  # recorded only when set: default runs keep their parameters
+                p[opts.name] = opts.changed()
         return p
 
     @property
@@ -282,7 +301,7 @@ class ShrinkPlan:
 def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = None,
                 method: str = "tldr", target_recall: float | None = None, dims=None,
                 pq_bytes: int | None = None, neighbors: int = 3, epochs: int | None = None,
-                sample: int = DEFAULT_SAMPLE, device: str = "auto", random_state: int = 0,
+                sample: int | None = None, device: str = "auto", random_state: int = 0,
                 vector_column: str | None = None, id_column: str | None = None,
                 reduced_dtype: str = "float16", eval_queries: int = DEFAULT_EVAL_QUERIES,
                 shortlist: int | None = None, batch_rows: int = 8192,
@@ -290,7 +309,9 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
                 skip_invalid: bool = False, engine: str = "local",
                 engine_options: dict | None = None, codec: str = DEFAULT_CODEC,
                 bits: int | None = None, bytes: int | None = None,  # noqa: A002
-                index_min_rows: int = INDEX_MIN_ROWS) -> ShrinkPlan:
+                index_min_rows: int = INDEX_MIN_ROWS,
+                graph_options: GraphOptions | dict | None = None,
+                fit_options: FitOptions | dict | None = None) -> ShrinkPlan:
     """Check the arguments of :func:`tldr_index.shrink.shrink` (same names and meaning), open
     the source and return the plan. Raises :class:`InvalidParameterError` /
     :class:`InvalidInputError` (one line naming the parameter, the rule and the value)."""
@@ -303,7 +324,7 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
                     allow_none=target_recall is not None or method in ("none", "auto"))
     neighbors = check_int(neighbors, "neighbors", low=1, owner=o)
     check_int(epochs, "epochs", low=1, owner=o, allow_none=True)
-    sample = check_int(sample, "sample", low=2, owner=o)
+    sample = check_int(sample, "sample", low=2, owner=o, allow_none=True)
     check_int(pq_bytes, "pq_bytes", low=0, owner=o, allow_none=True)
     check_int(bytes, "bytes", low=0, owner=o, allow_none=True)
     pq_bytes = resolve_bytes(bytes, pq_bytes, o)
@@ -320,6 +341,8 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
     check_bool(skip_invalid, "skip_invalid", owner=o)
     check_choice(engine, "engine", ENGINES, owner=o)
     engine_options = check_engine_options(engine, engine_options)
+    graph_options = GraphOptions.coerce(graph_options, owner=o)
+    fit_options = FitOptions.coerce(fit_options, owner=o)
     if engine == "ray":
         from .ray_engine import require_ray
         require_ray(o)
@@ -361,6 +384,8 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
         pq_bytes = code_bytes(codec, dim, pq_bytes, bits, o,
                               warn=warn if codec in ("pq", "opq") else None)
     n_rows = src.count()
+    if sample is None:
+        sample = default_sample(n_rows)
     kmeans = needs_kmeans([codec]) and bool(pq_bytes) if select is None else \
         needs_kmeans(c[2] for c in select["candidates"] if c[3])
     check_feasible(src, n_rows, min(n_rows, sample), method, neighbors, kmeans, o)
@@ -371,7 +396,8 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
                       eval_queries=eval_queries, shortlist=shortlist, batch_rows=batch_rows,
                       threads=threads, skip_invalid=skip_invalid, engine=engine,
                       engine_options=engine_options, select=select, n_rows=n_rows,
-                      index_min_rows=index_min_rows)
+                      index_min_rows=index_min_rows, graph_options=graph_options,
+                      fit_options=fit_options)
 
 
 @dataclass(frozen=True)
@@ -419,7 +445,7 @@ def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
     check_choice(method, "method", METHODS, owner=o)
     neighbors = check_int(neighbors, "neighbors", low=1, owner=o)
     check_int(epochs, "epochs", low=1, owner=o, allow_none=True)
-    sample = check_int(sample, "sample", low=2, owner=o, allow_none=True) or DEFAULT_SAMPLE
+    sample = check_int(sample, "sample", low=2, owner=o, allow_none=True)
     eval_queries = check_int(eval_queries, "eval_queries", low=1, owner=o)
     shortlist = check_int(shortlist, "shortlist", low=1, owner=o, allow_none=True) or \
         default_shortlist(10)
@@ -434,6 +460,8 @@ def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                             budgets or [None], method, target_recall,
                             owner=o, criterion=criterion, codecs=codecs, bits=bits)
     n_rows = src.count()
+    if sample is None:
+        sample = default_sample(n_rows)
     check_feasible(src, n_rows, min(n_rows, sample), method, neighbors,
                    needs_kmeans(c[2] for c in select["candidates"] if c[3]), o)
     return SweepPlan(src=src, source_uri=source_uri, source_abs=absolute_uri(source_uri),

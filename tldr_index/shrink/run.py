@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +13,7 @@ from typing import Any
 from ..code_index import INDEX_MIN_ROWS
 from ..errors import Interrupted, InvalidInputError
 from ..progress import Progress
+from .options import FitOptions, GraphOptions
 from .results import StageResult, StageResults
 from .sampling import train_store
 from .workdir import WorkDir
@@ -52,7 +55,11 @@ class ShrinkRun:
     published_already: bool = False
     skip_invalid: bool = False
     index_min_rows: int = INDEX_MIN_ROWS
+    graph_options: GraphOptions = field(default_factory=GraphOptions)
+    fit_options: FitOptions = field(default_factory=FitOptions)
     results: StageResults = field(default_factory=StageResults)
+    #: per stage run here: CPU seconds (every thread) and the process's peak RSS after it (MB)
+    usage: dict = field(default_factory=dict)
 
     @property
     def metric(self) -> str:
@@ -77,6 +84,18 @@ class ShrinkRun:
             self.code_bytes = ch.get("code_bytes", ch.get("pq_bytes"))
 
 
+def peak_rss_mb() -> float:
+    """The process's peak resident set so far, in MB (``ru_maxrss``: KiB on Linux)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def record_usage(run: "ShrinkRun", stage: str, cpu0: float) -> None:
+    """Note ``stage``'s CPU seconds since ``cpu0`` (``time.process_time``) and the peak RSS."""
+    run.usage[stage] = {"cpu_s": round(time.process_time() - cpu0, 3),
+                        "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
 StageFn = Callable[[ShrinkRun], tuple[list[Path], StageResult]]
 
 
@@ -91,7 +110,7 @@ def run_stage(run: ShrinkRun, stage: str, fn: StageFn, skipped: list, seconds: d
         prog.end(stage, 0.0, note="checkpoint")
         return
     work.clear_after(stage)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         files, result = fn(run)
     except InvalidInputError:
@@ -101,6 +120,7 @@ def run_stage(run: ShrinkRun, stage: str, fn: StageFn, skipped: list, seconds: d
     except KeyboardInterrupt as exc:  # Ctrl-C: say where; the checkpoints stay for --resume
         raise Interrupted.wrap(exc, stage, str(work.root)) from None
     seconds[stage] = time.perf_counter() - t0
+    record_usage(run, stage, cpu0)
     result.seconds = seconds[stage]
     run.results.set(stage, result)
     work.mark_done(stage, files, result.to_json())

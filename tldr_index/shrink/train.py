@@ -23,14 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Extra :func:`tldr_index.knn.knn_graph` / :class:`tldr_index.reducer.TLDR` options for the knn
-#: and train stages, on top of the run's own (empty: the library defaults). The shrink benchmark
-#: fills them in a child process to run the previous defaults next to the new ones
-#: (benchmarks/shrink.py --configs); they are not part of a plan or of the run's fingerprint.
-GRAPH_OPTIONS: dict = {}
-FIT_OPTIONS: dict = {}
-
-
 def stage_knn(run: "ShrinkRun") -> tuple[list[Path], KnnResult]:
     """Draw the sample into ``knn/train`` (unless every row or the Ray scan's sample is used)
     and, for TLDR, build its kNN graph ``knn/graph.npy``."""
@@ -58,7 +50,7 @@ def stage_knn(run: "ShrinkRun") -> tuple[list[Path], KnnResult]:
     if graph:
         prog.phase("knn", "kNN graph", n_train, "rows")
         g = knn_graph(train, run.neighbors, metric=run.metric, out=out / "graph.npy",
-                      random_state=run.seed, device=run.device, **GRAPH_OPTIONS,
+                      random_state=run.seed, device=run.device, **run.graph_options.kwargs(),
                       progress=lambda done, total: prog.update("knn", done, total),
                       on_phase=lambda name, total: prog.phase("knn", name, total, "rows"))
         prog.phase("knn", "graph recall", None)
@@ -96,12 +88,12 @@ def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None =
         run.progress.phase("train", "fitting PCA", None)
         return PCA(dim).fit(train)
     graph = np.load(run.work.root / "knn" / "graph.npy")
-    opts = dict(FIT_OPTIONS)
+    opts = run.fit_options.kwargs()
     if run.epochs is not None:
         opts["epochs"] = run.epochs
     model = TLDR(dim, n_neighbors=run.neighbors, metric=run.metric,
                  max_train_rows=max(2, train.n_rows), device=run.device,
-                 batch_size=tldr_batch_size(train.n_rows), random_state=run.seed, **opts)
+                 random_state=run.seed, **{"batch_size": tldr_batch_size(train.n_rows), **opts})
     run.progress.begin("train", None, "steps")
     model.fit(train, graph=graph, checkpoint_dir=ckpt_dir,
               resume=run.resumed and ckpt_dir is not None,

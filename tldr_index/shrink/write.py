@@ -24,6 +24,7 @@ from ..threads import run_in_worker
 from ..version import __version__
 from .code_index_stage import store_code_index
 from .encode_batches import CODES_COLUMN
+from .run import record_usage
 from .results import PublishResult, VerifyResult, WriteResult
 
 if TYPE_CHECKING:
@@ -82,8 +83,12 @@ def stage_write(run: "ShrinkRun", seconds: dict) -> None:
     (out / "staging.json").write_text(json.dumps(sink.staging_ref()))
     stage = "write"
 
+    cpu = [time.process_time()]
+
     def finish(name: str, result, t0: float) -> None:
         result.seconds = seconds[name] = time.perf_counter() - t0
+        record_usage(run, name, cpu[0])
+        cpu[0] = time.process_time()
         run.results.set(name, result)
         prog.end(name, result.seconds)
         work.mark_done(name, [], result.to_json())
