@@ -113,6 +113,34 @@ def test_add_keeps_the_index_consistent(data, name, kw):
     assert codes_digest(index.codes_in_row_order()) == codes_digest(codes)
 
 
+@pytest.mark.parametrize("name,kw", [CODECS[0], CODECS[3]], ids=["pq", "rabitq"])
+def test_a_vector_store_is_indexed_block_by_block_with_the_same_result(data, name, kw,
+                                                                      tmp_path, monkeypatch):
+    """shrink passes the reduced VectorStore (read in blocks, so RSS stays flat in N): the index
+    is byte-for-byte the one built from the same rows in memory."""
+    import tldr_index.code_index as ci
+    from tldr_index.vectors import VectorStore
+
+    X, Q = data
+    codec, codes = _fitted(name, kw, X)
+    w = VectorStore.create(tmp_path / "reduced", D, np.float32)
+    w.append(X)
+    store = w.finalize()
+    rows = np.arange(0, 1500, 7)
+    truth = np.stack([(np.arange(10) + r + 1) % 1500 for r in rows])
+    ref = CodeIndex.build(X, codes, codec, eval_rows=rows, eval_truth=truth)
+    monkeypatch.setattr(ci, "ADD_BLOCK_ROWS", 256)  # several blocks, one of them partial
+    got = CodeIndex.build(store, codes, codec, eval_rows=rows, eval_truth=truth)
+    assert got.to_bytes() == ref.to_bytes() and got.recall_table == ref.recall_table
+    for p in (1, 4, got.nlist):
+        np.testing.assert_array_equal(got.search(Q, 10, nprobe=p)[1],
+                                      ref.search(Q, 10, nprobe=p)[1])
+    with pytest.raises(InvalidInputError, match=re.escape(
+            "The 'vectors' input of CodeIndex.build must have 8 columns (the codec's "
+            "dimension). Got 16 instead.")):
+        CodeIndex.build(store, codes[:, :4], get_codec("pq", 8, bytes=4).fit(X[:, :8], seed=0))
+
+
 @pytest.mark.parametrize("name,kw", [CODECS[1], CODECS[2]], ids=["opq", "rq"])
 def test_save_load_round_trip(data, name, kw, tmp_path):
     X, Q = data

@@ -52,6 +52,7 @@ from .codecs.base import check_codes, check_matrix
 from .errors import InvalidInputError, InvalidParameterError, ModelFormatError, NotFittedError
 from .recall_table import RECALL_K, RECALL_NPROBES, RecallTable, drop_self, measure
 from .threads import faiss_threads
+from .vectors import Vectors
 from .validation import check_bool, check_choice, check_float, check_int
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ FORMAT_VERSION = "2"  # 2: the recall table per (nprobe, shortlist); 1 still loa
 METRICS = ("cosine", "ip", "l2")
 #: points per centroid below which FAISS k-means warns; the default nlist keeps above it
 MIN_POINTS_PER_LIST = 39
+#: rows assigned to their lists per block (a :class:`~tldr_index.vectors.Vectors` input is read
+#: block by block: memory ``ADD_BLOCK_ROWS x d x 4`` bytes, 16 MB at d = 64)
+ADD_BLOCK_ROWS = 65_536
 #: k-means training rows per list (FAISS's default cap is 256)
 TRAIN_ROWS_PER_LIST = 24
 #: k-means iterations
@@ -143,7 +147,11 @@ class CodeIndex:
             raise NotFittedError(f"This {type(codec).__name__} instance is not fitted yet. Call "
                                  f"'fit' before using '{o}'.")
         metric = check_choice(metric, "metric", METRICS, owner=o)
-        X = check_matrix(vectors, "vectors", codec.dim, o)
+        store = vectors if isinstance(vectors, Vectors) else None
+        if store is not None and store.dim != codec.dim:
+            raise InvalidInputError(f"The 'vectors' input of {o} must have {codec.dim} columns "
+                                    f"(the codec's dimension). Got {store.dim} instead.")
+        X = store if store is not None else check_matrix(vectors, "vectors", codec.dim, o)
         codes = check_codes(codes, codec.code_size, o)
         if len(codes) != len(X):
             raise InvalidInputError(f"The 'codes' input of {o} must have one row per vector "
@@ -159,26 +167,36 @@ class CodeIndex:
         recall_queries = check_int(recall_queries, "recall_queries", low=0, owner=o)
         exact_recall = check_bool(exact_recall, "exact_recall", owner=o)
         eval_rows, eval_truth = _check_eval(eval_rows, eval_truth, n, o)
-        if metric == "cosine":
-            X = _unit(X)
+        if store is not None and eval_rows is None and recall_queries and exact_recall:
+            X = store = store.read(0, n)  # the reduced-space truth scans every row anyway
+            store = None
+        prep = _unit if metric == "cosine" else (lambda a: np.asarray(a, np.float32))
+        rows_of = (lambda idx: prep(store.take(idx))) if store is not None else None
+        if store is None:
+            X = prep(X)
+            rows_of = X.__getitem__
         rng = np.random.default_rng(seed)
         n_train = min(n, TRAIN_ROWS_PER_LIST * nlist)
         perm = rng.permutation(n)
         train = np.sort(perm[:n_train])
         with faiss_threads(threads):
             if nlist == 1:
-                cent = X[train].mean(axis=0, keepdims=True)
+                cent = rows_of(train).mean(axis=0, keepdims=True)
             else:
                 km = faiss.Kmeans(codec.dim, nlist, niter=n_iter, seed=seed,
                                   spherical=metric == "cosine", min_points_per_centroid=1,
                                   max_points_per_centroid=TRAIN_ROWS_PER_LIST)
-                km.train(np.ascontiguousarray(X[train]))
+                km.train(np.ascontiguousarray(rows_of(train)))
                 cent = km.centroids
             index = cls(codec, cent, metric)
-            index._add(codes, X)
+            if store is not None:  # block by block: memory stays one block of float32
+                for start, block in store.iter_chunks(ADD_BLOCK_ROWS):
+                    index._add(codes[start:start + len(block)], prep(block))
+            else:
+                index._add(codes, X)
             if eval_rows is not None:
-                index.recall_table = index.measure_recall(X[eval_rows], eval_rows, eval_truth,
-                                                          truth_space="original")
+                index.recall_table = index.measure_recall(rows_of(eval_rows), eval_rows,
+                                                          eval_truth, truth_space="original")
             elif recall_queries:
                 held = perm[n_train:] if n - n_train >= recall_queries else perm
                 q_rows = np.sort(held[:recall_queries])
@@ -241,9 +259,9 @@ class CodeIndex:
             lists = np.zeros(len(X), np.int32)
         else:
             lists = np.empty(len(X), np.int32)
-            for s in range(0, len(X), 65_536):
-                _, a = self._quantizer.search(np.ascontiguousarray(X[s:s + 65_536]), 1)
-                lists[s:s + 65_536] = a[:, 0]
+            for s in range(0, len(X), ADD_BLOCK_ROWS):
+                _, a = self._quantizer.search(np.ascontiguousarray(X[s:s + ADD_BLOCK_ROWS]), 1)
+                lists[s:s + ADD_BLOCK_ROWS] = a[:, 0]
         self._append(codes, lists)
 
     def _append(self, codes: np.ndarray, lists: np.ndarray) -> None:

@@ -3,10 +3,11 @@ of that stage's checkpoint, so a resumed run never builds it twice) from the enc
 reduced vectors already on disk (no second pass over the target), and stored in the target by
 the ``write`` stage through :meth:`connectors.Sink.store_artifact` (file stores only).
 
-Cost: see :meth:`tldr_index.code_index.CodeIndex.build` (k-means on ``32 nlist`` rows, one
+Cost: see :meth:`tldr_index.code_index.CodeIndex.build` (k-means on ``24 nlist`` rows, one
 assignment pass ``N x nlist x d``, a recall table on the recall estimate's ``eval_queries``
-held-out rows and their exact neighbours in the original space); memory: the reduced vectors
-(``N x d x 4`` bytes) and the codes, once.
+held-out rows and their exact neighbours in the original space); memory: the codes
+(``code_bytes`` per row) twice (the array read and the index's lists) and one block of reduced
+vectors (the reduced store is read block by block, so the peak does not grow with ``N x d``).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def build_code_index(run: "ShrinkRun", model: CompactModel, out: Path, n: int,
                  "artifacts).", run.target_uri)
         return None
     run.progress.phase("encode", "code index (IVF over the codes)", None)
-    Z = VectorStore.open(out / "reduced").read(0, n)
+    Z = VectorStore.open(out / "reduced")  # read block by block: RSS stays flat in N
     codes = read_rows(out / "codes.u8", 0, n, model.code_bytes)
     rows, truth = held_out if held_out is not None else (None, None)
     index = CodeIndex.build(Z, codes, model.codec, metric=model.metric, seed=run.seed,
