@@ -100,6 +100,12 @@ def test_the_cheapest_pair_reaching_the_target(built):
     assert small.rescored_choice(None, "s", rows_per_list=100, default_recall=0.35) == (1, 100)
     assert small.rescored_choice(None, "s", rows_per_list=100, nprobe=4,
                                  default_recall=0.35) == (4, 10)
+    # min_shortlist: the default skips the shorter columns (even those reaching the recall),
+    # and past the longest column takes the longest
+    assert small.rescored_choice(None, "s", rows_per_list=100, nprobe=4, default_recall=0.35,
+                                 min_shortlist=11) == (4, 100)
+    assert small.rescored_choice(None, "s", rows_per_list=100, nprobe=4, default_recall=0.35,
+                                 min_shortlist=500) == (4, 100)
     with pytest.raises(InvalidParameterError, match=re.escape(
             "The 'target_recall' parameter of s must be at most the best recall@10 the stored "
             "table reaches against exact search (0.4 at nprobe 4). Got 0.5 instead.")):

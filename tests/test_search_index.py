@@ -339,9 +339,10 @@ def test_rescored_search_takes_nprobe_and_shortlist_from_the_table(indexed):
     index = _stored_index(tgt)
     t = index.recall_table
     rpl = index.n / index.nlist
-    want = t.rescored_choice(None, "search", rows_per_list=rpl)
+    want = t.rescored_choice(None, "search", rows_per_list=rpl, min_shortlist=200)
     r = search(tgt, Q, k=10, rescore=True)
-    assert r.rescored and (r.nprobe, r.shortlist) == want
+    # the default never re-ranks fewer rows than the exhaustive scan's max(20 k, 200)
+    assert r.rescored and (r.nprobe, r.shortlist) == want and r.shortlist >= 200
     # a given shortlist is kept; the nprobe is then the cheapest reaching it at that column
     r = search(tgt, Q, k=10, rescore=True, shortlist=50)
     assert r.shortlist == 50 and r.nprobe == t.rescored_choice(

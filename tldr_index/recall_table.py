@@ -128,7 +128,8 @@ class RecallTable:
 
     def rescored_choice(self, target: float | None, owner: str, *, rows_per_list: float,
                         default_recall: float = DEFAULT_TABLE_RECALL, nprobe: int | None = None,
-                        shortlist: int | None = None) -> tuple[int, int]:
+                        shortlist: int | None = None, min_shortlist: int = 0
+                        ) -> tuple[int, int]:
         """``(nprobe, shortlist)`` of a rescored search, with ``nprobe`` and/or ``shortlist``
         fixed where given (a value the table lacks reads the row/column of the largest stored
         one below it).
@@ -138,8 +139,11 @@ class RecallTable:
         None): the smallest nprobe whose rescored recall at the longest shortlist is within
         :data:`SATURATION_GAP` of every list's, raised to :data:`DEFAULT_MIN_PROBE_FRACTION` of
         the lists, then the smallest shortlist whose recall at that nprobe reaches
-        ``default_recall`` (else the longest): see :data:`DEFAULT_TABLE_RECALL` and
-        :data:`DEFAULT_MIN_PROBE_FRACTION` for why the default is conservative."""
+        ``default_recall`` (else the longest) among those of at least ``min_shortlist`` rows
+        (the searcher passes the shortlist of a search without an index, so that the default
+        never re-ranks fewer rows than the exhaustive scan did): see
+        :data:`DEFAULT_TABLE_RECALL` and :data:`DEFAULT_MIN_PROBE_FRACTION` for why the
+        default is conservative."""
         R, Ss, ps = self.rescored, self.shortlist, self.nprobe
         si = list(range(len(Ss))) if shortlist is None else [
             max([j for j, s in enumerate(Ss) if s <= shortlist], default=0)]
@@ -154,7 +158,8 @@ class RecallTable:
                 i = next(i for i in pi if R[i][jl] >= R[-1][jl] - SATURATION_GAP)
                 nprobe = max(ps[i], min(ps[-1], math.ceil(DEFAULT_MIN_PROBE_FRACTION * ps[-1])))
             i = self._row_at_most(nprobe)
-            j = next((j for j in si if R[i][j] >= default_recall), si[-1])
+            long_enough = [j for j in si if Ss[j] >= min_shortlist] or si[-1:]
+            j = next((j for j in long_enough if R[i][j] >= default_recall), long_enough[-1])
         else:
             target = check_float(target, "target_recall", low=0.0, high=1.0, owner=owner)
             pairs = [(cost(i, j), i, j) for i in pi for j in si if R[i][j] >= target]

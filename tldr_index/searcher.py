@@ -6,11 +6,14 @@ rows, see :mod:`tldr_index.code_index`), the code index over them.
 reuses it until the target changes) and is safe from many threads: :meth:`CodeSearcher.topk`
 changes nothing, :meth:`CodeSearcher.extended` returns a new searcher.
 
-Which scan a search runs: ``exhaustive=True`` every code; else, with an index, ``nprobe`` lists
-(given, or the smallest stored nprobe whose recall@10 reaches ``target_recall`` against exact
-search of the reduced vectors (the table measured at build on held-out rows; against the
-exhaustive code scan where the table has no exact column), or by default the smallest reaching :data:`DEFAULT_RECALL`, else every list);
-without an index every code (``nprobe`` / ``target_recall`` are then refused).
+Which scan a search runs: ``exhaustive=True`` every code; else, with an index, the lists and
+shortlist its stored recall table (:mod:`tldr_index.recall_table`) gives: ``nprobe`` (given) or
+the cheapest stored ``(nprobe, shortlist)`` whose recall@10 reaches ``target_recall``; by
+default (:meth:`tldr_index.recall_table.RecallTable.rescored_choice`) a saturated nprobe and a
+shortlist of at least :func:`default_shortlist` rows, the shortlist of the exhaustive scan, so
+that the default indexed search keeps the recall of the scan it replaces. A format-1 table
+(older targets) picks nprobe only, against the exhaustive scan. Without an index every code is
+scanned (``nprobe`` / ``target_recall`` are then refused).
 
 Cost to build: one read of the id and code columns (``N x code_bytes`` bytes), and with an index
 a SHA-256 of the codes (~1 GB/s) and one pass to fill its lists.
@@ -174,7 +177,8 @@ class CodeSearcher:
                 return nprobe, k
             return table.raw_nprobe(target_recall, o), k
         p, s = table.rescored_choice(target_recall, o, rows_per_list=index.n / index.nlist,
-                                     nprobe=nprobe, shortlist=fixed)
+                                     nprobe=nprobe, shortlist=fixed,
+                                     min_shortlist=default_shortlist(table.k))
         return p, (fixed if fixed is not None else scaled_shortlist(s, k, table.k))
 
     def _choose_v1(self, nprobe: int | None, target_recall: Any) -> int:
