@@ -30,7 +30,7 @@ against FAISS's own encoder at beams 1, 2 and 4). CPU seconds per 1M rows for d 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,6 +49,9 @@ MAX_BEAM = 256
 #: Beams up to this width are encoded by :func:`beam_encode`; wider ones by FAISS's
 #: look-up-table beam search (as fast or faster there, see ``benchmarks/results/rq_encode.md``).
 TORCH_MAX_BEAM = 1
+#: Rows per FAISS ``compute_codes`` call in :meth:`RQCodec._encode` (FAISS's own working memory
+#: is ``rows x beam x (M + 256)`` floats and ints).
+FAISS_CHUNK_ROWS = 4096
 
 
 def _chunks(n: int, rows: int) -> Iterator[slice]:
@@ -95,6 +98,46 @@ def _beam_chunk(X: np.ndarray, books, norms, beam: int) -> np.ndarray:
     return codes.numpy()
 
 
+def encode_threads() -> int:
+    """Worker threads for encoding: the caller's FAISS/torch thread count (what
+    :func:`tldr_index.threads.thread_limit` set; :func:`tldr_index.threads.run_in_worker`
+    passes it on to its worker)."""
+    return max(1, faiss.omp_get_max_threads())
+
+
+def split_rows(fn: Callable[[np.ndarray], np.ndarray], X: np.ndarray, rows: int, width: int,
+               workers: int) -> np.ndarray:
+    """``fn`` over chunks of ``rows`` rows of ``X`` -> ``(n, width)`` uint8, in ``workers``
+    Python threads that each run with one torch and one FAISS (OpenMP) thread. The native code
+    releases the GIL, so the chunks run in parallel, and no OpenMP team spin-waits for a
+    descheduled member on a shared machine (FAISS's own 2-thread encode measured up to 8x more
+    CPU than 1 thread under load, see ``benchmarks/results/rq_encode.md``). The thread settings of
+    the calling thread are restored."""
+    import torch
+
+    out = np.empty((len(X), width), dtype=np.uint8)
+    chunks = list(_chunks(len(X), rows))
+    workers = max(1, min(workers, len(chunks)))
+    before_torch, before_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
+
+    def work(sl: slice) -> None:
+        torch.set_num_threads(1)       # per thread: its own OpenMP setting
+        faiss.omp_set_num_threads(1)
+        out[sl] = fn(X[sl])
+
+    try:
+        if workers == 1:
+            for sl in chunks:
+                work(sl)
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="tldr-rq") as pool:
+                list(pool.map(work, chunks))
+    finally:
+        torch.set_num_threads(before_torch)
+        faiss.omp_set_num_threads(before_faiss)
+    return out
+
+
 def beam_encode(X: np.ndarray, codebooks: np.ndarray, beam: int,
                 threads: int | None = None) -> np.ndarray:
     """Residual-quantization codes of the rows of ``X`` by beam search: after codebook m keep the
@@ -105,8 +148,8 @@ def beam_encode(X: np.ndarray, codebooks: np.ndarray, beam: int,
     Cost: ``n x M x beam x 256 x d`` multiply-adds (one GEMM per codebook and chunk) plus a
     top-``beam`` selection over ``beam x 256`` candidates per row and codebook; memory about
     ``CANDIDATE_FLOATS`` float32 plus ``chunk x beam x d`` per worker. ``threads`` workers (default
-    ``torch.get_num_threads()``, i.e. the caller's thread limit) each encode whole chunks with
-    single-threaded torch ops. Equal to FAISS's ``ResidualQuantizer.compute_codes`` with
+    :func:`encode_threads`) each encode whole chunks with single-threaded torch ops
+    (:func:`split_rows`). Equal to FAISS's ``ResidualQuantizer.compute_codes`` with
     ``max_beam_size=beam`` up to float ties.
     """
     import torch
@@ -116,29 +159,8 @@ def beam_encode(X: np.ndarray, codebooks: np.ndarray, beam: int,
     norms = (books * books).sum(-1)
     M, K, _ = books.shape
     rows = max(1, CANDIDATE_FLOATS // (beam * K))
-    out = np.empty((len(X), M), dtype=np.uint8)
-    workers = max(1, min(threads or torch.get_num_threads(), -(-len(X) // rows)))
-    if workers == 1:
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            for sl in _chunks(len(X), rows):
-                out[sl] = _beam_chunk(X[sl], books, norms, beam)
-        finally:
-            torch.set_num_threads(before)
-        return out
-
-    def work(sl: slice) -> None:
-        torch.set_num_threads(1)  # per worker thread: its own OpenMP setting
-        out[sl] = _beam_chunk(X[sl], books, norms, beam)
-
-    before = torch.get_num_threads()
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="tldr-rq") as pool:
-            list(pool.map(work, _chunks(len(X), rows)))
-    finally:
-        torch.set_num_threads(before)
-    return out
+    return split_rows(lambda x: _beam_chunk(x, books, norms, beam), X, rows, M,
+                      threads or encode_threads())
 
 
 def _make_rq(dim: int, m: int, beam: int) -> faiss.ResidualQuantizer:
@@ -206,9 +228,12 @@ class RQCodec(Codec):
         return {"codebooks": self.codebooks_}
 
     def _encode(self, X: np.ndarray) -> np.ndarray:
+        """Beam 1: :func:`beam_encode`; wider: FAISS's look-up-table search, both in
+        :func:`split_rows` workers (:func:`encode_threads` of them)."""
         if self.beam <= TORCH_MAX_BEAM:
             return beam_encode(X, self.codebooks_, self.beam)
-        return self.rq_.compute_codes(X)
+        return split_rows(self.rq_.compute_codes, X, FAISS_CHUNK_ROWS, self.n_bytes,
+                          encode_threads())
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
         return self.rq_.decode(codes)
