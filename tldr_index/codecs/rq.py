@@ -15,11 +15,17 @@ each followed by a beam search over the training rows. Encoding is a beam search
   (``n x M x 256 x d`` multiply-adds) and a vectorised argmin, chunked so memory stays at about
   ``CANDIDATE_FLOATS`` float32 per worker; the rows are split over ``torch.get_num_threads()``
   worker threads (the caller's :func:`tldr_index.threads.thread_limit`), each running
-  single-threaded torch ops, so no OpenMP team spin-waits on a shared machine. 1.3-2.8x less CPU
-  than FAISS's encoder at beam 1 (more at larger M);
+  single-threaded torch ops, so no OpenMP team spin-waits on a shared machine. It needed
+  1.2-2.6x less CPU than FAISS's encoder at beam 1 (more at larger M);
 * ``beam >= 2``: FAISS's beam search through precomputed codebook cross-products
-  (``use_beam_LUT``: ``n x M x beam x 256 x M`` table look-ups), which measured as fast or faster
-  than :func:`beam_encode` there (its top-``beam`` selection, ``torch.topk``, dominates).
+  (``use_beam_LUT``: ``n x M x beam x 256 x M`` table look-ups) on row chunks in the same kind of
+  single-threaded workers; it measured as fast as or faster than :func:`beam_encode` there
+  (whose top-``beam`` selection, ``torch.topk``, and GEMM dominate), except at 32 B.
+
+Measured (CPU seconds per 1M rows, 1 thread, load 6-9 on the 2-core machine): d=64, 16 B:
+beam 1: 19, beam 2: 40, beam 4: 58, beam 5: 60; d=128, 16 B: 32 / 54 / 71 / 70; d=64, 8 B:
+11 / 17 / 23 / 19. With 2 workers the CPU seconds stay about the same, so 1M rows at d=64, 16 B,
+beam 5 take about 60 / 2 = 30 s of wall time on 2 idle cores (an estimate from CPU time).
 
 Both give the same codes up to float ties (tests/test_codecs.py checks :func:`beam_encode`
 against FAISS's own encoder at beams 1, 2 and 4). CPU seconds per 1M rows for d = 64 / 128,
@@ -110,9 +116,9 @@ def split_rows(fn: Callable[[np.ndarray], np.ndarray], X: np.ndarray, rows: int,
     """``fn`` over chunks of ``rows`` rows of ``X`` -> ``(n, width)`` uint8, in ``workers``
     Python threads that each run with one torch and one FAISS (OpenMP) thread. The native code
     releases the GIL, so the chunks run in parallel, and no OpenMP team spin-waits for a
-    descheduled member on a shared machine (FAISS's own 2-thread encode measured up to 8x more
-    CPU than 1 thread under load, see ``benchmarks/results/rq_encode.md``). The thread settings of
-    the calling thread are restored."""
+    descheduled member on a shared machine (FAISS's own 2-thread encode used 1.1-1.3x the CPU
+    seconds of its 1-thread run at d=64 under a load of 6, and 8x on a 2,000-row input; see
+    ``benchmarks/results/rq_encode.md``). The thread settings of the calling thread are restored."""
     import torch
 
     out = np.empty((len(X), width), dtype=np.uint8)
