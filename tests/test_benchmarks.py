@@ -25,6 +25,8 @@ NO_CORPUS = {"gpu_trainer": "generated", "render_quality": "reads a results file
 SMOKE = {
     "frontier": ("--dims , --codecs sign,sq8 --budgets 16,48 --queries 50 --out {tmp}/frontier",
                  "frontier.md"),
+    "rq_encode": ("--dims 16 --bytes 4 --beams 1,2 --rows 2000 --train-rows 1000 "
+                  "--out {tmp}/rq_encode", "rq_encode.md"),
     "qat": ("--queries 100 --dim 8 --bytes 4 --qat-epochs 1 --epochs 1 --out {tmp}/qat.md",
             "qat.md"),
     "quality": ("--dims 8 --methods pca --no-pq --out {tmp}/quality", "quality.md"),

@@ -158,6 +158,87 @@ def test_rq_beam_one_is_greedy_and_wider_beam_is_no_worse(fitted, data):
     assert err(codes) < 0.5 * float((X ** 2).sum(1).mean())
 
 
+def _faiss_rq_codes(books: np.ndarray, X: np.ndarray, beam: int) -> np.ndarray:
+    """FAISS's own encoder on the same codebooks (its look-up-table beam search, as RQCodec)."""
+    import faiss
+    M, K, d = books.shape
+    rq = faiss.ResidualQuantizer(d, M, 8)
+    faiss.copy_array_to_vector(np.ascontiguousarray(books).ravel(), rq.codebooks)
+    rq.is_trained = True
+    rq.max_beam_size = beam
+    rq.use_beam_LUT = 1
+    rq.compute_codebook_tables()
+    return rq.compute_codes(np.ascontiguousarray(X))
+
+
+@pytest.mark.parametrize("beam", [1, 2, 4])
+def test_beam_encode_matches_faiss(beam, fitted, data, monkeypatch):
+    """tldr_index.codecs.rq.beam_encode against FAISS's encoder on the same codebooks. The two
+    sum the candidate distances in different float32 orders, so they may pick different codes
+    where two final reconstructions tie: every row must either get the same code or one whose
+    squared reconstruction error equals FAISS's to rtol 1e-5 (a tie; at most 1% of the rows;
+    here one row at beams >= 4, none at beams 1-3), and the mean error must be no worse than
+    FAISS's (rtol 1e-6). 1 and 2 worker threads agree exactly (chunks of 64 rows here, so both
+    workers get several)."""
+    from tldr_index.codecs import rq as rq_module
+    from tldr_index.codecs.rq import beam_encode
+    monkeypatch.setattr(rq_module, "CANDIDATE_FLOATS", 64 * beam * 256)
+    X, _ = data
+    rq, _ = fitted["rq"]
+    ours = beam_encode(X, rq.codebooks_, beam, threads=1)
+    ref = _faiss_rq_codes(rq.codebooks_, X, beam)
+    row_err = lambda cd: ((X - rq.decode(cd)) ** 2).sum(1)  # noqa: E731
+    diff = _assert_same_up_to_ties(ours, ref, X, rq.decode)
+    if beam == 1:
+        assert len(diff) == 0
+    assert row_err(ours).mean() <= row_err(ref).mean() * (1 + 1e-6)
+    np.testing.assert_array_equal(beam_encode(X, rq.codebooks_, beam, threads=2), ours)
+
+
+def _assert_same_up_to_ties(ours, ref, X, decode, max_share=0.01):
+    """Same codes, except on rows (at most ``max_share``) whose squared reconstruction errors
+    agree to rtol 1e-5: exact ties, which FAISS itself breaks differently with 1 or 2 threads."""
+    row_err = lambda cd: ((X - decode(cd)) ** 2).sum(1)  # noqa: E731
+    diff = np.flatnonzero((ours != ref).any(1))
+    assert len(diff) <= max_share * len(X)
+    np.testing.assert_allclose(row_err(ours)[diff], row_err(ref)[diff], rtol=1e-5)
+    return diff
+
+
+def test_rq_encode_engines_keep_stored_codes(fitted, data, monkeypatch):
+    """A stored beam-5 model still encodes through FAISS's search (now on row chunks in
+    single-threaded workers): FAISS's codes up to exact ties, the same codes after a state round
+    trip and with 1 or 2 workers; beam 1 goes through beam_encode and equals FAISS's greedy
+    codes exactly. Chunks of 64 rows, so 2 workers share several."""
+    import faiss
+    from tldr_index.codecs import rq as rq_module
+    monkeypatch.setattr(rq_module, "FAISS_CHUNK_ROWS", 64)
+    X, _ = data
+    rq, codes = fitted["rq"]
+    assert rq.beam == 5
+    _assert_same_up_to_ties(codes, _faiss_rq_codes(rq.codebooks_, X, 5), X, rq.decode)
+    before = faiss.omp_get_max_threads()
+    try:
+        for n in (1, 2):
+            faiss.omp_set_num_threads(n)
+            np.testing.assert_array_equal(codec_from_state(*rq.state()).encode(X), codes)
+    finally:
+        faiss.omp_set_num_threads(before)
+    greedy = codec_from_state(*_with(rq.state(), beam=1))
+    np.testing.assert_array_equal(greedy.encode(X), _faiss_rq_codes(rq.codebooks_, X, 1))
+
+
+def test_rq_beam_errors():
+    with pytest.raises(InvalidParameterError, match="^" + re.escape(
+            "The 'beam' parameter of RQCodec must be an int in the range [1, 256]. Got 0 "
+            "instead.") + "$"):
+        get_codec("rq", D, bytes=4, beam=0)
+    with pytest.raises(InvalidParameterError, match="^" + re.escape(
+            "The 'beam' parameter of RQCodec must be an int in the range [1, 256]. Got 2.5 "
+            "instead.") + "$"):
+        get_codec("rq", D, bytes=4, beam=2.5)
+
+
 def _with(state, **cfg):
     tensors, config = state
     return tensors, {**config, **cfg}

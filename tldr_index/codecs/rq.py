@@ -7,23 +7,166 @@ The codebooks are exported as one ``(M, 256, d)`` float32 array and copied back 
 ``<q, sum_m C_m[code_m]>``: no norm byte is needed for inner-product search (an L2 search would
 need ``||x_hat||^2``, which FAISS stores as an extra quantized byte; not offered here).
 
-Cost (measured in ``benchmarks/results/frontier.md``): training runs M rounds of k-means (256
-centroids, ``n_iter`` iterations) on the residuals, each followed by a beam search over the
-training rows; encoding is a beam search of width ``beam`` (FAISS ``max_beam_size``, default 5) through
-precomputed codebook cross-products: about ``n x M x beam x 256 x (d + M)`` operations against
-PQ's ``n x 256 x d``, so one to two orders of magnitude slower than PQ at the same bytes (see the
-encode rows/s column of the benchmark). Search: FAISS
+Cost: training runs M rounds of k-means (256 centroids, ``n_iter`` iterations) on the residuals,
+each followed by a beam search over the training rows. Encoding is a beam search of width ``beam``
+(the ``beam`` best partial codes are kept after each codebook, FAISS's ``max_beam_size``):
+
+* ``beam == 1`` (greedy): :func:`beam_encode` here, one BLAS GEMM per codebook
+  (``n x M x 256 x d`` multiply-adds) and a vectorised argmin, chunked so memory stays at about
+  ``CANDIDATE_FLOATS`` float32 per worker; the rows are split over ``torch.get_num_threads()``
+  worker threads (the caller's :func:`tldr_index.threads.thread_limit`), each running
+  single-threaded torch ops, so no OpenMP team spin-waits on a shared machine. It needed
+  1.2-2.6x less CPU than FAISS's encoder at beam 1 (more at larger M);
+* ``beam >= 2``: FAISS's beam search through precomputed codebook cross-products
+  (``use_beam_LUT``: ``n x M x beam x 256 x M`` table look-ups) on row chunks in the same kind of
+  single-threaded workers; it measured as fast as or faster than :func:`beam_encode` there
+  (whose top-``beam`` selection, ``torch.topk``, and GEMM dominate), except at 32 B.
+
+Measured (CPU seconds per 1M rows, 1 thread, load 6-9 on the 2-core machine): d=64, 16 B:
+beam 1: 19, beam 2: 40, beam 4: 58, beam 5: 60; d=128, 16 B: 32 / 54 / 71 / 70; d=64, 8 B:
+11 / 17 / 23 / 19. With 2 workers the CPU seconds stay about the same, so 1M rows at d=64, 16 B,
+beam 5 take about 60 / 2 = 30 s of wall time on 2 idle cores (an estimate from CPU time).
+
+Both give the same codes up to float ties (tests/test_codecs.py checks :func:`beam_encode`
+against FAISS's own encoder at beams 1, 2 and 4). CPU seconds per 1M rows for d = 64 / 128,
+8 / 16 / 32 B and beams 1-5, 1 and 2 threads: ``benchmarks/rq_encode.py`` and
+``benchmarks/results/rq_encode.md``. Search: FAISS
 ``IndexResidualQuantizer`` lookup tables (``ST_LUT_nonorm``), ``n_queries x n x M`` adds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faiss
 import numpy as np
 
+from ..validation import check_int
 from .base import Codec, check_codes, check_matrix
+
+#: Candidate distances held per worker and step (float32): a chunk is ``CANDIDATE_FLOATS //
+#: (beam x 256)`` rows, so memory per worker is about 4 MiB for the candidates plus
+#: ``chunk x beam x d`` float32 residuals, whatever the beam.
+CANDIDATE_FLOATS = 1 << 20
+#: Widest beam :class:`RQCodec` accepts (candidates and memory grow linearly with it).
+MAX_BEAM = 256
+#: Beams up to this width are encoded by :func:`beam_encode`; wider ones by FAISS's
+#: look-up-table beam search (as fast or faster there, see ``benchmarks/results/rq_encode.md``).
+TORCH_MAX_BEAM = 1
+#: Rows per FAISS ``compute_codes`` call in :meth:`RQCodec._encode` (FAISS's own working memory
+#: is ``rows x beam x (M + 256)`` floats and ints).
+FAISS_CHUNK_ROWS = 4096
+
+
+def _chunks(n: int, rows: int) -> Iterator[slice]:
+    for s in range(0, n, rows):
+        yield slice(s, min(n, s + rows))
+
+
+def _beam_chunk(X: np.ndarray, books, norms, beam: int) -> np.ndarray:
+    """Beam search of one chunk (torch, single-threaded ops); see :func:`beam_encode`."""
+    import torch
+
+    M, K, d = books.shape
+    x = torch.from_numpy(X)
+    n = len(x)
+    res = x.clone()                                     # (n x width, d) residuals
+    dist = (x * x).sum(1, keepdim=True)                 # (n, width) squared residual norms
+    width = 1
+    parents, picks = [], []
+    for m in range(M):
+        # ||r - c||^2 = ||r||^2 - 2 <r, c> + ||c||^2 for every (row, beam entry, centroid)
+        cand = torch.addmm(norms[m], res, books[m].T, alpha=-2.0).view(n, width, K)
+        cand = cand.add_(dist[:, :, None]).view(n, width * K)
+        new = min(beam, width * K)
+        if new == 1:  # argmin through amin (vectorised) and the first index reaching it
+            val = cand.amin(1, keepdim=True)
+            idx = torch.where(cand == val, torch.arange(width * K, dtype=cand.dtype),
+                              float(width * K)).amin(1, keepdim=True).long()
+        else:
+            val, idx = torch.topk(cand, new, dim=1, largest=False, sorted=True)
+        par, k = torch.div(idx, K, rounding_mode="floor"), idx % K
+        if width > 1:
+            res = res.view(n, width, d)[torch.arange(n)[:, None], par].view(n * new, d)
+        elif new > 1:
+            res = res[:, None, :].expand(n, new, d).reshape(n * new, d)
+        res = res - books[m][k.view(-1)]
+        parents.append(par)
+        picks.append(k)
+        dist, width = val, new
+    codes = torch.empty((n, M), dtype=torch.uint8)
+    j = torch.zeros((n, 1), dtype=torch.long)          # the best entry of the last beam
+    for m in range(M - 1, -1, -1):                      # follow the parents back
+        codes[:, m] = picks[m].gather(1, j)[:, 0].to(torch.uint8)
+        j = parents[m].gather(1, j)
+    return codes.numpy()
+
+
+def encode_threads() -> int:
+    """Worker threads for encoding: the caller's FAISS/torch thread count (what
+    :func:`tldr_index.threads.thread_limit` set; :func:`tldr_index.threads.run_in_worker`
+    passes it on to its worker)."""
+    return max(1, faiss.omp_get_max_threads())
+
+
+def split_rows(fn: Callable[[np.ndarray], np.ndarray], X: np.ndarray, rows: int, width: int,
+               workers: int) -> np.ndarray:
+    """``fn`` over chunks of ``rows`` rows of ``X`` -> ``(n, width)`` uint8, in ``workers``
+    Python threads that each run with one torch and one FAISS (OpenMP) thread. The native code
+    releases the GIL, so the chunks run in parallel, and no OpenMP team spin-waits for a
+    descheduled member on a shared machine (FAISS's own 2-thread encode used 1.1-1.3x the CPU
+    seconds of its 1-thread run at d=64 under a load of 6, and 8x on a 2,000-row input; see
+    ``benchmarks/results/rq_encode.md``). The thread settings of the calling thread are restored."""
+    import torch
+
+    out = np.empty((len(X), width), dtype=np.uint8)
+    chunks = list(_chunks(len(X), rows))
+    workers = max(1, min(workers, len(chunks)))
+    before_torch, before_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
+
+    def work(sl: slice) -> None:
+        torch.set_num_threads(1)       # per thread: its own OpenMP setting
+        faiss.omp_set_num_threads(1)
+        out[sl] = fn(X[sl])
+
+    try:
+        if workers == 1:
+            for sl in chunks:
+                work(sl)
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="tldr-rq") as pool:
+                list(pool.map(work, chunks))
+    finally:
+        torch.set_num_threads(before_torch)
+        faiss.omp_set_num_threads(before_faiss)
+    return out
+
+
+def beam_encode(X: np.ndarray, codebooks: np.ndarray, beam: int,
+                threads: int | None = None) -> np.ndarray:
+    """Residual-quantization codes of the rows of ``X`` by beam search: after codebook m keep the
+    ``beam`` (partial code, residual) pairs of smallest squared residual among every extension
+    of the previous ``beam`` by the 256 centroids of codebook m; return the best final code.
+
+    ``X``: ``(n, d)`` float32, ``codebooks``: ``(M, 256, d)`` float32; returns ``(n, M)`` uint8.
+    Cost: ``n x M x beam x 256 x d`` multiply-adds (one GEMM per codebook and chunk) plus a
+    top-``beam`` selection over ``beam x 256`` candidates per row and codebook; memory about
+    ``CANDIDATE_FLOATS`` float32 plus ``chunk x beam x d`` per worker. ``threads`` workers (default
+    :func:`encode_threads`) each encode whole chunks with single-threaded torch ops
+    (:func:`split_rows`). Equal to FAISS's ``ResidualQuantizer.compute_codes`` with
+    ``max_beam_size=beam`` up to float ties.
+    """
+    import torch
+
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    books = torch.from_numpy(np.ascontiguousarray(codebooks, dtype=np.float32))
+    norms = (books * books).sum(-1)
+    M, K, _ = books.shape
+    rows = max(1, CANDIDATE_FLOATS // (beam * K))
+    return split_rows(lambda x: _beam_chunk(x, books, norms, beam), X, rows, M,
+                      threads or encode_threads())
 
 
 def _make_rq(dim: int, m: int, beam: int) -> faiss.ResidualQuantizer:
@@ -49,7 +192,8 @@ class RQCodec(Codec):
     def __init__(self, dim: int, n_bytes: int, beam: int = 5, n_iter: int = 10,
                  max_train_rows: int = 20_000):
         super().__init__(dim)
-        self.n_bytes, self.beam = int(n_bytes), int(beam)
+        beam = check_int(beam, "beam", low=1, high=MAX_BEAM, owner="RQCodec")
+        self.n_bytes, self.beam = int(n_bytes), beam
         self.n_iter, self.max_train_rows = int(n_iter), int(max_train_rows)
 
     @property
@@ -90,7 +234,12 @@ class RQCodec(Codec):
         return {"codebooks": self.codebooks_}
 
     def _encode(self, X: np.ndarray) -> np.ndarray:
-        return self.rq_.compute_codes(X)
+        """Beam 1: :func:`beam_encode`; wider: FAISS's look-up-table search, both in
+        :func:`split_rows` workers (:func:`encode_threads` of them)."""
+        if self.beam <= TORCH_MAX_BEAM:
+            return beam_encode(X, self.codebooks_, self.beam)
+        return split_rows(self.rq_.compute_codes, X, FAISS_CHUNK_ROWS, self.n_bytes,
+                          encode_threads())
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
         return self.rq_.decode(codes)
