@@ -176,7 +176,7 @@ PARAMS = {
                  "The 'dim' parameter of shrink must be an int in the range [1, 7] (smaller than "
                  "the dimension 8 of source '{src}'). Got 1000000000000 instead."),
     "pq_bytes<0": _param("pq_bytes", -1, "an int in the range [0, inf) or None"),
-    "sample=0": _param("sample", 0, "an int in the range [2, inf)"),
+    "sample=0": _param("sample", 0, "an int in the range [2, inf) or None"),
     "neighbors=0": _param("neighbors", 0, "an int in the range [1, inf)"),
     "neighbors huge": ({"neighbors": 10**9}, InvalidParameterError,
                        "The 'neighbors' parameter of shrink must be an int in the range [1, 299] "
