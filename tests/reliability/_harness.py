@@ -34,6 +34,13 @@ def child_env(fault: str | None = None) -> dict:
     return env
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A suite started in the background
+    by a shell without job control inherits SIGINT *ignored*, and Python keeps an ignored SIGINT
+    ignored, so the Ctrl-C tests' signal would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(argv: list[str], fault: str | None = None, timeout: float = 240
             ) -> subprocess.CompletedProcess:
     """``python -m tldr_index <argv>`` in a child process, in its own process group: once it has
@@ -43,7 +50,7 @@ def run_cli(argv: list[str], fault: str | None = None, timeout: float = 240
     cmd = [sys.executable, "-m", "tldr_index", *argv]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, env=child_env(fault), stdout=out, stderr=err, text=True,
-                                cwd=REPO, start_new_session=True)
+                                cwd=REPO, start_new_session=True, preexec_fn=_default_sigint)
         try:
             code = proc.wait(timeout=timeout)
         finally:
