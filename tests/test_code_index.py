@@ -135,6 +135,11 @@ def test_a_vector_store_is_indexed_block_by_block_with_the_same_result(data, nam
     for p in (1, 4, got.nlist):
         np.testing.assert_array_equal(got.search(Q, 10, nprobe=p)[1],
                                       ref.search(Q, 10, nprobe=p)[1])
+    # without eval rows: held-out rows as queries, with (a full read) or without exact truth
+    for exact in (True, False):
+        ref = CodeIndex.build(X, codes, codec, recall_queries=30, exact_recall=exact)
+        got = CodeIndex.build(store, codes, codec, recall_queries=30, exact_recall=exact)
+        assert got.to_bytes() == ref.to_bytes() and got.recall_table == ref.recall_table
     with pytest.raises(InvalidInputError, match=re.escape(
             "The 'vectors' input of CodeIndex.build must have 8 columns (the codec's "
             "dimension). Got 16 instead.")):

@@ -168,13 +168,14 @@ class CodeIndex:
         exact_recall = check_bool(exact_recall, "exact_recall", owner=o)
         eval_rows, eval_truth = _check_eval(eval_rows, eval_truth, n, o)
         if store is not None and eval_rows is None and recall_queries and exact_recall:
-            X = store = store.read(0, n)  # the reduced-space truth scans every row anyway
-            store = None
+            X, store = store.read(0, n), None  # the reduced-space truth scans every row anyway
         prep = _unit if metric == "cosine" else (lambda a: np.asarray(a, np.float32))
-        rows_of = (lambda idx: prep(store.take(idx))) if store is not None else None
         if store is None:
             X = prep(X)
             rows_of = X.__getitem__
+        else:
+            def rows_of(idx):
+                return prep(store.take(idx))
         rng = np.random.default_rng(seed)
         n_train = min(n, TRAIN_ROWS_PER_LIST * nlist)
         perm = rng.permutation(n)
@@ -201,7 +202,7 @@ class CodeIndex:
                 held = perm[n_train:] if n - n_train >= recall_queries else perm
                 q_rows = np.sort(held[:recall_queries])
                 truth = _exact_truth(X, q_rows, metric) if exact_recall else None
-                index.recall_table = index.measure_recall(X[q_rows], q_rows, truth,
+                index.recall_table = index.measure_recall(rows_of(q_rows), q_rows, truth,
                                                           truth_space="reduced")
         log.info("code index: %d rows in %d lists (%s, %s)", n, nlist, codec.name, metric)
         return index
@@ -403,14 +404,7 @@ class CodeIndex:
                 f"The 'target_recall' parameter of {o} needs a stored recall table against "
                 f"{against} search; this index has none (built with recall_queries=0"
                 f"{' or exact_recall=False' if against == 'exact' else ''}). Pass nprobe instead.")
-        for p, r in zip(t.nprobe, col):
-            if r >= target_recall:
-                return int(p)
-        best = int(np.argmax(col))
-        raise InvalidParameterError(
-            f"The 'target_recall' parameter of {o} must be at most the best recall@{t.k} the "
-            f"stored table reaches against {against} search ({col[best]} at nprobe "
-            f"{t.nprobe[best]}). Got {target_recall} instead.")
+        return t.smallest_nprobe(col, target_recall, o, against)
 
     # -- memory --------------------------------------------------------------------------------
     def bytes_per_vector(self) -> float:

@@ -117,13 +117,18 @@ class RecallTable:
         if target is None:
             return next(p for p, r in zip(self.nprobe, raw) if r >= raw[-1] - SATURATION_GAP)
         target = check_float(target, "target_recall", low=0.0, high=1.0, owner=owner)
-        for p, r in zip(self.nprobe, raw):
+        return self.smallest_nprobe(raw, target, owner, "exact")
+
+    def smallest_nprobe(self, col: list[float], target: float, owner: str, against: str) -> int:
+        """The smallest stored nprobe whose recall in ``col`` (one value per nprobe, against
+        ``against`` search) reaches ``target``; beyond the table, one error naming the best."""
+        for p, r in zip(self.nprobe, col):
             if r >= target:
                 return int(p)
-        best = int(np.argmax(raw))
+        best = int(np.argmax(col))
         raise InvalidParameterError(
             f"The 'target_recall' parameter of {owner} must be at most the best recall@{self.k} "
-            f"the stored table reaches against exact search ({raw[best]} at nprobe "
+            f"the stored table reaches against {against} search ({col[best]} at nprobe "
             f"{self.nprobe[best]}). Got {target} instead.")
 
     def rescored_choice(self, target: float | None, owner: str, *, rows_per_list: float,
