@@ -6,6 +6,8 @@ untouched (point count and a checksum over ids, vectors and payload)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import os
@@ -220,22 +222,29 @@ def test_not_a_shard(tmp_path):
     assert (d / "notes.txt").read_text() == "hi"
 
 
-def test_shard_locked_by_another_process(tmp_path):
-    path = str(tmp_path / "docs")
-    uri = make_shard(path, make_structured(30, DIM, seed=7, normalize=False))
-    before = checksum(path)
+@contextlib.contextmanager
+def shard_held_elsewhere(path: str):
+    """Another process holds the Qdrant Edge shard at ``path`` open until the block ends."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import qdrant_edge as q, sys; s = q.EdgeShard.load(sys.argv[1]); "
          "print('open', flush=True); sys.stdin.read()", path],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
+        yield
+    finally:
+        holder.communicate("", timeout=30)
+
+
+def test_shard_locked_by_another_process(tmp_path):
+    path = str(tmp_path / "docs")
+    uri = make_shard(path, make_structured(30, DIM, seed=7, normalize=False))
+    before = checksum(path)
+    with shard_held_elsewhere(path):
         with pytest.raises(StoreUnavailableError, match=r"^Qdrant Edge shard '.*/docs' of "
                            r"'qdrant\+edge://.*/docs' is locked by another process \(the engine "
                            r"admits one open handle per shard\); close it there first\.$"):
             open_source(uri)
-    finally:
-        holder.communicate("", timeout=30)
     assert checksum(path) == before
 
 
@@ -246,17 +255,10 @@ def test_target_locked_by_another_process(tmp_path):
     write_target(src, uri, d=4)
     close_shards()
     live = os.path.realpath(tmp_path / "out")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import qdrant_edge as q, sys; s = q.EdgeShard.load(sys.argv[1]); "
-         "print('open', flush=True); sys.stdin.read()", live],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "open"
+    with shard_held_elsewhere(live):
         with pytest.raises(StoreUnavailableError, match=r"^Qdrant Edge shard '.*/\.out\.tldr-v1' "
                            r"of 'qdrant\+edge://.*/out' is locked by another process"):
             open_target(uri).count()
-    finally:
-        holder.communicate("", timeout=30)
     assert open_target(uri).count() == 30 and os.path.realpath(tmp_path / "out") == live
 
 
