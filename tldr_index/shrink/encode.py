@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,17 +47,16 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
     run.progress.begin("encode", run.results.scan.rows, "rows")
     codec = None
     phases = run.usage.setdefault("encode_phases", {})  # wall seconds of its parts
-    t0 = time.perf_counter()
     if run.code_bytes:
-        rng = np.random.default_rng([run.seed, 0x9B])
-        k = min(train.n_rows, PQ_TRAIN_ROWS)
-        pick = np.sort(rng.choice(train.n_rows, k, replace=False))
-        run.progress.phase("encode", f"{run.codec.upper()} training ({k:,} rows)", None)
-        codec = get_codec(run.codec, run.dim, bytes=run.code_bytes)
-        Z = prepare_rows(reducer.transform(train.take(pick)), run.metric)
-        # k-means is one long native call: keep Ctrl-C responsive
-        run_in_worker(codec.fit, Z, run.seed, name="pq-train")
-        phases["codec_train"] = round(time.perf_counter() - t0, 3)
+        with timed(phases, "codec_train"):
+            rng = np.random.default_rng([run.seed, 0x9B])
+            k = min(train.n_rows, PQ_TRAIN_ROWS)
+            pick = np.sort(rng.choice(train.n_rows, k, replace=False))
+            run.progress.phase("encode", f"{run.codec.upper()} training ({k:,} rows)", None)
+            codec = get_codec(run.codec, run.dim, bytes=run.code_bytes)
+            Z = prepare_rows(reducer.transform(train.take(pick)), run.metric)
+            # k-means is one long native call: keep Ctrl-C responsive
+            run_in_worker(codec.fit, Z, run.seed, name="pq-train")
 
     def compact_model(vector_dtype: str) -> CompactModel:
         return CompactModel.from_reducer(reducer, run.metric, codec, extra={
@@ -76,11 +76,10 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
     n = scan.n_rows
     run.progress.phase("encode", "encoding", n, "rows")
     writer = VectorStore.create(out / "reduced", run.dim, np.float32)
-    t0 = time.perf_counter()
-    max_abs = encode_rows(scan, compact, writer, out / "codes.u8", run.batch_rows,
-                          lambda done: run.progress.update("encode", done))
-    reduced = writer.finalize()
-    phases["rows"] = round(time.perf_counter() - t0, 3)
+    with timed(phases, "rows"):
+        max_abs = encode_rows(scan, compact, writer, out / "codes.u8", run.batch_rows,
+                              lambda done: run.progress.update("encode", done))
+        reduced = writer.finalize()
     vector_dtype = run.reduced_dtype
     if vector_dtype == "float16" and max_abs > FLOAT16_MAX:
         log.warning("Reduced values reach %.3g, beyond float16: storing float32 vectors.", max_abs)
@@ -88,17 +87,23 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
         compact = compact_model(vector_dtype)
     (out / "model.safetensors").write_bytes(compact.to_bytes())
     result = EncodeResult(vector_dtype=vector_dtype, max_abs=max_abs)
-    t0 = time.perf_counter()
-    held_out = estimate_recall(run, compact, out, result)
-    phases["recall_estimate"] = round(time.perf_counter() - t0, 3)
-    t0 = time.perf_counter()
+    with timed(phases, "recall_estimate"):
+        held_out = estimate_recall(run, compact, out, result)
     files = [reduced.path, reduced.root / VectorStore.META, out / "codes.u8",
              out / "model.safetensors"]
-    index_file = build_code_index(run, compact, out, n, held_out)
+    with timed(phases, "code_index"):
+        index_file = build_code_index(run, compact, out, n, held_out)
     if index_file is not None:
         files.append(index_file)
-    phases["code_index"] = round(time.perf_counter() - t0, 3)
     return files, result
+
+
+@contextmanager
+def timed(phases: dict, name: str):
+    """``phases[name]``: the wall seconds the block took (rounded to ms)."""
+    t0 = time.perf_counter()
+    yield
+    phases[name] = round(time.perf_counter() - t0, 3)
 
 
 def encode_rows(scan: VectorStore, compact: CompactModel, writer, codes_path: Path,
