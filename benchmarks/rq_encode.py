@@ -8,8 +8,14 @@ encoded at every beam of ``--beams`` with ``--threads`` torch/FAISS threads by
 * ``torch``: :func:`tldr_index.codecs.rq.beam_encode` (one GEMM per codebook, worker threads);
 * ``faiss``: FAISS's ``ResidualQuantizer.compute_codes`` with its codebook look-up tables, called
   once with ``threads`` OpenMP threads (what ``RQCodec.encode`` did before);
-* ``codec``: ``RQCodec.encode`` at that beam, the product's path: ``torch`` for beam 1, else the
-  FAISS call on chunks of rows in ``threads`` worker threads of one OpenMP thread each.
+* ``codec``: ``RQCodec.encode`` at that beam, the product's path
+  (:func:`tldr_index.codecs.rq.lut_encode`): FAISS's table beam search fed with float64
+  row-codebook inner products, on chunks of rows in ``threads`` worker threads of one OpenMP
+  thread each.
+
+Batch independence: the same rows are encoded again by FAISS and by the codec in batches of
+1-13, 100, 246, 333 and 700 rows (cycled); "batch-same" is the share of rows whose code equals
+the one-call code (the codec must give 1; FAISS's float32 GEMM does not).
 
 Reported: CPU seconds (``time.process_time``, every thread of the process) and wall seconds per
 1M rows, both extrapolated linearly from ``--rows``; the share of rows whose codes are identical;
@@ -38,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._corpus import add_corpus_arg, select_corpus  # noqa: E402
 from tldr_index.codecs import codec_from_state, get_codec  # noqa: E402
-from tldr_index.codecs.rq import TORCH_MAX_BEAM, beam_encode  # noqa: E402
+from tldr_index.codecs.rq import beam_encode  # noqa: E402
 from tldr_index.threads import thread_limit  # noqa: E402
 
 
@@ -48,6 +54,20 @@ def pca_unit(X: np.ndarray, d: int, fit_rows: int = 10_000) -> np.ndarray:
     Z = (X - mu) @ vt[:d].T
     return np.ascontiguousarray(Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12),
                                 dtype=np.float32)
+
+
+#: Batch sizes (cycled) of the batch-independence check.
+BATCHES = (1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 100, 246, 333, 700)
+
+
+def in_batches(fn, X: np.ndarray) -> np.ndarray:
+    """``fn`` over consecutive batches of :data:`BATCHES` rows (cycled), concatenated."""
+    parts, s, i = [], 0, 0
+    while s < len(X):
+        k = BATCHES[i % len(BATCHES)]
+        parts.append(fn(X[s:s + k]))
+        s, i = s + k, i + 1
+    return np.concatenate(parts)
 
 
 def timed(fn) -> tuple[np.ndarray, float, float]:
@@ -105,14 +125,19 @@ def main(argv: list[str] | None = None) -> None:
                         ct, cpu_t, wall_t = timed(lambda: beam_encode(E, books, beam))  # noqa: B023
                         cf, cpu_f, wall_f = timed(lambda: cb.rq_.compute_codes(E))  # noqa: B023
                         cc, cpu_c, wall_c = timed(lambda: cb.encode(E))  # noqa: B023
+                        faiss_batch = in_batches(cb.rq_.compute_codes, E)
+                        codec_batch = in_batches(cb.encode, E)
                     k = 1e6 / len(E)
                     r = {"d": d, "bytes": m, "beam": beam, "threads": th, "fit_s": fit_s,
                          "torch_cpu_s_per_1m": cpu_t * k, "torch_wall_s_per_1m": wall_t * k,
                          "faiss_cpu_s_per_1m": cpu_f * k, "faiss_wall_s_per_1m": wall_f * k,
                          "codec_cpu_s_per_1m": cpu_c * k, "codec_wall_s_per_1m": wall_c * k,
-                         "codec_engine": "torch" if beam <= TORCH_MAX_BEAM else "faiss",
+                         "codec_engine": "lut",
                          "same_rows": float((ct == cf).all(1).mean()),
                          "codec_same_rows": float((cc == cf).all(1).mean()),
+                         "faiss_batch_same": float((faiss_batch == cf).all(1).mean()),
+                         "codec_batch_same": float((codec_batch == cc).all(1).mean()),
+                         "codec_mse": err(cc),
                          "torch_mse": err(ct), "faiss_mse": err(cf),
                          "load_avg": os.getloadavg()[0]}
                     rows.append(r)
@@ -121,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
                           f"codec {r['codec_cpu_s_per_1m']:.0f} (wall {r['torch_wall_s_per_1m']:.0f}"
                           f" / {r['faiss_wall_s_per_1m']:.0f} / {r['codec_wall_s_per_1m']:.0f}), "
                           f"same rows {r['same_rows']:.4f}, mse {r['torch_mse']:.5f} / "
-                          f"{r['faiss_mse']:.5f}", flush=True)
+                          f"{r['faiss_mse']:.5f}, batch-same FAISS {r['faiss_batch_same']:.5f} "
+                          f"codec {r['codec_batch_same']:.5f}", flush=True)
                 write(out, meta, rows)
     write(out, meta, rows)
     print(f"wrote {out}.md / .json")
@@ -129,21 +155,24 @@ def main(argv: list[str] | None = None) -> None:
 
 def write(out: Path, meta: dict, rows: list[dict]) -> None:
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = [f"# RQ encoding cost: torch beam_encode vs FAISS ({meta['date']})", "",
+    lines = [f"# RQ encoding cost: torch beam_encode, FAISS and the codec ({meta['date']})", "",
              f"Command: `{meta['command']}`  ",
              f"Corpus: `{meta['corpus']}`, PCA to d and L2-normalised; {meta['rows']:,} rows "
              f"encoded per measurement, extrapolated to 1M.  ",
              f"Machine: {meta['machine']}, load average {meta['load_avg_start']:.1f} at the start "
              "(wall times under load are noisy; CPU seconds count every thread).", "",
              "CPU s per 1M rows: **torch** = beam_encode, **FAISS** = one compute_codes call with "
-             "`threads` OpenMP threads (the encoder before), **codec** = RQCodec.encode (torch at "
-             "beam 1, else FAISS on row chunks in `threads` single-threaded workers). \"idle "
+             "`threads` OpenMP threads, **codec** = RQCodec.encode (lut_encode: FAISS's table "
+             "beam search after a float64 GEMM, on row chunks in `threads` single-threaded "
+             "workers). **batch-same**: share of rows whose code is unchanged when the rows are "
+             "encoded in batches of 1-13, 100, 246, 333, 700 rows (cycled). \"idle "
              "cores\" = codec CPU s / threads: the wall time 1M rows would take on that many idle "
              "cores if the workers scale (an estimate, not a measurement).", "",
              "| d | RQ bytes | beam | threads | torch CPU s / 1M | FAISS CPU s / 1M | codec CPU s "
              "/ 1M (engine) | codec: 1M rows on `threads` idle cores (s) | wall s per 1M torch / "
-             "FAISS / codec | same codes torch=FAISS | MSE torch / FAISS | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "FAISS / codec | same codes torch=FAISS | same codes codec=FAISS | batch-same FAISS / "
+             "codec | MSE torch / FAISS / codec | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['d']} | {r['bytes']} | {r['beam']} | {r['threads']} | "
@@ -151,7 +180,9 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
             f"{r['codec_cpu_s_per_1m']:.0f} ({r['codec_engine']}) | "
             f"{r['codec_cpu_s_per_1m'] / r['threads']:.0f} | {r['torch_wall_s_per_1m']:.0f} / "
             f"{r['faiss_wall_s_per_1m']:.0f} / {r['codec_wall_s_per_1m']:.0f} | "
-            f"{r['same_rows']:.4f} | {r['torch_mse']:.5f} / {r['faiss_mse']:.5f} | "
+            f"{r['same_rows']:.4f} | {r['codec_same_rows']:.4f} | "
+            f"{r['faiss_batch_same']:.5f} / {r['codec_batch_same']:.5f} | "
+            f"{r['torch_mse']:.5f} / {r['faiss_mse']:.5f} / {r['codec_mse']:.5f} | "
             f"{r['load_avg']:.1f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 

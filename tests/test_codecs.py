@@ -206,13 +206,13 @@ def _assert_same_up_to_ties(ours, ref, X, decode, max_share=0.01):
 
 
 def test_rq_encode_engines_keep_stored_codes(fitted, data, monkeypatch):
-    """A stored beam-5 model still encodes through FAISS's search (now on row chunks in
-    single-threaded workers): FAISS's codes up to exact ties, the same codes after a state round
-    trip and with 1 or 2 workers; beam 1 goes through beam_encode and equals FAISS's greedy
-    codes exactly. Chunks of 64 rows, so 2 workers share several."""
+    """The codec's encoder (lut_encode: FAISS's table beam search fed with float64 inner
+    products) gives FAISS's own codes up to exact ties at beam 5 (and exactly FAISS's greedy
+    codes at beam 1), the same codes after a state round trip and with 1 or 2 workers. Chunks
+    of 64 rows, so 2 workers share several."""
     import faiss
     from tldr_index.codecs import rq as rq_module
-    monkeypatch.setattr(rq_module, "FAISS_CHUNK_ROWS", 64)
+    monkeypatch.setattr(rq_module, "CROSS_FLOATS", 64 * 4 * 256)
     X, _ = data
     rq, codes = fitted["rq"]
     assert rq.beam == 5
@@ -226,6 +226,53 @@ def test_rq_encode_engines_keep_stored_codes(fitted, data, monkeypatch):
         faiss.omp_set_num_threads(before)
     greedy = codec_from_state(*_with(rq.state(), beam=1))
     np.testing.assert_array_equal(greedy.encode(X), _faiss_rq_codes(rq.codebooks_, X, 1))
+
+
+def _run_in_batches(fn, X: np.ndarray, sizes: list[int]) -> np.ndarray:
+    parts, s, i = [], 0, 0
+    while s < len(X):
+        parts.append(fn(X[s:s + sizes[i % len(sizes)]]))
+        s, i = s + sizes[i % len(sizes)], i + 1
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("beam", [1, 2, 5])
+def test_rq_code_of_a_row_does_not_depend_on_its_batch(beam, monkeypatch):
+    """A row's RQ code is byte-identical whether it is encoded alone, in batches of 2-13 rows
+    (where BLAS takes small-matrix paths) or of 100-700 rows at any offset, and on 1 or 2
+    workers with chunks of 64 rows: the single-process and Ray engines batch differently.
+    Rows half-way between two entries of the first codebook (exact ties there, so float32
+    rounding decides): FAISS's own encoder (one float32 GEMM per batch, 1 OpenMP thread) gave
+    9 / 6 / 1 rows of these 10,000 other codes under these batches at beams 1 / 2 / 5 when
+    measured."""
+    from tldr_index.codecs import rq as rq_module
+    T = make_structured(1000, 8, latent=8, clusters=30, seed=3)
+    c = get_codec("rq", 8, bytes=4, beam=beam, n_iter=5).fit(T, seed=0)
+    a, b = np.random.default_rng(0).integers(0, 256, (2, 10_000))
+    X = ((c.codebooks_[0][a] + c.codebooks_[0][b]) / 2).astype(np.float32)
+    whole = c.encode(X)
+    sizes = [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 100, 246, 333, 700]
+    np.testing.assert_array_equal(_run_in_batches(c.encode, X, sizes), whole)
+    monkeypatch.setattr(rq_module, "CROSS_FLOATS", 64 * 4 * 256)
+    for workers in (1, 2):
+        np.testing.assert_array_equal(
+            rq_module.lut_encode(X[7:], c.rq_, c.codebooks_, beam, threads=workers), whole[7:])
+
+
+def test_rq_tables_match_faiss(fitted):
+    """codebook_tables (float64, then float32) equals FAISS's compute_codebook_tables to float32
+    rounding, in FAISS's layout."""
+    import faiss
+    from tldr_index.codecs.rq import codebook_tables
+    rq, _ = fitted["rq"]
+    ref = faiss.ResidualQuantizer(D, rq.n_bytes, 8)
+    faiss.copy_array_to_vector(rq.codebooks_.ravel(), ref.codebooks)
+    ref.is_trained = True
+    ref.compute_codebook_tables()
+    norms, cross = codebook_tables(rq.codebooks_)
+    np.testing.assert_allclose(norms, faiss.vector_to_array(ref.centroid_norms), rtol=1e-6)
+    np.testing.assert_allclose(cross, faiss.vector_to_array(ref.codebook_cross_products),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_rq_beam_errors():

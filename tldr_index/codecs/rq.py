@@ -8,29 +8,22 @@ The codebooks are exported as one ``(M, 256, d)`` float32 array and copied back 
 need ``||x_hat||^2``, which FAISS stores as an extra quantized byte; not offered here).
 
 Cost: training runs M rounds of k-means (256 centroids, ``n_iter`` iterations) on the residuals,
-each followed by a beam search over the training rows. Encoding is a beam search of width ``beam``
-(the ``beam`` best partial codes are kept after each codebook, FAISS's ``max_beam_size``):
+each followed by a beam search over the training rows. Encoding (:func:`lut_encode`, every beam)
+is FAISS's beam search of width ``beam`` (the ``beam`` best partial codes are kept after each
+codebook, FAISS's ``max_beam_size``) through precomputed codebook cross-products
+(``refine_beam_LUT_mp``: ``n x M x beam x 256 x M`` table look-ups) after one float64 GEMM of the
+rows with the codebooks (``n x M x 256 x d`` multiply-adds), on row chunks in single-threaded
+worker threads (the caller's :func:`tldr_index.threads.thread_limit`), so no OpenMP team
+spin-waits on a shared machine. The GEMM is ours, not FAISS's float32 one, because its rounding
+must not depend on the batch: a row gets the same code whichever rows it is encoded with (the
+single-process and the Ray engine, ``add`` and a full shrink agree byte for byte).
 
-* ``beam == 1`` (greedy): :func:`beam_encode` here, one BLAS GEMM per codebook
-  (``n x M x 256 x d`` multiply-adds) and a vectorised argmin, chunked so memory stays at about
-  ``CANDIDATE_FLOATS`` float32 per worker; the rows are split over ``torch.get_num_threads()``
-  worker threads (the caller's :func:`tldr_index.threads.thread_limit`), each running
-  single-threaded torch ops, so no OpenMP team spin-waits on a shared machine. It needed
-  1.2-2.6x less CPU than FAISS's encoder at beam 1 (more at larger M);
-* ``beam >= 2``: FAISS's beam search through precomputed codebook cross-products
-  (``use_beam_LUT``: ``n x M x beam x 256 x M`` table look-ups) on row chunks in the same kind of
-  single-threaded workers; it measured as fast as or faster than :func:`beam_encode` there
-  (whose top-``beam`` selection, ``torch.topk``, and GEMM dominate), except at 32 B.
+:func:`beam_encode` is a pure-torch beam search (one GEMM per codebook), kept as the reference the
+encoder is checked against and measured beside it in ``benchmarks/rq_encode.py``; its float32
+GEMMs round differently in small batches, so the codec does not use it.
 
-Measured (CPU seconds per 1M rows, 1 thread, load 6-9 on the 2-core machine): d=64, 16 B:
-beam 1: 19, beam 2: 40, beam 4: 58, beam 5: 60; d=128, 16 B: 32 / 54 / 71 / 70; d=64, 8 B:
-11 / 17 / 23 / 19. With 2 workers the CPU seconds stay about the same, so 1M rows at d=64, 16 B,
-beam 5 take about 60 / 2 = 30 s of wall time on 2 idle cores (an estimate from CPU time).
-
-Both give the same codes up to float ties (tests/test_codecs.py checks :func:`beam_encode`
-against FAISS's own encoder at beams 1, 2 and 4). CPU seconds per 1M rows for d = 64 / 128,
-8 / 16 / 32 B and beams 1-5, 1 and 2 threads: ``benchmarks/rq_encode.py`` and
-``benchmarks/results/rq_encode.md``. Search: FAISS
+CPU seconds per 1M rows for d = 64 / 128, 8 / 16 / 32 B and beams 1-5, 1 and 2 threads:
+``benchmarks/rq_encode.py`` and ``benchmarks/results/rq_encode.md``. Search: FAISS
 ``IndexResidualQuantizer`` lookup tables (``ST_LUT_nonorm``), ``n_queries x n x M`` adds.
 """
 
@@ -52,12 +45,9 @@ from .base import Codec, check_codes, check_matrix
 CANDIDATE_FLOATS = 1 << 20
 #: Widest beam :class:`RQCodec` accepts (candidates and memory grow linearly with it).
 MAX_BEAM = 256
-#: Beams up to this width are encoded by :func:`beam_encode`; wider ones by FAISS's
-#: look-up-table beam search (as fast or faster there, see ``benchmarks/results/rq_encode.md``).
-TORCH_MAX_BEAM = 1
-#: Rows per FAISS ``compute_codes`` call in :meth:`RQCodec._encode` (FAISS's own working memory
-#: is ``rows x beam x (M + 256)`` floats and ints).
-FAISS_CHUNK_ROWS = 4096
+#: Row-codebook inner products per chunk of :func:`lut_encode` (a chunk is ``CROSS_FLOATS //
+#: (M x 256)`` rows: 512 at 16 B; 24 MiB per worker in float64 + float32).
+CROSS_FLOATS = 1 << 21
 
 
 def _chunks(n: int, rows: int) -> Iterator[slice]:
@@ -175,12 +165,76 @@ def _make_rq(dim: int, m: int, beam: int) -> faiss.ResidualQuantizer:
     return rq
 
 
-def _encode_with_tables(rq: faiss.ResidualQuantizer) -> None:
-    """Encode through precomputed codebook cross-products (``use_beam_LUT``): the beam search
-    then costs ``n x M x beam x 256 x M`` table look-ups instead of ``... x d`` residual updates
-    (3x faster at d=384, M=8 here); training keeps FAISS's default residual path."""
+def codebook_tables(codebooks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(centroid_norms, cross_products)`` of ``(M, 256, d)`` codebooks in FAISS's layout
+    (``ResidualQuantizer.compute_codebook_tables``): ``||C_m[k]||^2`` for every entry (``M x 256``)
+    and, for m = 1..M-1, the ``(m x 256, 256)`` block of inner products of the entries of
+    codebooks 0..m-1 with those of codebook m, concatenated. Summed in float64 and rounded to
+    float32, so every process (whatever its BLAS threads) builds the same tables.
+    Cost: ``256^2 x d x M (M - 1) / 2`` multiply-adds."""
+    books = np.ascontiguousarray(codebooks, dtype=np.float64)
+    M, K, d = books.shape
+    flat = books.reshape(M * K, d)
+    norms = np.einsum("nd,nd->n", flat, flat).astype(np.float32)
+    blocks = [(flat[:m * K] @ books[m].T).astype(np.float32).ravel() for m in range(1, M)]
+    cross = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+    return norms, cross
+
+
+def _use_tables(rq: faiss.ResidualQuantizer, codebooks: np.ndarray) -> None:
+    """Encode through precomputed codebook tables (``use_beam_LUT``, :func:`codebook_tables`):
+    the beam search then costs ``n x M x beam x 256 x M`` table look-ups instead of ``... x d``
+    residual updates (3x faster at d=384, M=8 here); training keeps FAISS's residual path."""
+    norms, cross = codebook_tables(codebooks)
     rq.use_beam_LUT = 1
-    rq.compute_codebook_tables()
+    faiss.copy_array_to_vector(norms, rq.centroid_norms)
+    faiss.copy_array_to_vector(cross, rq.codebook_cross_products)
+
+
+def _lut_chunk(X: np.ndarray, rq: faiss.ResidualQuantizer, books_t, beam: int) -> np.ndarray:
+    """FAISS's table beam search (``refine_beam_LUT_mp``) of one chunk, fed with the row norms
+    and row-codebook inner products computed here in float64 and rounded to float32."""
+    import torch
+
+    n, M = len(X), rq.M
+    x = torch.from_numpy(X).double()
+    cp = torch.mm(x, books_t).float().numpy()                 # (n, M x 256)
+    qn = np.einsum("nd,nd->n", X.astype(np.float64), X.astype(np.float64)).astype(np.float32)
+    width = min(beam, 256 ** M)
+    codes = np.empty((n, width, M), dtype=np.int32)
+    dist = np.empty((n, width), dtype=np.float32)
+    faiss.refine_beam_LUT_mp(rq, n, faiss.swig_ptr(qn), faiss.swig_ptr(cp), beam,
+                             faiss.swig_ptr(codes), faiss.swig_ptr(dist),
+                             faiss.RefineBeamLUTMemoryPool())
+    return codes[:, 0].astype(np.uint8)                        # the best code of the beam
+
+
+def lut_encode(X: np.ndarray, rq: faiss.ResidualQuantizer, codebooks: np.ndarray, beam: int,
+               threads: int | None = None) -> np.ndarray:
+    """Residual-quantization codes of the rows of ``X`` by FAISS's look-up-table beam search of
+    width ``beam`` (``rq``: a ``faiss.ResidualQuantizer`` holding ``codebooks`` with its tables
+    set by :func:`_use_tables`), a row's code independent of the other rows encoded with it.
+
+    FAISS's own ``compute_codes`` takes the row-codebook inner products from one float32 GEMM
+    over the batch, whose rounding depends on where a row sits in it (BLAS edge tiles and
+    small-matrix kernels); a near-tie in the beam then flips on 0.05-0.2% of rows with the
+    batching, so two engines batching the same rows differently wrote different codes. Here the
+    inner products (``n x M x 256 x d`` multiply-adds) are summed in float64 and rounded to
+    float32, which makes them the same in any batch (a float64 difference of ~1e-16 relative
+    would have to straddle a float32 rounding boundary), and the rest of FAISS's search is
+    row by row. Rows are encoded in chunks of ``CROSS_FLOATS // (M x 256)`` in
+    :func:`split_rows` workers (``threads``, default :func:`encode_threads`).
+    Returns ``(n, M)`` uint8; memory per worker: a chunk's ``rows x M x 256`` float64 + float32.
+    """
+    import torch
+
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    books = np.ascontiguousarray(codebooks, dtype=np.float64)
+    M, K, d = books.shape
+    books_t = torch.from_numpy(books.reshape(M * K, d).T.copy())     # (d, M x 256) float64
+    rows = max(1, CROSS_FLOATS // (M * K))
+    return split_rows(lambda x: _lut_chunk(x, rq, books_t, beam), X, rows, M,
+                      threads or encode_threads())
 
 
 class RQCodec(Codec):
@@ -219,7 +273,7 @@ class RQCodec(Codec):
         rq.train(np.ascontiguousarray(X[rows]))
         self.codebooks_ = faiss.vector_to_array(rq.codebooks).reshape(
             self.n_bytes, 256, self.dim).copy()
-        _encode_with_tables(rq)
+        _use_tables(rq, self.codebooks_)
         self.rq_ = rq
 
     def _restore(self, tensors: dict[str, np.ndarray]) -> None:
@@ -227,19 +281,15 @@ class RQCodec(Codec):
         rq = _make_rq(self.dim, self.n_bytes, self.beam)
         faiss.copy_array_to_vector(self.codebooks_.ravel(), rq.codebooks)
         rq.is_trained = True
-        _encode_with_tables(rq)
+        _use_tables(rq, self.codebooks_)
         self.rq_ = rq
 
     def _tensors(self) -> dict[str, np.ndarray]:
         return {"codebooks": self.codebooks_}
 
     def _encode(self, X: np.ndarray) -> np.ndarray:
-        """Beam 1: :func:`beam_encode`; wider: FAISS's look-up-table search, both in
-        :func:`split_rows` workers (:func:`encode_threads` of them)."""
-        if self.beam <= TORCH_MAX_BEAM:
-            return beam_encode(X, self.codebooks_, self.beam)
-        return split_rows(self.rq_.compute_codes, X, FAISS_CHUNK_ROWS, self.n_bytes,
-                          encode_threads())
+        """:func:`lut_encode` (a row's code does not depend on the batch it is in)."""
+        return lut_encode(X, self.rq_, self.codebooks_, self.beam)
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
         return self.rq_.decode(codes)
