@@ -44,9 +44,9 @@ def test_shrink_search_info(env):
     lines = res.stdout.splitlines()
     assert lines[0] == f"Shrunk lancedb://{db}/docs -> lancedb://{db}/docs_tldr4 (tldr, l2)"
     assert lines[1] == "  rows           600"
-    assert lines[2] == "  vectors        16-d -> 4-d float16 + 2-byte PQ codes"
+    assert lines[2] == "  vectors        16-d -> 4-d float16 + 2-byte RQ codes"
     assert re.fullmatch(r"  bytes on disk  [\d.]+ kB -> [\d.]+ kB \([\d.]+x smaller\)", lines[3])
-    assert lines[4] == "  search memory  64 B (float32) -> 2 B (PQ) per vector (32x smaller)"
+    assert lines[4] == "  search memory  64 B (float32) -> 2 B (RQ) per vector (32x smaller)"
     assert lines[5] == "  graph recall   1.000 (kNN graph of the training sample)"
     assert re.fullmatch(r"  recall@10      [01]\.\d{3} compact search, [01]\.\d{3} with --rescore "
                         r"\(shortlist 200\); 200 rows vs exact search on the original vectors",
@@ -102,7 +102,7 @@ def test_shrink_search_info(env):
     assert res.exit_code == 0
     lines = res.stdout.splitlines()
     assert lines[0] == (f"lancedb://{db}/docs_tldr4: 600 rows, tldr 16 -> 4 (l2), float16 "
-                        f"vectors + 2-byte PQ codes")
+                        f"vectors + 2-byte RQ codes")
     assert lines[1] == f"  source         lancedb://{db}/docs"
     info = json.loads(run("info", "--db", db, "--collection", "docs_tldr4", "--json").stdout)
     assert info["rows"] == 600 and info["pq_bytes"] == 2 and info["method"] == "tldr"
@@ -301,13 +301,13 @@ def test_readme_target_recall_method_auto_command_with_logs(tmp_path, monkeypatc
     assert "Traceback" not in res.stderr
     out = res.stdout.splitlines()
     assert out[0].startswith("Shrunk lancedb://./lancedb/docs -> lancedb://./lancedb/docs_tldr (")
-    assert out[2] == "  vectors        40-d -> 16-d float16 + 16-byte PQ codes"
+    assert out[2] == "  vectors        40-d -> 16-d float16 + 16-byte RQ codes"
     sel = [x for x in out if x.startswith("  selection      ")]
     assert sel and sel[0].startswith("  selection      smallest candidate with recall@10 of the "
                                      "code search >= 0.9: ")
     log = " ".join(res.stderr.split())
-    assert ("choosing the smallest reaching recall@10 >= 0.9 among tldr d=16 PQ 16 B, pca d=16 PQ "
-            "16 B, tldr d=32 PQ 16 B, pca d=32 PQ 16 B, none d=40 RQ 16 B; work dir "
+    assert ("choosing the smallest reaching recall@10 >= 0.9 among tldr d=16 RQ 16 B, pca d=16 RQ "
+            "16 B, tldr d=32 RQ 16 B, pca d=32 RQ 16 B, none d=40 RQ 16 B; work dir "
             "tldr-work/docs_tldr-") in log
     assert sorted(os.listdir(".")) == ["lancedb"]  # the work directory and its parent are gone
 
@@ -318,7 +318,7 @@ def test_method_auto_with_dim_and_no_pq_bytes(env):
               "--method", "auto", "--epochs", "1", "--threads", "1")
     assert res.exit_code == 0, res.stderr
     log = " ".join(res.stderr.split())
-    assert ("tldr/pca/none, choosing the better method among tldr d=8 PQ 8 B, pca d=8 PQ 8 B, "
+    assert ("tldr/pca/none, choosing the better method among tldr d=8 RQ 8 B, pca d=8 RQ 8 B, "
             "none d=16 PQ 8 B, none d=16 OPQ 8 B, none d=16 RQ 8 B, none d=16 RABITQ 8 B; work "
             "dir") in log
     # the best of those on held-out rows (here a codec on the 16-d originals may win)
@@ -383,7 +383,8 @@ def test_demo_names_the_real_target():
 
     res = {"method": "tldr", "target": "lancedb://./tldr-data/docs_tldr64", "seconds": 1.0,
            "recall_at_10": 0.5, "recall_at_10_rescored": 0.9, "shortlist": 200,
-           "bytes_per_vector": 16, "target_disk_bytes": 10**6, "source_disk_bytes": 10**7}
+           "bytes_per_vector": 16, "codec": "rq", "target_disk_bytes": 10**6,
+           "source_disk_bytes": 10**7}
     lines = format_demo({"rows": 10, "source_dim": 384, "source": "lancedb://./tldr-data/docs",
                          "queries": 3, "db": "./tldr-data", "results": [res],
                          "example": {"query": "q", "tldr_rescored_top3": ["a", "b", "c"],
@@ -391,6 +392,8 @@ def test_demo_names_the_real_target():
     assert ("  (top-3 of docs_tldr64 with --rescore; '=' where it matches the exact top-3)"
             in lines)
     assert lines[-1] == "Try: tldr-index info --db ./tldr-data --collection docs_tldr64"
+    assert any(line.startswith("  bytes/vec: the in-memory search structure (RQ codes) vs")
+               for line in lines)
 
 
 def test_every_option_of_every_command_has_help():

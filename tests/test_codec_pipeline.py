@@ -108,12 +108,19 @@ def test_cli_codec_flags_and_bad_budget(data, tmp_path):
     src = lancedb_source(str(tmp_path), data[:N])
     base = ["shrink", "--source", src, "--work-dir", str(tmp_path / "w"), "--threads", "1",
             "--epochs", "1", "--sample", "600"]
-    out = CliRunner().invoke(main, base + ["--dim", "12", "--bytes", "5", "--quiet"])
+    out = CliRunner().invoke(main, base + ["--dim", "12", "--bytes", "5", "--codec", "pq",
+                                           "--quiet"])
     assert out.exit_code == 1
     assert out.stderr.strip() == (
         "Error: The 'bytes' parameter of shrink (--bytes) must be a divisor of d (one "
         "sub-quantizer of 256 centroids per byte) for codec='pq' at d=12. Got 5 instead; the "
         "nearest feasible budgets are 4 and 6.")
+    out = CliRunner().invoke(main, base + ["--dim", "12", "--bytes", "13", "--quiet"])
+    assert out.exit_code == 1  # the default codec, RQ: at most d bytes
+    assert out.stderr.strip() == (
+        "Error: The 'bytes' parameter of shrink (--bytes) must be in the range [1, d] (one "
+        "residual codebook of 256 centroids per byte) for codec='rq' at d=12. Got 13 instead; "
+        "the nearest feasible budgets are 12.")
     out = CliRunner().invoke(main, base + ["--dim", "12", "--codec", "rabitq", "--bits", "3"])
     assert out.exit_code == 1 and out.stderr.strip().splitlines()[-1] == (
         "Error: The 'bits' parameter of shrink must be one of 1, 2, 4. Got 3 instead.")

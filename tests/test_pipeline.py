@@ -183,7 +183,12 @@ def test_other_refusals(tmp_path):
             "The 'bytes' parameter of shrink (--bytes) must be a divisor of d (one sub-quantizer "
             "of 256 centroids per byte) for codec='pq' at d=4. Got 3 instead; the nearest "
             "feasible budgets are 2 and 4.")):
-        shrink(src, dim=4, pq_bytes=3)
+        shrink(src, dim=4, pq_bytes=3, codec="pq")
+    with pytest.raises(InvalidParameterError, match=re.escape(
+            "The 'bytes' parameter of shrink (--bytes) must be in the range [1, d] (one residual "
+            "codebook of 256 centroids per byte) for codec='rq' at d=4. Got 5 instead; the "
+            "nearest feasible budgets are 4.")):
+        shrink(src, dim=4, pq_bytes=5)  # the default codec, RQ
     with pytest.raises(UnsupportedURIError, match="must use a supported scheme"):
         shrink("foo://x/docs", dim=4)
     with pytest.raises(SourceNotFoundError, match="LanceDB table 'nope' not found"):
@@ -307,17 +312,23 @@ def test_shrink_into_an_existing_empty_parquet_directory(tmp_path):
 
 
 def test_default_pq_bytes_that_do_not_divide_dim_are_announced(tmp_path, caplog):
+    """PQ at d=60 takes 15 bytes by default, announced; RQ (the default codec: any M <= d) keeps
+    16, silently."""
     src = lancedb_source(str(tmp_path), make_nested(300, 64, between=6, within=4))
     caplog.set_level("INFO", logger="tldr_index")
-    rep = shrink(src, dim=60, method="pca", work_dir=tmp_path / "w", **FAST)
+    rep = shrink(src, dim=60, method="pca", work_dir=tmp_path / "w", codec="pq", **FAST)
     assert rep.pq_bytes == 15
     assert ("pq_bytes (--pq-bytes) not given and the default 16 does not divide dim=60 (PQ "
             "bytes must divide d: one sub-vector per byte): the codes take 15 bytes, the largest "
             "divisor of 60 up to 16. Pass pq_bytes (--pq-bytes) to choose another size."
             ) in [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     caplog.clear()
-    shrink(src, src + "_b", dim=60, pq_bytes=12, method="pca", work_dir=tmp_path / "w", **FAST)
+    shrink(src, src + "_b", dim=60, pq_bytes=12, method="pca", work_dir=tmp_path / "w",
+           codec="pq", **FAST)
     assert not [r for r in caplog.records if "pq_bytes (--pq-bytes) not given" in r.getMessage()]
+    rep = shrink(src, src + "_c", dim=60, method="pca", work_dir=tmp_path / "w", **FAST)
+    assert (rep.codec, rep.pq_bytes) == ("rq", 16)
+    assert not [r for r in caplog.records if "not given" in r.getMessage()]
 
 
 def test_embedded_qdrant_reports_its_bytes_on_disk(tmp_path):

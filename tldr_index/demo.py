@@ -4,7 +4,7 @@ The sample (``tldr_index/data/sample.npz``): 6,000 rows cut from the shared corp
 embeddings of Python docstrings, 384-d float16, unit norm) with their texts and package labels.
 The first 5,700 rows become the LanceDB table ``docs`` (id, vector float32, text, label); the last
 300 are held-out queries. The demo shrinks ``docs`` with TLDR and with PCA (same pipeline, same
-PQ), then compares recall@10 of :func:`tldr_index.search.search` with exact cosine neighbours of
+codec: the default, RQ), then compares recall@10 of :func:`tldr_index.search.search` with exact cosine neighbours of
 the original vectors. Re-running it reuses ``docs`` and replaces the two demo targets.
 """
 
@@ -86,7 +86,7 @@ def run_demo(db: str, *, dim: int = 64, pq_bytes: int = 16, epochs: int | None =
             "method": method, "target": target, "seconds": seconds,
             "recall_at_10": recall_at_k(plain.ids, truth),
             "recall_at_10_rescored": recall_at_k(resc.ids, truth), "shortlist": resc.shortlist,
-            "bytes_per_vector": rep.pq_bytes, "target_disk_bytes": rep.target_disk_bytes,
+            "bytes_per_vector": rep.pq_bytes, "codec": rep.codec, "target_disk_bytes": rep.target_disk_bytes,
             "source_disk_bytes": rep.source_disk_bytes, "stage_seconds": rep.stage_seconds,
             "example_ids": resc.ids[0, :3].tolist()})
     texts = sample["texts"]
@@ -116,7 +116,8 @@ def format_demo(r: dict) -> list[str]:
             f"{(disk or 0) / 1e6:>8.2f}MB {m['seconds']:>6.1f}s")
     lines.append(f"  {'source':<6} {'docs':<34} {1.0:>9.3f} {'':>9} {4 * r['source_dim']:>10} "
                  f"{(src_bytes or 0) / 1e6:>8.2f}MB")
-    lines += ["", f"  bytes/vec: the in-memory search structure (PQ codes) vs float32 vectors; "
+    codec = r["results"][0]["codec"].upper()
+    lines += ["", f"  bytes/vec: the in-memory search structure ({codec} codes) vs float32 vectors; "
                   f"rescored: shortlist of {r['results'][0]['shortlist']} re-ranked with the "
                   f"original vectors.", "",
               f"Example query: {short(r['example']['query'])}"]

@@ -89,8 +89,8 @@ def eval_cmd(source, db, collection, target, queries, ks, shortlists, baselines,
 @click.option("--bytes", "--pq-bytes", "code_bytes", default=None, metavar="B,B,...",
               help="Code sizes per d (--pq-bytes: the old name; those the codec meets at d) "
                    "[default: 16 or the nearest size below].")
-@click.option("--codec", "codecs", default="pq", show_default=True, metavar="C,C,...",
-              help="Codecs per d: pq, opq, rq, rabitq (default pq).")
+@click.option("--codec", "codecs", default="rq", show_default=True, metavar="C,C,...",
+              help="Codecs per d: rq, pq, opq, rabitq (default rq, as shrink).")
 @click.option("--bits", type=int, default=None, help="rabitq: bits per dimension (1, 2, 4).")
 @click.option("--method", type=click.Choice(["tldr", "pca", "none", "auto"]), default="tldr",
               show_default=True,

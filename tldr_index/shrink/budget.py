@@ -11,8 +11,10 @@ rabitq      d x bits / 8 + 4 (a float32 factor per row)     d x bits a multiple 
 ==========  ==============================================  ===================================
 
 ``bytes=0`` stores no codes (the reduced float vectors are searched instead). The default codec
-is :data:`DEFAULT_CODEC` (PQ: RQ keeps more neighbours per byte on
-the dev corpus but encodes about 50x slower, see ``benchmarks/results/frontier.md``).
+is :data:`DEFAULT_CODEC`, RQ at beam 5 (:class:`tldr_index.codecs.RQCodec`): at the default
+budget (d=64, 16 B) it keeps more neighbours than PQ on the dev corpus (recall@10 0.590 vs
+0.539 raw, 0.962 vs 0.942 after re-ranking 100, ``benchmarks/results/frontier_rq14.md``) for an
+encoding cost that stays within the 1M-rows-in-60-s budget (``benchmarks/results/rq_encode.md``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from ..validation import check_choice, check_int
 
 #: The codecs ``shrink`` writes.
 CODECS = ("pq", "opq", "rq", "rabitq")
-#: The default codec: PQ (RQ wins recall per byte in benchmarks/frontier.py, but its encoding is
-#: about 50x slower: 1M rows in minutes on 2 cores).
-DEFAULT_CODEC = "pq"
+#: The default codec: RQ (residual quantization, beam 5), the one that wins recall per byte at the
+#: default budget in benchmarks/frontier.py (see the module docstring for the figures).
+DEFAULT_CODEC = "rq"
 #: Default code bytes per row (the paper's setting), or the nearest feasible size below it.
 DEFAULT_BYTES = 16
 #: RaBitQ's default bits per dimension when neither ``bits`` nor ``bytes`` is given.

@@ -13,6 +13,7 @@ from typing import Any
 from ..code_index import INDEX_MIN_ROWS
 from ..errors import Interrupted, InvalidInputError
 from ..progress import Progress
+from .budget import DEFAULT_CODEC
 from .options import FitOptions, GraphOptions
 from .results import StageResult, StageResults
 from .sampling import train_store
@@ -46,7 +47,7 @@ class ShrinkRun:
     select: dict | None = None
     dim: int | None = None
     code_bytes: int | None = None
-    codec: str = "pq"
+    codec: str = DEFAULT_CODEC
     target_uri: str = ""
     reduced_dtype: str = "float16"
     overwrite: bool = False
