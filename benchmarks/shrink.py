@@ -52,10 +52,12 @@ TARGETS = {"wall_s": 15 * 60, "rss_gb": 1.5, "search_ratio": 50, "disk_ratio": 4
 #: library defaults; ``current`` the defaults of main at 51fae93 (before this round of issue 17:
 #: a 100,000-row training sample), ``previous`` the defaults before issue 17 (exact kNN graph,
 #: 8 epochs at 3e-3 without patience, 500 validation rows). The code paths (overlapped encode)
-#: are the same for all: only the settings differ.
+#: are the same for all: only the settings differ. ``pq``: the library defaults with the codec
+#: of before issue 14 (PQ; the default is RQ now).
 CONFIGS = {
     "new": [],
     "current": ["--sample", "100000"],
+    "pq": ["--codec", "pq"],
     "previous": ["--sample", "100000", "--graph-option", "method=exact", "--epochs", "8",
                  "--fit-option", "learning_rate=0.003", "--fit-option", "patience=none",
                  "--fit-option", "validation_rows=500"],
@@ -264,7 +266,8 @@ def main(argv=None) -> None:
     add_corpus_arg(ap)
     ap.add_argument("--methods", default="tldr,pca")
     ap.add_argument("--configs", default="new,current",
-                    help="TLDR configurations: new (library defaults), current (previous ones)")
+                    help="TLDR configurations: new (library defaults), current (previous ones), "
+                         "pq (the defaults with --codec pq)")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--pq-bytes", type=int, default=16)
     ap.add_argument("--sample", type=int, default=None,
