@@ -62,7 +62,7 @@ def shrunk(tmp_path_factory):
     X = make_nested(N, D)
     uri = lancedb_source(str(root), X)
     rep = shrink(uri, dim=DIM, pq_bytes=M, sample=800, epochs=2, work_dir=root / "work",
-                 threads=1)
+                 threads=1, codec="pq")  # the report's PQ rows below; RQ targets: test_codec_pipeline
     return root, X, uri, rep.target
 
 

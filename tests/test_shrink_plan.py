@@ -26,16 +26,18 @@ def source(tmp_path_factory):
 
 def test_plan_fills_the_defaults_and_is_frozen(source, caplog):
     with caplog.at_level(logging.WARNING, logger="tldr_index.shrink.plan"):
-        plan = plan_shrink(source, dim=12)
+        plan = plan_shrink(source, dim=12, codec="pq")
     assert plan.target_uri == default_target(source, 12) == source + "_tldr12"
     assert plan.pq_bytes == 12 and plan.n_rows == 300 and plan.select is None
     assert "the default 16 does not divide dim=12" in caplog.text
     assert plan.params["pq_bytes"] == 12 and plan.params["engine"] == "local"
+    rq = plan_shrink(source, dim=12)  # the default codec, RQ: any M <= d, so min(16, d)
+    assert (rq.codec, rq.pq_bytes, rq.params["codec"]) == ("rq", 12, "rq")
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.dim = 4  # type: ignore[misc]
     sel = plan_shrink(source, target_recall=0.5, dims=[4, 8], pq_bytes=4)
-    assert sel.select["candidates"] == [["tldr", 4, "pq", 4], ["tldr", 8, "pq", 4]]
-    assert sel.dim is None and sel.codec == "pq" and sel.params["codec"] == "pq"
+    assert sel.select["candidates"] == [["tldr", 4, "rq", 4], ["tldr", 8, "rq", 4]]
+    assert sel.dim is None and sel.codec == "rq" and sel.params["codec"] == "rq"
     assert sel.target_uri == source + "_tldr" and not sel.ray_scan
 
 
@@ -44,7 +46,7 @@ def test_plan_refuses_before_anything_runs(source):
                        r"\(--bytes\) must be a divisor of d \(one sub-quantizer of 256 centroids "
                        r"per byte\) for codec='pq' at d=8\. Got 3 instead; the nearest feasible "
                        r"budgets are 2 and 4\.$"):
-        plan_shrink(source, dim=8, pq_bytes=3)
+        plan_shrink(source, dim=8, pq_bytes=3, codec="pq")
     with pytest.raises(InvalidParameterError, match=r"^The 'neighbors' parameter of shrink must "
                        r"be an int in the range \[1, 299\] \(fewer than the 300 training rows\)\. "
                        r"Got 300 instead\.$"):
@@ -103,7 +105,7 @@ def test_stage_results_round_trip_with_the_checkpoint_keys():
     (dict(dim=8, codec="lsh"),
      "The 'codec' parameter of shrink must be one of 'pq', 'opq', 'rq', 'rabitq'. Got 'lsh' "
      "instead."),
-    (dict(dim=12, bytes=5),
+    (dict(dim=12, bytes=5, codec="pq"),
      "The 'bytes' parameter of shrink (--bytes) must be a divisor of d (one sub-quantizer of 256 "
      "centroids per byte) for codec='pq' at d=12. Got 5 instead; the nearest feasible budgets "
      "are 4 and 6."),
@@ -156,11 +158,12 @@ def test_codec_budgets_that_fit(source):
     assert (p.dim, p.code_bytes, p.codec) == (24, 8, "opq")
     sw = plan_sweep(source, dims=[8], bytes=[8], method="auto")
     assert sw.select["candidates"] == [
-        ["tldr", 8, "pq", 8], ["pca", 8, "pq", 8], ["none", 24, "pq", 8], ["none", 24, "opq", 8],
+        ["tldr", 8, "rq", 8], ["pca", 8, "rq", 8], ["none", 24, "pq", 8], ["none", 24, "opq", 8],
         ["none", 24, "rq", 8]]
     sw = plan_sweep(source, dims=[8], bytes=[6], method="auto", codecs=["rabitq"])
     assert sw.select["candidates"] == [  # 2-bit rabitq at d=8; 6 B is no rabitq size at D=24
         ["tldr", 8, "rabitq", 6], ["pca", 8, "rabitq", 6], ["none", 24, "pq", 6],
         ["none", 24, "opq", 6], ["none", 24, "rq", 6]]
     sw = plan_sweep(source, dims=[8], bytes=[7], method="auto")
-    assert sw.select["candidates"] == [["none", 24, "rq", 7], ["none", 24, "rabitq", 7]]
+    assert sw.select["candidates"] == [  # RQ (the default) meets 7 B at d=8; PQ would not
+        ["tldr", 8, "rq", 7], ["pca", 8, "rq", 7], ["none", 24, "rq", 7], ["none", 24, "rabitq", 7]]

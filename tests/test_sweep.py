@@ -119,7 +119,7 @@ def test_shrink_method_auto_keeps_the_better(source, tmp_path, monkeypatch, bad,
                                            "codec": best["codec"], "code_bytes": 4,
                                            "pq_bytes": 4}
     assert "auto (TLDR kept only when strictly better)" in meta["selection"]["reason"]
-    assert f"d=8 PQ 4 B: {expect} " in meta["selection"]["reason"]
+    assert f"d=8 RQ 4 B: {expect} " in meta["selection"]["reason"]
 
 
 def test_advice_when_no_candidate_reaches_the_target():
@@ -169,8 +169,8 @@ def test_sweep_cli_exit_code_when_the_target_is_not_reached(source, tmp_path):
     out = CliRunner().invoke(main, args)
     assert out.exit_code == EXIT_NOT_REACHED == 6, out.output
     assert "no candidate reaches recall@10 of the code search >= 0.999 on 50 held-out " \
-        "rows (best: pca d=4 PQ 4 B, " in out.stdout
-    assert "Measured recall@10 (PQ / rescored / float): pca d=4 PQ 4 B " in out.stdout
+        "rows (best: pca d=4 RQ 4 B, " in out.stdout
+    assert "Measured recall@10 (PQ / rescored / float): pca d=4 RQ 4 B " in out.stdout
     assert out.stderr.splitlines()[-1] == ("Error: --target-recall 0.999 is not reached (exit "
                                            "code 6); see above.")
     out = CliRunner().invoke(main, args + ["--quiet"])
@@ -233,8 +233,8 @@ def test_bad_sweep_input(source, tmp_path):
                         pq_bytes=4, work_dir=tmp_path / "w2", **FAST)
     assert str(e.value).startswith(
         "The 'target_recall' parameter of shrink cannot be reached: no candidate reaches "
-        "recall@10 of the code search >= 0.999 on 200 held-out rows (best: tldr d=4 PQ 4 B, ")
-    assert "). Measured recall@10 (PQ / rescored / float): tldr d=4 PQ 4 B " in str(e.value)
+        "recall@10 of the code search >= 0.999 on 200 held-out rows (best: tldr d=4 RQ 4 B, ")
+    assert "). Measured recall@10 (PQ / rescored / float): tldr d=4 RQ 4 B " in str(e.value)
     assert "What would help: " in str(e.value) and "add larger dims" not in str(e.value)
     assert str(e.value).endswith("shrink's --pq-bytes takes one size; compare several first "
                                  "with tldr-index sweep --pq-bytes B,B,...")
@@ -259,4 +259,4 @@ def test_selection_is_checkpointed_and_resumed(source, tmp_path, monkeypatch):
     assert "select" in rep.skipped_stages and "knn" in rep.skipped_stages
     assert (rep.method, rep.dim, rep.pq_bytes) == ("tldr", 4, 4)  # the smallest reaches 0.05
     assert open_target(target).metadata["selection"]["chosen"] == {
-        "method": "tldr", "dim": 4, "codec": "pq", "code_bytes": 4, "pq_bytes": 4}
+        "method": "tldr", "dim": 4, "codec": "rq", "code_bytes": 4, "pq_bytes": 4}
