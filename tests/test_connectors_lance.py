@@ -169,6 +169,28 @@ def test_index_is_built_per_fragment_and_equals_a_flat_scan(tmp_path, overwrite)
     for q in X[::97]:
         assert _nearest_ids(ds, q, nprobes=12) == _nearest_ids(ds, q, use_index=False)
     assert not staging_leftovers(str(tmp_path))
+    # on disk: only the segments some version references (the per-fragment ones were merged)
+    used = {str(seg.uuid) for v in ds.versions() for i in lance.dataset(out, version=v["version"])
+            .describe_indices() for seg in i.segments}
+    assert sorted(os.listdir(os.path.join(out, "_indices"))) == sorted(used)
+    assert len(used) == (2 if overwrite else 1)
+
+
+def test_a_failed_segmented_build_leaves_no_segment_files(tmp_path, monkeypatch):
+    path = str(tmp_path / "big.lance")
+    lance.write_dataset(make_table(1200, 16, seed=3), path)
+
+    def merge_fails(self, segments):
+        raise RuntimeError("merge failed")
+    monkeypatch.setattr(lance.LanceDataset, "merge_existing_index_segments", merge_fails)
+    out = str(tmp_path / "out.lance")
+    sink = write_target(open_source(path), out, d=8, batch_rows=100, index_min_rows=1000,
+                        flush_rows=400, index_rows_per_partition=100)
+    assert not sink.indexed  # published without the index (a warning says so), as before
+    ds = lance.dataset(out)
+    assert ds.count_rows() == 1200 and ds.describe_indices() == []
+    indices = os.path.join(out, "_indices")
+    assert not os.path.isdir(indices) or os.listdir(indices) == []
 
 
 @pytest.mark.parametrize("opts, fragments, want", [
