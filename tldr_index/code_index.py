@@ -50,6 +50,7 @@ from .artifact import atomic_write_bytes, canonical_header
 from .codecs import Codec, OPQCodec, PQCodec
 from .codecs.base import check_codes, check_matrix
 from .errors import InvalidInputError, InvalidParameterError, ModelFormatError, NotFittedError
+from .fastscan_lists import FastScanLists
 from .recall_table import RECALL_K, RECALL_NPROBES, RecallTable, drop_self, measure
 from .threads import faiss_threads
 from .vectors import Vectors
@@ -58,7 +59,14 @@ from .validation import check_bool, check_choice, check_float, check_int
 log = logging.getLogger(__name__)
 
 FORMAT = "tldr-index/code-index"
-FORMAT_VERSION = "2"  # 2: the recall table per (nprobe, shortlist); 1 still loads
+FORMAT_VERSION = "3"  # 3: fast-scan lists, raw-bytes code hash; 2: the recall table per
+#                        (nprobe, shortlist); 1 and 2 still load
+READ_VERSIONS = ("1", "2", "3")
+#: how the lists are scored: "codes" (the collection's own codes, see the module docstring) or
+#: "fastscan" (:mod:`tldr_index.fastscan_lists`: 4-bit fast-scan codes of the index's own)
+SCANS = ("codes", "fastscan")
+#: the scan :meth:`CodeIndex.build` uses by default (and shrink / reindex store)
+DEFAULT_SCAN = "fastscan"
 METRICS = ("cosine", "ip", "l2")
 #: points per centroid below which FAISS k-means warns; the default nlist keeps above it
 MIN_POINTS_PER_LIST = 39
@@ -86,6 +94,21 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(round(2 * math.sqrt(max(n, 1))), n // MIN_POINTS_PER_LIST)))
 
 
+def default_scan_bytes(code_size: int) -> int:
+    """Bytes of the fast-scan code of a row: ``max(2, code_size - 4)``. With FAISS's 8-byte ids
+    the lists then hold ``code_size + 4`` bytes per row, what the collection's codes with int32
+    row positions would take (16 B codes: 12 B = 24 sub-quantizers of 4 bits)."""
+    return max(2, int(code_size) - 4)
+
+
+def raw_digest(codes: np.ndarray) -> "hashlib._Hash":
+    """A running SHA-256 of a uint8 code array's bytes in row order (rows and code size are
+    checked apart): :meth:`CodeIndex.add` extends it without the earlier codes."""
+    h = hashlib.sha256()
+    h.update(memoryview(np.ascontiguousarray(codes).reshape(-1)))
+    return h
+
+
 def codes_digest(codes: np.ndarray) -> str:
     """SHA-256 of a uint8 code array's shape and bytes (row order). Cost: one pass, ~1 GB/s."""
     codes = np.ascontiguousarray(codes)
@@ -98,8 +121,10 @@ class CodeIndex:
     """IVF lists over a code array (see the module docstring). Build with :meth:`build`, load
     with :meth:`load`; :meth:`exhaustive` is the one-list index (an exhaustive scan)."""
 
-    def __init__(self, codec: Codec, centroids: np.ndarray, metric: str):
+    def __init__(self, codec: Codec, centroids: np.ndarray, metric: str, *, scan: str = "codes",
+                 fastscan: FastScanLists | None = None):
         self.codec = codec
+        self.scan = check_choice(scan, "scan", SCANS, owner="CodeIndex")
         self.metric = check_choice(metric, "metric", METRICS, owner="CodeIndex")
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.nlist, self.dim = self.centroids.shape
@@ -110,10 +135,16 @@ class CodeIndex:
         self.recall_table = RecallTable()
         self.exhaustive_only = False
         self.n = 0
-        self._pq = isinstance(codec, PQCodec)  # PQ and OPQ: FAISS IndexIVFPQ
+        self._hash = hashlib.sha256()
+        self._fs = fastscan
+        self._pq = isinstance(codec, PQCodec) and scan == "codes"  # FAISS IndexIVFPQ
         self._quantizer = (faiss.IndexFlatL2 if metric == "l2" else faiss.IndexFlatIP)(self.dim)
         self._quantizer.add(self.centroids)
-        if self._pq:
+        if scan == "fastscan":
+            if fastscan is None:
+                raise InvalidParameterError("The 'fastscan' parameter of CodeIndex must be the "
+                                            "lists of a scan='fastscan' index. Got None instead.")
+        elif self._pq:
             self._ivf = self._new_ivfpq()
         else:
             self._codes = [np.empty((0, codec.code_size), np.uint8) for _ in range(self.nlist)]
@@ -126,7 +157,8 @@ class CodeIndex:
               nlist: int | None = None, seed: int = 0, n_iter: int = KMEANS_ITER,
               recall_queries: int = 200, exact_recall: bool = True,
               eval_rows: Any = None, eval_truth: Any = None,
-              threads: int | None = None) -> "CodeIndex":
+              threads: int | None = None, scan: str = DEFAULT_SCAN,
+              scan_bytes: int | None = None) -> "CodeIndex":
         """Train the partition on a sample of ``vectors`` (the reduced ``(N, d)`` rows that were
         encoded into ``codes``, same order), fill the lists and measure the recall table
         (:mod:`tldr_index.recall_table`).
@@ -137,6 +169,10 @@ class CodeIndex:
         the k-means sample (where N allows) with, when ``exact_recall``, their exact neighbours
         among ``vectors`` (self excluded) as truth, or no truth (``vs_exhaustive`` only);
         ``recall_queries=0`` (and no ``eval_rows``) skips the table.
+
+        ``scan``: "fastscan" (default) scores the lists with 4-bit fast-scan codes of the index's
+        own (``scan_bytes`` per row, default :func:`default_scan_bytes`; trained on the k-means
+        sample, see :mod:`tldr_index.fastscan_lists`); "codes" with the collection's codes.
 
         Cost: k-means ``n_iter x (TRAIN_ROWS_PER_LIST nlist) x nlist x d`` multiply-adds,
         assignment ``N x nlist x d`` (at 1M x 64 with nlist = 2,000: ~5 s of one core), and the
@@ -165,6 +201,9 @@ class CodeIndex:
         seed = check_int(seed, "seed", low=0, owner=o)
         n_iter = check_int(n_iter, "n_iter", low=1, owner=o)
         recall_queries = check_int(recall_queries, "recall_queries", low=0, owner=o)
+        scan = check_choice(scan, "scan", SCANS, owner=o)
+        scan_bytes = default_scan_bytes(codec.code_size) if scan_bytes is None else check_int(
+            scan_bytes, "scan_bytes", low=1, high=256, owner=o)
         exact_recall = check_bool(exact_recall, "exact_recall", owner=o)
         eval_rows, eval_truth = _check_eval(eval_rows, eval_truth, n, o)
         if store is not None and eval_rows is None and recall_queries and exact_recall:
@@ -181,15 +220,20 @@ class CodeIndex:
         perm = rng.permutation(n)
         train = np.sort(perm[:n_train])
         with faiss_threads(threads):
+            sample = np.ascontiguousarray(rows_of(train))
             if nlist == 1:
-                cent = rows_of(train).mean(axis=0, keepdims=True)
+                cent = sample.mean(axis=0, keepdims=True)
             else:
                 km = faiss.Kmeans(codec.dim, nlist, niter=n_iter, seed=seed,
                                   spherical=metric == "cosine", min_points_per_centroid=1,
                                   max_points_per_centroid=TRAIN_ROWS_PER_LIST)
-                km.train(np.ascontiguousarray(rows_of(train)))
+                km.train(sample)
                 cent = km.centroids
-            index = cls(codec, cent, metric)
+            fs = FastScanLists.train(cent, metric, scan_bytes, sample, seed) \
+                if scan == "fastscan" else None
+            del sample
+            index = cls(codec, cent, metric, scan=scan, fastscan=fs)
+            index._hash = raw_digest(codes)
             if store is not None:  # block by block: memory stays one block of float32
                 for start, block in store.iter_chunks(ADD_BLOCK_ROWS):
                     index._add(codes[start:start + len(block)], prep(block))
@@ -215,6 +259,7 @@ class CodeIndex:
         index = cls(codec, np.zeros((1, codec.dim), np.float32), metric)
         index.exhaustive_only = True
         index._append(codes, np.zeros(len(codes), np.int32))
+        index._hash = raw_digest(codes)
         return index
 
     def _new_ivfpq(self) -> Any:
@@ -234,9 +279,22 @@ class CodeIndex:
         ivf.use_precomputed_table = 0
         return ivf
 
+    @property
+    def fastscan_lists(self) -> FastScanLists | None:
+        """The fast-scan lists (``scan="fastscan"``), else None."""
+        return self._fs
+
     def copy(self) -> "CodeIndex":
         """An independent copy (same lists and recall table), e.g. to :meth:`add` rows while
-        other threads search this one. Cost: a hash of the codes and one pass to fill lists."""
+        other threads search this one. Cost: a hash of the codes and one pass to fill lists
+        (fast-scan lists: a copy of them)."""
+        if self._fs is not None:
+            out = CodeIndex(self.codec, self.centroids, self.metric, scan=self.scan,
+                            fastscan=self._fs.clone())
+            out.n, out._hash = self.n, self._hash.copy()
+            out.exhaustive_only = self.exhaustive_only
+            out.recall_table = RecallTable.from_json(self.recall_table.to_json())
+            return out
         codes = self.codes_in_row_order()
         return CodeIndex.from_bytes(self.to_bytes(), codes, self.codec, owner="CodeIndex.copy")
 
@@ -253,9 +311,16 @@ class CodeIndex:
         start = self.n
         with faiss_threads(threads):
             self._add(codes, _unit(X) if self.metric == "cosine" else X)
+        self._hash.update(memoryview(np.ascontiguousarray(codes).reshape(-1)))
         return np.arange(start, self.n, dtype=np.int64)
 
     def _add(self, codes: np.ndarray, X: np.ndarray) -> None:
+        if self._fs is not None:
+            for s in range(0, len(X), ADD_BLOCK_ROWS):
+                block = np.ascontiguousarray(X[s:s + ADD_BLOCK_ROWS], dtype=np.float32)
+                self._fs.add(block, np.arange(self.n, self.n + len(block)))
+                self.n += len(block)
+            return
         if self.nlist == 1:
             lists = np.zeros(len(X), np.int32)
         else:
@@ -311,6 +376,8 @@ class CodeIndex:
         if self.metric == "cosine":
             Q = _unit(Q)
         with faiss_threads(threads):
+            if self._fs is not None:
+                return self._fs.search(Q, k, nprobe)
             if self._pq:
                 return self._search_pq(Q, k, nprobe)
             return self._search_codec(Q, k, nprobe)
@@ -410,7 +477,13 @@ class CodeIndex:
     def bytes_per_vector(self) -> float:
         """RAM of the lists per indexed row: code bytes + the row position (PQ/OPQ: 8, FAISS's
         int64 ids; other codecs: 4, int32 while N < 2^31) [+ 4 (float32 norm, l2, non-PQ)],
-        plus the centroids (``nlist x d x 4``) spread over the rows."""
+        plus the centroids (``nlist x d x 4``) spread over the rows. Fast-scan lists: their
+        code bytes + 8 (FAISS ids) + the padding of each list's last 32-row block, plus the
+        centroids, rotation and sub-quantizer centroids spread over the rows."""
+        if self._fs is not None:
+            packed = len(self._fs.packed())
+            fixed = self.centroids.nbytes + self._fs.fixed_bytes()
+            return (packed + 8 * self.n + fixed) / max(self.n, 1)
         per = self.codec.code_size + (8 if self._pq else self._rows_dtype().itemsize)
         if self.metric == "l2" and not self._pq:
             per += 4
@@ -427,6 +500,8 @@ class CodeIndex:
         return out
 
     def _list_rows(self, li: int) -> np.ndarray:
+        if self._fs is not None:
+            return self._fs.list_rows(li)
         if self._pq:
             size = self._ivf.invlists.list_size(li)
             if not size:
@@ -436,7 +511,12 @@ class CodeIndex:
 
     # -- persistence ---------------------------------------------------------------------------
     def codes_in_row_order(self) -> np.ndarray:
-        """The ``(n, code_size)`` uint8 codes indexed, in row order (a copy)."""
+        """The ``(n, code_size)`` uint8 codes indexed, in row order (a copy). Fast-scan lists do
+        not hold the collection's codes: InvalidParameterError."""
+        if self._fs is not None:
+            raise InvalidParameterError(
+                "codes_in_row_order needs an index with scan='codes'; this one has scan="
+                "'fastscan' (its lists hold codes of their own, not the collection's).")
         out = np.empty((self.n, self.codec.code_size), np.uint8)
         for li in range(self.nlist):
             if self._pq:
@@ -457,10 +537,13 @@ class CodeIndex:
 
         info = {"metric": self.metric, "nlist": self.nlist, "dim": self.dim, "rows": self.n,
                 "code_size": self.codec.code_size, "codec": self.codec.config(),
-                "codes_sha256": codes_digest(self.codes_in_row_order()),
+                "codes_raw_sha256": self._hash.hexdigest(), "scan": self.scan,
                 "exhaustive_only": self.exhaustive_only,
                 "recall_table": self.recall_table.to_json()}
         tensors = {"centroids": self.centroids, "assign": self.assignments()}
+        if self._fs is not None:
+            info["scan_bytes"] = self._fs.code_bytes
+            tensors.update(self._fs.tensors())
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "info": json.dumps(info, sort_keys=True)}
         return canonical_header(save(tensors, metadata=meta))
@@ -507,13 +590,20 @@ class CodeIndex:
         if meta.get("format") != FORMAT:
             raise ModelFormatError(f"{path} is not a tldr-index code index (format "
                                    f"{meta.get('format')!r}).")
+        version = str(meta.get("format_version", "1"))
+        if version not in READ_VERSIONS:
+            raise ModelFormatError(
+                f"{path} is a code index of format version {version!r}; this tldr-index reads "
+                f"versions {', '.join(READ_VERSIONS)}. Upgrade tldr-index or rebuild the index.")
+        h = raw_digest(codes)
         problem = None
         if info["code_size"] != codec.code_size or info["dim"] != codec.dim:
             problem = (f"it indexes {info['code_size']}-byte codes of {info['dim']}-d vectors, "
                        f"the codec has {codec.code_size}-byte codes of {codec.dim}-d vectors")
         elif info["rows"] != len(codes):
             problem = f"it indexes {info['rows']} rows, the code array has {len(codes)}"
-        elif info["codes_sha256"] != codes_digest(codes):
+        elif (info["codes_raw_sha256"] != h.hexdigest() if "codes_raw_sha256" in info
+              else info["codes_sha256"] != codes_digest(codes)):
             problem = "the SHA-256 of the code array differs from the one it indexed"
         if problem:
             if fallback_exhaustive:
@@ -523,20 +613,34 @@ class CodeIndex:
             raise ModelFormatError(
                 f"Code index {path} does not match the codes it is loaded with: {problem}. "
                 f"Rebuild it, or {fallback_hint} to search every code.")
-        index = cls(codec, tensors["centroids"], info["metric"])
-        index.exhaustive_only = bool(info["exhaustive_only"])
+        cent = np.asarray(tensors["centroids"], np.float32)
         assign = np.asarray(tensors["assign"], dtype=np.int32)
         if assign.shape != (len(codes),) or (len(assign) and (assign.min() < 0
-                                                              or assign.max() >= index.nlist)):
+                                                              or assign.max() >= len(cent))):
             raise ModelFormatError(f"{path} is a corrupt code index: the list of each row must "
-                                   f"be {len(codes)} ints in [0, {index.nlist}).")
-        index._append(codes, assign)
+                                   f"be {len(codes)} ints in [0, {len(cent)}).")
+        scan = info.get("scan", "codes")
+        fs = None
+        if scan == "fastscan":
+            try:
+                fs = FastScanLists.restore(cent, info["metric"], int(info["scan_bytes"]),
+                                           tensors, assign)
+            except (KeyError, ValueError) as exc:
+                raise ModelFormatError(f"{path} is a corrupt code index: its fast-scan lists "
+                                       f"do not load ({exc}).") from None
+        index = cls(codec, cent, info["metric"], scan=scan, fastscan=fs)
+        index.exhaustive_only = bool(info["exhaustive_only"])
+        if fs is None:
+            index._append(codes, assign)
+        else:
+            index.n = len(codes)
+        index._hash = h
         index.recall_table = RecallTable.from_json(info["recall_table"])
         return index
 
     def __repr__(self) -> str:
         return (f"CodeIndex({self.codec.name}, rows={self.n}, nlist={self.nlist}, "
-                f"metric={self.metric!r})")
+                f"metric={self.metric!r}, scan={self.scan!r})")
 
 
 def _unit(X: np.ndarray) -> np.ndarray:
@@ -578,4 +682,4 @@ def _exact_truth(X: np.ndarray, rows: np.ndarray, metric: str, k: int = RECALL_K
 
 
 __all__ = ["CodeIndex", "RecallTable", "INDEX_MIN_ROWS", "ARTIFACT_NAME", "default_nlist",
-           "codes_digest"]
+           "codes_digest", "raw_digest", "default_scan_bytes", "SCANS", "DEFAULT_SCAN"]
