@@ -291,10 +291,14 @@ def _decoded(index):
 
 def _lut_tolerance(index, Q):
     """Bound of the fast-scan score error: FAISS quantizes each query's lookup tables to 8 bits
-    (per table a step of its range / 255, half a step per sub-quantizer, M of them)."""
+    (per table a step of its range / 255, half a step per sub-quantizer, M of them; l2 tables
+    hold squared distances: their range is taken from the decoded rows' spread)."""
     fs = index.fastscan_lists
     pq = faiss_pq_tables(fs, Q)
-    return fs.M * (pq.max(axis=(1, 2)) - pq.min(axis=(1, 2))).max() / 255
+    span = (pq.max(axis=(1, 2)) - pq.min(axis=(1, 2))).max()
+    if index.metric == "l2":
+        span = 4 * span + (fs.tensors()["fs_pq_centroids"] ** 2).sum(-1).max() * 2
+    return fs.M * span / 255
 
 
 def faiss_pq_tables(fs, Q):
@@ -303,7 +307,7 @@ def faiss_pq_tables(fs, Q):
     return np.einsum("qmd,mkd->qmk", Qr, C)
 
 
-@pytest.mark.parametrize("metric", ["cosine", "ip"])
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
 def test_fastscan_all_lists_equal_a_brute_force_scan_of_its_codes(data, metric):
     """The fast-scan index at nprobe = nlist is its exhaustive scan (search_exhaustive), and it
     ranks the rows as the exact inner product of the decoded codes does, up to the 8-bit
@@ -312,11 +316,14 @@ def test_fastscan_all_lists_equal_a_brute_force_scan_of_its_codes(data, metric):
     codec, codes = _fitted("pq", {"bytes": 8}, X)
     index = CodeIndex.build(X, codes, codec, metric=metric, recall_queries=50)
     fs = index.fastscan_lists
-    assert index.scan == "fastscan" and fs.code_bytes == 4 and fs.M == 8
+    assert index.scan == "fastscan" and fs.code_bytes == 8 and fs.M == 16  # 8 B codes: 8 B
     Qs = Q / np.linalg.norm(Q, axis=1, keepdims=True) if metric == "cosine" else Q
     R = _decoded(index)
-    ref = fs.rotate(Qs) @ R.T                              # exact scores of the decoded codes
-    tol = _lut_tolerance(index, Qs)
+    Qr = fs.rotate(Qs)
+    ref = Qr @ R.T                                         # exact scores of the decoded codes
+    if metric == "l2":                                     # -||q - x||^2
+        ref = 2 * ref - (R * R).sum(1)[None, :] - (Qr * Qr).sum(1)[:, None]
+    tol = _lut_tolerance(index, Qs) * (2 if metric == "l2" else 1)
     for p in (1, 5, index.nlist):
         D1, I1 = index.search(Q, 10, nprobe=p)
         _, probe = fs.ivf.quantizer.search(fs.rotate(Qs), p)
@@ -367,8 +374,9 @@ def test_fastscan_add_copy_save_load(data, tmp_path):
 
 
 def test_fastscan_bytes_per_vector(data):
-    """Code bytes (4 here: 8-byte codes - 4) + 8 (FAISS ids), plus the padding of each list's
-    last 32-row block and the fixed arrays spread over the rows."""
+    """Code bytes (8 here: 8-byte codes keep their size) + 8 (FAISS ids), plus the padding of
+    each list's last 32-row block and the fixed arrays spread over the rows; 16-byte codes get
+    12-byte fast-scan codes."""
     X, _ = data
     codec, codes = _fitted("pq", {"bytes": 8}, X)
     index = CodeIndex.build(X, codes, codec, recall_queries=0)
@@ -377,9 +385,12 @@ def test_fastscan_bytes_per_vector(data):
     packed = (-(-sizes // 32) * 32 * fs.code_bytes).sum()
     fixed = index.centroids.nbytes + fs.R.nbytes + fs.M * 16 * (fs.dim_pad // fs.M) * 4
     assert index.bytes_per_vector() == pytest.approx((packed + 8 * 1500 + fixed) / 1500)
-    assert codes.shape[1] == 8 and fs.code_bytes == 4
+    assert codes.shape[1] == 8 and fs.code_bytes == 8
     small = CodeIndex.build(X, codes, codec, recall_queries=0, scan_bytes=2)
     assert small.fastscan_lists.M == 4 and small.fastscan_lists.dim_pad == 16
+    c16, codes16 = _fitted("pq", {"bytes": 16}, X)
+    big = CodeIndex.build(X, codes16, c16, recall_queries=0)
+    assert big.fastscan_lists.code_bytes == 12 and big.fastscan_lists.dim_pad == 24
 
 
 def test_older_formats_still_load_and_newer_ones_are_refused(data, tmp_path):

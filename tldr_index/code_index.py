@@ -8,6 +8,14 @@ ranks the ``nlist`` centroids for each query, visits the ``nprobe`` best lists a
 their codes, so a query costs about ``nlist x d`` (centroids) plus ``nprobe / nlist`` of the
 exhaustive code scan.
 
+Two ways to score the lists (``scan``). ``"fastscan"``, the default: each list holds its rows
+re-encoded as 4-bit fast-scan codes of the index's own (:mod:`tldr_index.fastscan_lists`,
+:func:`default_scan_bytes` bytes, FAISS ``IndexIVFPQFastScan`` over the same centroids), which
+score about 3x faster than 8-bit PQ and need no copy of the collection's codes; its scores are its
+own estimate (an exhaustive scan of it is ``nprobe = nlist``), so a search that wants the
+collection codes' ranking re-ranks its shortlist (``search --rescore``) or scans every code
+(``--exhaustive``). ``"codes"``: the lists score the collection's own codes, as follows.
+
 Scoring is the codec's own estimate of the inner product (``score = <q, x>``; cosine: the index
 L2-normalises the queries, the vectors given must be the normalised rows that were encoded; l2:
 ``score = -||q - x||^2``). PQ and OPQ codes (8-bit sub-quantizers) are scored through FAISS
@@ -16,7 +24,8 @@ the codes are copied in as they are, never re-encoded); 8-bit PQ cannot use FAIS
 fast-scan layout. Every other codec (rq, rabitq, sign, sq8, sq4) scores the probed lists with
 :meth:`~tldr_index.codecs.Codec.scores` (decoding, block by block).
 
-Memory per vector (:meth:`CodeIndex.bytes_per_vector`): ``code_size`` bytes of code plus the row
+Memory per vector (:meth:`CodeIndex.bytes_per_vector`; fast-scan lists: see there) of lists
+over the codes: ``code_size`` bytes of code plus the row
 position: 8 bytes for PQ/OPQ (FAISS inverted lists hold int64 ids), 4 (int32, N < 2^31) for the
 other codecs, plus 4 bytes (float32 norm of the decoded row) for non-PQ codecs under l2; the
 centroids add ``nlist x d x 4`` bytes in all. The list of each row is not kept in RAM (rebuilt
@@ -24,7 +33,10 @@ from the lists when saved). Files: one safetensors file (tensors + JSON metadata
 the centroids, each row's list (int32, 4 bytes per vector), the recall table, and the row count
 and SHA-256 of the code array indexed; the codes themselves are not duplicated on disk:
 :meth:`CodeIndex.load` takes the code array and rebuilds the lists (FAISS structures included)
-from it after checking its size and hash.
+from it after checking its size and hash (format 3 hashes the raw code bytes, so that
+:meth:`CodeIndex.add` extends the hash without the earlier codes; formats 1 and 2, the shape and
+the bytes). Fast-scan lists are stored as they are in RAM (their packed blocks), since they cannot
+be rebuilt from the collection's codes.
 
 >>> index = CodeIndex.build(Z, codes, codec, metric="cosine")          # doctest: +SKIP
 >>> scores, rows = index.search(queries, k=10, nprobe=index.default_nprobe())  # doctest: +SKIP
@@ -51,7 +63,8 @@ from .codecs import Codec, OPQCodec, PQCodec
 from .codecs.base import check_codes, check_matrix
 from .errors import InvalidInputError, InvalidParameterError, ModelFormatError, NotFittedError
 from .fastscan_lists import FastScanLists
-from .recall_table import RECALL_K, RECALL_NPROBES, RecallTable, drop_self, measure
+from .recall_table import (RECALL_K, RECALL_NPROBES, RecallTable, check_eval, drop_self,
+                           measure)
 from .threads import faiss_threads
 from .vectors import Vectors
 from .validation import check_bool, check_choice, check_float, check_int
@@ -94,11 +107,19 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(round(2 * math.sqrt(max(n, 1))), n // MIN_POINTS_PER_LIST)))
 
 
+#: codes of at least this many bytes get a fast-scan code 4 bytes shorter (default_scan_bytes)
+SHORTER_FROM_BYTES = 12
+
+
 def default_scan_bytes(code_size: int) -> int:
-    """Bytes of the fast-scan code of a row: ``max(2, code_size - 4)``. With FAISS's 8-byte ids
-    the lists then hold ``code_size + 4`` bytes per row, what the collection's codes with int32
-    row positions would take (16 B codes: 12 B = 24 sub-quantizers of 4 bits)."""
-    return max(2, int(code_size) - 4)
+    """Bytes of the fast-scan code of a row: ``code_size - 4`` from :data:`SHORTER_FROM_BYTES`
+    up, so that with FAISS's 8-byte ids the lists hold ``code_size + 4`` bytes per row, what the
+    collection's codes with int32 row positions would take (16 B codes: 12 B = 24 sub-quantizers
+    of 4 bits, recall@10 0.955 after re-ranking 1,000 at 1M rows, see
+    :mod:`tldr_index.fastscan_lists`); smaller codes keep their size (at 8 B and below the
+    8-byte id is most of the row anyway, and fewer 4-bit sub-quantizers lose too much)."""
+    code_size = int(code_size)
+    return code_size - 4 if code_size >= SHORTER_FROM_BYTES else code_size
 
 
 def raw_digest(codes: np.ndarray) -> "hashlib._Hash":
@@ -157,7 +178,7 @@ class CodeIndex:
               nlist: int | None = None, seed: int = 0, n_iter: int = KMEANS_ITER,
               recall_queries: int = 200, exact_recall: bool = True,
               eval_rows: Any = None, eval_truth: Any = None,
-              threads: int | None = None, scan: str = DEFAULT_SCAN,
+              threads: int | None = None, scan: str | None = None,
               scan_bytes: int | None = None) -> "CodeIndex":
         """Train the partition on a sample of ``vectors`` (the reduced ``(N, d)`` rows that were
         encoded into ``codes``, same order), fill the lists and measure the recall table
@@ -170,9 +191,10 @@ class CodeIndex:
         among ``vectors`` (self excluded) as truth, or no truth (``vs_exhaustive`` only);
         ``recall_queries=0`` (and no ``eval_rows``) skips the table.
 
-        ``scan``: "fastscan" (default) scores the lists with 4-bit fast-scan codes of the index's
-        own (``scan_bytes`` per row, default :func:`default_scan_bytes`; trained on the k-means
-        sample, see :mod:`tldr_index.fastscan_lists`); "codes" with the collection's codes.
+        ``scan``: "fastscan" (default: :data:`DEFAULT_SCAN`, read at each call) scores the lists
+        with 4-bit fast-scan codes of the index's own (``scan_bytes`` per row, default
+        :func:`default_scan_bytes`; trained on the k-means sample, see
+        :mod:`tldr_index.fastscan_lists`); "codes" with the collection's codes.
 
         Cost: k-means ``n_iter x (TRAIN_ROWS_PER_LIST nlist) x nlist x d`` multiply-adds,
         assignment ``N x nlist x d`` (at 1M x 64 with nlist = 2,000: ~5 s of one core), and the
@@ -201,11 +223,11 @@ class CodeIndex:
         seed = check_int(seed, "seed", low=0, owner=o)
         n_iter = check_int(n_iter, "n_iter", low=1, owner=o)
         recall_queries = check_int(recall_queries, "recall_queries", low=0, owner=o)
-        scan = check_choice(scan, "scan", SCANS, owner=o)
+        scan = check_choice(DEFAULT_SCAN if scan is None else scan, "scan", SCANS, owner=o)
         scan_bytes = default_scan_bytes(codec.code_size) if scan_bytes is None else check_int(
             scan_bytes, "scan_bytes", low=1, high=256, owner=o)
         exact_recall = check_bool(exact_recall, "exact_recall", owner=o)
-        eval_rows, eval_truth = _check_eval(eval_rows, eval_truth, n, o)
+        eval_rows, eval_truth = check_eval(eval_rows, eval_truth, n, o)
         if store is not None and eval_rows is None and recall_queries and exact_recall:
             X, store = store.read(0, n), None  # the reduced-space truth scans every row anyway
         prep = _unit if metric == "cosine" else (lambda a: np.asarray(a, np.float32))
@@ -481,7 +503,7 @@ class CodeIndex:
         code bytes + 8 (FAISS ids) + the padding of each list's last 32-row block, plus the
         centroids, rotation and sub-quantizer centroids spread over the rows."""
         if self._fs is not None:
-            packed = len(self._fs.packed())
+            packed = self._fs.packed_bytes()
             fixed = self.centroids.nbytes + self._fs.fixed_bytes()
             return (packed + 8 * self.n + fixed) / max(self.n, 1)
         per = self.codec.code_size + (8 if self._pq else self._rows_dtype().itemsize)
@@ -647,29 +669,6 @@ def _unit(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float32)
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     return np.ascontiguousarray(X / np.where(norms > 0, norms, 1), dtype=np.float32)
-
-
-def _check_eval(rows: Any, truth: Any, n: int, owner: str
-                ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``eval_rows`` / ``eval_truth`` of :meth:`CodeIndex.build` checked (both or neither)."""
-    if rows is None and truth is None:
-        return None, None
-    if rows is None or truth is None:
-        which = "eval_truth" if rows is not None else "eval_rows"
-        raise InvalidParameterError(f"The 'eval_rows' and 'eval_truth' parameters of {owner} go "
-                                    f"together: pass both or neither. Got no {which}.")
-    rows = np.asarray(rows)
-    truth = np.asarray(truth)
-    if rows.ndim != 1 or rows.dtype.kind not in "iu" or (len(rows) and (
-            rows.min() < 0 or rows.max() >= n)):
-        raise InvalidInputError(f"The 'eval_rows' input of {owner} must be a 1-d array of row "
-                                f"positions in [0, {n}). Got shape {rows.shape}, dtype "
-                                f"{rows.dtype} instead.")
-    if truth.ndim != 2 or truth.shape[0] != len(rows) or truth.dtype.kind not in "iu":
-        raise InvalidInputError(f"The 'eval_truth' input of {owner} must be an int array of "
-                                f"shape ({len(rows)}, k). Got shape {truth.shape}, dtype "
-                                f"{truth.dtype} instead.")
-    return rows.astype(np.int64), truth.astype(np.int64)
 
 
 def _exact_truth(X: np.ndarray, rows: np.ndarray, metric: str, k: int = RECALL_K) -> np.ndarray:

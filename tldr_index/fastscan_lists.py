@@ -119,6 +119,12 @@ class FastScanLists:
     def _block_bytes(self) -> int:
         return faiss.downcast_InvertedLists(self.ivf.invlists).block_size
 
+    def packed_bytes(self) -> int:
+        """Bytes of every list's packed blocks (what :meth:`packed` returns), without a copy."""
+        il = self.ivf.invlists
+        bb = self._block_bytes()
+        return int(sum(-(-il.list_size(li) // BLOCK_ROWS) * bb for li in range(self.nlist)))
+
     def packed(self) -> np.ndarray:
         """Every list's packed blocks, list after list (uint8)."""
         il = self.ivf.invlists

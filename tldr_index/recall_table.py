@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidParameterError
+from .errors import InvalidInputError, InvalidParameterError
 from .validation import check_float
 
 #: nprobe values tried for the recall table (those < nlist, plus nlist itself)
@@ -235,12 +235,36 @@ def measure(search: Callable[[np.ndarray, int, int], np.ndarray], nlist: int, n_
     return t
 
 
+def check_eval(rows: Any, truth: Any, n: int, owner: str
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``eval_rows`` / ``eval_truth`` of :meth:`tldr_index.code_index.CodeIndex.build` (held-out
+    row positions and their true top k) checked: both or neither, positions in ``[0, n)``."""
+    if rows is None and truth is None:
+        return None, None
+    if rows is None or truth is None:
+        which = "eval_truth" if rows is not None else "eval_rows"
+        raise InvalidParameterError(f"The 'eval_rows' and 'eval_truth' parameters of {owner} go "
+                                    f"together: pass both or neither. Got no {which}.")
+    rows = np.asarray(rows)
+    truth = np.asarray(truth)
+    if rows.ndim != 1 or rows.dtype.kind not in "iu" or (len(rows) and (
+            rows.min() < 0 or rows.max() >= n)):
+        raise InvalidInputError(f"The 'eval_rows' input of {owner} must be a 1-d array of row "
+                                f"positions in [0, {n}). Got shape {rows.shape}, dtype "
+                                f"{rows.dtype} instead.")
+    if truth.ndim != 2 or truth.shape[0] != len(rows) or truth.dtype.kind not in "iu":
+        raise InvalidInputError(f"The 'eval_truth' input of {owner} must be an int array of "
+                                f"shape ({len(rows)}, k). Got shape {truth.shape}, dtype "
+                                f"{truth.dtype} instead.")
+    return rows.astype(np.int64), truth.astype(np.int64)
+
+
 def scaled_shortlist(shortlist: int, k: int, table_k: int) -> int:
     """A table shortlist for recall@``table_k`` applied to a search for ``k`` neighbours:
     ``max(k, ceil(shortlist x k / table_k))`` (an approximation for ``k > table_k``)."""
     return max(k, shortlist if k <= table_k else math.ceil(shortlist * k / table_k))
 
 
-__all__ = ["RecallTable", "measure", "overlap", "drop_self", "scaled_shortlist",
+__all__ = ["RecallTable", "measure", "check_eval", "overlap", "drop_self", "scaled_shortlist",
            "RECALL_NPROBES", "RECALL_SHORTLISTS", "RECALL_K", "ROW_COST", "SATURATION_GAP",
            "DEFAULT_TABLE_RECALL", "DEFAULT_MIN_PROBE_FRACTION"]
