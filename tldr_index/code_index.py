@@ -115,7 +115,7 @@ def default_scan_bytes(code_size: int) -> int:
     """Bytes of the fast-scan code of a row: ``code_size - 4`` from :data:`SHORTER_FROM_BYTES`
     up, so that with FAISS's 8-byte ids the lists hold ``code_size + 4`` bytes per row, what the
     collection's codes with int32 row positions would take (16 B codes: 12 B = 24 sub-quantizers
-    of 4 bits, recall@10 0.955 after re-ranking 1,000 at 1M rows, see
+    of 4 bits, recall@10 0.952 after re-ranking 1,000 at 1M rows, see
     :mod:`tldr_index.fastscan_lists`); smaller codes keep their size (at 8 B and below the
     8-byte id is most of the row anyway, and fewer 4-bit sub-quantizers lose too much)."""
     code_size = int(code_size)

@@ -54,10 +54,10 @@ SATURATION_GAP = 0.001
 #: 0.889, the exhaustive scan 0.905), so the default asks the table for more than the 0.95 it
 #: aims at, and for an nprobe that loses (almost) nothing even at the longest shortlist.
 DEFAULT_TABLE_RECALL = 0.999
-# (0.99 before the fast-scan lists; at 1M interpolated rows, IVF2000, fast-scan 12 B, the
-# table's rows reach 0.9915 at shortlist 200, 0.9965 at 400 and 0.9995 at 1,000 where the
-# corpus's held-out queries got 0.85, 0.917 and 0.952 at nprobe 64: only the 0.999 column keeps
-# them at 0.95)
+# (0.99 before the fast-scan lists. benchmarks/results/search.md, 1M interpolated rows,
+# IVF2000, fast-scan 12 B, nprobe 64: the table's rows reach 0.978 at shortlist 100, 0.9965 at
+# 400 and 0.9995 at 1,000 where the corpus's held-out queries got 0.778, 0.916 and 0.952: only
+# the 0.999 column keeps them at 0.95)
 #: and the default rescored search probes at least this fraction of the lists: the table's
 #: queries find their neighbours in too few lists. Measured with the corpus's held-out queries
 #: (benchmarks/shrink.py and benchmarks/search.py, interpolated MiniLM rows, TLDR d=64 + PQ16):
@@ -66,11 +66,11 @@ DEFAULT_TABLE_RECALL = 0.999
 #: the table saturates at nprobe 32, where the queries are 1.9-3.2 points below the exhaustive
 #: scan at shortlists 100-400 (nprobe 128: 0.7-1.0 points).
 DEFAULT_MIN_PROBE_FRACTION = 1 / 32
-# (0.25 before the fast-scan lists and the 0.999 shortlist rule: at 1M / 2,000 lists, fast-scan
-# 12 B, shortlist 1,000, the held-out queries got 0.9385 at nprobe 32, 0.952 at 64 and 0.9615 at
-# 128 for 0.43, 0.43 and 0.72 ms of CPU per query (scan + rescoring from the float16 cache), so
-# 1/32 of the lists (63) keeps 0.95 at about 2,300 queries per CPU second; a quarter (500) costs
-# ~4x the scan for about a point. /tmp experiment, one core, load ~6 on the shared machine.)
+# (0.25 before the fast-scan lists and the 0.999 shortlist rule. benchmarks/results/search.md,
+# 1M / 2,000 lists, fast-scan 12 B, shortlist 1,000, one core: the held-out queries got 0.939 at
+# nprobe 32, 0.953 at 63 and 0.962 at 128, at 2,538, 2,293 and 1,607 queries per CPU second
+# (scan + rescoring from the float16 cache), so 1/32 of the lists keeps 0.95; a quarter (500)
+# scans 8x the codes of 63.)
 
 
 @dataclass
