@@ -118,3 +118,15 @@ def test_float16_conversion_is_exact():
     ok = ~np.isnan(want)
     np.testing.assert_array_equal(got[ok], want[ok])
     assert to_float32(np.ones((2, 3), np.float64)).dtype == np.float32
+
+
+def test_take_returns_rows_in_the_order_asked(tmp_path):
+    """RescoreCache.take: sorted, unsorted and repeated positions give the rows asked, in order."""
+    from tldr_index.rescore_cache import RescoreCache
+
+    A = np.random.default_rng(0).standard_normal((50, 6)).astype(np.float16)
+    c = RescoreCache(tmp_path / "x.npy", A, {})
+    for pos in ([3, 7, 7, 40], [40, 3, 7, 3], [5], []):
+        got = c.take(np.array(pos, dtype=np.int64))
+        assert got.dtype == np.float32 and got.shape == (len(pos), 6)
+        np.testing.assert_array_equal(got, A[pos].astype(np.float32))

@@ -81,6 +81,8 @@ class RescoreCache:
         Cost: one random read of ``2 D`` (float16) bytes per row from the page cache (in
         ascending row order) and one float16 -> float32 conversion (:func:`to_float32`)."""
         pos = np.asarray(positions, dtype=np.int64)
+        if len(pos) < 2 or bool((pos[1:] >= pos[:-1]).all()):  # sorted already (rerank's keys)
+            return to_float32(np.take(self.array, pos, axis=0))
         order = np.argsort(pos, kind="stable")
         out = np.empty((len(pos), self.array.shape[1]), np.float32)
         out[order] = to_float32(np.take(self.array, pos[order], axis=0))
