@@ -427,6 +427,11 @@ def test_older_formats_still_load_and_newer_ones_are_refused(data, tmp_path):
                                                r"lists do not load \(\d+ bytes of packed codes "
                                                r"for lists needing \d+\)\.$"):
         CodeIndex.from_bytes(bad, codes, codec)
+    with pytest.raises(InvalidInputError, match=re.escape(
+            "The 'vectors' input of CodeIndex.build must hold at least 16 rows with "
+            "scan='fastscan' (its 16-centroid sub-quantizers are trained on them). Got 15 rows "
+            "instead; pass scan='codes'.")):
+        CodeIndex.build(X[:15], codes[:15], codec, recall_queries=0)
     with pytest.raises(InvalidParameterError, match=r"^The 'scan' parameter of CodeIndex\.build "
                                                     r"must be one of"):
         CodeIndex.build(X, codes, codec, scan="simd")

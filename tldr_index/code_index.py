@@ -80,6 +80,8 @@ READ_VERSIONS = ("1", "2", "3")
 SCANS = ("codes", "fastscan")
 #: the scan :meth:`CodeIndex.build` uses by default (and shrink / reindex store)
 DEFAULT_SCAN = "fastscan"
+#: fewest rows a fast-scan index is built from (its sub-quantizers have 16 centroids)
+FS_MIN_ROWS = 16
 METRICS = ("cosine", "ip", "l2")
 #: points per centroid below which FAISS k-means warns; the default nlist keeps above it
 MIN_POINTS_PER_LIST = 39
@@ -227,6 +229,11 @@ class CodeIndex:
         scan_bytes = default_scan_bytes(codec.code_size) if scan_bytes is None else check_int(
             scan_bytes, "scan_bytes", low=1, high=256, owner=o)
         exact_recall = check_bool(exact_recall, "exact_recall", owner=o)
+        if scan == "fastscan" and n < FS_MIN_ROWS:
+            raise InvalidInputError(
+                f"The 'vectors' input of {o} must hold at least {FS_MIN_ROWS} rows with "
+                f"scan='fastscan' (its 16-centroid sub-quantizers are trained on them). Got {n} "
+                f"rows instead; pass scan='codes'.")
         eval_rows, eval_truth = check_eval(eval_rows, eval_truth, n, o)
         if store is not None and eval_rows is None and recall_queries and exact_recall:
             X, store = store.read(0, n), None  # the reduced-space truth scans every row anyway
