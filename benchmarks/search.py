@@ -7,9 +7,13 @@ held-out query rows (the first ``--queries``). Truth: the exact cosine top-10 of
 
 Compact side: the default map to d = 64 (``--map tldr``: a TLDR fitted on ``--sample`` rows;
 ``--map pca``: PCA of the same rows, quicker) + PQ16 (16 B per vector, cosine), then
-:class:`tldr_index.code_index.CodeIndex` (nlist = 4 sqrt(N)); "rescored@100" takes the top 100
-of the codes and ranks them by the exact cosine of the float32 originals (in RAM: a memmap in the
-page cache); ``take_positions`` on a Lance table of the originals is timed apart. LanceDB:
+:class:`tldr_index.code_index.CodeIndex` (nlist = 2 sqrt(N)) for each ``--scans``: "fastscan"
+(the default index: 4-bit fast-scan codes of its own, 12 B + FAISS's 8-byte id) and "codes"
+(FAISS IndexIVFPQ over the collection's PQ16 codes); "shortlist S" takes the top S of the index
+and ranks them by the exact cosine of the originals read from a float16 memory-mapped copy (the
+``--rescore-cache`` layout, converted by :func:`tldr_index.rescore_cache.to_float32`; every page
+of it is read once before timing, as in a long-running searcher); ``take_positions`` on a Lance
+table of the originals is timed apart. LanceDB:
 ``IvfPq(cosine, 48 sub-vectors)`` and ``IvfRq(cosine, 1 bit)`` on a table of the 384-d
 originals (one after the other, on the same table), raw = no refine, rescored@100 =
 ``refine_factor(10)``. FAISS: ``RR384,IVF{n},RaBitQ`` (inner product) on the originals,
@@ -17,7 +21,8 @@ rescored from the originals in RAM.
 
 Speed: one query per call; "1 thread" pins the whole process to one core (every thread of it,
 LanceDB's pools included) and calls one query after another; "2 threads" pins it to two cores
-and runs two calling threads. RAM per vector: what the searched structure holds per row (codes,
+and runs two calling threads. With 1 thread the queries per second of the process's CPU time
+(``time.process_time``) are given too: less sensitive to other jobs on a shared machine. RAM per vector: what the searched structure holds per row (codes,
 factors, row ids, list assignment), plus its centroids spread over the rows; LanceDB: bytes of
 its index files on disk per row. The 2-core machine these results come from is shared with other
 jobs: timings are noisy, compare the ratios within one run.
@@ -63,12 +68,16 @@ def pin(n_cpus: int) -> list[int]:
     return cpus
 
 
+CPU_QPS: dict = {}  # fn -> queries per CPU second of its last 1-thread qps() run
+
+
 def qps(fn, Q: np.ndarray, threads: int, budget_s: float) -> float:
     """Queries/s of ``fn(q)`` one query per call on ``threads`` cores (see the docstring); stops
-    after ``budget_s`` seconds (at least 10 queries per thread)."""
+    after ``budget_s`` seconds (at least 10 queries per thread). With 1 thread, also the queries
+    per second of process CPU time, in ``CPU_QPS[fn]``."""
     pin(threads)
     fn(Q[0])  # warm-up
-    done, t0 = 0, time.perf_counter()
+    done, t0, c0 = 0, time.perf_counter(), time.process_time()
 
     def worker(part: np.ndarray) -> int:
         n = 0
@@ -81,6 +90,7 @@ def qps(fn, Q: np.ndarray, threads: int, budget_s: float) -> float:
 
     if threads == 1:
         done = worker(Q)
+        CPU_QPS[fn] = done / max(time.process_time() - c0, 1e-9)
     else:
         with cf.ThreadPoolExecutor(threads) as ex:
             done = sum(ex.map(worker, np.array_split(Q, threads)))
@@ -129,9 +139,12 @@ def held_out_truth(X: np.ndarray, n: int, seed: int = 0) -> tuple[np.ndarray, np
 
 
 def rescore_f16(q: np.ndarray, ids: np.ndarray, cache: np.ndarray, k: int = K) -> np.ndarray:
-    """:func:`rescore` from a float16 copy of the originals (the ``--rescore-cache`` layout)."""
+    """:func:`rescore` from a float16 copy of the originals (the ``--rescore-cache`` layout),
+    converted as :meth:`tldr_index.rescore_cache.RescoreCache.take` does."""
+    from tldr_index.rescore_cache import to_float32
+
     ids = np.sort(ids[ids >= 0])
-    s = cache[ids].astype(np.float32) @ q
+    s = to_float32(np.take(cache, ids, axis=0)) @ q
     top = np.argpartition(-s, min(k, len(s)) - 1)[:k]
     return ids[top[np.argsort(-s[top])]]
 
@@ -156,12 +169,14 @@ def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None, work: Path
     codes = codec.encode(Z)
     ev_rows, ev_truth = held_out_truth(X, min(200, len(X) - 1))
     pin(1)
-    t0, c0 = time.perf_counter(), time.process_time()
-    index = CodeIndex.build(Z, codes, codec, metric="cosine", eval_rows=ev_rows,
-                            eval_truth=ev_truth)
-    build_s, build_cpu = time.perf_counter() - t0, time.process_time() - c0
-    name = f"tldr-index IVF{index.nlist} over {label} + PQ{args.pq_bytes}"
-    bpv = index.bytes_per_vector()
+    indexes = {}
+    extra_build = {}
+    for scan in args.scans:
+        t0, c0 = time.perf_counter(), time.process_time()
+        indexes[scan] = CodeIndex.build(Z, codes, codec, metric="cosine", eval_rows=ev_rows,
+                                        eval_truth=ev_truth, scan=scan)
+        extra_build[f"index_build_s_{scan}"] = time.perf_counter() - t0
+        extra_build[f"index_build_cpu_s_{scan}"] = time.process_time() - c0
     cache_path = work / "originals.f16.npy"
     cache = np.lib.format.open_memmap(cache_path, mode="w+", dtype=np.float16, shape=X.shape)
     for s in range(0, len(X), 65_536):
@@ -169,7 +184,8 @@ def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None, work: Path
     cache.flush()
     del cache
     cache = np.load(cache_path, mmap_mode="r")
-    cache[np.arange(0, len(X), 4096)].sum()  # touch
+    for s in range(0, len(X), 65_536):  # map every page once (a long-running searcher has)
+        np.asarray(cache[s:s + 65_536]).max()
 
     def add_rows(method: str, setting: str, sls: list, S_all: np.ndarray, search,
                  bpv: float) -> None:
@@ -182,12 +198,15 @@ def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None, work: Path
             rec_res = recall(np.stack([rescore_f16(q, s[:sl], cache)
                                        for q, s in zip(Q, S_all)]), truth)
             for t in args.threads:
-                res = qps(lambda i: rescore_f16(Q[int(i[0])], search(int(i[0]), sl), cache),
-                          np.arange(len(Q))[:, None], t, args.budget)
+                def fn(i):
+                    return rescore_f16(Q[int(i[0])], search(int(i[0]), sl), cache)
+
+                res = qps(fn, np.arange(len(Q))[:, None], t, args.budget)
                 rows.append({"method": method, "setting": f"{setting}, shortlist {sl}",
                              "shortlist": sl, "threads": t, "recall_raw": rec_raw,
                              "recall_rescored": rec_res, "qps_raw": raw[t], "qps_rescored": res,
-                             "bytes_per_vector": bpv})
+                             "bytes_per_vector": bpv,
+                             "cpu_qps_rescored": CPU_QPS.pop(fn, None) if t == 1 else None})
                 print(rows[-1], flush=True)
 
     top = max(max(args.shortlists), 1000)
@@ -200,33 +219,42 @@ def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None, work: Path
              [100], flat.search(ZQ, top)[1], lambda i, n: flat.search(ZQ[i][None], n)[1][0],
              float(Z.shape[1] * 4))
     del Z, flat
-    t = index.recall_table
-    rpl = index.n / index.nlist
-    picks = {}
-    for target in args.targets:
-        try:
-            p, sl = t.rescored_choice(target, "bench", rows_per_list=rpl)
-        except Exception as exc:  # noqa: BLE001 - beyond the table: say so in the output
-            print(f"target {target}: {exc}", flush=True)
-            continue
+    extra_default: dict = {}
+    for scan, index in indexes.items():
+        t = index.recall_table
+        rpl = index.n / index.nlist
+        fs = index.fastscan_lists
+        name = (f"tldr-index IVF{index.nlist} fast-scan {fs.code_bytes} B ({fs.M} x 4 bit) "
+                f"over {label}" if fs is not None else
+                f"tldr-index IVF{index.nlist} over {label} + PQ{args.pq_bytes} codes")
+        bpv = index.bytes_per_vector()
+        picks = {}
+        for target in args.targets:
+            try:
+                p, sl = t.rescored_choice(target, "bench", rows_per_list=rpl)
+            except Exception as exc:  # noqa: BLE001 - beyond the table: say so in the output
+                print(f"target {target}: {exc}", flush=True)
+                continue
+            picks.setdefault(p, set()).add(sl)
+        p, sl = t.rescored_choice(None, "bench", rows_per_list=rpl, min_shortlist=200)
+        extra_default[f"default_pick_{scan}"] = f"nprobe {p}, shortlist {sl}"
         picks.setdefault(p, set()).add(sl)
-    p, sl = t.rescored_choice(None, "bench", rows_per_list=rpl)
-    extra_default = {"default_pick": f"nprobe {p}, shortlist {sl}"}
-    picks.setdefault(p, set()).add(sl)
-    for p in args.nprobes:
-        if p <= index.nlist:
-            picks.setdefault(p, set()).update(args.shortlists)
-    for p in sorted(picks):
-        add_rows(name, f"nprobe {p}",
-                 sorted(picks[p]), index.search(ZQ, top, nprobe=p)[1],
-                 lambda i, n, p=p: index.search(ZQ[i][None], n, nprobe=p)[1][0], bpv)
+        for p in args.nprobes:
+            if p <= index.nlist:
+                picks.setdefault(p, set()).update(args.shortlists)
+        for p in sorted(picks):
+            add_rows(name, f"nprobe {p}",
+                     sorted(picks[p]), index.search(ZQ, top, nprobe=p)[1],
+                     lambda i, n, p=p, index=index: index.search(ZQ[i][None], n, nprobe=p)[1][0],
+                     bpv)
     # the exhaustive code scan (FAISS IndexPQ through the codec)
     add_rows(f"tldr-index exhaustive scan, {label} + PQ{args.pq_bytes}", "all codes",
              sorted(set(args.shortlists) | {100}), codec.search(ZQ, codes, top)[1],
              lambda i, n: codec.search(ZQ[i][None], codes, n)[1][0], float(args.pq_bytes))
-    extra = {"map": label, "map_fit_s": fit_s, "index_build_s": build_s,
-             "index_build_cpu_s": build_cpu, "nlist": index.nlist, **extra_default,
-             "recall_table": t.to_json(), "max_rss_gb": resource.getrusage(
+    index = indexes[args.scans[0]]
+    extra = {"map": label, "map_fit_s": fit_s, **extra_build, "nlist": index.nlist,
+             **extra_default, "recall_table": index.recall_table.to_json(),
+             "max_rss_gb": resource.getrusage(
                  resource.RUSAGE_SELF).ru_maxrss / 2**20}
     # rescoring cost at a shortlist of 100: float32 RAM, float16 cache, Lance by position
     p = max(p for p in args.nprobes if p <= index.nlist)
@@ -391,11 +419,14 @@ def render(rows: list, extra: dict, args, n: int, nq: int) -> str:
              f"in RAM; shortlist 100 unless the setting says another). Compact map: "
              f"{extra.get('map', '-')}.", "",
              "| method | setting | threads | recall@10 raw | q/s raw | recall@10 rescored "
-             "| q/s rescored | RAM B/vector |", "|---|---|---|---|---|---|---|---|"]
+             "| q/s rescored | q/s rescored per CPU second (1 thread) | RAM B/vector |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        cpu = r.get("cpu_qps_rescored")
         lines.append(f"| {r['method']} | {r['setting']} | {r['threads']} | {r['recall_raw']:.3f} "
                      f"| {r['qps_raw']:,.0f} | {r['recall_rescored']:.3f} "
-                     f"| {r['qps_rescored']:,.0f} | {r['bytes_per_vector']:.1f} |")
+                     f"| {r['qps_rescored']:,.0f} | {f'{cpu:,.0f}' if cpu else '-'} "
+                     f"| {r['bytes_per_vector']:.1f} |")
     lines += ["", "Other figures: " + ", ".join(
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
         for k, v in extra.items() if k != "recall_table"), ""]
@@ -448,6 +479,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--map", choices=("tldr", "pca"), default="tldr")
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--pq-bytes", type=int, default=16)
+    ap.add_argument("--scans", default="fastscan,codes",
+                    help="code index scans (tldr_index.code_index.SCANS): the first one's recall "
+                         "table is printed")
     ap.add_argument("--sample", type=int, default=50_000, help="rows the map is fitted on")
     ap.add_argument("--nprobes", default="16,32,64", help="nprobe values (tldr-index, FAISS)")
     ap.add_argument("--shortlists", default="100,400,1000",
@@ -471,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     args.shortlists = [int(x) for x in args.shortlists.split(",") if x]
     args.targets = [float(x) for x in args.targets.split(",") if x]
     args.lancedb = [x for x in args.lancedb.split(",") if x]
+    args.scans = [x for x in args.scans.split(",") if x]
     select_corpus(args.corpus)
     os.environ.setdefault("LANCE_LOG", "error")
     import faiss
@@ -481,7 +516,8 @@ def main(argv: list[str] | None = None) -> None:
     Q = unit(queries()[:args.queries])
     t0 = time.perf_counter()
     truth = cosine_topk(Q, X, K)
-    extra: dict = {"truth_s": time.perf_counter() - t0}
+    extra: dict = {"truth_s": time.perf_counter() - t0,
+                   "load_avg_1_5_15_start": " / ".join(f"{v:.1f}" for v in os.getloadavg())}
     faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)
     rows: list = []
@@ -515,6 +551,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
+    extra["load_avg_1_5_15_end"] = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     flush()
     print(render(rows, extra, args, len(X), len(Q)))
 

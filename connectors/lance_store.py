@@ -8,7 +8,8 @@ target's metric, so that LanceDB's own ``table.search(z)`` ranks by it without `
 below ``index_min_rows`` (default 100,000) a cosine/dot target gets a one-partition ``IVF_FLAT``
 (a flat scan, exact distances) and an l2 target none; from there ``IVF_FLAT`` with one partition
 per ``index_rows_per_partition`` (4,096) rows, so LanceDB's default nprobes (20) keeps recall@10
-close to a flat scan (benchmarks/store_query.py; ``.nprobes(64)`` for more).
+close to a flat scan (benchmarks/store_query.py; ``.nprobes(64)`` for more), built one fragment
+at a time (:mod:`connectors.lance_index`: memory one fragment, not the whole column).
 
 Model storage: a content-addressed sidecar ``_tldr/model-<sha256[:16]>.safetensors`` inside the
 dataset directory; the schema metadata key ``tldr_index`` holds a small JSON record (layout, model
@@ -62,6 +63,7 @@ from tldr_index.errors import (InvalidInputError, ModelFormatError, SourceNotFou
 
 from . import arrow_utils as au
 from .base import DEFAULT_BATCH_ROWS, DISTANCES, Piece, Sink, Source, Target, verify_counts
+from .lance_index import build_vector_index
 from .filestore import discard_staging_dir, file_bytes, take_by_filter, take_found_by_filter
 from .record import (RECORD_KEY, artifact_entry, build_record, check_artifact_name,
                      check_model, dump_record, load_record, read_artifact, updated_record_text)
@@ -74,6 +76,14 @@ log = logging.getLogger(__name__)
 #: wall (8.6 -> 4.3 CPU s) on the shared 2-core machine, and LanceDB's recall@10 at nprobes 20
 #: against exact search of the reduced vectors 0.9995 with both (200 rows as queries).
 IVF_KMEANS = {"sample_rate": 64, "max_iters": 10}
+
+#: read-ahead bound of a source scan (Lance's default is 2 GiB, so a consumer slower than the reads
+#: let the buffered bytes grow with the source). ``python benchmarks/shrink.py --corpus
+#: ../shared/data/pydoc-minilm.npz --rows 250000,1000000 --methods tldr --configs new
+#: --exhaustive``: the shrink process's peak RSS after the scan stage 0.82 / 1.00 GB with Lance's
+#: default, 0.72 / 0.75 GB with this bound (a scan with a 1 MiB bound still streams: the bound
+#: applies back-pressure, it cannot stall a scan)
+SCAN_IO_BUFFER_BYTES = 64 << 20
 
 LANCE_METRIC = {"cosine": "cosine", "l2": "l2", "ip": "dot"}
 FROM_LANCE_METRIC = {"cosine": "cosine", "l2": "l2", "euclidean": "l2", "dot": "ip"}
@@ -148,7 +158,8 @@ class LanceSource(Source):
     """Rows of a Lance dataset pinned at one version (so repeated passes see the same data).
 
     Batches come from ``ds.to_batches(batch_size=batch_rows)`` in dataset order; they never span
-    two data files, so expect short tail batches. Memory: one batch.
+    two data files, so expect short tail batches. Memory: one batch plus at most
+    :data:`SCAN_IO_BUFFER_BYTES` read ahead.
     """
 
     def __init__(self, path: str, *, uri: str, table: str = "", db: str = "",
@@ -185,7 +196,8 @@ class LanceSource(Source):
 
     def _raw_batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
         cols = [self.id_column, self.vector_column, *self.payload_columns]
-        yield from self._ds.to_batches(columns=cols, batch_size=batch_rows, scan_in_order=True)
+        yield from self._ds.to_batches(columns=cols, batch_size=batch_rows, scan_in_order=True,
+                                       io_buffer_size=SCAN_IO_BUFFER_BYTES)
 
     def pieces(self, rows_per_piece: int) -> list[Piece]:
         """Ranges within each fragment (``("lance", fragment_id, offset, rows)``), in scan order.
@@ -205,7 +217,8 @@ class LanceSource(Source):
         _, fragment_id, offset, rows = piece.locator
         cols = [self.id_column, self.vector_column, *self.payload_columns]
         yield from self._ds.get_fragment(fragment_id).to_batches(
-            columns=cols, batch_size=batch_rows, offset=offset, limit=rows)
+            columns=cols, batch_size=batch_rows, offset=offset, limit=rows,
+            io_buffer_size=SCAN_IO_BUFFER_BYTES)
 
     def read_rows(self, positions: np.ndarray, columns: Sequence[str]) -> pa.Table:
         """Cost: one random-access ``take`` (rows at ``positions`` of this version, deletions
@@ -300,6 +313,8 @@ class LanceSink(Sink):
         self._staged: lance.LanceDataset | None = None
         self._moved: list[str] = []
         self.indexed = False
+        #: how publish built the vector index (:func:`connectors.lance_index.build_vector_index`)
+        self.index_build: str | None = None
 
     def _create(self) -> None:
         exists = os.path.exists(self.path)
@@ -434,7 +449,7 @@ class LanceSink(Sink):
                  opts["index_type"], opts.get("num_partitions", 0), opts["metric"], self.uri,
                  self.layout.vector_column, n)
         try:
-            ds.create_index(self.layout.vector_column, **opts)
+            self.index_build = build_vector_index(ds, self.layout.vector_column, opts)
             self.indexed = True
         except Exception as exc:  # the table is complete and searchable without it
             log.warning("Could not build the vector index of %s (%s); searches will scan.",

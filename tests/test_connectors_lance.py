@@ -15,6 +15,8 @@ from _connector_helpers import (MODEL, make_table, reduce_batch, stage_target, s
 
 from connectors import lancedb_uri, open_sink, open_source, open_target
 from connectors.arrow_utils import numpy_to_fsl, vectors_to_numpy
+from connectors.lance_index import segmented
+from connectors.lance_store import SCAN_IO_BUFFER_BYTES
 from tldr_index.errors import (DuplicateIdError, InvalidInputError, MissingColumnError,
                                SinkStateError, SourceNotFoundError, TargetExistsError)
 
@@ -137,6 +139,90 @@ def test_index_built_above_threshold(tmp_path):
     assert len(tgt.dataset.get_fragments()) == 3  # flush_rows bounds the buffered rows
     q = vectors_to_numpy(make_table(1200, 16, seed=3).column("vector"))[11, :8]
     assert tgt.search(q, k=1).column("id")[0].as_py() == 11 * 3 + 1
+
+
+def _nearest_ids(ds, q: np.ndarray, **kw) -> list[int]:
+    return ds.to_table(nearest={"column": "vector", "q": q, "k": 10, **kw},
+                       columns=["id"]).column("id").to_pylist()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_index_is_built_per_fragment_and_equals_a_flat_scan(tmp_path, overwrite):
+    # 1,200 rows in 3 fragments (flush_rows), 12 partitions: one segment per fragment on shared
+    # centroids, merged into one; with every partition probed an IVF_FLAT search is exact, so
+    # it must find the flat scan's ids
+    path = str(tmp_path / "big.lance")
+    lance.write_dataset(make_table(1200, 16, seed=3), path)
+    src = open_source(path)
+    opts = dict(d=8, batch_rows=100, index_min_rows=1000, flush_rows=400,
+                index_rows_per_partition=100)
+    out = str(tmp_path / "out.lance")
+    if overwrite:
+        write_target(src, out, **opts)
+    sink = write_target(src, out, overwrite=overwrite, **opts)
+    assert sink.indexed and sink.index_build == "segmented"
+    ds = lance.dataset(out)
+    assert len(ds.get_fragments()) == 3
+    [idx] = ds.describe_indices()
+    assert len(idx.segments) == 1 and idx.num_rows_indexed == 1200
+    X = vectors_to_numpy(ds.to_table(columns=["vector"]).column("vector"))
+    for q in X[::97]:
+        assert _nearest_ids(ds, q, nprobes=12) == _nearest_ids(ds, q, use_index=False)
+    assert not staging_leftovers(str(tmp_path))
+    # on disk: only the segments some version references (the per-fragment ones were merged)
+    used = {str(seg.uuid) for v in ds.versions() for i in lance.dataset(out, version=v["version"])
+            .describe_indices() for seg in i.segments}
+    assert sorted(os.listdir(os.path.join(out, "_indices"))) == sorted(used)
+    assert len(used) == (2 if overwrite else 1)
+
+
+def test_a_failed_segmented_build_leaves_no_segment_files(tmp_path, monkeypatch):
+    path = str(tmp_path / "big.lance")
+    lance.write_dataset(make_table(1200, 16, seed=3), path)
+
+    def merge_fails(self, segments):
+        raise RuntimeError("merge failed")
+    monkeypatch.setattr(lance.LanceDataset, "merge_existing_index_segments", merge_fails)
+    out = str(tmp_path / "out.lance")
+    sink = write_target(open_source(path), out, d=8, batch_rows=100, index_min_rows=1000,
+                        flush_rows=400, index_rows_per_partition=100)
+    assert not sink.indexed  # published without the index (a warning says so), as before
+    ds = lance.dataset(out)
+    assert ds.count_rows() == 1200 and ds.describe_indices() == []
+    indices = os.path.join(out, "_indices")
+    assert not os.path.isdir(indices) or os.listdir(indices) == []
+
+
+@pytest.mark.parametrize("opts, fragments, want", [
+    ({"index_type": "IVF_FLAT", "num_partitions": 12, "metric": "l2", "sample_rate": 64,
+      "max_iters": 10}, 3, True),
+    ({"index_type": "IVF_FLAT", "num_partitions": 12, "metric": "l2"}, 1, False),
+    ({"index_type": "IVF_FLAT", "num_partitions": 1, "metric": "cosine"}, 3, False),
+    ({"index_type": "IVF_PQ", "num_partitions": 12, "metric": "l2", "num_sub_vectors": 2}, 3,
+     False),
+    ({"index_type": "IVF_FLAT", "num_partitions": 12, "metric": "l2", "accelerator": "cuda"}, 3,
+     False),
+])
+def test_which_indexes_are_built_per_fragment(opts, fragments, want):
+    assert segmented(opts, fragments) is want
+
+
+def test_source_scan_bounds_its_read_ahead(tmp_path, monkeypatch):
+    # Lance buffers up to 2 GiB ahead of a slow consumer by default; the source passes its bound
+    path = str(tmp_path / "src.lance")
+    lance.write_dataset(make_table(300, 16, seed=1), path, max_rows_per_file=200)
+    seen = []
+    for cls in (lance.LanceDataset, lance.fragment.LanceFragment):
+        real = cls.to_batches
+
+        def spy(self, *a, _real=real, **kw):
+            seen.append(kw.get("io_buffer_size"))
+            return _real(self, *a, **kw)
+        monkeypatch.setattr(cls, "to_batches", spy)
+    src = open_source(path)
+    assert sum(b.num_rows for b in src.iter_batches(64)) == 300
+    assert sum(b.num_rows for p in src.pieces(100) for b, _ in src.iter_piece(p, 64)) == 300
+    assert seen and set(seen) == {SCAN_IO_BUFFER_BYTES}
 
 
 def test_index_metric_is_read_from_source_index(tmp_path):

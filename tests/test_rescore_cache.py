@@ -104,3 +104,29 @@ def test_cli_writes_and_uses_the_cache(target, tmp_path):
                                     path, "--json"], catch_exceptions=False)
     got = json.loads(out.stdout)
     assert got["ids"] == search(tgt, X[N:], k=10, rescore=True).ids.tolist()
+
+
+def test_float16_conversion_is_exact():
+    """to_float32 (torch's vectorised conversion) gives NumPy's values for every float16 bit
+    pattern: normals, subnormals, zeros, infinities (NaNs stay NaN)."""
+    from tldr_index.rescore_cache import to_float32
+
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(256, 256)
+    got, want = to_float32(every), every.astype(np.float32)
+    assert got.dtype == np.float32 and got.shape == (256, 256)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_array_equal(got[ok], want[ok])
+    assert to_float32(np.ones((2, 3), np.float64)).dtype == np.float32
+
+
+def test_take_returns_rows_in_the_order_asked(tmp_path):
+    """RescoreCache.take: sorted, unsorted and repeated positions give the rows asked, in order."""
+    from tldr_index.rescore_cache import RescoreCache
+
+    A = np.random.default_rng(0).standard_normal((50, 6)).astype(np.float16)
+    c = RescoreCache(tmp_path / "x.npy", A, {})
+    for pos in ([3, 7, 7, 40], [40, 3, 7, 3], [5], []):
+        got = c.take(np.array(pos, dtype=np.int64))
+        assert got.dtype == np.float32 and got.shape == (len(pos), 6)
+        np.testing.assert_array_equal(got, A[pos].astype(np.float32))

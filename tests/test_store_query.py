@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import lance
 import lancedb
 import numpy as np
 import pytest
@@ -32,13 +33,13 @@ def _recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     return float(np.mean([len(np.intersect1d(f, t)) / len(t) for f, t in zip(found, truth)]))
 
 
-def _target(tmp_path, n: int, **sink_options):
+def _target(tmp_path, n: int, batch_rows: int = 8192, **sink_options):
     X = make_structured(n + 100, dim=32, latent=10, clusters=40, seed=5)
     db, Q = X[:n], X[n:]
     src = lancedb_source(str(tmp_path), db, ids=np.arange(n, dtype=np.int64))
     tgt = src.rsplit("/", 1)[0] + "/docs_small"
     shrink(src, tgt, dim=16, pq_bytes=4, method="pca", source_options={"distance": "cosine"},
-           sink_options=sink_options, random_state=0)
+           sink_options=sink_options, batch_rows=batch_rows, random_state=0)
     return db, Q, tgt, os.path.join(str(tmp_path), "db")
 
 
@@ -73,16 +74,35 @@ def test_small_cosine_target_is_searched_with_cosine_by_default(tmp_path):
     assert [g.tolist() for g in got] != [x.tolist() for x in l2]  # the metric matters here
 
 
-def test_indexed_target_keeps_flat_recall_at_default_nprobes(tmp_path):
+@pytest.mark.parametrize("flush_rows", [None, 1500])
+def test_indexed_target_keeps_flat_recall_at_default_nprobes(tmp_path, monkeypatch, flush_rows):
     # 6,000 rows, index from 1,000 rows, 128 rows per partition: 46 partitions, of which
-    # LanceDB's default nprobes (20) scans fewer than half
+    # LanceDB's default nprobes (20) scans fewer than half. flush_rows=1500: 4 fragments, so the
+    # index is built one fragment segment at a time (connectors/lance_index.py) and merged
+    segments = []
+    uncommitted = lance.LanceDataset.create_index_uncommitted
+
+    def spy(self, *args, **kwargs):
+        segments.append(kwargs["fragment_ids"])
+        return uncommitted(self, *args, **kwargs)
+
+    monkeypatch.setattr(lance.LanceDataset, "create_index_uncommitted", spy)
     X, Q, tgt, db_dir = _target(tmp_path, 6000, index_min_rows=1000,
-                                index_rows_per_partition=128)
+                                index_rows_per_partition=128,
+                                **({"flush_rows": flush_rows, "batch_rows": 1500} if flush_rows
+                                   else {}))
     tbl = lancedb.connect(db_dir).open_table("docs_small")
+    frags = [f.fragment_id for f in lance.dataset(os.path.join(db_dir, "docs_small.lance"))
+             .get_fragments()]
+    assert len(frags) == (4 if flush_rows else 1)
+    assert segments == ([[f] for f in frags] if flush_rows else [])
     [idx] = tbl.list_indices()
     assert idx.index_type == "IvfFlat"
     stats = tbl.index_stats(idx.name)
     assert stats.distance_type == "cosine" and stats.num_indices == 1
+    assert stats.num_indexed_rows == 6000 and stats.num_unindexed_rows == 0
+    [desc] = lance.dataset(os.path.join(db_dir, "docs_small.lance")).describe_indices()
+    assert len(desc.segments) == 1  # the fragment segments were merged into one
     truth = _exact_cosine(X, Q)
     got = _recall(_lancedb_hits(db_dir, tgt, Q), truth)
     flat = _recall(_lancedb_hits(db_dir, tgt, Q, flat=True), truth)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidParameterError
+from .errors import InvalidInputError, InvalidParameterError
 from .validation import check_float
 
 #: nprobe values tried for the recall table (those < nlist, plus nlist itself)
@@ -53,7 +53,11 @@ SATURATION_GAP = 0.001
 #: corpus's held-out queries: the table said 0.985 at nprobe 64 / shortlist 100, the queries got
 #: 0.889, the exhaustive scan 0.905), so the default asks the table for more than the 0.95 it
 #: aims at, and for an nprobe that loses (almost) nothing even at the longest shortlist.
-DEFAULT_TABLE_RECALL = 0.99
+DEFAULT_TABLE_RECALL = 0.999
+# (0.99 before the fast-scan lists. benchmarks/results/search.md, 1M interpolated rows,
+# IVF2000, fast-scan 12 B, nprobe 64: the table's rows reach 0.978 at shortlist 100, 0.9965 at
+# 400 and 0.9995 at 1,000 where the corpus's held-out queries got 0.778, 0.916 and 0.952: only
+# the 0.999 column keeps them at 0.95)
 #: and the default rescored search probes at least this fraction of the lists: the table's
 #: queries find their neighbours in too few lists. Measured with the corpus's held-out queries
 #: (benchmarks/shrink.py and benchmarks/search.py, interpolated MiniLM rows, TLDR d=64 + PQ16):
@@ -61,7 +65,12 @@ DEFAULT_TABLE_RECALL = 0.99
 #: shortlists 200-400 and nprobe 256 0.25 points (0.9535 vs 0.956 at 200); at 1M / 2,000 lists
 #: the table saturates at nprobe 32, where the queries are 1.9-3.2 points below the exhaustive
 #: scan at shortlists 100-400 (nprobe 128: 0.7-1.0 points).
-DEFAULT_MIN_PROBE_FRACTION = 0.25
+DEFAULT_MIN_PROBE_FRACTION = 1 / 32
+# (0.25 before the fast-scan lists and the 0.999 shortlist rule. benchmarks/results/search.md,
+# 1M / 2,000 lists, fast-scan 12 B, shortlist 1,000, one core: the held-out queries got 0.939 at
+# nprobe 32, 0.953 at 63 and 0.962 at 128, at 2,538, 2,293 and 1,607 queries per CPU second
+# (scan + rescoring from the float16 cache), so 1/32 of the lists keeps 0.95; a quarter (500)
+# scans 8x the codes of 63.)
 
 
 @dataclass
@@ -226,12 +235,36 @@ def measure(search: Callable[[np.ndarray, int, int], np.ndarray], nlist: int, n_
     return t
 
 
+def check_eval(rows: Any, truth: Any, n: int, owner: str
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``eval_rows`` / ``eval_truth`` of :meth:`tldr_index.code_index.CodeIndex.build` (held-out
+    row positions and their true top k) checked: both or neither, positions in ``[0, n)``."""
+    if rows is None and truth is None:
+        return None, None
+    if rows is None or truth is None:
+        which = "eval_truth" if rows is not None else "eval_rows"
+        raise InvalidParameterError(f"The 'eval_rows' and 'eval_truth' parameters of {owner} go "
+                                    f"together: pass both or neither. Got no {which}.")
+    rows = np.asarray(rows)
+    truth = np.asarray(truth)
+    if rows.ndim != 1 or rows.dtype.kind not in "iu" or (len(rows) and (
+            rows.min() < 0 or rows.max() >= n)):
+        raise InvalidInputError(f"The 'eval_rows' input of {owner} must be a 1-d array of row "
+                                f"positions in [0, {n}). Got shape {rows.shape}, dtype "
+                                f"{rows.dtype} instead.")
+    if truth.ndim != 2 or truth.shape[0] != len(rows) or truth.dtype.kind not in "iu":
+        raise InvalidInputError(f"The 'eval_truth' input of {owner} must be an int array of "
+                                f"shape ({len(rows)}, k). Got shape {truth.shape}, dtype "
+                                f"{truth.dtype} instead.")
+    return rows.astype(np.int64), truth.astype(np.int64)
+
+
 def scaled_shortlist(shortlist: int, k: int, table_k: int) -> int:
     """A table shortlist for recall@``table_k`` applied to a search for ``k`` neighbours:
     ``max(k, ceil(shortlist x k / table_k))`` (an approximation for ``k > table_k``)."""
     return max(k, shortlist if k <= table_k else math.ceil(shortlist * k / table_k))
 
 
-__all__ = ["RecallTable", "measure", "overlap", "drop_self", "scaled_shortlist",
+__all__ = ["RecallTable", "measure", "check_eval", "overlap", "drop_self", "scaled_shortlist",
            "RECALL_NPROBES", "RECALL_SHORTLISTS", "RECALL_K", "ROW_COST", "SATURATION_GAP",
            "DEFAULT_TABLE_RECALL", "DEFAULT_MIN_PROBE_FRACTION"]

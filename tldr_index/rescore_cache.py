@@ -50,6 +50,18 @@ def ids_digest(ids: pa.Array) -> str:
     return h.hexdigest()
 
 
+def to_float32(a: np.ndarray) -> np.ndarray:
+    """``a`` as float32. float16 goes through torch's vectorised conversion: NumPy's own
+    ``astype`` converts float16 one element at a time (measured on the 2-core benchmark machine:
+    1.5 ms for 1,000 x 384 values against 0.09 ms through torch), which made rescoring a shortlist
+    of 1,000 rows from the cache cost more than the code scan. Same values (exact conversion)."""
+    if a.dtype != np.float16:
+        return np.asarray(a, dtype=np.float32)
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a)).float().numpy()
+
+
 def sidecar(path: str | os.PathLike) -> Path:
     return Path(str(path) + ".json")
 
@@ -66,11 +78,14 @@ class RescoreCache:
 
     def take(self, positions: np.ndarray) -> np.ndarray:
         """``(len(positions), D)`` float32 originals of the target rows at ``positions``.
-        Cost: one random read of ``2 D`` (float16) bytes per row from the page cache."""
+        Cost: one random read of ``2 D`` (float16) bytes per row from the page cache (in
+        ascending row order) and one float16 -> float32 conversion (:func:`to_float32`)."""
         pos = np.asarray(positions, dtype=np.int64)
+        if len(pos) < 2 or bool((pos[1:] >= pos[:-1]).all()):  # sorted already (rerank's keys)
+            return to_float32(np.take(self.array, pos, axis=0))
         order = np.argsort(pos, kind="stable")
         out = np.empty((len(pos), self.array.shape[1]), np.float32)
-        out[order] = self.array[pos[order]]
+        out[order] = to_float32(np.take(self.array, pos[order], axis=0))
         return out
 
     @classmethod
@@ -113,4 +128,4 @@ class RescoreCache:
         return cls(path, arr, info)
 
 
-__all__ = ["RescoreCache", "ids_digest", "sidecar", "FORMAT", "DTYPES"]
+__all__ = ["RescoreCache", "ids_digest", "sidecar", "to_float32", "FORMAT", "DTYPES"]

@@ -6,8 +6,9 @@ the ``write`` stage through :meth:`connectors.Sink.store_artifact` (file stores 
 Cost: see :meth:`tldr_index.code_index.CodeIndex.build` (k-means on ``24 nlist`` rows, one
 assignment pass ``N x nlist x d``, a recall table on the recall estimate's ``eval_queries``
 held-out rows and their exact neighbours in the original space); memory: the codes
-(``code_bytes`` per row) twice (the array read and the index's lists) and one block of reduced
-vectors (the reduced store is read block by block, so the peak does not grow with ``N x d``).
+(``code_bytes`` per row, the array read), the index's fast-scan lists (about ``code_bytes - 4 + 8``
+per row for codes of 12 B and more) and one block of reduced vectors (the reduced store is read
+block by block, so the peak does not grow with ``N x d``).
 """
 
 from __future__ import annotations

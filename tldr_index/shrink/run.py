@@ -14,6 +14,7 @@ from ..code_index import INDEX_MIN_ROWS
 from ..errors import Interrupted, InvalidInputError
 from ..progress import Progress
 from .budget import DEFAULT_CODEC
+from .memory import release_free_memory
 from .options import FitOptions, GraphOptions
 from .results import StageResult, StageResults
 from .sampling import train_store
@@ -111,6 +112,7 @@ def run_stage(run: ShrinkRun, stage: str, fn: StageFn, skipped: list, seconds: d
         prog.end(stage, 0.0, note="checkpoint")
         return
     work.clear_after(stage)
+    release_free_memory()  # the stage starts from what is live, not from the last one's holes
     t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         files, result = fn(run)

@@ -24,6 +24,7 @@ from ..threads import run_in_worker
 from ..version import __version__
 from .code_index_stage import store_code_index
 from .encode_batches import CODES_COLUMN
+from .memory import release_free_memory
 from .run import record_usage
 from .results import PublishResult, VerifyResult, WriteResult
 
@@ -94,6 +95,7 @@ def stage_write(run: "ShrinkRun", seconds: dict) -> None:
         work.mark_done(name, [], result.to_json())
 
     try:
+        release_free_memory()
         t0 = time.perf_counter()
         prog.begin("write", n, "rows")
         sink.create(schema, id_column=run.src.id_column, vector_column=run.src.vector_column,
@@ -122,6 +124,7 @@ def stage_write(run: "ShrinkRun", seconds: dict) -> None:
         prog.begin("publish", None, "")
         prog.update("publish", 0)
         prog.phase("publish", "building the index and switching atomically", None)
+        release_free_memory()  # the index build starts from what is live
         # a Lance index build is one long native call: in a worker, so Ctrl-C is seen at once
         run_in_worker(sink.publish, name="publish")
         prog.update("publish", 1)
