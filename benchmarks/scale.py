@@ -133,7 +133,7 @@ def part_encode(args, work: Path) -> list[dict]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray_start = time.perf_counter() - t0
     out = []
-    configs = [("single process", 1), ("single process", 2), ("ray", 1), ("ray", 2)]
+    configs = [("single process", 1), ("single process", 2)] + [("ray", n) for n in args.ray_workers]
     for rep in range(args.repeats):
         for engine, n in configs:
             sink = staged_sink(work, f"enc_{engine[:3]}_{n}_{rep}", schema, src)
@@ -163,7 +163,7 @@ def part_shrink(args, work: Path) -> list[dict]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # once, not timed
     out = []
     for rows in args.shrink_rows:
-        for engine, workers in (("local", 1), ("ray", 1), ("ray", 2)):
+        for engine, workers in [("local", 1)] + [("ray", n) for n in args.ray_workers]:
             tgt = work / f"shrink_{rows}_{engine}"
             src = fragmented_copy(rows, work, args.fragment_rows)
             t0 = time.perf_counter()
@@ -240,6 +240,7 @@ def markdown(enc: list[dict], shr: list[dict], args, command: str, load: tuple) 
                          + f" | {r['rows'] / scan:,.0f} | {r['scan_bytes'] / 1e6:,.0f}"
                          + f" | {r['load']:.1f} |")
         rows = sorted({r["rows"] for r in shr})
+        most = max(r["workers"] for r in shr if r["engine"] == "ray")
         if len(rows) >= 2:
             lo, hi = rows[0], rows[-1]
             lines += ["", (f"Growth from {lo:,} to {hi:,} rows ({hi / lo:.1f}x the rows), "
@@ -248,9 +249,9 @@ def markdown(enc: list[dict], shr: list[dict], args, command: str, load: tuple) 
                       "|---|---|---|---|---|"]
             for eng in ("local", "ray"):
                 a = next(r for r in shr if r["rows"] == lo and r["engine"] == eng
-                         and r["workers"] == 2 - (eng == "local"))
+                         and r["workers"] == (1 if eng == "local" else most))
                 b = next(r for r in shr if r["rows"] == hi and r["engine"] == eng
-                         and r["workers"] == 2 - (eng == "local"))
+                         and r["workers"] == (1 if eng == "local" else most))
                 for s in ("scan", "encode", "write"):
                     ta, tb = a["stages"].get(s, 0), b["stages"].get(s, 0)
                     if ta > 0.5:
@@ -276,6 +277,8 @@ def main(argv=None) -> None:
     ap.add_argument("--fragment-rows", type=int, default=131_072,
                     help="re-write each source in fragments of this many rows (0: as cached)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--ray-workers", default="1,2",
+                    help="comma-separated Ray worker counts to run (each a 1-CPU task; at most 2)")
     ap.add_argument("--work", default="/tmp/tldr-scale")
     ap.add_argument("--cache", default=str(CACHE),
                     help="directory holding db_<rows> (read only)")
@@ -285,6 +288,13 @@ def main(argv=None) -> None:
     if args.cache == str(CACHE):
         args.cache = str(CACHE_ROOT / f"shrink{corpus_tag()}")
     args.shrink_rows = [int(x) for x in args.shrink_rows.split(",") if x]
+    try:
+        args.ray_workers = sorted({int(x) for x in args.ray_workers.split(",") if x})
+    except ValueError:
+        args.ray_workers = []
+    if not args.ray_workers or not set(args.ray_workers) <= {1, 2}:
+        ap.error(f"--ray-workers must be a comma-separated list of 1 and/or 2 (this machine's "
+                 f"local Ray has 2 CPUs). Got {args.ray_workers!r} instead.")
     CACHE_DIR[0] = Path(args.cache)
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)

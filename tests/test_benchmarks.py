@@ -33,7 +33,7 @@ SMOKE = {
     "paper_shape": ("--dims 8 --methods pca --pq-bytes 4 --out {tmp}/paper", "paper.md"),
     "store_query": ("--rows 2000 --no-ivf-pq --out {tmp}/store_query.md", "store_query.md"),
     "fit_speed": ("--dims 8 --out {tmp}/fit_speed", "fit_speed.md"),
-    "shrink": ("--rows 2000 --methods tldr,pca --configs new,current --sample 1000 --epochs 1 "
+    "shrink": ("--rows 2000 --methods tldr --configs new,current --sample 1000 --epochs 1 "
                "--queries 20 --out {tmp}/shrink.md",
                "shrink.md"),
     "gpu_shrink": ("--rows 2000 --devices cpu --sample 1000 --root {tmp}/gpu --out {tmp}/gpu.md",
@@ -49,7 +49,7 @@ SMOKE = {
                "--lance-eval 20 --rabitq-nlist 16 --budget 0.2 --out {tmp}/search.md", "search.md"),
     "reindex": ("--rows 2000 --out {tmp}/reindex.md", "reindex.md"),
     "scale": ("--encode-rows 2000 --shrink-rows 2000 --sample 1000 --shard-rows 1000 "
-              "--fragment-rows 1000 --work {tmp}/work --out {tmp}/scale.md", "scale.md"),
+              "--fragment-rows 1000 --ray-workers 2 --work {tmp}/work --out {tmp}/scale.md", "scale.md"),
 }
 # Not run here, with the reason (each still runs --help above).
 NOT_SMOKED = {"gpu_trainer": "needs a CUDA GPU (its error without one is tested below)",

@@ -20,12 +20,13 @@ def _rss_mb() -> float:
                     reason="needs Linux /proc and glibc")
 def test_freed_heap_pages_are_returned():
     # 256 MB in 16 KB blocks (below glibc's mmap threshold, so on the heap), each followed by a
-    # small block that stays: when the big ones are freed the heap cannot shrink from its top,
+    # small block that stays (600 B: above pymalloc's 512 B limit, so it is glibc's too and sits
+    # between the big ones): when the big ones are freed the heap cannot shrink from its top,
     # so the pages stay resident until malloc_trim returns them
     big = [bytearray(16 << 10) for _ in range(16_384)]
     keep = []
     for i in range(len(big)):
-        keep.append(bytearray(64))
+        keep.append(bytearray(600))
         big[i][::4096] = b"x" * len(big[i][::4096])  # touch every page
     del big
     before = _rss_mb()
