@@ -17,9 +17,11 @@ fit.
 
 ``--codec rq`` (a section of its own, ``--out``): the product's RQ codec (``get_codec("rq")``,
 beam 5, FAISS ``ResidualQuantizer``) on the prepared (L2-normalised) vectors, scored by its
-look-up-table ADC (inner product): RQ on the 384-d originals; for each ``--dims`` d the default
-TLDR map, then RQ (codec fitted on the reduced database); and TLDR with ``qat="rq"`` at the same
-bytes, whose trained codebooks encode the database (``tldr_index.qat.codec_for``). Fit times:
+look-up-table ADC (inner product): RQ on the 384-d originals (one row per ``--rq-seeds`` codec
+seed: RQ training is seed-sensitive); for each ``--dims`` d the default TLDR map, then RQ (codec
+fitted on the reduced database with the seed the QAT start uses, so that row *is* QAT's epoch 0,
+and with each ``--rq-seeds``); and TLDR with ``qat="rq"`` at the same bytes, whose trained
+codebooks encode the database (``tldr_index.qat.codec_for``). Fit times:
 the codec's training for the originals; ranking fit + codec training for map-then-RQ; the whole
 ``fit`` (ranking fit, RQ start, QAT epochs) for QAT.
 Fit times are wall-clock on a shared, loaded machine: record them, compare only recall.
@@ -49,6 +51,7 @@ from tldr_index import TLDR  # noqa: E402
 from tldr_index.knn import knn_graph  # noqa: E402
 from tldr_index.codecs import Codec, get_codec  # noqa: E402
 from tldr_index.compact import prepare_rows  # noqa: E402
+import tldr_index.qat as qat_module  # noqa: E402
 from tldr_index.qat import codec_for, quantizer_for, random_rotation  # noqa: E402
 from tldr_index.quantizer import ProductQuantizer  # noqa: E402
 
@@ -78,39 +81,58 @@ def rq_rows(a, db: np.ndarray, q: np.ndarray, truth: np.ndarray, graph) -> list[
     """The ``--codec rq`` rows (see the module docstring)."""
     rows = []
     for M in a.bytes:
-        t0 = time.perf_counter()
-        c = get_codec("rq", db.shape[1], bytes=M).fit(prepare_rows(db, "cosine"), a.seed)
-        t = time.perf_counter() - t0
-        rows.append((f"RQ{M} on the {db.shape[1]}-d originals", M,
-                     *codec_recalls(c, db, q, db, q, truth), t, "RQ training (beam 5)"))
-        print(rows[-1], flush=True)
+        for seed in a.rq_seeds:
+            t0 = time.perf_counter()
+            c = get_codec("rq", db.shape[1], bytes=M).fit(prepare_rows(db, "cosine"), seed)
+            t = time.perf_counter() - t0
+            rows.append((f"RQ{M} on the {db.shape[1]}-d originals (codec seed {seed})", M,
+                         *codec_recalls(c, db, q, db, q, truth), t, "RQ training (beam 5)"))
+            print(rows[-1], flush=True)
     for d in a.dims:
         t0 = time.perf_counter()
         base = TLDR(d, random_state=a.seed, epochs=a.epochs).fit(db, graph=graph)
         t_base = time.perf_counter() - t0
         Zdb, Zq = base.transform(db), base.transform(q)
+        start_seed = base.seed_ % (2**31 - 1)  # what the QAT start fits its RQ codec with
         for M in a.bytes:
-            t0 = time.perf_counter()
-            c = get_codec("rq", d, bytes=M).fit(prepare_rows(Zdb, "cosine"), a.seed)
-            t = time.perf_counter() - t0
-            rows.append((f"TLDR d={d}, then RQ{M}", M, *codec_recalls(c, Zdb, Zq, db, q, truth),
-                         t_base + t, f"ranking fit {t_base:.0f} s + RQ training {t:.0f} s"))
-            print(rows[-1], flush=True)
-        for M in a.bytes:
-            t0 = time.perf_counter()
-            m = TLDR(d, random_state=a.seed, epochs=a.epochs, qat="rq", qat_bytes=M,
-                     qat_epochs=a.qat_epochs).fit(db, graph=graph)
-            t_fit = time.perf_counter() - t0
+            for seed in [start_seed, *a.rq_seeds]:
+                t0 = time.perf_counter()
+                c = get_codec("rq", d, bytes=M).fit(prepare_rows(Zdb, "cosine"), seed)
+                t = time.perf_counter() - t0
+                what = "= the QAT start" if seed == start_seed else f"codec seed {seed}"
+                rows.append((f"TLDR d={d}, then RQ{M} ({what})", M,
+                             *codec_recalls(c, Zdb, Zq, db, q, truth), t_base + t,
+                             f"ranking fit {t_base:.0f} s + RQ training {t:.0f} s"))
+                print(rows[-1], flush=True)
+        default = (qat_module.RQ_TRAIN_BEAM, qat_module.RQ_CODEBOOK_LEARNING_RATE)
+        runs = [(M, default) for M in a.bytes]
+        runs += [(M, v) for dm, v in a.rq_variants if dm[0] == d and dm[1] in a.bytes
+                 for M in [dm[1]]]
+        for M, (beam, lr) in runs:
+            qat_module.RQ_TRAIN_BEAM, qat_module.RQ_CODEBOOK_LEARNING_RATE = beam, lr
+            try:
+                t0 = time.perf_counter()
+                m = TLDR(d, random_state=a.seed, epochs=a.epochs, qat="rq", qat_bytes=M,
+                         qat_epochs=a.qat_epochs).fit(db, graph=graph)
+                t_fit = time.perf_counter() - t0
+            finally:
+                qat_module.RQ_TRAIN_BEAM, qat_module.RQ_CODEBOOK_LEARNING_RATE = default
             info = m.fit_info_["qat"]
-            rows.append((f"TLDR d={d} + QAT RQ{M} ({a.qat_epochs} epochs)", M,
+            tag = "" if (beam, lr) == default else f", variant: train beam {beam}, lr {lr:g}"
+            rows.append((f"TLDR d={d} + QAT RQ{M} ({a.qat_epochs} epochs{tag})", M,
                          *codec_recalls(codec_for(m), m.transform(db), m.transform(q), db, q,
                                         truth), t_fit,
                          f"best epoch {info['best_epoch']}, validation "
-                         f"{info['val_recall_start']:.3f} -> {info['val_recall_best']:.3f}; "
+                         f"{info['val_recall_start']:.4f} -> {info['val_recall_best']:.4f}; "
                          f"QAT phase {info['seconds']:.0f} s (train beam {info['train_beam']}, "
                          f"codebook lr {info['learning_rates']['codebook']:g})"))
             print(rows[-1], flush=True)
     return rows
+
+
+def _variant(text: str) -> tuple[tuple[int, int], tuple[int, float]]:
+    d, m, beam, lr = text.split(":")
+    return (int(d), int(m)), (int(beam), float(lr))
 
 
 def main() -> None:
@@ -121,6 +143,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64, help="TLDR d (--codec pq)")
     ap.add_argument("--codec", choices=("pq", "rq"), default="pq")
     ap.add_argument("--dims", type=int, nargs="+", default=[64, 128], help="TLDR d (--codec rq)")
+    ap.add_argument("--rq-variants", type=_variant, nargs="*", default=[],
+                    help="extra QAT-RQ fits D:BYTES:TRAIN_BEAM:CODEBOOK_LR (--codec rq), e.g. "
+                         "128:8:1:1e-4 (the default: tldr_index.qat.RQ_TRAIN_BEAM and "
+                         "RQ_CODEBOOK_LEARNING_RATE)")
+    ap.add_argument("--rq-seeds", type=int, nargs="+", default=[0, 1],
+                    help="RQ codec training seeds of the reference rows (--codec rq)")
     ap.add_argument("--bytes", type=int, nargs="+", default=[16, 8])
     ap.add_argument("--qat-epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)

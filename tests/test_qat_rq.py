@@ -15,7 +15,8 @@ from tldr_index import TLDR
 from tldr_index.codecs import RQCodec, codec_from_state
 from tldr_index.compact import CompactModel, prepare_rows
 from tldr_index.errors import InvalidParameterError
-from tldr_index.qat import codec_for, quantizer_for, rq_assign, rq_straight_through
+from tldr_index.qat import (codec_for, quantizer_for, rq_assign, rq_straight_through,
+                            trained_codec)
 
 from conftest import make_structured
 
@@ -54,13 +55,21 @@ def test_rq_straight_through_forward_is_the_greedy_reconstruction():
     C = (rng.standard_normal((3, 256, 6)) * np.array([1.0, 0.5, 0.25])[:, None, None]
          ).astype(np.float32)
     codes, rec = greedy_rq(u, C)
-    np.testing.assert_array_equal(rq_assign(torch.from_numpy(u), torch.from_numpy(C)).numpy(),
-                                  codes)
-    got = rq_straight_through(torch.from_numpy(u), torch.from_numpy(C)).numpy()
-    np.testing.assert_allclose(got, rec, atol=1e-5)
+    ut, Ct = torch.from_numpy(u), torch.from_numpy(C)
+    np.testing.assert_array_equal(rq_assign(ut, Ct, beam=1).numpy(), codes)
+    np.testing.assert_allclose(rq_straight_through(ut, Ct, beam=1).numpy(), rec, atol=1e-5)
+    # the training beam (the product's, 5): the product codec's codes and reconstruction, and
+    # never a larger residual than the greedy one
+    wide = rq_assign(ut, Ct).numpy()
+    codec = codec_from_state({"codebooks": C}, RQCodec(6, 3).config())
+    np.testing.assert_array_equal(wide, codec.encode(u))
+    got = rq_straight_through(ut, Ct).numpy()
+    np.testing.assert_allclose(got, codec.decode(codec.encode(u)), atol=1e-5)
+    assert (((u - got) ** 2).sum(1) <= ((u - rec) ** 2).sum(1) + 1e-5).all()
 
 
-def test_rq_gradients_reach_the_map_and_only_the_chosen_entries():
+def test_rq_gradients_reach_the_map_and_only_the_chosen_entries(monkeypatch):
+    monkeypatch.setattr("tldr_index.qat.RQ_TRAIN_BEAM", 1)   # the greedy reference below
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.standard_normal((40, 16)).astype(np.float32))
     lin = torch.nn.Linear(16, 6)
@@ -96,7 +105,7 @@ def test_qat_rq_is_never_worse_than_its_start_on_the_validation_rows(model):
     assert info["val_recall_best"] == max([info["val_recall_start"], *scores])
     assert info["best_epoch"] == ([info["val_recall_start"], *scores].index(
         info["val_recall_best"]))
-    assert info["train_beam"] == 1 and info["encode_beam"] == 5
+    assert info["train_beam"] == 5 and info["encode_beam"] == 5
 
 
 def test_exported_codebooks_reproduce_the_validation_codes_exactly(model, data, tmp_path):
@@ -159,3 +168,44 @@ def test_codec_for_and_quantizer_for_refuse_the_wrong_model(model, data):
            "qat='rq' instead.")
     with pytest.raises(InvalidParameterError, match=f"^{re.escape(msg)}$"):
         quantizer_for(model)
+
+
+def test_trained_codec_matches_only_the_codec_and_size_the_map_was_trained_for(model, data):
+    codec = trained_codec(model, "rq", 8, 3)
+    np.testing.assert_array_equal(codec.state()[0]["codebooks"], model.qat_codebook_)
+    assert trained_codec(model, "pq", 8, 3) is None
+    assert trained_codec(model, "rq", 8, 4) is None
+    assert trained_codec(TLDR(8, **FIT).fit(data[0][:600]), "rq", 8, 3) is None
+
+
+def test_shrink_encodes_with_the_codebooks_of_a_qat_map(tmp_path, monkeypatch):
+    """A map trained through RQ codes (here planted in the train stage) brings its codebooks to
+    the encode stage: the target's codec holds exactly them and its codes are theirs."""
+    from _pipeline_helpers import lancedb_source
+
+    from connectors import open_target
+    from tldr_index.pipeline import shrink
+    from tldr_index.search import read_codes
+    from tldr_index.shrink import train as train_stage
+
+    X = make_structured(600, 32, latent=6, clusters=8, seed=4)
+    fitted = []
+
+    def qat_fit(run, method, dim, ckpt_dir=None):
+        m = TLDR(dim, **FIT, qat="rq", qat_bytes=6, qat_epochs=1).fit(run.train_store())
+        fitted.append(m)
+        return m
+
+    monkeypatch.setattr(train_stage, "fit_reducer", qat_fit)
+    src = lancedb_source(str(tmp_path), X)
+    shrink(src, src + "_c", dim=16, codec="rq", bytes=6, work_dir=tmp_path / "w",
+           source_options={"distance": "cosine"}, epochs=1, sample=600, eval_queries=50,
+           threads=1)
+    (m,) = fitted
+    t = open_target(src + "_c")
+    model = CompactModel.of_target(t)
+    np.testing.assert_array_equal(model.codec.state()[0]["codebooks"], m.qat_codebook_)
+    ids, codes = read_codes(t, "id", "pq_codes")
+    order = np.argsort(ids.to_numpy())       # ids 3 + 7 i: row order
+    np.testing.assert_array_equal(
+        codes[order], codec_for(m).encode(prepare_rows(m.transform(X), "cosine")))

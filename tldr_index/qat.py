@@ -21,8 +21,10 @@ the compact collection will store it, while the query side stays float (asymmetr
   entries (the codec of :mod:`tldr_index.codecs.rq`). The start is the product's own "map, then
   RQ": an :class:`~tldr_index.codecs.RQCodec` (beam 5, FAISS ``ResidualQuantizer``) fitted on the
   prepared reduced training sample; its ``(M, 256, d)`` codebooks are then learned as one
-  parameter. Each step encodes the database side of the batch with a greedy (beam
-  ``RQ_TRAIN_BEAM`` = 1) search in torch (:func:`tldr_index.codecs.rq.beam_encode`) and uses
+  parameter. Each step encodes the database side of the batch with a beam search of width
+  ``RQ_TRAIN_BEAM`` = 5, the product's beam, in torch (:func:`tldr_index.codecs.rq.beam_encode`;
+  a greedy, beam-1 encode is 1.8x faster per QAT phase but gained a third as much: see
+  ``benchmarks/results/qat.md``) and uses
   ``z_hat = sum_m C_m[code_m] + (u - u.detach())`` (gradient to the map straight through ``u``, to
   the codebooks at the chosen entries); the validator scores the product's encoding (the beam-5
   :class:`~tldr_index.codecs.RQCodec` of the current codebooks, on the map computed as
@@ -74,8 +76,8 @@ MAP_LEARNING_RATE = 3e-4
 CODEBOOK_LEARNING_RATE = 1e-3
 KSUB = 256                      # centroids per sub-quantizer (8-bit codes)
 KMEANS_SAMPLE_ROWS = 65_536     # reduced rows the k-means initialisation sees at most
-RQ_TRAIN_BEAM = 1               # beam of the RQ encode inside each training step (greedy)
-RQ_CODEBOOK_LEARNING_RATE = 1e-4
+RQ_TRAIN_BEAM = 5               # beam of the RQ encode inside each training step (the product's)
+RQ_CODEBOOK_LEARNING_RATE = 3e-4  # chosen on the validation recall (benchmarks/results/qat.md)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,3 +449,13 @@ def codec_for(model: Any) -> Codec:
     M, _, dsub = cb.shape
     return codec_from_state({"centroids": np.ascontiguousarray(cb, dtype=np.float32)},
                             get_codec("pq", M * dsub, bytes=M).config())
+
+
+def trained_codec(model: Any, name: str, dim: int, n_bytes: int) -> Codec | None:
+    """:func:`codec_for` ``model`` when it was fitted with ``qat=name`` at ``n_bytes`` bytes and
+    ``dim`` output dimensions (what a shrink stage encodes with instead of training a codec),
+    else None."""
+    if getattr(model, "qat_codebook_", None) is None or getattr(model, "qat", None) != name:
+        return None
+    codec = codec_for(model)
+    return codec if (codec.dim, codec.code_size) == (dim, n_bytes) else None
