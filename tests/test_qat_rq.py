@@ -209,3 +209,17 @@ def test_shrink_encodes_with_the_codebooks_of_a_qat_map(tmp_path, monkeypatch):
     order = np.argsort(ids.to_numpy())       # ids 3 + 7 i: row order
     np.testing.assert_array_equal(
         codes[order], codec_for(m).encode(prepare_rows(m.transform(X), "cosine")))
+
+
+def test_the_rq_benchmark_runs_and_writes_its_table(tmp_path):
+    from test_benchmarks import _run
+
+    r = _run("qat", ["--codec", "rq", "--queries", "100", "--dims", "8", "--bytes", "4",
+                     "--qat-epochs", "1", "--epochs", "1", "--rq-seeds", "0",
+                     "--rq-variants", "8:4:1:1e-4", "--out", str(tmp_path / "qat_rq.md")],
+             tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "qat_rq.md").read_text()
+    for row in ("RQ4 on the 384-d originals (codec seed 0)", "TLDR d=8, then RQ4 (= the QAT start)",
+                "TLDR d=8 + QAT RQ4 (1 epochs)", "variant: train beam 1, lr 0.0001"):
+        assert row in text
