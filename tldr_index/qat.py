@@ -23,8 +23,8 @@ the compact collection will store it, while the query side stays float (asymmetr
   prepared reduced training sample; its ``(M, 256, d)`` codebooks are then learned as one
   parameter. Each step encodes the database side of the batch with a beam search of width
   ``RQ_TRAIN_BEAM`` = 5, the product's beam, in torch (:func:`tldr_index.codecs.rq.beam_encode`;
-  a greedy, beam-1 encode is 1.8x faster per QAT phase but gained a third as much: see
-  ``benchmarks/results/qat.md``) and uses
+  at d=128, 8 B and codebook lr 1e-4 a greedy, beam-1 encode took a 25 s QAT phase vs 40 s and
+  gained +0.004 raw recall@10 over the start vs +0.016: ``benchmarks/results/qat.md``) and uses
   ``z_hat = sum_m C_m[code_m] + (u - u.detach())`` (gradient to the map straight through ``u``, to
   the codebooks at the chosen entries); the validator scores the product's encoding (the beam-5
   :class:`~tldr_index.codecs.RQCodec` of the current codebooks, on the map computed as
