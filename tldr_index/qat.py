@@ -12,7 +12,8 @@ the compact collection will store it, while the query side stays float (asymmetr
   is the nearest-centroid reconstruction, the gradient reaches the map straight through ``u`` and
   the codebook only at the chosen centroids. ``u`` is ``z`` L2-normalised for ``metric="cosine"``
   (the PQ of the product normalises before encoding), ``z`` otherwise.
-* AdamW (map ``MAP_LEARNING_RATE``, codebook ``CODEBOOK_LEARNING_RATE``, no weight decay), cosine
+* AdamW (map ``MAP_LEARNING_RATE``, codebooks ``CODEBOOK_LEARNING_RATE`` for PQ,
+  ``RQ_CODEBOOK_LEARNING_RATE`` for RQ, no weight decay), cosine
   decay over ``qat_epochs``; with a validator, the epoch (0 = the start) with the best held-out
   recall@10 *of the quantized search* is kept, so QAT never returns worse than its start on those
   rows. The start is the better (on the same rows) of the identity and the random rotation, each
