@@ -154,10 +154,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "qat.md")
     ap.add_argument("--epochs", type=int, default=None, help="ranking-fit epochs (default: TLDR's)")
+    ap.add_argument("--rows", type=int, default=0,
+                    help="use only the corpus's first ROWS rows (0: all; smoke runs)")
     a = ap.parse_args()
+    if a.rows < 0 or (a.rows and a.rows <= a.queries):
+        ap.error(f"--rows must be 0 (all) or more than --queries ({a.queries}). Got {a.rows}.")
     corpus = select_corpus(a.corpus)
 
     X = np.load(corpus)["X"].astype(np.float32)
+    X = X[:a.rows] if a.rows else X
     q, db = X[:a.queries], X[a.queries:]
     truth = cosine_topk(q, db, 10)
     t0 = time.perf_counter()

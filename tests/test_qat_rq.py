@@ -214,7 +214,7 @@ def test_shrink_encodes_with_the_codebooks_of_a_qat_map(tmp_path, monkeypatch):
 def test_the_rq_benchmark_runs_and_writes_its_table(tmp_path):
     from test_benchmarks import _run
 
-    r = _run("qat", ["--codec", "rq", "--queries", "100", "--dims", "8", "--bytes", "4",
+    r = _run("qat", ["--codec", "rq", "--queries", "100", "--rows", "1500", "--dims", "8", "--bytes", "4",
                      "--qat-epochs", "1", "--epochs", "1", "--rq-seeds", "0",
                      "--rq-variants", "8:4:1:1e-4", "--out", str(tmp_path / "qat_rq.md")],
              tmp_path)
