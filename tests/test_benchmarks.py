@@ -27,7 +27,8 @@ SMOKE = {
                  "frontier.md"),
     "rq_encode": ("--dims 16 --bytes 4 --beams 1,2 --rows 2000 --train-rows 1000 "
                   "--out {tmp}/rq_encode", "rq_encode.md"),
-    "qat": ("--queries 100 --dim 8 --bytes 4 --qat-epochs 1 --epochs 1 --out {tmp}/qat.md",
+    "qat": ("--queries 100 --rows 1500 --dim 8 --bytes 4 --qat-epochs 1 --epochs 1 "
+            "--out {tmp}/qat.md",
             "qat.md"),
     "quality": ("--dims 8 --methods pca --no-pq --out {tmp}/quality", "quality.md"),
     "paper_shape": ("--dims 8 --methods pca --pq-bytes 4 --out {tmp}/paper", "paper.md"),

@@ -12,24 +12,43 @@ the compact collection will store it, while the query side stays float (asymmetr
   is the nearest-centroid reconstruction, the gradient reaches the map straight through ``u`` and
   the codebook only at the chosen centroids. ``u`` is ``z`` L2-normalised for ``metric="cosine"``
   (the PQ of the product normalises before encoding), ``z`` otherwise.
-* AdamW (map ``MAP_LEARNING_RATE``, codebook ``CODEBOOK_LEARNING_RATE``, no weight decay), cosine
+* AdamW (map ``MAP_LEARNING_RATE``, codebooks ``CODEBOOK_LEARNING_RATE`` for PQ,
+  ``RQ_CODEBOOK_LEARNING_RATE`` for RQ, no weight decay), cosine
   decay over ``qat_epochs``; with a validator, the epoch (0 = the start) with the best held-out
   recall@10 *of the quantized search* is kept, so QAT never returns worse than its start on those
   rows. The start is the better (on the same rows) of the identity and the random rotation, each
   with its k-means codebook: the identity start is the plain "map, then PQ" of the product.
+* ``codec="rq"``: residual quantization with ``qat_bytes`` full-dimension codebooks of 256
+  entries (the codec of :mod:`tldr_index.codecs.rq`). The start is the product's own "map, then
+  RQ": an :class:`~tldr_index.codecs.RQCodec` (beam 5, FAISS ``ResidualQuantizer``) fitted on the
+  prepared reduced training sample; its ``(M, 256, d)`` codebooks are then learned as one
+  parameter. Each step encodes the database side of the batch with a beam search of width
+  ``RQ_TRAIN_BEAM`` = 5, the product's beam, in torch (:func:`tldr_index.codecs.rq.beam_encode`;
+  at d=128, 8 B and codebook lr 1e-4 a greedy, beam-1 encode took a 25 s QAT phase vs 40 s and
+  gained +0.004 raw recall@10 over the start vs +0.016: ``benchmarks/results/qat.md``) and uses
+  ``z_hat = sum_m C_m[code_m] + (u - u.detach())`` (gradient to the map straight through ``u``, to
+  the codebooks at the chosen entries); the validator scores the product's encoding (the beam-5
+  :class:`~tldr_index.codecs.RQCodec` of the current codebooks, on the map computed as
+  :meth:`~tldr_index.base.BaseReducer.transform` computes it), so the epoch kept is judged by
+  the codes the product would write. No rotation (full-dimension codebooks make one pointless):
+  ``qat_rotation_`` is the identity.
 
 Exported as plain arrays: ``components_``/``bias_`` (the rotation already folded in, the map stays
-linear), ``qat_codebook_`` ``(M, 256, d / M)`` float32 (the trained codebook: encode with
-:func:`quantizer_for`, never re-train it) and ``qat_rotation_`` ``(d, d)`` (the rotation that was
+linear), ``qat_codebook_`` float32, ``(M, 256, d / M)`` for PQ, ``(M, 256, d)`` for RQ (the trained
+codebooks: :func:`codec_for` turns them into the product's codec, :func:`quantizer_for` into a
+PQ quantizer; never re-train them) and ``qat_rotation_`` ``(d, d)`` (the rotation that was
 folded into the map at the start, kept for provenance; do **not** apply it again).
 
 Cost per step: the ranking loss on ``2 B`` rows, O(B^2 (D + d)), plus the assignment
-O(2 B x 256 x d); per validation: encoding and quantizing ``n_db`` rows plus ``n_q x n_db x d``.
-Memory: one batch, the ``D x d`` map and the ``256 x d`` codebook.
+O(2 B x 256 x d) (PQ) or O(2 B x M x 256 x d) (RQ, greedy); per validation: encoding and
+quantizing ``n_db`` rows (RQ: the beam-5 encode) plus ``n_q x n_db x d``. The RQ start fits the
+product's RQ codec (M rounds of k-means on up to 20,000 rows). Memory: one batch, the ``D x d``
+map and the codebooks (``M x 256 x d`` floats for RQ).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +62,9 @@ from torch import nn
 
 from .validation import check_choice, check_int
 from .errors import InvalidParameterError
+from .codecs import Codec, codec_from_state, get_codec
+from .codecs.rq import beam_encode
+from .compact import prepare_rows
 from .losses import cross_similarity, ranking_loss
 from .optim import lr_factor
 from .quantizer import ProductQuantizer
@@ -50,11 +72,13 @@ from .vectors import Vectors
 
 log = logging.getLogger(__name__)
 
-CODECS = (None, "pq")
+CODECS = (None, "pq", "rq")
 MAP_LEARNING_RATE = 3e-4
 CODEBOOK_LEARNING_RATE = 1e-3
 KSUB = 256                      # centroids per sub-quantizer (8-bit codes)
 KMEANS_SAMPLE_ROWS = 65_536     # reduced rows the k-means initialisation sees at most
+RQ_TRAIN_BEAM = 5               # beam of the RQ encode inside each training step (the product's)
+RQ_CODEBOOK_LEARNING_RATE = 3e-4  # chosen on the validation recall (benchmarks/results/qat.md)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,7 +95,11 @@ def check_params(qat: Any, qat_bytes: Any, qat_epochs: Any, *, n_components: int
         raise InvalidParameterError(
             f"The 'qat' parameter of {owner} needs a linear map (encoder 'linear' or "
             f"'flinear-L-H'). Got qat={qat!r} with encoder={encoder!r} instead.")
-    if n_components % M:
+    if qat == "rq" and M > n_components:
+        raise InvalidParameterError(
+            f"The 'qat_bytes' parameter of {owner} must be at most n_components={n_components} "
+            f"for qat='rq' (one residual codebook per byte). Got {M} instead.")
+    if qat == "pq" and n_components % M:
         raise InvalidParameterError(
             f"The 'qat_bytes' parameter of {owner} must divide n_components={n_components} (one "
             f"sub-vector per byte). Got {M} instead.")
@@ -117,6 +145,31 @@ def pq_straight_through(u: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor
     return pq_reconstruct(codes, codebook) + (u - u.detach())
 
 
+def rq_reconstruct(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """``(n, d)`` residual-quantization reconstruction ``sum_m C_m[codes[:, m]]`` of ``codes``
+    ``(n, M)`` (int64) with ``codebooks`` ``(M, K, d)``. Cost O(n M d)."""
+    M = codebooks.shape[0]
+    return codebooks[torch.arange(M, device=codes.device)[None, :], codes].sum(1)
+
+
+def rq_assign(u: torch.Tensor, codebooks: torch.Tensor, beam: int | None = None) -> torch.Tensor:
+    """``(n, M)`` int64 residual codes of ``u`` ``(n, d)`` by a beam search of width ``beam``
+    (:func:`tldr_index.codecs.rq.beam_encode`, one thread; beam 1: greedy, each codebook takes
+    the entry nearest the residual the previous ones left; None: ``RQ_TRAIN_BEAM``).
+    Cost O(n M beam 256 d)."""
+    codes = beam_encode(u.detach().cpu().numpy(), codebooks.detach().cpu().numpy(),
+                        beam or RQ_TRAIN_BEAM, threads=1)
+    return torch.from_numpy(codes.astype(np.int64)).to(u.device)
+
+
+def rq_straight_through(u: torch.Tensor, codebooks: torch.Tensor,
+                        beam: int | None = None) -> torch.Tensor:
+    """Hard RQ forward, straight-through backward: ``sum_m C_m[code_m] + (u - u.detach())``
+    with the codes of :func:`rq_assign`; the gradient reaches ``u`` unchanged and ``codebooks``
+    only at the chosen entries."""
+    return rq_reconstruct(rq_assign(u, codebooks, beam), codebooks) + (u - u.detach())
+
+
 def _prep(z: torch.Tensor, metric: str) -> torch.Tensor:
     return F.normalize(z, dim=1) if metric == "cosine" else z
 
@@ -129,15 +182,17 @@ def asymmetric_similarity(q: torch.Tensor, db: torch.Tensor, metric: str) -> tor
 
 # ----------------------------------------------------------------------------------------------
 class QuantizedValidator:
-    """Recall@k of the *quantized* search on held-out queries: database rows PQ-encoded with the
-    current codebook, queries float (ADC). Uses the ground truth of a
+    """Recall@k of the *quantized* search on held-out queries: database rows quantized with the
+    current codebooks, queries float (ADC). Uses the ground truth of a
     :class:`~tldr_index.trainer.Validator` (its ``db``, ``query_pos``, ``truth``, ``k``).
     Cost per call: encoding + quantizing ``n_db`` rows and ``n_q x n_db`` similarities."""
 
     def __init__(self, validator: Any, metric: str):
         self.v, self.metric = validator, metric
+        self.last_codes: np.ndarray | None = None   # the codes of the last :meth:`score_codec`
 
     def score(self, linear: nn.Linear, codebook: torch.Tensor) -> float:
+        """PQ: the map in torch, nearest-centroid codes of ``codebook``."""
         v, dev = self.v, codebook.device
         with torch.no_grad():
             rows = []
@@ -145,6 +200,19 @@ class QuantizedValidator:
                 rows.append(_prep(linear(torch.from_numpy(v.db[s:s + 8192]).to(dev)), self.metric))
             u = torch.cat(rows)
             rec = pq_reconstruct(pq_assign(u, codebook), codebook)
+        return self._recall(u, rec)
+
+    def score_codec(self, weight: np.ndarray, bias: np.ndarray, codec: Codec) -> float:
+        """The product's path: the map as :meth:`~tldr_index.base.BaseReducer.transform` computes
+        it (float64 accumulation), :func:`~tldr_index.compact.prepare_rows`, then ``codec``'s
+        encode and decode. Keeps the codes in :attr:`last_codes`."""
+        u = prepare_rows(_reduce(self.v.db, weight, bias), self.metric)
+        self.last_codes = codec.encode(u)
+        return self._recall(torch.from_numpy(u), torch.from_numpy(codec.decode(self.last_codes)))
+
+    def _recall(self, u: torch.Tensor, rec: torch.Tensor) -> float:
+        v, dev = self.v, u.device
+        with torch.no_grad():
             qp = torch.from_numpy(v.query_pos).to(dev)
             s = asymmetric_similarity(u[qp], rec, self.metric)
             s[torch.arange(len(qp), device=dev), qp] = -float("inf")  # not its own neighbour
@@ -157,7 +225,7 @@ class QuantizedValidator:
 class QATResult:
     components: np.ndarray          # (d, D) float32, rotation folded in
     bias: np.ndarray                # (d,) float32
-    codebook: np.ndarray            # (M, 256, d / M) float32
+    codebook: np.ndarray            # (M, 256, d / M) float32 (PQ) or (M, 256, d) (RQ)
     rotation: np.ndarray            # (d, d) float32 (identity when the identity start won)
     info: dict = field(default_factory=dict)
 
@@ -170,6 +238,26 @@ def _kmeans_codebook(linear: nn.Linear, vectors: Vectors, rows: np.ndarray, M: i
     Z = vectors.take(rows) @ w.T + b
     pq = ProductQuantizer(M, metric=metric, random_state=seed % (2**31 - 1)).fit(Z)
     return np.asarray(pq.centroids_, dtype=np.float32)
+
+
+def _reduce(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``X @ W.T + b`` accumulated in float64, rounded to float32 (as the product's transform)."""
+    Y = np.asarray(X, dtype=np.float64) @ np.asarray(W, dtype=np.float64).T
+    return (Y + np.asarray(b, dtype=np.float64)).astype(np.float32)
+
+
+def _digest(qval: QuantizedValidator | None) -> str | None:
+    if qval is None or qval.last_codes is None:
+        return None
+    return hashlib.sha256(np.ascontiguousarray(qval.last_codes).tobytes()).hexdigest()
+
+
+def rq_codec(codebooks: np.ndarray) -> Codec:
+    """The product's RQ codec (:func:`tldr_index.codecs.get_codec` defaults: beam 5) holding
+    exactly ``codebooks`` ``(M, 256, d)`` (no training)."""
+    M, _, d = codebooks.shape
+    return codec_from_state({"codebooks": np.ascontiguousarray(codebooks, dtype=np.float32)},
+                            get_codec("rq", d, bytes=M).config())
 
 
 def _linear(W: np.ndarray, b: np.ndarray, device: torch.device) -> nn.Linear:
@@ -185,7 +273,7 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
               metric: str, teacher_temperature: float, teacher_scale: float, log_scale: float,
               seed: int, device: torch.device, validator: Any = None,
               map_learning_rate: float = MAP_LEARNING_RATE,
-              codebook_learning_rate: float = CODEBOOK_LEARNING_RATE,
+              codebook_learning_rate: float | None = None,
               progress: Callable[[int, int, dict], None] | None = None) -> QATResult:
     """Fine-tune the folded map ``components`` ``(d, D)`` / ``bias`` ``(d,)`` through ``codec``.
 
@@ -193,29 +281,48 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
     left out), ``neighbors[i]`` the kNN positions of row ``i`` (``-1`` pads). ``validator`` (a
     :class:`~tldr_index.trainer.Validator`) turns on early stopping on the quantized recall.
     ``log_scale`` is the ranking fit's learnt inverse temperature (the start here; learnt on).
+    ``codebook_learning_rate``: None picks ``CODEBOOK_LEARNING_RATE`` (PQ) or
+    ``RQ_CODEBOOK_LEARNING_RATE`` (RQ). With RQ, ``info["val_codes_sha256"]`` is the digest of the
+    validation codes of the epoch kept (what :func:`codec_for` writes for those rows).
     Time: ``epochs x len(anchors) / batch_size`` steps (see the module docstring).
     """
     t_start = time.perf_counter()
-    if codec != "pq":  # check_params refuses the rest before any work
-        raise InvalidParameterError(f"The 'qat' parameter of TLDR must be one of 'pq'. Got "
+    if codec not in ("pq", "rq"):  # check_params refuses the rest before any work
+        raise InvalidParameterError(f"The 'qat' parameter of TLDR must be one of 'pq', 'rq'. Got "
                                     f"{codec!r} instead.")
+    if codebook_learning_rate is None:
+        codebook_learning_rate = CODEBOOK_LEARNING_RATE if codec == "pq" \
+            else RQ_CODEBOOK_LEARNING_RATE
     d, M = components.shape[0], n_bytes
     sample_rng = np.random.default_rng([seed, 0x0A8])
     n_rows = vectors.n_rows
     km_rows = np.sort(sample_rng.choice(n_rows, min(n_rows, KMEANS_SAMPLE_ROWS), replace=False))
     qval = QuantizedValidator(validator, metric) if validator is not None else None
+    digest = None
 
-    # the start: identity and random rotation, each with its k-means codebook; the better wins
-    starts = {"rotation": random_rotation(d, seed)}
-    if qval is not None:
-        starts = {"identity": np.eye(d, dtype=np.float32), **starts}
-    scored = {}
-    for name, R in starts.items():
-        lin = _linear(R @ components, R @ bias, device)
-        cb = torch.from_numpy(_kmeans_codebook(lin, vectors, km_rows, M, metric, seed)).to(device)
-        score = qval.score(lin, cb) if qval is not None else None
-        scored[name] = (score, R, lin, cb)
-    start = max(scored, key=lambda k: scored[k][0]) if qval is not None else "rotation"
+    if codec == "pq":
+        # the start: identity and random rotation, each with its k-means codebook; the better wins
+        starts = {"rotation": random_rotation(d, seed)}
+        if qval is not None:
+            starts = {"identity": np.eye(d, dtype=np.float32), **starts}
+        scored = {}
+        for name, R in starts.items():
+            lin = _linear(R @ components, R @ bias, device)
+            cb = torch.from_numpy(_kmeans_codebook(lin, vectors, km_rows, M, metric,
+                                                   seed)).to(device)
+            score = qval.score(lin, cb) if qval is not None else None
+            scored[name] = (score, R, lin, cb)
+        start = max(scored, key=lambda k: scored[k][0]) if qval is not None else "rotation"
+    else:
+        # the start: the product's "map, then RQ" (its codec fitted on the prepared sample)
+        start, R = "identity", np.eye(d, dtype=np.float32)
+        lin = _linear(components, bias, device)
+        rq0 = get_codec("rq", d, bytes=M).fit(
+            prepare_rows(_reduce(vectors.take(km_rows), components, bias), metric),
+            seed % (2**31 - 1))
+        score = qval.score_codec(components, bias, rq0) if qval is not None else None
+        digest = _digest(qval)
+        scored = {start: (score, R, lin, torch.from_numpy(rq0.codebooks_.copy()).to(device))}
     _, R, linear, cb0 = scored[start]
     codebook = nn.Parameter(cb0.clone())
     ls = nn.Parameter(torch.tensor(float(log_scale), device=device))
@@ -225,9 +332,9 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
     best = (linear.weight.detach().clone(), linear.bias.detach().clone(), codebook.detach().clone())
     best_epoch = 0
     if qval is not None:
-        log.info("QAT start (%s): quantized validation recall@%d %.4f (identity %.4f, "
-                 "random rotation %.4f)", start, validator.k, best_score,
-                 scored["identity"][0], scored["rotation"][0])
+        log.info("QAT %s start (%s): quantized validation recall@%d %.4f (%s)", codec, start,
+                 validator.k, best_score,
+                 ", ".join(f"{k} {v[0]:.4f}" for k, v in scored.items()))
 
     opt = torch.optim.AdamW([{"params": [linear.weight], "base_lr": map_learning_rate},
                              {"params": [linear.bias], "base_lr": map_learning_rate},
@@ -251,7 +358,8 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
                 g["lr"] = g["base_lr"] * lr_factor(epoch * steps + s, total, 0)
             xy = torch.from_numpy(vectors.take(np.concatenate([perm[s], pair[s]]))).to(device)
             u = _prep(linear(xy), metric)
-            z_hat = pq_straight_through(u, codebook)
+            z_hat = pq_straight_through(u, codebook) if codec == "pq" \
+                else rq_straight_through(u, codebook)
             sim = asymmetric_similarity(u, z_hat, metric)
             loss = ranking_loss(xy, u, ls, teacher_temperature=teacher_temperature, metric=metric,
                                 teacher_scale=teacher_scale, reduced=sim)
@@ -267,9 +375,15 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
             raise FloatingPointError(f"Quantization-aware training diverged at epoch {epoch + 1} "
                                      f"(loss {rec['loss']}).")
         if qval is not None:
-            rec["val_recall"] = qval.score(linear, codebook.detach())
+            if codec == "pq":
+                rec["val_recall"] = qval.score(linear, codebook.detach())
+            else:
+                rec["val_recall"] = qval.score_codec(
+                    linear.weight.detach().cpu().numpy(), linear.bias.detach().cpu().numpy(),
+                    rq_codec(codebook.detach().cpu().numpy()))
             if rec["val_recall"] > best_score:
                 best_score, best_epoch = rec["val_recall"], epoch + 1
+                digest = _digest(qval) if codec == "rq" else None
                 best = (linear.weight.detach().clone(), linear.bias.detach().clone(),
                         codebook.detach().clone())
         else:
@@ -286,6 +400,9 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
             "val_recall_best": best_score, "history": history,
             "learning_rates": {"map": map_learning_rate, "codebook": codebook_learning_rate},
             "seconds": time.perf_counter() - t_start}
+    if codec == "rq":
+        info.update(train_beam=RQ_TRAIN_BEAM, encode_beam=rq_codec(C).beam,
+                    val_codes_sha256=digest)
     return QATResult(W, b, np.ascontiguousarray(C), R.astype(np.float32), info)
 
 
@@ -307,11 +424,39 @@ def restore(model: Any, tensors: dict[str, np.ndarray]) -> None:
 
 
 def quantizer_for(model: Any) -> ProductQuantizer:
-    """The :class:`ProductQuantizer` holding exactly the trained codebook of a QAT model (encode
-    ``model.transform(X)`` with it; it normalises for cosine as during training)."""
-    if getattr(model, "qat_codebook_", None) is None:
+    """The :class:`ProductQuantizer` holding exactly the trained codebook of a ``qat="pq"`` model
+    (encode ``model.transform(X)`` with it; it normalises for cosine as during training)."""
+    if getattr(model, "qat_codebook_", None) is None or getattr(model, "qat", None) != "pq":
         raise InvalidParameterError(
             f"The 'model' passed to quantizer_for must be fitted with qat='pq'. Got a model "
             f"with qat={getattr(model, 'qat', None)!r} instead.")
     return ProductQuantizer.from_centroids(model.qat_codebook_,
                                            metric=getattr(model, "metric", "cosine"))
+
+
+def codec_for(model: Any) -> Codec:
+    """The product's codec (:func:`tldr_index.codecs.get_codec` defaults) holding exactly the
+    trained codebooks of a QAT model: a :class:`~tldr_index.codecs.PQCodec` for ``qat="pq"``, an
+    :class:`~tldr_index.codecs.RQCodec` (beam 5) for ``qat="rq"``. Pass it to
+    :meth:`~tldr_index.compact.CompactModel.from_reducer` (it encodes
+    ``prepare_rows(model.transform(X))``); no training, plain arrays only."""
+    cb, qat = getattr(model, "qat_codebook_", None), getattr(model, "qat", None)
+    if cb is None or qat not in ("pq", "rq"):
+        raise InvalidParameterError(
+            f"The 'model' passed to codec_for must be fitted with qat='pq' or 'rq'. Got a model "
+            f"with qat={qat!r} instead.")
+    if qat == "rq":
+        return rq_codec(cb)
+    M, _, dsub = cb.shape
+    return codec_from_state({"centroids": np.ascontiguousarray(cb, dtype=np.float32)},
+                            get_codec("pq", M * dsub, bytes=M).config())
+
+
+def trained_codec(model: Any, name: str, dim: int, n_bytes: int) -> Codec | None:
+    """:func:`codec_for` ``model`` when it was fitted with ``qat=name`` at ``n_bytes`` bytes and
+    ``dim`` output dimensions (what a shrink stage encodes with instead of training a codec),
+    else None."""
+    if getattr(model, "qat_codebook_", None) is None or getattr(model, "qat", None) != name:
+        return None
+    codec = codec_for(model)
+    return codec if (codec.dim, codec.code_size) == (dim, n_bytes) else None

@@ -1,7 +1,9 @@
 """The ``encode`` stage: reduce every row (``encode/reduced``), train the run's codec (pq, opq,
 rq or rabitq) on the reduced, prepared sample, encode the codes (``encode/codes.u8``,
 ``code_bytes`` per row), write the compact model, and estimate recall@10 on ``eval_queries``
-rows against exact search in the original space.
+rows against exact search in the original space. A map fitted with quantization-aware training
+for the run's codec and size (``TLDR(qat=...)``) brings its codebooks: they encode, untrained
+(:func:`tldr_index.qat.trained_codec`).
 
 Cost: one pass over the scanned rows (O(N D d) plus the codec's encoding: PQ O(N 256 d), RQ its
 beam search, 10-100x PQ), the codec's training on up to 65,536 rows (PQ k-means; RQ caps at
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..compact import CompactModel, prepare_rows
+from ..qat import trained_codec
 from ..threads import run_in_worker
 from ..vectors import VectorStore
 from .code_index_stage import build_code_index
@@ -48,6 +51,11 @@ def stage_encode(run: "ShrinkRun") -> tuple[list[Path], EncodeResult]:
     codec = None
     phases = run.usage.setdefault("encode_phases", {})  # wall seconds of its parts
     if run.code_bytes:
+        codec = trained_codec(reducer, run.codec, run.dim, run.code_bytes)
+        if codec is not None:
+            log.info("Encoding with the %s codebooks the map was trained through (QAT); no "
+                     "codec training.", run.codec.upper())
+    if run.code_bytes and codec is None:
         with timed(phases, "codec_train"):
             rng = np.random.default_rng([run.seed, 0x9B])
             k = min(train.n_rows, PQ_TRAIN_ROWS)
