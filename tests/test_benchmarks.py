@@ -50,7 +50,8 @@ SMOKE = {
                "--lance-eval 20 --rabitq-nlist 16 --budget 0.2 --out {tmp}/search.md", "search.md"),
     "reindex": ("--rows 2000 --out {tmp}/reindex.md", "reindex.md"),
     "scale": ("--encode-rows 2000 --shrink-rows 2000 --sample 1000 --shard-rows 1000 "
-              "--fragment-rows 1000 --ray-workers 2 --work {tmp}/work --out {tmp}/scale.md", "scale.md"),
+              "--fragment-rows 1000 --ray-workers 2 --work {tmp}/work --out {tmp}/scale.md",
+              "scale.md"),
 }
 # Not run here, with the reason (each still runs --help above).
 NOT_SMOKED = {"gpu_trainer": "needs a CUDA GPU (its error without one is tested below)",
