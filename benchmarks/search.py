@@ -389,6 +389,12 @@ def run_product(args, Q, truth, rows: list, product: dict, source: str | None) -
     except Exception as exc:  # noqa: BLE001 - beyond the table: say so in the output
         print(f"product target 0.95: {exc}", flush=True)
     cache = product["cache"]
+    if cache:  # map every page of the searcher's cache once, as for the index rows (a
+        # long-running searcher has): opened by the first search, once per version
+        c.search(Q[:1], k=K, rescore=True, rescore_cache=cache)
+        arr = s.cached(("rescore_cache", cache, False), lambda: None).array
+        for a in range(0, len(arr), 65_536):
+            np.asarray(arr[a:a + 65_536]).max()
     ways = ([("rescore cache", {"rescore_cache": cache})] if cache else []) + (
         [("source", {})] if source else [])
     extra = {"product_searcher_ram_b_per_vector": bpv}
