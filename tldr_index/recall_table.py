@@ -68,7 +68,7 @@ DEFAULT_TABLE_RECALL = 0.999
 DEFAULT_MIN_PROBE_FRACTION = 1 / 32
 # (0.25 before the fast-scan lists and the 0.999 shortlist rule. benchmarks/results/search.md,
 # 1M / 2,000 lists, fast-scan 12 B, shortlist 1,000, one core: the held-out queries got 0.939 at
-# nprobe 32, 0.953 at 63 and 0.962 at 128, at 1,872, 1,679 and 871 queries per CPU second
+# nprobe 32, 0.953 at 63 and 0.962 at 128, at 1,391, 1,304 and 949 queries per CPU second
 # (scan + rescoring from the float16 cache), so 1/32 of the lists keeps 0.95; a quarter (500)
 # scans 8x the codes of 63.)
 
