@@ -19,12 +19,23 @@ originals (one after the other, on the same table), raw = no refine, rescored@10
 ``refine_factor(10)``. FAISS: ``RR384,IVF{n},RaBitQ`` (inner product) on the originals,
 rescored from the originals in RAM.
 
+Product rows: the same map, PQ16 codes and (first ``--scans``) code index written as a compact
+collection (a Parquet target with float16 reduced vectors, the index stored as ``shrink`` stores
+it, the Lance table of the originals as its source) and searched through the product API,
+``c = tldr_index.open(target)`` kept open and ``c.search(q, k=10, rescore=True, ...)`` one
+query per call, at the default pick of the stored table and at ``target_recall=0.95``;
+rescored from its rescore cache (``write_rescore_cache``, ``rescore_cache=``) and, at the default,
+from the source (Lance take by id). Their RAM per vector is what the open searcher holds
+(:meth:`tldr_index.searcher.CodeSearcher.bytes_per_vector`: the collection's codes, the ids and
+the index); the rescore caches (memory-mapped, ``2 D`` bytes per row) are page cache, not counted.
+
 Speed: one query per call; "1 thread" pins the whole process to one core (every thread of it,
 LanceDB's pools included) and calls one query after another; "2 threads" pins it to two cores
 and runs two calling threads. With 1 thread the queries per second of the process's CPU time
 (``time.process_time``) are given too: less sensitive to other jobs on a shared machine. RAM per vector: what the searched structure holds per row (codes,
 factors, row ids, list assignment), plus its centroids spread over the rows; LanceDB: bytes of
-its index files on disk per row. The 2-core machine these results come from is shared with other
+its index files on disk per row (the index rows: the index alone, see the product rows for
+what an open collection holds). The 2-core machine these results come from is shared with other
 jobs: timings are noisy, compare the ratios within one run.
 
     python benchmarks/search.py --corpus ../shared/data/pydoc-minilm.npz        # 1M rows
@@ -106,18 +117,22 @@ def rescore(q: np.ndarray, ids: np.ndarray, originals: np.ndarray, k: int = K) -
 
 
 def fit_map(kind: str, sample: np.ndarray, d: int, seed: int):
-    """``(transform, label)``: the d-dim map fitted on ``sample`` (TLDR default or PCA)."""
+    """``(transform, label, weight (d, D), bias (d,))``: the d-dim map fitted on ``sample``
+    (TLDR default or PCA), its linear form for a compact model (the product rows)."""
     if kind == "tldr":
         from tldr_index import TLDR
 
         model = TLDR(n_components=d, random_state=seed).fit(sample)
+        t = model._model_tensors()
         # np.asarray: TLDR.transform of a *sliced* np.memmap reads the rows from the file's
         # start (tldr_index.vectors.as_vectors keeps the parent's offset), so pass plain arrays
-        return (lambda X: np.asarray(model.transform(np.asarray(X)), np.float32)), f"TLDR d={d}"
+        return ((lambda X: np.asarray(model.transform(np.asarray(X)), np.float32)), f"TLDR d={d}",
+                np.asarray(t["weight"], np.float32), np.asarray(t["bias"], np.float32))
     mu = sample.mean(0)
     C = (sample - mu).T.astype(np.float64) @ (sample - mu)
     W = np.linalg.eigh(C)[1][:, ::-1][:, :d].T.astype(np.float32)
-    return (lambda X: ((np.asarray(X, np.float32) - mu) @ W.T).astype(np.float32)), f"PCA d={d}"
+    return ((lambda X: ((np.asarray(X, np.float32) - mu) @ W.T).astype(np.float32)), f"PCA d={d}",
+            W, (-(W @ mu)).astype(np.float32))
 
 
 def unit(X: np.ndarray) -> np.ndarray:
@@ -161,7 +176,7 @@ def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None, work: Path
     rng = np.random.default_rng(0)
     sample = np.asarray(X[np.sort(rng.choice(len(X), min(args.sample, len(X)), replace=False))])
     t0 = time.perf_counter()
-    transform, label = fit_map(args.map, sample, args.dim, 0)
+    transform, label, weight, bias = fit_map(args.map, sample, args.dim, 0)
     fit_s = time.perf_counter() - t0
     Z = np.concatenate([unit(transform(X[s:s + 65_536])) for s in range(0, len(X), 65_536)])
     ZQ = unit(transform(Q))
@@ -218,7 +233,12 @@ def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None, work: Path
     add_rows(f"flat scan of the reduced vectors ({label}, float32, diagnostic)", "exact",
              [100], flat.search(ZQ, top)[1], lambda i, n: flat.search(ZQ[i][None], n)[1][0],
              float(Z.shape[1] * 4))
+    product = None
+    if args.product:  # the collection as shrink would write it: Parquet, float16 vectors
+        product = write_product_target(work, weight, bias, codec, Z, codes,
+                                       indexes[args.scans[0]], lance_uri)
     del Z, flat
+    extra: dict = {}
     extra_default: dict = {}
     for scan, index in indexes.items():
         t = index.recall_table
@@ -251,8 +271,10 @@ def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None, work: Path
     add_rows(f"tldr-index exhaustive scan, {label} + PQ{args.pq_bytes}", "all codes",
              sorted(set(args.shortlists) | {100}), codec.search(ZQ, codes, top)[1],
              lambda i, n: codec.search(ZQ[i][None], codes, n)[1][0], float(args.pq_bytes))
+    if product is not None:
+        extra.update(run_product(args, Q, truth, rows, product, lance_uri))
     index = indexes[args.scans[0]]
-    extra = {"map": label, "map_fit_s": fit_s, **extra_build, "nlist": index.nlist,
+    extra = {**extra, "map": label, "map_fit_s": fit_s, **extra_build, "nlist": index.nlist,
              **extra_default, "recall_table": index.recall_table.to_json(),
              "max_rss_gb": resource.getrusage(
                  resource.RUSAGE_SELF).ru_maxrss / 2**20}
@@ -302,6 +324,110 @@ def run_compact(args, X, Q, truth, rows: list, lance_uri: str | None, work: Path
         a = ds.take(rand[0].tolist(), columns=["vector"]).column(0)
         b = ds._take_rows(row_ids(rand[0]), columns=["vector"]).column(0)
         extra["lance_row_id_take_matches_position_take"] = bool(a.equals(b))
+    return extra
+
+
+def write_product_target(work: Path, weight: np.ndarray, bias: np.ndarray, codec, Z: np.ndarray,
+                         codes: np.ndarray, index, source: str | None) -> dict:
+    """The benchmark's map, codes and code index written as a compact collection (a Parquet
+    target with float16 reduced vectors, the code index stored as ``shrink`` stores it, the
+    source: the Lance table of the originals) and its rescore cache (``write_rescore_cache``
+    from that source, else from the float16 copy with its sidecar). Returns the URIs."""
+    import pyarrow as pa
+
+    from connectors import open_sink
+    from connectors.arrow_utils import numpy_to_fsl
+    from tldr_index.code_index import ARTIFACT_NAME
+    from tldr_index.compact import CompactModel
+    from tldr_index.rescore_cache_write import write_rescore_cache
+
+    model = CompactModel(weight, bias, "cosine", codec, {
+        "method": "tldr", "class": "TLDR", "foldable": True, "input_dim": int(weight.shape[1]),
+        "output_dim": int(weight.shape[0]), "metric": "cosine", "library": "tldr-index"})
+    uri = f"parquet://{work / 'compact'}"
+    m, d = codes.shape[1], Z.shape[1]
+    schema = pa.schema([("id", pa.int64()), ("vector", pa.list_(pa.float16(), d)),
+                        ("pq_codes", pa.list_(pa.uint8(), m))])
+    sink = open_sink(uri)
+    sink.create(schema, id_column="id", vector_column="vector", distance="cosine",
+                codes_column="pq_codes", overwrite=True)
+    for s in range(0, len(Z), 65_536):
+        part = np.asarray(Z[s:s + 65_536])
+        sink.append(pa.RecordBatch.from_arrays(
+            [pa.array(np.arange(s, s + len(part), dtype=np.int64)),
+             numpy_to_fsl(part.astype(np.float16)),
+             pa.FixedSizeListArray.from_arrays(pa.array(codes[s:s + len(part)].reshape(-1)), m)],
+            schema=schema))
+    sink.store_artifact(ARTIFACT_NAME, index.to_bytes())
+    sink.store_model(model.to_bytes(), {
+        "source": source, "source_columns": {"id": "id", "vector": "vector"},
+        "dims": [int(weight.shape[1]), d], "method": "tldr", "metric": "cosine",
+        "codes": {"codec": codec.name, "bytes": m, "column": "pq_codes"},
+        "vector_dtype": "float16"})
+    sink.verify(len(Z))
+    sink.publish()
+    out = {"target": uri, "cache": None}
+    if source is not None:
+        out["cache"] = str(write_rescore_cache(uri, work / "product_cache.f16.npy"))
+    return out
+
+
+def run_product(args, Q, truth, rows: list, product: dict, source: str | None) -> dict:
+    """The product call: ``c = tldr_index.open(target)`` kept open, ``c.search(q, k=10,
+    rescore=True, ...)`` one query per call (default read_consistency_interval: no version
+    check per call), at the default pick and at the pick for 0.95 of the stored table;
+    rescoring from the rescore cache and, at the default, from the source (Lance take by id)."""
+    import tldr_index
+
+    c = tldr_index.open(product["target"])
+    s = c._searcher()
+    bpv = s.bytes_per_vector()
+    settings = [("default", {})]
+    try:
+        c.search(Q[:1], k=K, rescore=True, target_recall=0.95)
+        settings.append(("target_recall=0.95", {"target_recall": 0.95}))
+    except Exception as exc:  # noqa: BLE001 - beyond the table: say so in the output
+        print(f"product target 0.95: {exc}", flush=True)
+    cache = product["cache"]
+    if cache:  # map every page of the searcher's cache once, as for the index rows (a
+        # long-running searcher has): opened by the first search, once per version
+        c.search(Q[:1], k=K, rescore=True, rescore_cache=cache)
+        arr = s.cached(("rescore_cache", cache, False), lambda: None).array
+        for a in range(0, len(arr), 65_536):
+            np.asarray(arr[a:a + 65_536]).max()
+    ways = ([("rescore cache", {"rescore_cache": cache})] if cache else []) + (
+        [("source", {})] if source else [])
+    extra = {"product_searcher_ram_b_per_vector": bpv}
+    for name, kw in settings:
+        # raw: the nprobe of the rescored pick (target_recall of a raw search is raw recall)
+        rkw = {"nprobe": c.search(Q[:1], k=K, rescore=True, **kw).nprobe}
+        got = c.search(Q, k=K, **rkw)
+        rec_raw = recall(got.ids, truth)
+        raw = {th: qps(lambda q: c.search(q, k=K, **rkw), Q, th, args.budget)
+               for th in args.threads}
+        for way, wkw in ways:
+            if way == "source" and kw:
+                continue  # the source's take dominates: measured at the default only
+            res = c.search(Q[:args.lance_eval] if way == "source" else Q, k=K, rescore=True,
+                           **kw, **wkw)
+            rec = recall(res.ids, truth[:len(res.ids)])
+            for th in args.threads:
+                def fn(q):
+                    return c.search(q, k=K, rescore=True, **kw, **wkw)
+
+                r = qps(fn, Q, th, args.budget)
+                rows.append({"method": "product: tldr_index.open(target).search(q, k=10, "
+                                       f"rescore=True), rescored from the {way}",
+                             "setting": f"{name}: nprobe {res.nprobe}, shortlist "
+                                        f"{res.shortlist}" + (f" (recall: {len(res.ids)} "
+                                                               f"queries)" if way == "source"
+                                                               else ""),
+                             "shortlist": res.shortlist, "threads": th, "recall_raw": rec_raw,
+                             "recall_rescored": rec, "qps_raw": raw[th], "qps_rescored": r,
+                             "bytes_per_vector": bpv,
+                             "cpu_qps_rescored": CPU_QPS.pop(fn, None) if th == 1 else None})
+                print(rows[-1], flush=True)
+    c.close()
     return extra
 
 
@@ -494,6 +620,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lancedb", default="ivf_pq,ivf_rq", help="LanceDB indexes ('' for none)")
     ap.add_argument("--rabitq-nlist", type=int, default=1024)
     ap.add_argument("--no-rabitq", action="store_true")
+    ap.add_argument("--no-product", dest="product", action="store_false",
+                    help="skip the product rows (tldr_index.open(target).search)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--budget", type=float, default=5.0, help="seconds of timing per figure")
     ap.add_argument("--work", default=None, help="directory for the LanceDB table (temp)")
@@ -535,7 +663,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         lance_uri, conn = None, None
-        if args.lancedb:
+        if args.lancedb or args.product:  # the product rows rescore from it too
             t0 = time.perf_counter()
             conn = write_table(X, str(work / "db"))
             extra["lance_write_s"] = time.perf_counter() - t0

@@ -4,6 +4,7 @@ collisions, payload), search, on LanceDB, Parquet and in-memory Qdrant targets."
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import numpy as np
@@ -187,3 +188,98 @@ def test_search_rescore_after_add_keeps_code_distance_of_rows_without_original(t
         f"to the compact collection only?) and keep their approximate code distance instead "
         f"of an exact one.") for r in caplog.records)
     assert c.search(Q, k=10).not_rescored == 0     # without rescore: nothing to count
+
+
+@pytest.fixture()
+def fresh_compact(lance_compact, tmp_path):
+    """A private copy of the module's Lance target (its adds do not reach other tests)."""
+    import shutil
+
+    from connectors.uri import parse_uri
+
+    uri, X = lance_compact
+    p = parse_uri(uri)
+    shutil.copytree(p.path, tmp_path / "db" / f"{p.table}.lance")
+    return f"lancedb://{tmp_path / 'db'}/{p.table}", X
+
+
+def test_read_consistency_interval_another_handles_add(fresh_compact, monkeypatch):
+    """None (default): the version opened plus this handle's own adds, until refresh();
+    timedelta(0): the live version at every search; an interval: checked at most that often."""
+    import datetime as dt
+
+    import tldr_index.compact_collection as cc
+
+    uri, X = fresh_compact
+    q = X[850:851]
+    none = tldr_index.open(uri)
+    zero = tldr_index.open(uri, read_consistency_interval=dt.timedelta(0))
+    hour = tldr_index.open(uri, read_consistency_interval=dt.timedelta(hours=1))
+    n0 = none.count()
+    for c in (none, zero, hour):
+        assert c._searcher().n_rows == n0 and 500_000 not in c.search(q, k=10).ids
+    with tldr_index.open(uri) as writer:
+        assert writer.add([500_000], q) == 1
+        assert 500_000 in writer.search(q, k=10).ids      # its own add
+    assert 500_000 in zero.search(q, k=10).ids and zero._searcher().n_rows == n0 + 1
+    assert 500_000 not in none.search(q, k=10).ids and none._searcher().n_rows == n0
+    assert 500_000 not in hour.search(q, k=10).ids
+    later = cc.time.monotonic() + 7200.0
+    monkeypatch.setattr(cc.time, "monotonic", lambda: later)   # the hour has passed
+    assert 500_000 in hour.search(q, k=10).ids
+    assert 500_000 not in none.search(q, k=10).ids            # None never re-checks on its own
+    none.refresh()
+    assert 500_000 in none.search(q, k=10).ids and none._searcher().n_rows == n0 + 1
+    assert none.add([500_001], X[851:852]) == 1              # own add: seen at once
+    assert 500_001 in none.search(X[851:852], k=10).ids and none._searcher().n_rows == n0 + 2
+    for c in (none, zero, hour):
+        c.close()
+
+
+def test_read_consistency_interval_errors(lance_compact):
+    import datetime as dt
+
+    from tldr_index.errors import InvalidParameterError
+
+    uri, _ = lance_compact
+    for bad in (5, dt.timedelta(seconds=-1)):
+        with pytest.raises(InvalidParameterError, match=(
+                r"^The 'read_consistency_interval' parameter of open must be None \(never "
+                r"re-check the target\) or a datetime\.timedelta >= 0 \(check the live version "
+                r"at most that often; timedelta\(0\): every search\)\. Got ") + re.escape(
+                    f"{bad!r}.") + "$"):
+            tldr_index.open(uri, read_consistency_interval=bad)
+
+
+def test_searches_from_many_threads_while_one_adds(fresh_compact):
+    """Every search sees one whole version (its ids and codes agree) while another thread adds
+    rows; afterwards every added row is searched."""
+    uri, X = fresh_compact
+    c = tldr_index.open(uri)
+    n0 = c.count()
+    errors, stop = [], threading.Event()
+
+    def search():
+        while not stop.is_set():
+            try:
+                r = c.search(X[860:864], k=5)
+                assert r.ids.shape == (4, 5)
+                s = c._searcher()
+                assert len(s.ids) == len(s.codes)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for b in range(3):
+        c.add(np.arange(600_000 + 10 * b, 600_010 + 10 * b), X[870 + 10 * b:880 + 10 * b])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert c._searcher().n_rows == n0 + 30
+    hits = c.search(X[870:900], k=10)
+    assert all(600_000 + i in hits.ids[i] for i in range(30))
+    c.close()

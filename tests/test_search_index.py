@@ -400,3 +400,17 @@ def test_rescored_search_takes_nprobe_and_shortlist_from_the_table(indexed):
                 f"recall@10 the stored table reaches ({max(map(max, capped))} at nprobe {p}, "
                 f"shortlist {sl}). Got 0.95 instead.")):
             c.search(Q, k=10, rescore=True, target_recall=0.95)
+
+
+def test_searcher_ram_counts_codes_ids_and_index(indexed):
+    """What an open collection's searcher holds per row: the collection's codes, the id buffers
+    and the index (lists + fixed arrays), not the index alone."""
+    _, tgt, _ = indexed
+    with tldr_index.open(tgt) as c:
+        s = c._searcher()
+        ids = sum(b.size for b in s.ids.buffers() if b is not None)
+        assert ids >= 8 * N and s.codes.shape == (N, 4)
+        want = s.codes.nbytes + ids + s.index.bytes_per_vector() * s.index.n
+        assert s.ram_bytes() == pytest.approx(want, abs=1)
+        assert s.bytes_per_vector() == pytest.approx(want / N)
+        assert s.bytes_per_vector() > s.index.bytes_per_vector() + 4 + 8 - 1e-9

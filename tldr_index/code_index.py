@@ -24,8 +24,9 @@ the codes are copied in as they are, never re-encoded); 8-bit PQ cannot use FAIS
 fast-scan layout. Every other codec (rq, rabitq, sign, sq8, sq4) scores the probed lists with
 :meth:`~tldr_index.codecs.Codec.scores` (decoding, block by block).
 
-Memory per vector (:meth:`CodeIndex.bytes_per_vector`; fast-scan lists: see there) of lists
-over the codes: ``code_size`` bytes of code plus the row
+Memory per vector (:meth:`CodeIndex.bytes_per_vector`, the index alone; fast-scan lists: see
+there; the searcher of an open collection holds the collection's codes and ids besides, see
+:meth:`tldr_index.searcher.CodeSearcher.bytes_per_vector`) of lists over the codes: ``code_size`` bytes of code plus the row
 position: 8 bytes for PQ/OPQ (FAISS inverted lists hold int64 ids), 4 (int32, N < 2^31) for the
 other codecs, plus 4 bytes (float32 norm of the decoded row) for non-PQ codecs under l2; the
 centroids add ``nlist x d x 4`` bytes in all. The list of each row is not kept in RAM (rebuilt
@@ -504,7 +505,9 @@ class CodeIndex:
 
     # -- memory --------------------------------------------------------------------------------
     def bytes_per_vector(self) -> float:
-        """RAM of the lists per indexed row: code bytes + the row position (PQ/OPQ: 8, FAISS's
+        """RAM of the index alone per indexed row (an open collection's searcher also holds the
+        collection's codes and ids: :meth:`tldr_index.searcher.CodeSearcher.bytes_per_vector`).
+        The lists: code bytes + the row position (PQ/OPQ: 8, FAISS's
         int64 ids; other codecs: 4, int32 while N < 2^31) [+ 4 (float32 norm, l2, non-PQ)],
         plus the centroids (``nlist x d x 4``) spread over the rows. Fast-scan lists: their
         code bytes + 8 (FAISS ids) + the padding of each list's last 32-row block, plus the

@@ -8,9 +8,16 @@
     hits = compact.search(queries, k=10, rescore=True)
 
 ``encode`` is a pure function of the stored model (one ``n x D x d`` matrix product plus PQ
-assignment): safe from any number of threads. ``search`` checks the live version on each call, so a
-reader always sees one published version, never a mix; the codes and the code index (where the
-target stores one) are loaded once per version and shared by every thread. ``add`` gives the rows
+assignment): safe from any number of threads. ``search`` reads one published version, never a mix;
+the codes and the code index (where the target stores one) are loaded once per version and shared
+by every thread. Which version, LanceDB's convention (``lancedb.connect(...,
+read_consistency_interval=)``): ``tldr_index.open(uri, read_consistency_interval=None)``, the
+default, never re-checks the target on its own: searches see the version opened (or the last
+:meth:`CompactCollection.refresh`) plus this object's own ``add`` calls (an ``add`` re-reads the
+live target first, so it brings in what others wrote before it); ``timedelta(0)`` checks the live
+version on every search (a re-open of the target: ~1 ms at 1M rows on Lance); a positive
+``timedelta`` checks at most that often (a search within the interval may miss another writer's
+rows). ``add`` gives the rows
 it writes to the code index, so they are found by indexed search, and stores it again (the write
 drops the stored one, built over the rows before: a target never lists a stale index; a reader
 between the two switches scans every code). ``add`` calls are serialised (one lock per
@@ -35,9 +42,11 @@ target mirror its source (ids absent from the source are deleted there).
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -206,9 +215,18 @@ class CompactCollection:
     """A published compact collection (see the module docstring). Create with
     :func:`tldr_index.open`."""
 
-    def __init__(self, uri: str, **target_options: Any):
+    def __init__(self, uri: str, *, read_consistency_interval: _dt.timedelta | None = None,
+                 **target_options: Any):
         self.uri = str(uri)
         self._target_options = target_options
+        #: seconds between checks of the live version by search (None: never, see the module
+        #: docstring)
+        self._check_every = check_consistency_interval(read_consistency_interval)
+        #: when search last compared the cached searcher with a version (time.monotonic()), and
+        #: the refresh() count then (a later refresh makes the next search compare again)
+        self._checked_at = -float("inf")
+        self._generation = 0
+        self._checked_generation = -1
         self._write_lock = threading.Lock()
         self._search_lock = threading.Lock()
         #: (target version key, index_fallback, CodeSearcher or None): loaded once per version
@@ -235,6 +253,7 @@ class CompactCollection:
         self.closed = True
         release, self._release = self._release, None
         self._target = None
+        self._searcher_cache = None  # the codes and index go with the last search that holds them
         if release is not None:
             release()
 
@@ -252,13 +271,17 @@ class CompactCollection:
 
     # -- state -----------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Re-open the live target and its model (after a reindex elsewhere)."""
+        """Re-open the live target and its model (after a reindex or another writer's ``add``):
+        the next search uses that version (with ``read_consistency_interval=None``, the only
+        way to see other writers' rows). Cost: one open of the target and a parse of its
+        model."""
         from connectors import open_target
 
         self._check_open("refresh")
         tgt = open_target(self.uri, **self._target_options)
         model = CompactModel.of_target(tgt)
         self._target, self.model = tgt, model
+        self._generation += 1
         enc = self._encoder
         if enc is None or enc.model_bytes != tgt.model_bytes:
             lay = tgt.layout
@@ -323,8 +346,10 @@ class CompactCollection:
         """:func:`tldr_index.search.search` on this collection (queries in the original space;
         numpy or Arrow; ``nprobe``, ``target_recall``, ``exhaustive``, ``index_fallback`` and, in
         ``options``, ``shortlist``, ``rescore_cache`` (re-rank by row position from a local copy
-        of the originals, opened once per version) as there). Searches the live version: the codes and the code index are loaded once per
-        version of the target (a cheap version check per call) and shared by every thread."""
+        of the originals, opened once per version) as there). Searches one version (which: see
+        ``read_consistency_interval`` in the module docstring): the codes and the code index are
+        loaded once per version of the target and shared by every thread; with the default
+        (no re-check) a call costs the query's encoding, the index scan and the rescoring only."""
         from .search import search
 
         self._check_open("search")
@@ -335,22 +360,34 @@ class CompactCollection:
                       index_fallback=index_fallback, searcher=searcher, **options)
 
     def _searcher(self, index_fallback: bool = False):
-        """The :class:`~tldr_index.searcher.CodeSearcher` of the live version (None for a
-        target without readable codes), loaded once per version. Thread-safe."""
+        """The :class:`~tldr_index.searcher.CodeSearcher` of the version searched (None for a
+        target without readable codes), loaded once per version. Which version: the one opened
+        (``read_consistency_interval`` None) or the live one, checked at most every interval
+        (one open of the target). Thread-safe."""
         from connectors import open_target
 
         from .searcher import CodeSearcher
 
-        tgt = open_target(self.uri, **self._target_options)
-        key = tgt.version_key()
+        fallback = bool(index_fallback)
+        c = self._searcher_cache
+        every = self._check_every
+        if c is not None and c[1] == fallback and self._checked_generation == self._generation \
+                and (every is None or time.monotonic() - self._checked_at < every):
+            return c[2]
         with self._search_lock:
+            now, generation = time.monotonic(), self._generation
+            if every is not None and now - self._checked_at >= every:
+                tgt = open_target(self.uri, **self._target_options)
+            else:
+                tgt = self._target
+            key = tgt.version_key()
             c = self._searcher_cache
-            if c is not None and c[0] == key and c[1] == bool(index_fallback):
-                return c[2]
-            got = CodeSearcher.open(tgt, CompactModel.of_target(tgt),
-                                    index_fallback=index_fallback)
-            self._searcher_cache = (key, bool(index_fallback), got)
-            return got
+            if c is None or c[0] != key or c[1] != fallback:
+                got = CodeSearcher.open(tgt, CompactModel.of_target(tgt),
+                                        index_fallback=index_fallback)
+                c = self._searcher_cache = (key, fallback, got)
+            self._checked_at, self._checked_generation = now, generation
+            return c[2]
 
     def _keep_index(self, before: str, ids: pa.Array, Y: np.ndarray, codes: np.ndarray) -> None:
         """After an add: give the code index the rows written (so that they are found by indexed
@@ -438,9 +475,9 @@ class CompactCollection:
             rows = self._rows(ids, Y, codes, payload)
             before = self._target.version_key()
             self._write(rows, batch_rows, max_retries)
-            self.refresh()
             if codes.shape[1]:
                 self._keep_index(before, ids, Y, codes)
+            self.refresh()  # the version written (with the index stored again): searched next
             return rows.num_rows
 
     def _ids(self, ids: Any, n: int) -> pa.Array:
@@ -598,9 +635,34 @@ def _take_payload(payload: Any, rows: np.ndarray) -> Any:
     return [payload[i] for i in rows]
 
 
-def open(uri: str | os.PathLike, **target_options: Any) -> CompactCollection:  # noqa: A001
+def check_consistency_interval(value: Any) -> float | None:
+    """``read_consistency_interval`` (None or a ``datetime.timedelta`` >= 0) in seconds, or one
+    :class:`InvalidParameterError`."""
+    from .errors import InvalidParameterError
+
+    if value is None:
+        return None
+    if not isinstance(value, _dt.timedelta) or value < _dt.timedelta(0):
+        raise InvalidParameterError(
+            f"The 'read_consistency_interval' parameter of open must be None (never re-check "
+            f"the target) or a datetime.timedelta >= 0 (check the live version at most that "
+            f"often; timedelta(0): every search). Got {value!r}.")
+    return value.total_seconds()
+
+
+def open(uri: str | os.PathLike, *,  # noqa: A001
+         read_consistency_interval: _dt.timedelta | None = None,
+         **target_options: Any) -> CompactCollection:
     """Open the compact collection at ``uri`` (any target URI written by ``shrink``).
 
-    Raises :class:`SourceNotFoundError` or :class:`ModelFormatError` (missing / corrupt model)."""
+    ``read_consistency_interval`` (as in ``lancedb.connect``): None (default) searches the version
+    opened plus this object's own ``add`` calls, never re-checking the target (call
+    :meth:`CompactCollection.refresh` to see other writers' rows); ``timedelta(0)`` checks the
+    live version on every search (~1 ms: a re-open of the target); a positive ``timedelta``
+    checks at most that often. ``target_options`` go to :func:`connectors.open_target`.
+
+    Raises :class:`SourceNotFoundError` or :class:`ModelFormatError` (missing / corrupt model),
+    :class:`InvalidParameterError` (a bad ``read_consistency_interval``)."""
     return CompactCollection(os.fspath(uri) if isinstance(uri, os.PathLike) else uri,
+                             read_consistency_interval=read_consistency_interval,
                              **target_options)

@@ -14,8 +14,8 @@ padding is spread over every sub-space instead of leaving whole sub-quantizers e
 Measured at 1M interpolated MiniLM rows (``benchmarks/results/search.md``: TLDR d=64, IVF2000,
 1,000 held-out queries, one core of a shared machine): 12 B (24 x 4 bit, d rotated into 72)
 reached recall@10 0.952 after an exact re-ranking of its top 1,000 from a float16 cache at
-nprobe 64, 2,095 queries/s; lists over the collection's 8-bit PQ16 codes (FAISS ``IndexIVFPQ``,
-16 B + 8 B id) 0.958 at 663 queries/s.
+nprobe 64, 1,231 queries/s; lists over the collection's 8-bit PQ16 codes (FAISS ``IndexIVFPQ``,
+16 B + 8 B id) 0.958 at 810 queries/s.
 
 Memory per row: ``code_bytes`` (packed, the last block of each list padded to 32 rows) plus the
 8-byte FAISS id; the rotation (``dim_pad x d``) and the ``M x 16 x dim_pad / M`` sub-quantizer

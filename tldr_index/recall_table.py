@@ -55,9 +55,9 @@ SATURATION_GAP = 0.001
 #: aims at, and for an nprobe that loses (almost) nothing even at the longest shortlist.
 DEFAULT_TABLE_RECALL = 0.999
 # (0.99 before the fast-scan lists. benchmarks/results/search.md, 1M interpolated rows,
-# IVF2000, fast-scan 12 B, nprobe 64: the table's rows reach 0.978 at shortlist 100, 0.9965 at
-# 400 and 0.9995 at 1,000 where the corpus's held-out queries got 0.778, 0.916 and 0.952: only
-# the 0.999 column keeps them at 0.95)
+# IVF2000, fast-scan 12 B, nprobe 64: the table's rows reach 0.978 at shortlist 100 and 0.9995
+# at 1,000 where the corpus's held-out queries got 0.778 and 0.952: only the 0.999 column keeps
+# them at 0.95)
 #: and the default rescored search probes at least this fraction of the lists: the table's
 #: queries find their neighbours in too few lists. Measured with the corpus's held-out queries
 #: (benchmarks/shrink.py and benchmarks/search.py, interpolated MiniLM rows, TLDR d=64 + PQ16):
@@ -68,7 +68,7 @@ DEFAULT_TABLE_RECALL = 0.999
 DEFAULT_MIN_PROBE_FRACTION = 1 / 32
 # (0.25 before the fast-scan lists and the 0.999 shortlist rule. benchmarks/results/search.md,
 # 1M / 2,000 lists, fast-scan 12 B, shortlist 1,000, one core: the held-out queries got 0.939 at
-# nprobe 32, 0.953 at 63 and 0.962 at 128, at 2,538, 2,293 and 1,607 queries per CPU second
+# nprobe 32, 0.953 at 63 and 0.962 at 128, at 1,391, 1,304 and 949 queries per CPU second
 # (scan + rescoring from the float16 cache), so 1/32 of the lists keeps 0.95; a quarter (500)
 # scans 8x the codes of 63.)
 

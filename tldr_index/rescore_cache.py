@@ -1,13 +1,14 @@
 """A local copy of the originals for rescoring by position: ``search --rescore-cache PATH``.
 
 Rescoring a shortlist needs the original vectors of its rows. Fetching them from the source by id
-(a filtered scan per call; Lance ``take`` by position is ~15 ms per 100 random rows at 1M) costs
+(a filtered scan per call; Lance ``take`` by position is 2-18 ms per 100 random rows at 1M) costs
 far more than the search itself. A rescore cache is a memory-mapped ``.npy`` array of the
 originals in the target's row order (row ``i`` = the original of the target's row ``i``, the
 row position the code index returns), float16 by default (``2 D`` bytes per row: 768 B at
 D = 384), plus a JSON sidecar (``PATH.json``) naming the target rows it matches (row count and
 SHA-256 of the id column). A search reads the shortlist's rows straight from the page cache:
-about 0.1 ms per query for 100 rows of 384 dims (measured by ``benchmarks/search.py``).
+0.15-0.25 ms per query for 100 rows of 384 dims (measured by ``benchmarks/search.py`` on the
+shared 2-core machine).
 
 :func:`tldr_index.rescore_cache_write.write_rescore_cache` builds it from a target and its source (one scan of the source's id
 and vector columns; ids not in the target are skipped); the files are written under temporary

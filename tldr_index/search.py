@@ -29,13 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from .threads import thread_limit
 from .validation import check_bool, check_int
 from .compact import CompactModel
 from .errors import InvalidInputError, InvalidParameterError
-from .quantizer import normalize_rows
 from .rescore_cache import RescoreCache
 from .searcher import (MIN_SHORTLIST, SHORTLIST_FACTOR, CodeSearcher,  # noqa: F401 (re-exported)
                        default_shortlist, ids_to_numpy, read_codes)
@@ -87,54 +85,90 @@ def adc_topk(model: CompactModel, codes: np.ndarray, Y: np.ndarray, k: int,
 
 def exact_distances(Q: np.ndarray, X: np.ndarray, metric: str) -> np.ndarray:
     """Distances (lower is better) between each query ``Q[i]`` and its candidates ``X[i]``
-    (``X``: (n, R, D))."""
+    (``X``: (n, R, D)). Cost: ``n x R x D`` multiply-adds (cosine: twice, for the norms)."""
     if metric == "l2":
         diff = X - Q[:, None, :]
         return np.einsum("nrd,nrd->nr", diff, diff)
+    dots = np.matmul(X, Q[:, :, None])[:, :, 0]
     if metric == "cosine":
-        q = normalize_rows(Q)
-        nx = np.linalg.norm(X, axis=2)
-        return 1.0 - np.einsum("nrd,nd->nr", X, q) / np.maximum(nx, 1e-30)
-    return -np.einsum("nrd,nd->nr", X, Q)
+        q = np.linalg.norm(Q, axis=1, keepdims=True)
+        nx = np.sqrt(np.einsum("nrd,nrd->nr", X, X))
+        return 1.0 - dots / np.maximum(q, 1e-30) / np.maximum(nx, 1e-30)
+    return -dots
+
+
+def _unique_row(cand: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """For one query's candidates ``cand`` (1, R): ``(sorted valid keys, their columns)`` when
+    its valid keys (>= 0) are distinct (what a search's shortlist holds), else None."""
+    row = cand[0]
+    cols = np.flatnonzero(row >= 0) if (row < 0).any() else np.arange(len(row))
+    order = np.argsort(row[cols], kind="stable")
+    keys = row[cols[order]]
+    if len(keys) > 1 and not bool((keys[1:] != keys[:-1]).all()):
+        return None
+    return keys, cols[order]
 
 
 def rerank(Q: np.ndarray, cand: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray], k: int,
            metric: str, *, exclude: np.ndarray | None = None, fallback: np.ndarray | None = None,
            block: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank candidate keys ``cand`` (n, R) (``-1``: none) by exact distance to the original
-    vectors; ``fetch(unique_keys)`` returns their vectors in order. ``exclude[i]``: a key query
-    ``i`` must not return (self-search). ``fallback`` (n, R): distances used instead of the exact
-    one where not NaN (candidates without an original vector). Returns the best ``k``
-    ``(distances, keys)``.
+    vectors; ``fetch(unique_keys)`` returns their vectors in order (keys sorted ascending).
+    ``exclude[i]``: a key query ``i`` must not return (self-search). ``fallback`` (n, R):
+    distances used instead of the exact one where not NaN (candidates without an original
+    vector). Returns the best ``k`` ``(distances, keys)``, ties in candidate order.
 
-    Cost: one ``fetch`` of the unique candidates, ``n x R x D`` multiply-adds; memory: the fetched
-    rows plus ``block x R x D`` floats.
+    One query (a search's shortlist: distinct keys) is fetched and scored as it is, without
+    ``np.unique``; several are deduplicated first (one ``fetch`` of the unique candidates).
+    Cost: the ``fetch``, ``n x R x D`` multiply-adds (cosine: twice); memory: the fetched rows
+    plus ``block x R x D`` floats.
     """
+    n, R = cand.shape
+    kk = min(k, R)
+    one = _unique_row(cand) if n == 1 else None
+    if one is not None:
+        keys, cols = one
+        d = np.full((1, R), np.inf, dtype=np.float32)
+        if len(keys):
+            X = np.asarray(fetch(keys), dtype=np.float32)
+            d[0, cols] = exact_distances(Q[:1], X[None], metric)[0]
+        return _best(d, cand, kk, exclude, fallback)
     uniq, inv = np.unique(cand, return_inverse=True)
     inv = inv.reshape(cand.shape)
     valid = uniq >= 0
     vecs = np.zeros((len(uniq), Q.shape[1]), dtype=np.float32)
     if valid.any():
         vecs[valid] = fetch(uniq[valid])
-    n, R = cand.shape
-    kk = min(k, R)
     outD = np.empty((n, kk), dtype=np.float32)
     outI = np.empty((n, kk), dtype=np.int64)
     for s in range(0, n, block):
-        c, iv = cand[s:s + block], inv[s:s + block]
-        d = exact_distances(Q[s:s + block], vecs[iv], metric).astype(np.float32)
-        if fallback is not None:
-            fb = fallback[s:s + block]
-            use = ~np.isnan(fb)
-            d[use] = fb[use]
-        bad = c < 0
-        if exclude is not None:
-            bad |= c == exclude[s:s + block, None]
-        d[bad] = np.inf
-        order = np.argsort(d, axis=1, kind="stable")[:, :kk]
-        outD[s:s + block] = np.take_along_axis(d, order, 1)
-        outI[s:s + block] = np.take_along_axis(c, order, 1)
+        sl = slice(s, s + block)
+        d = exact_distances(Q[sl], vecs[inv[sl]], metric).astype(np.float32)
+        outD[sl], outI[sl] = _best(d, cand[sl], kk, None if exclude is None else exclude[sl],
+                                   None if fallback is None else fallback[sl])
     return outD, outI
+
+
+def _best(d: np.ndarray, cand: np.ndarray, k: int, exclude: np.ndarray | None,
+          fallback: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` smallest of ``d`` per row (ties in column order) and their keys, after the
+    ``fallback`` distances and with ``-1`` / ``exclude`` keys at infinity."""
+    if fallback is not None:
+        use = ~np.isnan(fallback)
+        d[use] = fallback[use]
+    bad = cand < 0
+    if exclude is not None:
+        bad |= cand == exclude[:, None]
+    d[bad] = np.inf
+    row = d[0] if d.shape[0] == 1 and d.shape[1] > 4 * k else None
+    v = row[np.argpartition(row, k - 1)[k - 1]] if row is not None else np.nan  # k-th smallest
+    if not np.isnan(v):  # one query: partition, then sort k
+        less = np.flatnonzero(row < v)
+        top = np.concatenate([less, np.flatnonzero(row == v)[:k - len(less)]])
+        order = top[np.lexsort((top, row[top]))][None]  # ties in column order, as argsort's
+    else:
+        order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, order, 1), np.take_along_axis(cand, order, 1)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -201,7 +235,9 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
     shortlist : candidates per query for ``rescore`` (default: from the code index's recall
         table, the cheapest (nprobe, shortlist) reaching rescored recall@10 0.95 within 0.003 of
         every list at that shortlist; without a table ``max(20 k, 200)``).
-    threads : FAISS threads (None: the cores that look idle, see :mod:`tldr_index.threads`).
+    threads : FAISS threads (None: the cores that look idle, see :mod:`tldr_index.threads`;
+        one for a single query searched through the code index: a call per query is served
+        by one core; pass ``threads`` to split its scan).
     nprobe : lists of the code index scored per query, in ``[1, nlist]`` (targets with an index).
     target_recall : the recall@10 (against exact search, measured at build on held-out rows,
         see :mod:`tldr_index.recall_table`) to reach: without ``rescore`` the smallest stored
@@ -253,9 +289,11 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
         probe, R = searcher.choose(nprobe, target_recall, exhaustive, k=k, rescore=rescore,
                                    shortlist=shortlist)
         R = min(R, n_rows)
-        with thread_limit(threads, owner="search"):
+        # one query through the index: one thread (a call per query is served by one core)
+        one = threads is None and len(Y) == 1 and probe is not None
+        with thread_limit(1 if one else threads, owner="search"):
             D, P = searcher.topk(Y, R, probe)
-        cand = ids_to_numpy(searcher.ids.take(pa.array(P.ravel()))).reshape(P.shape)
+        cand = None  # the ids of P, taken where needed (a rescore cache re-ranks positions)
         engine = "pq-codes" if probe is None else "code-index"
     else:
         if nprobe is not None or target_recall is not None:
@@ -291,12 +329,14 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
     if cache is not None:  # re-rank by row position from the local copy
         t0 = time.perf_counter()
         D, P = rerank(Q, P, cache.take, k, model.metric)
-        cand = ids_to_numpy(searcher.ids.take(pa.array(P.ravel()))).reshape(P.shape)
+        cand = searcher.ids_at(P)
         not_rescored = 0
         secs["rescore"] = time.perf_counter() - t0
     elif rescore:
         t0 = time.perf_counter()
-        src = open_source_of(tgt, source, **(source_options or {}))
+        if cand is None:
+            cand = searcher.ids_at(P)
+        src = _source(tgt, searcher, source, source_options)
         if src.dim != model.input_dim:
             raise InvalidInputError(
                 f"Source '{src.uri}' has {src.dim}-d vectors but the model of target "
@@ -318,9 +358,21 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
                 "compact collection only?) and keep their approximate code distance instead of "
                 "an exact one.", not_rescored, P.size, src.uri)
     else:
-        D, cand = D[:, :k], cand[:, :k]
+        D = D[:, :k]
+        cand = searcher.ids_at(P[:, :k]) if cand is None else cand[:, :k]
         not_rescored = 0
     return SearchResult(cand, D, rescore, R, engine, secs, not_rescored, probe)
+
+
+def _source(tgt, searcher: CodeSearcher | None, source: str | None,
+            source_options: dict | None):
+    """The source rescoring reads: opened once per searcher (per version of an open collection)
+    and options, else on every call."""
+    opts = source_options or {}
+    if searcher is None:
+        return open_source_of(tgt, source, **opts)
+    key = ("source", source, repr(sorted(opts.items(), key=lambda kv: kv[0])))
+    return searcher.cached(key, lambda: open_source_of(tgt, source, **opts))
 
 
 def info(target: str, **target_options: Any) -> dict:

@@ -89,6 +89,8 @@ class CodeSearcher:
         self.index = index
         self.index_error = index_error
         self._caches: dict[tuple[str, bool], Any] = {}
+        #: the ids as a zero-copy int64 view (integer ids without nulls), else None
+        self._ids_np = _int64_view(ids)
 
     def cached(self, key: Any, make: Any) -> Any:
         """``make()`` once per ``key`` for this searcher (e.g. an opened rescore cache checked
@@ -126,6 +128,28 @@ class CodeSearcher:
     @property
     def n_rows(self) -> int:
         return len(self.ids)
+
+    def ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """The ids (int64 or str numpy array, same shape) of row ``positions``. Cost: a gather
+        (int64 ids: numpy indexing of a zero-copy view; other ids: an Arrow take)."""
+        P = np.asarray(positions)
+        if self._ids_np is not None:
+            return self._ids_np[P]
+        return ids_to_numpy(self.ids.take(pa.array(P.ravel()))).reshape(P.shape)
+
+    def ram_bytes(self) -> int:
+        """Bytes this searcher holds in RAM: the collection's codes, the ids (Arrow buffers)
+        and the code index's lists and fixed arrays (:meth:`CodeIndex.bytes_per_vector` times
+        its rows). Not counted: a rescore cache (memory-mapped: page cache, not this
+        process's heap) and the model."""
+        ids = sum(b.size for b in self.ids.buffers() if b is not None)
+        index = self.index.bytes_per_vector() * self.index.n if self.index is not None else 0
+        return int(self.codes.nbytes + ids + round(index))
+
+    def bytes_per_vector(self) -> float:
+        """:meth:`ram_bytes` per row: what an open collection's searcher holds per vector
+        (e.g. 16 B of codes + 8 B of int64 ids + ~21 B of fast-scan lists with 12-byte codes)."""
+        return self.ram_bytes() / max(self.n_rows, 1)
 
     def choose_nprobe(self, nprobe: Any = None, target_recall: Any = None,
                       exhaustive: bool = False) -> int | None:
@@ -222,6 +246,12 @@ class CodeSearcher:
         all_ids = pa.concat_arrays([self.ids, ids.cast(self.ids.type)])
         return CodeSearcher(self.target, self.model, all_ids, np.concatenate([self.codes, codes]),
                             index, self.index_error)
+
+
+def _int64_view(ids: pa.Array) -> np.ndarray | None:
+    if ids.type != pa.int64() or ids.null_count:
+        return None
+    return ids.to_numpy(zero_copy_only=True)
 
 
 def build_target_index(target, model: CompactModel, *, seed: int = 0,
