@@ -12,4 +12,4 @@ demo: install
 	$(PY) -m tldr_index.cli demo
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist worksteal
