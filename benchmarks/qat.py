@@ -203,49 +203,48 @@ def main() -> None:
                      f"{info['val_recall_start']:.3f} -> {info['val_recall_best']:.3f}; "
                      f"QAT phase {info['seconds']:.0f} s"))
 
-    head = ("| method | bytes/vector | recall@10 raw (ADC) | recall@10 rescored@100 | fit s "
-            "| notes |")
-    lines = [head, "|---|---|---|---|---|---|"]
+    table, cmd = _table(rows)
+    _write(a.out, f"# Quantization-aware training vs map-then-PQ\n\n"
+           f"`{cmd}` ({dt.date.today()}, {machine()}; shared and loaded: timings are "
+           f"recorded, only recall is compared).\n\n"
+           + _corpus_line(corpus, db, q, "", t_knn) + f"\n\n{table}\n")
+
+
+def _table(rows: list[tuple]) -> tuple[str, str]:
+    """The results table of ``rows`` (printed) and the command line that made it."""
+    lines = ["| method | bytes/vector | recall@10 raw (ADC) | recall@10 rescored@100 | fit s "
+             "| notes |", "|---|---|---|---|---|---|"]
     for name, M, raw, resc, t, note in rows:
         lines.append(f"| {name} | {M} | {raw:.3f} | {resc:.3f} | {t:.0f} | {note} |")
     table = "\n".join(lines)
     print(table)
-    cmd = "python benchmarks/qat.py " + " ".join(sys.argv[1:])
-    text = (f"# Quantization-aware training vs map-then-PQ\n\n"
-            f"`{cmd.strip()}` ({dt.date.today()}, {machine()}; shared and loaded: timings are "
-            f"recorded, only recall is compared).\n\n"
-            f"Corpus: `{corpus.name}`, {len(db):,} database rows (also the training rows), "
+    return table, ("python benchmarks/qat.py " + " ".join(sys.argv[1:])).strip()
+
+
+def _corpus_line(corpus: Path, db: np.ndarray, q: np.ndarray, codec_note: str,
+                 t_knn: float) -> str:
+    return (f"Corpus: `{corpus.name}`, {len(db):,} database rows (also the training rows), "
             f"{len(q):,} queries (the first rows), recall@10 against the exact cosine top-10 of "
-            f"the originals. kNN graph (exact, k=3) built once in {t_knn:.0f} s and passed to "
-            f"every fit (not in the fit times).\n\n{table}\n")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text)
-    print(f"wrote {a.out}")
+            f"the originals.{codec_note} kNN graph (exact, k=3) built once in {t_knn:.0f} s and "
+            f"passed to every fit (not in the fit times).")
+
+
+def _write(out: Path, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
 
 
 def write_rq(a, corpus: Path, db: np.ndarray, q: np.ndarray, rows: list[tuple], t_knn: float,
              load: float) -> None:
-    head = ("| method | bytes/vector | recall@10 raw (ADC) | recall@10 rescored@100 | fit s "
-            "| notes |")
-    lines = [head, "|---|---|---|---|---|---|"]
-    for name, M, raw, resc, t, note in rows:
-        lines.append(f"| {name} | {M} | {raw:.3f} | {resc:.3f} | {t:.0f} | {note} |")
-    table = "\n".join(lines)
-    print(table)
-    cmd = "python benchmarks/qat.py " + " ".join(sys.argv[1:])
-    text = (f"## Quantization-aware training through RQ codes vs map-then-RQ vs RQ on the "
-            f"originals\n\n"
-            f"`{cmd.strip()}` ({dt.date.today()}, {machine()}; load average {load:.1f} at the "
-            f"start, {os.getloadavg()[0]:.1f} at the end; shared: timings are recorded, only "
-            f"recall is compared).\n\n"
-            f"Corpus: `{corpus.name}`, {len(db):,} database rows (also the training rows), "
-            f"{len(q):,} queries (the first rows), recall@10 against the exact cosine top-10 of "
-            f"the originals. RQ: the product's codec (beam 5), inner-product ADC on L2-normalised "
-            f"rows. kNN graph (exact, k=3) built once in {t_knn:.0f} s and passed to every fit "
-            f"(not in the fit times).\n\n{table}\n")
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text)
-    print(f"wrote {a.out}")
+    table, cmd = _table(rows)
+    _write(a.out, f"## Quantization-aware training through RQ codes vs map-then-RQ vs RQ on the "
+           f"originals\n\n"
+           f"`{cmd}` ({dt.date.today()}, {machine()}; load average {load:.1f} at the "
+           f"start, {os.getloadavg()[0]:.1f} at the end; shared: timings are recorded, only "
+           f"recall is compared).\n\n"
+           + _corpus_line(corpus, db, q, " RQ: the product's codec (beam 5), inner-product ADC "
+                          "on L2-normalised rows.", t_knn) + f"\n\n{table}\n")
 
 
 if __name__ == "__main__":

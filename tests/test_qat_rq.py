@@ -18,15 +18,8 @@ from tldr_index.errors import InvalidParameterError
 from tldr_index.qat import (codec_for, quantizer_for, rq_assign, rq_straight_through,
                             trained_codec)
 
+from test_qat import FIT, data  # noqa: F401  (the PQ QAT tests' fit settings and rows)
 from conftest import make_structured
-
-FIT = dict(n_neighbors=5, epochs=2, batch_size=64, random_state=0)
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[np.ndarray, np.ndarray]:
-    X = make_structured(1800, 32, latent=8, clusters=10, seed=3)
-    return X[:1400], X[1400:]      # training rows, rows no fit sees
 
 
 @pytest.fixture(scope="module")
