@@ -22,7 +22,7 @@ BOTTOM = {"version", "errors", "joblock", "validation", "artifact", "progress", 
           "faults", "tables"}
 ENGINE = {"vectors", "knn", "faiss_utils", "losses", "optim", "model", "trainer", "reducer", "base",
           "baselines", "pca", "qat", "quantizer", "codecs", "compact", "comparisons",
-          "store_codecs", "code_index", "recall_table", "fastscan_lists"}
+          "store_codecs", "code_index", "recall_table", "fastscan_lists", "linear"}
 CLI = {"cli", "__main__"}
 STORE_MODULES = {"connectors.lance_store", "connectors.parquet_store", "connectors.qdrant_store"}
 

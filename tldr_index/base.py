@@ -11,6 +11,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from .version import __version__
 from .artifact import load_model_file, save_model_file
 from .errors import InvalidInputError, ModelFormatError, NotFittedError
+from .linear import linear_map
 from .vectors import DEFAULT_CHUNK_ROWS, ArrayVectors, as_vectors
 
 METRICS = ("cosine", "ip", "l2")
@@ -53,10 +54,7 @@ class BaseReducer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         not depend on how many rows it is encoded with (float32 BLAS sums in a block-size
         dependent order), and it equals :meth:`CompactModel.encode` of the same map.
         Cost: O(n D d) float64 multiply-adds."""
-        W = np.asarray(self.components_, dtype=np.float64)
-        Y = np.asarray(block, dtype=np.float64) @ W.T
-        Y += np.asarray(self.bias_, dtype=np.float64)
-        return Y.astype(np.float32)
+        return linear_map(block, self.components_, self.bias_)
 
     # -- public API --------------------------------------------------------------------------
     def transform(self, X: Any, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:

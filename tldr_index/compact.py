@@ -25,6 +25,7 @@ import numpy as np
 from .artifact import model_from_bytes, model_to_bytes
 from .codecs import Codec, PQCodec, codec_from_state, codec_topk
 from .errors import InvalidInputError, ModelFormatError
+from .linear import linear_map
 from .quantizer import normalize_rows
 
 CODEC_PREFIX = "codec."
@@ -121,9 +122,7 @@ class CompactModel:
             bad = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
             raise InvalidInputError(
                 f"Queries must contain only finite values. Got NaN or inf in row {bad}.")
-        Y = X.astype(np.float64) @ self.weight.T.astype(np.float64)
-        Y += self.bias
-        return Y.astype(np.float32)
+        return linear_map(X, self.weight, self.bias)
 
     def prepare(self, Y: np.ndarray) -> np.ndarray:
         """Reduced vectors as searched: L2-normalised for cosine, unchanged otherwise."""

@@ -65,6 +65,7 @@ from .errors import InvalidParameterError
 from .codecs import Codec, codec_from_state, get_codec
 from .codecs.rq import beam_encode
 from .compact import prepare_rows
+from .linear import linear_map
 from .losses import cross_similarity, ranking_loss
 from .optim import lr_factor
 from .quantizer import ProductQuantizer
@@ -206,7 +207,7 @@ class QuantizedValidator:
         """The product's path: the map as :meth:`~tldr_index.base.BaseReducer.transform` computes
         it (float64 accumulation), :func:`~tldr_index.compact.prepare_rows`, then ``codec``'s
         encode and decode. Keeps the codes in :attr:`last_codes`."""
-        u = prepare_rows(_reduce(self.v.db, weight, bias), self.metric)
+        u = prepare_rows(linear_map(self.v.db, weight, bias), self.metric)
         self.last_codes = codec.encode(u)
         return self._recall(torch.from_numpy(u), torch.from_numpy(codec.decode(self.last_codes)))
 
@@ -238,12 +239,6 @@ def _kmeans_codebook(linear: nn.Linear, vectors: Vectors, rows: np.ndarray, M: i
     Z = vectors.take(rows) @ w.T + b
     pq = ProductQuantizer(M, metric=metric, random_state=seed % (2**31 - 1)).fit(Z)
     return np.asarray(pq.centroids_, dtype=np.float32)
-
-
-def _reduce(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``X @ W.T + b`` accumulated in float64, rounded to float32 (as the product's transform)."""
-    Y = np.asarray(X, dtype=np.float64) @ np.asarray(W, dtype=np.float64).T
-    return (Y + np.asarray(b, dtype=np.float64)).astype(np.float32)
 
 
 def _digest(qval: QuantizedValidator | None) -> str | None:
@@ -318,7 +313,7 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
         start, R = "identity", np.eye(d, dtype=np.float32)
         lin = _linear(components, bias, device)
         rq0 = get_codec("rq", d, bytes=M).fit(
-            prepare_rows(_reduce(vectors.take(km_rows), components, bias), metric),
+            prepare_rows(linear_map(vectors.take(km_rows), components, bias), metric),
             seed % (2**31 - 1))
         score = qval.score_codec(components, bias, rq0) if qval is not None else None
         digest = _digest(qval)
