@@ -411,7 +411,7 @@ class CompactCollection:
         loaded = read_codes(tgt, lay.id_column, lay.codes_column)
         n0 = old.n_rows
         if loaded is None or len(loaded[0]) != n0 + len(ids) \
-                or not np.array_equal(loaded[1][:n0], old.codes) \
+                or not old.index.matches(loaded[1][:n0]) \
                 or not np.array_equal(loaded[1][n0:], codes) \
                 or not loaded[0].slice(n0).equals(ids.cast(loaded[0].type)):
             log.info("add: the rows of '%s' moved; the code index is dropped (every code is "
