@@ -271,7 +271,7 @@ def test_both_module_entry_points_list_every_command(module, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     listed = re.findall(r"^  ([\w-]+)\s", out.stdout.split("Commands:")[1], flags=re.M)
-    assert listed == ["demo", "eval", "info", "reindex", "rescore-cache", "rollback", "search",
+    assert listed == ["calibrate", "demo", "eval", "info", "reindex", "rescore-cache", "rollback", "search",
                       "shrink", "sweep"]
 
 
