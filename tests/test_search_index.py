@@ -427,16 +427,17 @@ def test_searcher_ram_counts_what_it_holds(indexed):
         np.testing.assert_array_equal(s.codes, codes)
         assert s.ram_bytes() == round(s.index.bytes_per_vector() * N) + codes.nbytes
         after = [c.search(Q, k=10), c.search(Q, k=10, rescore=True)]
-        held = CodeSearcher(t, CompactModel.of_target(t), ids, codes, None)  # codes in RAM
-        ref = search(tgt, Q, k=10, exhaustive=True, searcher=held)
-    for b, a in zip(before, after):
-        np.testing.assert_array_equal(b.ids, a.ids)
-        np.testing.assert_array_equal(b.distances, a.distances)
-    np.testing.assert_array_equal(ex.ids, ref.ids)
-    np.testing.assert_array_equal(ex.distances, ref.distances)
-    np.testing.assert_array_equal(before[0].ids, ids.to_numpy()[
-        CodeSearcher.open(t, CompactModel.of_target(t)).topk(
-            CompactModel.of_target(t).encode(Q), 10, before[0].nprobe)[1]])
+    # as before this change: a searcher holding the codes and Arrow ids beside the index
+    held = CodeSearcher.open(t, CompactModel.of_target(t), keep_codes=True)
+    assert held.codes_loaded
+    ref = [search(tgt, Q, k=10, searcher=held), search(tgt, Q, k=10, rescore=True, searcher=held),
+           search(tgt, Q, k=10, exhaustive=True, searcher=held)]
+    for b, a, r in zip(before + [ex], after + [ex], ref):
+        for got in (b, a):
+            np.testing.assert_array_equal(got.ids, r.ids)
+            np.testing.assert_array_equal(got.distances, r.distances)
+    D, P = held.topk(held.model.encode(Q), 10, before[0].nprobe)
+    np.testing.assert_array_equal(before[0].ids, ids.to_numpy()[P])
 
 
 def test_codes_changed_under_an_open_searcher(indexed):

@@ -1,6 +1,7 @@
-"""What :func:`tldr_index.search.search` holds in memory for a target with codes: its ids, its
-codes and, where the target stores one (Lance, Parquet targets of at least ``index_min_rows``
-rows, see :mod:`tldr_index.code_index`), the code index over them.
+"""What :func:`tldr_index.search.search` holds in memory for a target with codes: the code index
+where the target stores one (Lance, Parquet targets of at least ``index_min_rows`` rows, see
+:mod:`tldr_index.code_index`), else the codes (an indexed target's codes are read again only for
+an exhaustive scan), and the ids (:class:`~tldr_index.row_ids.RowIds`: memory-mapped int ids).
 
 :class:`CodeSearcher` is built once per opened collection (:func:`tldr_index.open` keeps one and
 reuses it until the target changes) and is safe from many threads: :meth:`CodeSearcher.topk`
@@ -88,10 +89,12 @@ class CodeSearcher:
 
     def __init__(self, target, model: CompactModel, ids: pa.Array | RowIds,
                  codes: np.ndarray | None, index: CodeIndex | None,
-                 index_error: ModelFormatError | None = None, *, load_codes: Any = None):
+                 index_error: ModelFormatError | None = None, *, load_codes: Any = None,
+                 keep_codes: bool = False):
         """``codes``: the ``(len(ids), model.code_bytes)`` codes, or None with an index (read
         by ``load_codes()`` when needed; default: from ``target``, checked against the index's
-        hash)."""
+        hash; ``keep_codes``: hold the codes given even with an index, e.g. for a one-off
+        exhaustive search)."""
         self.target, self.model = target, model
         self.row_ids = ids if isinstance(ids, RowIds) else RowIds.of(ids)
         self.index = index
@@ -101,7 +104,8 @@ class CodeSearcher:
         self._load_codes = load_codes or self._read_codes
         self._n_codes, self._code_size = len(self.row_ids), model.code_bytes
         #: the codes, or None while dropped (an index serves the searches)
-        self._codes: np.ndarray | None = None if index is not None else codes
+        self._codes: np.ndarray | None = None if index is not None and not keep_codes \
+            else codes
 
     @property
     def codes(self) -> np.ndarray:
@@ -148,9 +152,10 @@ class CodeSearcher:
         return self._caches[key]
 
     @classmethod
-    def open(cls, target, model: CompactModel, *,
-             index_fallback: bool = False) -> "CodeSearcher | None":
-        """The searcher of ``target`` (None when it has no readable codes: Qdrant)."""
+    def open(cls, target, model: CompactModel, *, index_fallback: bool = False,
+             keep_codes: bool = False) -> "CodeSearcher | None":
+        """The searcher of ``target`` (None when it has no readable codes: Qdrant);
+        ``keep_codes``: see :meth:`__init__`."""
         index_fallback = check_bool(index_fallback, "index_fallback", owner="search")
         lay = target.layout
         if not (lay.codes_column and model.code_bytes):
@@ -171,7 +176,7 @@ class CodeSearcher:
                     err = exc
                 else:
                     log.warning("%s Searching every code instead (index_fallback).", exc)
-        return cls(target, model, ids, codes, index, err)
+        return cls(target, model, ids, codes, index, err, keep_codes=keep_codes)
 
     @property
     def n_rows(self) -> int:
