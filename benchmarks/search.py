@@ -442,7 +442,13 @@ def calibrated(args, c, Q, truth, rows: list, cache: str, source: str | None,
     """``c.calibrate`` on the first half of the queries (truth from the source: exact float32,
     else the cache), then ``target_recall`` picks measured on the other half, against the
     stored (held-out rows) table's picks on the same half."""
+    from tldr_index.calibrate import MIN_QUERIES
+
     half = len(Q) // 2
+    if half < MIN_QUERIES:
+        print(f"calibrated rows skipped: {half} queries per half, calibrate needs "
+              f"{MIN_QUERIES}", flush=True)
+        return
     Qa, Qb, Tb = Q[:half], Q[half:], truth[half:]
     before = {}
     for R in args.targets:
