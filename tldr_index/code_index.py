@@ -505,8 +505,7 @@ class CodeIndex:
         return t.smallest_nprobe(col, target_recall, o, against)
 
     def matches(self, codes: np.ndarray) -> bool:
-        """Whether ``codes`` are the code array this index indexes (its rows and the SHA-256 of
-        their bytes). Cost: one hash of the codes (~1 GB/s)."""
+        """Whether ``codes`` are the code array indexed (rows, SHA-256; ~1 GB/s)."""
         codes = np.asarray(codes)
         return len(codes) == self.n and raw_digest(codes).hexdigest() == self._hash.hexdigest()
 

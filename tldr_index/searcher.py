@@ -78,8 +78,8 @@ class CodeSearcher:
     What stays in RAM: with a code index that serves the searches, the index alone; the
     collection's codes are read once at open (the index is checked against their SHA-256),
     then dropped, and read again from the target (checked against the same hash) only when a
-    search needs them (``exhaustive=True``, or a query whose probed lists hold fewer than ``k``
-    rows): :attr:`codes_loaded` says whether they are held. Without an index the codes are what
+    search needs them (``exhaustive=True``, or a query whose probed lists hold fewer rows than
+    the candidates asked: ``k``, or the shortlist with rescore): :attr:`codes_loaded` says whether they are held. Without an index the codes are what
     is searched and stay. The ids are a :class:`~tldr_index.row_ids.RowIds` (consecutive
     integer ids: none held; other int64 ids: a memory-mapped temporary file; string ids: RAM).
 
