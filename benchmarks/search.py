@@ -397,7 +397,8 @@ def run_product(args, Q, truth, rows: list, product: dict, source: str | None) -
             np.asarray(arr[a:a + 65_536]).max()
     ways = ([("rescore cache", {"rescore_cache": cache})] if cache else []) + (
         [("source", {})] if source else [])
-    extra = {"product_searcher_ram_b_per_vector": bpv}
+    extra = {"product_searcher_ram_b_per_vector": bpv,
+             "product_searcher_resident_bytes": s.resident(), "product_ids": s.row_ids.kind}
     for name, kw in settings:
         # raw: the nprobe of the rescored pick (target_recall of a raw search is raw recall)
         rkw = {"nprobe": c.search(Q[:1], k=K, rescore=True, **kw).nprobe}
@@ -427,8 +428,69 @@ def run_product(args, Q, truth, rows: list, product: dict, source: str | None) -
                              "bytes_per_vector": bpv,
                              "cpu_qps_rescored": CPU_QPS.pop(fn, None) if th == 1 else None})
                 print(rows[-1], flush=True)
+    if cache and args.calibrate:
+        calibrated(args, c, Q, truth, rows, cache, source, extra)
+    s = c._searcher()
+    extra["product_searcher_ram_b_per_vector_end"] = s.bytes_per_vector()
+    extra["product_codes_loaded_end"] = s.codes_loaded
     c.close()
     return extra
+
+
+def calibrated(args, c, Q, truth, rows: list, cache: str, source: str | None,
+               extra: dict) -> None:
+    """``c.calibrate`` on the first half of the queries (truth from the source: exact float32,
+    else the cache), then ``target_recall`` picks measured on the other half, against the
+    stored (held-out rows) table's picks on the same half."""
+    from tldr_index.calibrate import MIN_QUERIES
+
+    half = len(Q) // 2
+    if half < MIN_QUERIES:
+        print(f"calibrated rows skipped: {half} queries per half, calibrate needs "
+              f"{MIN_QUERIES}", flush=True)
+        return
+    Qa, Qb, Tb = Q[:half], Q[half:], truth[half:]
+    before = {}
+    for R in args.targets:
+        try:
+            got = c.search(Qb, k=K, rescore=True, target_recall=R, rescore_cache=cache)
+            before[R] = (got.nprobe, got.shortlist, recall(got.ids, Tb))
+        except Exception as exc:  # noqa: BLE001 - beyond the table
+            before[R] = str(exc)
+    t0 = time.perf_counter()
+    table = c.calibrate(Qa, k=K, **({} if source else {"rescore_cache": cache}))
+    extra["calibrate_s"] = time.perf_counter() - t0
+    extra["recall_table_calibrated"] = table.to_json()
+    extra["calibrate_truth"] = "source (float32)" if source else "rescore cache (float16)"
+    bpv = c._searcher().bytes_per_vector()
+    for R in args.targets:
+        try:
+            res = c.search(Qb, k=K, rescore=True, target_recall=R, rescore_cache=cache)
+        except Exception as exc:  # noqa: BLE001 - beyond the calibrated table: say so
+            print(f"calibrated target {R}: {exc}", flush=True)
+            continue
+        rec = recall(res.ids, Tb)
+        raw = c.search(Qb, k=K, nprobe=res.nprobe)
+        rec_raw = recall(raw.ids, Tb)
+        b = before[R]
+        extra[f"uncalibrated_target_recall_{R}_on_second_half"] = (
+            b if isinstance(b, str) else f"nprobe {b[0]}, shortlist {b[1]}: {b[2]:.3f}")
+        for th in args.threads:
+            def fn(q):
+                return c.search(q, k=K, rescore=True, target_recall=R, rescore_cache=cache)
+
+            r = qps(fn, Qb, th, args.budget)
+            rq = qps(lambda q: c.search(q, k=K, nprobe=res.nprobe), Qb, th, args.budget)
+            rows.append({"method": "product: tldr_index.open(target).search(q, k=10, "
+                                   "rescore=True), rescored from the rescore cache",
+                         "setting": f"target_recall={R} calibrated on queries 1-{half} "
+                                    f"(c.calibrate), measured on {half + 1}-{len(Q)}: nprobe "
+                                    f"{res.nprobe}, shortlist {res.shortlist}",
+                         "shortlist": res.shortlist, "threads": th, "recall_raw": rec_raw,
+                         "recall_rescored": rec, "qps_raw": rq, "qps_rescored": r,
+                         "bytes_per_vector": bpv,
+                         "cpu_qps_rescored": CPU_QPS.pop(fn, None) if th == 1 else None})
+            print(rows[-1], flush=True)
 
 
 def write_table(X: np.ndarray, db: str):
@@ -555,19 +617,28 @@ def render(rows: list, extra: dict, args, n: int, nq: int) -> str:
                      f"| {r['bytes_per_vector']:.1f} |")
     lines += ["", "Other figures: " + ", ".join(
         f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-        for k, v in extra.items() if k != "recall_table"), ""]
+        for k, v in extra.items() if not k.startswith("recall_table")), ""]
     t = extra.get("recall_table")
     if t and t.get("rescored"):
-        lines += [f"Recall table stored in the code index at build ({t['queries']} held-out "
-                  f"database rows as queries, self excluded, recall@10 against their exact "
-                  f"top 10 in the {t['truth']} space; rescored = |top S ∩ true top 10| / 10):",
-                  "", "| nprobe | vs exhaustive code scan | raw | " + " | ".join(
-                      f"rescored S={x}" for x in t["shortlist"]) + " |",
-                  "|---" * (3 + len(t["shortlist"])) + "|"]
-        lines += [f"| {p} | {a} | {r} | " + " | ".join(str(v) for v in row) + " |"
-                  for p, a, r, row in zip(t["nprobe"], t["vs_exhaustive"], t["raw"],
-                                          t["rescored"])]
+        lines += table_lines(f"Recall table stored in the code index at build ({t['queries']} "
+                             f"held-out database rows as queries, self excluded, recall@10 "
+                             f"against their exact top 10 in the {t['truth']} space; rescored = "
+                             f"|top S ∩ true top 10| / 10):", t)
+    t = extra.get("recall_table_calibrated")
+    if t:
+        lines += table_lines(f"Recall table after `c.calibrate(queries[:{t['queries']}])` "
+                             f"({t['queries']} of the held-out corpus queries, truth: "
+                             f"{extra.get('calibrate_truth')}; the same layout):", t)
     return "\n".join(lines) + "\n"
+
+
+def table_lines(title: str, t: dict) -> list[str]:
+    """A stored recall table (``RecallTable.to_json()``) as markdown lines under ``title``."""
+    lines = [title, "", "| nprobe | vs exhaustive code scan | raw | " + " | ".join(
+        f"rescored S={x}" for x in t["shortlist"]) + " |", "|---" * (3 + len(t["shortlist"])) + "|"]
+    lines += [f"| {p} | {a} | {r} | " + " | ".join(str(v) for v in row) + " |"
+              for p, a, r, row in zip(t["nprobe"], t["vs_exhaustive"], t["raw"], t["rescored"])]
+    return lines + [""]
 
 
 def plot(rows: list, path: Path) -> None:
@@ -620,6 +691,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lancedb", default="ivf_pq,ivf_rq", help="LanceDB indexes ('' for none)")
     ap.add_argument("--rabitq-nlist", type=int, default=1024)
     ap.add_argument("--no-rabitq", action="store_true")
+    ap.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                    help="skip the calibrated target_recall rows of the product")
     ap.add_argument("--no-product", dest="product", action="store_false",
                     help="skip the product rows (tldr_index.open(target).search)")
     ap.add_argument("--threads", default="1,2")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py")
                  if not p.stem.startswith("_"))
 NO_CORPUS = {"gpu_trainer": "generated", "render_quality": "reads a results file",
-             "qdrant_edge_write": "generated"}
+             "qdrant_edge_write": "generated", "lance_take": "generated"}
 
 # name -> (arguments of a tiny run, file it must write); {tmp} is the test's tmp dir
 SMOKE = {
@@ -49,6 +49,8 @@ SMOKE = {
     "search": ("--rows 3000 --queries 20 --map pca --sample 1000 --nprobes 1,4 --lance-nprobes 2 "
                "--lance-eval 20 --rabitq-nlist 16 --budget 0.2 --out {tmp}/search.md", "search.md"),
     "reindex": ("--rows 2000 --out {tmp}/reindex.md", "reindex.md"),
+    "lance_take": ("--rows 2000 --sets 4 --work {tmp} --out {tmp}/lance_take.md",
+                   "lance_take.md"),
     "scale": ("--encode-rows 2000 --shrink-rows 2000 --sample 1000 --shard-rows 1000 "
               "--fragment-rows 1000 --ray-workers 2 --work {tmp}/work --out {tmp}/scale.md",
               "scale.md"),

@@ -271,8 +271,8 @@ def test_both_module_entry_points_list_every_command(module, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     listed = re.findall(r"^  ([\w-]+)\s", out.stdout.split("Commands:")[1], flags=re.M)
-    assert listed == ["demo", "eval", "info", "reindex", "rescore-cache", "rollback", "search",
-                      "shrink", "sweep"]
+    assert listed == ["calibrate", "demo", "eval", "info", "reindex", "rescore-cache", "rollback",
+                      "search", "shrink", "sweep"]
 
 
 def _low_rank_lancedb(path, n: int = 600, dim: int = 40, rank: int = 6) -> np.ndarray:

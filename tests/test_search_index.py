@@ -26,7 +26,7 @@ from tldr_index.pipeline import shrink
 from tldr_index.recall_table import ROW_COST
 from tldr_index.reindex import reindex
 from tldr_index.search import search
-from tldr_index.searcher import read_codes
+from tldr_index.searcher import CodeSearcher, read_codes
 
 FAST = dict(epochs=1, threads=1, eval_queries=0, dim=8, pq_bytes=4)
 N = 1000
@@ -402,15 +402,55 @@ def test_rescored_search_takes_nprobe_and_shortlist_from_the_table(indexed):
             c.search(Q, k=10, rescore=True, target_recall=0.95)
 
 
-def test_searcher_ram_counts_codes_ids_and_index(indexed):
-    """What an open collection's searcher holds per row: the collection's codes, the id buffers
-    and the index (lists + fixed arrays), not the index alone."""
-    _, tgt, _ = indexed
+def test_searcher_ram_counts_what_it_holds(indexed):
+    """An open collection's searcher over an indexed target holds the index only: the codes are
+    dropped after the index is checked against them, and read again (held from then on) only for
+    an exhaustive scan; int ids are memory-mapped (or, consecutive, not held at all). Results are the same before and
+    after the codes are read, and the same as those of a searcher that held them."""
+    _, tgt, X = indexed
+    Q = X[N:N + 20]
+    t = open_target(tgt)
+    ids, codes = read_codes(t, t.layout.id_column, t.layout.codes_column)
     with tldr_index.open(tgt) as c:
         s = c._searcher()
-        ids = sum(b.size for b in s.ids.buffers() if b is not None)
-        assert ids >= 8 * N and s.codes.shape == (N, 4)
-        want = s.codes.nbytes + ids + s.index.bytes_per_vector() * s.index.n
-        assert s.ram_bytes() == pytest.approx(want, abs=1)
-        assert s.bytes_per_vector() == pytest.approx(want / N)
-        assert s.bytes_per_vector() > s.index.bytes_per_vector() + 4 + 8 - 1e-9
+        # shrink writes the rows in its own order: int ids that are not consecutive, mapped
+        assert not s.codes_loaded and s.row_ids.kind in ("range", "mapped")
+        mapped = 8 * N if s.row_ids.kind == "mapped" else 0
+        assert s.resident() == {"index": round(s.index.bytes_per_vector() * N), "codes": 0,
+                                "ids": 0, "ids_mapped": mapped}
+        assert s.ram_bytes() == round(s.index.bytes_per_vector() * N)
+        assert s.bytes_per_vector() == pytest.approx(s.ram_bytes() / N)
+        before = [c.search(Q, k=10), c.search(Q, k=10, rescore=True)]
+        assert not s.codes_loaded
+        ex = c.search(Q, k=10, exhaustive=True)
+        assert s.codes_loaded and s.codes.shape == (N, 4)
+        np.testing.assert_array_equal(s.codes, codes)
+        assert s.ram_bytes() == round(s.index.bytes_per_vector() * N) + codes.nbytes
+        after = [c.search(Q, k=10), c.search(Q, k=10, rescore=True)]
+    # as before this change: a searcher holding the codes and Arrow ids beside the index
+    held = CodeSearcher.open(t, CompactModel.of_target(t), keep_codes=True)
+    assert held.codes_loaded
+    ref = [search(tgt, Q, k=10, searcher=held), search(tgt, Q, k=10, rescore=True, searcher=held),
+           search(tgt, Q, k=10, exhaustive=True, searcher=held)]
+    for b, a, r in zip(before + [ex], after + [ex], ref):
+        for got in (b, a):
+            np.testing.assert_array_equal(got.ids, r.ids)
+            np.testing.assert_array_equal(got.distances, r.distances)
+    D, P = held.topk(held.model.encode(Q), 10, before[0].nprobe)
+    np.testing.assert_array_equal(before[0].ids, ids.to_numpy()[P])
+
+
+def test_codes_changed_under_an_open_searcher(indexed):
+    """Codes read again for an exhaustive scan that no longer match the index: one clear
+    error (never a search of other rows)."""
+    _, tgt, X = indexed
+    t = open_target(tgt)
+    s = CodeSearcher.open(t, CompactModel.of_target(t))
+    s.index = s.index.copy()
+    s.index.add(np.zeros((1, 4), np.uint8), np.ones((1, 8), np.float32))  # hash moves on
+    s._n_codes += 1
+    with pytest.raises(ModelFormatError, match=re.escape(
+            f"The codes of target '{t.uri}' changed while it was open (read again for an "
+            f"exhaustive scan, they no longer match its code index); "
+            f"tldr_index.open('{t.uri}') again.")):
+        s.codes

@@ -25,8 +25,9 @@ fast-scan layout. Every other codec (rq, rabitq, sign, sq8, sq4) scores the prob
 :meth:`~tldr_index.codecs.Codec.scores` (decoding, block by block).
 
 Memory per vector (:meth:`CodeIndex.bytes_per_vector`, the index alone; fast-scan lists: see
-there; the searcher of an open collection holds the collection's codes and ids besides, see
-:meth:`tldr_index.searcher.CodeSearcher.bytes_per_vector`) of lists over the codes: ``code_size`` bytes of code plus the row
+there; the searcher of an open collection holds the index only, the collection's codes only after
+an exhaustive scan, see :meth:`tldr_index.searcher.CodeSearcher.bytes_per_vector`) of lists over
+the codes: ``code_size`` bytes of code plus the row
 position: 8 bytes for PQ/OPQ (FAISS inverted lists hold int64 ids), 4 (int32, N < 2^31) for the
 other codecs, plus 4 bytes (float32 norm of the decoded row) for non-PQ codecs under l2; the
 centroids add ``nlist x d x 4`` bytes in all. The list of each row is not kept in RAM (rebuilt
@@ -503,10 +504,15 @@ class CodeIndex:
                 f"{' or exact_recall=False' if against == 'exact' else ''}). Pass nprobe instead.")
         return t.smallest_nprobe(col, target_recall, o, against)
 
+    def matches(self, codes: np.ndarray) -> bool:
+        """Whether ``codes`` are the code array indexed (rows, SHA-256; ~1 GB/s)."""
+        codes = np.asarray(codes)
+        return len(codes) == self.n and raw_digest(codes).hexdigest() == self._hash.hexdigest()
+
     # -- memory --------------------------------------------------------------------------------
     def bytes_per_vector(self) -> float:
-        """RAM of the index alone per indexed row (an open collection's searcher also holds the
-        collection's codes and ids: :meth:`tldr_index.searcher.CodeSearcher.bytes_per_vector`).
+        """RAM of the index alone per indexed row (what an open collection's searcher holds
+        besides: :meth:`tldr_index.searcher.CodeSearcher.resident`).
         The lists: code bytes + the row position (PQ/OPQ: 8, FAISS's
         int64 ids; other codecs: 4, int32 while N < 2^31) [+ 4 (float32 norm, l2, non-PQ)],
         plus the centroids (``nlist x d x 4``) spread over the rows. Fast-scan lists: their

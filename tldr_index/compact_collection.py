@@ -53,162 +53,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .batch_encoder import BatchEncoder, check_matrix  # noqa: F401 (re-exported)
 from .compact import CompactModel
 from .errors import InvalidInputError
 
 log = logging.getLogger(__name__)
-
-
-def _as_matrix(vectors: Any, column: str, what: str) -> np.ndarray:
-    """numpy (n, D) from numpy, lists, Arrow list / fixed-size-list arrays, batches or tables."""
-    from connectors.arrow_utils import vectors_to_numpy
-
-    if isinstance(vectors, (pa.RecordBatch, pa.Table)):
-        if column not in vectors.schema.names:
-            raise InvalidInputError(
-                f"The '{what}' batch must have a vector column '{column}'. Got columns: "
-                f"{', '.join(vectors.schema.names)}.")
-        vectors = vectors.column(column)
-    if isinstance(vectors, (pa.Array, pa.ChunkedArray)):
-        return vectors_to_numpy(vectors, column=column, source=what)
-    X = np.asarray(vectors)
-    if X.dtype == object or X.dtype.kind not in "fiu":
-        raise InvalidInputError(
-            f"The '{what}' parameter must be a float array of shape (n, D). Got dtype {X.dtype}.")
-    return X
-
-
-def check_matrix(vectors: Any, column: str, dim: int, target_uri: str, what: str) -> np.ndarray:
-    """``vectors`` as a C-contiguous float32 ``(n, dim)`` matrix (one row for a 1-d input), or one
-    :class:`InvalidInputError` naming ``what`` (wrong dimension, NaN / inf)."""
-    X = _as_matrix(vectors, column, what)
-    if X.ndim == 1:
-        X = X.reshape(1, -1)
-    if X.ndim != 2 or X.shape[1] != dim:
-        raise InvalidInputError(
-            f"The '{what}' parameter must have shape (n, {dim}) (the dimension of the source "
-            f"vectors of target '{target_uri}'). Got {X.shape} instead.")
-    if not np.isfinite(X).all():
-        bad = int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
-        raise InvalidInputError(
-            f"The '{what}' parameter must contain only finite values. Got NaN or inf in row "
-            f"{bad}.")
-    return np.ascontiguousarray(X, dtype=np.float32)
-
-
-#: models loaded by :class:`BatchEncoder` in this process, by sha256 of their bytes (a Ray worker
-#: that runs many tasks with the same encoder parses the model once)
-_LOADED: dict[str, tuple[CompactModel, Any]] = {}
-_LOADED_MAX = 4
-_LOADED_LOCK = threading.Lock()
-
-
-class BatchEncoder:
-    """``encoder(batch)``: ``batch`` plus ``<vector>_reduced`` (float32) and, when the target
-    stores PQ codes, ``pq_codes`` (uint8) columns.
-
-    A drop-in function for ``ray.data.Dataset.map_batches(encoder, batch_format="pyarrow")``
-    (or ``"numpy"``) and any batch loop. It pickles to the model bytes (safetensors, never a
-    pickled model) plus three strings, and parses the model once per process (cached by its
-    sha256). A ``pa.Table`` gives a ``pa.Table``, a ``pa.RecordBatch`` a ``pa.RecordBatch``, a
-    dict of columns (Ray's numpy format: the vector column a 2-d array) a dict of numpy arrays.
-    Thread-safe. Cost per batch of n rows: O(n D d) for the map plus O(n 256 d) for the codes.
-    """
-
-    def __init__(self, model_bytes: bytes, *, vector_column: str, codes_column: str | None,
-                 target_uri: str, model: CompactModel | None = None):
-        """``model``: the parsed ``model_bytes`` when the caller has it (saves one parse here)."""
-        import hashlib
-
-        self.model_bytes = bytes(model_bytes)
-        self.sha256 = hashlib.sha256(self.model_bytes).hexdigest()
-        self.vector_column = vector_column
-        self.codes_column = codes_column or "pq_codes"
-        self.target_uri = target_uri
-        self._model: tuple[CompactModel, Any] | None = None
-        if model is not None:
-            self._model = (model, model.codec)
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_model"] = None  # parsed again (once per process) where it is unpickled
-        return state
-
-    def __repr__(self) -> str:
-        return f"BatchEncoder({self.target_uri!r}, model sha256 {self.sha256[:12]})"
-
-    def _loaded(self) -> tuple[CompactModel, Any]:
-        if self._model is None:
-            with _LOADED_LOCK:
-                got = _LOADED.get(self.sha256)
-                if got is None:
-                    model = CompactModel.from_bytes(self.model_bytes,
-                                                    f"target '{self.target_uri}'")
-                    got = (model, model.codec)
-                    while len(_LOADED) >= _LOADED_MAX:
-                        _LOADED.pop(next(iter(_LOADED)))
-                    _LOADED[self.sha256] = got
-            self._model = got
-        return self._model
-
-    @property
-    def model(self) -> CompactModel:
-        return self._loaded()[0]
-
-    def encode_matrix(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(reduced (n, d) float32, codes (n, code_bytes) uint8)`` of a matrix already checked by
-        :func:`check_matrix`."""
-        model, pq = self._loaded()
-        Y = model.encode(X, finite_checked=True)
-        codes = model.encode_codes(Y) if pq is not None else np.empty((len(X), 0), np.uint8)
-        return Y.astype(np.float32, copy=False), codes
-
-    def encode(self, vectors: Any, what: str = "vectors") -> tuple[np.ndarray, np.ndarray]:
-        """Check ``vectors`` (see :meth:`CompactCollection.encode`) and encode them."""
-        X = check_matrix(vectors, self.vector_column, self.model.input_dim, self.target_uri,
-                         what)
-        return self.encode_matrix(X)
-
-    def __call__(self, batch: pa.RecordBatch | pa.Table | dict) -> Any:
-        from connectors.arrow_utils import numpy_to_fsl
-
-        reduced = f"{self.vector_column}_reduced"
-        if isinstance(batch, dict):
-            if self.vector_column not in batch:
-                raise InvalidInputError(
-                    f"The 'batch' of encode_batch must have a vector column "
-                    f"'{self.vector_column}'. Got columns: {', '.join(map(str, batch))}.")
-            col = batch[self.vector_column]
-            if isinstance(col, np.ndarray) and col.dtype == object:
-                col = np.stack(col) if len(col) else np.empty((0, self.model.input_dim))
-            Y, codes = self.encode(col, "batch")
-            out = dict(batch)
-            out[reduced] = Y
-            if codes.shape[1]:
-                out[self.codes_column] = codes
-            return out
-        if not isinstance(batch, (pa.RecordBatch, pa.Table)):
-            raise InvalidInputError(
-                f"The 'batch' of encode_batch must be a pyarrow Table / RecordBatch or a dict of "
-                f"columns. Got {type(batch).__name__}.")
-        if batch.num_rows == 0:
-            Y = np.empty((0, self.model.output_dim), np.float32)
-            codes = np.empty((0, self.model.code_bytes), np.uint8)
-        else:
-            Y, codes = self.encode(batch, "batch")
-        cols = [numpy_to_fsl(Y)]
-        names = [reduced]
-        if codes.shape[1]:
-            cols.append(pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1)),
-                                                          codes.shape[1]))
-            names.append(self.codes_column)
-        if isinstance(batch, pa.Table):
-            out = batch
-            for name, col in zip(names, cols):
-                out = out.append_column(name, pa.chunked_array([col], type=col.type))
-            return out
-        return pa.RecordBatch.from_arrays(list(batch.columns) + cols,
-                                          names=batch.schema.names + names)
 
 
 class CompactCollection:
@@ -216,9 +65,17 @@ class CompactCollection:
     :func:`tldr_index.open`."""
 
     def __init__(self, uri: str, *, read_consistency_interval: _dt.timedelta | None = None,
-                 **target_options: Any):
+                 rescore_cache: str | os.PathLike | None = None,
+                 rescore_cache_fallback: bool = False, **target_options: Any):
+        from .rescore_cache import check_files
+        from .validation import check_bool
+
         self.uri = str(uri)
         self._target_options = target_options
+        #: the rescore cache every rescored search uses unless it passes its own (see open)
+        self.rescore_cache = None if rescore_cache is None else check_files(rescore_cache)
+        self._rescore_cache_fallback = check_bool(rescore_cache_fallback,
+                                                  "rescore_cache_fallback", owner="open")
         #: seconds between checks of the live version by search (None: never, see the module
         #: docstring)
         self._check_every = check_consistency_interval(read_consistency_interval)
@@ -346,7 +203,8 @@ class CompactCollection:
         """:func:`tldr_index.search.search` on this collection (queries in the original space;
         numpy or Arrow; ``nprobe``, ``target_recall``, ``exhaustive``, ``index_fallback`` and, in
         ``options``, ``shortlist``, ``rescore_cache`` (re-rank by row position from a local copy
-        of the originals, opened once per version) as there). Searches one version (which: see
+        of the originals, opened once per version; default: the ``rescore_cache`` given to
+        :func:`open`, ``rescore_cache=None`` here fetches from the source) as there). Searches one version (which: see
         ``read_consistency_interval`` in the module docstring): the codes and the code index are
         loaded once per version of the target and shared by every thread; with the default
         (no re-check) a call costs the query's encoding, the index scan and the rescoring only."""
@@ -355,9 +213,70 @@ class CompactCollection:
         self._check_open("search")
         Q = self._matrix(queries, "queries")
         searcher = self._searcher(index_fallback)
+        if "rescore_cache" not in options and self.rescore_cache is not None:
+            options["rescore_cache"] = self.rescore_cache
+            options.setdefault("rescore_cache_fallback", self._rescore_cache_fallback)
         return search(self.uri, Q, k=k, rescore=rescore, nprobe=nprobe,
                       target_recall=target_recall, exhaustive=exhaustive,
                       index_fallback=index_fallback, searcher=searcher, **options)
+
+    @property
+    def recall_table(self):
+        """The :class:`~tldr_index.recall_table.RecallTable` that ``nprobe`` / ``target_recall``
+        and the default pick read (the code index's: measured at build on held-out rows, or by
+        :meth:`calibrate` on your queries; ``describe()`` says which), or None without an index.
+        Cost: the searcher's load on first use (see :meth:`search`)."""
+        self._check_open("recall_table")
+        s = self._searcher()
+        return None if s is None or s.index is None else s.index.recall_table
+
+    def calibrate(self, queries: Any, k: int = 10, *,
+                  rescore_cache: str | os.PathLike | None = None, source: str | None = None,
+                  source_options: dict | None = None):
+        """Measure the recall table on ``queries`` (``(n, D)``, n >= 50, in the original space,
+        like real queries: not rows of the collection) against their exact top ``k`` in the
+        original space, store it in the target (one atomic switch of its record; the code index
+        is rewritten with it, JSON metadata, no pickle) and use it from now on: ``search(...,
+        target_recall=R)`` then picks the cheapest (nprobe, shortlist) that reached ``R`` on
+        these queries, and every reader that opens the target afterwards gets it too.
+        Returns the :class:`~tldr_index.recall_table.RecallTable` (``query_kind="queries"``).
+
+        The truth is read from ``rescore_cache`` (default: the one given to :func:`open`;
+        float16 originals, by row position) or else from the source (``source`` overrides the
+        one recorded in the target). Cost: see :mod:`tldr_index.calibrate` (the exact search
+        of the originals dominates: ``n x N x D`` multiply-adds). Raises
+        :class:`InvalidInputError` (wrong dimension, NaN / inf, fewer than 50 queries, the
+        target changed meanwhile: nothing stored) or :class:`InvalidParameterError` (no code
+        index, a bad ``k``)."""
+        from connectors import open_target
+
+        from .calibrate import calibrated_table, check_queries, open_truth_source, store_table
+        from .errors import InvalidParameterError
+        from .searcher import CodeSearcher
+        from .validation import check_int
+
+        self._check_open("calibrate")
+        Q = self._matrix(queries, "queries")
+        searcher = self._searcher()
+        if searcher is None or searcher.index is None:
+            raise InvalidParameterError(
+                f"calibrate needs a target with a code index; target '{self.uri}' has none "
+                f"(fewer than index_min_rows rows when it was written, a store without codes, or "
+                f"its rows changed since): every code is scanned, there is no nprobe to pick.")
+        check_queries(len(Q))
+        k = check_int(k, "k", low=1, high=searcher.n_rows, owner="calibrate")
+        path = rescore_cache if rescore_cache is not None else self.rescore_cache
+        cache, src = open_truth_source(searcher, rescore_cache=path, source=source,
+                                       source_options=source_options)
+        table = calibrated_table(searcher, Q, k, cache=cache, source=src)
+        with self._write_lock:
+            index = store_table(open_target(self.uri, **self._target_options), searcher, table)
+            self.refresh()
+            fresh = CodeSearcher(self._target, self.model, searcher.row_ids, None, index)
+            with self._search_lock:
+                self._searcher_cache = (self._target.version_key(), False, fresh)
+        log.debug("calibrate: stored the recall table of %d queries in '%s'", len(Q), self.uri)
+        return table
 
     def _searcher(self, index_fallback: bool = False):
         """The :class:`~tldr_index.searcher.CodeSearcher` of the version searched (None for a
@@ -411,7 +330,7 @@ class CompactCollection:
         loaded = read_codes(tgt, lay.id_column, lay.codes_column)
         n0 = old.n_rows
         if loaded is None or len(loaded[0]) != n0 + len(ids) \
-                or not np.array_equal(loaded[1][:n0], old.codes) \
+                or not old.index.matches(loaded[1][:n0]) \
                 or not np.array_equal(loaded[1][n0:], codes) \
                 or not loaded[0].slice(n0).equals(ids.cast(loaded[0].type)):
             log.info("add: the rows of '%s' moved; the code index is dropped (every code is "
@@ -652,6 +571,7 @@ def check_consistency_interval(value: Any) -> float | None:
 
 def open(uri: str | os.PathLike, *,  # noqa: A001
          read_consistency_interval: _dt.timedelta | None = None,
+         rescore_cache: str | os.PathLike | None = None, rescore_cache_fallback: bool = False,
          **target_options: Any) -> CompactCollection:
     """Open the compact collection at ``uri`` (any target URI written by ``shrink``).
 
@@ -659,10 +579,19 @@ def open(uri: str | os.PathLike, *,  # noqa: A001
     opened plus this object's own ``add`` calls, never re-checking the target (call
     :meth:`CompactCollection.refresh` to see other writers' rows); ``timedelta(0)`` checks the
     live version on every search (~1 ms: a re-open of the target); a positive ``timedelta``
-    checks at most that often. ``target_options`` go to :func:`connectors.open_target`.
+    checks at most that often. ``rescore_cache``: a local copy of the originals
+    (``write_rescore_cache`` / ``tldr-index rescore-cache``) that every ``search(...,
+    rescore=True)`` re-ranks from by row position (0.15 ms per query for 100 rows of 384 dims,
+    where the source costs 1.5-2.5 ms per 100 rows on Lance: see ``benchmarks/search.py``) and
+    :meth:`CompactCollection.calibrate` reads its truth from; its files must exist (checked
+    here), its rows are checked against the target's on the first rescored search
+    (a mismatch raises :class:`ModelFormatError`, or with ``rescore_cache_fallback`` logs and
+    fetches from the source). ``target_options`` go to :func:`connectors.open_target`.
 
-    Raises :class:`SourceNotFoundError` or :class:`ModelFormatError` (missing / corrupt model),
-    :class:`InvalidParameterError` (a bad ``read_consistency_interval``)."""
+    Raises :class:`SourceNotFoundError` or :class:`ModelFormatError` (missing / corrupt model,
+    a missing rescore cache), :class:`InvalidParameterError` (a bad
+    ``read_consistency_interval`` or ``rescore_cache_fallback``)."""
     return CompactCollection(os.fspath(uri) if isinstance(uri, os.PathLike) else uri,
                              read_consistency_interval=read_consistency_interval,
-                             **target_options)
+                             rescore_cache=rescore_cache,
+                             rescore_cache_fallback=rescore_cache_fallback, **target_options)

@@ -88,12 +88,27 @@ class RecallTable:
     raw: list[float] | None = None
     rescored: list[list[float]] | None = None
     truth: str | None = None
+    #: what the queries were: "rows" (held-out rows of the collection, self excluded: the
+    #: table stored at build; None in tables written before this field) or "queries" (the
+    #: user's own, :mod:`tldr_index.calibrate`)
+    query_kind: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"nprobe": self.nprobe, "vs_exhaustive": self.vs_exhaustive,
                 "vs_exact": self.vs_exact, "k": self.k, "queries": self.queries,
                 "shortlist": self.shortlist, "raw": self.raw, "rescored": self.rescored,
-                "truth": self.truth}
+                "truth": self.truth, "query_kind": self.query_kind}
+
+    @property
+    def calibrated(self) -> bool:
+        """True for a table measured on the user's queries (:mod:`tldr_index.calibrate`)."""
+        return self.query_kind == "queries"
+
+    def describe(self) -> str:
+        """Which queries the table was measured on, in words."""
+        if self.calibrated:
+            return f"{self.queries} user queries (calibrate)"
+        return f"{self.queries} held-out collection rows (self excluded)"
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RecallTable":
@@ -101,7 +116,7 @@ class RecallTable:
         return cls(nprobe=list(d["nprobe"]), vs_exhaustive=list(d["vs_exhaustive"]),
                    vs_exact=d.get("vs_exact"), k=int(d["k"]), queries=int(d["queries"]),
                    shortlist=d.get("shortlist"), raw=d.get("raw"), rescored=d.get("rescored"),
-                   truth=d.get("truth"))
+                   truth=d.get("truth"), query_kind=d.get("query_kind"))
 
     @property
     def has_rescored(self) -> bool:
@@ -221,7 +236,7 @@ def measure(search: Callable[[np.ndarray, int, int], np.ndarray], nlist: int, n_
     top_n = max(Ss)
     own = np.asarray(own, dtype=np.int64)
     full = drop_self(search(queries, top_n + 1, nlist), own, top_n)
-    t = RecallTable(nprobe=ps, vs_exhaustive=[], k=k, queries=len(queries))
+    t = RecallTable(nprobe=ps, vs_exhaustive=[], k=k, queries=len(queries), query_kind="rows")
     if truth is not None:
         t.shortlist, t.raw, t.rescored, t.truth = Ss, [], [], truth_space
     ex10 = full[:, :k]

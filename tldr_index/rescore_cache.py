@@ -67,6 +67,22 @@ def sidecar(path: str | os.PathLike) -> Path:
     return Path(str(path) + ".json")
 
 
+def missing(path: str | os.PathLike, filename: Any) -> ModelFormatError:
+    return ModelFormatError(f"Rescore cache '{path}' does not exist ({filename} is missing); "
+                            f"write it with write_rescore_cache (tldr-index rescore-cache).")
+
+
+def check_files(path: str | os.PathLike) -> Path:
+    """``path`` if the cache's two files exist (a cheap check, e.g. at
+    ``tldr_index.open(uri, rescore_cache=path)``), else the error :meth:`RescoreCache.open`
+    raises for a missing cache."""
+    path = Path(path)
+    for f in (path, sidecar(path)):
+        if not f.is_file():
+            raise missing(path, f)
+    return path
+
+
 class RescoreCache:
     """An opened cache: :meth:`take` gives the float32 originals of target row positions."""
 
@@ -101,9 +117,7 @@ class RescoreCache:
             info = json.loads(sidecar(path).read_text())
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError as exc:
-            raise ModelFormatError(f"Rescore cache '{path}' does not exist ({exc.filename} is "
-                                   f"missing); write it with write_rescore_cache "
-                                   f"(tldr-index rescore-cache).") from None
+            raise missing(path, exc.filename) from None
         except ValueError as exc:
             raise ModelFormatError(f"'{path}' is not a tldr-index rescore cache: {exc}.") \
                 from None
@@ -129,4 +143,4 @@ class RescoreCache:
         return cls(path, arr, info)
 
 
-__all__ = ["RescoreCache", "ids_digest", "sidecar", "to_float32", "FORMAT", "DTYPES"]
+__all__ = ["RescoreCache", "ids_digest", "sidecar", "check_files", "to_float32", "FORMAT", "DTYPES"]

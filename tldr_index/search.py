@@ -257,9 +257,11 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
         :class:`ModelFormatError` unless ``rescore_cache_fallback`` (then: the source).
 
     Cost: without rescore, ``n x N x code_bytes`` lookups (with a code index about
-    ``n x (nlist x d + nprobe / nlist x N x code_bytes)``) and ``N x code_bytes`` bytes of memory
-    (plus ``~12`` bytes per row for the index's lists); with it, one ``Source.take`` of up to
-    ``n x shortlist`` rows. Without ``searcher``, the codes (and index) are read on every call.
+    ``n x (nlist x d + nprobe / nlist x N x code_bytes)``); memory: ``N x code_bytes`` bytes of
+    codes without an index, with one its lists (~21 B per row for 16 B codes: the codes are read
+    to check it, then dropped, see :class:`CodeSearcher`); with rescore, one ``Source.take`` of
+    up to ``n x shortlist`` rows. Without ``searcher``, the codes (and index) are read on every
+    call.
     """
     from connectors import open_target
 
@@ -279,7 +281,9 @@ def search(target: str, queries: Any, *, k: int = 10, rescore: bool = False,
     t0 = time.perf_counter()
     probe = None
     if searcher is None:
-        searcher = CodeSearcher.open(tgt, model, index_fallback=index_fallback)
+        # one call: keep the codes read where the scan needs them (else they are read twice)
+        searcher = CodeSearcher.open(tgt, model, index_fallback=index_fallback,
+                                     keep_codes=bool(exhaustive))
     if searcher is not None:
         n_rows = searcher.n_rows
         if k > n_rows:

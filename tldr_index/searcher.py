@@ -1,6 +1,7 @@
-"""What :func:`tldr_index.search.search` holds in memory for a target with codes: its ids, its
-codes and, where the target stores one (Lance, Parquet targets of at least ``index_min_rows``
-rows, see :mod:`tldr_index.code_index`), the code index over them.
+"""What :func:`tldr_index.search.search` holds in memory for a target with codes: the code index
+where the target stores one (Lance, Parquet targets of at least ``index_min_rows`` rows, see
+:mod:`tldr_index.code_index`), else the codes (an indexed target's codes are read again only for
+an exhaustive scan), and the ids (:class:`~tldr_index.row_ids.RowIds`: memory-mapped int ids).
 
 :class:`CodeSearcher` is built once per opened collection (:func:`tldr_index.open` keeps one and
 reuses it until the target changes) and is safe from many threads: :meth:`CodeSearcher.topk`
@@ -22,6 +23,7 @@ a SHA-256 of the codes (~1 GB/s) and one pass to fill its lists.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from .code_index import ARTIFACT_NAME, CodeIndex
 from .compact import CompactModel
 from .errors import InvalidParameterError, ModelFormatError
 from .recall_table import scaled_shortlist
+from .row_ids import RowIds, ids_to_numpy  # noqa: F401 (ids_to_numpy re-exported)
 from .validation import check_bool, check_float
 
 log = logging.getLogger(__name__)
@@ -47,12 +50,6 @@ MIN_SHORTLIST = 200
 def default_shortlist(k: int) -> int:
     """``max(20 k, 200)``: the shortlist of a rescored search without a format-2 table."""
     return max(SHORTLIST_FACTOR * k, MIN_SHORTLIST)
-
-
-def ids_to_numpy(ids: pa.Array) -> np.ndarray:
-    if pa.types.is_integer(ids.type):
-        return ids.cast(pa.int64()).to_numpy(zero_copy_only=False)
-    return np.asarray(ids.to_pylist(), dtype=str)
 
 
 def read_codes(target, id_column: str, codes_column: str) -> tuple[pa.Array, np.ndarray] | None:
@@ -78,19 +75,74 @@ def read_codes(target, id_column: str, codes_column: str) -> tuple[pa.Array, np.
 class CodeSearcher:
     """The ids, codes and code index (or None) of one opened target; see the module docstring.
 
+    What stays in RAM: with a code index that serves the searches, the index alone; the
+    collection's codes are read once at open (the index is checked against their SHA-256),
+    then dropped, and read again from the target (checked against the same hash) only when a
+    search needs them (``exhaustive=True``, or a query whose probed lists hold fewer rows than
+    the candidates asked: ``k``, or the shortlist with rescore): :attr:`codes_loaded` says whether they are held. Without an index the codes are what
+    is searched and stay. The ids are a :class:`~tldr_index.row_ids.RowIds` (consecutive
+    integer ids: none held; other int64 ids: a memory-mapped temporary file; string ids: RAM).
+
     ``index_fallback``: a stored index that does not match the codes (row count or SHA-256) is
     logged and replaced by the exhaustive scan; without it, such an index makes every
     non-exhaustive search raise :class:`ModelFormatError`."""
 
-    def __init__(self, target, model: CompactModel, ids: pa.Array, codes: np.ndarray,
-                 index: CodeIndex | None, index_error: ModelFormatError | None = None):
+    def __init__(self, target, model: CompactModel, ids: pa.Array | RowIds,
+                 codes: np.ndarray | None, index: CodeIndex | None,
+                 index_error: ModelFormatError | None = None, *, load_codes: Any = None,
+                 keep_codes: bool = False):
+        """``codes``: the ``(len(ids), model.code_bytes)`` codes, or None with an index (read
+        by ``load_codes()`` when needed; default: from ``target``, checked against the index's
+        hash; ``keep_codes``: hold the codes given even with an index, e.g. for a one-off
+        exhaustive search)."""
         self.target, self.model = target, model
-        self.ids, self.codes = ids, codes
+        self.row_ids = ids if isinstance(ids, RowIds) else RowIds.of(ids)
         self.index = index
         self.index_error = index_error
         self._caches: dict[tuple[str, bool], Any] = {}
-        #: the ids as a zero-copy int64 view (integer ids without nulls), else None
-        self._ids_np = _int64_view(ids)
+        self._codes_lock = threading.Lock()
+        self._load_codes = load_codes or self._read_codes
+        self._n_codes, self._code_size = len(self.row_ids), model.code_bytes
+        #: the codes, or None while dropped (an index serves the searches)
+        self._codes: np.ndarray | None = None if index is not None and not keep_codes \
+            else codes
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The collection's ``(N, code_bytes)`` codes, read again from the target if dropped
+        (then held until this searcher goes). Cost of a re-read: one read of the code column
+        and a SHA-256 of it (~1 GB/s). Thread-safe."""
+        got = self._codes
+        if got is not None:
+            return got
+        with self._codes_lock:
+            if self._codes is None:
+                log.info("search: reading the codes of '%s' (exhaustive scan)", self.target.uri)
+                self._codes = self._load_codes()
+            return self._codes
+
+    @property
+    def codes_loaded(self) -> bool:
+        """Whether the codes are held in RAM now (see the class docstring)."""
+        return self._codes is not None
+
+    def _read_codes(self) -> np.ndarray:
+        lay = self.target.layout
+        loaded = read_codes(self.target, lay.id_column, lay.codes_column)
+        codes = loaded[1] if loaded is not None else None
+        if codes is None or codes.shape != (self._n_codes, self._code_size) or (
+                self.index is not None and not self.index.matches(codes)):
+            raise ModelFormatError(
+                f"The codes of target '{self.target.uri}' changed while it was open (read "
+                f"again for an exhaustive scan, they no longer match its code index); "
+                f"tldr_index.open('{self.target.uri}') again.")
+        return codes
+
+    @property
+    def ids(self) -> pa.Array:
+        """Every id as an Arrow array (int64 ids: built from :attr:`row_ids`, ``8 N`` bytes:
+        for a one-off use such as a rescore cache's check, not kept)."""
+        return self.row_ids.arrow()
 
     def cached(self, key: Any, make: Any) -> Any:
         """``make()`` once per ``key`` for this searcher (e.g. an opened rescore cache checked
@@ -100,9 +152,10 @@ class CodeSearcher:
         return self._caches[key]
 
     @classmethod
-    def open(cls, target, model: CompactModel, *,
-             index_fallback: bool = False) -> "CodeSearcher | None":
-        """The searcher of ``target`` (None when it has no readable codes: Qdrant)."""
+    def open(cls, target, model: CompactModel, *, index_fallback: bool = False,
+             keep_codes: bool = False) -> "CodeSearcher | None":
+        """The searcher of ``target`` (None when it has no readable codes: Qdrant);
+        ``keep_codes``: see :meth:`__init__`."""
         index_fallback = check_bool(index_fallback, "index_fallback", owner="search")
         lay = target.layout
         if not (lay.codes_column and model.code_bytes):
@@ -123,32 +176,38 @@ class CodeSearcher:
                     err = exc
                 else:
                     log.warning("%s Searching every code instead (index_fallback).", exc)
-        return cls(target, model, ids, codes, index, err)
+        return cls(target, model, ids, codes, index, err, keep_codes=keep_codes)
 
     @property
     def n_rows(self) -> int:
-        return len(self.ids)
+        return len(self.row_ids)
 
     def ids_at(self, positions: np.ndarray) -> np.ndarray:
         """The ids (int64 or str numpy array, same shape) of row ``positions``. Cost: a gather
-        (int64 ids: numpy indexing of a zero-copy view; other ids: an Arrow take)."""
-        P = np.asarray(positions)
-        if self._ids_np is not None:
-            return self._ids_np[P]
-        return ids_to_numpy(self.ids.take(pa.array(P.ravel()))).reshape(P.shape)
+        of ``len(positions)`` ids (:meth:`RowIds.at`)."""
+        return self.row_ids.at(positions)
+
+    def resident(self) -> dict[str, int]:
+        """Bytes this searcher holds, by part: ``index`` (lists and fixed arrays,
+        :meth:`CodeIndex.bytes_per_vector` times its rows), ``codes`` (0 while dropped),
+        ``ids`` (heap: string ids only) and ``ids_mapped`` (the memory-mapped id file: page
+        cache, not heap). Not counted anywhere: a rescore cache (memory-mapped too) and the
+        model."""
+        index = self.index.bytes_per_vector() * self.index.n if self.index is not None else 0
+        codes = self._codes
+        return {"index": int(round(index)), "codes": 0 if codes is None else int(codes.nbytes),
+                "ids": self.row_ids.heap_bytes, "ids_mapped": self.row_ids.mapped_bytes}
 
     def ram_bytes(self) -> int:
-        """Bytes this searcher holds in RAM: the collection's codes, the ids (Arrow buffers)
-        and the code index's lists and fixed arrays (:meth:`CodeIndex.bytes_per_vector` times
-        its rows). Not counted: a rescore cache (memory-mapped: page cache, not this
-        process's heap) and the model."""
-        ids = sum(b.size for b in self.ids.buffers() if b is not None)
-        index = self.index.bytes_per_vector() * self.index.n if self.index is not None else 0
-        return int(self.codes.nbytes + ids + round(index))
+        """Bytes this searcher holds in the process's heap now: :meth:`resident` less the
+        memory-mapped ids (index + codes if held + string ids)."""
+        r = self.resident()
+        return r["index"] + r["codes"] + r["ids"]
 
     def bytes_per_vector(self) -> float:
         """:meth:`ram_bytes` per row: what an open collection's searcher holds per vector
-        (e.g. 16 B of codes + 8 B of int64 ids + ~21 B of fast-scan lists with 12-byte codes)."""
+        (with the default fast-scan index over 16-byte codes and int64 ids: ~21 B, the index;
+        after an exhaustive search, +16 B of codes)."""
         return self.ram_bytes() / max(self.n_rows, 1)
 
     def choose_nprobe(self, nprobe: Any = None, target_recall: Any = None,
@@ -238,20 +297,19 @@ class CodeSearcher:
     def extended(self, ids: pa.Array, codes: np.ndarray, Y: np.ndarray) -> "CodeSearcher":
         """A new searcher with rows ``ids`` / ``codes`` (reduced vectors ``Y``) appended at the
         end of the code array (the index, if any, gets them in its lists: a row added is found
-        by indexed search). Cost: the index's :meth:`CodeIndex.add` plus a copy of the codes."""
+        by indexed search). Cost: the index's :meth:`CodeIndex.add` (and, with no index, a copy
+        of the codes; with one, the codes are joined only if a search needs them)."""
         index = self.index
         if index is not None:
             index = index.copy()
             index.add(codes, self.model.prepare(Y))
-        all_ids = pa.concat_arrays([self.ids, ids.cast(self.ids.type)])
-        return CodeSearcher(self.target, self.model, all_ids, np.concatenate([self.codes, codes]),
-                            index, self.index_error)
-
-
-def _int64_view(ids: pa.Array) -> np.ndarray | None:
-    if ids.type != pa.int64() or ids.null_count:
-        return None
-    return ids.to_numpy(zero_copy_only=True)
+        base = self.row_ids.arrow()
+        all_ids = pa.concat_arrays([base, ids.cast(base.type)])
+        if index is None:
+            return CodeSearcher(self.target, self.model, all_ids,
+                                np.concatenate([self.codes, codes]), None, self.index_error)
+        return CodeSearcher(self.target, self.model, all_ids, None, index, self.index_error,
+                            load_codes=lambda: np.concatenate([self.codes, codes]))
 
 
 def build_target_index(target, model: CompactModel, *, seed: int = 0,

@@ -16,10 +16,10 @@ from .group import EXIT_INTERRUPTED, interrupted_message, main
 from .options import DEFAULT_DB, default_db
 from .output import tidy_floats
 from .reindex_cmd import reindex, rollback
-from .search_cmd import info, rescore_cache, search
+from .search_cmd import calibrate, info, rescore_cache, search
 from .shrink_cmd import shrink
 
-for _command in (shrink, search, info, rescore_cache, demo, eval_cmd, sweep_cmd, reindex,
+for _command in (shrink, search, info, rescore_cache, calibrate, demo, eval_cmd, sweep_cmd, reindex,
                  rollback):
     main.add_command(_command)
 

@@ -141,6 +141,60 @@ def rescore_cache(db, collection, target, path, source, dtype, api_key, quiet):
         click.echo(f"Wrote the rescore cache of {uri} to {out} ({mb(out.stat().st_size)}).")
 
 
+@click.command()
+@db_opt
+@click.option("--collection", default=None, help="Compact table in --db.")
+@click.option("--target", default=None, metavar="URI",
+              help="Compact collection URI (instead of --collection).")
+@click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False),
+              help=".npy float array (n, D), n >= 50, of queries like the real ones, in the "
+                   "original space.")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Neighbours of the recall measured (recall@k).")
+@click.option("--rescore-cache", default=None, type=click.Path(dir_okay=False),
+              help="Read the exact neighbours from this local copy of the originals "
+                   "[default: scan the source].")
+@click.option("--source", default=None, metavar="URI",
+              help="Where the originals are read without --rescore-cache [default: the source "
+                   "recorded in the target].")
+@api_key_opt
+@quiet_opt
+@json_opt
+@library_errors
+def calibrate(db, collection, target, queries, k, rescore_cache, source, api_key, quiet,
+              json_out):
+    """Measure the recall table on your own queries and store it in the target: search
+    --target-recall then picks nprobe and shortlist from what these queries reached.
+
+    \b
+    Example:
+      tldr-index calibrate --db ./lancedb --collection docs_small --queries q.npy
+      tldr-index search --db ./lancedb --collection docs_small --queries q2.npy --rescore \\
+          --target-recall 0.95
+    """
+    import time
+
+    import tldr_index
+
+    from ..search import load_queries
+
+    uri = target_uri(target, db, collection)
+    setup(quiet, json_out)
+    t0 = time.perf_counter()
+    with tldr_index.open(uri, **(store_options(uri, api_key) or {})) as c:
+        table = c.calibrate(load_queries(queries, c.input_dim), k=k, rescore_cache=rescore_cache,
+                            source=source,
+                            source_options=store_options(source, api_key) if source else None)
+    secs = time.perf_counter() - t0
+    if json_out:
+        echo_json({"target": uri, "seconds": secs, "recall_table": table.to_json()})
+    elif not quiet:
+        best = max(max(row) for row in table.rescored)
+        click.echo(f"Stored the recall table of {uri} measured on {table.describe()} against "
+                   f"exact search of the originals ({'rescore cache' if rescore_cache else 'source'}"
+                   f", {secs:.1f} s): rescored recall@{table.k} up to {fmt_float(best)}.")
+
+
 def stdout_is_tty() -> bool:
     """Whether stdout is a terminal (a rich table) or a pipe/file (tab-separated lines)."""
     return sys.stdout.isatty()
