@@ -74,6 +74,7 @@ CONFIGS: dict[str, dict] = {
     "k5m3": {"n_neighbors": 5, "neighbors_per_anchor": 3, "batch_size": 128},
     "k10m1": {"n_neighbors": 10},
     "k10m2": {"n_neighbors": 10, "neighbors_per_anchor": 2, "batch_size": 170},
+    "k30m7e10": {"n_neighbors": 30, "neighbors_per_anchor": 7, "batch_size": 64, "epochs": 10},
     "k30m3": {"n_neighbors": 30, "neighbors_per_anchor": 3, "batch_size": 128},
     "k10m4": {"n_neighbors": 10, "neighbors_per_anchor": 4, "batch_size": 100},
     "k10m3t08": {"n_neighbors": 10, "neighbors_per_anchor": 3, "batch_size": 128,
