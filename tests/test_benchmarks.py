@@ -34,6 +34,7 @@ SMOKE = {
     "paper_shape": ("--dims 8 --methods pca --pq-bytes 4 --out {tmp}/paper", "paper.md"),
     "store_query": ("--rows 2000 --no-ivf-pq --out {tmp}/store_query.md", "store_query.md"),
     "fit_speed": ("--dims 8 --out {tmp}/fit_speed", "fit_speed.md"),
+    "fit_probe": ("--dims 8 --configs k10m3 --graph-k 10 --out {tmp}/fit_probe", "fit_probe.md"),
     "shrink": ("--rows 2000 --methods tldr --configs new,current --sample 1000 --epochs 1 "
                "--queries 20 --out {tmp}/shrink.md",
                "shrink.md"),

@@ -305,3 +305,50 @@ def test_sliced_memmap_is_read_from_its_own_rows(tmp_path):
     for a, b in ((100, 110), (0, 5), (37, 200)):
         np.testing.assert_array_equal(pca.transform(mm[a:b]), pca.transform(X[a:b]))
     np.testing.assert_array_equal(pca.transform(mm[50:150][10:20]), pca.transform(X[60:70]))
+
+
+def _trainer(batch_size: int, m: int):
+    from tldr_index.trainer import TrainConfig, Trainer
+    cfg = TrainConfig(objective="ranking", epochs=1, batch_size=batch_size, learning_rate=1e-3,
+                      optimizer="adamw", weight_decay=0.0, warmup_epochs=0.0, lambd=0.0,
+                      loss_scale=1.0, teacher_temperature=0.05, barlow_weight=0.0, pairs="knn",
+                      noise_std=0.1, metric="cosine", seed=0, device="cpu",
+                      neighbors_per_anchor=m)
+    return Trainer(torch.nn.Linear(4, 2), None, cfg, torch.device("cpu"))
+
+
+def test_neighbors_per_anchor_draws_distinct_neighbours_of_each_anchor_anchor_major():
+    # row i's neighbours are 100 + 10 i + j (j < 6); row 7 has only 2 valid ones (-1 pads)
+    n, k, m, B = 40, 6, 3, 8
+    nb = 100 + 10 * np.arange(n)[:, None] + np.arange(k)[None, :]
+    nb[7, 2:] = -1
+    a, b = _trainer(B, m)._epoch_pairs(np.arange(n), nb, np.random.default_rng(0))
+    assert a.shape == (n // B, B) and b.shape == (n // B, B * m)
+    assert sorted(a.ravel()) == list(range(n))
+    for s in range(len(a)):
+        for i, row in enumerate(a[s]):
+            got = b[s, i * m:(i + 1) * m]
+            if row == 7:   # its 2 neighbours, then itself
+                assert sorted(got[:2]) == [170, 171] and got[2] == 7
+            else:
+                assert len(set(got)) == m and set(got) <= set(nb[row])
+
+
+def test_neighbors_per_anchor_draws_every_neighbour_equally_often():
+    n, k, m = 2000, 10, 3
+    nb = np.tile(np.arange(k), (n, 1))
+    _, b = _trainer(100, m)._epoch_pairs(np.arange(n), nb, np.random.default_rng(1))
+    freq = np.bincount(b.ravel(), minlength=k) / b.size
+    # 6,000 draws (seeded): one bin's standard deviation is ~0.004; 0.015 is ~4 of them
+    np.testing.assert_allclose(freq, 1 / k, atol=0.015)
+
+
+def test_one_neighbor_per_anchor_is_the_single_pair_stream(structured):
+    # m=1 keeps the former random stream: one uniform pick per anchor among its valid neighbours
+    nb = np.arange(50 * 4).reshape(50, 4)
+    a, b = _trainer(10, 1)._epoch_pairs(np.arange(50), nb, np.random.default_rng(2))
+    rng = np.random.default_rng(2)
+    perm = np.arange(50)[rng.permutation(50)].reshape(5, 10)
+    pick = np.floor(rng.random(perm.shape) * 4).astype(np.int64)
+    np.testing.assert_array_equal(a, perm)
+    np.testing.assert_array_equal(b, nb[perm, pick])

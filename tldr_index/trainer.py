@@ -76,6 +76,9 @@ class TrainConfig:
     #: this many epochs in a row (None: run every epoch); needs a validator
     patience: int | None = None
     min_delta: float = 0.0
+    #: distinct kNN neighbours of each anchor in a step's batch (ranking objectives): a step
+    #: holds ``batch_size`` anchors and ``batch_size * neighbors_per_anchor`` neighbours
+    neighbors_per_anchor: int = 1
 
 
 @dataclass
@@ -197,7 +200,7 @@ class Trainer:
         the optimizer state; both are put back in place afterwards, so the run is the same run."""
         dev, B = self.device, self.cfg.batch_size
         a = torch.arange(B, device=dev) % resident.shape[0]
-        b = a.clone()
+        b = torch.arange(B * self.cfg.neighbors_per_anchor, device=dev) % resident.shape[0]
         model = self.state_tensors()
         opt = {p: {k: v.clone() for k, v in st.items()} for p, st in self.optimizer.state.items()}
 
@@ -254,13 +257,17 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     def _epoch_pairs(self, anchors: np.ndarray, neighbors: np.ndarray,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-        """Row positions ``(a, b)`` of every pair of one epoch, each ``(n_steps, batch_size)``
-        (last incomplete batch dropped); ``b`` is None for ``pairs="gaussian"``.
+        """Row positions ``(a, b)`` of every pair of one epoch: ``a`` is ``(n_steps, batch_size)``
+        (last incomplete batch dropped), ``b`` ``(n_steps, batch_size * m)`` with ``m =
+        neighbors_per_anchor`` (anchor-major: the ``m`` neighbours of ``a[s, i]`` are
+        ``b[s, i*m:(i+1)*m]``); ``b`` is None for ``pairs="gaussian"``.
 
         Vectorised: one permutation and one uniform draw per anchor for the whole epoch (the same
-        random stream, in the same order, as one draw per step).
+        random stream, in the same order, as one draw per step). With ``m > 1`` the ``m``
+        neighbours are drawn without replacement from the row's valid ones (a row with fewer
+        than ``m`` fills the rest with itself).
         """
-        B = self.cfg.batch_size
+        B, m = self.cfg.batch_size, self.cfg.neighbors_per_anchor
         perm = anchors[rng.permutation(len(anchors))]
         n_steps = len(perm) // B
         a = perm[:n_steps * B].reshape(n_steps, B)
@@ -268,9 +275,15 @@ class Trainer:
             return a, None
         nb = neighbors[a]                                   # (n_steps, B, k)
         valid = (nb >= 0).sum(2)
-        pick = np.floor(rng.random(a.shape) * np.maximum(valid, 1)).astype(np.int64)
-        b = np.take_along_axis(nb, pick[..., None], 2)[..., 0]
-        return a, np.where(valid > 0, b, a)  # a row with no neighbour pairs with itself
+        if m == 1:
+            pick = np.floor(rng.random(a.shape) * np.maximum(valid, 1)).astype(np.int64)
+            b = np.take_along_axis(nb, pick[..., None], 2)[..., 0]
+            return a, np.where(valid > 0, b, a)  # a row with no neighbour pairs with itself
+        keys = np.where(nb >= 0, rng.random(nb.shape), np.inf)
+        pick = np.argsort(keys, axis=2)[..., :m]
+        b = np.take_along_axis(nb, pick, 2)                 # (n_steps, B, m)
+        b = np.where(b >= 0, b, a[..., None])
+        return a, b.reshape(n_steps, B * m)
 
     def _host_batches(self, vectors: Vectors, a: np.ndarray, b: np.ndarray | None,
                       rng: np.random.Generator):
