@@ -46,9 +46,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._corpus import CACHE_ROOT, add_corpus_arg, select_corpus  # noqa: E402
-from benchmarks._frontier_report import budget_table, target_checks, write  # noqa: E402
+from benchmarks._frontier_report import budget_table, float_checks, target_checks, write  # noqa: E402
 from tldr_index.codecs import codec_from_state, feasible_bytes, get_codec  # noqa: E402
+from tldr_index.baselines import PCA  # noqa: E402
+from tldr_index.qat import codec_for  # noqa: E402
 from tldr_index.threads import thread_limit  # noqa: E402
+
+#: the codec name of the rows whose map was fine-tuned through its RQ codes (QAT)
+QAT = "rq-qat"
 
 BUDGETS = (8, 16, 24, 32, 48, 64)
 
@@ -112,6 +117,8 @@ def configs(dim: int, budgets: list[int], codecs: list[str], original: bool,
 
 
 def label(name: str, kw: dict[str, Any], size: int) -> str:
+    if name == QAT:
+        return f"RQ{size} (QAT)"
     if name == "rabitq":
         return f"RaBitQ {kw['bits']}-bit ({size} B)"
     if name in ("sign", "sq8", "sq4"):
@@ -119,13 +126,16 @@ def label(name: str, kw: dict[str, Any], size: int) -> str:
     return f"{name.upper()}{size}"
 
 
-def run_codec(name, kw, Z, Zq, Q, X, truth, seed, n_cand, probe=()) -> dict[str, Any]:
+def run_codec(name, kw, Z, Zq, Q, X, truth, seed, n_cand, probe=(), codec=None
+              ) -> dict[str, Any]:
     """Fit, encode and search one codec; ``probe``: RQ beams to re-encode with (same codebooks,
-    rebuilt through :func:`codec_from_state`), for the encode-rate / recall trade-off."""
+    rebuilt through :func:`codec_from_state`), for the encode-rate / recall trade-off;
+    ``codec``: an already trained codec (QAT's codebooks: no fit here, fit_s 0)."""
     dim = Z.shape[1]
-    c = get_codec(name, dim, **kw)
+    c = get_codec(name, dim, **kw) if codec is None else codec
     t0 = time.perf_counter()
-    c.fit(Z, seed=seed)
+    if codec is None:
+        c.fit(Z, seed=seed)
     t1, c1 = time.perf_counter(), time.process_time()
     codes = c.encode(Z)
     t2, c2 = time.perf_counter(), time.process_time()
@@ -154,6 +164,13 @@ def run_codec(name, kw, Z, Zq, Q, X, truth, seed, n_cand, probe=()) -> dict[str,
     return out
 
 
+def float_recall(Z, Zq, Q, X, truth, n_cand: int) -> dict[str, float]:
+    """Recall@10 of the float reduced vectors (exact search), raw and rescored@``n_cand``."""
+    flo = exact_topk(Zq, Z, n_cand)
+    return {"float_recall_raw": recall(flo[:, :10], truth),
+            "float_recall_rescored": recall(rescore(flo, Q, X, 10), truth)}
+
+
 def torch_threads() -> int:
     import torch
 
@@ -174,6 +191,9 @@ def jobs(reps: dict, budgets: list[int], codecs: list[str], args: argparse.Names
     for rep, (Z, _) in reps.items():
         for name, kw in configs(Z.shape[1], budgets, codecs, rep == "original", args):
             (slow if name in ("opq", "rq") else cheap).append((rep, name, kw))
+        if rep != "original" and Z.shape[1] in args.qat_dims:
+            slow += [(rep, QAT, {"bytes": b}) for b in args.qat_budgets
+                     if b <= Z.shape[1]]
     slow.sort(key=lambda j: (j[2]["bytes"] not in (8, 16, 32), j[0] == "original",
                              j[2]["bytes"], j[1], j[0]))
     return cheap + slow
@@ -188,16 +208,18 @@ def map_cache_key(X: np.ndarray, d: int, seed: int, params: dict) -> str:
     return h.hexdigest()[:20]
 
 
-def fitted_map(X: np.ndarray, d: int, seed: int, use_cache: bool = True):
-    """The product's default TLDR map (``TLDR(n_components=d)``, ranking objective) fitted on
-    ``X``: loaded from ``benchmarks/_cache/frontier/`` when an earlier run saved it there (the
-    model's own safetensors file, plus a JSON note of its fit seconds), else fitted and saved.
+def fitted_map(X: np.ndarray, d: int, seed: int, use_cache: bool = True, **params):
+    """The product's default TLDR map (``TLDR(n_components=d, **params)``, ranking objective;
+    ``params``: e.g. ``qat="rq", qat_bytes=8``) fitted on ``X``: loaded from
+    ``benchmarks/_cache/frontier/`` when an earlier run saved it there (the model's own
+    safetensors file, plus a JSON note of its fit seconds), else fitted and saved.
     Returns ``(model, info)``."""
     from tldr_index import TLDR
 
-    proto = TLDR(n_components=d, random_state=seed)
+    proto = TLDR(n_components=d, random_state=seed, **params)
     key = map_cache_key(X, d, seed, proto.get_params())
-    path = CACHE_ROOT / "frontier" / f"tldr-d{d}-{key}.safetensors"
+    tag = f"-qat-{params['qat']}{params['qat_bytes']}" if params.get("qat") else ""
+    path = CACHE_ROOT / "frontier" / f"tldr-d{d}{tag}-{key}.safetensors"
     note = path.with_suffix(".json")
     if use_cache and path.is_file() and note.is_file():
         info = json.loads(note.read_text())
@@ -238,6 +260,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="RQ beams to re-encode with (same codebooks): encode rate and recall "
                          "of a smaller beam ('' for none)")
     ap.add_argument("--beam-probe-bytes", default="16,32", help="RQ sizes the beam probe runs at")
+    ap.add_argument("--qat-dims", default="128",
+                    help="TLDR dims that also get a map fine-tuned through its RQ codes (QAT, "
+                         "TLDR(qat='rq'): what shrink --qat on writes) at each --qat-budgets size "
+                         "('' for none)")
+    ap.add_argument("--qat-budgets", default="8,16,24,32",
+                    help="RQ sizes of the QAT rows (each is a fit of its own)")
+    ap.add_argument("--qat-epochs", type=int, default=4)
     ap.add_argument("--skip-original", action="store_true",
                     help="only the TLDR-reduced vectors (e.g. to run each d in its own process)")
     ap.add_argument("--no-map-cache", action="store_true",
@@ -254,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("original_rq", "original_opq", "rq_budgets"):
         v = getattr(args, key)
         setattr(args, key, None if v is None else [int(b) for b in v.split(",") if b])
+    args.qat_dims = [int(d) for d in args.qat_dims.split(",") if d]
+    args.qat_budgets = [int(b) for b in args.qat_budgets.split(",") if b]
     args.beam_probe = [int(b) for b in args.beam_probe.split(",") if b]
     args.beam_probe_bytes = [int(b) for b in args.beam_probe_bytes.split(",") if b]
     codecs = args.codecs.split(",")
@@ -297,9 +328,10 @@ def run(args: argparse.Namespace, budgets: list[int], codecs: list[str], dims: l
     for d in dims:  # the maps first (cached): the product rows need them
         model, info = fitted_map(X, d, args.seed, use_cache=not args.no_map_cache)
         Z, Zq = unit(model.transform(X)), unit(model.transform(Q))
-        flo = exact_topk(Zq, Z, args.candidates)
-        info.update(float_recall_raw=recall(flo[:, :10], truth),
-                    float_recall_rescored=recall(rescore(flo, Q, X, 10), truth))
+        info.update(float_recall(Z, Zq, Q, X, truth, args.candidates))
+        pca = PCA(d).fit(X)  # the baseline of the float target (issue 14: TLDR >= PCA + 0.10)
+        info["pca"] = float_recall(unit(pca.transform(X)), unit(pca.transform(Q)), Q, X, truth,
+                                   args.candidates)
         rep = f"tldr{d}"
         reps[rep], meta["reps"][rep] = (Z, Zq), info
         cached = f" (cached: {info['cache']})" if info.get("cached") else ""
@@ -311,7 +343,17 @@ def run(args: argparse.Namespace, budgets: list[int], codecs: list[str], dims: l
     for rep, name, kw in jobs(reps, budgets, codecs, args):
         Z, Zq = reps[rep]
         probe = args.beam_probe if name == "rq" and kw["bytes"] in args.beam_probe_bytes else ()
-        r = run_codec(name, kw, Z, Zq, Q, X, truth, args.seed, args.candidates, probe=probe)
+        codec = None
+        if name == QAT:  # its own map (the ranking fit, then QAT), its own codebooks
+            d, b = Z.shape[1], kw["bytes"]
+            model, info = fitted_map(X, d, args.seed, use_cache=not args.no_map_cache,
+                                     qat="rq", qat_bytes=b, qat_epochs=args.qat_epochs)
+            Z, Zq = unit(model.transform(X)), unit(model.transform(Q))
+            meta["reps"][f"{rep} + QAT RQ{b}"] = {**info, **float_recall(Z, Zq, Q, X, truth,
+                                                                         args.candidates)}
+            codec = codec_for(model)
+        r = run_codec(name, kw, Z, Zq, Q, X, truth, args.seed, args.candidates, probe=probe,
+                      codec=codec)
         r.update(rep=rep, dim=Z.shape[1], kind=kind_of(rep))
         rows.append(r)
         print(f"{rep:9s} {r['label']:24s} {r['bytes']:4d} B  raw {r['recall_raw']:.3f}  "
@@ -328,6 +370,7 @@ def run(args: argparse.Namespace, budgets: list[int], codecs: list[str], dims: l
     write(out, meta, rows, budgets, args, corpus, X, Q)
     print("\n".join(budget_table(rows, budgets)))
     print("\n".join(target_checks(rows, budgets)))
+    print("\n".join(float_checks(meta)))
     print(f"wrote {out}.md / .json")
 
 

@@ -171,39 +171,6 @@ def test_trained_codec_matches_only_the_codec_and_size_the_map_was_trained_for(m
     assert trained_codec(TLDR(8, **FIT).fit(data[0][:600]), "rq", 8, 3) is None
 
 
-def test_shrink_encodes_with_the_codebooks_of_a_qat_map(tmp_path, monkeypatch):
-    """A map trained through RQ codes (here planted in the train stage) brings its codebooks to
-    the encode stage: the target's codec holds exactly them and its codes are theirs."""
-    from _pipeline_helpers import lancedb_source
-
-    from connectors import open_target
-    from tldr_index.pipeline import shrink
-    from tldr_index.search import read_codes
-    from tldr_index.shrink import train as train_stage
-
-    X = make_structured(600, 32, latent=6, clusters=8, seed=4)
-    fitted = []
-
-    def qat_fit(run, method, dim, ckpt_dir=None):
-        m = TLDR(dim, **FIT, qat="rq", qat_bytes=6, qat_epochs=1).fit(run.train_store())
-        fitted.append(m)
-        return m
-
-    monkeypatch.setattr(train_stage, "fit_reducer", qat_fit)
-    src = lancedb_source(str(tmp_path), X)
-    shrink(src, src + "_c", dim=16, codec="rq", bytes=6, work_dir=tmp_path / "w",
-           source_options={"distance": "cosine"}, epochs=1, sample=600, eval_queries=50,
-           threads=1)
-    (m,) = fitted
-    t = open_target(src + "_c")
-    model = CompactModel.of_target(t)
-    np.testing.assert_array_equal(model.codec.state()[0]["codebooks"], m.qat_codebook_)
-    ids, codes = read_codes(t, "id", "pq_codes")
-    order = np.argsort(ids.to_numpy())       # ids 3 + 7 i: row order
-    np.testing.assert_array_equal(
-        codes[order], codec_for(m).encode(prepare_rows(m.transform(X), "cosine")))
-
-
 def test_the_rq_benchmark_runs_and_writes_its_table(tmp_path):
     from test_benchmarks import _run
 

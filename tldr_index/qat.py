@@ -295,6 +295,8 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
     qval = QuantizedValidator(validator, metric) if validator is not None else None
     digest = None
 
+    if progress is not None:  # the phase begins with fitting the start's codec (no steps yet)
+        progress(0, (len(anchors) // batch_size) * epochs, {"epoch": 0, "phase": "qat"})
     if codec == "pq":
         # the start: identity and random rotation, each with its k-means codebook; the better wins
         starts = {"rotation": random_rotation(d, seed)}

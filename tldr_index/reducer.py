@@ -466,7 +466,7 @@ class TLDR(BaseReducer):
                               teacher_temperature=self.teacher_temperature,
                               teacher_scale=trainer.teacher_scale,
                               log_scale=float(trainer.log_scale.detach()), seed=seed, device=device,
-                              validator=validator)
+                              validator=validator, progress=progress if bars is None else None)
             self.components_, self.bias_ = q.components, q.bias
             self.qat_codebook_, self.qat_rotation_ = q.codebook, q.rotation
             self.fit_info_["qat"] = q.info

@@ -292,6 +292,7 @@ def run_plan(plan: ShrinkPlan, *, progress: Progress, work_dir=None, resume: boo
             shortlist=enc.shortlist if enc.shortlist is not None else plan.shortlist,
             stage_seconds=seconds, skipped_stages=skipped, stage_usage=dict(run.usage),
             selection=r.select.to_json() if r.select is not None else None,
+            qat=r.train.qat if r.train is not None else None,
             wall_seconds=time.perf_counter() - t_start, work_dir=str(work.root), resumed=resumed,
             skipped_invalid=scan.skipped_invalid or 0, first_invalid_id=scan.first_invalid_id)
         if not keep_work:

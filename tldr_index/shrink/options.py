@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ..errors import InvalidParameterError
 from ..validation import check_choice, check_float, check_int
+from .qat_rule import QAT_MODES
 
 GRAPH_METHODS = ("auto", "exact", "opq")
 #: TLDR's early-stopping patience (``tldr_index.reducer.PATIENCE``; a test keeps them equal)
@@ -99,8 +100,10 @@ class FitOptions(_Options):
     """How TLDR is fitted on the sample (``None``: the objective's default).
 
     ``learning_rate``, ``batch_size`` (anchors per step), ``patience`` (epochs without a
-    validation gain before the fit stops; None: run every epoch, keep the best) and
-    ``validation_rows`` (held-out queries of the per-epoch validation recall)."""
+    validation gain before the fit stops; None: run every epoch, keep the best),
+    ``validation_rows`` (held-out queries of the per-epoch validation recall) and ``qat``
+    ("auto", "on", "off": fine-tune the map through the run's own codes after the ranking fit,
+    :mod:`tldr_index.shrink.qat_rule`)."""
 
     name = "fit_options"
 
@@ -108,6 +111,7 @@ class FitOptions(_Options):
     batch_size: int | None = None
     patience: int | None = DEFAULT_PATIENCE
     validation_rows: int | None = None
+    qat: str = "auto"
 
     def checked(self, owner: str) -> "FitOptions":
         p = f"{self.name}.%s"
@@ -118,11 +122,13 @@ class FitOptions(_Options):
         check_int(self.patience, p % "patience", low=1, owner=owner, allow_none=True)
         check_int(self.validation_rows, p % "validation_rows", low=1, owner=owner,
                   allow_none=True)
+        check_choice(self.qat, p % "qat", QAT_MODES, owner=owner)
         return self
 
     def kwargs(self) -> dict:
-        """Keyword arguments for :class:`tldr_index.reducer.TLDR` (only the changed ones)."""
-        return self.changed()
+        """Keyword arguments for :class:`tldr_index.reducer.TLDR` (only the changed ones; ``qat``
+        is resolved per run by :func:`tldr_index.shrink.qat_rule.qat_codec`)."""
+        return {k: v for k, v in self.changed().items() if k != "qat"}
 
 
 def parse_option_pairs(pairs: tuple[str, ...] | list[str], cls: type[T],

@@ -25,6 +25,7 @@ from ..code_index import INDEX_MIN_ROWS
 from ..errors import InvalidInputError, InvalidParameterError
 from ..validation import check_bool, check_choice, check_float, check_int
 from .options import FitOptions, GraphOptions
+from .qat_rule import qat_codec
 from .budget import CODECS, DEFAULT_BYTES, DEFAULT_CODEC, check_codec_args, code_bytes, \
     codec_fits, default_pq_bytes, needs_kmeans, resolve_bytes
 
@@ -389,6 +390,8 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
     kmeans = needs_kmeans([codec]) and bool(pq_bytes) if select is None else \
         needs_kmeans(c[2] for c in select["candidates"] if c[3])
     check_feasible(src, n_rows, min(n_rows, sample), method, neighbors, kmeans, o)
+    qat_codec(fit_options.qat, method=method, codec=codec, dim=dim, code_bytes=pq_bytes,
+              n_train=min(n_rows, sample), selection=select is not None, owner=o)  # 'on': can it?
     return ShrinkPlan(src=src, source_uri=source_uri, target_uri=target_uri,
                       source_abs=source_abs, target_abs=target_abs, method=method, dim=dim,
                       code_bytes=pq_bytes, codec=codec, neighbors=neighbors, epochs=epochs,

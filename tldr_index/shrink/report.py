@@ -34,6 +34,9 @@ class ShrinkReport:
     first_invalid_id: object = None
     selection: dict | None = None    # method="auto" / target_recall: candidates and the choice
     codec: str | None = None         # "pq", "opq", "rq", "rabitq" (None: no codes)
+    #: the quantization-aware fine-tuning (:class:`tldr_index.shrink.results.TrainResult.qat`),
+    #: None when the map was not fine-tuned through its codes
+    qat: dict | None = None
     #: per stage run (not from a checkpoint): ``{"cpu_s": CPU seconds of every thread,
     #: "peak_rss_mb": the process's peak RSS after the stage}``, and ``encode_phases``: wall
     #: seconds of the encode stage's parts (codec_train, rows, recall_estimate, code_index)

@@ -85,10 +85,14 @@ class SelectResult(StageResult):
 
 @dataclass
 class TrainResult(StageResult):
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("qat",)
     method: str
     best_epoch: int | None = None
     val_recall_initial: float | None = None
     val_recall_best: float | None = None
+    #: the QAT phase (codec, code_bytes, epochs, best_epoch, quantized validation recall at the
+    #: start and best, seconds); None when the map was not fine-tuned through its codes
+    qat: dict | None = None
     seconds: float | None = None
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..vectors import VectorStore
+from .qat_rule import qat_codec
 from .results import KnnResult, TrainResult
 from .sampling import sample_rows
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from .run import ShrinkRun
 
 log = logging.getLogger(__name__)
+
+#: what a train stage's result keeps of the QAT fit's info (:func:`tldr_index.qat.fine_tune`)
+QAT_REPORT_KEYS = ("epochs", "best_epoch", "val_recall_start", "val_recall_best", "seconds")
 
 def stage_knn(run: "ShrinkRun") -> tuple[list[Path], KnnResult]:
     """Draw the sample into ``knn/train`` (unless every row or the Ray scan's sample is used)
@@ -73,10 +77,12 @@ def tldr_batch_size(n_train: int) -> int | None:
     return None if anchors >= 256 else max(2, anchors)
 
 
-def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None = None):
+def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None = None,
+                qat: str | None = None):
     """Fit ``method`` ("tldr" with the run's kNN graph, "pca", or "none": the identity map, no
     training, ``dim`` = D) to ``dim`` on the run's training sample (also used by
-    :mod:`tldr_index.shrink.select` for every candidate)."""
+    :mod:`tldr_index.shrink.select` for every candidate); ``qat`` ("pq"/"rq", TLDR only): then
+    fine-tune the map through the run's codes (:mod:`tldr_index.qat`, ``run.code_bytes``)."""
     from ..baselines import PCA, IdentityMap
     from ..reducer import TLDR
 
@@ -91,23 +97,42 @@ def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None =
     opts = run.fit_options.kwargs()
     if run.epochs is not None:
         opts["epochs"] = run.epochs
+    if qat is not None:
+        opts.update(qat=qat, qat_bytes=run.code_bytes)
     model = TLDR(dim, n_neighbors=run.neighbors, metric=run.metric,
                  max_train_rows=max(2, train.n_rows), device=run.device,
                  random_state=run.seed, **{"batch_size": tldr_batch_size(train.n_rows), **opts})
     run.progress.begin("train", None, "steps")
+    phase = {"name": None}
+
+    def on_step(done: int, total: int, info: dict) -> None:
+        if info.get("phase") == "qat" and phase["name"] is None:  # the fine-tuning begins
+            phase["name"] = f"fine-tuning through the {qat.upper()} codes (QAT)"
+            run.progress.phase("train", phase["name"], total, "steps")
+        run.progress.update("train", done, total)
+
     model.fit(train, graph=graph, checkpoint_dir=ckpt_dir,
-              resume=run.resumed and ckpt_dir is not None,
-              progress=lambda done, total, _info: run.progress.update("train", done, total))
+              resume=run.resumed and ckpt_dir is not None, progress=on_step)
     return model
 
 
 def stage_train(run: "ShrinkRun") -> tuple[list[Path], TrainResult]:
     """Fit the run's method to its dim and save ``train/model.safetensors``."""
     out = run.work.stage_dir("train", clear=True, keep=("ckpt",) if run.resumed else ())
-    model = fit_reducer(run, run.method, run.dim, out / "ckpt")
+    qat = qat_codec(run.fit_options.qat, method=run.method, codec=run.codec, dim=run.dim,
+                    code_bytes=run.code_bytes, n_train=run.train_store().n_rows,
+                    selection=run.select is not None)
+    if qat is not None:
+        log.info("Quantization-aware training: after the ranking fit, the map is fine-tuned "
+                 "through its %s %d B codes (fit option qat=%s).", qat.upper(), run.code_bytes,
+                 run.fit_options.qat)
+    model = fit_reducer(run, run.method, run.dim, out / "ckpt", qat=qat)
     model.save(out / "model.safetensors")
     fit = getattr(model, "fit_info_", {})
+    q = fit.get("qat")
     return [out / "model.safetensors"], TrainResult(
         method=run.method, best_epoch=fit.get("best_epoch"),
         val_recall_initial=fit.get("val_recall_initial"),
-        val_recall_best=fit.get("val_recall_best"))
+        val_recall_best=fit.get("val_recall_best"),
+        qat=None if q is None else {"codec": qat, "code_bytes": run.code_bytes,
+                                    **{k: q[k] for k in QAT_REPORT_KEYS if k in q}})

@@ -1,0 +1,55 @@
+"""Whether a shrink fine-tunes its map through its own codes (quantization-aware training,
+:mod:`tldr_index.qat`), from the ``qat`` fit option (:class:`tldr_index.shrink.options.FitOptions`):
+
+* ``"off"``: never;
+* ``"on"``: always; an error when the run cannot (not a TLDR map at a fixed d, a codec other
+  than PQ/RQ, no codes, fewer than 256 training rows);
+* ``"auto"`` (the default): on where ``benchmarks/results/qat.md`` measured a gain larger than
+  the codec-seed spread on the dev corpus, i.e. a TLDR map with RQ codes and ``d >= 8 x bytes``
+  (d=128: 8 B +0.029 raw recall@10, 16 B +0.020; d=64: 8 B +0.023; no gain at d=64, 16 B: +0.008
+  within a 0.011 spread) or PQ codes and ``d >= 4 x bytes`` (d=64: 16 B +0.035, 8 B +0.048;
+  no change at 32 B). The default shrink (d=64, RQ 16 B) therefore does not run it.
+
+Cost: QAT adds a fine-tuning phase after the ranking fit: 4 epochs of a beam-5 encode of each
+batch (RQ) or a nearest-centroid search (PQ); on 39,000 rows of the dev corpus, 37-96 s wall on 2
+shared cores (benchmarks/results/qat.md). The codec the encode stage then uses is the one QAT
+trained (no codec training there).
+"""
+
+from __future__ import annotations
+
+from ..errors import InvalidParameterError
+
+QAT_MODES = ("auto", "on", "off")
+#: ``auto``: the smallest d / code bytes at which QAT is on, per codec (see the module docstring)
+AUTO_MIN_DIMS_PER_BYTE = {"rq": 8, "pq": 4}
+#: QAT's k-means / codebooks need this many training rows (256 entries per codebook)
+MIN_TRAIN_ROWS = 256
+
+
+def qat_codec(mode: str, *, method: str, codec: str, dim: int | None, code_bytes: int | None,
+              n_train: int, selection: bool, owner: str = "shrink") -> str | None:
+    """The codec to fine-tune through ("pq" or "rq") or None. Raises
+    :class:`InvalidParameterError` for ``mode="on"`` on a run that cannot use it."""
+    why = None
+    if selection:
+        why = "a fixed dim and codec (not method='auto' or target_recall)"
+    elif method != "tldr":
+        why = f"method='tldr' (got method={method!r})"
+    elif codec not in AUTO_MIN_DIMS_PER_BYTE:
+        why = f"codec 'rq' or 'pq' (got codec={codec!r})"
+    elif not code_bytes:
+        why = "codes (got bytes=0)"
+    elif n_train < MIN_TRAIN_ROWS:
+        why = f"at least {MIN_TRAIN_ROWS} training rows (got {n_train})"
+    if mode == "off":
+        return None
+    if why is not None:
+        if mode == "on":
+            raise InvalidParameterError(
+                f"The 'fit_options.qat' parameter of {owner} (--qat) can be 'on' only with {why}. "
+                f"Got qat='on' instead; pass 'auto' or 'off'.")
+        return None
+    if mode == "on" or dim >= AUTO_MIN_DIMS_PER_BYTE[codec] * code_bytes:
+        return codec
+    return None
