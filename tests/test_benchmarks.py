@@ -35,9 +35,10 @@ SMOKE = {
     "store_query": ("--rows 2000 --no-ivf-pq --out {tmp}/store_query.md", "store_query.md"),
     "fit_speed": ("--dims 8 --out {tmp}/fit_speed", "fit_speed.md"),
     "shrink": ("--rows 2000 --methods tldr --configs new,current --sample 1000 --epochs 1 "
-               "--queries 20 --out {tmp}/shrink.md",
+               "--queries 20 --dim 8 --pq-bytes 4 --out {tmp}/shrink.md",
                "shrink.md"),
-    "gpu_shrink": ("--rows 2000 --devices cpu --sample 1000 --root {tmp}/gpu --out {tmp}/gpu.md",
+    "gpu_shrink": ("--rows 2000 --devices cpu --sample 1000 --dim 8 --pq-bytes 4 --root {tmp}/gpu "
+                   "--out {tmp}/gpu.md",
                    "gpu.md"),
     "knn": ("--rows 7000 --variants default --queries 50 --exact-queries 50 --out {tmp}/knn.md",
             "knn.md"),
@@ -46,11 +47,13 @@ SMOKE = {
                "--out {tmp}/qdrant.md", "qdrant.md"),
     "qdrant_edge_write": ("--rows 3000 --configs 1024x2 --baseline-rows 50 --root {tmp}/w "
                           "--out {tmp}/edge_write.md", "edge_write.md"),
-    "search": ("--rows 3000 --queries 20 --map pca --sample 1000 --nprobes 1,4 --lance-nprobes 2 "
+    "search": ("--rows 3000 --queries 20 --map pca --sample 1000 --dim 8 --pq-bytes 4 "
+               "--nprobes 1,4 --lance-nprobes 2 "
                "--lance-eval 20 --rabitq-nlist 16 --budget 0.2 --out {tmp}/search.md", "search.md"),
     "reindex": ("--rows 2000 --out {tmp}/reindex.md", "reindex.md"),
     "scale": ("--encode-rows 2000 --shrink-rows 2000 --sample 1000 --shard-rows 1000 "
-              "--fragment-rows 1000 --ray-workers 2 --work {tmp}/work --out {tmp}/scale.md",
+              "--fragment-rows 1000 --ray-workers 2 --dim 8 --pq-bytes 4 --work {tmp}/work "
+              "--out {tmp}/scale.md",
               "scale.md"),
 }
 # Not run here, with the reason (each still runs --help above).
