@@ -35,7 +35,7 @@ SMOKE = {
     "store_query": ("--rows 2000 --no-ivf-pq --out {tmp}/store_query.md", "store_query.md"),
     "fit_speed": ("--dims 8 --out {tmp}/fit_speed", "fit_speed.md"),
     "shrink": ("--rows 2000 --methods tldr --configs new,current --sample 1000 --epochs 1 "
-               "--queries 20 --dim 8 --pq-bytes 4 --out {tmp}/shrink.md",
+               "--queries 20 --out {tmp}/shrink.md",
                "shrink.md"),
     "gpu_shrink": ("--rows 2000 --devices cpu --sample 1000 --dim 8 --pq-bytes 4 --root {tmp}/gpu "
                    "--out {tmp}/gpu.md",
