@@ -47,13 +47,11 @@ SMOKE = {
                "--out {tmp}/qdrant.md", "qdrant.md"),
     "qdrant_edge_write": ("--rows 3000 --configs 1024x2 --baseline-rows 50 --root {tmp}/w "
                           "--out {tmp}/edge_write.md", "edge_write.md"),
-    "search": ("--rows 3000 --queries 20 --map pca --sample 1000 --dim 8 --pq-bytes 4 "
-               "--nprobes 1,4 --lance-nprobes 2 "
+    "search": ("--rows 3000 --queries 20 --map pca --sample 1000 --nprobes 1,4 --lance-nprobes 2 "
                "--lance-eval 20 --rabitq-nlist 16 --budget 0.2 --out {tmp}/search.md", "search.md"),
     "reindex": ("--rows 2000 --out {tmp}/reindex.md", "reindex.md"),
     "scale": ("--encode-rows 2000 --shrink-rows 2000 --sample 1000 --shard-rows 1000 "
-              "--fragment-rows 1000 --ray-workers 2 --dim 8 --pq-bytes 4 --work {tmp}/work "
-              "--out {tmp}/scale.md",
+              "--fragment-rows 1000 --ray-workers 2 --work {tmp}/work --out {tmp}/scale.md",
               "scale.md"),
 }
 # Not run here, with the reason (each still runs --help above).
