@@ -24,3 +24,17 @@ def make_structured(n: int = 1200, dim: int = 48, latent: int = 8, clusters: int
 @pytest.fixture(scope="session")
 def structured() -> np.ndarray:
     return make_structured()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray (``ray.init(num_cpus=2)``) in this process for a module's tests (starting
+    Ray costs seconds), shut down after them unless it was running before; skips without Ray."""
+    ray = pytest.importorskip("ray", reason="optional extra: pip install 'tldr-index[ray]'")
+    pytest.importorskip("ray.data")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -38,7 +38,8 @@ SMOKE = {
     "shrink": ("--rows 2000 --methods tldr --configs new,current --sample 1000 --epochs 1 "
                "--queries 20 --out {tmp}/shrink.md",
                "shrink.md"),
-    "gpu_shrink": ("--rows 2000 --devices cpu --sample 1000 --root {tmp}/gpu --out {tmp}/gpu.md",
+    "gpu_shrink": ("--rows 2000 --devices cpu --sample 1000 --dim 8 --pq-bytes 4 --root {tmp}/gpu "
+                   "--out {tmp}/gpu.md",
                    "gpu.md"),
     "knn": ("--rows 7000 --variants default --queries 50 --exact-queries 50 --out {tmp}/knn.md",
             "knn.md"),
@@ -74,9 +75,45 @@ def test_every_script_is_listed():
     assert set(SMOKE) | set(NOT_SMOKED) == set(SCRIPTS)
 
 
+# Runs ``<script> --help`` for every script in ONE interpreter (``runpy``, as ``python
+# <script>``: ``__name__ == "__main__"``, ``sys.argv`` set), so the imports (torch, FAISS...)
+# are paid once, not once per script; prints ``{name: [exit code, stdout, stderr]}`` as JSON.
+HELP_ALL = """
+import contextlib, io, json, runpy, sys
+out = {}
+for path in sys.argv[1:]:
+    sys.argv = [path, "--help"]
+    o, e, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out[path.rsplit("/", 1)[-1][:-3]] = [code, o.getvalue(), e.getvalue()]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def helps(tmp_path_factory) -> dict:
+    """``name -> CompletedProcess`` of ``benchmarks/<name>.py --help``, all in one child."""
+    import json
+
+    tmp = tmp_path_factory.mktemp("help")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TLDR_INDEX_DB")}
+    env.update(PYTHONPATH=str(ROOT), TLDR_SHARED=str(tmp / "no-shared"),
+               TLDR_BENCH_CACHE=str(tmp / "cache"), LANCE_LOG="error")
+    paths = [str(ROOT / "benchmarks" / f"{n}.py") for n in SCRIPTS]
+    r = subprocess.run([sys.executable, "-c", HELP_ALL, *paths], cwd=tmp, env=env, text=True,
+                       capture_output=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {n: subprocess.CompletedProcess(n, c, o, e)
+            for n, (c, o, e) in json.loads(r.stdout.splitlines()[-1]).items()}
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_help_names_the_corpus(name, tmp_path):
-    r = _run(name, ["--help"], tmp_path)
+def test_help_names_the_corpus(name, helps):
+    r = helps[name]
     assert r.returncode == 0, r.stderr
     text = " ".join(r.stdout.split())
     if name in NO_CORPUS:

@@ -288,8 +288,9 @@ def _low_rank_lancedb(path, n: int = 600, dim: int = 40, rank: int = 6) -> np.nd
 
 
 def test_readme_target_recall_method_auto_command_with_logs(tmp_path, monkeypatch):
-    """The README's `shrink --db … --collection docs --target-recall R --method auto` (R = 0.9
-    here, on low-rank data that reaches it; tests/test_readme.py runs the README's own line), as
+    """The README's `shrink --db … --collection docs --target-recall R --method auto`, here
+    without its `--dims` (the default candidate dims; R = 0.9 on low-rank data that reaches it;
+    tests/test_readme.py runs the README's own line), as
     written (logs and bars on, no --quiet/--json): it used to die on a log line formatting
     dim/pq_bytes while they were None."""
     monkeypatch.chdir(tmp_path)

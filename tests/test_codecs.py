@@ -228,6 +228,25 @@ def test_rq_encode_engines_keep_stored_codes(fitted, data, monkeypatch):
     np.testing.assert_array_equal(greedy.encode(X), _faiss_rq_codes(rq.codebooks_, X, 1))
 
 
+def test_restored_rq_builds_its_tables_on_first_encode_only(data, fitted):
+    """Opening an RQ target to search it must not pay for the encoder's codebook tables
+    (``codebook_tables``: 0.5 s at d=64, 16 B): search and decode leave them unbuilt, the
+    first encode builds them once, and the codes equal the fitted codec's."""
+    import faiss
+
+    X, _ = data
+    rq, codes = fitted["rq"]
+    same = codec_from_state(*rq.state())
+    np.testing.assert_array_equal(same.decode(codes[:5]), rq.decode(codes[:5]))
+    np.testing.assert_array_equal(same.search(X[:3], codes, 4)[1], rq.search(X[:3], codes, 4)[1])
+    assert same._tables_built is False
+    assert faiss.vector_to_array(same._rq.codebook_cross_products).size == 0
+    np.testing.assert_array_equal(same.encode(X), codes)
+    assert same._tables_built is True
+    np.testing.assert_array_equal(faiss.vector_to_array(same.rq_.codebook_cross_products),
+                                  faiss.vector_to_array(rq.rq_.codebook_cross_products))
+
+
 def _run_in_batches(fn, X: np.ndarray, sizes: list[int]) -> np.ndarray:
     parts, s, i = [], 0, 0
     while s < len(X):

@@ -1,7 +1,8 @@
 """``shrink(engine="ray")``: the Ray Data encode+write produces the same target as the
 single-process engine (Lance and Parquet), and its bad-input cases fail with one-line errors.
 
-One local Ray (``ray.init(num_cpus=2)``) serves the whole module: starting Ray costs seconds. The
+One local Ray (``ray.init(num_cpus=2)``, the ``ray_local`` fixture of ``conftest.py``) serves the
+whole module: starting Ray costs seconds. The
 tests that need Ray skip cleanly when it is not installed (``pip install 'tldr-index[ray]'``);
 the missing-Ray error is tested by hiding the module.
 """
@@ -29,18 +30,6 @@ FAST = {"dim": 8, "pq_bytes": 4, "epochs": 2, "sample": 1000, "eval_queries": 50
 MISSING = ("The 'engine' parameter of shrink is 'ray', which needs Ray Data, but it cannot be "
            "imported (import of ray halted; None in sys.modules). Install it with: pip install "
            "'tldr-index[ray]'")
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray", reason="optional extra: pip install 'tldr-index[ray]'")
-    pytest.importorskip("ray.data")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def _target(root: str, kind: str, name: str) -> str:

@@ -15,12 +15,19 @@ workspace, ``[--opt a|b]`` optional arguments are run with the first alternative
 skips its ``install`` step (already installed), ``make test`` is dry-run (it would recurse into
 this suite). Names that a Python snippet leaves to the reader (``vectors``, ``ids``, ``src``...)
 are defined before it runs (``PRELUDES``). A command that another block already ran on the same
-fixtures passes without running twice. ``NOT_RUN`` lists what is never run, with the reason.
+fixtures passes without running twice, also when another pytest-xdist worker ran it (each worker
+publishes a block's commands once the whole block passed); a command that is one of the ``BUILD``
+commands gets the target that command built (a copy, the command ran once on a copy of the same
+fixtures), and ``make demo``, whose recipe is checked by a dry run to be ``python -m
+tldr_index.cli demo``, counts as ``tldr-index demo`` (the same command) and the other way round.
+The template and the ``BUILD`` targets are made once per session and shared by the workers.
+``NOT_RUN`` lists what is never run, with the reason.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import re
 import shlex
@@ -154,8 +161,7 @@ def _env() -> dict:
 
 
 def run_command(cmd: str, ws: Path) -> subprocess.CompletedProcess:
-    for a, b in SUBSTITUTE:
-        cmd = cmd.replace(a, b.format(ws=ws))
+    cmd = _substituted(cmd, ws)
     cwd = ws
     if cmd.startswith(("make demo", "tldr-index demo")):
         cwd = ws / "demo"  # the demo builds its own ./tldr-data: an empty directory of its own
@@ -201,31 +207,103 @@ def _make_template(ws: Path) -> None:
     shutil.copy(ROOT / "examples" / "nightly" / "job.toml", ws / "examples" / "nightly")
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    ws = tmp_path_factory.mktemp("readme") / "template"
-    ws.mkdir()
-    _make_template(ws)
+def _shared_dir(tmp_path_factory) -> Path:
+    """A directory every pytest-xdist worker of this session sees (the base temp dir's parent
+    under xdist, the base temp dir itself without it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory) -> Path:
+    d = _shared_dir(tmp_path_factory) / "readme-shared"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def template(shared) -> Path:
+    from filelock import FileLock
+
+    ws = shared / "template"
+    with FileLock(str(shared / "template.lock")):
+        if not (ws / ".done").exists():
+            shutil.rmtree(ws, ignore_errors=True)
+            ws.mkdir()
+            _make_template(ws)
+            (ws / ".done").touch()
     return ws
 
 
-@pytest.fixture(scope="module")
-def built(template, tmp_path_factory):
-    """``get(rel)``: path of the compact target ``rel`` built once (``BUILD``) on the template."""
-    root = tmp_path_factory.mktemp("readme") / "built"
-    shutil.copytree(template, root)
-    done: set[str] = set()
+@pytest.fixture(scope="session")
+def built(template, shared):
+    """``get(rel)``: path of the compact target ``rel`` built once per session (``BUILD``) on a
+    copy of the template, whichever worker asks first."""
+    from filelock import FileLock
+
+    root = shared / "built"
 
     def get(rel: str) -> Path:
-        if rel not in done:
-            r = run_command(BUILD[rel].format(ws=root), root)
-            assert r.returncode == 0, f"{BUILD[rel]}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-            done.add(rel)
+        done = shared / f"built-{rel.replace('/', '_')}.done"
+        with FileLock(str(shared / "built.lock")):
+            if not root.exists():
+                shutil.copytree(template, root, ignore=shutil.ignore_patterns(".done"))
+            if not done.exists():
+                r = run_command(BUILD[rel].format(ws=root), root)
+                assert r.returncode == 0, f"{BUILD[rel]}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+                done.touch()
         return root / rel
     return get
 
 
 PASSED: set[str] = set()  # commands that passed on these fixtures in this session
+
+
+def _passed_elsewhere(shared: Path) -> set[str]:
+    """The commands of every block another worker (or this one) ran through to the end."""
+    out: set[str] = set()
+    for f in shared.glob("passed-*.txt"):
+        out.update(line for line in f.read_text().splitlines() if line)
+    return out
+
+
+def _publish_passed(shared: Path, key: str, cmds: list[str]) -> None:
+    """Tell the other workers that a whole block passed: one file, renamed into place."""
+    name = hashlib.sha256(key.encode()).hexdigest()[:16]
+    tmp = shared / f".passed-{name}.{os.getpid()}"
+    tmp.write_text("".join(c + "\n" for c in cmds))
+    os.replace(tmp, shared / f"passed-{name}.txt")
+
+
+DEMO = "tldr-index demo"
+
+
+def _aliases(variant: str) -> set[str]:
+    """Commands that passing ``variant`` also passes: ``make demo`` runs exactly
+    ``tldr-index demo`` (``python -m tldr_index.cli demo``; checked here by a dry run)."""
+    if variant not in ("make demo", DEMO):
+        return {variant}
+    dry = subprocess.run(["bash", "-c", _runnable("make demo").replace(" -o install", " -n -o install")],
+                         env=_env(), text=True, capture_output=True, timeout=60)
+    recipe = [line for line in dry.stdout.splitlines() if line.strip()]
+    assert dry.returncode == 0, dry.stderr
+    if recipe == [f"{shlex.quote(sys.executable)} -m tldr_index.cli demo"]:
+        return {"make demo", DEMO}
+    return {variant}
+
+
+def _built_target(variant: str, ws: Path, ran: list[str]) -> str | None:
+    """The ``BUILD`` target that ``variant`` (as run in ``ws``) builds, when no command this block
+    ran before touched the store it writes to (so the built copy is what running it would give)."""
+    for rel, cmd in BUILD.items():
+        if _substituted(variant, ws) != cmd.format(ws=ws):
+            continue
+        store = {"out": "out/"}.get(rel.split("/")[0], rel.split("/")[0])
+        cli = [c for c in ran if c.startswith("tldr-index ") and not c.startswith(DEMO)]
+        if not any(store in c or (store == "tldr-data" and "--db" not in c
+                                  and "--source" not in c) for c in cli):
+            return rel
+    return None
 
 
 def _add_source_rows(ws: Path) -> None:
@@ -259,33 +337,55 @@ def _params():
 
 
 @pytest.mark.parametrize("name,line,lang,text", _params())
-def test_block_runs(name, line, lang, text, template, built, tmp_path):
+def test_block_runs(name, line, lang, text, template, built, shared, tmp_path):
     ws = tmp_path / "ws"
-    shutil.copytree(template, ws)
+    shutil.copytree(template, ws, ignore=shutil.ignore_patterns(".done"))
     for rels in _match(NEEDS, name, text):
         for rel in rels:
-            src = built(rel)
-            if (ws / rel).exists():
-                shutil.rmtree(ws / rel)
-            shutil.copytree(src, ws / rel)
+            _copy_in(built(rel), ws / rel)
     if _match({k: 1 for k in SOURCE_CHANGES}, name, text):
         _add_source_rows(ws)
     if lang == "python":
         _run_python(name, text, ws)
         return
+    passed = PASSED | _passed_elsewhere(shared)
+    ran: list[str] = []
     for cmd in commands(text):
         if any(cmd.startswith(p) for p in NOT_RUN):
             continue
         for variant in command_variants(cmd):
-            if variant in PASSED:
+            if variant in passed:
+                continue
+            rel = _built_target(variant, ws, ran)
+            if rel is not None:  # this very command built it, on a copy of the same fixtures
+                _copy_in(built(rel), ws / rel)
+                PASSED.add(variant)
+                continue
+            aliases = _aliases(variant)
+            if aliases & passed:
                 continue
             r = run_command(variant, ws)
+            ran.append(variant)
             ok = OK_CODES.get(" ".join(variant.split()[:2]), {0})
             assert r.returncode in ok, (f"{name}:{line}: `{variant}` exited {r.returncode}\n"
                                         f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
             if variant.startswith("make test"):
                 assert "pytest" in r.stdout
-            PASSED.add(variant)
+            PASSED.update(aliases)
+            passed |= aliases
+    _publish_passed(shared, f"{name}:{line}", sorted(PASSED))
+
+
+def _substituted(cmd: str, ws: Path) -> str:
+    for a, b in SUBSTITUTE:
+        cmd = cmd.replace(a, b.format(ws=ws))
+    return cmd
+
+
+def _copy_in(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
 
 
 def _run_python(name: str, text: str, ws: Path) -> None:

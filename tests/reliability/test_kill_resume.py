@@ -81,15 +81,16 @@ def test_shrink_killed_in_each_stage_resumes_to_the_same_target(
 
 
 # engine=ray: killed after the first of three 200-row scan pieces, and after the first written
-# shard; the resumed run equals the local engine's uninterrupted run (same sample, same model)
+# shard; the resumed run equals the local engine's uninterrupted run (same sample, same model).
+# Each killed child starts its own local Ray; the resumed runs (in this process) share one
+# (``ray_local``), as on a running cluster.
 RAY_KILLS = [("scan:update@1", []),
              ("write:update@1", ["scan", "knn", "train", "encode"])]
 
 
 @pytest.mark.parametrize("fault,skipped", RAY_KILLS, ids=[k[0] for k in RAY_KILLS])
 def test_shrink_on_ray_killed_resumes_to_the_same_target(fault, skipped, tmp_path, reference,
-                                                         source_guard):
-    pytest.importorskip("ray", reason="optional extra: pip install 'tldr-index[ray]'")
+                                                         source_guard, ray_local):
     src, expected, model_sha = reference
     source_guard(src)
     tgt = lancedb_uri(str(tmp_path / "db"), "docs_out")

@@ -30,6 +30,7 @@ CPU seconds per 1M rows for d = 64 / 128, 8 / 16 / 32 B and beams 1-5, 1 and 2 t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -49,6 +50,7 @@ MAX_BEAM = 256
 #: Row-codebook inner products per chunk of :func:`lut_encode` (a chunk is ``CROSS_FLOATS //
 #: (M x 256)`` rows: 512 at 16 B; 24 MiB per worker in float64 + float32).
 CROSS_FLOATS = 1 << 21
+_TABLES_LOCK = threading.Lock()  # a restored codec builds its tables once, on its first encode
 
 
 def _chunks(n: int, rows: int) -> Iterator[slice]:
@@ -277,15 +279,28 @@ class RQCodec(Codec):
         self.codebooks_ = faiss.vector_to_array(rq.codebooks).reshape(
             self.n_bytes, 256, self.dim).copy()
         _use_tables(rq, self.codebooks_)
-        self.rq_ = rq
+        self._rq, self._tables_built = rq, True
 
     def _restore(self, tensors: dict[str, np.ndarray]) -> None:
+        """Codebooks only: the encoder's tables (:func:`codebook_tables`, 0.5 s at d=64, 16 B)
+        are built on the first use of :attr:`rq_` (an encode), which search and decode never
+        need, so opening a target to search it does not pay for them."""
         self.codebooks_ = np.ascontiguousarray(tensors["codebooks"], dtype=np.float32)
         rq = _make_rq(self.dim, self.n_bytes, self.beam)
         faiss.copy_array_to_vector(self.codebooks_.ravel(), rq.codebooks)
         rq.is_trained = True
-        _use_tables(rq, self.codebooks_)
-        self.rq_ = rq
+        self._rq, self._tables_built = rq, False
+
+    @property
+    def rq_(self) -> faiss.ResidualQuantizer:
+        """The FAISS quantizer holding the codebooks, with its codebook tables set
+        (:func:`_use_tables`; built here on first use after a restore, once, thread-safe)."""
+        if not self._tables_built:
+            with _TABLES_LOCK:
+                if not self._tables_built:
+                    _use_tables(self._rq, self.codebooks_)
+                    self._tables_built = True
+        return self._rq
 
     def _tensors(self) -> dict[str, np.ndarray]:
         return {"codebooks": self.codebooks_}
@@ -295,7 +310,7 @@ class RQCodec(Codec):
         return lut_encode(X, self.rq_, self.codebooks_, self.beam)
 
     def _decode(self, codes: np.ndarray) -> np.ndarray:
-        return self.rq_.decode(codes)
+        return self._rq.decode(codes)  # the codebooks only: no tables needed
 
     def index(self, codes: np.ndarray) -> faiss.IndexResidualQuantizer:
         """A FAISS inner-product index holding ``codes`` as they are (no re-encoding)."""
