@@ -86,8 +86,8 @@ def _sabotage(monkeypatch, bad: str) -> None:
     """Make ``bad``'s fitted map rank 1 (so the other method measures better)."""
     real = train_stage.fit_reducer
 
-    def fit(c, method, dim, ckpt_dir=None):
-        model = real(c, method, dim, ckpt_dir)
+    def fit(c, method, dim, ckpt_dir=None, **kw):
+        model = real(c, method, dim, ckpt_dir, **kw)
         if method == bad:
             # rank 1: every output coordinate is the same projection
             model.components_ = np.repeat(model.components_[:1], dim, axis=0)
