@@ -13,12 +13,24 @@ from .options import (api_key_opt, db_opt, json_opt, library_errors, quiet_opt, 
                       store_options, target_uri)
 from .output import echo_json, mb
 
+_COMPACT_TARGET_OPTS = (
+    db_opt,
+    click.option("--collection", default=None, help="Compact table in --db."),
+    click.option("--target", default=None, metavar="URI",
+                 help="Compact collection URI (instead of --collection)."),
+)
+
+
+def compact_target_opts(fn):
+    """``--db``, ``--collection``, ``--target``: which compact collection a command reads
+    (resolved by :func:`tldr_index.cli.options.target_uri`)."""
+    for opt in reversed(_COMPACT_TARGET_OPTS):
+        fn = opt(fn)
+    return fn
+
 
 @click.command()
-@db_opt
-@click.option("--collection", default=None, help="Compact table in --db.")
-@click.option("--target", default=None, metavar="URI",
-              help="Compact collection URI (instead of --collection).")
+@compact_target_opts
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False),
               help=".npy float array (n, D) of queries in the original space.")
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True,
@@ -108,10 +120,7 @@ def search(db, collection, target, queries, k, output, rescore, shortlist, sourc
 
 
 @click.command("rescore-cache")
-@db_opt
-@click.option("--collection", default=None, help="Compact table in --db.")
-@click.option("--target", default=None, metavar="URI",
-              help="Compact collection URI (instead of --collection).")
+@compact_target_opts
 @click.option("--path", "path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the cache (.npy, plus PATH.json).")
 @click.option("--source", default=None, metavar="URI",
@@ -142,10 +151,7 @@ def rescore_cache(db, collection, target, path, source, dtype, api_key, quiet):
 
 
 @click.command()
-@db_opt
-@click.option("--collection", default=None, help="Compact table in --db.")
-@click.option("--target", default=None, metavar="URI",
-              help="Compact collection URI (instead of --collection).")
+@compact_target_opts
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False),
               help=".npy float array (n, D), n >= 50, of queries like the real ones, in the "
                    "original space.")
@@ -223,10 +229,7 @@ def print_hits(res, cols: list[str], values: dict) -> None:
 
 
 @click.command()
-@db_opt
-@click.option("--collection", default=None, help="Compact table in --db.")
-@click.option("--target", default=None, metavar="URI",
-              help="Compact collection URI (instead of --collection).")
+@compact_target_opts
 @api_key_opt
 @json_opt
 @library_errors
