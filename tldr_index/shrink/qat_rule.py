@@ -31,6 +31,8 @@ def qat_codec(mode: str, *, method: str, codec: str, dim: int | None, code_bytes
               n_train: int, selection: bool, owner: str = "shrink") -> str | None:
     """The codec to fine-tune through ("pq" or "rq") or None. Raises
     :class:`InvalidParameterError` for ``mode="on"`` on a run that cannot use it."""
+    if mode == "off":
+        return None
     why = None
     if selection:
         why = "a fixed dim and codec (not method='auto' or target_recall)"
@@ -42,8 +44,6 @@ def qat_codec(mode: str, *, method: str, codec: str, dim: int | None, code_bytes
         why = "codes (got bytes=0)"
     elif n_train < MIN_TRAIN_ROWS:
         why = f"at least {MIN_TRAIN_ROWS} training rows (got {n_train})"
-    if mode == "off":
-        return None
     if why is not None:
         if mode == "on":
             raise InvalidParameterError(

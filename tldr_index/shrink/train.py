@@ -103,12 +103,14 @@ def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None =
                  max_train_rows=max(2, train.n_rows), device=run.device,
                  random_state=run.seed, **{"batch_size": tldr_batch_size(train.n_rows), **opts})
     run.progress.begin("train", None, "steps")
-    phase = {"name": None}
+    in_qat = False
 
     def on_step(done: int, total: int, info: dict) -> None:
-        if info.get("phase") == "qat" and phase["name"] is None:  # the fine-tuning begins
-            phase["name"] = f"fine-tuning through the {qat.upper()} codes (QAT)"
-            run.progress.phase("train", phase["name"], total, "steps")
+        nonlocal in_qat
+        if info.get("phase") == "qat" and not in_qat:  # the fine-tuning begins
+            in_qat = True
+            run.progress.phase("train", f"fine-tuning through the {qat.upper()} codes (QAT)",
+                               total, "steps")
         run.progress.update("train", done, total)
 
     model.fit(train, graph=graph, checkpoint_dir=ckpt_dir,
