@@ -398,7 +398,7 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
                   n_train=min(n_rows, sample), selection=False, owner=o)
     else:  # which candidates are fitted through their codes
         select["qat"] = selection_qat(select["candidates"], fit_options.qat,
-                                      min(n_rows, sample), owner=o)
+                                      min(n_rows, sample), codecs=[codec], owner=o)
     return ShrinkPlan(src=src, source_uri=source_uri, target_uri=target_uri,
                       source_abs=source_abs, target_abs=target_abs, method=method, dim=dim,
                       code_bytes=pq_bytes, codec=codec, neighbors=neighbors, epochs=epochs,
@@ -480,7 +480,7 @@ def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
     check_feasible(src, n_rows, min(n_rows, sample), method, neighbors,
                    needs_kmeans(c[2] for c in select["candidates"] if c[3]), o)
     select["qat"] = selection_qat(select["candidates"], fit_options.qat, min(n_rows, sample),
-                                  owner=o)
+                                  codecs=codecs, owner=o)
     return SweepPlan(src=src, source_uri=source_uri, source_abs=absolute_uri(source_uri),
                      method=method, neighbors=neighbors, epochs=epochs, sample=sample,
                      device=device, seed=random_state, eval_queries=eval_queries,

@@ -28,21 +28,22 @@ QAT_LABEL = "+QAT"
 
 
 def selection_qat(candidates: Sequence[Sequence], mode: str, n_train: int, *,
-                  owner: str) -> dict:
+                  codecs: Sequence[str], owner: str) -> dict:
     """``{"mode", "fits": [[d, codec, code_bytes, qat_codec], ...], "plain"}`` (JSON-able, part
     of the run's identity) for the ``[method, d, codec, code_bytes]`` ``candidates`` of
     :func:`tldr_index.shrink.plan.selection_plan`: the TLDR candidates fitted through their codes
     and whether their plain version stays a candidate. Raises
     :class:`~tldr_index.errors.InvalidParameterError` (qat_codec's message) for ``mode="on"``
-    when a TLDR candidate cannot run it, or when no candidate is a TLDR map."""
+    when a TLDR candidate cannot run it, or when no candidate is a TLDR map. ``codecs``: the
+    requested ones (a float-only candidate, no codec, is checked as the first with 0 bytes)."""
     fits = []
     tldr = [c for c in candidates if c[0] == "tldr"]
     if mode == "on" and not tldr and candidates:
         m, d, codec, size = candidates[0]
-        qat_codec(mode, method=m, codec=codec, dim=d, code_bytes=size, n_train=n_train,
-                  selection=False, owner=owner)  # raises: method='tldr' only
+        qat_codec(mode, method=m, codec=codec or codecs[0], dim=d, code_bytes=size,
+                  n_train=n_train, selection=False, owner=owner)  # raises: method='tldr' only
     for _, d, codec, size in tldr:
-        q = qat_codec(mode, method="tldr", codec=codec, dim=d, code_bytes=size,
+        q = qat_codec(mode, method="tldr", codec=codec or codecs[0], dim=d, code_bytes=size,
                       n_train=n_train, selection=False, owner=owner)
         if q is not None:
             fits.append([d, codec, size, q])
