@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _pipeline_helpers import lancedb_source
+from _pipeline_helpers import lancedb_source, recall
 
 from tests.conftest import make_structured
 from tldr_index.pipeline import shrink
@@ -111,10 +111,7 @@ def _recall_of_the_target(X: np.ndarray, target: str, queries: np.ndarray) -> fl
     S[np.arange(len(queries)), queries] = -np.inf
     truth = np.argsort(-S, axis=1)[:, :10]
     _, found = model.topk(codes, model.encode(X[queries]), 11)
-    hits = 0
-    for q, f, t10 in zip(queries, found, truth):
-        hits += len(set(f[f != q][:10]) & set(t10))
-    return hits / (10 * len(queries))
+    return recall(np.array([f[f != q][:10] for q, f in zip(queries, found)]), truth)
 
 
 @pytest.mark.parametrize("mode", ["on", "auto"])
