@@ -489,7 +489,7 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
     if not keep_work:
         work.clear_all()
     seconds["total"] = time.perf_counter() - t_all
-    configs.sort(key=lambda x: (x.pq_bytes or 4 * x.dim, x.dim, x.method))
+    configs.sort(key=lambda x: (x.pq_bytes or 4 * x.dim, x.dim, x.method, x.qat or ""))
     return SweepResult(source=src.uri, metric=src.distance, rows=c.results.scan.rows,
                        source_dim=src.dim, queries=q["queries"], query_kind=q["query_kind"],
                        criterion=criterion, target_recall=target_recall, configs=configs,
