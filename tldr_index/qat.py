@@ -110,7 +110,7 @@ def check_params(qat: Any, qat_bytes: Any, qat_epochs: Any, *, n_components: int
     if qat in ("pq", "opq") and n_components % M:
         raise InvalidParameterError(
             f"The 'qat_bytes' parameter of {owner} must divide n_components={n_components} (one "
-            f"sub-vector per byte) for qat={qat!r}. Got {M} instead.")
+            f"sub-vector per byte). Got {M} instead.")
     if qat == "rabitq" and M not in feasible_bytes("rabitq", n_components):
         sizes = ", ".join(str(b) for b in feasible_bytes("rabitq", n_components)) or "none"
         raise InvalidParameterError(
