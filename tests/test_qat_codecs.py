@@ -194,3 +194,40 @@ def test_the_opq_and_rabitq_benchmarks_run_and_write_their_tables(tmp_path):
         assert r.returncode == 0, r.stderr
         text = out.read_text()
         assert row in text and "(= the QAT start)" in text
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    from _pipeline_helpers import lancedb_source
+    from conftest import make_structured
+
+    X = make_structured(900, 32, latent=6, clusters=8, seed=4)
+    return X, lancedb_source(str(tmp_path_factory.mktemp("qat_codecs")), X)
+
+
+@pytest.mark.parametrize("codec, size", [("opq", 4), ("rabitq", 6)])
+def test_shrink_with_qat_on_stores_exactly_the_codes_of_the_codec_qat_trained(
+        source, tmp_path, codec, size):
+    """``--qat on`` with OPQ (d=16, 4 B) and RaBitQ (d=16, 1 bit: 2 + 4 B): the target's codec is
+    the one the fine-tune trained (its arrays) and its stored codes are that codec's encoding of
+    the rows, byte for byte."""
+    from connectors import open_target
+    from tldr_index.base import BaseReducer
+    from tldr_index.pipeline import shrink
+    from tldr_index.search import read_codes
+
+    X, src = source
+    name = f"_{codec}"
+    r = shrink(src, src + name, dim=16, codec=codec, bytes=size, work_dir=tmp_path / name,
+               source_options={"distance": "cosine"}, epochs=1, eval_queries=50, threads=1,
+               keep_work=True, fit_options={"qat": "on"})
+    assert r.qat is not None and (r.qat["codec"], r.qat["code_bytes"]) == (codec, size)
+    m = BaseReducer.load(tmp_path / name / "train" / "model.safetensors")
+    assert m.qat == codec
+    model = CompactModel.of_target(open_target(src + name))
+    for k, v in codec_for(m).state()[0].items():
+        np.testing.assert_array_equal(model.codec.state()[0][k], v)
+    ids, codes = read_codes(open_target(src + name), "id", "pq_codes")
+    order = np.argsort(ids.to_numpy())       # ids 3 + 7 i: row order
+    np.testing.assert_array_equal(
+        codes[order], codec_for(m).encode(prepare_rows(m.transform(X), "cosine")))

@@ -38,7 +38,7 @@ def test_on_forces_qat_and_auto_stays_off_where_it_cannot_run():
 
 @pytest.mark.parametrize("kw, rule", [
     (dict(method="pca"), "method='tldr' (got method='pca')"),
-    (dict(codec="opq"), "codec 'rq' or 'pq' (got codec='opq')"),
+    (dict(codec="sq8"), "codec 'rq', 'pq', 'opq' or 'rabitq' (got codec='sq8')"),
     (dict(code_bytes=0), "codes (got bytes=0)"),
     (dict(n_train=100), "at least 256 training rows (got 100)"),
     (dict(selection=True), "a fixed dim and codec (not method='auto' or target_recall)")])

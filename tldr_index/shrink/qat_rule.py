@@ -18,11 +18,16 @@ trained (no codec training there).
 
 from __future__ import annotations
 
+from ..codecs.rabitq import FACTOR_BYTES
 from ..errors import InvalidParameterError
 
 QAT_MODES = ("auto", "on", "off")
 #: ``auto``: the smallest d / code bytes at which QAT is on, per codec (see the module docstring)
 AUTO_MIN_DIMS_PER_BYTE = {"rq": 8, "pq": 4}
+#: ``auto`` for RaBitQ: bits per dimension -> the smallest d at which QAT is on (absent: never)
+AUTO_RABITQ: dict[int, int] = {}
+#: the codecs QAT can fine-tune through (:data:`tldr_index.qat.CODECS`)
+QAT_CODECS = ("rq", "pq", "opq", "rabitq")
 #: QAT's k-means / codebooks need this many training rows (256 entries per codebook)
 MIN_TRAIN_ROWS = 256
 
@@ -38,8 +43,8 @@ def qat_codec(mode: str, *, method: str, codec: str, dim: int | None, code_bytes
         why = "a fixed dim and codec (not method='auto' or target_recall)"
     elif method != "tldr":
         why = f"method='tldr' (got method={method!r})"
-    elif codec not in AUTO_MIN_DIMS_PER_BYTE:
-        why = f"codec 'rq' or 'pq' (got codec={codec!r})"
+    elif codec not in QAT_CODECS:
+        why = f"codec 'rq', 'pq', 'opq' or 'rabitq' (got codec={codec!r})"
     elif not code_bytes:
         why = "codes (got bytes=0)"
     elif n_train < MIN_TRAIN_ROWS:
@@ -50,6 +55,17 @@ def qat_codec(mode: str, *, method: str, codec: str, dim: int | None, code_bytes
                 f"The 'fit_options.qat' parameter of {owner} (--qat) can be 'on' only with {why}. "
                 f"Got qat='on' instead; pass 'auto' or 'off'.")
         return None
-    if mode == "on" or dim >= AUTO_MIN_DIMS_PER_BYTE[codec] * code_bytes:
+    if mode == "on" or auto_gain(codec, dim, code_bytes):
         return codec
     return None
+
+
+def auto_gain(codec: str, dim: int, code_bytes: int) -> bool:
+    """Whether ``auto`` turns QAT on for ``codec`` at ``dim`` and ``code_bytes`` (the measured
+    rule of the module docstring)."""
+    if codec in AUTO_MIN_DIMS_PER_BYTE:
+        return dim >= AUTO_MIN_DIMS_PER_BYTE[codec] * code_bytes
+    if codec == "rabitq":
+        bits = (code_bytes - FACTOR_BYTES) * 8 // dim
+        return bits in AUTO_RABITQ and dim >= AUTO_RABITQ[bits]
+    return False
