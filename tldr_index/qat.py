@@ -32,15 +32,35 @@ the compact collection will store it, while the query side stays float (asymmetr
   :meth:`~tldr_index.base.BaseReducer.transform` computes it), so the epoch kept is judged by
   the codes the product would write. No rotation (full-dimension codebooks make one pointless):
   ``qat_rotation_`` is the identity.
+* ``codec="opq"``: the product's :class:`~tldr_index.codecs.OPQCodec` (FAISS ``OPQMatrix``
+  rotation ``A``, then PQ with ``qat_bytes`` sub-quantizers) fitted on the prepared reduced
+  training sample is the start (epoch 0 = the plain "map, then OPQ"). The rotation is kept (not
+  folded into the map: it is the codec's, applied at encode), the PQ codebooks are learned as for
+  PQ: ``z_hat = (C[argmin(u A^T)]) A + (u - u.detach())``. With ``OPQ_REFIT_ROTATION`` the
+  rotation is refitted to the learned codebooks after each epoch (one orthogonal Procrustes step
+  on the prepared sample, :func:`procrustes_rotation`); ``benchmarks/results/qat.md`` measures
+  both, the default keeps it. Validation, the epoch kept and ``info["val_codes_sha256"]`` use the
+  product's codec holding the current arrays, as for RQ.
+* ``codec="rabitq"`` (``qat_bytes`` = the RaBitQ code size ``d x bits / 8 + 4``, bits 1, 2 or 4):
+  the product's :class:`~tldr_index.codecs.RaBitQCodec` (centre = mean of the prepared training
+  sample, seeded random rotation) is the start. The database side goes straight through the
+  product's codec: ``z_hat = u + (decode(encode(u)) - u).detach()``, whose inner product with
+  every float query is RaBitQ's estimator (so the forward ranking is the product's); nothing of
+  the codec is learned by gradient, but after each epoch the centre is refitted on the prepared
+  sample under the current map (the rotation stays the start's: same seed). The epoch kept is
+  judged by the product's codes, as for RQ.
 
-Exported as plain arrays: ``components_``/``bias_`` (the rotation already folded in, the map stays
-linear), ``qat_codebook_`` float32, ``(M, 256, d / M)`` for PQ, ``(M, 256, d)`` for RQ (the trained
-codebooks: :func:`codec_for` turns them into the product's codec, :func:`quantizer_for` into a
-PQ quantizer; never re-train them) and ``qat_rotation_`` ``(d, d)`` (the rotation that was
-folded into the map at the start, kept for provenance; do **not** apply it again).
+Exported as plain arrays: ``components_``/``bias_`` (PQ: the rotation already folded in; the map
+stays linear), ``qat_codebook_`` float32 (the codec's learned array: ``(M, 256, d / M)``
+centroids for PQ and OPQ, ``(M, 256, d)`` codebooks for RQ, the ``(d,)`` centre for RaBitQ;
+:func:`codec_for` turns them into the product's codec, :func:`quantizer_for` into a PQ quantizer;
+never re-train them) and ``qat_rotation_`` ``(d, d)``: for PQ the rotation that was folded into
+the map at the start, kept for provenance (do **not** apply it again); the identity for RQ; for
+OPQ and RaBitQ the codec's own rotation (applied by the codec at encode, not folded in).
 
 Cost per step: the ranking loss on ``2 B`` rows, O(B^2 (D + d)), plus the assignment
-O(2 B x 256 x d) (PQ) or O(2 B x M x 256 x d) (RQ, greedy); per validation: encoding and
+O(2 B x 256 x d) (PQ, OPQ plus a ``d x d`` rotation), O(2 B x M x 256 x d) (RQ, greedy) or the
+RaBitQ encode, O(2 B x d^2) plus ``2 B x d x 24`` for 2 and 4 bits, in numpy; per validation: encoding and
 quantizing ``n_db`` rows (RQ: the beam-5 encode) plus ``n_q x n_db x d``. The RQ start fits the
 product's RQ codec (M rounds of k-means on up to 20,000 rows). Memory: one batch, the ``D x d``
 map and the codebooks (``M x 256 x d`` floats for RQ).
@@ -364,8 +384,9 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
     :class:`~tldr_index.trainer.Validator`) turns on early stopping on the quantized recall.
     ``log_scale`` is the ranking fit's learnt inverse temperature (the start here; learnt on).
     ``codebook_learning_rate``: None picks ``CODEBOOK_LEARNING_RATE`` (PQ) or
-    ``RQ_CODEBOOK_LEARNING_RATE`` (RQ). With RQ, ``info["val_codes_sha256"]`` is the digest of the
-    validation codes of the epoch kept (what :func:`codec_for` writes for those rows).
+    ``RQ_CODEBOOK_LEARNING_RATE`` (RQ; OPQ takes the PQ rate; RaBitQ learns no codec array).
+    With OPQ, RQ and RaBitQ, ``info["val_codes_sha256"]`` is the digest of the validation codes
+    of the epoch kept (what :func:`codec_for` writes for those rows).
     Time: ``epochs x len(anchors) / batch_size`` steps (see the module docstring).
     """
     t_start = time.perf_counter()

@@ -81,7 +81,7 @@ def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None =
                 qat: str | None = None):
     """Fit ``method`` ("tldr" with the run's kNN graph, "pca", or "none": the identity map, no
     training, ``dim`` = D) to ``dim`` on the run's training sample (also used by
-    :mod:`tldr_index.shrink.select` for every candidate); ``qat`` ("pq"/"rq", TLDR only): then
+    :mod:`tldr_index.shrink.select` for every candidate); ``qat`` ("pq"/"opq"/"rq"/"rabitq", TLDR only): then
     fine-tune the map through the run's codes (:mod:`tldr_index.qat`, ``run.code_bytes``)."""
     from ..baselines import PCA, IdentityMap
     from ..reducer import TLDR
