@@ -23,7 +23,11 @@ RULE = dict(method="tldr", n_train=1000, selection=False)
     ("rq", 128, 8, "rq"), ("rq", 128, 16, "rq"), ("rq", 64, 8, "rq"),   # measured gains
     ("rq", 64, 16, None), ("rq", 128, 32, None),                        # d < 8 x bytes
     ("pq", 64, 16, "pq"), ("pq", 64, 8, "pq"), ("pq", 64, 32, None),     # d >= 4 x bytes
-    ("opq", 128, 8, None), ("rabitq", 128, 20, None), ("rq", 128, 0, None)])
+    ("opq", 128, 8, "opq"), ("opq", 128, 16, "opq"), ("opq", 64, 8, "opq"),  # d >= 8 x bytes
+    ("opq", 64, 16, None),
+    ("rabitq", 128, 20, "rabitq"), ("rabitq", 256, 36, "rabitq"),     # 1 bit, d >= 128
+    ("rabitq", 64, 12, None), ("rabitq", 128, 36, None), ("rabitq", 256, 68, None),  # 1 bit
+    ("sq8", 128, 128, None), ("rq", 128, 0, None)])                  # d < 128; 2 bits; no QAT
 def test_the_auto_rule_turns_qat_on_only_where_it_measured_a_gain(codec, dim, size, expected):
     assert qat_codec("auto", codec=codec, dim=dim, code_bytes=size, **RULE) == expected
     assert qat_codec("off", codec=codec, dim=dim, code_bytes=size, **RULE) is None
