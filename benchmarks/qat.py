@@ -26,11 +26,23 @@ the codec's training for the originals; ranking fit + codec training for map-the
 ``fit`` (ranking fit, RQ start, QAT epochs) for QAT.
 Fit times are wall-clock on a shared, loaded machine: record them, compare only recall.
 
+``--codec opq`` / ``--codec rabitq`` (a section of its own, ``--out``): for each ``--dims`` d the
+default TLDR map, then the product's codec (``get_codec``: OPQ at each ``--bytes``; RaBitQ at each
+``--bits``, ``d x bits / 8 + 4`` bytes) fitted on the prepared reduced database with the seed the
+QAT start uses (that row *is* QAT's epoch 0) and with each ``--codec-seeds``; and TLDR with
+``qat="opq"``/``"rabitq"`` at the same bytes, whose trained codec encodes the database
+(``tldr_index.qat.codec_for``). ``--opq-refit D:BYTES`` adds a QAT-OPQ fit with the rotation
+refitted to the codebooks after each epoch (``tldr_index.qat.OPQ_REFIT_ROTATION``).
+
 Usage:
     python benchmarks/qat.py --corpus ../shared/data/pydoc-minilm.npz   # -> benchmarks/results/qat.md
     python benchmarks/qat.py --bytes 16 --out /tmp/qat.md
     python benchmarks/qat.py --corpus ../shared/data/pydoc-minilm.npz --codec rq --dims 64 128 \
         --out /tmp/qat_rq.md
+    python benchmarks/qat.py --corpus ../shared/data/pydoc-minilm.npz --codec opq --dims 64 128 \
+        --bytes 8 16 --opq-refit 64:8 --out /tmp/qat_opq.md
+    python benchmarks/qat.py --corpus ../shared/data/pydoc-minilm.npz --codec rabitq --dims 128 \
+        256 --bits 1 --out /tmp/qat_rabitq.md
 """
 
 from __future__ import annotations
@@ -130,6 +142,60 @@ def rq_rows(a, db: np.ndarray, q: np.ndarray, truth: np.ndarray, graph) -> list[
     return rows
 
 
+def codec_qat_rows(a, db: np.ndarray, q: np.ndarray, truth: np.ndarray, graph) -> list[tuple]:
+    """The ``--codec opq`` / ``--codec rabitq`` rows (see the module docstring)."""
+    rows = []
+    for d in a.dims:
+        sizes = a.bytes if a.codec == "opq" else [d * b // 8 + 4 for b in a.bits]
+        t0 = time.perf_counter()
+        base = TLDR(d, random_state=a.seed, epochs=a.epochs).fit(db, graph=graph)
+        t_base = time.perf_counter() - t0
+        Zdb, Zq = base.transform(db), base.transform(q)
+        start_seed = base.seed_ % (2**31 - 1)  # what the QAT start fits its codec with
+        for M in sizes:
+            for seed in [start_seed, *a.rq_seeds]:
+                t0 = time.perf_counter()
+                c = get_codec(a.codec, d, bytes=M).fit(prepare_rows(Zdb, "cosine"), seed)
+                t = time.perf_counter() - t0
+                what = "= the QAT start" if seed == start_seed else f"codec seed {seed}"
+                rows.append((f"TLDR d={d}, then {_label(a.codec, d, M)} ({what})", M,
+                             *codec_recalls(c, Zdb, Zq, db, q, truth), t_base + t,
+                             f"ranking fit {t_base:.0f} s + codec training {t:.1f} s"))
+                print(rows[-1], flush=True)
+        runs = [(M, False) for M in sizes]
+        runs += [(M, True) for dm in a.opq_refit if dm[0] == d and dm[1] in sizes for M in [dm[1]]]
+        for M, refit in runs:
+            qat_module.OPQ_REFIT_ROTATION = refit
+            try:
+                t0 = time.perf_counter()
+                m = TLDR(d, random_state=a.seed, epochs=a.epochs, qat=a.codec, qat_bytes=M,
+                         qat_epochs=a.qat_epochs).fit(db, graph=graph)
+                t_fit = time.perf_counter() - t0
+            finally:
+                qat_module.OPQ_REFIT_ROTATION = False
+            info = m.fit_info_["qat"]
+            tag = ", variant: rotation refitted per epoch" if refit else ""
+            rows.append((f"TLDR d={d} + QAT {_label(a.codec, d, M)} ({a.qat_epochs} epochs{tag})",
+                         M, *codec_recalls(codec_for(m), m.transform(db), m.transform(q), db, q,
+                                           truth), t_fit,
+                         f"best epoch {info['best_epoch']}, validation "
+                         f"{info['val_recall_start']:.4f} -> {info['val_recall_best']:.4f}; "
+                         f"QAT phase {info['seconds']:.0f} s"))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _label(codec: str, d: int, size: int) -> str:
+    if codec == "rabitq":
+        return f"RaBitQ {(size - 4) * 8 // d}-bit"
+    return f"{codec.upper()}{size}"
+
+
+def _dim_bytes(text: str) -> tuple[int, int]:
+    d, m = text.split(":")
+    return int(d), int(m)
+
+
 def _variant(text: str) -> tuple[tuple[int, int], tuple[int, float]]:
     d, m, beam, lr = text.split(":")
     return (int(d), int(m)), (int(beam), float(lr))
@@ -141,14 +207,20 @@ def main() -> None:
     add_corpus_arg(ap)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=64, help="TLDR d (--codec pq)")
-    ap.add_argument("--codec", choices=("pq", "rq"), default="pq")
-    ap.add_argument("--dims", type=int, nargs="+", default=[64, 128], help="TLDR d (--codec rq)")
+    ap.add_argument("--codec", choices=("pq", "rq", "opq", "rabitq"), default="pq")
+    ap.add_argument("--dims", type=int, nargs="+", default=[64, 128],
+                    help="TLDR d (--codec rq, opq, rabitq)")
+    ap.add_argument("--bits", type=int, nargs="+", default=[1], choices=(1, 2, 4),
+                    help="RaBitQ bits per dimension (--codec rabitq; bytes = d x bits / 8 + 4)")
+    ap.add_argument("--opq-refit", type=_dim_bytes, nargs="*", default=[],
+                    help="extra QAT-OPQ fits D:BYTES with the rotation refitted per epoch "
+                         "(tldr_index.qat.OPQ_REFIT_ROTATION), e.g. 64:8")
     ap.add_argument("--rq-variants", type=_variant, nargs="*", default=[],
                     help="extra QAT-RQ fits D:BYTES:TRAIN_BEAM:CODEBOOK_LR (--codec rq), e.g. "
                          "128:8:1:1e-4 (the default: tldr_index.qat.RQ_TRAIN_BEAM and "
                          "RQ_CODEBOOK_LEARNING_RATE)")
-    ap.add_argument("--rq-seeds", type=int, nargs="+", default=[0, 1],
-                    help="RQ codec training seeds of the reference rows (--codec rq)")
+    ap.add_argument("--rq-seeds", "--codec-seeds", type=int, nargs="+", default=[0, 1],
+                    help="codec training seeds of the reference rows (--codec rq, opq, rabitq)")
     ap.add_argument("--bytes", type=int, nargs="+", default=[16, 8])
     ap.add_argument("--qat-epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
@@ -171,6 +243,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     if a.codec == "rq":
         return write_rq(a, corpus, db, q, rq_rows(a, db, q, truth, graph), t_knn, load)
+    if a.codec in ("opq", "rabitq"):
+        return write_codec(a, corpus, db, q, codec_qat_rows(a, db, q, truth, graph), t_knn, load)
     rows = []
 
     t0 = time.perf_counter()
@@ -245,6 +319,20 @@ def write_rq(a, corpus: Path, db: np.ndarray, q: np.ndarray, rows: list[tuple], 
            f"recall is compared).\n\n"
            + _corpus_line(corpus, db, q, " RQ: the product's codec (beam 5), inner-product ADC "
                           "on L2-normalised rows.", t_knn) + f"\n\n{table}\n")
+
+
+def write_codec(a, corpus: Path, db: np.ndarray, q: np.ndarray, rows: list[tuple], t_knn: float,
+                load: float) -> None:
+    table, cmd = _table(rows)
+    name = {"opq": "OPQ", "rabitq": "RaBitQ"}[a.codec]
+    note = (" OPQ: the product's codec (FAISS OPQMatrix rotation, then PQ), inner-product ADC"
+            if a.codec == "opq" else " RaBitQ: the product's codec (centre, seeded rotation, "
+            "per-vector factor), float-query estimator") + " on L2-normalised rows."
+    _write(a.out, f"## Quantization-aware training through {name} codes vs map-then-{name}\n\n"
+           f"`{cmd}` ({dt.date.today()}, {machine()}; load average {load:.1f} at the "
+           f"start, {os.getloadavg()[0]:.1f} at the end; shared: timings are recorded, only "
+           f"recall is compared).\n\n" + _corpus_line(corpus, db, q, note, t_knn)
+           + f"\n\n{table}\n")
 
 
 if __name__ == "__main__":

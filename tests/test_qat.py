@@ -170,8 +170,9 @@ def test_qat_without_early_stopping_keeps_the_last_epoch(data):
 
 
 @pytest.mark.parametrize("kw, n, msg", [
-    (dict(qat="opq"), 600,
-     "The 'qat' parameter of TLDR must be one of None, 'pq', 'rq'. Got 'opq' instead."),
+    (dict(qat="sign"), 600,
+     "The 'qat' parameter of TLDR must be one of None, 'pq', 'opq', 'rq', 'rabitq'. Got 'sign' "
+     "instead."),
     (dict(qat="pq", qat_bytes=0), 600,
      "The 'qat_bytes' parameter of TLDR must be an int in the range [1, inf). Got 0 instead."),
     (dict(qat="pq", qat_bytes=3), 600,

@@ -138,8 +138,8 @@ def test_qat_rq_without_early_stopping_keeps_the_last_epoch(data):
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(qat="opq"), "The 'qat' parameter of TLDR must be one of None, 'pq', 'rq'. Got 'opq' "
-                      "instead."),
+    (dict(qat="sq8"), "The 'qat' parameter of TLDR must be one of None, 'pq', 'opq', 'rq', "
+                      "'rabitq'. Got 'sq8' instead."),
     (dict(qat="rq", qat_bytes=9), "The 'qat_bytes' parameter of TLDR must be at most "
                                   "n_components=8 for qat='rq' (one residual codebook per "
                                   "byte). Got 9 instead."),
@@ -153,8 +153,8 @@ def test_bad_qat_rq_parameters_raise_one_clear_error(data, kw, msg):
 
 def test_codec_for_and_quantizer_for_refuse_the_wrong_model(model, data):
     plain = TLDR(8, **FIT).fit(data[0][:600])
-    msg = ("The 'model' passed to codec_for must be fitted with qat='pq' or 'rq'. Got a model "
-           "with qat=None instead.")
+    msg = ("The 'model' passed to codec_for must be fitted with qat='pq', 'opq', 'rq' or "
+           "'rabitq'. Got a model with qat=None instead.")
     with pytest.raises(InvalidParameterError, match=f"^{re.escape(msg)}$"):
         codec_for(plain)
     msg = ("The 'model' passed to quantizer_for must be fitted with qat='pq'. Got a model with "

@@ -23,7 +23,11 @@ RULE = dict(method="tldr", n_train=1000, selection=False)
     ("rq", 128, 8, "rq"), ("rq", 128, 16, "rq"), ("rq", 64, 8, "rq"),   # measured gains
     ("rq", 64, 16, None), ("rq", 128, 32, None),                        # d < 8 x bytes
     ("pq", 64, 16, "pq"), ("pq", 64, 8, "pq"), ("pq", 64, 32, None),     # d >= 4 x bytes
-    ("opq", 128, 8, None), ("rabitq", 128, 20, None), ("rq", 128, 0, None)])
+    ("opq", 128, 8, "opq"), ("opq", 128, 16, "opq"), ("opq", 64, 8, "opq"),  # d >= 8 x bytes
+    ("opq", 64, 16, None),
+    ("rabitq", 128, 20, "rabitq"), ("rabitq", 256, 36, "rabitq"),     # 1 bit, d >= 128
+    ("rabitq", 64, 12, None), ("rabitq", 128, 36, None), ("rabitq", 256, 68, None),  # 1 bit
+    ("sq8", 128, 128, None), ("rq", 128, 0, None)])                  # d < 128; 2 bits; no QAT
 def test_the_auto_rule_turns_qat_on_only_where_it_measured_a_gain(codec, dim, size, expected):
     assert qat_codec("auto", codec=codec, dim=dim, code_bytes=size, **RULE) == expected
     assert qat_codec("off", codec=codec, dim=dim, code_bytes=size, **RULE) is None
@@ -38,7 +42,7 @@ def test_on_forces_qat_and_auto_stays_off_where_it_cannot_run():
 
 @pytest.mark.parametrize("kw, rule", [
     (dict(method="pca"), "method='tldr' (got method='pca')"),
-    (dict(codec="opq"), "codec 'rq' or 'pq' (got codec='opq')"),
+    (dict(codec="sq8"), "codec 'rq', 'pq', 'opq' or 'rabitq' (got codec='sq8')"),
     (dict(code_bytes=0), "codes (got bytes=0)"),
     (dict(n_train=100), "at least 256 training rows (got 100)"),
     (dict(selection=True), "a fixed dim and codec (not method='auto' or target_recall)")])

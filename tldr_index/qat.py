@@ -32,15 +32,35 @@ the compact collection will store it, while the query side stays float (asymmetr
   :meth:`~tldr_index.base.BaseReducer.transform` computes it), so the epoch kept is judged by
   the codes the product would write. No rotation (full-dimension codebooks make one pointless):
   ``qat_rotation_`` is the identity.
+* ``codec="opq"``: the product's :class:`~tldr_index.codecs.OPQCodec` (FAISS ``OPQMatrix``
+  rotation ``A``, then PQ with ``qat_bytes`` sub-quantizers) fitted on the prepared reduced
+  training sample is the start (epoch 0 = the plain "map, then OPQ"). The rotation is kept (not
+  folded into the map: it is the codec's, applied at encode), the PQ codebooks are learned as for
+  PQ: ``z_hat = (C[argmin(u A^T)]) A + (u - u.detach())``. With ``OPQ_REFIT_ROTATION`` the
+  rotation is refitted to the learned codebooks after each epoch (one orthogonal Procrustes step
+  on the prepared sample, :func:`procrustes_rotation`); ``benchmarks/results/qat.md`` measures
+  both, the default keeps it. Validation, the epoch kept and ``info["val_codes_sha256"]`` use the
+  product's codec holding the current arrays, as for RQ.
+* ``codec="rabitq"`` (``qat_bytes`` = the RaBitQ code size ``d x bits / 8 + 4``, bits 1, 2 or 4):
+  the product's :class:`~tldr_index.codecs.RaBitQCodec` (centre = mean of the prepared training
+  sample, seeded random rotation) is the start. The database side goes straight through the
+  product's codec: ``z_hat = u + (decode(encode(u)) - u).detach()``, whose inner product with
+  every float query is RaBitQ's estimator (so the forward ranking is the product's); nothing of
+  the codec is learned by gradient, but after each epoch the centre is refitted on the prepared
+  sample under the current map (the rotation stays the start's: same seed). The epoch kept is
+  judged by the product's codes, as for RQ.
 
-Exported as plain arrays: ``components_``/``bias_`` (the rotation already folded in, the map stays
-linear), ``qat_codebook_`` float32, ``(M, 256, d / M)`` for PQ, ``(M, 256, d)`` for RQ (the trained
-codebooks: :func:`codec_for` turns them into the product's codec, :func:`quantizer_for` into a
-PQ quantizer; never re-train them) and ``qat_rotation_`` ``(d, d)`` (the rotation that was
-folded into the map at the start, kept for provenance; do **not** apply it again).
+Exported as plain arrays: ``components_``/``bias_`` (PQ: the rotation already folded in; the map
+stays linear), ``qat_codebook_`` float32 (the codec's learned array: ``(M, 256, d / M)``
+centroids for PQ and OPQ, ``(M, 256, d)`` codebooks for RQ, the ``(d,)`` centre for RaBitQ;
+:func:`codec_for` turns them into the product's codec, :func:`quantizer_for` into a PQ quantizer;
+never re-train them) and ``qat_rotation_`` ``(d, d)``: for PQ the rotation that was folded into
+the map at the start, kept for provenance (do **not** apply it again); the identity for RQ; for
+OPQ and RaBitQ the codec's own rotation (applied by the codec at encode, not folded in).
 
 Cost per step: the ranking loss on ``2 B`` rows, O(B^2 (D + d)), plus the assignment
-O(2 B x 256 x d) (PQ) or O(2 B x M x 256 x d) (RQ, greedy); per validation: encoding and
+O(2 B x 256 x d) (PQ, OPQ plus a ``d x d`` rotation), O(2 B x M x 256 x d) (RQ, greedy) or the
+RaBitQ encode, O(2 B x d^2) plus ``2 B x d x 24`` for 2 and 4 bits, in numpy; per validation: encoding and
 quantizing ``n_db`` rows (RQ: the beam-5 encode) plus ``n_q x n_db x d``. The RQ start fits the
 product's RQ codec (M rounds of k-means on up to 20,000 rows). Memory: one batch, the ``D x d``
 map and the codebooks (``M x 256 x d`` floats for RQ).
@@ -62,7 +82,8 @@ from torch import nn
 
 from .validation import check_choice, check_int
 from .errors import InvalidParameterError
-from .codecs import Codec, codec_from_state, get_codec
+from .codecs import Codec, codec_from_state, feasible_bytes, get_codec
+from .codecs.rabitq import FACTOR_BYTES
 from .codecs.rq import beam_encode
 from .compact import prepare_rows
 from .linear import linear_map
@@ -73,13 +94,19 @@ from .vectors import Vectors
 
 log = logging.getLogger(__name__)
 
-CODECS = (None, "pq", "rq")
+CODECS = (None, "pq", "opq", "rq", "rabitq")
+#: the codecs whose QAT start, validation and export are the product's codec object
+#: (:func:`product_codec`); PQ keeps its own torch path and random-rotation start
+CODEC_PATH = ("opq", "rq", "rabitq")
 MAP_LEARNING_RATE = 3e-4
 CODEBOOK_LEARNING_RATE = 1e-3
 KSUB = 256                      # centroids per sub-quantizer (8-bit codes)
 KMEANS_SAMPLE_ROWS = 65_536     # reduced rows the k-means initialisation sees at most
 RQ_TRAIN_BEAM = 5               # beam of the RQ encode inside each training step (the product's)
 RQ_CODEBOOK_LEARNING_RATE = 3e-4  # chosen on the validation recall (benchmarks/results/qat.md)
+#: OPQ: after each epoch, refit the rotation to the learned codebooks (one Procrustes step on the
+#: prepared sample); off: the start's rotation is kept (benchmarks/results/qat.md measures both)
+OPQ_REFIT_ROTATION = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,11 +127,17 @@ def check_params(qat: Any, qat_bytes: Any, qat_epochs: Any, *, n_components: int
         raise InvalidParameterError(
             f"The 'qat_bytes' parameter of {owner} must be at most n_components={n_components} "
             f"for qat='rq' (one residual codebook per byte). Got {M} instead.")
-    if qat == "pq" and n_components % M:
+    if qat in ("pq", "opq") and n_components % M:
         raise InvalidParameterError(
             f"The 'qat_bytes' parameter of {owner} must divide n_components={n_components} (one "
             f"sub-vector per byte). Got {M} instead.")
-    if n_train < KSUB:
+    if qat == "rabitq" and M not in feasible_bytes("rabitq", n_components):
+        sizes = ", ".join(str(b) for b in feasible_bytes("rabitq", n_components)) or "none"
+        raise InvalidParameterError(
+            f"The 'qat_bytes' parameter of {owner} must be a RaBitQ code size at "
+            f"n_components={n_components} (n_components x bits / 8 + {FACTOR_BYTES} with bits in "
+            f"1, 2, 4: {sizes}) for qat='rabitq'. Got {M} instead.")
+    if n_train < KSUB and qat != "rabitq":
         raise InvalidParameterError(
             f"The 'qat' parameter of {owner} needs at least {KSUB} training rows for {qat!r} "
             f"({KSUB} centroids per sub-quantizer). Got {n_train} rows.")
@@ -169,6 +202,80 @@ def rq_straight_through(u: torch.Tensor, codebooks: torch.Tensor,
     with the codes of :func:`rq_assign`; the gradient reaches ``u`` unchanged and ``codebooks``
     only at the chosen entries."""
     return rq_reconstruct(rq_assign(u, codebooks, beam), codebooks) + (u - u.detach())
+
+
+def opq_straight_through(u: torch.Tensor, codebook: torch.Tensor,
+                         rotation: torch.Tensor) -> torch.Tensor:
+    """Hard OPQ forward, straight-through backward: the PQ reconstruction of the rotated rows
+    ``u A^T`` rotated back (``A`` the OPQ rotation, orthogonal, so inner products with float
+    queries are those of :class:`~tldr_index.codecs.OPQCodec`'s ADC), plus ``u - u.detach()``;
+    the gradient reaches ``u`` unchanged and ``codebook`` only at the chosen centroids."""
+    v = u.detach() @ rotation.T
+    with torch.no_grad():
+        codes = pq_assign(v, codebook)
+    return pq_reconstruct(codes, codebook) @ rotation + (u - u.detach())
+
+
+def procrustes_rotation(Z: np.ndarray, codebook: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """One OPQ rotation update: the orthogonal ``A`` minimising ``||Z A^T - Y||_F`` where ``Y``
+    is the PQ reconstruction (``codebook``) of ``Z rotation^T`` (orthogonal Procrustes, an SVD
+    of ``Z^T Y``). Cost O(n d^2 + n 256 d + d^3)."""
+    Zr = torch.from_numpy(np.ascontiguousarray(Z @ rotation.T, dtype=np.float32))
+    cb = torch.from_numpy(np.ascontiguousarray(codebook, dtype=np.float32))
+    Y = pq_reconstruct(pq_assign(Zr, cb), cb).numpy().astype(np.float64)
+    U, _, Vt = np.linalg.svd(Z.astype(np.float64).T @ Y)
+    return np.ascontiguousarray((U @ Vt).T, dtype=np.float32)
+
+
+def codec_straight_through(u: torch.Tensor, codec: Codec) -> torch.Tensor:
+    """Hard forward through a fitted product codec, straight-through backward:
+    ``u + (decode(encode(u)) - u).detach()``. For RaBitQ ``decode`` is the vector whose inner
+    product with every float query is the estimator, so the forward similarities are the
+    product's scores. No gradient reaches the codec. Cost: the codec's encode of ``len(u)`` rows
+    (RaBitQ: ``n d^2`` plus ``n d n_scales`` for 2 and 4 bits), on the CPU."""
+    dec = codec.decode(codec.encode(u.detach().cpu().numpy()))
+    return u + (torch.from_numpy(dec).to(u.device) - u).detach()
+
+
+def product_codec(name: str, learned: np.ndarray, rotation: np.ndarray, n_bytes: int) -> Codec:
+    """The product's codec (:func:`tldr_index.codecs.get_codec` defaults) holding exactly the
+    QAT arrays (no training): ``learned`` is the PQ/OPQ centroids ``(M, 256, d / M)``, the RQ
+    codebooks ``(M, 256, d)`` or the RaBitQ centre ``(d,)``; ``rotation`` ``(d, d)`` is the
+    codec's (OPQ, RaBitQ; unused for PQ and RQ); ``n_bytes`` the code size."""
+    learned = np.ascontiguousarray(learned, dtype=np.float32)
+    if name == "rq":
+        return rq_codec(learned)
+    if name in ("pq", "opq"):
+        M, _, dsub = learned.shape
+        tensors = {"centroids": learned}
+        if name == "opq":
+            tensors["rotation"] = np.ascontiguousarray(rotation, dtype=np.float32)
+        return codec_from_state(tensors, get_codec(name, M * dsub, bytes=M).config())
+    d = len(learned)
+    return codec_from_state({"center": learned,
+                             "rotation": np.ascontiguousarray(rotation, dtype=np.float32)},
+                            get_codec("rabitq", d, bytes=n_bytes).config())
+
+
+def codec_arrays(codec: Codec) -> tuple[np.ndarray, np.ndarray]:
+    """``(learned, rotation)`` of a fitted OPQ/RQ/RaBitQ codec, the inverse of
+    :func:`product_codec` (RQ: the identity as its rotation)."""
+    t = codec.state()[0]
+    if codec.name == "rq":
+        return t["codebooks"], np.eye(codec.dim, dtype=np.float32)
+    if codec.name == "opq":
+        return t["centroids"], t["rotation"]
+    return t["center"], t["rotation"]
+
+
+def fit_start_codec(name: str, components: np.ndarray, bias: np.ndarray, vectors: Vectors,
+                    rows: np.ndarray, n_bytes: int, metric: str, seed: int) -> Codec:
+    """The product's "map, then codec": ``get_codec(name)`` fitted on the prepared reduced
+    ``rows`` of ``vectors`` with codec seed ``seed % (2^31 - 1)`` (what a benchmark's plain row
+    fits to reproduce QAT's epoch 0). Cost: the codec's training (OPQ: its rotation and k-means;
+    RQ: M rounds of k-means on up to 20,000 rows; RaBitQ: a mean and a d x d QR)."""
+    Z = prepare_rows(linear_map(vectors.take(rows), components, bias), metric)
+    return get_codec(name, components.shape[0], bytes=n_bytes).fit(Z, seed % (2**31 - 1))
 
 
 def _prep(z: torch.Tensor, metric: str) -> torch.Tensor:
@@ -277,23 +384,24 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
     :class:`~tldr_index.trainer.Validator`) turns on early stopping on the quantized recall.
     ``log_scale`` is the ranking fit's learnt inverse temperature (the start here; learnt on).
     ``codebook_learning_rate``: None picks ``CODEBOOK_LEARNING_RATE`` (PQ) or
-    ``RQ_CODEBOOK_LEARNING_RATE`` (RQ). With RQ, ``info["val_codes_sha256"]`` is the digest of the
-    validation codes of the epoch kept (what :func:`codec_for` writes for those rows).
+    ``RQ_CODEBOOK_LEARNING_RATE`` (RQ; OPQ takes the PQ rate; RaBitQ learns no codec array).
+    With OPQ, RQ and RaBitQ, ``info["val_codes_sha256"]`` is the digest of the validation codes
+    of the epoch kept (what :func:`codec_for` writes for those rows).
     Time: ``epochs x len(anchors) / batch_size`` steps (see the module docstring).
     """
     t_start = time.perf_counter()
-    if codec not in ("pq", "rq"):  # check_params refuses the rest before any work
-        raise InvalidParameterError(f"The 'qat' parameter of TLDR must be one of 'pq', 'rq'. Got "
-                                    f"{codec!r} instead.")
+    if codec not in CODECS[1:]:  # check_params refuses the rest before any work
+        raise InvalidParameterError(f"The 'qat' parameter of TLDR must be one of 'pq', 'opq', "
+                                    f"'rq', 'rabitq'. Got {codec!r} instead.")
     if codebook_learning_rate is None:
-        codebook_learning_rate = CODEBOOK_LEARNING_RATE if codec == "pq" \
-            else RQ_CODEBOOK_LEARNING_RATE
+        codebook_learning_rate = RQ_CODEBOOK_LEARNING_RATE if codec == "rq" \
+            else CODEBOOK_LEARNING_RATE
     d, M = components.shape[0], n_bytes
     sample_rng = np.random.default_rng([seed, 0x0A8])
     n_rows = vectors.n_rows
     km_rows = np.sort(sample_rng.choice(n_rows, min(n_rows, KMEANS_SAMPLE_ROWS), replace=False))
     qval = QuantizedValidator(validator, metric) if validator is not None else None
-    digest = None
+    digest, fixed = None, None
 
     if progress is not None:  # the phase begins with fitting the start's codec (no steps yet)
         progress(0, (len(anchors) // batch_size) * epochs, {"epoch": 0, "phase": "qat"})
@@ -311,23 +419,23 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
             scored[name] = (score, R, lin, cb)
         start = max(scored, key=lambda k: scored[k][0]) if qval is not None else "rotation"
     else:
-        # the start: the product's "map, then RQ" (its codec fitted on the prepared sample)
-        start, R = "identity", np.eye(d, dtype=np.float32)
+        # the start: the product's "map, then <codec>" (its codec fitted on the prepared sample)
+        start = "identity"
         lin = _linear(components, bias, device)
-        rq0 = get_codec("rq", d, bytes=M).fit(
-            prepare_rows(linear_map(vectors.take(km_rows), components, bias), metric),
-            seed % (2**31 - 1))
-        score = qval.score_codec(components, bias, rq0) if qval is not None else None
+        fixed = fit_start_codec(codec, components, bias, vectors, km_rows, M, metric, seed)
+        score = qval.score_codec(components, bias, fixed) if qval is not None else None
         digest = _digest(qval)
-        scored = {start: (score, R, lin, torch.from_numpy(rq0.codebooks_.copy()).to(device))}
+        learned, R = codec_arrays(fixed)
+        scored = {start: (score, R, lin, torch.from_numpy(learned.copy()).to(device))}
     _, R, linear, cb0 = scored[start]
-    codebook = nn.Parameter(cb0.clone())
+    codebook = nn.Parameter(cb0.clone(), requires_grad=codec != "rabitq")
+    rot = torch.from_numpy(R).to(device)
     ls = nn.Parameter(torch.tensor(float(log_scale), device=device))
     history: list[dict] = [{"epoch": 0, "start": start,
                             **{f"val_recall_{k}": v[0] for k, v in scored.items()}}]
     best_score = scored[start][0]
     best = (linear.weight.detach().clone(), linear.bias.detach().clone(), codebook.detach().clone())
-    best_epoch = 0
+    best_epoch, best_R = 0, R
     if qval is not None:
         log.info("QAT %s start (%s): quantized validation recall@%d %.4f (%s)", codec, start,
                  validator.k, best_score,
@@ -355,8 +463,14 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
                 g["lr"] = g["base_lr"] * lr_factor(epoch * steps + s, total, 0)
             xy = torch.from_numpy(vectors.take(np.concatenate([perm[s], pair[s]]))).to(device)
             u = _prep(linear(xy), metric)
-            z_hat = pq_straight_through(u, codebook) if codec == "pq" \
-                else rq_straight_through(u, codebook)
+            if codec == "pq":
+                z_hat = pq_straight_through(u, codebook)
+            elif codec == "rq":
+                z_hat = rq_straight_through(u, codebook)
+            elif codec == "opq":
+                z_hat = opq_straight_through(u, codebook, rot)
+            else:
+                z_hat = codec_straight_through(u, fixed)
             sim = asymmetric_similarity(u, z_hat, metric)
             loss = ranking_loss(xy, u, ls, teacher_temperature=teacher_temperature, metric=metric,
                                 teacher_scale=teacher_scale, reduced=sim)
@@ -371,22 +485,34 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
         if not np.isfinite(rec["loss"]):
             raise FloatingPointError(f"Quantization-aware training diverged at epoch {epoch + 1} "
                                      f"(loss {rec['loss']}).")
+        if codec == "opq" and OPQ_REFIT_ROTATION:
+            R = procrustes_rotation(prepare_rows(linear_map(
+                vectors.take(km_rows), linear.weight.detach().cpu().numpy(),
+                linear.bias.detach().cpu().numpy()), metric), codebook.detach().cpu().numpy(), R)
+            rot = torch.from_numpy(R).to(device)
+        if codec == "rabitq":  # the centre follows the map (the rotation is the start's)
+            fixed = fit_start_codec(codec, linear.weight.detach().cpu().numpy(),
+                                    linear.bias.detach().cpu().numpy(), vectors, km_rows, M,
+                                    metric, seed)
+            with torch.no_grad():
+                codebook.copy_(torch.from_numpy(codec_arrays(fixed)[0]))
         if qval is not None:
             if codec == "pq":
                 rec["val_recall"] = qval.score(linear, codebook.detach())
             else:
                 rec["val_recall"] = qval.score_codec(
                     linear.weight.detach().cpu().numpy(), linear.bias.detach().cpu().numpy(),
-                    rq_codec(codebook.detach().cpu().numpy()))
+                    product_codec(codec, codebook.detach().cpu().numpy(), R, M))
             if rec["val_recall"] > best_score:
                 best_score, best_epoch = rec["val_recall"], epoch + 1
-                digest = _digest(qval) if codec == "rq" else None
+                digest = _digest(qval) if codec in CODEC_PATH else None
                 best = (linear.weight.detach().clone(), linear.bias.detach().clone(),
                         codebook.detach().clone())
+                best_R = R
         else:
             best = (linear.weight.detach().clone(), linear.bias.detach().clone(),
                     codebook.detach().clone())
-            best_epoch = epoch + 1
+            best_epoch, best_R = epoch + 1, R
         history.append(rec)
         log.info("QAT epoch %d/%d: loss %.5f%s (%.1f s)", epoch + 1, epochs, rec["loss"],
                  f", quantized validation recall {rec['val_recall']:.4f}" if qval else "",
@@ -398,9 +524,12 @@ def fine_tune(components: np.ndarray, bias: np.ndarray, vectors: Vectors, anchor
             "learning_rates": {"map": map_learning_rate, "codebook": codebook_learning_rate},
             "seconds": time.perf_counter() - t_start}
     if codec == "rq":
-        info.update(train_beam=RQ_TRAIN_BEAM, encode_beam=rq_codec(C).beam,
-                    val_codes_sha256=digest)
-    return QATResult(W, b, np.ascontiguousarray(C), R.astype(np.float32), info)
+        info.update(train_beam=RQ_TRAIN_BEAM, encode_beam=rq_codec(C).beam)
+    if codec in CODEC_PATH:
+        info["val_codes_sha256"] = digest
+    if codec == "opq":
+        info["refit_rotation"] = OPQ_REFIT_ROTATION
+    return QATResult(W, b, np.ascontiguousarray(C), best_R.astype(np.float32), info)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,20 +562,20 @@ def quantizer_for(model: Any) -> ProductQuantizer:
 
 def codec_for(model: Any) -> Codec:
     """The product's codec (:func:`tldr_index.codecs.get_codec` defaults) holding exactly the
-    trained codebooks of a QAT model: a :class:`~tldr_index.codecs.PQCodec` for ``qat="pq"``, an
-    :class:`~tldr_index.codecs.RQCodec` (beam 5) for ``qat="rq"``. Pass it to
+    trained arrays of a QAT model (:func:`product_codec`): a
+    :class:`~tldr_index.codecs.PQCodec` for ``qat="pq"``, an
+    :class:`~tldr_index.codecs.OPQCodec` (its rotation ``qat_rotation_``) for ``"opq"``, an
+    :class:`~tldr_index.codecs.RQCodec` (beam 5) for ``"rq"``, a
+    :class:`~tldr_index.codecs.RaBitQCodec` (centre ``qat_codebook_``, rotation
+    ``qat_rotation_``, ``qat_bytes`` per code) for ``"rabitq"``. Pass it to
     :meth:`~tldr_index.compact.CompactModel.from_reducer` (it encodes
     ``prepare_rows(model.transform(X))``); no training, plain arrays only."""
     cb, qat = getattr(model, "qat_codebook_", None), getattr(model, "qat", None)
-    if cb is None or qat not in ("pq", "rq"):
+    if cb is None or qat not in CODECS[1:]:
         raise InvalidParameterError(
-            f"The 'model' passed to codec_for must be fitted with qat='pq' or 'rq'. Got a model "
-            f"with qat={qat!r} instead.")
-    if qat == "rq":
-        return rq_codec(cb)
-    M, _, dsub = cb.shape
-    return codec_from_state({"centroids": np.ascontiguousarray(cb, dtype=np.float32)},
-                            get_codec("pq", M * dsub, bytes=M).config())
+            f"The 'model' passed to codec_for must be fitted with qat='pq', 'opq', 'rq' or "
+            f"'rabitq'. Got a model with qat={qat!r} instead.")
+    return product_codec(qat, cb, model.qat_rotation_, int(model.qat_bytes))
 
 
 def trained_codec(model: Any, name: str, dim: int, n_bytes: int) -> Codec | None:

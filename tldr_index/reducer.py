@@ -175,15 +175,19 @@ class TLDR(BaseReducer):
     verbose : bool or int, default False
         Rich progress bars on stderr during ``fit``: the kNN graph (rows) and each epoch (steps),
         with rate and ETA.
-    qat : {None, "pq", "rq"}, default None
+    qat : {None, "pq", "opq", "rq", "rabitq"}, default None
         Quantization-aware fine-tuning after the ranking fit (see :mod:`tldr_index.qat`): the
         ranking loss with the database side quantized at ``qat_bytes`` bytes, for ``qat_epochs``
         epochs: ``"pq"`` product-quantized (a seeded random rotation folded into
-        ``components_``, the codebook learned; ``qat_bytes`` divides ``n_components``), ``"rq"``
-        residual-quantized (the product's RQ codec as the start, its codebooks learned;
-        ``qat_bytes`` at most ``n_components``). Sets ``qat_codebook_`` (the product's codec
-        holding it: :func:`tldr_index.qat.codec_for`) and ``qat_rotation_`` (already folded in;
-        the identity for ``"rq"``). Linear encoders only.
+        ``components_``, the codebook learned; ``qat_bytes`` divides ``n_components``), ``"opq"``
+        (the product's OPQ codec as the start, its rotation kept, its PQ codebooks learned;
+        ``qat_bytes`` divides ``n_components``), ``"rq"`` residual-quantized (the product's RQ
+        codec as the start, its codebooks learned; ``qat_bytes`` at most ``n_components``),
+        ``"rabitq"`` (straight-through the product's RaBitQ codec, its centre refitted each
+        epoch; ``qat_bytes`` the RaBitQ code size ``n_components x bits / 8 + 4``, bits 1, 2,
+        4). Sets ``qat_codebook_`` (the codec's learned array; the product's codec holding it:
+        :func:`tldr_index.qat.codec_for`) and ``qat_rotation_`` (PQ: already folded in; RQ: the
+        identity; OPQ, RaBitQ: the codec's rotation). Linear encoders only.
 
     Memory: O(batch_size x D + D^2 + max_train_rows x n_neighbors) -- independent of N for
     file-backed inputs. Time: one streamed pass (PCA init), the kNN graph, then

@@ -132,10 +132,11 @@ def shrink_summary(report) -> list[str]:
                    "early stop), validation_rows (tldr_index.shrink.options.FitOptions).")
 @click.option("--qat", type=click.Choice(["auto", "on", "off"]), default=None,
               help="Fine-tune the map through its own codes after the ranking fit "
-                   "(quantization-aware training; TLDR with --codec rq or pq). auto: on where it "
-                   "measured a gain: rq with dim >= 8 x bytes, pq with dim >= 4 x bytes (so not "
-                   "for the default dim 64, 16 B); it adds a fine-tuning phase (about a minute "
-                   "on 40k rows). With --method auto or --target-recall each TLDR candidate the "
+                   "(quantization-aware training; TLDR with --codec rq, pq, opq or rabitq). auto: "
+                   "on where it measured a gain: rq and opq with dim >= 8 x bytes, pq with dim "
+                   ">= 4 x bytes, rabitq at 1 bit with dim >= 128 (so not for the default dim "
+                   "64, 16 B); it adds a fine-tuning phase (one to five minutes on 40k rows). "
+                   "With --method auto or --target-recall each TLDR candidate the "
                    "rule names is fitted and measured with it (auto: beside its plain version, "
                    "labelled +QAT), and the chosen map is written as measured [default: auto].")
 @click.option("--skip-invalid", is_flag=True,
