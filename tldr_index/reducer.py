@@ -272,26 +272,10 @@ class TLDR(BaseReducer):
         check_choice(self.metric, "metric", METRICS, owner=o)
         check_choice(self.pairs, "pairs", ("knn", "gaussian"), owner=o)
         check_int(self.neighbors_per_anchor, "neighbors_per_anchor", low=1, owner=o)
-        if self.neighbors_per_anchor > self.n_neighbors:
-            raise InvalidParameterError(
-                f"The 'neighbors_per_anchor' parameter of TLDR must be at most n_neighbors "
-                f"({self.n_neighbors}). Got {self.neighbors_per_anchor} instead.")
-        if self.neighbors_per_anchor > 1 and (self.objective != "ranking" or self.pairs != "knn"):
-            raise InvalidParameterError(
-                f"The 'neighbors_per_anchor' parameter of TLDR can exceed 1 only with "
-                f"objective='ranking' and pairs='knn'. Got {self.neighbors_per_anchor} with "
-                f"objective={self.objective!r}, pairs={self.pairs!r} instead.")
+        self._check_batch_extra("neighbors_per_anchor", 1, "n_neighbors", self.n_neighbors)
         check_int(self.hard_negatives, "hard_negatives", low=0, owner=o)
         check_int(self.hard_pool, "hard_pool", low=1, owner=o)
-        if self.hard_negatives > self.hard_pool:
-            raise InvalidParameterError(
-                f"The 'hard_negatives' parameter of TLDR must be at most hard_pool "
-                f"({self.hard_pool}). Got {self.hard_negatives} instead.")
-        if self.hard_negatives > 0 and (self.objective != "ranking" or self.pairs != "knn"):
-            raise InvalidParameterError(
-                f"The 'hard_negatives' parameter of TLDR can exceed 0 only with "
-                f"objective='ranking' and pairs='knn'. Got {self.hard_negatives} with "
-                f"objective={self.objective!r}, pairs={self.pairs!r} instead.")
+        self._check_batch_extra("hard_negatives", 0, "hard_pool", self.hard_pool)
         if check_float(self.ema_decay, "ema_decay", low=0, high=1, owner=o) == 1:
             raise InvalidParameterError(
                 "The 'ema_decay' parameter of TLDR must be a float in the range [0, 1) (0: no "
@@ -343,6 +327,20 @@ class TLDR(BaseReducer):
         r["encoder"], r["projector"] = enc, proj
         r["init"] = ("pca" if enc.kind == "linear" else "random") if self.init == "auto" else self.init
         return r
+
+    def _check_batch_extra(self, name: str, base: int, bound_name: str, bound: int) -> None:
+        """``name`` (rows added to each anchor's batch) is at most ``bound`` and above ``base``
+        only with the ranking objective on kNN pairs."""
+        value = getattr(self, name)
+        if value > bound:
+            raise InvalidParameterError(
+                f"The {name!r} parameter of TLDR must be at most {bound_name} ({bound}). Got "
+                f"{value} instead.")
+        if value > base and (self.objective != "ranking" or self.pairs != "knn"):
+            raise InvalidParameterError(
+                f"The {name!r} parameter of TLDR can exceed {base} only with "
+                f"objective='ranking' and pairs='knn'. Got {value} with "
+                f"objective={self.objective!r}, pairs={self.pairs!r} instead.")
 
     def fit(self, X: Any, y: Any = None, *, graph: Any = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
