@@ -94,6 +94,8 @@ CONFIGS: dict[str, dict] = {
                 "hard_negatives": 4},
     "k30m15": {"n_neighbors": 30, "neighbors_per_anchor": 15, "batch_size": 32},
     "k50m15": {"n_neighbors": 50, "neighbors_per_anchor": 15, "batch_size": 32},
+    "k50m15x": {"n_neighbors": 50, "neighbors_per_anchor": 15, "batch_size": 32,
+                "knn_method": "exact"},
     # weight averaging (``emaX``: ema_decay 0.X)
     "k10m3ema99": {"n_neighbors": 10, "neighbors_per_anchor": 3, "batch_size": 128,
                    "ema_decay": 0.99},
