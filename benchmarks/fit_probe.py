@@ -79,6 +79,30 @@ CONFIGS: dict[str, dict] = {
     "k10m4": {"n_neighbors": 10, "neighbors_per_anchor": 4, "batch_size": 100},
     "k10m3t08": {"n_neighbors": 10, "neighbors_per_anchor": 3, "batch_size": 128,
                  "teacher_temperature": 0.08},
+    # dynamic hard negatives (``hN``: N of the current map's false neighbours per anchor, mined
+    # from its reduced-space top ``hard_pool`` = 10 at the start of every epoch)
+    "h1": {"hard_negatives": 1},
+    "k10m3h1": {"n_neighbors": 10, "neighbors_per_anchor": 3, "batch_size": 128,
+                "hard_negatives": 1},
+    "k10m3h2": {"n_neighbors": 10, "neighbors_per_anchor": 3, "batch_size": 128,
+                "hard_negatives": 2},
+    "k10m3h3b96": {"n_neighbors": 10, "neighbors_per_anchor": 3, "batch_size": 96,
+                   "hard_negatives": 3},
+    "k30m7h2": {"n_neighbors": 30, "neighbors_per_anchor": 7, "batch_size": 64,
+                "hard_negatives": 2},
+    "k30m7h4": {"n_neighbors": 30, "neighbors_per_anchor": 7, "batch_size": 64,
+                "hard_negatives": 4},
+    "k30m15": {"n_neighbors": 30, "neighbors_per_anchor": 15, "batch_size": 32},
+    "k50m15": {"n_neighbors": 50, "neighbors_per_anchor": 15, "batch_size": 32},
+    "k50m15x": {"n_neighbors": 50, "neighbors_per_anchor": 15, "batch_size": 32,
+                "knn_method": "exact"},
+    # weight averaging (``emaX``: ema_decay 0.X)
+    "k10m3ema99": {"n_neighbors": 10, "neighbors_per_anchor": 3, "batch_size": 128,
+                   "ema_decay": 0.99},
+    "k10m3ema998": {"n_neighbors": 10, "neighbors_per_anchor": 3, "batch_size": 128,
+                    "ema_decay": 0.998},
+    "k30m7ema998": {"n_neighbors": 30, "neighbors_per_anchor": 7, "batch_size": 64,
+                    "ema_decay": 0.998},
 }
 
 

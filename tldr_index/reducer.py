@@ -136,6 +136,20 @@ class TLDR(BaseReducer):
         Measured on the dev corpus (benchmarks/results/fit_probe_own.md, seeds 0 and 1): k=10,
         m=3, 128 anchors gained 0.9-1.1 recall@10 points over the default (k=3, m=1, 256
         anchors) at d=64, 0.2-0.3 at d=32, 0.4 at d=128, for ~1.4x the fit's CPU seconds.
+    hard_negatives : int, default 0
+        h reduced-space false neighbours of each anchor in a step's batch (``objective="ranking"``
+        with kNN pairs): at the start of every epoch the current map's exact top ``hard_pool``
+        neighbours of every training row are searched in the reduced space, those in the row's
+        kNN graph dropped, and h of the rest drawn per anchor (a random anchor where fewer are
+        left). A step then holds ``batch_size * (1 + m + h)`` rows; each epoch adds one encoding
+        pass and an exact ``n_train^2 x d / 2`` search (see :meth:`Trainer.mine_hard
+        <tldr_index.trainer.Trainer.mine_hard>`).
+    hard_pool : int, default 10
+        Reduced-space neighbours searched per row for ``hard_negatives``.
+    ema_decay : float in [0, 1), default 0 (off)
+        Weight averaging: an exponential moving average of the map (decay ``min(ema_decay,
+        (1 + t) / (10 + t))`` at step t) is what validation scores, early stopping keeps and the
+        fit returns. Cost: one multiply-add per parameter per step.
     encoder : str, default "linear"
         "linear", "flinear-L-H" or "mlp-L-H".
     projector : str, default "mlp-2-2048"
@@ -197,7 +211,8 @@ class TLDR(BaseReducer):
     method = "tldr"
 
     def __init__(self, n_components: int = 64, *, n_neighbors: int = 3,
-                 neighbors_per_anchor: int = 1, encoder: str = "linear",
+                 neighbors_per_anchor: int = 1, hard_negatives: int = 0, hard_pool: int = 10,
+                 ema_decay: float = 0.0, encoder: str = "linear",
                  projector: str = "mlp-2-2048", objective: str = "ranking", metric: str = "cosine",
                  pairs: str = "knn", noise_std: float = 0.1, init: str = "auto",
                  epochs: int | None = None, batch_size: int | None = None,
@@ -215,6 +230,9 @@ class TLDR(BaseReducer):
         self.n_components = n_components
         self.n_neighbors = n_neighbors
         self.neighbors_per_anchor = neighbors_per_anchor
+        self.hard_negatives = hard_negatives
+        self.hard_pool = hard_pool
+        self.ema_decay = ema_decay
         self.encoder = encoder
         self.projector = projector
         self.objective = objective
@@ -258,15 +276,14 @@ class TLDR(BaseReducer):
         check_choice(self.metric, "metric", METRICS, owner=o)
         check_choice(self.pairs, "pairs", ("knn", "gaussian"), owner=o)
         check_int(self.neighbors_per_anchor, "neighbors_per_anchor", low=1, owner=o)
-        if self.neighbors_per_anchor > self.n_neighbors:
+        self._check_batch_extra("neighbors_per_anchor", 1, "n_neighbors", self.n_neighbors)
+        check_int(self.hard_negatives, "hard_negatives", low=0, owner=o)
+        check_int(self.hard_pool, "hard_pool", low=1, owner=o)
+        self._check_batch_extra("hard_negatives", 0, "hard_pool", self.hard_pool)
+        if check_float(self.ema_decay, "ema_decay", low=0, high=1, owner=o) == 1:
             raise InvalidParameterError(
-                f"The 'neighbors_per_anchor' parameter of TLDR must be at most n_neighbors "
-                f"({self.n_neighbors}). Got {self.neighbors_per_anchor} instead.")
-        if self.neighbors_per_anchor > 1 and (self.objective != "ranking" or self.pairs != "knn"):
-            raise InvalidParameterError(
-                f"The 'neighbors_per_anchor' parameter of TLDR can exceed 1 only with "
-                f"objective='ranking' and pairs='knn'. Got {self.neighbors_per_anchor} with "
-                f"objective={self.objective!r}, pairs={self.pairs!r} instead.")
+                "The 'ema_decay' parameter of TLDR must be a float in the range [0, 1) (0: no "
+                "weight averaging). Got 1 instead.")
         check_float(self.noise_std, "noise_std", low=0, low_inclusive=False, owner=o)
         check_choice(self.init, "init", ("auto", "pca", "random"), owner=o)
         if self.init == "pca" and enc.kind != "linear":
@@ -314,6 +331,20 @@ class TLDR(BaseReducer):
         r["encoder"], r["projector"] = enc, proj
         r["init"] = ("pca" if enc.kind == "linear" else "random") if self.init == "auto" else self.init
         return r
+
+    def _check_batch_extra(self, name: str, base: int, bound_name: str, bound: int) -> None:
+        """``name`` (rows added to each anchor's batch) is at most ``bound`` and above ``base``
+        only with the ranking objective on kNN pairs."""
+        value = getattr(self, name)
+        if value > bound:
+            raise InvalidParameterError(
+                f"The {name!r} parameter of TLDR must be at most {bound_name} ({bound}). Got "
+                f"{value} instead.")
+        if value > base and (self.objective != "ranking" or self.pairs != "knn"):
+            raise InvalidParameterError(
+                f"The {name!r} parameter of TLDR can exceed {base} only with "
+                f"objective='ranking' and pairs='knn'. Got {value} with "
+                f"objective={self.objective!r}, pairs={self.pairs!r} instead.")
 
     def fit(self, X: Any, y: Any = None, *, graph: Any = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
@@ -419,7 +450,9 @@ class TLDR(BaseReducer):
                           device=device.type,
                           patience=self.patience if validator is not None else None,
                           min_delta=float(self.min_delta),
-                          neighbors_per_anchor=self.neighbors_per_anchor)
+                          neighbors_per_anchor=self.neighbors_per_anchor,
+                          hard_negatives=self.hard_negatives, hard_pool=self.hard_pool,
+                          ema_decay=float(self.ema_decay))
         trainer = Trainer(encoder, projector, cfg, device,
                           teacher_scale=teacher_scale_for(train, sample, self.metric),
                           noise_scale=noise_scale_for(train, sample, self.noise_std))
