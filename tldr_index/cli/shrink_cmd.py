@@ -135,7 +135,9 @@ def shrink_summary(report) -> list[str]:
                    "(quantization-aware training; TLDR with --codec rq or pq). auto: on where it "
                    "measured a gain: rq with dim >= 8 x bytes, pq with dim >= 4 x bytes (so not "
                    "for the default dim 64, 16 B); it adds a fine-tuning phase (about a minute "
-                   "on 40k rows) [default: auto].")
+                   "on 40k rows). With --method auto or --target-recall each TLDR candidate the "
+                   "rule names is fitted and measured with it (auto: beside its plain version, "
+                   "labelled +QAT), and the chosen map is written as measured [default: auto].")
 @click.option("--skip-invalid", is_flag=True,
               help="Drop rows whose vector has NaN/inf (or is zero, under cosine) and report "
                    "them, instead of failing.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from ..shrink.qat_select import qat_label
 from ..tables import fmt_float
 
 
@@ -43,7 +44,7 @@ def sweep_table(result) -> Table:
                 "recall@10 codes", "recall@10 rescored", "fit s"):
         t.add_column(col, justify="left" if col in ("method", "codec") else "right")
     for c in result.configs:
-        t.add_row(c.method, str(c.dim), c.codec or "-", str(c.code_bytes),
+        t.add_row(c.method + qat_label(c.qat), str(c.dim), c.codec or "-", str(c.code_bytes),
                   f"{4 * result.source_dim / c.pq_bytes:.0f}x" if c.pq_bytes else "-",
                   fmt_float(c.recall_float), fmt_float(c.recall_pq),
                   fmt_float(c.recall_rescored), f"{c.fit_seconds:.1f}",

@@ -11,7 +11,8 @@ scan        stream the source once (validated: nulls, lengths, NaN/inf, duplicat
 knn         draw the training sample (``sample`` rows, seeded) into ``knn/train`` and, for TLDR,
             build its kNN graph (``knn/graph.npy``, :func:`tldr_index.knn.knn_graph`).
 train       fit TLDR on the sample with that graph (per-epoch checkpoints in ``train/ckpt``, resumed
-            exactly) or PCA (``method="pca"``).
+            exactly) or PCA (``method="pca"``); after a selection, the map ``select`` fitted for the
+            chosen candidate (no refit).
 encode      reduce every row (``encode/reduced``), train the codec on the reduced sample, encode the codes
             (``encode/codes.u8``), write the compact model, and estimate recall@10 on ``eval_queries``
             rows against exact search in the original space.
@@ -140,7 +141,9 @@ def shrink(source_uri: str, target_uri: str | None = None, *, dim: int | None = 
         identity map with every codec that meets the budget on the original vectors, measure
         recall@10 on the same held-out rows and keep the best (never worse there than the best
         on-original codec measured; the decision is in the report's ``selection`` and the
-        target's metadata; candidates: :func:`tldr_index.shrink.plan.selection_plan`).
+        target's metadata; candidates: :func:`tldr_index.shrink.plan.selection_plan`; a TLDR
+        candidate that ``fit_options.qat`` fine-tunes is fitted and measured with QAT,
+        ``+QAT``, :mod:`tldr_index.shrink.qat_select`; the chosen map is written as measured).
     target_recall, dims : shrink to the smallest candidate (PQ bytes, then d) whose compact search
         reaches this recall@10 on held-out rows; candidates: ``dims`` (default 16, 32, 64, 128
         below the source's dimension) or ``dim``, each with ``pq_bytes`` (default per d); the

@@ -13,11 +13,11 @@ search (``n_queries x N x code_bytes`` lookups or ``x d`` multiply-adds); memory
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..codecs import codec_topk, get_codec
+from ..codecs import Codec, codec_topk, get_codec
 from ..compact import prepare_rows
 from ..comparisons import MappedVectors, reduced_search, topk_excluding
 from ..threads import run_in_worker
@@ -28,11 +28,13 @@ CHUNK_ROWS = 16_384
 def codec_candidates(transform: Callable[[np.ndarray], np.ndarray], dim: int, scan,
                      train: np.ndarray, queries: np.ndarray, k: int, *, metric: str,
                      codecs: Sequence[tuple[str, int]], exclude: np.ndarray,
-                     random_state: int = 0) -> dict:
+                     random_state: int = 0,
+                     trained: Mapping[tuple[str, int], Codec] | None = None) -> dict:
     """``{"float": positions, (codec, bytes): positions, ...}`` (each ``(n_queries, k)``, best
     first, the query's own row excluded): exact search of the mapped float vectors and, for each
     ``(codec, bytes)`` of ``codecs`` (``bytes`` 0: skipped), the codec trained on
-    ``transform(train)``. See the module docstring for the cost."""
+    ``transform(train)``, or the fitted one ``trained`` holds for it (the codebooks QAT trained:
+    no training, as the encode stage). See the module docstring for the cost."""
     out = reduced_search(transform, dim, scan, train, queries, k, metric=metric,
                          exclude=exclude, random_state=random_state)
     specs = [(c, b) for c, b in codecs if b]
@@ -42,8 +44,10 @@ def codec_candidates(transform: Callable[[np.ndarray], np.ndarray], dim: int, sc
     Yq = prepare_rows(transform(queries), metric)
     mapped = MappedVectors(scan, transform, dim)
     for name, size in specs:
-        codec = get_codec(name, dim, bytes=size)
-        run_in_worker(codec.fit, Ztrain, random_state, name="pq-train")
+        codec = (trained or {}).get((name, size))
+        if codec is None:
+            codec = get_codec(name, dim, bytes=size)
+            run_in_worker(codec.fit, Ztrain, random_state, name="pq-train")
         codes = np.empty((mapped.n_rows, codec.code_size), dtype=np.uint8)
         for start, block in mapped.iter_chunks(CHUNK_ROWS):
             codes[start:start + len(block)] = codec.encode(prepare_rows(block, metric))

@@ -26,6 +26,7 @@ from ..errors import InvalidInputError, InvalidParameterError
 from ..validation import check_bool, check_choice, check_float, check_int
 from .options import FitOptions, GraphOptions
 from .qat_rule import qat_codec
+from .qat_select import measured_candidates, qat_label, selection_qat
 from .budget import CODECS, DEFAULT_BYTES, DEFAULT_CODEC, check_codec_args, code_bytes, \
     codec_fits, default_pq_bytes, needs_kmeans, resolve_bytes
 
@@ -212,9 +213,11 @@ def selection_plan(src, dim: int | None, dims: Sequence[int] | None, pq_bytes,
             "target_recall": target_recall, "criterion": criterion}
 
 
-def candidate_text(method: str, d: int, codec: str | None, size: int) -> str:
-    """``tldr d=64 PQ 16 B`` (``float`` without codes)."""
-    return f"{method} d={d} " + (f"{(codec or 'pq').upper()} {size} B" if size else "float")
+def candidate_text(method: str, d: int, codec: str | None, size: int,
+                   qat: str | None = None) -> str:
+    """``tldr d=64 PQ 16 B`` (``float`` without codes; `` +QAT`` when fitted through them)."""
+    return (f"{method} d={d} " + (f"{(codec or 'pq').upper()} {size} B" if size else "float")
+            + qat_label(qat))
 
 
 def plan_text(method: str, dim: int | None, pq_bytes: int | None, select: dict | None,
@@ -224,7 +227,7 @@ def plan_text(method: str, dim: int | None, pq_bytes: int | None, select: dict |
     if select is None:
         return f"{method} to d={dim}, " + (f"{codec.upper()} {pq_bytes} bytes" if pq_bytes
                                            else "no codes")
-    cands = ", ".join(candidate_text(*c) for c in select["candidates"])
+    cands = ", ".join(candidate_text(*c) for c in measured_candidates(select))
     goal = (f"the smallest reaching recall@10 >= {select['target_recall']}"
             if select.get("target_recall") is not None else "the better method")
     return f"{'/'.join(select['methods'])}, choosing {goal} among {cands}"
@@ -390,8 +393,12 @@ def plan_shrink(source_uri: str, target_uri: str | None = None, *, dim: int | No
     kmeans = needs_kmeans([codec]) and bool(pq_bytes) if select is None else \
         needs_kmeans(c[2] for c in select["candidates"] if c[3])
     check_feasible(src, n_rows, min(n_rows, sample), method, neighbors, kmeans, o)
-    qat_codec(fit_options.qat, method=method, codec=codec, dim=dim, code_bytes=pq_bytes,
-              n_train=min(n_rows, sample), selection=select is not None, owner=o)  # 'on': can it?
+    if select is None:  # 'on': can it?
+        qat_codec(fit_options.qat, method=method, codec=codec, dim=dim, code_bytes=pq_bytes,
+                  n_train=min(n_rows, sample), selection=False, owner=o)
+    else:  # which candidates are fitted through their codes
+        select["qat"] = selection_qat(select["candidates"], fit_options.qat,
+                                      min(n_rows, sample), codecs=[codec], owner=o)
     return ShrinkPlan(src=src, source_uri=source_uri, target_uri=target_uri,
                       source_abs=source_abs, target_abs=target_abs, method=method, dim=dim,
                       code_bytes=pq_bytes, codec=codec, neighbors=neighbors, epochs=epochs,
@@ -423,6 +430,7 @@ class SweepPlan:
     n_rows: int
     criterion: str
     target_recall: float | None
+    fit_options: FitOptions = FitOptions()
 
     @property
     def params(self) -> dict:
@@ -439,9 +447,12 @@ def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                threads: int | None = None, vector_column: str | None = None,
                id_column: str | None = None, source_options: dict | None = None,
                codecs: Sequence[str] | None = None, bits: int | None = None,
-               bytes: Sequence[int | None] | None = None) -> SweepPlan:  # noqa: A002
+               bytes: Sequence[int | None] | None = None,  # noqa: A002
+               fit_options: FitOptions | dict | None = None) -> SweepPlan:
     """Check the arguments of :func:`tldr_index.shrink.select.sweep`, open the source and return
-    the plan (same rules and messages as :func:`plan_shrink`, owner ``sweep``)."""
+    the plan (same rules and messages as :func:`plan_shrink`, owner ``sweep``; ``fit_options``
+    as shrink's, its ``qat`` deciding which TLDR candidates are fitted through their codes,
+    :mod:`tldr_index.shrink.qat_select`)."""
     from ..search import default_shortlist
 
     o = "sweep"
@@ -454,6 +465,7 @@ def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
         default_shortlist(10)
     random_state = check_int(random_state, "random_state", low=0, owner=o)
     check_choice(device, "device", ("auto", "cpu", "cuda"), owner=o)
+    fit_options = FitOptions.coerce(fit_options, owner=o)
     src = open_source(source_uri, vector_column=vector_column, id_column=id_column,
                       **(source_options or {}))
     budgets = resolve_bytes(None if bytes is None else list(bytes),
@@ -467,8 +479,11 @@ def plan_sweep(source_uri: str, *, dims: Sequence[int] | None = None,
         sample = default_sample(n_rows)
     check_feasible(src, n_rows, min(n_rows, sample), method, neighbors,
                    needs_kmeans(c[2] for c in select["candidates"] if c[3]), o)
+    select["qat"] = selection_qat(select["candidates"], fit_options.qat, min(n_rows, sample),
+                                  codecs=codecs, owner=o)
     return SweepPlan(src=src, source_uri=source_uri, source_abs=absolute_uri(source_uri),
                      method=method, neighbors=neighbors, epochs=epochs, sample=sample,
                      device=device, seed=random_state, eval_queries=eval_queries,
                      shortlist=shortlist, threads=threads, select=select, n_rows=n_rows,
-                     criterion=criterion, target_recall=target_recall)
+                     criterion=criterion, target_recall=target_recall,
+                     fit_options=fit_options)

@@ -70,8 +70,11 @@ class KnnResult(StageResult):
 
 @dataclass
 class SelectResult(StageResult):
-    """The selection: ``chosen`` ``{"method", "dim", "pq_bytes"}``, why, and every candidate's
-    figures (``candidates``, dicts of :class:`tldr_index.shrink.select.SweepConfig`)."""
+    """The selection: ``chosen`` ``{"method", "dim", "codec", "code_bytes", "pq_bytes"}`` (plus
+    ``"qat"``, the codec its map was fine-tuned through, for a ``+QAT`` candidate), why, and
+    every candidate's figures (``candidates``, dicts of
+    :class:`tldr_index.shrink.select.SweepConfig` with their ``label``). The chosen map is the
+    stage's checkpoint file ``select/model.safetensors``."""
 
     chosen: dict
     reason: str

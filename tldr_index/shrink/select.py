@@ -13,15 +13,29 @@ held out from that sample for every candidate: of the reduced float vectors, of 
 exactly (``search --rescore``). Since the on-original codecs are candidates measured on the same
 rows, the choice is never worse on them than the best on-original codec at that budget.
 
+Quantization-aware training (:mod:`tldr_index.shrink.qat_select`): a TLDR candidate for which
+the run's ``qat`` fit option turns QAT on (:func:`tldr_index.shrink.qat_rule.qat_codec`, as for a
+fixed shrink of it; ``auto``: RQ with d >= 8 x bytes, PQ with d >= 4 x bytes) is fitted through
+its codes and measured with the codebooks QAT trained, labelled ``+QAT``; with ``auto`` its plain
+version (the ranking fit QAT started from) stays a candidate beside it, with ``on`` it does not.
+In :func:`tldr_index.shrink.shrink` the ``select`` stage keeps the chosen candidate's fitted map
+(``select/model.safetensors``, with its QAT codebooks) and the ``train`` stage writes that map,
+no refit, so the target's codes are the ones measured here (the report's ``recall_at_10`` is the
+encode stage's estimate, on other rows).
+
 Choice: ``criterion`` (default ``"pq"``: recall@10 of the compact search) decides. With
 ``target_recall`` the smallest candidate that reaches it wins, smallest meaning fewest PQ bytes,
 then smallest d; ``method="auto"`` fits TLDR and PCA and keeps TLDR only where it is strictly
-better (ties go to PCA, the cheaper and simpler map). :func:`tldr_index.shrink.shrink` runs the
-same selection as its ``select`` stage.
+better (ties go to PCA, the cheaper and simpler map), and a ``+QAT`` candidate only where it is
+strictly better than the plain map at the same d and codes. :func:`tldr_index.shrink.shrink` runs
+the same selection as its ``select`` stage.
 
 Cost: the kNN graph once, one fit per (method, d), one pass over the scanned rows per (method, d)
 for the float search and per codec for the codes (plus its training: PQ/OPQ k-means, RQ's beam
-search, slowest); memory: ``code_bytes`` per row and the sample.
+search, slowest); a QAT candidate adds its fine-tune (``benchmarks/results/qat.md``: about 81 s
+wall for d=128, RQ 8 B on 40,000 rows, on 2 shared cores), its own float and code passes, and,
+after the first QAT candidate at the same d, its ranking fit again; memory: ``code_bytes`` per
+row, the sample and each candidate's fitted map (``d x D`` floats plus QAT codebooks).
 """
 
 from __future__ import annotations
@@ -42,7 +56,9 @@ from ..tables import fmt_float
 from ..threads import auto_threads, thread_limit
 from ..vectors import VectorStore
 from . import train as training
+from .options import FitOptions
 from .plan import STAGES, candidate_text, default_sweep_work_dir, plan_sweep
+from .qat_select import measured_candidates, qat_label
 from .encode import PQ_TRAIN_ROWS
 from .measure import codec_candidates
 from .engine import LocalEngine
@@ -69,6 +85,14 @@ class SweepConfig:
     recall_rescored: float | None
     fit_seconds: float
     codec: str | None = None
+    #: the codec the TLDR map was fine-tuned through (QAT; its codes measured with the codebooks
+    #: QAT trained), None for a plain fit
+    qat: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``tldr d=128 RQ 8 B +QAT``: the candidate's name in tables, JSON and reasons."""
+        return _name(self)
 
     @property
     def pq_bytes(self) -> int:
@@ -99,7 +123,8 @@ class SweepResult:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["chosen"] = None if self.chosen is None else asdict(self.chosen)
+        out["configs"] = [config_dict(c) for c in self.configs]
+        out["chosen"] = None if self.chosen is None else config_dict(self.chosen)
         return out
 
     def summary(self) -> list[str]:
@@ -110,7 +135,7 @@ class SweepResult:
         """Rows for :func:`tldr_index.plots.recall_vs_bytes` (PQ codes and float32 vectors)."""
         rows = []
         for c in self.configs:
-            name = f"{c.method}"
+            name = f"{c.method}{qat_label(c.qat)}"
             rows.append({"method": name, "representation": "float32",
                          "bytes_per_vector": 4 * c.dim, "recall": {"10": c.recall_float}})
             if c.code_bytes:
@@ -127,10 +152,46 @@ class SweepResult:
 
 # ---------------------------------------------------------------------------------- measuring
 
-def measure(c: ShrinkRun, plan: dict) -> tuple[list[SweepConfig], dict]:
+def planned_fits(plan: dict) -> list[tuple[str, int, str | None, int,
+                                         list[tuple[str | None, int]]]]:
+    """The maps a selection fits, ``(method, d, qat, qat_bytes, specs)`` with the ``(codec,
+    code_bytes)`` measured on each, ordered by d then method: per (method, d) one fit per QAT
+    candidate (:func:`tldr_index.shrink.qat_select.measured_candidates`), then the plain fit
+    measured with every other codec (taken from the first QAT fit's ranking fit when there is
+    one, :func:`tldr_index.shrink.train.fit_reducer`'s ``on_plain``)."""
+    groups: dict[tuple[str, int], list[tuple[str | None, int, str | None]]] = {}
+    for m, d, codec, size, q in measured_candidates(plan):
+        groups.setdefault((m, d), []).append((codec, size, q))
+    out = []
+    for (m, d), specs in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0])):
+        out += [(m, d, q, size, [(codec, size)]) for codec, size, q in specs if q is not None]
+        plain = [(codec, size) for codec, size, q in specs if q is None]
+        if plain:
+            out.append((m, d, None, 0, plain))
+    return out
+
+
+def config_key(cfg: SweepConfig) -> tuple:
+    """What tells the configs of one selection apart: method, d, codec, bytes, QAT codec."""
+    return cfg.method, cfg.dim, cfg.codec, cfg.code_bytes, cfg.qat
+
+
+def config_dict(cfg: SweepConfig) -> dict:
+    """A config as JSON: its fields and its ``label``."""
+    return {**asdict(cfg), "label": cfg.label}
+
+
+def measure(c: ShrinkRun, plan: dict, models: dict | None = None
+            ) -> tuple[list[SweepConfig], dict]:
     """Fit and measure every candidate of ``plan`` on the run ``c`` (its scan, training
-    sample and kNN graph). Returns the configs and ``{"queries", "query_kind"}``."""
+    sample and kNN graph). Returns the configs and ``{"queries", "query_kind"}``; ``models``
+    (a dict) receives each config's fitted map under :func:`config_key`.
+
+    A QAT candidate's map is fitted with ``qat`` (``plan["qat"]``) and its codes are those of
+    the codebooks QAT trained (:func:`tldr_index.qat.trained_codec`; no codec training): what a
+    shrink of it writes. Cost: see the module docstring, plus each QAT candidate's fine-tune."""
     from ..knn import exact_search
+    from ..qat import trained_codec
     from ..search import recall_at_k, rerank
 
     scan = VectorStore.open(c.work.root / "scan" / "vectors")
@@ -143,26 +204,40 @@ def measure(c: ShrinkRun, plan: dict) -> tuple[list[SweepConfig], dict]:
     c.progress.phase("select", "exact neighbours of the held-out rows", len(qpos), "queries")
     _, truth = exact_search(scan, Q, k, metric=c.metric, exclude=qpos,
                             progress=lambda done, total: c.progress.update("select", done))
-    groups: dict[tuple[str, int], list[tuple[str | None, int]]] = {}
-    for m, d, codec, size in plan["candidates"]:
-        groups.setdefault((m, d), []).append((codec, size))
-    n_fits = len(groups)
+    fits = planned_fits(plan)
     R = min(n - 1, max(c.shortlist, k))
     rng = np.random.default_rng([c.seed, 0x9B])
     pick = np.sort(rng.choice(train.n_rows, min(train.n_rows, PQ_TRAIN_ROWS), replace=False))
     pq_train = train.take(pick)
     configs: list[SweepConfig] = []
     quiet = dataclasses.replace(c, progress=Progress())
-    for i, ((method, dim), specs) in enumerate(sorted(groups.items(), key=lambda g: (g[0][1],
-                                                                                    g[0][0]))):
-        c.progress.phase("select", f"fitting and measuring {method} d={dim}", n_fits, "fits")
+    plain_fits: dict[tuple[str, int], tuple] = {}   # (method, d) -> (plain map, fit seconds)
+    for i, (method, dim, qat, qat_bytes, specs) in enumerate(fits):
+        what = (candidate_text(method, dim, *specs[0], qat) if qat else f"{method} d={dim}")
+        c.progress.phase("select", f"fitting and measuring {what}", len(fits), "fits")
         c.progress.update("select", i)
         t0 = time.perf_counter()
-        model = training.fit_reducer(quiet, method, dim)
-        fit_s = time.perf_counter() - t0
+        if qat is None and (method, dim) in plain_fits:
+            model, fit_s = plain_fits.pop((method, dim))
+        else:
+            wants_plain = qat is not None and (method, dim, None) in {f[:3] for f in fits} \
+                and (method, dim) not in plain_fits
+
+            def keep(m, key=(method, dim), t=t0) -> None:
+                plain_fits[key] = (m, time.perf_counter() - t)
+
+            model = training.fit_reducer(quiet, method, dim, qat=qat,
+                                         qat_bytes=qat_bytes or None,
+                                         on_plain=keep if wants_plain else None)
+            fit_s = time.perf_counter() - t0
+        trained = {}
+        for codec, size in specs if qat else ():
+            tc = trained_codec(model, codec, dim, size)   # as the encode stage
+            if tc is not None:
+                trained[(codec, size)] = tc
         found = codec_candidates(model.transform, dim, scan, pq_train, Q, R, metric=c.metric,
                                  codecs=[(cd, b) for cd, b in specs if cd], exclude=qpos,
-                                 random_state=c.seed)
+                                 random_state=c.seed, trained=trained)
         r_float = recall_at_k(found["float"][:, :k], truth)
         for codec, size in specs:
             r_pq = r_resc = None
@@ -171,11 +246,14 @@ def measure(c: ShrinkRun, plan: dict) -> tuple[list[SweepConfig], dict]:
                 r_pq = recall_at_k(cand[:, :k], truth)
                 _, resc = rerank(Q, cand, scan.take, k, c.metric, exclude=qpos)
                 r_resc = recall_at_k(resc, truth)
-            configs.append(SweepConfig(method, dim, size, r_float, r_pq, r_resc, fit_s, codec))
+            cfg = SweepConfig(method, dim, size, r_float, r_pq, r_resc, fit_s, codec, qat)
+            configs.append(cfg)
+            if models is not None:
+                models[config_key(cfg)] = model
             log.info("%s: recall@10 float %.3f, codes %s, rescored %s (fit %.1f s).",
-                     candidate_text(method, dim, codec, size), r_float, fmt_float(r_pq),
+                     candidate_text(method, dim, codec, size, qat), r_float, fmt_float(r_pq),
                      fmt_float(r_resc), fit_s)
-        c.progress.update("select", i + 1, n_fits)
+        c.progress.update("select", i + 1, len(fits))
     return configs, {"queries": len(qpos), "query_kind": kind}
 
 
@@ -187,21 +265,21 @@ def choose(configs: list[SweepConfig], plan: dict, queries: int) -> tuple[SweepC
             "float": "recall@10 of the reduced float vectors"}[crit]
     best: dict[tuple, SweepConfig] = {}
     notes = []
-    for cfg in configs:  # per (d, codec, bytes): the better method (PCA on ties)
+    for cfg in configs:  # per (d, codec, bytes): the better map (on ties PCA, then no QAT)
         key = (cfg.dim, cfg.codec or "", cfg.code_bytes)
         cur = best.get(key)
         if cur is None or cfg.score(crit) > cur.score(crit) or (
-                cfg.score(crit) == cur.score(crit) and cfg.method == "pca"):
+                cfg.score(crit) == cur.score(crit) and _simpler(cfg) < _simpler(cur)):
             best[key] = cfg
-    if len(plan["methods"]) > 1:
-        for key, cfg in sorted(best.items()):
-            other = [o for o in configs if (o.dim, o.codec or "", o.code_bytes) == key
-                     and o is not cfg]
-            if not other:
-                continue
-            vs = ", ".join(f"{o.method} {fmt_float(o.score(crit))}" for o in other)
-            where = candidate_text("", cfg.dim, cfg.codec, cfg.code_bytes).strip()
-            notes.append(f"{where}: {cfg.method} {fmt_float(cfg.score(crit))} vs {vs}")
+    for key, cfg in sorted(best.items()):
+        other = [o for o in configs if (o.dim, o.codec or "", o.code_bytes) == key
+                 and o is not cfg]
+        if not other:
+            continue
+        vs = ", ".join(f"{o.method}{qat_label(o.qat)} {fmt_float(o.score(crit))}" for o in other)
+        where = candidate_text("", cfg.dim, cfg.codec, cfg.code_bytes).strip()
+        notes.append(f"{where}: {cfg.method}{qat_label(cfg.qat)} {fmt_float(cfg.score(crit))} "
+                     f"vs {vs}")
     ordered = sorted(best.values(), key=lambda c: (c.pq_bytes or 4 * c.dim, c.dim))
     if target is None:
         chosen = max(ordered, key=lambda c: (c.score(crit), -c.pq_bytes, -c.dim))
@@ -216,12 +294,21 @@ def choose(configs: list[SweepConfig], plan: dict, queries: int) -> tuple[SweepC
         reason = (f"smallest candidate with {what} >= {target}: {_name(chosen)} "
                   f"({fmt_float(chosen.score(crit))})")
     if notes:
-        reason += "; auto (TLDR kept only when strictly better): " + "; ".join(notes)
+        rules = (["TLDR kept only when strictly better"] if len(plan["methods"]) > 1 else []) \
+            + (["+QAT only when strictly better than the plain map"]
+               if any(cfg.qat for cfg in configs) else [])
+        reason += (f"; {'auto' if len(plan['methods']) > 1 else 'qat auto'} "
+                   f"({', '.join(rules)}): " + "; ".join(notes))
     return chosen, reason + f"; measured on {queries} held-out rows"
 
 
+def _simpler(c: SweepConfig) -> tuple[bool, bool]:
+    """Order of preference between configs of equal recall: PCA first, then no QAT."""
+    return c.method != "pca", c.qat is not None
+
+
 def _name(c: SweepConfig) -> str:
-    return f"{c.method} d={c.dim} {(c.codec or 'pq').upper()} {c.code_bytes} B"
+    return f"{c.method} d={c.dim} {(c.codec or 'pq').upper()} {c.code_bytes} B{qat_label(c.qat)}"
 
 
 def measured_line(configs: list[SweepConfig]) -> str:
@@ -299,20 +386,26 @@ def stage_select(c: ShrinkRun) -> tuple[list[Path], SelectResult]:
     (``chosen``, ``reason``, every candidate's figures). Raises when ``target_recall`` is out
     of reach."""
     plan = c.select
-    c.progress.begin("select", len({(m, d) for m, d, _, _ in plan["candidates"]}), "fits")
-    configs, q = measure(c, plan)
+    c.progress.begin("select", len(planned_fits(plan)), "fits")
+    models: dict = {}
+    configs, q = measure(c, plan, models)
     chosen, reason = choose(configs, plan, q["queries"])
     if chosen is None:
         raise InvalidParameterError(
             f"The 'target_recall' parameter of shrink cannot be reached: {reason}. "
             f"{unreached_advice(configs, plan, c.src.dim, owner='shrink')}")
     log.info("Selection: %s.", reason)
-    return [], SelectResult(
-        chosen={"method": chosen.method, "dim": chosen.dim, "codec": chosen.codec,
-                "code_bytes": chosen.code_bytes, "pq_bytes": chosen.code_bytes},
-        reason=reason, criterion=plan["criterion"], target_recall=plan["target_recall"],
-        queries=q["queries"], query_kind=q["query_kind"],
-        candidates=[asdict(x) for x in configs])
+    # the chosen map, as fitted and measured: the train stage writes it (no refit)
+    out = c.work.stage_dir("select", clear=True)
+    models[config_key(chosen)].save(out / training.SELECTED_MODEL)
+    picked = {"method": chosen.method, "dim": chosen.dim, "codec": chosen.codec,
+              "code_bytes": chosen.code_bytes, "pq_bytes": chosen.code_bytes}
+    if chosen.qat:
+        picked["qat"] = chosen.qat
+    return [out / training.SELECTED_MODEL], SelectResult(
+        chosen=picked, reason=reason, criterion=plan["criterion"],
+        target_recall=plan["target_recall"], queries=q["queries"], query_kind=q["query_kind"],
+        candidates=[config_dict(x) for x in configs])
 
 
 # ---------------------------------------------------------------------------------- sweep
@@ -327,7 +420,8 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
           progress: Progress | bool | None = None, vector_column: str | None = None,
           id_column: str | None = None, source_options: dict | None = None,
           codecs: Sequence[str] | None = None, bits: int | None = None,
-          bytes: Sequence[int | None] | None = None) -> SweepResult:  # noqa: A002
+          bytes: Sequence[int | None] | None = None,  # noqa: A002
+          fit_options: FitOptions | dict | None = None) -> SweepResult:
     """Train ``method`` ("tldr", "pca" or "auto": both) at every d of ``dims`` (default 16, 32,
     64, 128 below the source's dimension), codec of ``codecs`` (default ``["pq"]``; ``bits`` for
     rabitq) and code size of ``bytes`` (alias ``pq_bytes``; default 16 or the largest size the
@@ -336,6 +430,13 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
     vectors (see :func:`tldr_index.shrink.plan.selection_plan` for the candidate list); measure
     each on the same ``eval_queries`` held-out rows; choose as :func:`choose`
     (``target_recall``, ``criterion``).
+
+    ``fit_options`` as :func:`tldr_index.shrink.shrink`'s; its ``qat`` ("auto", the default,
+    "on", "off") fits the TLDR candidates the rule names through their codes
+    (:mod:`tldr_index.shrink.qat_select`: ``auto`` measures them beside their plain version,
+    labelled ``+QAT``; ``on`` every TLDR candidate, refused where one cannot). A QAT candidate
+    costs its fine-tune (about 81 s for d=128, RQ 8 B on 40,000 rows,
+    ``benchmarks/results/qat.md``).
 
     ``work_dir`` (default ``./tldr-work/sweep-<source name>-<hash>``) keeps the scan and the
     graph (``keep_work``), so a later sweep of the same source with the same ``sample``,
@@ -349,7 +450,8 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                    epochs=epochs, sample=sample, eval_queries=eval_queries,
                    shortlist=shortlist, device=device, random_state=random_state,
                    threads=threads, vector_column=vector_column, id_column=id_column,
-                   source_options=source_options, codecs=codecs, bits=bits, bytes=bytes)
+                   source_options=source_options, codecs=codecs, bits=bits, bytes=bytes,
+                   fit_options=fit_options)
     prog = as_progress(progress)
     src, plan = p.src, p.select
     fingerprint = src.fingerprint()
@@ -364,7 +466,8 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
                   source_abs=p.source_abs, fingerprint=fingerprint, method=method,
                   neighbors=p.neighbors, epochs=epochs, sample=p.sample, device=device,
                   seed=p.seed, eval_queries=p.eval_queries, shortlist=p.shortlist,
-                  batch_rows=p.params["batch_rows"], resumed=resumed, select=plan)
+                  batch_rows=p.params["batch_rows"], resumed=resumed, select=plan,
+                  fit_options=p.fit_options)
     seconds: dict[str, float] = {}
     skipped: list[str] = []
     try:
@@ -372,7 +475,7 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
             run_stage(c, "scan", engine.scan, skipped, seconds)
             run_stage(c, "knn", stage_knn, skipped, seconds)
             t0 = time.perf_counter()
-            prog.begin("select", len({(m, d) for m, d, _, _ in plan["candidates"]}), "fits")
+            prog.begin("select", len(planned_fits(plan)), "fits")
             configs, q = measure(c, plan)
             seconds["measure"] = time.perf_counter() - t0
             prog.end("select", seconds["measure"])
@@ -386,7 +489,7 @@ def sweep(source_uri: str, *, dims: Sequence[int] | None = None,
     if not keep_work:
         work.clear_all()
     seconds["total"] = time.perf_counter() - t_all
-    configs.sort(key=lambda x: (x.pq_bytes or 4 * x.dim, x.dim, x.method))
+    configs.sort(key=lambda x: (x.pq_bytes or 4 * x.dim, x.dim, x.method, x.qat or ""))
     return SweepResult(source=src.uri, metric=src.distance, rows=c.results.scan.rows,
                        source_dim=src.dim, queries=q["queries"], query_kind=q["query_kind"],
                        criterion=criterion, target_recall=target_recall, configs=configs,

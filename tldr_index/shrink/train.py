@@ -8,9 +8,12 @@ above that about linearly), the epochs linearly; memory: the sample (``sample x 
 
 from __future__ import annotations
 
+import copy
 import logging
+import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -78,11 +81,17 @@ def tldr_batch_size(n_train: int) -> int | None:
 
 
 def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None = None,
-                qat: str | None = None):
+                qat: str | None = None, *, qat_bytes: int | None = None,
+                on_plain: Callable[[Any], None] | None = None):
     """Fit ``method`` ("tldr" with the run's kNN graph, "pca", or "none": the identity map, no
     training, ``dim`` = D) to ``dim`` on the run's training sample (also used by
-    :mod:`tldr_index.shrink.select` for every candidate); ``qat`` ("pq"/"rq", TLDR only): then
-    fine-tune the map through the run's codes (:mod:`tldr_index.qat`, ``run.code_bytes``)."""
+    :mod:`tldr_index.shrink.select` for every candidate); ``qat`` (a codec name
+    :func:`~tldr_index.shrink.qat_rule.qat_codec` returns, TLDR only): then fine-tune the map
+    through its ``qat_bytes`` (default ``run.code_bytes``) codes (:mod:`tldr_index.qat`).
+
+    ``on_plain(model)`` (with ``qat``): called once, when the fine-tune begins, with a copy of the
+    map as the ranking fit left it (``qat`` None, no codebooks): the plain fit, at no extra
+    cost. Cost: the fit (see the module docstring), plus QAT's fine-tune with ``qat``."""
     from ..baselines import PCA, IdentityMap
     from ..reducer import TLDR
 
@@ -98,7 +107,7 @@ def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None =
     if run.epochs is not None:
         opts["epochs"] = run.epochs
     if qat is not None:
-        opts.update(qat=qat, qat_bytes=run.code_bytes)
+        opts.update(qat=qat, qat_bytes=qat_bytes or run.code_bytes)
     model = TLDR(dim, n_neighbors=run.neighbors, metric=run.metric,
                  max_train_rows=max(2, train.n_rows), device=run.device,
                  random_state=run.seed, **{"batch_size": tldr_batch_size(train.n_rows), **opts})
@@ -109,6 +118,8 @@ def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None =
         nonlocal in_qat
         if info.get("phase") == "qat" and not in_qat:  # the fine-tuning begins
             in_qat = True
+            if on_plain is not None:
+                on_plain(plain_copy(model))
             run.progress.phase("train", f"fine-tuning through the {qat.upper()} codes (QAT)",
                                total, "steps")
         run.progress.update("train", done, total)
@@ -118,21 +129,58 @@ def fit_reducer(run: "ShrinkRun", method: str, dim: int, ckpt_dir: Path | None =
     return model
 
 
+def plain_copy(model):
+    """A copy of a TLDR map being fitted with QAT, taken as the fine-tune begins: the ranking
+    fit's folded map (``components_``/``bias_`` are set before :func:`tldr_index.qat.fine_tune`
+    starts, which returns new arrays), marked as fitted without QAT. Cost: one copy of the map."""
+    plain = copy.deepcopy(model)
+    plain.qat = None
+    plain.qat_codebook_ = plain.qat_rotation_ = None
+    plain.fit_info_.pop("qat", None)
+    return plain
+
+
+#: the file of the select stage holding the chosen candidate's fitted map (what train writes)
+SELECTED_MODEL = "model.safetensors"
+
+
 def stage_train(run: "ShrinkRun") -> tuple[list[Path], TrainResult]:
-    """Fit the run's method to its dim and save ``train/model.safetensors``."""
+    """Fit the run's method to its dim and save ``train/model.safetensors``. After a selection,
+    the map the ``select`` stage fitted and measured for the chosen candidate (with its QAT
+    codebooks, ``select/model.safetensors``) is written as it is: no refit."""
     out = run.work.stage_dir("train", clear=True, keep=("ckpt",) if run.resumed else ())
-    qat = qat_codec(run.fit_options.qat, method=run.method, codec=run.codec, dim=run.dim,
-                    code_bytes=run.code_bytes, n_train=run.train_store().n_rows,
-                    selection=run.select is not None)
+    chosen = run.work.root / "select" / SELECTED_MODEL
+    if run.select is not None:
+        qat = (run.results.select.chosen or {}).get("qat")
+        if chosen.exists():
+            from ..base import BaseReducer
+
+            shutil.copyfile(chosen, out / "model.safetensors")
+            model = BaseReducer.load(out / "model.safetensors")
+            log.info("The selected candidate's map (fitted and measured in the select stage%s) "
+                     "is the target's: no refit.", f", fine-tuned through its {qat.upper()} "
+                     "codes" if qat else "")
+            return [out / "model.safetensors"], train_result(run, model, qat)
+        log.warning("The select stage kept no fitted map (%s missing): refitting the chosen "
+                    "candidate with the same seed, sample and graph.", chosen)
+    else:
+        qat = qat_codec(run.fit_options.qat, method=run.method, codec=run.codec, dim=run.dim,
+                        code_bytes=run.code_bytes, n_train=run.train_store().n_rows,
+                        selection=False)
     if qat is not None:
         log.info("Quantization-aware training: after the ranking fit, the map is fine-tuned "
                  "through its %s %d B codes (fit option qat=%s).", qat.upper(), run.code_bytes,
                  run.fit_options.qat)
     model = fit_reducer(run, run.method, run.dim, out / "ckpt", qat=qat)
     model.save(out / "model.safetensors")
+    return [out / "model.safetensors"], train_result(run, model, qat)
+
+
+def train_result(run: "ShrinkRun", model, qat: str | None) -> TrainResult:
+    """The train stage's result for ``model`` (fitted through ``qat`` codes, or None)."""
     fit = getattr(model, "fit_info_", {})
     q = fit.get("qat")
-    return [out / "model.safetensors"], TrainResult(
+    return TrainResult(
         method=run.method, best_epoch=fit.get("best_epoch"),
         val_recall_initial=fit.get("val_recall_initial"),
         val_recall_best=fit.get("val_recall_best"),
