@@ -10,7 +10,9 @@ process plus ``PYTHONPATH`` = the repository) and never computes anything itself
 then loops ``read request -> fork -> wait -> reply``. Modules that start threads at import
 (``lancedb``: an asyncio loop thread) or read the environment at import (``lance``: ``LANCE_LOG``;
 ``ray``; the benchmarks' ``_corpus``: ``TLDR_SHARED``) are *not* pre-imported: each child imports
-them itself, with its own environment.
+them itself, with its own environment. The pre-imported ones saw the test process's environment
+at import (numpy/torch read thread-count variables such as ``OMP_NUM_THREADS`` then): a command
+whose environment sets those would not get them, and none run through here does.
 
 The child behaves like a fresh interpreter as far as the command can tell: ``os.environ`` is the
 request's environment, ``sys.argv``/``sys.path[0]`` are what ``python -m``, a console script or
