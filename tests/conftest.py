@@ -38,3 +38,14 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+def pytest_unconfigure(config):
+    """End the fork server of ``tests/_forkrun.py`` (if this process started one) before the
+    process exits, also in a pytest-xdist worker: its children's CPU time is then counted in
+    ours."""
+    import sys
+
+    forkrun = sys.modules.get("_forkrun")
+    if forkrun is not None:
+        forkrun._stop()

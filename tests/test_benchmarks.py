@@ -3,7 +3,9 @@ uses and how to pass the larger one (``--corpus PATH``), and a tiny configuratio
 with no ``../shared`` (``TLDR_SHARED`` points nowhere), caches and results in a tmp dir.
 
 The smoke runs check that the script finishes and writes its table, not its figures: the
-recorded results in benchmarks/results/ come from the full commands in the README.
+recorded results in benchmarks/results/ come from the full commands in the README. Each runs as
+``python <script> <args>`` in a forked child of a pre-imported interpreter (``tests/_forkrun.py``:
+its own process, cwd, environment and exit status, without ~5 CPU s of imports each).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _forkrun import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py")
@@ -67,8 +70,8 @@ def _run(name: str, args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TLDR_INDEX_DB")}
     env.update(PYTHONPATH=str(ROOT), TLDR_SHARED=str(tmp / "no-shared"),
                TLDR_BENCH_CACHE=str(tmp / "cache"), LANCE_LOG="error")
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args],
-                          cwd=tmp, env=env, text=True, capture_output=True, timeout=900)
+    script = str(ROOT / "benchmarks" / f"{name}.py")  # `python <script> <args>`, forked
+    return run_python("path", script, [script, *args], cwd=tmp, env=env, timeout=900)
 
 
 def test_every_script_is_listed():

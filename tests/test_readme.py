@@ -22,11 +22,18 @@ fixtures), and ``make demo``, whose recipe is checked by a dry run to be ``pytho
 tldr_index.cli demo``, counts as ``tldr-index demo`` (the same command) and the other way round.
 The template and the ``BUILD`` targets are made once per session and shared by the workers.
 ``NOT_RUN`` lists what is never run, with the reason.
+
+A plain ``tldr-index ...`` line (words only: no quotes, variables, redirections, no glob that
+matches a file) runs exactly as bash would exec it, the installed console script with that argv,
+but as a forked child of one pre-imported interpreter (``tests/_forkrun.py``: its own process,
+cwd, environment, output and exit status, without the ~5 CPU s of start-up and imports each
+time); anything else, and ``make``, runs through ``bash -c``.
 """
 
 from __future__ import annotations
 
 import ast
+import glob
 import hashlib
 import os
 import re
@@ -38,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _forkrun import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
@@ -166,8 +174,36 @@ def run_command(cmd: str, ws: Path) -> subprocess.CompletedProcess:
     if cmd.startswith(("make demo", "tldr-index demo")):
         cwd = ws / "demo"  # the demo builds its own ./tldr-data: an empty directory of its own
         cwd.mkdir(exist_ok=True)
+    argv = _plain_cli_argv(cmd, cwd)
+    if argv is not None:  # what bash would exec, run as a forked child (no interpreter start-up)
+        kind, target, argv = _cli_program(argv)
+        return run_python(kind, target, argv, cwd=cwd, env=_env(), timeout=900)
     return subprocess.run(["bash", "-c", _runnable(cmd)], cwd=cwd, env=_env(), text=True,
                           capture_output=True, timeout=900)
+
+
+def _plain_cli_argv(cmd: str, cwd: Path) -> list[str] | None:
+    """The argv bash would run for a plain ``tldr-index ...`` command line: no shell syntax
+    beyond words (no quotes, variables, redirections, pipes...), no word a glob would expand
+    (a pattern matching nothing stays as written in bash too). ``None`` otherwise."""
+    if not cmd.startswith("tldr-index ") or re.search(r"[^\w\s./:,=@*+%-]", cmd):
+        return None
+    argv = cmd.split()
+    if any(glob.glob(w, root_dir=cwd) for w in argv if any(c in w for c in "*?[")):
+        return None
+    return argv
+
+
+def _cli_program(argv: list[str]) -> tuple[str, str, list[str]]:
+    """``tldr-index`` as bash finds it: the installed console script (its entry point), else
+    ``python -m tldr_index`` (what ``_runnable`` runs when none is installed)."""
+    from importlib.metadata import entry_points
+
+    script = Path(sys.executable).parent / "tldr-index"
+    eps = entry_points(group="console_scripts", name="tldr-index")
+    if shutil.which("tldr-index") is not None and script.exists() and eps:
+        return "entry", next(iter(eps)).value, [str(script), *argv[1:]]
+    return "module", "tldr_index", [sys.executable, *argv[1:]]
 
 
 # ------------------------------------------------------------------------------------ fixtures
