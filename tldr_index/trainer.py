@@ -253,12 +253,9 @@ class Trainer:
         return out
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Model parameters and buffers (encoder, projector, reduced-space temperature)."""
-        out = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
-        if self.projector is not None:
-            out.update({f"projector.{k}": v for k, v in self.projector.state_dict().items()})
-        out["log_scale"] = self.log_scale.detach()
-        return {k: v.detach().clone() for k, v in out.items()}
+        """Model parameters and buffers (encoder, projector, reduced-space temperature): copies of
+        :meth:`_live_tensors`."""
+        return {k: v.detach().clone() for k, v in self._live_tensors().items()}
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
         self.encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
@@ -320,9 +317,7 @@ class Trainer:
             b = np.take_along_axis(nb, pick[..., None], 2)[..., 0]
             b = np.where(valid > 0, b, a)  # a row with no neighbour pairs with itself
         else:
-            keys = np.where(nb >= 0, rng.random(nb.shape), np.inf)
-            pick = np.argsort(keys, axis=2)[..., :m]
-            b = np.take_along_axis(nb, pick, 2)                 # (n_steps, B, m)
+            b = self._draw(nb, m, rng)                          # (n_steps, B, m)
             b = np.where(b >= 0, b, a[..., None]).reshape(n_steps, B * m)
         h = self.cfg.hard_negatives
         if h == 0 or hard is None:
